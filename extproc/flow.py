@@ -1,0 +1,155 @@
+"""The per-request Flow that stages read and mutate, and the verdicts they return.
+
+A Flow is created by an adapter when a request's headers arrive and lives until the exchange
+ends. Stages record what they want the proxy to change in `flow.pending`; the adapter drains it
+into wire mutations after every phase. Stages never see a protobuf or flatbuffers type.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Awaitable
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from gatez.errors import GatewayError
+from gatez.policy import CompiledPolicy, ModelTarget
+
+
+class BodyMode(enum.Enum):
+    """How much of a body a flow asks the proxy for. Each phase asked for is a round trip."""
+
+    NONE = "none"
+    BUFFERED = "buffered"
+    STREAMED = "streamed"
+
+
+@dataclass(frozen=True, slots=True)
+class Continue:
+    """Go on to the next stage, and on to the upstream after the last one."""
+
+
+CONTINUE: Final = Continue()
+
+
+@dataclass(frozen=True, slots=True)
+class Respond:
+    """Answer the client now with this status and body; the upstream is not (or no more) used."""
+
+    status: int
+    body: bytes
+    headers: tuple[tuple[str, str], ...] = (("content-type", "application/json"),)
+    # Why the gateway answered itself, for the request log ("rate_limited", "cache_hit", ...).
+    reason: str = ""
+
+    @classmethod
+    def from_error(cls, error: GatewayError) -> Respond:
+        headers: tuple[tuple[str, str], ...] = (("content-type", "application/json"),)
+        if error.retry_after_s is not None:
+            headers += (("retry-after", str(error.retry_after_s)),)
+        return cls(error.http_status, error.json_body(), headers, error.kind)
+
+
+@dataclass(frozen=True, slots=True)
+class Hold:
+    """Wait for an outside decision (a human approval); `decision` yields the real verdict."""
+
+    decision: Awaitable[Continue | Respond]
+    timeout_s: float
+
+
+Verdict = Continue | Respond | Hold
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who is calling: set by authentication, read by everything after it."""
+
+    tenant_id: str
+    # The API key id, or "jwt:<subject>" for a JWT caller.
+    key_id: str
+    subject: str
+
+
+@dataclass(slots=True)
+class TokenUsage:
+    input_tokens: int
+    output_tokens: int
+
+
+@dataclass(slots=True)
+class LlmCall:
+    """What model routing decided for an LLM request, and what the response reported."""
+
+    target: ModelTarget
+    stream: bool
+    # The client asked for stream usage itself (stream_options.include_usage).
+    client_wants_usage: bool
+    usage: TokenUsage | None = None
+
+
+@dataclass(slots=True)
+class Pending:
+    """Changes for the proxy, collected during one phase and drained by the adapter after it."""
+
+    set_headers: dict[str, str] = field(default_factory=dict)
+    remove_headers: list[str] = field(default_factory=list)
+    body: bytes | None = None
+    clear_route_cache: bool = False
+
+    def __bool__(self) -> bool:
+        return bool(self.set_headers or self.remove_headers or self.body is not None) or (
+            self.clear_route_cache
+        )
+
+
+@dataclass(slots=True)
+class Flow:
+    """One HTTP exchange as the pipeline sees it."""
+
+    request_id: str
+    policy: CompiledPolicy | None
+    started_ns: int
+    method: str
+    path: str
+    # Lower-case names; repeated headers joined with ", ".
+    request_headers: dict[str, str]
+    request_has_body: bool
+    request_body: bytes = b""
+    # The request body parsed once, by the first stage that needs it.
+    request_json: dict[str, Any] | None = None
+    # What the flow asks the proxy for next; stages raise these, the adapter reads them.
+    request_body_mode: BodyMode = BodyMode.NONE
+    response_body_mode: BodyMode = BodyMode.NONE
+    principal: Principal | None = None
+    llm: LlmCall | None = None
+    response_status: int = 0
+    response_headers: dict[str, str] = field(default_factory=dict)
+    # The response body chunk of the current phase (all of it when buffered).
+    response_chunk: bytes = b""
+    end_of_stream: bool = False
+    first_byte_ns: int | None = None
+    finished_ns: int | None = None
+    # Set when the gateway answered itself (the Respond reason).
+    error: str = ""
+    pending: Pending = field(default_factory=Pending)
+
+    def set_upstream_header(self, name: str, value: str) -> None:
+        self.pending.set_headers[name] = value
+
+    def remove_header(self, name: str) -> None:
+        self.pending.remove_headers.append(name)
+
+    def replace_request_body(self, body: bytes) -> None:
+        """Replaces the buffered request body; content-length follows (the proxy will not)."""
+        self.request_body = body
+        self.pending.body = body
+        self.pending.set_headers["content-length"] = str(len(body))
+
+    def replace_response_chunk(self, chunk: bytes) -> None:
+        self.response_chunk = chunk
+        self.pending.body = chunk
+
+    def take_pending(self) -> Pending:
+        pending, self.pending = self.pending, Pending()
+        return pending

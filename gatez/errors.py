@@ -1,0 +1,86 @@
+"""The one root of errors that may reach a user, with their HTTP status, gRPC code and message.
+
+Anything else that escapes is an internal error: users see a generic message, logs see the rest.
+"""
+
+from __future__ import annotations
+
+import grpc
+import orjson
+
+
+class GatewayError(Exception):
+    """An error with a public message. `kind` is a stable machine-readable code."""
+
+    http_status: int = 500
+    grpc_code: grpc.StatusCode = grpc.StatusCode.INTERNAL
+    kind: str = "internal_error"
+
+    def __init__(self, message: str, *, retry_after_s: int | None = None) -> None:
+        super().__init__(message)
+        self.public_message = message
+        self.retry_after_s = retry_after_s
+
+    def json_body(self) -> bytes:
+        """An OpenAI-style error body, which every OpenAI-compatible SDK surfaces cleanly."""
+        return error_body(self.public_message, self.kind)
+
+
+class InvalidRequest(GatewayError):
+    http_status = 400
+    grpc_code = grpc.StatusCode.INVALID_ARGUMENT
+    kind = "invalid_request_error"
+
+
+class Unauthenticated(GatewayError):
+    http_status = 401
+    grpc_code = grpc.StatusCode.UNAUTHENTICATED
+    kind = "authentication_error"
+
+
+class PermissionDenied(GatewayError):
+    http_status = 403
+    grpc_code = grpc.StatusCode.PERMISSION_DENIED
+    kind = "permission_error"
+
+
+class NotFound(GatewayError):
+    http_status = 404
+    grpc_code = grpc.StatusCode.NOT_FOUND
+    kind = "not_found_error"
+
+
+class AlreadyExists(GatewayError):
+    http_status = 409
+    grpc_code = grpc.StatusCode.ALREADY_EXISTS
+    kind = "conflict_error"
+
+
+class FailedPrecondition(GatewayError):
+    http_status = 409
+    grpc_code = grpc.StatusCode.FAILED_PRECONDITION
+    kind = "conflict_error"
+
+
+class RateLimited(GatewayError):
+    http_status = 429
+    grpc_code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    kind = "rate_limit_error"
+
+
+class Unavailable(GatewayError):
+    http_status = 503
+    grpc_code = grpc.StatusCode.UNAVAILABLE
+    kind = "service_unavailable"
+
+
+class InvalidPolicy(GatewayError):
+    """A policy that cannot be compiled. Raised at load time, never at request time."""
+
+    http_status = 400
+    grpc_code = grpc.StatusCode.INVALID_ARGUMENT
+    kind = "invalid_policy"
+
+
+def error_body(message: str, kind: str) -> bytes:
+    return orjson.dumps({"error": {"message": message, "type": kind, "code": kind}})

@@ -1,0 +1,217 @@
+"""The compiled policy: a `PolicySnapshot` protobuf validated and turned into frozen lookups.
+
+A snapshot is compiled whole when it arrives; any error rejects it whole (`InvalidPolicy`) and
+the data plane keeps the policy it had. Stages only ever read a `CompiledPolicy`.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Final
+from urllib.parse import urlsplit
+
+from gatez.errors import InvalidPolicy
+from gatez.v1 import policy_pb2
+
+TENANT_ID_PATTERN: Final = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+NAME_PATTERN: Final = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
+ASYMMETRIC_ALGORITHMS: Final = frozenset(
+    {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"}
+)
+DEFAULT_ALGORITHMS: Final = ("RS256",)
+DEFAULT_TENANT_CLAIM: Final = "tenant_id"
+
+# Envoy clusters that reach any provider host (dynamic forward proxy), by URL scheme.
+UPSTREAM_CLUSTER_PLAIN: Final = "gatez_upstream_plain"
+UPSTREAM_CLUSTER_TLS: Final = "gatez_upstream_tls"
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimitRule:
+    requests_per_minute: int
+    burst: int
+
+    @property
+    def emission_interval_ms(self) -> float:
+        """Milliseconds between requests at the sustained rate."""
+        return 60_000.0 / self.requests_per_minute
+
+
+@dataclass(frozen=True, slots=True)
+class TenantPolicy:
+    id: str
+    rate_limit: RateLimitRule | None
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKeyEntry:
+    id: str
+    tenant_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class IdentityProviderRule:
+    id: str
+    tenant_id: str
+    issuer: str
+    jwks_url: str
+    audience: str
+    tenant_claim: str
+    algorithms: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderTarget:
+    """Where and how to reach one provider, precomputed for header rewriting."""
+
+    name: str
+    kind: int
+    cluster: str
+    authority: str
+    path_prefix: str
+    api_key: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class ModelTarget:
+    alias: str
+    provider: ProviderTarget
+    upstream_model: str
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledPolicy:
+    version: int
+    tenants: MappingProxyType[str, TenantPolicy]
+    api_keys_by_digest: MappingProxyType[str, ApiKeyEntry]
+    identity_providers_by_issuer: MappingProxyType[str, tuple[IdentityProviderRule, ...]]
+    providers: MappingProxyType[str, ProviderTarget]
+    # (tenant_id, alias) → target; tenant_id "" holds the routes every tenant may use.
+    model_routes: MappingProxyType[tuple[str, str], ModelTarget]
+
+    def resolve_model(self, tenant_id: str, alias: str) -> ModelTarget | None:
+        """The tenant's own route for `alias`, else the shared one, else None."""
+        return self.model_routes.get((tenant_id, alias)) or self.model_routes.get(("", alias))
+
+    def model_aliases(self, tenant_id: str) -> list[str]:
+        return sorted({a for (t, a) in self.model_routes if t in ("", tenant_id)})
+
+
+def compile_policy(snapshot: policy_pb2.PolicySnapshot) -> CompiledPolicy:
+    """Validates a snapshot and compiles it. Raises `InvalidPolicy` naming the first fault."""
+    tenants: dict[str, TenantPolicy] = {}
+    for tenant in snapshot.tenants:
+        _check(TENANT_ID_PATTERN.match(tenant.id), f"tenant id {tenant.id!r} is not valid")
+        _check(tenant.id not in tenants, f"tenant {tenant.id!r} appears twice")
+        tenants[tenant.id] = TenantPolicy(tenant.id, _rate_limit(tenant))
+
+    keys: dict[str, ApiKeyEntry] = {}
+    key_ids: set[str] = set()
+    for key in snapshot.api_keys:
+        _check(
+            key.id != "" and key.id not in key_ids, f"api key id {key.id!r} is empty or repeated"
+        )
+        _check(key.tenant_id in tenants, f"api key {key.id} names unknown tenant {key.tenant_id!r}")
+        _check(
+            re.fullmatch(r"[0-9a-f]{64}", key.secret_sha256) is not None,
+            f"api key {key.id} has no valid secret digest",
+        )
+        _check(key.secret_sha256 not in keys, f"api key {key.id} repeats another key's secret")
+        key_ids.add(key.id)
+        keys[key.secret_sha256] = ApiKeyEntry(key.id, key.tenant_id)
+
+    issuers: dict[str, list[IdentityProviderRule]] = {}
+    for idp in snapshot.identity_providers:
+        issuers.setdefault(idp.issuer, []).append(_identity_provider(idp, tenants))
+
+    credentials: dict[str, str] = {}
+    for credential in snapshot.provider_credentials:
+        _check(credential.api_key != "", f"empty credential for provider {credential.provider!r}")
+        credentials[credential.provider] = credential.api_key
+    providers: dict[str, ProviderTarget] = {}
+    for provider in snapshot.providers:
+        _check(NAME_PATTERN.match(provider.name), f"provider name {provider.name!r} is not valid")
+        _check(provider.name not in providers, f"provider {provider.name!r} appears twice")
+        providers[provider.name] = _provider(provider, credentials.get(provider.name))
+    unknown = set(credentials) - set(providers)
+    _check(not unknown, f"credentials for unknown providers: {sorted(unknown)}")
+
+    routes: dict[tuple[str, str], ModelTarget] = {}
+    for route in snapshot.model_routes:
+        where = f"model route {route.id or route.alias!r}"
+        _check(route.alias != "", f"{where} has no alias")
+        _check(route.upstream_model != "", f"{where} has no upstream model")
+        _check(route.tenant_id == "" or route.tenant_id in tenants, f"{where}: unknown tenant")
+        _check(route.provider in providers, f"{where}: unknown provider {route.provider!r}")
+        key_ = (route.tenant_id, route.alias)
+        _check(key_ not in routes, f"{where}: alias {route.alias!r} is routed twice")
+        routes[key_] = ModelTarget(route.alias, providers[route.provider], route.upstream_model)
+
+    return CompiledPolicy(
+        version=snapshot.version,
+        tenants=MappingProxyType(tenants),
+        api_keys_by_digest=MappingProxyType(keys),
+        identity_providers_by_issuer=MappingProxyType(
+            {issuer: tuple(rules) for issuer, rules in issuers.items()}
+        ),
+        providers=MappingProxyType(providers),
+        model_routes=MappingProxyType(routes),
+    )
+
+
+def _check(condition: object, message: str) -> None:
+    if not condition:
+        raise InvalidPolicy(message)
+
+
+def _rate_limit(tenant: policy_pb2.Tenant) -> RateLimitRule | None:
+    if not tenant.HasField("rate_limit"):
+        return None
+    limit = tenant.rate_limit
+    _check(limit.requests_per_minute > 0, f"tenant {tenant.id}: requests_per_minute must be > 0")
+    return RateLimitRule(limit.requests_per_minute, limit.burst or limit.requests_per_minute)
+
+
+def _identity_provider(
+    idp: policy_pb2.IdentityProvider, tenants: dict[str, TenantPolicy]
+) -> IdentityProviderRule:
+    where = f"identity provider {idp.id or idp.issuer!r}"
+    _check(idp.tenant_id in tenants, f"{where}: unknown tenant {idp.tenant_id!r}")
+    _check(idp.issuer != "", f"{where}: issuer is required")
+    _check(idp.audience != "", f"{where}: audience is required")
+    url = urlsplit(idp.jwks_url)
+    _check(url.scheme in ("http", "https") and url.hostname, f"{where}: jwks_url must be a URL")
+    algorithms = tuple(idp.algorithms) or DEFAULT_ALGORITHMS
+    bad = [a for a in algorithms if a not in ASYMMETRIC_ALGORITHMS]
+    _check(not bad, f"{where}: algorithms {bad} not allowed (asymmetric only, never 'none')")
+    return IdentityProviderRule(
+        id=idp.id,
+        tenant_id=idp.tenant_id,
+        issuer=idp.issuer,
+        jwks_url=idp.jwks_url,
+        audience=idp.audience,
+        tenant_claim=idp.tenant_claim or DEFAULT_TENANT_CLAIM,
+        algorithms=algorithms,
+    )
+
+
+def _provider(provider: policy_pb2.Provider, api_key: str | None) -> ProviderTarget:
+    where = f"provider {provider.name!r}"
+    _check(provider.kind == policy_pb2.PROVIDER_KIND_OPENAI, f"{where}: unsupported kind")
+    url = urlsplit(provider.base_url)
+    _check(url.scheme in ("http", "https") and url.hostname, f"{where}: base_url must be a URL")
+    _check(not url.query and not url.fragment, f"{where}: base_url must not carry ?query or #")
+    tls = url.scheme == "https"
+    port = url.port or (443 if tls else 80)
+    host = url.hostname or ""
+    host = f"[{host}]" if ":" in host else host
+    return ProviderTarget(
+        name=provider.name,
+        kind=provider.kind,
+        cluster=UPSTREAM_CLUSTER_TLS if tls else UPSTREAM_CLUSTER_PLAIN,
+        authority=f"{host}:{port}",
+        path_prefix=url.path.rstrip("/"),
+        api_key=api_key,
+    )

@@ -1,0 +1,49 @@
+"""Settings for every Gatez process, read once from the environment.
+
+Every value has a single-node default so `make run` needs no configuration.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+DEV_ADMIN_TOKEN = "gatez-dev-admin-token"
+DEV_DEMO_KEY = "gz-demo-key-0123456789abcdef"
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Where things are and which secrets to use. Built by `Settings.from_env()`."""
+
+    state_dir: Path
+    admin_token: str
+    control_address: str
+    extproc_address: str
+    redis_url: str
+    clickhouse_dsn: str
+    qdrant_path: str
+    node_id: str
+    log_level: str
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
+        env = dict(os.environ if environ is None else environ)
+        state_dir = Path(env.get("GATEZ_STATE_DIR", ".gatez")).resolve()
+        return cls(
+            state_dir=state_dir,
+            admin_token=env.get("GATEZ_ADMIN_TOKEN", DEV_ADMIN_TOKEN),
+            control_address=env.get("GATEZ_CONTROL_ADDRESS", "127.0.0.1:4001"),
+            extproc_address=env.get("GATEZ_EXTPROC_ADDRESS", f"unix:{state_dir / 'extproc.sock'}"),
+            redis_url=env.get("GATEZ_REDIS_URL", "redis://127.0.0.1:6380/0"),
+            clickhouse_dsn=env.get("GATEZ_CLICKHOUSE_DSN", f"chdb://{state_dir / 'clickhouse'}"),
+            qdrant_path=env.get("GATEZ_QDRANT_PATH", str(state_dir / "qdrant")),
+            node_id=env.get("GATEZ_NODE_ID", f"dataplane-{os.getpid()}"),
+            log_level=env.get("GATEZ_LOG_LEVEL", "INFO"),
+        )
+
+    @property
+    def clickhouse_is_embedded(self) -> bool:
+        """chDB runs in-process and single-writer: the control service owns it."""
+        return self.clickhouse_dsn.startswith("chdb://")

@@ -1,0 +1,336 @@
+import datetime
+
+from gatez.v1 import logs_pb2 as _logs_pb2
+from gatez.v1 import policy_pb2 as _policy_pb2
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class CreateTenantRequest(_message.Message):
+    __slots__ = ("tenant",)
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    tenant: _policy_pb2.Tenant
+    def __init__(self, tenant: _Optional[_Union[_policy_pb2.Tenant, _Mapping]] = ...) -> None: ...
+
+class CreateTenantResponse(_message.Message):
+    __slots__ = ("tenant", "policy_version")
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    POLICY_VERSION_FIELD_NUMBER: _ClassVar[int]
+    tenant: _policy_pb2.Tenant
+    policy_version: int
+    def __init__(self, tenant: _Optional[_Union[_policy_pb2.Tenant, _Mapping]] = ..., policy_version: _Optional[int] = ...) -> None: ...
+
+class GetTenantRequest(_message.Message):
+    __slots__ = ("tenant_id",)
+    TENANT_ID_FIELD_NUMBER: _ClassVar[int]
+    tenant_id: str
+    def __init__(self, tenant_id: _Optional[str] = ...) -> None: ...
+
+class GetTenantResponse(_message.Message):
+    __slots__ = ("tenant",)
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    tenant: _policy_pb2.Tenant
+    def __init__(self, tenant: _Optional[_Union[_policy_pb2.Tenant, _Mapping]] = ...) -> None: ...
+
+class ListTenantsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListTenantsResponse(_message.Message):
+    __slots__ = ("tenants",)
+    TENANTS_FIELD_NUMBER: _ClassVar[int]
+    tenants: _containers.RepeatedCompositeFieldContainer[_policy_pb2.Tenant]
+    def __init__(self, tenants: _Optional[_Iterable[_Union[_policy_pb2.Tenant, _Mapping]]] = ...) -> None: ...
+
+class DeleteTenantRequest(_message.Message):
+    __slots__ = ("tenant_id",)
+    TENANT_ID_FIELD_NUMBER: _ClassVar[int]
+    tenant_id: str
+    def __init__(self, tenant_id: _Optional[str] = ...) -> None: ...
+
+class DeleteTenantResponse(_message.Message):
+    __slots__ = ("policy_version",)
+    POLICY_VERSION_FIELD_NUMBER: _ClassVar[int]
+    policy_version: int
+    def __init__(self, policy_version: _Optional[int] = ...) -> None: ...
+
+class SetRateLimitRequest(_message.Message):
+    __slots__ = ("tenant_id", "rate_limit")
+    TENANT_ID_FIELD_NUMBER: _ClassVar[int]
+    RATE_LIMIT_FIELD_NUMBER: _ClassVar[int]
+    tenant_id: str
+    rate_limit: _policy_pb2.RateLimit
+    def __init__(self, tenant_id: _Optional[str] = ..., rate_limit: _Optional[_Union[_policy_pb2.RateLimit, _Mapping]] = ...) -> None: ...
+
+class SetRateLimitResponse(_message.Message):
+    __slots__ = ("tenant", "policy_version")
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    POLICY_VERSION_FIELD_NUMBER: _ClassVar[int]
+    tenant: _policy_pb2.Tenant
+    policy_version: int
+    def __init__(self, tenant: _Optional[_Union[_policy_pb2.Tenant, _Mapping]] = ..., policy_version: _Optional[int] = ...) -> None: ...
+
+class CreateApiKeyRequest(_message.Message):
+    __slots__ = ("tenant_id", "name")
+    TENANT_ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    tenant_id: str
+    name: str
+    def __init__(self, tenant_id: _Optional[str] = ..., name: _Optional[str] = ...) -> None: ...
+
+class CreateApiKeyResponse(_message.Message):
+    __slots__ = ("api_key", "secret", "policy_version")
+    API_KEY_FIELD_NUMBER: _ClassVar[int]
+    SECRET_FIELD_NUMBER: _ClassVar[int]
+    POLICY_VERSION_FIELD_NUMBER: _ClassVar[int]
+    api_key: _policy_pb2.ApiKey
+    secret: str
+    policy_version: int
+    def __init__(self, api_key: _Optional[_Union[_policy_pb2.ApiKey, _Mapping]] = ..., secret: _Optional[str] = ..., policy_version: _Optional[int] = ...) -> None: ...
+
+class ListApiKeysRequest(_message.Message):
+    __slots__ = ("tenant_id",)
+    TENANT_ID_FIELD_NUMBER: _ClassVar[int]
+    tenant_id: str
+    def __init__(self, tenant_id: _Optional[str] = ...) -> None: ...
+
+class ListApiKeysResponse(_message.Message):
+    __slots__ = ("api_keys",)
+    API_KEYS_FIELD_NUMBER: _ClassVar[int]
+    api_keys: _containers.RepeatedCompositeFieldContainer[_policy_pb2.ApiKey]
+    def __init__(self, api_keys: _Optional[_Iterable[_Union[_policy_pb2.ApiKey, _Mapping]]] = ...) -> None: ...
+
+class RevokeApiKeyRequest(_message.Message):
+    __slots__ = ("api_key_id",)
+    API_KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    api_key_id: str
+    def __init__(self, api_key_id: _Optional[str] = ...) -> None: ...
+
+class RevokeApiKeyResponse(_message.Message):
+    __slots__ = ("policy_version",)
+    POLICY_VERSION_FIELD_NUMBER: _ClassVar[int]
+    policy_version: int
+    def __init__(self, policy_version: _Optional[int] = ...) -> None: ...
+
+class CreateIdentityProviderRequest(_message.Message):
+    __slots__ = ("identity_provider",)
+    IDENTITY_PROVIDER_FIELD_NUMBER: _ClassVar[int]
+    identity_provider: _policy_pb2.IdentityProvider
+    def __init__(self, identity_provider: _Optional[_Union[_policy_pb2.IdentityProvider, _Mapping]] = ...) -> None: ...
+
+class CreateIdentityProviderResponse(_message.Message):
+    __slots__ = ("identity_provider", "policy_version")
+    IDENTITY_PROVIDER_FIELD_NUMBER: _ClassVar[int]
+    POLICY_VERSION_FIELD_NUMBER: _ClassVar[int]
+    identity_provider: _policy_pb2.IdentityProvider
+    policy_version: int
+    def __init__(self, identity_provider: _Optional[_Union[_policy_pb2.IdentityProvider, _Mapping]] = ..., policy_version: _Optional[int] = ...) -> None: ...
+
+class ListIdentityProvidersRequest(_message.Message):
+    __slots__ = ("tenant_id",)
+    TENANT_ID_FIELD_NUMBER: _ClassVar[int]
+    tenant_id: str
+    def __init__(self, tenant_id: _Optional[str] = ...) -> None: ...
+
+class ListIdentityProvidersResponse(_message.Message):
+    __slots__ = ("identity_providers",)
+    IDENTITY_PROVIDERS_FIELD_NUMBER: _ClassVar[int]
+    identity_providers: _containers.RepeatedCompositeFieldContainer[_policy_pb2.IdentityProvider]
+    def __init__(self, identity_providers: _Optional[_Iterable[_Union[_policy_pb2.IdentityProvider, _Mapping]]] = ...) -> None: ...
+
+class DeleteIdentityProviderRequest(_message.Message):
+    __slots__ = ("identity_provider_id",)
+    IDENTITY_PROVIDER_ID_FIELD_NUMBER: _ClassVar[int]
+    identity_provider_id: str
+    def __init__(self, identity_provider_id: _Optional[str] = ...) -> None: ...
+
+class DeleteIdentityProviderResponse(_message.Message):
+    __slots__ = ("policy_version",)
+    POLICY_VERSION_FIELD_NUMBER: _ClassVar[int]
+    policy_version: int
+    def __init__(self, policy_version: _Optional[int] = ...) -> None: ...
+
+class CreateProviderRequest(_message.Message):
+    __slots__ = ("provider", "api_key")
+    PROVIDER_FIELD_NUMBER: _ClassVar[int]
+    API_KEY_FIELD_NUMBER: _ClassVar[int]
+    provider: _policy_pb2.Provider
+    api_key: str
+    def __init__(self, provider: _Optional[_Union[_policy_pb2.Provider, _Mapping]] = ..., api_key: _Optional[str] = ...) -> None: ...
+
+class CreateProviderResponse(_message.Message):
+    __slots__ = ("provider", "policy_version")
+    PROVIDER_FIELD_NUMBER: _ClassVar[int]
+    POLICY_VERSION_FIELD_NUMBER: _ClassVar[int]
+    provider: _policy_pb2.Provider
+    policy_version: int
+    def __init__(self, provider: _Optional[_Union[_policy_pb2.Provider, _Mapping]] = ..., policy_version: _Optional[int] = ...) -> None: ...
+
+class ListProvidersRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListProvidersResponse(_message.Message):
+    __slots__ = ("providers",)
+    PROVIDERS_FIELD_NUMBER: _ClassVar[int]
+    providers: _containers.RepeatedCompositeFieldContainer[_policy_pb2.Provider]
+    def __init__(self, providers: _Optional[_Iterable[_Union[_policy_pb2.Provider, _Mapping]]] = ...) -> None: ...
+
+class DeleteProviderRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class DeleteProviderResponse(_message.Message):
+    __slots__ = ("policy_version",)
+    POLICY_VERSION_FIELD_NUMBER: _ClassVar[int]
+    policy_version: int
+    def __init__(self, policy_version: _Optional[int] = ...) -> None: ...
+
+class SetProviderCredentialRequest(_message.Message):
+    __slots__ = ("provider", "api_key")
+    PROVIDER_FIELD_NUMBER: _ClassVar[int]
+    API_KEY_FIELD_NUMBER: _ClassVar[int]
+    provider: str
+    api_key: str
+    def __init__(self, provider: _Optional[str] = ..., api_key: _Optional[str] = ...) -> None: ...
+
+class SetProviderCredentialResponse(_message.Message):
+    __slots__ = ("provider", "policy_version")
+    PROVIDER_FIELD_NUMBER: _ClassVar[int]
+    POLICY_VERSION_FIELD_NUMBER: _ClassVar[int]
+    provider: _policy_pb2.Provider
+    policy_version: int
+    def __init__(self, provider: _Optional[_Union[_policy_pb2.Provider, _Mapping]] = ..., policy_version: _Optional[int] = ...) -> None: ...
+
+class CreateModelRouteRequest(_message.Message):
+    __slots__ = ("model_route",)
+    MODEL_ROUTE_FIELD_NUMBER: _ClassVar[int]
+    model_route: _policy_pb2.ModelRoute
+    def __init__(self, model_route: _Optional[_Union[_policy_pb2.ModelRoute, _Mapping]] = ...) -> None: ...
+
+class CreateModelRouteResponse(_message.Message):
+    __slots__ = ("model_route", "policy_version")
+    MODEL_ROUTE_FIELD_NUMBER: _ClassVar[int]
+    POLICY_VERSION_FIELD_NUMBER: _ClassVar[int]
+    model_route: _policy_pb2.ModelRoute
+    policy_version: int
+    def __init__(self, model_route: _Optional[_Union[_policy_pb2.ModelRoute, _Mapping]] = ..., policy_version: _Optional[int] = ...) -> None: ...
+
+class ListModelRoutesRequest(_message.Message):
+    __slots__ = ("tenant_id",)
+    TENANT_ID_FIELD_NUMBER: _ClassVar[int]
+    tenant_id: str
+    def __init__(self, tenant_id: _Optional[str] = ...) -> None: ...
+
+class ListModelRoutesResponse(_message.Message):
+    __slots__ = ("model_routes",)
+    MODEL_ROUTES_FIELD_NUMBER: _ClassVar[int]
+    model_routes: _containers.RepeatedCompositeFieldContainer[_policy_pb2.ModelRoute]
+    def __init__(self, model_routes: _Optional[_Iterable[_Union[_policy_pb2.ModelRoute, _Mapping]]] = ...) -> None: ...
+
+class DeleteModelRouteRequest(_message.Message):
+    __slots__ = ("model_route_id",)
+    MODEL_ROUTE_ID_FIELD_NUMBER: _ClassVar[int]
+    model_route_id: str
+    def __init__(self, model_route_id: _Optional[str] = ...) -> None: ...
+
+class DeleteModelRouteResponse(_message.Message):
+    __slots__ = ("policy_version",)
+    POLICY_VERSION_FIELD_NUMBER: _ClassVar[int]
+    policy_version: int
+    def __init__(self, policy_version: _Optional[int] = ...) -> None: ...
+
+class GetPolicyStatusRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class GetPolicyStatusResponse(_message.Message):
+    __slots__ = ("version", "update_time", "data_planes")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    UPDATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    DATA_PLANES_FIELD_NUMBER: _ClassVar[int]
+    version: int
+    update_time: _timestamp_pb2.Timestamp
+    data_planes: _containers.RepeatedCompositeFieldContainer[DataPlaneStatus]
+    def __init__(self, version: _Optional[int] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., data_planes: _Optional[_Iterable[_Union[DataPlaneStatus, _Mapping]]] = ...) -> None: ...
+
+class DataPlaneStatus(_message.Message):
+    __slots__ = ("node_id", "connected", "applied_version", "rejected_version", "error", "update_time")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    CONNECTED_FIELD_NUMBER: _ClassVar[int]
+    APPLIED_VERSION_FIELD_NUMBER: _ClassVar[int]
+    REJECTED_VERSION_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    UPDATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    connected: bool
+    applied_version: int
+    rejected_version: int
+    error: str
+    update_time: _timestamp_pb2.Timestamp
+    def __init__(self, node_id: _Optional[str] = ..., connected: _Optional[bool] = ..., applied_version: _Optional[int] = ..., rejected_version: _Optional[int] = ..., error: _Optional[str] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class ListRequestLogsRequest(_message.Message):
+    __slots__ = ("tenant_id", "limit")
+    TENANT_ID_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    tenant_id: str
+    limit: int
+    def __init__(self, tenant_id: _Optional[str] = ..., limit: _Optional[int] = ...) -> None: ...
+
+class ListRequestLogsResponse(_message.Message):
+    __slots__ = ("request_logs",)
+    REQUEST_LOGS_FIELD_NUMBER: _ClassVar[int]
+    request_logs: _containers.RepeatedCompositeFieldContainer[_logs_pb2.RequestLog]
+    def __init__(self, request_logs: _Optional[_Iterable[_Union[_logs_pb2.RequestLog, _Mapping]]] = ...) -> None: ...
+
+class ListAiLogsRequest(_message.Message):
+    __slots__ = ("tenant_id", "limit")
+    TENANT_ID_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    tenant_id: str
+    limit: int
+    def __init__(self, tenant_id: _Optional[str] = ..., limit: _Optional[int] = ...) -> None: ...
+
+class ListAiLogsResponse(_message.Message):
+    __slots__ = ("ai_logs",)
+    AI_LOGS_FIELD_NUMBER: _ClassVar[int]
+    ai_logs: _containers.RepeatedCompositeFieldContainer[_logs_pb2.AiLog]
+    def __init__(self, ai_logs: _Optional[_Iterable[_Union[_logs_pb2.AiLog, _Mapping]]] = ...) -> None: ...
+
+class WatchRequest(_message.Message):
+    __slots__ = ("node_id", "applied_version", "rejected_version", "error")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    APPLIED_VERSION_FIELD_NUMBER: _ClassVar[int]
+    REJECTED_VERSION_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    applied_version: int
+    rejected_version: int
+    error: str
+    def __init__(self, node_id: _Optional[str] = ..., applied_version: _Optional[int] = ..., rejected_version: _Optional[int] = ..., error: _Optional[str] = ...) -> None: ...
+
+class WatchResponse(_message.Message):
+    __slots__ = ("snapshot",)
+    SNAPSHOT_FIELD_NUMBER: _ClassVar[int]
+    snapshot: _policy_pb2.PolicySnapshot
+    def __init__(self, snapshot: _Optional[_Union[_policy_pb2.PolicySnapshot, _Mapping]] = ...) -> None: ...
+
+class IngestLogsRequest(_message.Message):
+    __slots__ = ("request_logs", "ai_logs")
+    REQUEST_LOGS_FIELD_NUMBER: _ClassVar[int]
+    AI_LOGS_FIELD_NUMBER: _ClassVar[int]
+    request_logs: _containers.RepeatedCompositeFieldContainer[_logs_pb2.RequestLog]
+    ai_logs: _containers.RepeatedCompositeFieldContainer[_logs_pb2.AiLog]
+    def __init__(self, request_logs: _Optional[_Iterable[_Union[_logs_pb2.RequestLog, _Mapping]]] = ..., ai_logs: _Optional[_Iterable[_Union[_logs_pb2.AiLog, _Mapping]]] = ...) -> None: ...
+
+class IngestLogsResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...

@@ -1,0 +1,128 @@
+import datetime
+
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class ProviderKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    PROVIDER_KIND_UNSPECIFIED: _ClassVar[ProviderKind]
+    PROVIDER_KIND_OPENAI: _ClassVar[ProviderKind]
+PROVIDER_KIND_UNSPECIFIED: ProviderKind
+PROVIDER_KIND_OPENAI: ProviderKind
+
+class Tenant(_message.Message):
+    __slots__ = ("id", "display_name", "rate_limit", "create_time")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    DISPLAY_NAME_FIELD_NUMBER: _ClassVar[int]
+    RATE_LIMIT_FIELD_NUMBER: _ClassVar[int]
+    CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    display_name: str
+    rate_limit: RateLimit
+    create_time: _timestamp_pb2.Timestamp
+    def __init__(self, id: _Optional[str] = ..., display_name: _Optional[str] = ..., rate_limit: _Optional[_Union[RateLimit, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class RateLimit(_message.Message):
+    __slots__ = ("requests_per_minute", "burst")
+    REQUESTS_PER_MINUTE_FIELD_NUMBER: _ClassVar[int]
+    BURST_FIELD_NUMBER: _ClassVar[int]
+    requests_per_minute: int
+    burst: int
+    def __init__(self, requests_per_minute: _Optional[int] = ..., burst: _Optional[int] = ...) -> None: ...
+
+class ApiKey(_message.Message):
+    __slots__ = ("id", "tenant_id", "name", "secret_sha256", "secret_prefix", "create_time")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    TENANT_ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    SECRET_SHA256_FIELD_NUMBER: _ClassVar[int]
+    SECRET_PREFIX_FIELD_NUMBER: _ClassVar[int]
+    CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    tenant_id: str
+    name: str
+    secret_sha256: str
+    secret_prefix: str
+    create_time: _timestamp_pb2.Timestamp
+    def __init__(self, id: _Optional[str] = ..., tenant_id: _Optional[str] = ..., name: _Optional[str] = ..., secret_sha256: _Optional[str] = ..., secret_prefix: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class IdentityProvider(_message.Message):
+    __slots__ = ("id", "tenant_id", "issuer", "jwks_url", "audience", "tenant_claim", "algorithms")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    TENANT_ID_FIELD_NUMBER: _ClassVar[int]
+    ISSUER_FIELD_NUMBER: _ClassVar[int]
+    JWKS_URL_FIELD_NUMBER: _ClassVar[int]
+    AUDIENCE_FIELD_NUMBER: _ClassVar[int]
+    TENANT_CLAIM_FIELD_NUMBER: _ClassVar[int]
+    ALGORITHMS_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    tenant_id: str
+    issuer: str
+    jwks_url: str
+    audience: str
+    tenant_claim: str
+    algorithms: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, id: _Optional[str] = ..., tenant_id: _Optional[str] = ..., issuer: _Optional[str] = ..., jwks_url: _Optional[str] = ..., audience: _Optional[str] = ..., tenant_claim: _Optional[str] = ..., algorithms: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class Provider(_message.Message):
+    __slots__ = ("name", "kind", "base_url", "has_credential", "credential_update_time")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    BASE_URL_FIELD_NUMBER: _ClassVar[int]
+    HAS_CREDENTIAL_FIELD_NUMBER: _ClassVar[int]
+    CREDENTIAL_UPDATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    kind: ProviderKind
+    base_url: str
+    has_credential: bool
+    credential_update_time: _timestamp_pb2.Timestamp
+    def __init__(self, name: _Optional[str] = ..., kind: _Optional[_Union[ProviderKind, str]] = ..., base_url: _Optional[str] = ..., has_credential: _Optional[bool] = ..., credential_update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class ProviderCredential(_message.Message):
+    __slots__ = ("provider", "api_key")
+    PROVIDER_FIELD_NUMBER: _ClassVar[int]
+    API_KEY_FIELD_NUMBER: _ClassVar[int]
+    provider: str
+    api_key: str
+    def __init__(self, provider: _Optional[str] = ..., api_key: _Optional[str] = ...) -> None: ...
+
+class ModelRoute(_message.Message):
+    __slots__ = ("id", "tenant_id", "alias", "provider", "upstream_model")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    TENANT_ID_FIELD_NUMBER: _ClassVar[int]
+    ALIAS_FIELD_NUMBER: _ClassVar[int]
+    PROVIDER_FIELD_NUMBER: _ClassVar[int]
+    UPSTREAM_MODEL_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    tenant_id: str
+    alias: str
+    provider: str
+    upstream_model: str
+    def __init__(self, id: _Optional[str] = ..., tenant_id: _Optional[str] = ..., alias: _Optional[str] = ..., provider: _Optional[str] = ..., upstream_model: _Optional[str] = ...) -> None: ...
+
+class PolicySnapshot(_message.Message):
+    __slots__ = ("version", "create_time", "tenants", "api_keys", "identity_providers", "providers", "provider_credentials", "model_routes")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    TENANTS_FIELD_NUMBER: _ClassVar[int]
+    API_KEYS_FIELD_NUMBER: _ClassVar[int]
+    IDENTITY_PROVIDERS_FIELD_NUMBER: _ClassVar[int]
+    PROVIDERS_FIELD_NUMBER: _ClassVar[int]
+    PROVIDER_CREDENTIALS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_ROUTES_FIELD_NUMBER: _ClassVar[int]
+    version: int
+    create_time: _timestamp_pb2.Timestamp
+    tenants: _containers.RepeatedCompositeFieldContainer[Tenant]
+    api_keys: _containers.RepeatedCompositeFieldContainer[ApiKey]
+    identity_providers: _containers.RepeatedCompositeFieldContainer[IdentityProvider]
+    providers: _containers.RepeatedCompositeFieldContainer[Provider]
+    provider_credentials: _containers.RepeatedCompositeFieldContainer[ProviderCredential]
+    model_routes: _containers.RepeatedCompositeFieldContainer[ModelRoute]
+    def __init__(self, version: _Optional[int] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., tenants: _Optional[_Iterable[_Union[Tenant, _Mapping]]] = ..., api_keys: _Optional[_Iterable[_Union[ApiKey, _Mapping]]] = ..., identity_providers: _Optional[_Iterable[_Union[IdentityProvider, _Mapping]]] = ..., providers: _Optional[_Iterable[_Union[Provider, _Mapping]]] = ..., provider_credentials: _Optional[_Iterable[_Union[ProviderCredential, _Mapping]]] = ..., model_routes: _Optional[_Iterable[_Union[ModelRoute, _Mapping]]] = ...) -> None: ...
