@@ -123,6 +123,8 @@ class Flow:
     response_body_mode: BodyMode = BodyMode.NONE
     principal: Principal | None = None
     llm: LlmCall | None = None
+    # Set when upstream response headers arrived (the provider saw the request).
+    upstream_reached: bool = False
     response_status: int = 0
     response_headers: dict[str, str] = field(default_factory=dict)
     # The response body chunk of the current phase (all of it when buffered).

@@ -1,0 +1,140 @@
+"""Wiring for a data-plane process: every client built once, the pipeline in its fixed order,
+the Envoy adapter served over gRPC, the policy watched from the control service."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import grpc
+import redis.asyncio as aioredis
+from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ext_proc_grpc
+
+from extproc.envoy_adapter import ExternalProcessor
+from extproc.jwks import JwksCache
+from extproc.logsink import ClickHouseLogWriter, ControlLogWriter, LogSink, LogWriter
+from extproc.pipeline import Pipeline
+from extproc.policy_source import PolicyHolder, PolicyWatcher
+from extproc.stages.access_log import AccessLog
+from extproc.stages.authenticate import Authenticate
+from extproc.stages.model_route import ModelRouting
+from extproc.stages.rate_limit import RateLimit
+from extproc.stages.usage import UsageMeter
+from gatez.logstore import LogStore
+from gatez.settings import Settings
+
+log = logging.getLogger("gatez.dataplane")
+
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+GRPC_OPTIONS = [
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+]
+
+
+def build_pipeline(
+    *, jwks: JwksCache, redis: aioredis.Redis, sink: LogSink, node_id: str
+) -> Pipeline:
+    """The stage order is the policy order; each position has a reason."""
+    return Pipeline(
+        [
+            # Nothing runs for a caller we do not know; the tenant found here scopes all after.
+            Authenticate(jwks),
+            # Before any body is buffered: a limited tenant costs one Redis round trip, no more.
+            RateLimit(redis),
+            # Needs the tenant (routes are per tenant); asks for the body on LLM paths only.
+            ModelRouting(),
+            # Response side: switches SSE to streamed mode and reads the provider's usage.
+            UsageMeter(),
+            # Last, so the rows see everything the stages before recorded.
+            AccessLog(sink, node_id),
+        ]
+    )
+
+
+@dataclass
+class DataPlane:
+    """A running data plane; `stop()` releases everything `start()` built."""
+
+    settings: Settings
+    server: grpc.aio.Server
+    holder: PolicyHolder
+    watcher: PolicyWatcher
+    sink: LogSink
+    tasks: list[asyncio.Task[None]]
+    closers: list[Any]
+
+    async def stop(self) -> None:
+        await self.server.stop(grace=2)
+        for task in self.tasks:
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        await self.sink.close()
+        for close in reversed(self.closers):
+            with contextlib.suppress(Exception):
+                result = close()
+                if asyncio.iscoroutine(result):
+                    await result
+
+
+async def start(settings: Settings) -> DataPlane:
+    """Builds the clients, loads the persisted policy, starts serving and watching."""
+    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    closers: list[Any] = []
+    redis = aioredis.Redis.from_url(settings.redis_url)
+    closers.append(redis.aclose)
+    http = aiohttp.ClientSession()
+    closers.append(http.close)
+    control = grpc.aio.insecure_channel(settings.control_address, options=GRPC_OPTIONS)
+    closers.append(control.close)
+    if settings.qdrant_path:
+        # Opened here, where the semantic cache will use it; local mode is single-process.
+        from qdrant_client import AsyncQdrantClient
+
+        qdrant = AsyncQdrantClient(path=settings.qdrant_path)
+        closers.append(qdrant.close)
+
+    writer: LogWriter
+    if settings.clickhouse_is_embedded:
+        writer = ControlLogWriter(control, settings.admin_token)
+    else:
+        store = LogStore(settings.clickhouse_dsn)
+        closers.append(store.close)
+        writer = ClickHouseLogWriter(store)
+    sink = LogSink(writer)
+    sink.start()
+
+    holder = PolicyHolder(settings.state_dir)
+    holder.load_persisted()
+    watcher = PolicyWatcher(holder, control, settings.admin_token, settings.node_id)
+    tasks = [asyncio.create_task(watcher.run(), name="gatez-policy-watch")]
+
+    pipeline = build_pipeline(
+        jwks=JwksCache(http), redis=redis, sink=sink, node_id=settings.node_id
+    )
+    server = grpc.aio.server(options=GRPC_OPTIONS)
+    ext_proc_grpc.add_ExternalProcessorServicer_to_server(
+        ExternalProcessor(pipeline, holder.get), server
+    )
+    server.add_insecure_port(settings.extproc_address)
+    await server.start()
+    log.info("data plane %s serving ext_proc on %s", settings.node_id, settings.extproc_address)
+    return DataPlane(settings, server, holder, watcher, sink, tasks, closers)
+
+
+async def serve(settings: Settings) -> None:
+    """Runs a data plane until SIGINT or SIGTERM."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    plane = await start(settings)
+    try:
+        await stop.wait()
+    finally:
+        await plane.stop()

@@ -1,0 +1,68 @@
+"""The access log: one request-log row per exchange and one AI-log row per LLM call.
+
+Rows are handed to the LogSink when the exchange is over and written in batches off the hot path.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+
+from extproc.flow import Flow
+from extproc.logsink import LogSink
+from gatez.logrows import AiLogRow, RequestLogRow
+
+
+class AccessLog:
+    """Turns a finished Flow into log rows."""
+
+    def __init__(self, sink: LogSink, node_id: str) -> None:
+        self._sink = sink
+        self._node_id = node_id
+
+    async def on_done(self, flow: Flow) -> None:
+        finished_ns = flow.finished_ns or time.monotonic_ns()
+        latency_ms = (finished_ns - flow.started_ns) / 1e6
+        # Wall-clock start time, derived once from the monotonic latency.
+        started = dt.datetime.now(dt.UTC) - dt.timedelta(milliseconds=latency_ms)
+        principal = flow.principal
+        tenant_id = principal.tenant_id if principal else ""
+        key_id = principal.key_id if principal else ""
+        self._sink.add_request(
+            RequestLogRow(
+                time=started,
+                request_id=flow.request_id,
+                tenant_id=tenant_id,
+                key_id=key_id,
+                method=flow.method,
+                path=flow.path.partition("?")[0],
+                status=flow.response_status,
+                latency_ms=latency_ms,
+                error=flow.error,
+                node_id=self._node_id,
+            )
+        )
+        llm = flow.llm
+        # An LLM call is one the provider saw: the gateway may have answered before that.
+        if llm is None or not flow.upstream_reached:
+            return
+        usage = llm.usage
+        ttft_ms = (flow.first_byte_ns - flow.started_ns) / 1e6 if flow.first_byte_ns else 0.0
+        self._sink.add_ai(
+            AiLogRow(
+                time=started,
+                request_id=flow.request_id,
+                tenant_id=tenant_id,
+                key_id=key_id,
+                provider=llm.target.provider.name,
+                model_alias=llm.target.alias,
+                upstream_model=llm.target.upstream_model,
+                input_tokens=usage.input_tokens if usage else 0,
+                output_tokens=usage.output_tokens if usage else 0,
+                status=flow.response_status,
+                latency_ms=latency_ms,
+                ttft_ms=ttft_ms,
+                streamed=llm.stream,
+                node_id=self._node_id,
+            )
+        )

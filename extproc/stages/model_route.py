@@ -1,0 +1,100 @@
+"""Model routing: the model a client names → a provider, its upstream model and credential.
+
+It asks for the request body only on LLM paths, parses it once into the Flow, rewrites the model
+name (and asks the provider for stream usage), and points the proxy at the provider: cluster by
+header + route cache clearing, `:authority`, `:path`, and the provider's key. The client's own
+credential was already stripped by authentication.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+import orjson
+
+from extproc.flow import CONTINUE, BodyMode, Flow, LlmCall, Respond, Verdict
+from gatez.errors import InvalidRequest, NotFound, Unavailable
+
+CHAT_COMPLETIONS_PATH: Final = "/v1/chat/completions"
+MODELS_PATH: Final = "/v1/models"
+CLUSTER_HEADER: Final = "x-gatez-cluster"
+
+
+class ModelNotFound(NotFound):
+    kind = "model_not_found"
+
+
+class ModelRouting:
+    """Routes OpenAI Chat Completions requests by model alias; answers `GET /v1/models`."""
+
+    async def on_request_headers(self, flow: Flow) -> Verdict:
+        path = flow.path.partition("?")[0]
+        if path == CHAT_COMPLETIONS_PATH:
+            if flow.method != "POST":
+                raise InvalidRequest(f"{path} accepts POST only")
+            if not flow.request_has_body:
+                raise InvalidRequest("the request has no body; expected a JSON object")
+            flow.request_body_mode = BodyMode.BUFFERED
+            return CONTINUE
+        if path == MODELS_PATH and flow.method == "GET":
+            return self._list_models(flow)
+        raise NotFound(f"no route for {flow.method} {path}")
+
+    async def on_request_body(self, flow: Flow) -> Verdict:
+        if flow.policy is None or flow.principal is None:
+            raise Unavailable("no policy yet")
+        body = _parse_object(flow.request_body)
+        flow.request_json = body
+        model = body.get("model")
+        if not isinstance(model, str) or not model:
+            raise InvalidRequest("'model' must be a non-empty string")
+        if not isinstance(body.get("messages"), list):
+            raise InvalidRequest("'messages' must be an array")
+        target = flow.policy.resolve_model(flow.principal.tenant_id, model)
+        if target is None:
+            raise ModelNotFound(
+                f"The model `{model}` does not exist or you do not have access to it."
+            )
+        stream = body.get("stream") is True
+        options = body.get("stream_options")
+        client_wants_usage = isinstance(options, dict) and options.get("include_usage") is True
+        flow.llm = LlmCall(target=target, stream=stream, client_wants_usage=client_wants_usage)
+
+        changed = target.upstream_model != model
+        body["model"] = target.upstream_model
+        if stream and not client_wants_usage:
+            # Usage only comes in a stream when asked for; the meter hides it from the client.
+            body["stream_options"] = {**(options if isinstance(options, dict) else {}),
+                                      "include_usage": True}
+            changed = True
+        if changed:
+            flow.replace_request_body(orjson.dumps(body))
+
+        provider = target.provider
+        query = flow.path.partition("?")[2]
+        upstream_path = provider.path_prefix + "/chat/completions"
+        flow.set_upstream_header(CLUSTER_HEADER, provider.cluster)
+        flow.set_upstream_header(":authority", provider.authority)
+        flow.set_upstream_header(":path", f"{upstream_path}?{query}" if query else upstream_path)
+        if provider.api_key is not None:
+            flow.set_upstream_header("authorization", f"Bearer {provider.api_key}")
+        flow.pending.clear_route_cache = True
+        return CONTINUE
+
+    @staticmethod
+    def _list_models(flow: Flow) -> Respond:
+        if flow.policy is None or flow.principal is None:
+            raise Unavailable("no policy yet")
+        aliases = flow.policy.model_aliases(flow.principal.tenant_id)
+        models = [{"id": a, "object": "model", "created": 0, "owned_by": "gatez"} for a in aliases]
+        return Respond(200, orjson.dumps({"object": "list", "data": models}), reason="models_list")
+
+
+def _parse_object(raw: bytes) -> dict[str, Any]:
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as error:
+        raise InvalidRequest(f"the request body is not valid JSON: {error}") from None
+    if not isinstance(body, dict):
+        raise InvalidRequest("the request body must be a JSON object")
+    return body
