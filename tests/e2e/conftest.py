@@ -1,0 +1,136 @@
+"""End-to-end fixtures: the real stack (redis-server, control service, data plane, Envoy) as
+child processes on free ports, a fake OpenAI upstream and a local OIDC issuer in-process, and
+a synchronous admin client — every test provisions its own tenants, so tests stay independent.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import pytest
+
+from gatez.demo.openai_upstream import UpstreamServer
+from gatez.stack import Stack, StackConfig
+from gatez.testing.oidc import OidcIssuer
+from gatez.v1 import control_pb2, control_pb2_grpc, policy_pb2
+
+UPSTREAM_KEY = "sk-upstream-secret-for-tests"
+PROVIDER = "fake-openai"
+
+
+class Admin:
+    """The control service as `grpcurl` would use it, plus a wait for data planes to apply."""
+
+    def __init__(self, address: str, token: str) -> None:
+        self.channel = grpc.insecure_channel(address)
+        self.control = control_pb2_grpc.ControlServiceStub(self.channel)
+        self.metadata = (("authorization", f"Bearer {token}"),)
+
+    def wait_applied(self, version: int, timeout_s: float = 5.0) -> float:
+        """Seconds until every connected data plane applied `version`."""
+        started = time.monotonic()
+        while time.monotonic() - started < timeout_s:
+            status = self.control.GetPolicyStatus(
+                control_pb2.GetPolicyStatusRequest(), metadata=self.metadata
+            )
+            planes = [p for p in status.data_planes if p.connected]
+            if planes and all(p.applied_version >= version for p in planes):
+                return time.monotonic() - started
+            time.sleep(0.01)
+        raise TimeoutError(f"policy version {version} not applied within {timeout_s}s")
+
+
+@dataclass(frozen=True)
+class TenantAccess:
+    tenant_id: str
+    api_key: str
+    api_key_id: str
+
+
+@pytest.fixture(scope="session")
+def upstream() -> Iterator[UpstreamServer]:
+    with UpstreamServer(api_key=UPSTREAM_KEY) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def oidc() -> Iterator[OidcIssuer]:
+    with OidcIssuer() as issuer:
+        yield issuer
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    config = StackConfig.ephemeral(Path(tmp_path_factory.mktemp("stack")))
+    stack = Stack(config)
+    try:
+        stack.start()
+        yield stack
+    finally:
+        stack.stop()
+        for log in sorted(stack.logs.glob("*.log")):
+            tail = log.read_text(errors="replace")[-3000:]
+            print(f"\n===== {log.name} (tail) =====\n{tail}")
+
+
+@pytest.fixture(scope="session")
+def admin(stack: Stack, upstream: UpstreamServer) -> Iterator[Admin]:
+    client = Admin(stack.config.control_address, stack.config.admin_token)
+    response = client.control.CreateProvider(
+        control_pb2.CreateProviderRequest(
+            provider=policy_pb2.Provider(
+                name=PROVIDER, kind=policy_pb2.PROVIDER_KIND_OPENAI, base_url=upstream.base_url
+            ),
+            api_key=UPSTREAM_KEY,
+        ),
+        metadata=client.metadata,
+    )
+    client.wait_applied(response.policy_version, timeout_s=30)
+    yield client
+    client.channel.close()
+
+
+@pytest.fixture
+def gateway_url(stack: Stack) -> str:
+    return f"{stack.config.gateway_url}/v1"
+
+
+def provision(
+    admin: Admin,
+    *,
+    rate_limit: policy_pb2.RateLimit | None = None,
+    models: dict[str, str] | None = None,
+) -> TenantAccess:
+    """A fresh tenant with one API key and its own model routes, applied on the data plane."""
+    tenant_id = f"t-{uuid.uuid4().hex[:10]}"
+    md = admin.metadata
+    tenant = policy_pb2.Tenant(id=tenant_id, display_name=tenant_id)
+    if rate_limit is not None:
+        tenant.rate_limit.CopyFrom(rate_limit)
+    admin.control.CreateTenant(control_pb2.CreateTenantRequest(tenant=tenant), metadata=md)
+    key = admin.control.CreateApiKey(
+        control_pb2.CreateApiKeyRequest(tenant_id=tenant_id, name="e2e"), metadata=md
+    )
+    version = key.policy_version
+    for alias, model in (models or {"gpt-test": "upstream-model-1"}).items():
+        route = admin.control.CreateModelRoute(
+            control_pb2.CreateModelRouteRequest(
+                model_route=policy_pb2.ModelRoute(
+                    tenant_id=tenant_id, alias=alias, provider=PROVIDER, upstream_model=model
+                )
+            ),
+            metadata=md,
+        )
+        version = route.policy_version
+    admin.wait_applied(version)
+    return TenantAccess(tenant_id, key.secret, key.api_key.id)
+
+
+@pytest.fixture
+def tenant(admin: Admin) -> TenantAccess:
+    return provision(admin)
