@@ -18,6 +18,8 @@ test: setup
 	$(VENV)/bin/pytest
 
 bench: setup
+	@command -v wrk >/dev/null || { SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq wrk >/dev/null; }
 	$(PY) -m bench.chat
 
 setup: system-deps $(STAMP)

@@ -8,6 +8,7 @@ rows dropped, and counted.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections import deque
 from collections.abc import Sequence
@@ -125,10 +126,8 @@ class LogSink:
     async def _run(self) -> None:
         backoff = self._interval_s
         while True:
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._due.wait(), self._interval_s)
-            except TimeoutError:
-                pass
             self._due.clear()
             try:
                 await self.flush()

@@ -64,8 +64,10 @@ class ModelRouting:
         body["model"] = target.upstream_model
         if stream and not client_wants_usage:
             # Usage only comes in a stream when asked for; the meter hides it from the client.
-            body["stream_options"] = {**(options if isinstance(options, dict) else {}),
-                                      "include_usage": True}
+            body["stream_options"] = {
+                **(options if isinstance(options, dict) else {}),
+                "include_usage": True,
+            }
             changed = True
         if changed:
             flow.replace_request_body(orjson.dumps(body))

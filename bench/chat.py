@@ -1,0 +1,192 @@
+"""`make bench`: plain Envoy vs Envoy + Gatez on the chat path, measured in one run.
+
+Both proxies forward `POST /v1/chat/completions` to the same canned upstream. Gatez does the
+whole chat path: API-key auth, per-tenant rate limit (one Redis round trip), model routing with a
+body rewrite, usage metering of the buffered response, and request/AI log rows. wrk drives each
+at 1 and 16 connections; the table shows requests/s, p50/p99 and Gatez's ratios to plain Envoy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from string import Template
+
+import grpc
+
+from gatez.stack import Stack, StackConfig
+from gatez.testing.processes import free_port, require_binary, stop_process, wait_for_port
+from gatez.v1 import control_pb2, control_pb2_grpc, policy_pb2
+
+HERE = Path(__file__).resolve().parent
+BODY = '{"model":"bench","messages":[{"role":"user","content":"hello benchmark"}]}'
+
+
+@dataclass(frozen=True)
+class Result:
+    requests_per_s: float
+    p50_ms: float
+    p99_ms: float
+    errors: int
+
+
+def wrk(url: str, api_key: str, connections: int, seconds: int, script_dir: Path) -> Result:
+    script = script_dir / "chat.lua"
+    script.write_text(
+        'wrk.method = "POST"\n'
+        f"wrk.body = '{BODY}'\n"
+        'wrk.headers["Content-Type"] = "application/json"\n'
+        f'wrk.headers["Authorization"] = "Bearer {api_key}"\n'
+    )
+    threads = 1 if connections == 1 else 2
+    output = subprocess.run(
+        [
+            require_binary("wrk"),
+            f"-t{threads}",
+            f"-c{connections}",
+            f"-d{seconds}s",
+            "--latency",
+            "-s",
+            str(script),
+            url,
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
+    socket_errors = re.search(r"Socket errors: .*", output)
+    if socket_errors:
+        print(f"  wrk: {socket_errors.group(0)}", file=sys.stderr)
+    return Result(
+        requests_per_s=float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1)),  # type: ignore[union-attr]
+        p50_ms=_latency(output, "50%"),
+        p99_ms=_latency(output, "99%"),
+        errors=int(errors.group(1)) if errors else 0,
+    )
+
+
+def _latency(output: str, percentile: str) -> float:
+    match = re.search(rf"^\s*{re.escape(percentile)}\s+([\d.]+)(us|ms|s)\s*$", output, re.M)
+    assert match, f"no {percentile} latency in wrk output:\n{output}"
+    value, unit = float(match.group(1)), match.group(2)
+    return value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
+
+
+def provision(stack: Stack, upstream_port: int) -> str:
+    channel = grpc.insecure_channel(stack.config.control_address)
+    control = control_pb2_grpc.ControlServiceStub(channel)
+    md = (("authorization", f"Bearer {stack.config.admin_token}"),)
+    control.CreateTenant(
+        control_pb2.CreateTenantRequest(
+            tenant=policy_pb2.Tenant(
+                id="bench",
+                rate_limit=policy_pb2.RateLimit(requests_per_minute=100_000_000, burst=1_000_000),
+            )
+        ),
+        metadata=md,
+    )
+    key = control.CreateApiKey(control_pb2.CreateApiKeyRequest(tenant_id="bench"), metadata=md)
+    control.CreateProvider(
+        control_pb2.CreateProviderRequest(
+            provider=policy_pb2.Provider(
+                name="bench-upstream",
+                kind=policy_pb2.PROVIDER_KIND_OPENAI,
+                base_url=f"http://127.0.0.1:{upstream_port}/v1",
+            ),
+            api_key="sk-bench",
+        ),
+        metadata=md,
+    )
+    route = control.CreateModelRoute(
+        control_pb2.CreateModelRouteRequest(
+            model_route=policy_pb2.ModelRoute(
+                alias="bench", provider="bench-upstream", upstream_model="bench-model"
+            )
+        ),
+        metadata=md,
+    )
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        status = control.GetPolicyStatus(control_pb2.GetPolicyStatusRequest(), metadata=md)
+        if any(p.applied_version >= route.policy_version for p in status.data_planes):
+            break
+        time.sleep(0.05)
+    channel.close()
+    return key.secret
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--warmup", type=int, default=2)
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="gatez-bench-") as tmp:
+        work = Path(tmp)
+        upstream_port, plain_port = free_port(), free_port()
+        upstream = subprocess.Popen([sys.executable, str(HERE / "upstream.py"), str(upstream_port)])
+        plain_config = work / "plain.yaml"
+        plain_config.write_text(
+            Template((HERE / "plain-envoy.yaml").read_text()).substitute(
+                LISTEN_PORT=plain_port, ADMIN_PORT=free_port(), UPSTREAM_PORT=upstream_port
+            )
+        )
+        plain = subprocess.Popen(
+            [require_binary("envoy"), "-c", str(plain_config), "--log-level", "error",
+             "--concurrency", "1", "--base-id", str(plain_port)],
+        )  # fmt: skip
+        config = StackConfig.ephemeral(work / "stack")
+        config.log_level = "WARNING"
+        stack = Stack(config)
+        try:
+            wait_for_port(upstream_port)
+            wait_for_port(plain_port, timeout_s=30)
+            stack.start()
+            api_key = provision(stack, upstream_port)
+            targets = {
+                "envoy": f"http://127.0.0.1:{plain_port}/v1/chat/completions",
+                "gatez": f"{config.gateway_url}/v1/chat/completions",
+            }
+            results: dict[tuple[str, int], Result] = {}
+            for connections in (1, 16):
+                for name, url in targets.items():
+                    wrk(url, api_key, connections, args.warmup, work)
+                    results[name, connections] = wrk(url, api_key, connections, args.seconds, work)
+            report(results)
+        finally:
+            stack.stop()
+            stop_process(plain)
+            stop_process(upstream)
+
+
+def report(results: dict[tuple[str, int], Result]) -> None:
+    print(f"\n{'':14}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'non-2xx':>10}")
+    for (name, connections), r in results.items():
+        print(
+            f"{name:>6} c={connections:<5}{r.requests_per_s:>10.0f}{r.p50_ms:>10.3f}"
+            f"{r.p99_ms:>10.3f}{r.errors:>10}"
+        )
+    print()
+    for connections in (1, 16):
+        plain, gatez = results["envoy", connections], results["gatez", connections]
+        throughput = gatez.requests_per_s / plain.requests_per_s
+        print(
+            f"c={connections:<3} gatez/envoy: throughput {throughput:.2f}x, "
+            f"p50 {gatez.p50_ms / plain.p50_ms:.2f}x (+{gatez.p50_ms - plain.p50_ms:.3f} ms), "
+            f"p99 {gatez.p99_ms / plain.p99_ms:.2f}x (+{gatez.p99_ms - plain.p99_ms:.3f} ms)"
+        )
+    print(
+        "\ntargets: added p50 <= 1.0 ms at c=1; >= 2000 req/s per data-plane process "
+        "(one data-plane process here)"
+    )
+
+
+if __name__ == "__main__":
+    main()
