@@ -119,7 +119,7 @@ def provision(stack: Stack, upstream_port: int) -> str:
             break
         time.sleep(0.05)
     channel.close()
-    return key.secret
+    return str(key.secret)
 
 
 def main() -> None:

@@ -38,7 +38,8 @@ BODY_MODES: Final = {
 }
 
 
-class ExternalProcessor(ext_proc_grpc.ExternalProcessorServicer):
+# xds-protos ships no type information for its gRPC stubs.
+class ExternalProcessor(ext_proc_grpc.ExternalProcessorServicer):  # type: ignore[misc]
     """Envoy's ext_proc stream, one per HTTP request, driven through the pipeline."""
 
     def __init__(self, pipeline: Pipeline, policy: Callable[[], CompiledPolicy | None]) -> None:
@@ -47,7 +48,7 @@ class ExternalProcessor(ext_proc_grpc.ExternalProcessorServicer):
         # Finished flows whose on_done is still running; kept so the tasks are not collected.
         self._finishing: set[asyncio.Task[None]] = set()
 
-    async def Process(  # noqa: N802 — the gRPC method name
+    async def Process(
         self,
         request_iterator: AsyncIterator[ext_proc.ProcessingRequest],
         context: grpc.aio.ServicerContext[ext_proc.ProcessingRequest, ext_proc.ProcessingResponse],
@@ -188,7 +189,7 @@ def _immediate(flow: Flow, verdict: Respond) -> ext_proc.ProcessingResponse:
     flow.take_pending()
     response = ext_proc.ProcessingResponse(
         immediate_response=ext_proc.ImmediateResponse(
-            status=http_status_pb2.HttpStatus(code=verdict.status),  # type: ignore[arg-type]
+            status=http_status_pb2.HttpStatus(code=verdict.status),
             body=verdict.body,
             details=verdict.reason,
         )

@@ -20,7 +20,7 @@ class AdminClient:
         self.metadata = (("authorization", f"Bearer {admin_token}"),)
 
     async def close(self) -> None:
-        await self.channel.close()
+        await self.channel.close(None)
 
     async def __aenter__(self) -> AdminClient:
         return self

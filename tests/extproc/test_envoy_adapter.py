@@ -90,7 +90,7 @@ async def processor(
     await server.start()
     channel = grpc.aio.insecure_channel(socket)
     yield Processor(ext_proc_grpc.ExternalProcessorStub(channel), sink, log_store)
-    await channel.close()
+    await channel.close(None)
     await server.stop(None)
     await http.close()
 
@@ -266,7 +266,7 @@ async def test_models_list_is_answered_by_the_gateway(processor: Processor) -> N
 def _request_id(start: ext_proc.ProcessingRequest) -> str:
     for header in start.request_headers.headers.headers:
         if header.key == "x-request-id":
-            return header.raw_value.decode()
+            return str(header.raw_value.decode())
     raise AssertionError("no request id")
 
 
