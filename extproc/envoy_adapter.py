@@ -86,6 +86,7 @@ class ExternalProcessor(ext_proc_grpc.ExternalProcessorServicer):  # type: ignor
             request_id=headers.get("x-request-id") or uuid.uuid4().hex,
             policy=self._policy(),
             started_ns=time.monotonic_ns(),
+            started_at=time.time(),
             method=headers.pop(":method", ""),
             path=headers.pop(":path", ""),
             request_headers=headers,

@@ -12,6 +12,7 @@ from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from extproc.sse import SseSplitter
 from gatez.errors import GatewayError
 from gatez.policy import CompiledPolicy, ModelTarget
 
@@ -47,7 +48,7 @@ class Respond:
         headers: tuple[tuple[str, str], ...] = (("content-type", "application/json"),)
         if error.retry_after_s is not None:
             headers += (("retry-after", str(error.retry_after_s)),)
-        return cls(error.http_status, error.json_body(), headers, error.kind)
+        return cls(error.http_status, error.json_body(), headers, error.reason)
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +87,8 @@ class LlmCall:
     # The client asked for stream usage itself (stream_options.include_usage).
     client_wants_usage: bool
     usage: TokenUsage | None = None
+    # Set when the response turned out to be SSE: the events seen so far, cut at boundaries.
+    events: SseSplitter | None = None
 
 
 @dataclass(slots=True)
@@ -109,7 +112,9 @@ class Flow:
 
     request_id: str
     policy: CompiledPolicy | None
+    # Monotonic, for durations; `started_at` is the wall clock (epoch seconds), for log rows.
     started_ns: int
+    started_at: float
     method: str
     path: str
     # Lower-case names; repeated headers joined with ", ".

@@ -52,6 +52,10 @@ class UnknownSigningKey(Exception):
     """The issuer's current key set has no key with the token's key id."""
 
 
+class JwksFetchError(Exception):
+    """A JWKS response that is not a usable key set."""
+
+
 @dataclass(frozen=True, slots=True)
 class SigningKey:
     """One public key from a JWKS, with what it may verify."""
@@ -83,6 +87,8 @@ class _KeySet:
     keys: Mapping[str, SigningKey] | None = None
     fetched_at: float = 0.0
     attempted_at: float | None = None
+    # The last fetch made because a fresh set lacked a token's kid.
+    refetched_at: float | None = None
     last_attempt_failed: bool = False
     inflight: asyncio.Task[None] | None = field(default=None, repr=False)
 
@@ -114,11 +120,14 @@ class JwksCache:
         """
         entry = self._sets.setdefault(jwks_url, _KeySet())
         now = self._clock()
-        if entry.keys is not None and now - entry.fetched_at < self._ttl_s and kid in entry.keys:
+        fresh = entry.keys is not None and now - entry.fetched_at < self._ttl_s
+        if fresh and entry.keys is not None and kid in entry.keys:
             return entry.keys[kid]  # the hot path: no await, no lock
 
-        if entry.inflight is None and self._may_fetch(entry, now):
+        if entry.inflight is None and self._may_fetch(entry, now, fresh):
             entry.attempted_at = now
+            if fresh:
+                entry.refetched_at = now
             entry.inflight = asyncio.create_task(self._refresh(jwks_url, entry))
         if entry.inflight is not None:
             # Shielded: a caller that gives up must not cancel the fetch others are waiting on.
@@ -132,12 +141,15 @@ class JwksCache:
             raise JwksUnavailable(f"no usable key set from {jwks_url}")
         raise UnknownSigningKey(kid)
 
-    def _may_fetch(self, entry: _KeySet, now: float) -> bool:
-        if entry.attempted_at is None:
-            return True
-        # Whatever the reason (stale set, unknown kid, failed fetch), at most one fetch per
-        # interval: made-up kids and a down issuer must not turn into a fetch per request.
-        return now - entry.attempted_at >= self._min_refresh_interval_s
+    def _may_fetch(self, entry: _KeySet, now: float, fresh: bool) -> bool:
+        interval = self._min_refresh_interval_s
+        if fresh:
+            # A fresh set lacks the kid: the issuer may have rotated, or the kid is made up.
+            # One refetch per interval serves the first and caps what the second can cost.
+            return entry.refetched_at is None or now - entry.refetched_at >= interval
+        # No set yet, or a stale one: fetch, but after a failure wait an interval before
+        # trying again, so a down issuer is not hit (and waited on) by every request.
+        return entry.attempted_at is None or now - entry.attempted_at >= interval
 
     async def _refresh(self, jwks_url: str, entry: _KeySet) -> None:
         """Fetches the set into `entry`. Never raises, so no waiter sees a stray error."""
@@ -165,10 +177,6 @@ class JwksCache:
                 if len(body) > MAX_JWKS_BYTES:
                     raise JwksFetchError("response too large")
         return parse_jwks(orjson.loads(body))
-
-
-class JwksFetchError(Exception):
-    """A JWKS response that is not a usable key set."""
 
 
 def parse_jwks(document: Any) -> Mapping[str, SigningKey]:

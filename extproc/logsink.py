@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol, TypeVar
 
 import grpc
@@ -25,7 +25,8 @@ log = logging.getLogger("gatez.logsink")
 
 class LogWriter(Protocol):
     async def write(self, requests: Sequence[RequestLogRow], ai: Sequence[AiLogRow]) -> None:
-        """Stores one batch, or raises and stores none of it."""
+        """Stores one batch, or raises and stores none of it. The sink passes one table's rows
+        per call (the other sequence empty), so each call is a single insert."""
         ...
 
 
@@ -36,8 +37,10 @@ class ClickHouseLogWriter:
         self._store = store
 
     async def write(self, requests: Sequence[RequestLogRow], ai: Sequence[AiLogRow]) -> None:
-        await asyncio.to_thread(self._store.insert_request_logs, requests)
-        await asyncio.to_thread(self._store.insert_ai_logs, ai)
+        if requests:
+            await asyncio.to_thread(self._store.insert_request_logs, requests)
+        if ai:
+            await asyncio.to_thread(self._store.insert_ai_logs, ai)
 
 
 class ControlLogWriter:
@@ -111,17 +114,32 @@ class LogSink:
             )
 
     async def flush(self) -> None:
-        """Writes everything queued now, batch by batch; on failure the batch is kept."""
+        """Writes everything queued now, batch by batch; on failure the batch is kept.
+
+        Each write carries one table's rows, so a retry can never store the other table's twice.
+        """
         while self._requests or self._ai:
-            requests = _take(self._requests, self._batch_size)
-            ai = _take(self._ai, self._batch_size)
-            try:
-                await self._writer.write(requests, ai)
-            except BaseException:
-                self._requests.extendleft(reversed(requests))
-                self._ai.extendleft(reversed(ai))
-                raise
-            self.written += len(requests) + len(ai)
+            if self._requests:
+                await self._write(self._requests, lambda rows: self._writer.write(rows, ()))
+            if self._ai:
+                await self._write(self._ai, lambda rows: self._writer.write((), rows))
+
+    async def _write(self, queue: deque[T], write: Callable[[list[T]], Awaitable[None]]) -> None:
+        batch = _take(queue, self._batch_size)
+        try:
+            await write(batch)
+        except BaseException:
+            self._put_back(queue, batch)
+            raise
+        self.written += len(batch)
+
+    def _put_back(self, queue: deque[T], batch: list[T]) -> None:
+        """Returns a failed batch to the front; if rows arrived meanwhile and the queue is full,
+        the oldest rows (the batch's front) are the ones dropped, and counted."""
+        room = (queue.maxlen or len(batch)) - len(queue)
+        overflow = max(0, len(batch) - room)
+        self.dropped += overflow
+        queue.extendleft(reversed(batch[overflow:]))
 
     async def _run(self) -> None:
         backoff = self._interval_s

@@ -62,6 +62,8 @@ class PolicyHolder:
         self._path.parent.mkdir(parents=True, exist_ok=True)
         temporary = self._path.with_suffix(".tmp")
         fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        # A leftover temporary file keeps its old mode through O_CREAT; this one holds secrets.
+        os.fchmod(fd, 0o600)
         with os.fdopen(fd, "wb") as file:
             file.write(snapshot.SerializeToString())
             file.flush()
@@ -128,12 +130,14 @@ class PolicyWatcher:
             return control_pb2.WatchRequest(applied_version=current.version)
         try:
             compiled = self._holder.apply(snapshot)
-        except InvalidPolicy as error:
-            log.error("rejected policy version %d: %s", snapshot.version, error)
+        except Exception as error:
+            # Any failure is a NACK with its reason; never a silent reconnect loop.
+            reason = str(error) if isinstance(error, InvalidPolicy) else repr(error)
+            log.error("rejected policy version %d: %s", snapshot.version, reason)
             return control_pb2.WatchRequest(
                 applied_version=current.version if current else 0,
                 rejected_version=snapshot.version,
-                error=str(error),
+                error=reason,
             )
         log.info("applied policy version %d", compiled.version)
         return control_pb2.WatchRequest(applied_version=compiled.version)

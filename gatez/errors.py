@@ -14,7 +14,9 @@ class GatewayError(Exception):
 
     http_status: int = 500
     grpc_code: grpc.StatusCode = grpc.StatusCode.INTERNAL
+    # OpenAI's error `type`; `code` is the finer reason (defaults to the type).
     kind: str = "internal_error"
+    code: str | None = None
 
     def __init__(self, message: str, *, retry_after_s: int | None = None) -> None:
         super().__init__(message)
@@ -23,7 +25,11 @@ class GatewayError(Exception):
 
     def json_body(self) -> bytes:
         """An OpenAI-style error body, which every OpenAI-compatible SDK surfaces cleanly."""
-        return error_body(self.public_message, self.kind)
+        return error_body(self.public_message, self.kind, self.reason)
+
+    @property
+    def reason(self) -> str:
+        return self.code or self.kind
 
 
 class InvalidRequest(GatewayError):
@@ -82,5 +88,7 @@ class InvalidPolicy(GatewayError):
     kind = "invalid_policy"
 
 
-def error_body(message: str, kind: str) -> bytes:
-    return orjson.dumps({"error": {"message": message, "type": kind, "code": kind}})
+def error_body(message: str, kind: str, code: str | None = None) -> bytes:
+    return orjson.dumps(
+        {"error": {"message": message, "type": kind, "param": None, "code": code or kind}}
+    )

@@ -10,13 +10,13 @@ import re
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Final
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 from gatez.errors import InvalidPolicy
 from gatez.v1 import policy_pb2
 
-TENANT_ID_PATTERN: Final = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
-NAME_PATTERN: Final = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
+TENANT_ID_PATTERN: Final = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
+NAME_PATTERN: Final = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
 ASYMMETRIC_ALGORITHMS: Final = frozenset(
     {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"}
 )
@@ -103,7 +103,7 @@ def compile_policy(snapshot: policy_pb2.PolicySnapshot) -> CompiledPolicy:
     """Validates a snapshot and compiles it. Raises `InvalidPolicy` naming the first fault."""
     tenants: dict[str, TenantPolicy] = {}
     for tenant in snapshot.tenants:
-        _check(TENANT_ID_PATTERN.match(tenant.id), f"tenant id {tenant.id!r} is not valid")
+        _check(TENANT_ID_PATTERN.fullmatch(tenant.id), f"tenant id {tenant.id!r} is not valid")
         _check(tenant.id not in tenants, f"tenant {tenant.id!r} appears twice")
         tenants[tenant.id] = TenantPolicy(tenant.id, _rate_limit(tenant))
 
@@ -132,7 +132,7 @@ def compile_policy(snapshot: policy_pb2.PolicySnapshot) -> CompiledPolicy:
         credentials[credential.provider] = credential.api_key
     providers: dict[str, ProviderTarget] = {}
     for provider in snapshot.providers:
-        _check(NAME_PATTERN.match(provider.name), f"provider name {provider.name!r} is not valid")
+        _check(NAME_PATTERN.fullmatch(provider.name), f"provider name {provider.name!r} is not valid")
         _check(provider.name not in providers, f"provider {provider.name!r} appears twice")
         providers[provider.name] = _provider(provider, credentials.get(provider.name))
     unknown = set(credentials) - set(providers)
@@ -166,6 +166,17 @@ def _check(condition: object, message: str) -> None:
         raise InvalidPolicy(message)
 
 
+def _url(value: str, where: str) -> SplitResult:
+    """An http(s) URL with a host and a valid port, or InvalidPolicy naming `where`."""
+    try:
+        url = urlsplit(value)
+        url.port  # noqa: B018 — raises ValueError for a port out of range or not a number
+    except ValueError as error:
+        raise InvalidPolicy(f"{where} is not a valid URL: {error}") from None
+    _check(url.scheme in ("http", "https") and url.hostname, f"{where} must be a URL (http or https, with a host)")
+    return url
+
+
 def _rate_limit(tenant: policy_pb2.Tenant) -> RateLimitRule | None:
     if not tenant.HasField("rate_limit"):
         return None
@@ -181,8 +192,7 @@ def _identity_provider(
     _check(idp.tenant_id in tenants, f"{where}: unknown tenant {idp.tenant_id!r}")
     _check(idp.issuer != "", f"{where}: issuer is required")
     _check(idp.audience != "", f"{where}: audience is required")
-    url = urlsplit(idp.jwks_url)
-    _check(url.scheme in ("http", "https") and url.hostname, f"{where}: jwks_url must be a URL")
+    url = _url(idp.jwks_url, f"{where}: jwks_url")
     algorithms = tuple(idp.algorithms) or DEFAULT_ALGORITHMS
     bad = [a for a in algorithms if a not in ASYMMETRIC_ALGORITHMS]
     _check(not bad, f"{where}: algorithms {bad} not allowed (asymmetric only, never 'none')")
@@ -200,9 +210,9 @@ def _identity_provider(
 def _provider(provider: policy_pb2.Provider, api_key: str | None) -> ProviderTarget:
     where = f"provider {provider.name!r}"
     _check(provider.kind == policy_pb2.PROVIDER_KIND_OPENAI, f"{where}: unsupported kind")
-    url = urlsplit(provider.base_url)
-    _check(url.scheme in ("http", "https") and url.hostname, f"{where}: base_url must be a URL")
+    url = _url(provider.base_url, f"{where}: base_url")
     _check(not url.query and not url.fragment, f"{where}: base_url must not carry ?query or #")
+    _check(not url.username, f"{where}: base_url must not carry credentials")
     tls = url.scheme == "https"
     port = url.port or (443 if tls else 80)
     host = url.hostname or ""

@@ -23,8 +23,7 @@ class AccessLog:
     async def on_done(self, flow: Flow) -> None:
         finished_ns = flow.finished_ns or time.monotonic_ns()
         latency_ms = (finished_ns - flow.started_ns) / 1e6
-        # Wall-clock start time, derived once from the monotonic latency.
-        started = dt.datetime.now(dt.UTC) - dt.timedelta(milliseconds=latency_ms)
+        started = dt.datetime.fromtimestamp(flow.started_at, dt.UTC)
         principal = flow.principal
         tenant_id = principal.tenant_id if principal else ""
         key_id = principal.key_id if principal else ""

@@ -21,7 +21,9 @@ CLUSTER_HEADER: Final = "x-gatez-cluster"
 
 
 class ModelNotFound(NotFound):
-    kind = "model_not_found"
+    # As OpenAI answers an unknown model.
+    kind = "invalid_request_error"
+    code = "model_not_found"
 
 
 class ModelRouting:

@@ -17,16 +17,13 @@ import orjson
 from extproc.flow import CONTINUE, BodyMode, Flow, LlmCall, TokenUsage, Verdict
 from extproc.sse import SseSplitter, event_data
 
+# OpenAI's compact form, removed without parsing; anything else mentioning usage is parsed.
 NULL_USAGE: Final = b',"usage":null'
-USAGE_OBJECT: Final = b'"usage":{'
+USAGE: Final = b'"usage"'
 
 
 class UsageMeter:
     """Reads token usage from Chat Completions responses into `flow.llm.usage`."""
-
-    def __init__(self) -> None:
-        # One splitter per streamed flow; keyed by request id, dropped when the flow is done.
-        self._streams: dict[str, SseSplitter] = {}
 
     async def on_response_headers(self, flow: Flow) -> Verdict:
         llm = flow.llm
@@ -35,7 +32,7 @@ class UsageMeter:
         content_type = flow.response_headers.get("content-type", "")
         if content_type.startswith("text/event-stream"):
             flow.response_body_mode = BodyMode.STREAMED
-            self._streams[flow.request_id] = SseSplitter()
+            llm.events = SseSplitter()
             if not llm.client_wants_usage:
                 # Chunks may shrink; a stale length would truncate the client's stream.
                 flow.remove_header("content-length")
@@ -48,56 +45,53 @@ class UsageMeter:
         llm = flow.llm
         if llm is None:
             return CONTINUE
-        splitter = self._streams.get(flow.request_id)
-        if splitter is None:
+        if llm.events is None:
             llm.usage = _usage_of(_loads(flow.response_chunk)) or llm.usage
             return CONTINUE
         if flow.first_byte_ns is None and flow.response_chunk:
             flow.first_byte_ns = time.monotonic_ns()
-        events = splitter.feed(flow.response_chunk)
+        events = llm.events.feed(flow.response_chunk)
         if flow.end_of_stream:
-            tail = splitter.flush()
+            tail = llm.events.flush()
             if tail:
                 events.append(tail)
         if llm.client_wants_usage:
             for event in events:
-                if USAGE_OBJECT in event:
-                    _read_usage(llm, event)
+                if USAGE in event and NULL_USAGE not in event:
+                    _read_usage(llm, _chunk_of(event))
             return CONTINUE
         flow.replace_response_chunk(b"".join(_strip_usage(llm, e) for e in events))
         return CONTINUE
 
-    async def on_done(self, flow: Flow) -> None:
-        self._streams.pop(flow.request_id, None)
-
 
 def _strip_usage(llm: LlmCall, event: bytes) -> bytes:
     """The event as the client would have got it without include_usage."""
-    if USAGE_OBJECT in event and _read_usage(llm, event):
-        return b""
     if NULL_USAGE in event:
         return event.replace(NULL_USAGE, b"")
-    if b'"usage"' in event:
-        # Not the compact form: fall back to a parse and re-serialisation.
-        data = event_data(event)
-        chunk = _loads(data) if data is not None else None
-        if chunk is not None and "usage" in chunk and chunk["usage"] is None:
-            del chunk["usage"]
-            return b"data: " + orjson.dumps(chunk) + b"\n\n"
-    return event
+    if USAGE not in event:
+        return event
+    chunk = _chunk_of(event)
+    if chunk is None or "usage" not in chunk:
+        return event
+    if _read_usage(llm, chunk) and chunk.get("choices") == []:
+        return b""
+    # Not the compact form: drop the member and re-serialise.
+    del chunk["usage"]
+    return b"data: " + orjson.dumps(chunk) + b"\n\n"
 
 
-def _read_usage(llm: LlmCall, event: bytes) -> bool:
-    """Records the usage of a usage chunk; True when the chunk carried nothing else."""
+def _chunk_of(event: bytes) -> dict[str, Any] | None:
     data = event_data(event)
-    chunk = _loads(data) if data is not None else None
-    if chunk is None:
-        return False
+    return _loads(data) if data is not None else None
+
+
+def _read_usage(llm: LlmCall, chunk: dict[str, Any] | None) -> bool:
+    """Records the usage a chunk reports; True when it reported one."""
     usage = _usage_of(chunk)
     if usage is None:
         return False
     llm.usage = usage
-    return chunk.get("choices") == []
+    return True
 
 
 def _usage_of(body: dict[str, Any] | None) -> TokenUsage | None:

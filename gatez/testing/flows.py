@@ -22,6 +22,7 @@ def make_flow(
         request_id=uuid.uuid4().hex,
         policy=policy,
         started_ns=time.monotonic_ns(),
+        started_at=time.time(),
         method=method,
         path=path,
         request_headers={k.lower(): v for k, v in (headers or {}).items()},

@@ -161,7 +161,7 @@ def test_models_list_shows_the_tenants_aliases(gateway_url: str, tenant: TenantA
         (b"{not json", 400, "invalid_request_error"),
         (b"[1, 2]", 400, "invalid_request_error"),
         (b'{"model": "gpt-test"}', 400, "invalid_request_error"),
-        (b'{"model": "no-such-model", "messages": []}', 404, "model_not_found"),
+        (b'{"model": "no-such-model", "messages": []}', 404, "invalid_request_error"),
     ],
 )
 def test_bad_requests_get_json_errors_and_never_reach_the_upstream(

@@ -1,0 +1,108 @@
+"""L1 per-tenant rate limits, shared by every data plane through Redis. Runs after authentication.
+
+The limit is a GCRA (generic cell rate algorithm) bucket per tenant: a sustained rate of
+`requests_per_minute` with up to `burst` requests at once. One Lua script decides and records
+atomically in a single round trip, using Redis's clock so data planes with skewed clocks agree.
+The bucket is one key holding the "theoretical arrival time" (TAT), expiring once it would be
+full again, so idle tenants cost no memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from typing import Final
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from extproc.flow import CONTINUE, Flow, Verdict
+from gatez.errors import RateLimited, Unauthenticated, Unavailable
+from gatez.policy import RateLimitRule
+
+log = logging.getLogger("gatez.rate_limit")
+
+# KEYS[1]: the tenant's bucket. ARGV[1]: emission interval (µs), ARGV[2]: burst.
+# Returns {1, 0} when allowed, {0, wait_ms} when not: wait_ms until one more would pass.
+# Time is kept in whole microseconds: epoch µs fit a Lua double exactly, so repeated
+# additions never drift the way fractional milliseconds would.
+GCRA_SCRIPT: Final = """
+local interval = tonumber(ARGV[1])
+local burst = tonumber(ARGV[2])
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
+local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
+if tat < now then
+  tat = now
+end
+local new_tat = tat + interval
+local allowed_at = new_tat - interval * burst
+if allowed_at > now then
+  return {0, math.ceil((allowed_at - now) / 1000)}
+end
+redis.call('SET', KEYS[1], string.format('%.0f', new_tat), 'PX', math.ceil((new_tat - now) / 1000))
+return {1, 0}
+"""
+
+
+def bucket_key(tenant_id: str) -> str:
+    """The tenant's bucket; `{tenant_id}` is a Redis Cluster hash tag, kept literally."""
+    return f"rl:{{{tenant_id}}}:requests"
+
+
+class RateLimit:
+    """Refuses a tenant's request with 429 and `Retry-After` once its bucket is empty.
+
+    Tenants without a rate limit in the policy are not limited and cost no Redis call. When
+    Redis cannot answer within `timeout_s`, requests are refused with 503 (fail closed), or let
+    through when constructed with `fail_open=True`.
+    """
+
+    def __init__(
+        self, redis: aioredis.Redis, *, fail_open: bool = False, timeout_s: float = 0.5
+    ) -> None:
+        # Registered once: every call is an EVALSHA (the script is loaded on the first miss).
+        self._gcra = redis.register_script(GCRA_SCRIPT)
+        # A deadline of our own: a client's default retries (or no socket timeout at all) could
+        # otherwise hold every request for seconds while Redis is away.
+        self._timeout_s = timeout_s
+        # Read by the pipeline too: an unexpected error in a fail-open stage lets requests on.
+        self.fail_open = fail_open
+
+    async def on_request_headers(self, flow: Flow) -> Verdict:
+        if flow.policy is None:
+            raise Unavailable("no policy yet")
+        if flow.principal is None:
+            # The pipeline puts authentication first; reaching here without it is a bug.
+            raise Unauthenticated("missing credential")
+        tenant = flow.policy.tenants.get(flow.principal.tenant_id)
+        if tenant is None:
+            raise Unauthenticated("unknown tenant")
+        if tenant.rate_limit is None:
+            return CONTINUE
+        wait_ms = await self._take(tenant.id, tenant.rate_limit)
+        if wait_ms is not None:
+            retry_after_s = max(1, math.ceil(wait_ms / 1000))
+            raise RateLimited(
+                f"rate limit exceeded for this tenant; retry after {retry_after_s}s",
+                retry_after_s=retry_after_s,
+            )
+        return CONTINUE
+
+    async def _take(self, tenant_id: str, rule: RateLimitRule) -> int | None:
+        """Takes one request from the bucket: None when allowed, else ms until one would pass."""
+        interval_us = max(1, round(rule.emission_interval_ms * 1000))
+        try:
+            # Cancelling a command mid-flight is safe: redis-py drops that connection.
+            async with asyncio.timeout(self._timeout_s):
+                allowed, wait_ms = await self._gcra(
+                    keys=[bucket_key(tenant_id)], args=[interval_us, rule.burst]
+                )
+        except (RedisError, OSError, TimeoutError) as error:
+            if self.fail_open:
+                log.warning("rate limiter unavailable, letting request through: %r", error)
+                return None
+            log.warning("rate limiter unavailable, refusing request: %r", error)
+            raise Unavailable("rate limiter unavailable") from None
+        return None if allowed == 1 else int(wait_ms)

@@ -1,0 +1,159 @@
+"""AccessLog: one request-log row per exchange, one AI-log row per call the provider saw."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+
+import pytest
+
+from extproc.flow import Flow, LlmCall, Principal, TokenUsage
+from extproc.logsink import LogSink
+from extproc.stages.access_log import AccessLog
+from gatez.logrows import AiLogRow, RequestLogRow
+from gatez.policy import compile_policy
+from gatez.testing.flows import make_flow
+from gatez.v1 import policy_pb2
+
+MS = 1_000_000
+POLICY = compile_policy(
+    policy_pb2.PolicySnapshot(
+        version=1,
+        tenants=[policy_pb2.Tenant(id="acme")],
+        providers=[
+            policy_pb2.Provider(
+                name="openai",
+                kind=policy_pb2.PROVIDER_KIND_OPENAI,
+                base_url="https://api.openai.com/v1",
+            )
+        ],
+        model_routes=[
+            policy_pb2.ModelRoute(alias="fast", provider="openai", upstream_model="gpt-4o-mini")
+        ],
+    )
+)
+TARGET = POLICY.resolve_model("acme", "fast")
+assert TARGET is not None
+PRINCIPAL = Principal(tenant_id="acme", key_id="key-1", subject="key-1")
+
+
+class RecordingWriter:
+    """Keeps every batch it is given, in order."""
+
+    def __init__(self) -> None:
+        self.requests: list[RequestLogRow] = []
+        self.ai: list[AiLogRow] = []
+
+    async def write(self, requests: Sequence[RequestLogRow], ai: Sequence[AiLogRow]) -> None:
+        self.requests.extend(requests)
+        self.ai.extend(ai)
+
+
+async def log_rows(flow: Flow) -> tuple[list[RequestLogRow], list[AiLogRow]]:
+    writer = RecordingWriter()
+    sink = LogSink(writer)
+    await AccessLog(sink, "node-a").on_done(flow)
+    await sink.flush()
+    return writer.requests, writer.ai
+
+
+def llm_flow(
+    *, stream: bool, usage: TokenUsage | None, status: int = 200, reached: bool = True
+) -> Flow:
+    """An LLM exchange that took 250 ms, with its first byte after 100 ms."""
+    flow = make_flow(POLICY, path="/v1/chat/completions?api-version=2024-06-01", body=b"{}")
+    flow.principal = PRINCIPAL
+    assert TARGET is not None
+    flow.llm = LlmCall(target=TARGET, stream=stream, client_wants_usage=False, usage=usage)
+    flow.upstream_reached = reached
+    flow.response_status = status
+    flow.first_byte_ns = flow.started_ns + 100 * MS if reached else None
+    flow.finished_ns = flow.started_ns + 250 * MS
+    return flow
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_an_llm_call_writes_a_request_row_and_an_ai_row(stream: bool) -> None:
+    flow = llm_flow(stream=stream, usage=TokenUsage(input_tokens=19, output_tokens=10))
+    before = dt.datetime.now(dt.UTC)
+    requests, ai = await log_rows(flow)
+    after = dt.datetime.now(dt.UTC)
+
+    [request] = requests
+    assert request == RequestLogRow(
+        time=request.time,
+        request_id=flow.request_id,
+        tenant_id="acme",
+        key_id="key-1",
+        method="POST",
+        # The query string may carry secrets; the log keeps the path only.
+        path="/v1/chat/completions",
+        status=200,
+        latency_ms=250.0,
+        error="",
+        node_id="node-a",
+    )
+    [call] = ai
+    assert call == AiLogRow(
+        time=request.time,
+        request_id=flow.request_id,
+        tenant_id="acme",
+        key_id="key-1",
+        provider="openai",
+        model_alias="fast",
+        upstream_model="gpt-4o-mini",
+        input_tokens=19,
+        output_tokens=10,
+        status=200,
+        latency_ms=250.0,
+        ttft_ms=100.0,
+        streamed=stream,
+        node_id="node-a",
+    )
+    # The row's time is the wall clock captured when the flow began.
+    assert request.time.tzinfo is not None
+    assert request.time == dt.datetime.fromtimestamp(flow.started_at, dt.UTC)
+    assert before - dt.timedelta(seconds=1) <= request.time <= after
+
+
+async def test_a_call_without_reported_usage_logs_zero_tokens() -> None:
+    _, [call] = await log_rows(llm_flow(stream=True, usage=None, status=502))
+    assert (call.input_tokens, call.output_tokens, call.status) == (0, 0, 502)
+
+
+async def test_a_call_the_provider_never_saw_has_no_ai_row() -> None:
+    flow = llm_flow(stream=False, usage=None, status=429, reached=False)
+    flow.error = "rate_limit_error"
+    [request], ai = await log_rows(flow)
+    assert ai == []
+    assert (request.status, request.error, request.tenant_id) == (429, "rate_limit_error", "acme")
+
+
+async def test_an_unauthenticated_request_is_logged_without_a_tenant() -> None:
+    flow = make_flow(POLICY, method="GET", path="/v1/models?limit=5")
+    flow.response_status = 401
+    flow.error = "authentication_error"
+    flow.finished_ns = flow.started_ns + 3 * MS
+    [request], ai = await log_rows(flow)
+    assert ai == []
+    assert (request.tenant_id, request.key_id) == ("", "")
+    assert (request.method, request.path, request.status) == ("GET", "/v1/models", 401)
+    assert request.error == "authentication_error"
+    assert request.latency_ms == 3.0
+
+
+async def test_no_first_byte_logs_zero_time_to_first_token() -> None:
+    flow = llm_flow(stream=True, usage=None, status=504)
+    flow.first_byte_ns = None
+    _, [call] = await log_rows(flow)
+    assert call.ttft_ms == 0.0
+
+
+async def test_an_unfinished_exchange_is_timed_until_now() -> None:
+    # A client that went away mid-stream: the adapter never set finished_ns.
+    flow = llm_flow(stream=True, usage=None)
+    flow.started_ns -= 40 * MS
+    flow.finished_ns = None
+    [request], [call] = await log_rows(flow)
+    assert request.latency_ms >= 40.0
+    assert call.latency_ms == request.latency_ms

@@ -1,0 +1,220 @@
+"""RateLimit on Flows against a real redis-server: GCRA buckets per tenant, 429s, failure modes."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+
+from extproc.flow import CONTINUE, Flow, Principal, Respond
+from extproc.stages.rate_limit import RateLimit, bucket_key
+from gatez.errors import RateLimited, Unauthenticated, Unavailable
+from gatez.policy import CompiledPolicy, compile_policy
+from gatez.testing.flows import make_flow
+from gatez.testing.processes import free_port
+from gatez.v1 import policy_pb2
+
+
+def build_policy(**limits: tuple[int, int] | None) -> CompiledPolicy:
+    """Tenants named by keyword, each with (requests_per_minute, burst) or None for no limit."""
+    tenants = []
+    for tenant_id, limit in limits.items():
+        tenant = policy_pb2.Tenant(id=tenant_id)
+        if limit is not None:
+            tenant.rate_limit.CopyFrom(
+                policy_pb2.RateLimit(requests_per_minute=limit[0], burst=limit[1])
+            )
+        tenants.append(tenant)
+    return compile_policy(policy_pb2.PolicySnapshot(version=1, tenants=tenants))
+
+
+def flow_for(policy: CompiledPolicy | None, tenant_id: str) -> Flow:
+    """A flow as Authenticate leaves it."""
+    flow = make_flow(policy)
+    flow.principal = Principal(tenant_id=tenant_id, key_id=f"key-{tenant_id}", subject="test")
+    return flow
+
+
+@pytest.fixture
+def stage(redis_client: aioredis.Redis) -> RateLimit:
+    return RateLimit(redis_client)
+
+
+@pytest.fixture
+async def dead_redis() -> AsyncIterator[aioredis.Redis]:
+    """A client for a Redis that is not there (nothing listens on its port), failing fast."""
+    client = aioredis.Redis(host="127.0.0.1", port=free_port(), retry=Retry(NoBackoff(), 0))
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+def hung_port() -> Iterator[int]:
+    """A port that accepts connections (the kernel does, from the backlog) but never answers."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(16)
+        yield listener.getsockname()[1]
+
+
+async def test_requests_under_the_limit_pass(
+    stage: RateLimit, redis_client: aioredis.Redis
+) -> None:
+    policy = build_policy(acme=(60, 5))
+
+    for _ in range(5):
+        assert await stage.on_request_headers(flow_for(policy, "acme")) is CONTINUE
+
+    # One key per tenant, named with a literal Cluster hash tag, expiring when the bucket
+    # would be full again (5 requests at one per second: about 5 s).
+    assert await redis_client.keys("*") == [b"rl:{acme}:requests"]
+    assert 4_000 < await redis_client.pttl(bucket_key("acme")) <= 5_000
+
+
+@pytest.mark.parametrize(
+    ("requests_per_minute", "burst", "retry_after_s"),
+    [(60, 5, 1), (600, 10, 1), (6, 2, 10), (1, 1, 60), (4, 3, 15)],
+)
+async def test_request_beyond_the_burst_is_429_with_retry_after(
+    stage: RateLimit, requests_per_minute: int, burst: int, retry_after_s: int
+) -> None:
+    policy = build_policy(acme=(requests_per_minute, burst))
+    for _ in range(burst):
+        assert await stage.on_request_headers(flow_for(policy, "acme")) is CONTINUE
+
+    with pytest.raises(RateLimited) as caught:
+        await stage.on_request_headers(flow_for(policy, "acme"))
+
+    # The wait is one emission interval, less the moments the test took.
+    assert caught.value.retry_after_s == retry_after_s
+    response = Respond.from_error(caught.value)
+    assert response.status == 429
+    assert ("retry-after", str(retry_after_s)) in response.headers
+
+
+async def test_refused_requests_do_not_drain_the_bucket(
+    stage: RateLimit, redis_client: aioredis.Redis
+) -> None:
+    policy = build_policy(acme=(1, 2))  # no refill during the test
+    for _ in range(2):
+        await stage.on_request_headers(flow_for(policy, "acme"))
+    bucket = await redis_client.get(bucket_key("acme"))
+
+    for _ in range(20):
+        with pytest.raises(RateLimited):
+            await stage.on_request_headers(flow_for(policy, "acme"))
+
+    # A refusal writes nothing, so a client hammering through its 429s recovers on time.
+    assert await redis_client.get(bucket_key("acme")) == bucket
+
+
+async def test_bucket_refills_at_the_sustained_rate(stage: RateLimit) -> None:
+    policy = build_policy(acme=(600, 1))  # one request per 100 ms
+    await stage.on_request_headers(flow_for(policy, "acme"))
+    with pytest.raises(RateLimited):
+        await stage.on_request_headers(flow_for(policy, "acme"))
+
+    await asyncio.sleep(0.12)
+
+    assert await stage.on_request_headers(flow_for(policy, "acme")) is CONTINUE
+
+
+async def test_tenants_have_independent_buckets(stage: RateLimit) -> None:
+    policy = build_policy(acme=(1, 3), globex=(1, 3))
+    for _ in range(3):
+        await stage.on_request_headers(flow_for(policy, "acme"))
+    with pytest.raises(RateLimited):
+        await stage.on_request_headers(flow_for(policy, "acme"))
+
+    for _ in range(3):
+        assert await stage.on_request_headers(flow_for(policy, "globex")) is CONTINUE
+
+
+async def test_concurrent_requests_get_exactly_the_burst(
+    stage: RateLimit, redis_client: aioredis.Redis
+) -> None:
+    # Also through a second client, as a second data plane would be.
+    other_plane = RateLimit(redis_client)
+    policy = build_policy(acme=(1, 10))  # no refill during the test
+
+    results = await asyncio.gather(
+        *(
+            (stage if n % 2 else other_plane).on_request_headers(flow_for(policy, "acme"))
+            for n in range(50)
+        ),
+        return_exceptions=True,
+    )
+
+    assert sum(r is CONTINUE for r in results) == 10
+    assert sum(isinstance(r, RateLimited) for r in results) == 40
+
+
+async def test_no_limit_configured_touches_no_redis(
+    redis_client: aioredis.Redis, dead_redis: aioredis.Redis
+) -> None:
+    policy = build_policy(initech=None)
+
+    assert await RateLimit(redis_client).on_request_headers(flow_for(policy, "initech")) is CONTINUE
+    # Not even a round trip: a stage on a Redis that is not there passes too.
+    assert await RateLimit(dead_redis).on_request_headers(flow_for(policy, "initech")) is CONTINUE
+    assert await redis_client.dbsize() == 0
+
+
+async def test_script_is_reloaded_when_redis_forgot_it(
+    stage: RateLimit, redis_client: aioredis.Redis
+) -> None:
+    policy = build_policy(acme=(60, 5))
+    await stage.on_request_headers(flow_for(policy, "acme"))
+
+    await redis_client.script_flush()  # as after a Redis restart or failover
+
+    assert await stage.on_request_headers(flow_for(policy, "acme")) is CONTINUE
+
+
+@pytest.mark.parametrize("failure", ["refused", "refused-with-default-retries", "hung"])
+async def test_redis_down_fails_closed_with_503_in_bounded_time(
+    failure: str, dead_redis: aioredis.Redis, hung_port: int
+) -> None:
+    policy = build_policy(acme=(60, 5))
+    client = {
+        "refused": dead_redis,
+        # redis-py's defaults retry for seconds; the stage's own deadline cuts that short.
+        "refused-with-default-retries": aioredis.Redis(host="127.0.0.1", port=free_port()),
+        "hung": aioredis.Redis(host="127.0.0.1", port=hung_port),
+    }[failure]
+    stage = RateLimit(client, timeout_s=0.3)
+
+    started = time.monotonic()
+    with pytest.raises(Unavailable) as caught:
+        await stage.on_request_headers(flow_for(policy, "acme"))
+
+    assert time.monotonic() - started < 1.0
+    assert caught.value.http_status == 503
+    assert caught.value.public_message == "rate limiter unavailable"
+    await client.aclose()
+
+
+@pytest.mark.parametrize("failure", ["refused", "hung"])
+async def test_redis_down_passes_when_fail_open(
+    failure: str, dead_redis: aioredis.Redis, hung_port: int
+) -> None:
+    policy = build_policy(acme=(60, 5))
+    client = dead_redis if failure == "refused" else aioredis.Redis(port=hung_port)
+    stage = RateLimit(client, fail_open=True, timeout_s=0.3)
+
+    assert stage.fail_open
+    assert await stage.on_request_headers(flow_for(policy, "acme")) is CONTINUE
+    await client.aclose()
+
+
+async def test_no_policy_is_503_and_no_principal_is_401(stage: RateLimit) -> None:
+    with pytest.raises(Unavailable):
+        await stage.on_request_headers(flow_for(None, "acme"))
+    with pytest.raises(Unauthenticated):
+        await stage.on_request_headers(make_flow(build_policy(acme=(60, 5))))

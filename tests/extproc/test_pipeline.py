@@ -1,0 +1,344 @@
+"""Pipeline: stages run in order per phase, the first answer wins, errors become responses."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+import orjson
+import pytest
+
+from extproc.flow import CONTINUE, Continue, Flow, Hold, Respond, Verdict
+from extproc.pipeline import Pipeline
+from gatez.errors import (
+    GatewayError,
+    InvalidRequest,
+    NotFound,
+    PermissionDenied,
+    RateLimited,
+    Unauthenticated,
+    Unavailable,
+)
+from gatez.testing.flows import make_flow
+
+Behaviour = Callable[[Flow], Awaitable[Verdict]]
+
+
+async def proceed(flow: Flow) -> Verdict:
+    return CONTINUE
+
+
+def answer(status: int, reason: str = "") -> Behaviour:
+    async def respond(flow: Flow) -> Verdict:
+        return Respond(status, b'{"ok":false}', reason=reason)
+
+    return respond
+
+
+def fail(error: Exception) -> Behaviour:
+    async def raise_(flow: Flow) -> Verdict:
+        raise error
+
+    return raise_
+
+
+def hold(decision: Awaitable[Continue | Respond], timeout_s: float = 1.0) -> Behaviour:
+    async def wait(flow: Flow) -> Verdict:
+        return Hold(decision, timeout_s)
+
+    return wait
+
+
+class EveryPhase:
+    """A stage acting in every phase; records `name.phase` for each call."""
+
+    def __init__(
+        self,
+        calls: list[str],
+        name: str,
+        behaviour: Behaviour = proceed,
+        *,
+        fail_open: bool = False,
+    ) -> None:
+        self.calls = calls
+        self.name = name
+        self.behaviour = behaviour
+        self.fail_open = fail_open
+
+    async def _call(self, phase: str, flow: Flow) -> Verdict:
+        self.calls.append(f"{self.name}.{phase}")
+        return await self.behaviour(flow)
+
+    async def on_request_headers(self, flow: Flow) -> Verdict:
+        return await self._call("request_headers", flow)
+
+    async def on_request_body(self, flow: Flow) -> Verdict:
+        return await self._call("request_body", flow)
+
+    async def on_response_headers(self, flow: Flow) -> Verdict:
+        return await self._call("response_headers", flow)
+
+    async def on_response_body(self, flow: Flow) -> Verdict:
+        return await self._call("response_body", flow)
+
+    async def on_done(self, flow: Flow) -> None:
+        self.calls.append(f"{self.name}.done")
+
+
+class HeadersOnly:
+    """A stage acting on request headers only (like authentication)."""
+
+    def __init__(self, calls: list[str]) -> None:
+        self.calls = calls
+
+    async def on_request_headers(self, flow: Flow) -> Verdict:
+        self.calls.append("headers-only.request_headers")
+        return CONTINUE
+
+
+class DoneOnly:
+    """A stage acting only when the exchange is over (like the access log)."""
+
+    def __init__(self, calls: list[str], name: str, error: Exception | None = None) -> None:
+        self.calls = calls
+        self.name = name
+        self.error = error
+
+    async def on_done(self, flow: Flow) -> None:
+        self.calls.append(f"{self.name}.done")
+        if self.error is not None:
+            raise self.error
+
+
+class NoPhases:
+    """Not a stage of any phase: ignored."""
+
+
+@pytest.fixture
+def calls() -> list[str]:
+    """The phase calls the stages of one test saw, in order."""
+    return []
+
+
+def new_flow() -> Flow:
+    return make_flow(None, body=b"{}")
+
+
+async def run_all_phases(pipeline: Pipeline, flow: Flow) -> list[Continue | Respond]:
+    return [
+        await pipeline.request_headers(flow),
+        await pipeline.request_body(flow),
+        await pipeline.response_headers(flow),
+        await pipeline.response_body(flow),
+    ]
+
+
+async def test_each_phase_visits_only_its_stages_in_order(calls: list[str]) -> None:
+    pipeline = Pipeline(
+        [
+            EveryPhase(calls, "a"),
+            HeadersOnly(calls),
+            NoPhases(),
+            DoneOnly(calls, "log"),
+            EveryPhase(calls, "b"),
+        ]
+    )
+    flow = new_flow()
+    assert await run_all_phases(pipeline, flow) == [CONTINUE] * 4
+    await pipeline.done(flow)
+    assert calls == [
+        "a.request_headers",
+        "headers-only.request_headers",
+        "b.request_headers",
+        "a.request_body",
+        "b.request_body",
+        "a.response_headers",
+        "b.response_headers",
+        "a.response_body",
+        "b.response_body",
+        "a.done",
+        "log.done",
+        "b.done",
+    ]
+    assert flow.error == ""
+
+
+async def test_an_empty_pipeline_continues() -> None:
+    pipeline = Pipeline([])
+    flow = new_flow()
+    assert await run_all_phases(pipeline, flow) == [CONTINUE] * 4
+    await pipeline.done(flow)
+
+
+async def test_the_first_answer_stops_the_phase(calls: list[str]) -> None:
+    pipeline = Pipeline(
+        [
+            EveryPhase(calls, "a"),
+            EveryPhase(calls, "b", answer(429, "rate_limited")),
+            EveryPhase(calls, "c"),
+        ]
+    )
+    flow = new_flow()
+    verdict = await pipeline.request_headers(flow)
+    assert verdict == Respond(429, b'{"ok":false}', reason="rate_limited")
+    assert calls == ["a.request_headers", "b.request_headers"]
+    assert flow.error == "rate_limited"
+
+
+async def test_an_answer_without_a_reason_is_logged_as_a_gateway_response(calls: list[str]) -> None:
+    flow = new_flow()
+    await Pipeline([EveryPhase(calls, "a", answer(200))]).response_body(flow)
+    assert flow.error == "gateway_response"
+
+
+async def test_the_first_recorded_error_is_kept(calls: list[str]) -> None:
+    flow = new_flow()
+    flow.error = "upstream_timeout"
+    await Pipeline([EveryPhase(calls, "a", answer(503, "no_capacity"))]).response_headers(flow)
+    assert flow.error == "upstream_timeout"
+
+
+@pytest.mark.parametrize(
+    ("error", "status", "kind"),
+    [
+        (InvalidRequest("'messages' must be an array"), 400, "invalid_request_error"),
+        (Unauthenticated("invalid API key"), 401, "authentication_error"),
+        (PermissionDenied("tool not allowed"), 403, "permission_error"),
+        (NotFound("no route for GET /nope"), 404, "not_found_error"),
+        (Unavailable("no policy yet"), 503, "service_unavailable"),
+    ],
+)
+async def test_a_gateway_error_becomes_its_json_response(
+    error: GatewayError, status: int, kind: str, calls: list[str]
+) -> None:
+    pipeline = Pipeline([EveryPhase(calls, "a", fail(error)), EveryPhase(calls, "b")])
+    flow = new_flow()
+    verdict = await pipeline.request_body(flow)
+    assert isinstance(verdict, Respond)
+    assert verdict.status == status
+    assert verdict.headers == (("content-type", "application/json"),)
+    assert orjson.loads(verdict.body) == {
+        "error": {"message": error.public_message, "type": kind, "param": None, "code": kind}
+    }
+    assert flow.error == kind
+    assert calls == ["a.request_body"]
+
+
+async def test_retry_after_is_sent_with_a_rate_limit(calls: list[str]) -> None:
+    pipeline = Pipeline([EveryPhase(calls, "a", fail(RateLimited("slow down", retry_after_s=7)))])
+    verdict = await pipeline.request_headers(new_flow())
+    assert isinstance(verdict, Respond)
+    assert verdict.status == 429
+    assert verdict.headers == (("content-type", "application/json"), ("retry-after", "7"))
+
+
+@pytest.mark.parametrize(
+    "error", [RuntimeError("redis password is hunter2"), KeyError("tenant"), TimeoutError()]
+)
+async def test_any_other_exception_is_a_generic_500(error: Exception, calls: list[str]) -> None:
+    pipeline = Pipeline([EveryPhase(calls, "a", fail(error)), EveryPhase(calls, "b")])
+    flow = new_flow()
+    verdict = await pipeline.response_headers(flow)
+    assert isinstance(verdict, Respond)
+    assert verdict.status == 500
+    # The exception's text stays in the logs.
+    assert orjson.loads(verdict.body)["error"]["message"] == "internal gateway error"
+    assert b"hunter2" not in verdict.body
+    assert flow.error == "internal_error"
+    assert calls == ["a.response_headers"]
+
+
+async def test_a_fail_open_stage_that_breaks_is_skipped(calls: list[str]) -> None:
+    pipeline = Pipeline(
+        [
+            EveryPhase(calls, "cache", fail(ConnectionError("qdrant away")), fail_open=True),
+            EveryPhase(calls, "b"),
+        ]
+    )
+    flow = new_flow()
+    assert await pipeline.request_body(flow) is CONTINUE
+    assert calls == ["cache.request_body", "b.request_body"]
+    assert flow.error == ""
+
+
+async def test_a_fail_open_stage_still_answers_with_its_gateway_errors(calls: list[str]) -> None:
+    pipeline = Pipeline(
+        [
+            EveryPhase(calls, "cache", fail(PermissionDenied("denied")), fail_open=True),
+            EveryPhase(calls, "b"),
+        ]
+    )
+    verdict = await pipeline.request_body(new_flow())
+    assert isinstance(verdict, Respond) and verdict.status == 403
+    assert calls == ["cache.request_body"]
+
+
+def decided(verdict: Continue | Respond) -> asyncio.Future[Continue | Respond]:
+    future: asyncio.Future[Continue | Respond] = asyncio.get_running_loop().create_future()
+    future.set_result(verdict)
+    return future
+
+
+async def test_a_hold_approved_goes_on_to_the_next_stage(calls: list[str]) -> None:
+    pipeline = Pipeline(
+        [EveryPhase(calls, "approval", hold(decided(CONTINUE))), EveryPhase(calls, "b")]
+    )
+    assert await pipeline.request_body(new_flow()) is CONTINUE
+    assert calls == ["approval.request_body", "b.request_body"]
+
+
+async def test_a_hold_decided_later_is_waited_for(calls: list[str]) -> None:
+    loop = asyncio.get_running_loop()
+    decision: asyncio.Future[Continue | Respond] = loop.create_future()
+    loop.call_later(0.02, decision.set_result, CONTINUE)
+    pipeline = Pipeline([EveryPhase(calls, "approval", hold(decision)), EveryPhase(calls, "b")])
+    assert await pipeline.request_body(new_flow()) is CONTINUE
+    assert calls == ["approval.request_body", "b.request_body"]
+
+
+async def test_a_hold_denied_answers_with_the_decision(calls: list[str]) -> None:
+    denial = Respond(403, b'{"error":"denied by operator"}', reason="approval_denied")
+    pipeline = Pipeline(
+        [EveryPhase(calls, "approval", hold(decided(denial))), EveryPhase(calls, "b")]
+    )
+    flow = new_flow()
+    assert await pipeline.request_body(flow) == denial
+    assert flow.error == "approval_denied"
+    assert calls == ["approval.request_body"]
+
+
+async def test_a_hold_without_a_decision_in_time_is_a_504(calls: list[str]) -> None:
+    never: asyncio.Future[Continue | Respond] = asyncio.get_running_loop().create_future()
+    pipeline = Pipeline(
+        [EveryPhase(calls, "approval", hold(never, timeout_s=0.02)), EveryPhase(calls, "b")]
+    )
+    flow = new_flow()
+    verdict = await pipeline.request_body(flow)
+    assert isinstance(verdict, Respond)
+    assert verdict.status == 504
+    assert orjson.loads(verdict.body)["error"]["type"] == "decision_timeout"
+    assert flow.error == "decision_timeout"
+    assert calls == ["approval.request_body"]
+    # The abandoned decision is cancelled, not left pending.
+    assert never.cancelled()
+
+
+async def test_a_hold_whose_decision_fails_answers_with_the_error(calls: list[str]) -> None:
+    async def deny() -> Continue | Respond:
+        raise PermissionDenied("the approval service refused")
+
+    pipeline = Pipeline([EveryPhase(calls, "approval", hold(deny()))])
+    verdict = await pipeline.request_body(new_flow())
+    assert isinstance(verdict, Respond) and verdict.status == 403
+
+
+async def test_done_runs_every_stage_even_when_one_fails(calls: list[str]) -> None:
+    pipeline = Pipeline(
+        [
+            DoneOnly(calls, "first", RuntimeError("clickhouse away")),
+            EveryPhase(calls, "b"),
+            DoneOnly(calls, "last"),
+        ]
+    )
+    await pipeline.done(new_flow())
+    assert calls == ["first.done", "b.done", "last.done"]

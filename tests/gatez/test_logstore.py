@@ -1,0 +1,136 @@
+"""LogStore on the real embedded ClickHouse (chDB): rows in, rows back out, per tenant."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from gatez.logrows import AiLogRow, RequestLogRow
+from gatez.logstore import LogStore
+
+T0 = dt.datetime(2025, 3, 10, 9, 30, 15, 123000, tzinfo=dt.UTC)
+
+
+def request_row(n: int, tenant: str = "acme") -> RequestLogRow:
+    return RequestLogRow(
+        time=T0 + dt.timedelta(seconds=n),
+        request_id=f"9f1c2d3e-{n:04d}",
+        tenant_id=tenant,
+        key_id="key-1",
+        method="POST",
+        path="/v1/chat/completions",
+        status=200,
+        latency_ms=812.5,
+        error="",
+        node_id="node-a",
+    )
+
+
+def ai_row(n: int, tenant: str = "acme") -> AiLogRow:
+    return AiLogRow(
+        time=T0 + dt.timedelta(seconds=n),
+        request_id=f"9f1c2d3e-{n:04d}",
+        tenant_id=tenant,
+        key_id="jwt:alice",
+        provider="openai",
+        model_alias="fast",
+        upstream_model="gpt-4o-mini",
+        input_tokens=1_900_000 + n,
+        output_tokens=10,
+        status=200,
+        latency_ms=812.5,
+        ttft_ms=240.25,
+        streamed=n % 2 == 1,
+        node_id="node-a",
+    )
+
+
+def open_store(path: Path) -> LogStore:
+    return LogStore(f"chdb://{path}")
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[LogStore]:
+    # chDB allows one embedded engine per process at a time: close it after each test.
+    log_store = open_store(tmp_path / "clickhouse")
+    yield log_store
+    log_store.close()
+
+
+def test_request_rows_read_back_newest_first_for_their_tenant(store: LogStore) -> None:
+    acme = [request_row(n) for n in range(4)]
+    globex = [
+        dataclasses.replace(request_row(n, "globex"), status=429, error="rate_limit_error")
+        for n in range(2)
+    ]
+    store.insert_request_logs([acme[2], globex[0], acme[0], acme[3]])
+    store.insert_request_logs([globex[1], acme[1]])
+    assert store.recent_request_logs("acme", 100) == list(reversed(acme))
+    assert store.recent_request_logs("globex", 100) == list(reversed(globex))
+    assert store.recent_request_logs("initech", 100) == []
+
+
+def test_ai_rows_read_back_newest_first_for_their_tenant(store: LogStore) -> None:
+    store.insert_ai_logs([ai_row(n) for n in range(3)] + [ai_row(9, "globex")])
+    assert store.recent_ai_logs("acme", 100) == [ai_row(2), ai_row(1), ai_row(0)]
+    assert store.recent_ai_logs("globex", 100) == [ai_row(9, "globex")]
+    [row] = store.recent_ai_logs("acme", 1)
+    assert isinstance(row.streamed, bool) and isinstance(row.input_tokens, int)
+
+
+def test_limit_keeps_the_newest(store: LogStore) -> None:
+    store.insert_request_logs([request_row(n) for n in range(10)])
+    assert store.recent_request_logs("acme", 3) == [request_row(9), request_row(8), request_row(7)]
+    assert store.recent_request_logs("acme", 0) == []
+
+
+def test_times_come_back_in_utc_to_the_millisecond(store: LogStore) -> None:
+    local = dt.timezone(dt.timedelta(hours=2))
+    stamp = dt.datetime(2025, 3, 10, 11, 30, 15, 123456, tzinfo=local)
+    store.insert_request_logs([dataclasses.replace(request_row(0), time=stamp)])
+    [row] = store.recent_request_logs("acme", 1)
+    assert row.time == dt.datetime(2025, 3, 10, 9, 30, 15, 123000, tzinfo=dt.UTC)
+    assert row.time.utcoffset() == dt.timedelta(0)
+
+
+@pytest.mark.parametrize(
+    "tenant", ["acme' OR '1'='1", "acme\\", "{tenant:String}", "acme\n", "ACME", ""]
+)
+def test_the_tenant_filter_is_a_parameter_not_sql(store: LogStore, tenant: str) -> None:
+    store.insert_request_logs([request_row(0), request_row(1, "globex")])
+    assert store.recent_request_logs(tenant, 100) == []
+
+
+def test_text_round_trips_unchanged(store: LogStore) -> None:
+    row = dataclasses.replace(
+        request_row(0), path="/v1/chat/completions/ünïcødé 'quoted' \"double\"", error="x\ty"
+    )
+    store.insert_request_logs([row])
+    assert store.recent_request_logs("acme", 1) == [row]
+
+
+def test_empty_inserts_are_no_ops(store: LogStore) -> None:
+    store.insert_request_logs([])
+    store.insert_ai_logs([])
+    assert store.recent_request_logs("acme", 10) == []
+    assert store.recent_ai_logs("acme", 10) == []
+
+
+def test_rows_survive_reopening_the_store(tmp_path: Path) -> None:
+    first = open_store(tmp_path / "clickhouse")
+    try:
+        first.insert_request_logs([request_row(1)])
+        first.insert_ai_logs([ai_row(1)])
+    finally:
+        first.close()
+    # Opening again re-runs CREATE TABLE IF NOT EXISTS over the existing tables.
+    second = open_store(tmp_path / "clickhouse")
+    try:
+        assert second.recent_request_logs("acme", 10) == [request_row(1)]
+        assert second.recent_ai_logs("acme", 10) == [ai_row(1)]
+    finally:
+        second.close()
