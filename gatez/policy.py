@@ -132,7 +132,9 @@ def compile_policy(snapshot: policy_pb2.PolicySnapshot) -> CompiledPolicy:
         credentials[credential.provider] = credential.api_key
     providers: dict[str, ProviderTarget] = {}
     for provider in snapshot.providers:
-        _check(NAME_PATTERN.fullmatch(provider.name), f"provider name {provider.name!r} is not valid")
+        _check(
+            NAME_PATTERN.fullmatch(provider.name), f"provider name {provider.name!r} is not valid"
+        )
         _check(provider.name not in providers, f"provider {provider.name!r} appears twice")
         providers[provider.name] = _provider(provider, credentials.get(provider.name))
     unknown = set(credentials) - set(providers)
@@ -173,7 +175,10 @@ def _url(value: str, where: str) -> SplitResult:
         url.port  # noqa: B018 — raises ValueError for a port out of range or not a number
     except ValueError as error:
         raise InvalidPolicy(f"{where} is not a valid URL: {error}") from None
-    _check(url.scheme in ("http", "https") and url.hostname, f"{where} must be a URL (http or https, with a host)")
+    _check(
+        url.scheme in ("http", "https") and url.hostname,
+        f"{where} must be a URL (http or https, with a host)",
+    )
     return url
 
 
@@ -192,7 +197,7 @@ def _identity_provider(
     _check(idp.tenant_id in tenants, f"{where}: unknown tenant {idp.tenant_id!r}")
     _check(idp.issuer != "", f"{where}: issuer is required")
     _check(idp.audience != "", f"{where}: audience is required")
-    url = _url(idp.jwks_url, f"{where}: jwks_url")
+    _url(idp.jwks_url, f"{where}: jwks_url")
     algorithms = tuple(idp.algorithms) or DEFAULT_ALGORITHMS
     bad = [a for a in algorithms if a not in ASYMMETRIC_ALGORITHMS]
     _check(not bad, f"{where}: algorithms {bad} not allowed (asymmetric only, never 'none')")
