@@ -1,0 +1,119 @@
+"""Wiring: builds the control service from `Settings`, serves it, and shuts it down cleanly.
+
+The control service owns the log store: with the embedded chDB (single-node mode) it is the one
+process that may open it, and data planes send their rows here with `IngestLogs`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from typing import Any, Final
+
+import grpc
+import redis.asyncio as aioredis
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from control.auth import AdminTokenInterceptor
+from control.service import ControlServicer, DataPlaneRegistry, DataPlaneServicer
+from control.store import PolicyStore
+from gatez.logstore import LogStore
+from gatez.settings import Settings
+from gatez.v1 import control_pb2, control_pb2_grpc
+
+CONTROL_SERVICE: Final = control_pb2.DESCRIPTOR.services_by_name["ControlService"].full_name
+DATA_PLANE_SERVICE: Final = control_pb2.DESCRIPTOR.services_by_name["DataPlaneService"].full_name
+STOP_GRACE_S: Final = 5.0
+
+log = logging.getLogger("gatez.control")
+
+
+class ControlServer:
+    """A running control service. Build it with `start(settings)`; end it with `stop()`."""
+
+    def __init__(
+        self,
+        server: grpc.aio.Server,
+        port: int,
+        store: PolicyStore,
+        health_servicer: Any,
+        resources: contextlib.AsyncExitStack,
+    ) -> None:
+        self._server = server
+        self.port = port
+        self._store = store
+        self._health = health_servicer
+        self._resources = resources
+
+    async def stop(self, grace_s: float = STOP_GRACE_S) -> None:
+        """Reports NOT_SERVING, ends Watch streams (data planes reconnect elsewhere), lets
+        in-flight calls finish for up to `grace_s`, then closes Redis and the log store."""
+        await self._health.enter_graceful_shutdown()
+        await self._store.stop()
+        await self._server.stop(grace_s)
+        await self._resources.aclose()
+        log.info("control service stopped")
+
+
+async def start(settings: Settings) -> ControlServer:
+    """Connects to Redis and ClickHouse, and serves the control service on
+    `settings.control_address` (port 0 picks a free port; see `ControlServer.port`)."""
+    resources = contextlib.AsyncExitStack()
+    try:
+        redis = aioredis.Redis.from_url(settings.redis_url)
+        resources.push_async_callback(redis.aclose)
+        store = PolicyStore(redis)
+        await store.start()
+        resources.push_async_callback(store.stop)
+        logs = await asyncio.to_thread(LogStore, settings.clickhouse_dsn)
+        resources.push_async_callback(asyncio.to_thread, logs.close)
+
+        data_planes = DataPlaneRegistry()
+        # so_reuseport off: a second control service on the same port must fail, not share it.
+        server = grpc.aio.server(
+            interceptors=[AdminTokenInterceptor(settings.admin_token)],
+            options=[("grpc.so_reuseport", 0)],
+        )
+        control_pb2_grpc.add_ControlServiceServicer_to_server(
+            ControlServicer(store, logs, data_planes), server
+        )
+        control_pb2_grpc.add_DataPlaneServiceServicer_to_server(
+            DataPlaneServicer(store, logs, data_planes), server
+        )
+        health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
+        for service in ("", CONTROL_SERVICE, DATA_PLANE_SERVICE):
+            await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+        reflection.enable_server_reflection(
+            (CONTROL_SERVICE, DATA_PLANE_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME),
+            server,
+        )
+        port = server.add_insecure_port(settings.control_address)
+        if port == 0:
+            raise RuntimeError(f"cannot listen on {settings.control_address}")
+        await server.start()
+    except BaseException:
+        await resources.aclose()
+        raise
+    log.info("control service listening on %s (port %d)", settings.control_address, port)
+    return ControlServer(server, port, store, health_servicer, resources)
+
+
+async def serve(settings: Settings) -> None:
+    """Runs the control service until SIGINT or SIGTERM, then stops it cleanly."""
+    server = await start(settings)
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    signals = (signal.SIGINT, signal.SIGTERM)
+    for signum in signals:
+        loop.add_signal_handler(signum, stopping.set)
+    try:
+        await stopping.wait()
+        log.info("stopping the control service")
+    finally:
+        for signum in signals:
+            loop.remove_signal_handler(signum)
+        await server.stop()

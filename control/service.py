@@ -1,0 +1,651 @@
+"""The gRPC services: `ControlService` for administrators, `DataPlaneService` for data planes.
+
+Every change goes through `PolicyStore.update`, which validates the whole resulting policy, so the
+checks here are only those that give a clearer message or a more precise status code (a missing
+field, an unknown or repeated id). Secrets leave this module only inside snapshots sent to data
+planes: admin reads drop key digests, and provider credentials are write-only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import datetime as dt
+import functools
+import itertools
+import logging
+import secrets
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Final, TypeAlias, TypeVar
+
+import grpc
+from google.protobuf.internal.containers import RepeatedCompositeFieldContainer
+from google.protobuf.message import Message
+from redis.exceptions import RedisError
+
+from control.store import Clock, PolicyStore, utc_now
+from gatez import keys
+from gatez.errors import AlreadyExists, FailedPrecondition, GatewayError, InvalidRequest, NotFound
+from gatez.logrows import (
+    AiLogRow,
+    RequestLogRow,
+    ai_log_from_proto,
+    ai_log_to_proto,
+    request_log_from_proto,
+    request_log_to_proto,
+)
+from gatez.logstore import LogStore
+from gatez.policy import NAME_PATTERN, TENANT_ID_PATTERN
+from gatez.v1 import control_pb2, control_pb2_grpc, policy_pb2
+
+DEFAULT_LOG_LIMIT: Final = 100
+MAX_LOG_LIMIT: Final = 1000
+
+log = logging.getLogger("gatez.control")
+
+# grpc's classes are generic only in their stubs, not at run time.
+Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
+ServicerT = TypeVar("ServicerT")
+RequestT = TypeVar("RequestT")
+ResponseT = TypeVar("ResponseT")
+MessageT = TypeVar("MessageT", bound=Message)
+Handler = Callable[[ServicerT, RequestT, Context], Awaitable[ResponseT]]
+IdGenerator = Callable[[str], str]
+
+
+def random_id(prefix: str) -> str:
+    """`<prefix>-<12 hex digits>`: 48 random bits, unique enough for a policy's objects."""
+    return f"{prefix}-{secrets.token_hex(6)}"
+
+
+def public_errors(
+    handler: Handler[ServicerT, RequestT, ResponseT],
+) -> Handler[ServicerT, RequestT, ResponseT]:
+    """Ends an RPC with the status and public message of a `GatewayError`; anything else is
+    logged here and reaches the caller as a bare INTERNAL (or UNAVAILABLE for Redis)."""
+
+    @functools.wraps(handler)
+    async def guarded(servicer: ServicerT, request: RequestT, context: Context) -> ResponseT:
+        try:
+            return await handler(servicer, request, context)
+        except GatewayError as error:
+            await context.abort(error.grpc_code, error.public_message)
+        except grpc.aio.AbortError:
+            raise
+        except RedisError:
+            log.exception("%s: the policy store failed", handler.__name__)
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "the policy store is unavailable")
+        except Exception:
+            log.exception("%s failed", handler.__name__)
+            await context.abort(grpc.StatusCode.INTERNAL, "internal error")
+
+    return guarded
+
+
+class ControlServicer(control_pb2_grpc.ControlServiceServicer):
+    """The admin API over the policy store and the log store."""
+
+    def __init__(
+        self,
+        store: PolicyStore,
+        logs: LogStore,
+        data_planes: DataPlaneRegistry,
+        *,
+        clock: Clock = utc_now,
+        new_id: IdGenerator = random_id,
+    ) -> None:
+        self._store = store
+        self._logs = logs
+        self._data_planes = data_planes
+        self._clock = clock
+        self._new_id = new_id
+
+    # Tenants
+
+    @public_errors
+    async def CreateTenant(
+        self, request: control_pb2.CreateTenantRequest, context: Context
+    ) -> control_pb2.CreateTenantResponse:
+        _require_message(request, "tenant")
+        tenant = request.tenant
+        _require(tenant.id, "tenant.id")
+        if not TENANT_ID_PATTERN.match(tenant.id):
+            raise InvalidRequest(
+                f"tenant.id {tenant.id!r} is not valid: use 1 to 63 lower-case letters, digits "
+                "and '-', starting with a letter or digit"
+            )
+        now = self._clock()
+
+        def change(snapshot: policy_pb2.PolicySnapshot) -> policy_pb2.Tenant:
+            if _find(snapshot.tenants, lambda t: t.id == tenant.id) is not None:
+                raise AlreadyExists(f"tenant {tenant.id!r} already exists")
+            added = snapshot.tenants.add()
+            added.CopyFrom(tenant)
+            added.create_time.FromDatetime(now)
+            return added
+
+        created, version = await self._store.update(change)
+        return control_pb2.CreateTenantResponse(tenant=created, policy_version=version)
+
+    @public_errors
+    async def GetTenant(
+        self, request: control_pb2.GetTenantRequest, context: Context
+    ) -> control_pb2.GetTenantResponse:
+        tenant_id = _require(request.tenant_id, "tenant_id")
+        return control_pb2.GetTenantResponse(tenant=_tenant(self._store.current, tenant_id))
+
+    @public_errors
+    async def ListTenants(
+        self, request: control_pb2.ListTenantsRequest, context: Context
+    ) -> control_pb2.ListTenantsResponse:
+        return control_pb2.ListTenantsResponse(tenants=self._store.current.tenants)
+
+    @public_errors
+    async def DeleteTenant(
+        self, request: control_pb2.DeleteTenantRequest, context: Context
+    ) -> control_pb2.DeleteTenantResponse:
+        tenant_id = _require(request.tenant_id, "tenant_id")
+
+        def change(snapshot: policy_pb2.PolicySnapshot) -> None:
+            _tenant(snapshot, tenant_id)
+            _remove_where(snapshot.tenants, lambda t: t.id == tenant_id)
+            owned: tuple[RepeatedCompositeFieldContainer[Any], ...] = (
+                snapshot.api_keys,
+                snapshot.identity_providers,
+                snapshot.model_routes,
+            )
+            for items in owned:
+                _remove_where(items, lambda item: item.tenant_id == tenant_id)
+
+        _, version = await self._store.update(change)
+        return control_pb2.DeleteTenantResponse(policy_version=version)
+
+    @public_errors
+    async def SetRateLimit(
+        self, request: control_pb2.SetRateLimitRequest, context: Context
+    ) -> control_pb2.SetRateLimitResponse:
+        tenant_id = _require(request.tenant_id, "tenant_id")
+
+        def change(snapshot: policy_pb2.PolicySnapshot) -> policy_pb2.Tenant:
+            tenant = _tenant(snapshot, tenant_id)
+            if request.HasField("rate_limit"):
+                tenant.rate_limit.CopyFrom(request.rate_limit)
+            else:
+                tenant.ClearField("rate_limit")
+            return tenant
+
+        tenant, version = await self._store.update(change)
+        return control_pb2.SetRateLimitResponse(tenant=tenant, policy_version=version)
+
+    # API keys
+
+    @public_errors
+    async def CreateApiKey(
+        self, request: control_pb2.CreateApiKeyRequest, context: Context
+    ) -> control_pb2.CreateApiKeyResponse:
+        tenant_id = _require(request.tenant_id, "tenant_id")
+        secret = request.secret or keys.new_secret()
+        if request.secret and (problem := keys.imported_secret_problem(request.secret)):
+            raise InvalidRequest(problem)
+        key = policy_pb2.ApiKey(
+            id=self._new_id("key"),
+            tenant_id=tenant_id,
+            name=request.name,
+            secret_sha256=keys.digest(secret),
+            secret_prefix=keys.display_prefix(secret),
+        )
+        key.create_time.FromDatetime(self._clock())
+
+        def change(snapshot: policy_pb2.PolicySnapshot) -> None:
+            _tenant(snapshot, tenant_id)
+            if any(k.secret_sha256 == key.secret_sha256 for k in snapshot.api_keys):
+                # Says no more than that: which tenant holds it is not this caller's business.
+                raise AlreadyExists("an API key with this secret already exists")
+            snapshot.api_keys.append(key)
+
+        _, version = await self._store.update(change)
+        log.info("api key %s created for tenant %s", key.id, tenant_id)
+        return control_pb2.CreateApiKeyResponse(
+            api_key=_public_api_key(key), secret=secret, policy_version=version
+        )
+
+    @public_errors
+    async def ListApiKeys(
+        self, request: control_pb2.ListApiKeysRequest, context: Context
+    ) -> control_pb2.ListApiKeysResponse:
+        tenant_id = _require(request.tenant_id, "tenant_id")
+        snapshot = self._store.current
+        _tenant(snapshot, tenant_id)
+        return control_pb2.ListApiKeysResponse(
+            api_keys=[_public_api_key(k) for k in snapshot.api_keys if k.tenant_id == tenant_id]
+        )
+
+    @public_errors
+    async def RevokeApiKey(
+        self, request: control_pb2.RevokeApiKeyRequest, context: Context
+    ) -> control_pb2.RevokeApiKeyResponse:
+        key_id = _require(request.api_key_id, "api_key_id")
+        _, version = await self._store.update(
+            lambda snapshot: _remove_one(snapshot.api_keys, "api key", key_id)
+        )
+        return control_pb2.RevokeApiKeyResponse(policy_version=version)
+
+    # Identity providers
+
+    @public_errors
+    async def CreateIdentityProvider(
+        self, request: control_pb2.CreateIdentityProviderRequest, context: Context
+    ) -> control_pb2.CreateIdentityProviderResponse:
+        _require_message(request, "identity_provider")
+        idp = policy_pb2.IdentityProvider()
+        idp.CopyFrom(request.identity_provider)
+        _require(idp.tenant_id, "identity_provider.tenant_id")
+        idp.id = idp.id or self._new_id("idp")
+
+        def change(snapshot: policy_pb2.PolicySnapshot) -> None:
+            _tenant(snapshot, idp.tenant_id)
+            _refuse_repeat(snapshot.identity_providers, "identity provider", idp.id)
+            snapshot.identity_providers.append(idp)
+
+        _, version = await self._store.update(change)
+        return control_pb2.CreateIdentityProviderResponse(
+            identity_provider=idp, policy_version=version
+        )
+
+    @public_errors
+    async def ListIdentityProviders(
+        self, request: control_pb2.ListIdentityProvidersRequest, context: Context
+    ) -> control_pb2.ListIdentityProvidersResponse:
+        snapshot = self._store.current
+        tenant_id = request.tenant_id
+        if tenant_id:
+            _tenant(snapshot, tenant_id)
+        return control_pb2.ListIdentityProvidersResponse(
+            identity_providers=[
+                idp
+                for idp in snapshot.identity_providers
+                if not tenant_id or idp.tenant_id == tenant_id
+            ]
+        )
+
+    @public_errors
+    async def DeleteIdentityProvider(
+        self, request: control_pb2.DeleteIdentityProviderRequest, context: Context
+    ) -> control_pb2.DeleteIdentityProviderResponse:
+        idp_id = _require(request.identity_provider_id, "identity_provider_id")
+        _, version = await self._store.update(
+            lambda snapshot: _remove_one(snapshot.identity_providers, "identity provider", idp_id)
+        )
+        return control_pb2.DeleteIdentityProviderResponse(policy_version=version)
+
+    # Providers
+
+    @public_errors
+    async def CreateProvider(
+        self, request: control_pb2.CreateProviderRequest, context: Context
+    ) -> control_pb2.CreateProviderResponse:
+        _require_message(request, "provider")
+        provider = policy_pb2.Provider()
+        provider.CopyFrom(request.provider)
+        name = _require(provider.name, "provider.name")
+        if not NAME_PATTERN.match(name):
+            raise InvalidRequest(
+                f"provider.name {name!r} is not valid: use lower-case letters, digits, '.', '_' "
+                "and '-', starting with a letter or digit"
+            )
+        # Output-only fields: what the caller sent there means nothing.
+        provider.ClearField("has_credential")
+        provider.ClearField("credential_update_time")
+        now = self._clock()
+
+        def change(snapshot: policy_pb2.PolicySnapshot) -> policy_pb2.Provider:
+            if _find(snapshot.providers, lambda p: p.name == name) is not None:
+                raise AlreadyExists(f"provider {name!r} already exists")
+            added = snapshot.providers.add()
+            added.CopyFrom(provider)
+            if request.api_key:
+                _set_credential(snapshot, added, request.api_key, now)
+            return added
+
+        created, version = await self._store.update(change)
+        return control_pb2.CreateProviderResponse(provider=created, policy_version=version)
+
+    @public_errors
+    async def ListProviders(
+        self, request: control_pb2.ListProvidersRequest, context: Context
+    ) -> control_pb2.ListProvidersResponse:
+        # Credentials live in `provider_credentials`, never inside a Provider: nothing to strip.
+        return control_pb2.ListProvidersResponse(providers=self._store.current.providers)
+
+    @public_errors
+    async def DeleteProvider(
+        self, request: control_pb2.DeleteProviderRequest, context: Context
+    ) -> control_pb2.DeleteProviderResponse:
+        name = _require(request.name, "name")
+
+        def change(snapshot: policy_pb2.PolicySnapshot) -> None:
+            _provider(snapshot, name)
+            users = sorted(r.id for r in snapshot.model_routes if r.provider == name)
+            if users:
+                raise FailedPrecondition(
+                    f"provider {name!r} is used by model routes {users}; delete them first"
+                )
+            _remove_where(snapshot.providers, lambda p: p.name == name)
+            _remove_where(snapshot.provider_credentials, lambda c: c.provider == name)
+
+        _, version = await self._store.update(change)
+        return control_pb2.DeleteProviderResponse(policy_version=version)
+
+    @public_errors
+    async def SetProviderCredential(
+        self, request: control_pb2.SetProviderCredentialRequest, context: Context
+    ) -> control_pb2.SetProviderCredentialResponse:
+        name = _require(request.provider, "provider")
+        api_key = _require(request.api_key, "api_key")
+        now = self._clock()
+
+        def change(snapshot: policy_pb2.PolicySnapshot) -> policy_pb2.Provider:
+            provider = _provider(snapshot, name)
+            _set_credential(snapshot, provider, api_key, now)
+            return provider
+
+        provider, version = await self._store.update(change)
+        log.info("credential of provider %s replaced", name)
+        return control_pb2.SetProviderCredentialResponse(provider=provider, policy_version=version)
+
+    # Model routes
+
+    @public_errors
+    async def CreateModelRoute(
+        self, request: control_pb2.CreateModelRouteRequest, context: Context
+    ) -> control_pb2.CreateModelRouteResponse:
+        _require_message(request, "model_route")
+        route = policy_pb2.ModelRoute()
+        route.CopyFrom(request.model_route)
+        for field in ("alias", "provider", "upstream_model"):
+            _require(getattr(route, field), f"model_route.{field}")
+        route.id = route.id or self._new_id("route")
+
+        def change(snapshot: policy_pb2.PolicySnapshot) -> None:
+            if route.tenant_id:
+                _tenant(snapshot, route.tenant_id)
+            _refuse_repeat(snapshot.model_routes, "model route", route.id)
+            snapshot.model_routes.append(route)
+
+        _, version = await self._store.update(change)
+        return control_pb2.CreateModelRouteResponse(model_route=route, policy_version=version)
+
+    @public_errors
+    async def ListModelRoutes(
+        self, request: control_pb2.ListModelRoutesRequest, context: Context
+    ) -> control_pb2.ListModelRoutesResponse:
+        snapshot = self._store.current
+        tenant_id = request.tenant_id
+        if tenant_id:
+            _tenant(snapshot, tenant_id)
+        return control_pb2.ListModelRoutesResponse(
+            model_routes=[
+                route
+                for route in snapshot.model_routes
+                if not tenant_id or route.tenant_id == tenant_id
+            ]
+        )
+
+    @public_errors
+    async def DeleteModelRoute(
+        self, request: control_pb2.DeleteModelRouteRequest, context: Context
+    ) -> control_pb2.DeleteModelRouteResponse:
+        route_id = _require(request.model_route_id, "model_route_id")
+        _, version = await self._store.update(
+            lambda snapshot: _remove_one(snapshot.model_routes, "model route", route_id)
+        )
+        return control_pb2.DeleteModelRouteResponse(policy_version=version)
+
+    # Status, usage and audit
+
+    @public_errors
+    async def GetPolicyStatus(
+        self, request: control_pb2.GetPolicyStatusRequest, context: Context
+    ) -> control_pb2.GetPolicyStatusResponse:
+        snapshot = self._store.current
+        response = control_pb2.GetPolicyStatusResponse(
+            version=snapshot.version,
+            data_planes=[report.to_proto() for report in self._data_planes.reports()],
+        )
+        if snapshot.HasField("create_time"):
+            response.update_time.CopyFrom(snapshot.create_time)
+        return response
+
+    @public_errors
+    async def ListRequestLogs(
+        self, request: control_pb2.ListRequestLogsRequest, context: Context
+    ) -> control_pb2.ListRequestLogsResponse:
+        tenant_id = _require(request.tenant_id, "tenant_id")
+        rows = await asyncio.to_thread(
+            self._logs.recent_request_logs, tenant_id, _log_limit(request.limit)
+        )
+        return control_pb2.ListRequestLogsResponse(
+            request_logs=[request_log_to_proto(r) for r in rows]
+        )
+
+    @public_errors
+    async def ListAiLogs(
+        self, request: control_pb2.ListAiLogsRequest, context: Context
+    ) -> control_pb2.ListAiLogsResponse:
+        tenant_id = _require(request.tenant_id, "tenant_id")
+        rows = await asyncio.to_thread(
+            self._logs.recent_ai_logs, tenant_id, _log_limit(request.limit)
+        )
+        return control_pb2.ListAiLogsResponse(ai_logs=[ai_log_to_proto(r) for r in rows])
+
+
+@dataclass(frozen=True, slots=True)
+class DataPlaneReport:
+    """What one data plane last told this control replica over its Watch stream."""
+
+    node_id: str
+    connected: bool
+    applied_version: int
+    rejected_version: int
+    error: str
+    update_time: dt.datetime
+    # The Watch stream that owns the entry: a data plane that reconnected before its old stream
+    # ended must not be marked disconnected when the old one does.
+    stream: int
+
+    def to_proto(self) -> control_pb2.DataPlaneStatus:
+        status = control_pb2.DataPlaneStatus(
+            node_id=self.node_id,
+            connected=self.connected,
+            applied_version=self.applied_version,
+            rejected_version=self.rejected_version,
+            error=self.error,
+        )
+        status.update_time.FromDatetime(self.update_time)
+        return status
+
+
+class DataPlaneRegistry:
+    """The data planes that watch this control replica, and their ACKs and NACKs."""
+
+    def __init__(self, *, clock: Clock = utc_now) -> None:
+        self._clock = clock
+        self._reports: dict[str, DataPlaneReport] = {}
+        self._streams = itertools.count(1)
+
+    def connect(self, node_id: str, applied_version: int) -> int:
+        """Records a new Watch stream for `node_id` and returns its stream number."""
+        stream = next(self._streams)
+        previous = self._reports.get(node_id)
+        self._reports[node_id] = DataPlaneReport(
+            node_id=node_id,
+            connected=True,
+            applied_version=applied_version,
+            rejected_version=previous.rejected_version if previous else 0,
+            error=previous.error if previous else "",
+            update_time=self._clock(),
+            stream=stream,
+        )
+        return stream
+
+    def record(self, node_id: str, stream: int, request: control_pb2.WatchRequest) -> None:
+        """Records an ACK (`applied_version`) or a NACK (`rejected_version` and `error`)."""
+        report = self._reports.get(node_id)
+        if report is None or report.stream != stream:
+            return
+        nack = bool(request.rejected_version or request.error)
+        if nack:
+            log.warning(
+                "data plane %s rejected policy version %d: %s",
+                node_id,
+                request.rejected_version,
+                request.error,
+            )
+        self._reports[node_id] = dataclasses.replace(
+            report,
+            applied_version=request.applied_version or report.applied_version,
+            rejected_version=request.rejected_version if nack else report.rejected_version,
+            error=request.error if nack else report.error,
+            update_time=self._clock(),
+        )
+
+    def disconnect(self, node_id: str, stream: int) -> None:
+        report = self._reports.get(node_id)
+        if report is not None and report.stream == stream:
+            self._reports[node_id] = dataclasses.replace(
+                report, connected=False, update_time=self._clock()
+            )
+
+    def reports(self) -> list[DataPlaneReport]:
+        return sorted(self._reports.values(), key=lambda r: r.node_id)
+
+
+class DataPlaneServicer(control_pb2_grpc.DataPlaneServiceServicer):
+    """Pushes snapshots to data planes and receives their log rows."""
+
+    def __init__(self, store: PolicyStore, logs: LogStore, data_planes: DataPlaneRegistry) -> None:
+        self._store = store
+        self._logs = logs
+        self._data_planes = data_planes
+
+    @public_errors
+    async def Watch(
+        self, request_iterator: AsyncIterator[control_pb2.WatchRequest], context: Context
+    ) -> None:
+        requests = aiter(request_iterator)
+        first = await anext(requests, None)
+        if first is None:
+            return
+        node_id = _require(first.node_id, "node_id (on the first WatchRequest)")
+        stream = self._data_planes.connect(node_id, first.applied_version)
+        log.info("data plane %s is watching (applied version %d)", node_id, first.applied_version)
+        reports = asyncio.create_task(self._read_reports(requests, node_id, stream))
+        try:
+            # Pulled only once the previous send is done, so a slow data plane gets the newest
+            # snapshot next, not every version it missed.
+            async for snapshot in self._store.watch():
+                await context.write(control_pb2.WatchResponse(snapshot=snapshot))
+        finally:
+            reports.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reports
+            self._data_planes.disconnect(node_id, stream)
+            log.info("data plane %s stopped watching", node_id)
+
+    async def _read_reports(
+        self, requests: AsyncIterator[control_pb2.WatchRequest], node_id: str, stream: int
+    ) -> None:
+        try:
+            async for request in requests:
+                self._data_planes.record(node_id, stream, request)
+        except (grpc.aio.AioRpcError, grpc.aio.UsageError, grpc.aio.InternalError) as error:
+            # The stream is going away; the write side notices and ends the RPC.
+            log.debug("data plane %s: reading reports ended: %s", node_id, error)
+
+    @public_errors
+    async def IngestLogs(
+        self, request: control_pb2.IngestLogsRequest, context: Context
+    ) -> control_pb2.IngestLogsResponse:
+        request_rows = [request_log_from_proto(m) for m in request.request_logs]
+        ai_rows = [ai_log_from_proto(m) for m in request.ai_logs]
+        await asyncio.to_thread(self._insert, request_rows, ai_rows)
+        return control_pb2.IngestLogsResponse()
+
+    def _insert(self, request_rows: list[RequestLogRow], ai_rows: list[AiLogRow]) -> None:
+        self._logs.insert_request_logs(request_rows)
+        self._logs.insert_ai_logs(ai_rows)
+
+
+def _require(value: str, field: str) -> str:
+    if not value:
+        raise InvalidRequest(f"{field} is required")
+    return value
+
+
+def _require_message(request: Message, field: str) -> None:
+    if not request.HasField(field):
+        raise InvalidRequest(f"{field} is required")
+
+
+def _find(
+    items: RepeatedCompositeFieldContainer[MessageT], match: Callable[[MessageT], bool]
+) -> MessageT | None:
+    return next((item for item in items if match(item)), None)
+
+
+def _remove_where(
+    items: RepeatedCompositeFieldContainer[MessageT], match: Callable[[MessageT], bool]
+) -> int:
+    doomed = [index for index, item in enumerate(items) if match(item)]
+    for index in reversed(doomed):
+        del items[index]
+    return len(doomed)
+
+
+def _remove_one(items: RepeatedCompositeFieldContainer[Any], kind: str, item_id: str) -> None:
+    if not _remove_where(items, lambda item: item.id == item_id):
+        raise NotFound(f"{kind} {item_id!r} not found")
+
+
+def _refuse_repeat(items: RepeatedCompositeFieldContainer[Any], kind: str, item_id: str) -> None:
+    if _find(items, lambda item: item.id == item_id) is not None:
+        raise AlreadyExists(f"{kind} {item_id!r} already exists")
+
+
+def _tenant(snapshot: policy_pb2.PolicySnapshot, tenant_id: str) -> policy_pb2.Tenant:
+    tenant = _find(snapshot.tenants, lambda t: t.id == tenant_id)
+    if tenant is None:
+        raise NotFound(f"tenant {tenant_id!r} not found")
+    return tenant
+
+
+def _provider(snapshot: policy_pb2.PolicySnapshot, name: str) -> policy_pb2.Provider:
+    provider = _find(snapshot.providers, lambda p: p.name == name)
+    if provider is None:
+        raise NotFound(f"provider {name!r} not found")
+    return provider
+
+
+def _set_credential(
+    snapshot: policy_pb2.PolicySnapshot,
+    provider: policy_pb2.Provider,
+    api_key: str,
+    now: dt.datetime,
+) -> None:
+    _remove_where(snapshot.provider_credentials, lambda c: c.provider == provider.name)
+    snapshot.provider_credentials.add(provider=provider.name, api_key=api_key)
+    provider.has_credential = True
+    provider.credential_update_time.FromDatetime(now)
+
+
+def _public_api_key(key: policy_pb2.ApiKey) -> policy_pb2.ApiKey:
+    public = policy_pb2.ApiKey()
+    public.CopyFrom(key)
+    public.ClearField("secret_sha256")
+    return public
+
+
+def _log_limit(requested: int) -> int:
+    return min(requested or DEFAULT_LOG_LIMIT, MAX_LOG_LIMIT)

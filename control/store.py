@@ -1,0 +1,185 @@
+"""The policy store: the whole policy as one `PolicySnapshot`, kept in Redis and mirrored in memory.
+
+Every change is a read-modify-write of the one snapshot under WATCH/MULTI, so control replicas
+sharing a Redis never overwrite each other's changes: a replica that loses the race re-reads and
+re-applies. A change that does not compile is refused whole and nothing is saved. Each saved
+version is announced on a pub/sub channel; every replica (the writer included) follows it and
+wakes its in-process watchers, which always see the newest version, never a backlog.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+from collections.abc import AsyncIterator, Callable
+from typing import Final, TypeVar
+
+import redis.asyncio as aioredis
+from google.protobuf.message import DecodeError
+from redis.asyncio.client import PubSub
+from redis.exceptions import RedisError, WatchError
+
+from gatez.errors import Unavailable
+from gatez.policy import compile_policy
+from gatez.v1 import policy_pb2
+
+SNAPSHOT_KEY: Final = "gatez:control:snapshot"
+CHANGES_CHANNEL: Final = "gatez:control:changes"
+# Conflicts only happen when replicas write at the same instant; this many in a row means trouble.
+MAX_ATTEMPTS: Final = 32
+RESUBSCRIBE_DELAY_S: Final = 1.0
+# How often the change feed reader looks up from the socket to see whether the store stopped.
+POLL_S: Final = 0.5
+
+log = logging.getLogger("gatez.control.store")
+
+T = TypeVar("T")
+Clock = Callable[[], dt.datetime]
+# Applies one change to a draft snapshot in place and returns what the caller wants back. It may
+# run more than once (after a conflict), each time on a fresh draft, so it must not keep state.
+Change = Callable[[policy_pb2.PolicySnapshot], T]
+
+
+def utc_now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+class PolicyStore:
+    """The current policy snapshot, its versioned changes, and notifications of new versions.
+
+    `redis` must return bytes (the default, `decode_responses=False`): the snapshot is binary.
+    Call `start()` before use and `stop()` at the end. `current` is shared: never mutate it.
+    """
+
+    def __init__(self, redis: aioredis.Redis, *, clock: Clock = utc_now) -> None:
+        self._redis = redis
+        self._clock = clock
+        self._current = policy_pb2.PolicySnapshot()
+        # Replaced by a fresh Event each time a newer version is adopted; waiters hold the old one.
+        self._newer = asyncio.Event()
+        self._follower: asyncio.Task[None] | None = None
+        self._stopped = False
+
+    @property
+    def current(self) -> policy_pb2.PolicySnapshot:
+        """The newest snapshot this process knows of (version 0 and empty before any change)."""
+        return self._current
+
+    async def start(self) -> None:
+        """Loads the stored snapshot and follows changes made by any replica."""
+        # Subscribe before the first load, so a change landing in between is not missed.
+        pubsub = await self._subscribe()
+        self._follower = asyncio.create_task(self._follow(pubsub), name="policy-store-follower")
+
+    async def stop(self) -> None:
+        """Stops following changes and ends every `watch()`, so Watch streams close at once."""
+        self._stopped = True
+        self._newer.set()
+        if self._follower is not None:
+            # redis-py can swallow a cancellation that lands in a blocking read, so the follower
+            # also polls `_stopped`; the cancel only makes it quicker.
+            self._follower.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._follower
+            self._follower = None
+
+    async def update(self, change: Change[T]) -> tuple[T, int]:
+        """Applies `change` to the stored snapshot as a new version; returns its result and the
+        version. Raises what `change` raises, or `InvalidPolicy` when the result does not
+        compile; nothing is saved then."""
+        async with self._redis.pipeline(transaction=True) as pipe:
+            for _ in range(MAX_ATTEMPTS):
+                try:
+                    await pipe.watch(SNAPSHOT_KEY)
+                    draft = _parse(await pipe.get(SNAPSHOT_KEY))
+                    if draft.version < self._current.version:
+                        # Redis lost the snapshot (a restart without persistence): build on ours,
+                        # so data planes never see a version go backwards.
+                        draft.CopyFrom(self._current)
+                    result = change(draft)
+                    draft.version += 1
+                    draft.create_time.FromDatetime(self._clock())
+                    compile_policy(draft)
+                    pipe.multi()  # type: ignore[no-untyped-call]  # untyped in redis-py
+                    pipe.set(SNAPSHOT_KEY, draft.SerializeToString())
+                    pipe.publish(CHANGES_CHANNEL, str(draft.version))
+                    await pipe.execute()
+                except WatchError:
+                    log.debug("policy changed under us; retrying")
+                    continue
+                self._adopt(draft)
+                log.info("policy version %d saved", draft.version)
+                return result, draft.version
+        raise Unavailable("the policy is being changed concurrently; retry")
+
+    async def wait_newer(self, version: int) -> policy_pb2.PolicySnapshot:
+        """Waits until a snapshot newer than `version` is current, and returns it (or the
+        current one once the store is stopped)."""
+        while self._current.version <= version and not self._stopped:
+            await self._newer.wait()
+        return self._current
+
+    async def watch(self) -> AsyncIterator[policy_pb2.PolicySnapshot]:
+        """The current snapshot at once, then the newest one each time the consumer asks again
+        and a newer one exists; versions that land while the consumer is busy are skipped.
+        Ends when the store stops."""
+        snapshot = self._current
+        while not self._stopped:
+            yield snapshot
+            snapshot = await self.wait_newer(snapshot.version)
+
+    async def reload(self) -> None:
+        """Reads the stored snapshot and adopts it if it is newer than the current one."""
+        self._adopt(_parse(await self._redis.get(SNAPSHOT_KEY)))
+
+    def _adopt(self, snapshot: policy_pb2.PolicySnapshot) -> None:
+        if snapshot.version <= self._current.version:
+            return
+        self._current = snapshot
+        self._newer.set()
+        self._newer = asyncio.Event()
+
+    async def _subscribe(self) -> PubSub:
+        pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+        try:
+            await pubsub.subscribe(CHANGES_CHANNEL)
+            await self.reload()
+        except BaseException:
+            await pubsub.aclose()  # type: ignore[no-untyped-call]  # untyped in redis-py
+            raise
+        return pubsub
+
+    async def _follow(self, pubsub: PubSub) -> None:
+        """Reloads on every announcement (our own included: one cheap GET that `_adopt` then
+        ignores); resubscribes when Redis drops, and catches up as it does."""
+        while True:
+            try:
+                while not self._stopped:
+                    if await pubsub.get_message(ignore_subscribe_messages=True, timeout=POLL_S):
+                        await self.reload()
+            except (RedisError, OSError, DecodeError) as error:
+                log.warning("lost the policy change feed (%s); resubscribing", error)
+            finally:
+                await pubsub.aclose()  # type: ignore[no-untyped-call]  # untyped in redis-py
+            if self._stopped:
+                return
+            pubsub = await self._resubscribe()
+
+    async def _resubscribe(self) -> PubSub:
+        while True:
+            await asyncio.sleep(RESUBSCRIBE_DELAY_S)
+            try:
+                return await self._subscribe()
+            except (RedisError, OSError, DecodeError) as error:
+                log.warning("cannot resubscribe to the policy change feed yet (%s)", error)
+
+
+def _parse(raw: bytes | str | None) -> policy_pb2.PolicySnapshot:
+    snapshot = policy_pb2.PolicySnapshot()
+    if isinstance(raw, str):
+        raise TypeError("the policy store needs a Redis client with decode_responses=False")
+    if raw is not None:
+        snapshot.ParseFromString(raw)
+    return snapshot
