@@ -8,6 +8,7 @@ from gatez.v1 import control_pb2, control_pb2_grpc, policy_pb2
 
 DEMO_TENANT = "demo"
 DEMO_PROVIDER = "demo-upstream"
+DEMO_KEY_NAME = "demo"
 DEMO_MODELS = {"gpt-4o-mini": "demo-echo-1", "demo": "demo-echo-1"}
 
 
@@ -32,25 +33,48 @@ class AdminClient:
 async def seed_demo(
     client: AdminClient, *, demo_key: str, upstream_url: str, upstream_key: str
 ) -> None:
-    """Creates the demo tenant, its key, the demo provider and model routes, once."""
+    """Brings the demo tenant, its key, the demo provider and its model routes to the state
+    `make run` prints, whatever an earlier run left: the tenant and routes are created when
+    missing, the provider is re-pointed at `upstream_url`, and the key named `demo` is replaced
+    by one with `demo_key` as its secret (so a changed `$GATEZ_DEMO_KEY` takes effect)."""
     control, md = client.control, client.metadata
     tenants = await control.ListTenants(control_pb2.ListTenantsRequest(), metadata=md)
-    if any(t.id == DEMO_TENANT for t in tenants.tenants):
-        return
-    await control.CreateTenant(
-        control_pb2.CreateTenantRequest(
-            tenant=policy_pb2.Tenant(
-                id=DEMO_TENANT,
-                display_name="Demo tenant",
-                rate_limit=policy_pb2.RateLimit(requests_per_minute=6000, burst=1000),
+    if not any(t.id == DEMO_TENANT for t in tenants.tenants):
+        await control.CreateTenant(
+            control_pb2.CreateTenantRequest(
+                tenant=policy_pb2.Tenant(
+                    id=DEMO_TENANT,
+                    display_name="Demo tenant",
+                    rate_limit=policy_pb2.RateLimit(requests_per_minute=6000, burst=1000),
+                )
+            ),
+            metadata=md,
+        )
+
+    listed = await control.ListApiKeys(
+        control_pb2.ListApiKeysRequest(tenant_id=DEMO_TENANT), metadata=md
+    )
+    for key in listed.api_keys:
+        if key.name == DEMO_KEY_NAME:
+            await control.RevokeApiKey(
+                control_pb2.RevokeApiKeyRequest(api_key_id=key.id), metadata=md
             )
-        ),
-        metadata=md,
-    )
     await control.CreateApiKey(
-        control_pb2.CreateApiKeyRequest(tenant_id=DEMO_TENANT, name="demo", secret=demo_key),
+        control_pb2.CreateApiKeyRequest(tenant_id=DEMO_TENANT, name=DEMO_KEY_NAME, secret=demo_key),
         metadata=md,
     )
+
+    routes = await control.ListModelRoutes(control_pb2.ListModelRoutesRequest(), metadata=md)
+    for route in routes.model_routes:
+        if route.provider == DEMO_PROVIDER:
+            await control.DeleteModelRoute(
+                control_pb2.DeleteModelRouteRequest(model_route_id=route.id), metadata=md
+            )
+    providers = await control.ListProviders(control_pb2.ListProvidersRequest(), metadata=md)
+    if any(p.name == DEMO_PROVIDER for p in providers.providers):
+        await control.DeleteProvider(
+            control_pb2.DeleteProviderRequest(name=DEMO_PROVIDER), metadata=md
+        )
     await control.CreateProvider(
         control_pb2.CreateProviderRequest(
             provider=policy_pb2.Provider(
@@ -64,7 +88,10 @@ async def seed_demo(
         await control.CreateModelRoute(
             control_pb2.CreateModelRouteRequest(
                 model_route=policy_pb2.ModelRoute(
-                    alias=alias, provider=DEMO_PROVIDER, upstream_model=model
+                    tenant_id=DEMO_TENANT,
+                    alias=alias,
+                    provider=DEMO_PROVIDER,
+                    upstream_model=model,
                 )
             ),
             metadata=md,

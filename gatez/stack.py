@@ -258,6 +258,8 @@ def main() -> None:
     upstream_key = "demo-upstream-key"
     stack = Stack(config)
     # Ctrl-C reaches every child (one process group); SIGTERM to the launcher stops them too.
+    # SIGINT is set explicitly: a shell starting us in the background would have it ignored.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     try:
         stack.start()
