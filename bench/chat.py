@@ -9,6 +9,8 @@ at 1 and 16 connections; the table shows requests/s, p50/p99 and Gatez's ratios 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import os
 import re
 import subprocess
 import sys
@@ -34,6 +36,14 @@ class Result:
     p50_ms: float
     p99_ms: float
     errors: int
+    # CPU the data-plane process spent per request (0 for plain Envoy).
+    data_plane_cpu_ms: float = 0.0
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of one process, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def wrk(url: str, api_key: str, connections: int, seconds: int, script_dir: Path) -> Result:
@@ -155,10 +165,19 @@ def main() -> None:
                 "gatez": f"{config.gateway_url}/v1/chat/completions",
             }
             results: dict[tuple[str, int], Result] = {}
+            data_plane = stack.processes["dataplane"].pid
             for connections in (1, 16):
                 for name, url in targets.items():
                     wrk(url, api_key, connections, args.warmup, work)
-                    results[name, connections] = wrk(url, api_key, connections, args.seconds, work)
+                    cpu_before = cpu_seconds(data_plane)
+                    result = wrk(url, api_key, connections, args.seconds, work)
+                    if name == "gatez":
+                        spent = cpu_seconds(data_plane) - cpu_before
+                        requests = result.requests_per_s * args.seconds
+                        result = dataclasses.replace(
+                            result, data_plane_cpu_ms=spent / requests * 1000
+                        )
+                    results[name, connections] = result
             report(results)
         finally:
             stack.stop()
@@ -182,9 +201,11 @@ def report(results: dict[tuple[str, int], Result]) -> None:
             f"p50 {gatez.p50_ms / plain.p50_ms:.2f}x (+{gatez.p50_ms - plain.p50_ms:.3f} ms), "
             f"p99 {gatez.p99_ms / plain.p99_ms:.2f}x (+{gatez.p99_ms - plain.p99_ms:.3f} ms)"
         )
+    cpu_ms = results["gatez", 16].data_plane_cpu_ms
     print(
-        "\ntargets: added p50 <= 1.0 ms at c=1; >= 2000 req/s per data-plane process "
-        "(one data-plane process here)"
+        f"\ndata plane: {cpu_ms:.3f} ms CPU per request at c=16, i.e. at most "
+        f"{1000 / cpu_ms:.0f} req/s for one process on a core of its own"
+        "\ntargets: added p50 <= 1.0 ms at c=1; >= 2000 req/s per data-plane process"
     )
 
 

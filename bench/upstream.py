@@ -52,16 +52,32 @@ class CannedHttp(asyncio.Protocol):
             if end < 0:
                 return
             head = self.buffer[:end].lower()
-            length = 0
-            marker = head.find(b"content-length:")
-            if marker >= 0:
-                length = int(head[marker + 15 :].split(b"\r\n", 1)[0])
-            total = end + 4 + length
-            if len(self.buffer) < total:
+            total = _request_length(head, self.buffer, end + 4)
+            if total is None:
                 return
             self.buffer = self.buffer[total:]
             assert self.transport is not None
             self.transport.write(RESPONSE)
+
+
+def _request_length(head: bytes, buffer: bytes, body_start: int) -> int | None:
+    """Bytes of the first request in `buffer` (content-length or chunked), None if incomplete."""
+    if b"transfer-encoding: chunked" in head:
+        position = body_start
+        while True:
+            line_end = buffer.find(b"\r\n", position)
+            if line_end < 0:
+                return None
+            size = int(buffer[position:line_end].split(b";")[0], 16)
+            position = line_end + 2 + size + 2
+            if position > len(buffer):
+                return None
+            if size == 0:
+                return position
+    marker = head.find(b"content-length:")
+    length = int(head[marker + 15 :].split(b"\r\n", 1)[0]) if marker >= 0 else 0
+    total = body_start + length
+    return total if len(buffer) >= total else None
 
 
 async def serve(port: int) -> None:
