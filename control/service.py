@@ -51,6 +51,7 @@ ServicerT = TypeVar("ServicerT")
 RequestT = TypeVar("RequestT")
 ResponseT = TypeVar("ResponseT")
 MessageT = TypeVar("MessageT", bound=Message)
+OwnedT = TypeVar("OwnedT", policy_pb2.IdentityProvider, policy_pb2.ModelRoute)
 Handler = Callable[[ServicerT, RequestT, Context], Awaitable[ResponseT]]
 IdGenerator = Callable[[str], str]
 
@@ -259,15 +260,8 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
         self, request: control_pb2.ListIdentityProvidersRequest, context: Context
     ) -> control_pb2.ListIdentityProvidersResponse:
         snapshot = self._store.current
-        tenant_id = request.tenant_id
-        if tenant_id:
-            _tenant(snapshot, tenant_id)
         return control_pb2.ListIdentityProvidersResponse(
-            identity_providers=[
-                idp
-                for idp in snapshot.identity_providers
-                if not tenant_id or idp.tenant_id == tenant_id
-            ]
+            identity_providers=_of_tenant(snapshot, snapshot.identity_providers, request.tenant_id)
         )
 
     @public_errors
@@ -382,15 +376,8 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
         self, request: control_pb2.ListModelRoutesRequest, context: Context
     ) -> control_pb2.ListModelRoutesResponse:
         snapshot = self._store.current
-        tenant_id = request.tenant_id
-        if tenant_id:
-            _tenant(snapshot, tenant_id)
         return control_pb2.ListModelRoutesResponse(
-            model_routes=[
-                route
-                for route in snapshot.model_routes
-                if not tenant_id or route.tenant_id == tenant_id
-            ]
+            model_routes=_of_tenant(snapshot, snapshot.model_routes, request.tenant_id)
         )
 
     @public_errors
@@ -612,6 +599,18 @@ def _remove_one(items: RepeatedCompositeFieldContainer[Any], kind: str, item_id:
 def _refuse_repeat(items: RepeatedCompositeFieldContainer[Any], kind: str, item_id: str) -> None:
     if _find(items, lambda item: item.id == item_id) is not None:
         raise AlreadyExists(f"{kind} {item_id!r} already exists")
+
+
+def _of_tenant(
+    snapshot: policy_pb2.PolicySnapshot,
+    items: RepeatedCompositeFieldContainer[OwnedT],
+    tenant_id: str,
+) -> list[OwnedT]:
+    """`items` that belong to `tenant_id` (NOT_FOUND for an unknown tenant), or all when empty."""
+    if not tenant_id:
+        return list(items)
+    _tenant(snapshot, tenant_id)
+    return [item for item in items if item.tenant_id == tenant_id]
 
 
 def _tenant(snapshot: policy_pb2.PolicySnapshot, tenant_id: str) -> policy_pb2.Tenant:
