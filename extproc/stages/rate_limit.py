@@ -14,10 +14,8 @@ import logging
 import math
 from typing import Final
 
-import redis.asyncio as aioredis
-from redis.exceptions import RedisError
-
 from extproc.flow import CONTINUE, Flow, Verdict
+from extproc.redis_pipe import PipelinedRedis, RedisReplyError, Script
 from gatez.errors import RateLimited, Unauthenticated, Unavailable
 from gatez.policy import RateLimitRule
 
@@ -27,7 +25,7 @@ log = logging.getLogger("gatez.rate_limit")
 # Returns {1, 0} when allowed, {0, wait_ms} when not: wait_ms until one more would pass.
 # Time is kept in whole microseconds: epoch µs fit a Lua double exactly, so repeated
 # additions never drift the way fractional milliseconds would.
-GCRA_SCRIPT: Final = """
+GCRA_SCRIPT: Final = Script("""
 local interval = tonumber(ARGV[1])
 local burst = tonumber(ARGV[2])
 local clock = redis.call('TIME')
@@ -43,7 +41,7 @@ if allowed_at > now then
 end
 redis.call('SET', KEYS[1], string.format('%.0f', new_tat), 'PX', math.ceil((new_tat - now) / 1000))
 return {1, 0}
-"""
+""")
 
 
 def bucket_key(tenant_id: str) -> str:
@@ -60,12 +58,12 @@ class RateLimit:
     """
 
     def __init__(
-        self, redis: aioredis.Redis, *, fail_open: bool = False, timeout_s: float = 0.5
+        self, redis: PipelinedRedis, *, fail_open: bool = False, timeout_s: float = 0.5
     ) -> None:
-        # Registered once: every call is an EVALSHA (the script is loaded on the first miss).
-        self._gcra = redis.register_script(GCRA_SCRIPT)
-        # A deadline of our own: a client's default retries (or no socket timeout at all) could
-        # otherwise hold every request for seconds while Redis is away.
+        # Every call is an EVALSHA; the script is loaded on the first NOSCRIPT.
+        self._redis = redis
+        # A deadline of our own: a connect to a hung host, or a Redis that stopped answering,
+        # would otherwise hold every request while Redis is away.
         self._timeout_s = timeout_s
         # Read by the pipeline too: an unexpected error in a fail-open stage lets requests on.
         self.fail_open = fail_open
@@ -94,12 +92,12 @@ class RateLimit:
         """Takes one request from the bucket: None when allowed, else ms until one would pass."""
         interval_us = max(1, round(rule.emission_interval_ms * 1000))
         try:
-            # Cancelling a command mid-flight is safe: redis-py drops that connection.
+            # Cancelling a command mid-flight is safe: its late reply is read and dropped.
             async with asyncio.timeout(self._timeout_s):
-                allowed, wait_ms = await self._gcra(
-                    keys=[bucket_key(tenant_id)], args=[interval_us, rule.burst]
+                allowed, wait_ms = await self._redis.run_script(
+                    GCRA_SCRIPT, (bucket_key(tenant_id),), (interval_us, rule.burst)
                 )
-        except (RedisError, OSError, TimeoutError) as error:
+        except (RedisReplyError, OSError, TimeoutError) as error:
             if self.fail_open:
                 log.warning("rate limiter unavailable, letting request through: %r", error)
                 return None

@@ -9,15 +9,14 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 import redis.asyncio as aioredis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 
 from extproc.flow import CONTINUE, Flow, Principal, Respond
+from extproc.redis_pipe import PipelinedRedis
 from extproc.stages.rate_limit import RateLimit, bucket_key
 from gatez.errors import RateLimited, Unauthenticated, Unavailable
 from gatez.policy import CompiledPolicy, compile_policy
 from gatez.testing.flows import make_flow
-from gatez.testing.processes import free_port
+from gatez.testing.processes import RedisServer, free_port
 from gatez.v1 import policy_pb2
 
 
@@ -42,16 +41,26 @@ def flow_for(policy: CompiledPolicy | None, tenant_id: str) -> Flow:
 
 
 @pytest.fixture
-def stage(redis_client: aioredis.Redis) -> RateLimit:
-    return RateLimit(redis_client)
+async def pipelined(
+    redis_server: RedisServer, redis_client: aioredis.Redis
+) -> AsyncIterator[PipelinedRedis]:
+    """The data plane's client on the test Redis (flushed by `redis_client`)."""
+    client = PipelinedRedis.from_url(redis_server.url)
+    yield client
+    await client.close()
 
 
 @pytest.fixture
-async def dead_redis() -> AsyncIterator[aioredis.Redis]:
-    """A client for a Redis that is not there (nothing listens on its port), failing fast."""
-    client = aioredis.Redis(host="127.0.0.1", port=free_port(), retry=Retry(NoBackoff(), 0))
+def stage(pipelined: PipelinedRedis) -> RateLimit:
+    return RateLimit(pipelined)
+
+
+@pytest.fixture
+async def dead_redis() -> AsyncIterator[PipelinedRedis]:
+    """A client for a Redis that is not there (nothing listens on its port)."""
+    client = PipelinedRedis.from_url(f"redis://127.0.0.1:{free_port()}")
     yield client
-    await client.aclose()
+    await client.close()
 
 
 @pytest.fixture
@@ -137,10 +146,11 @@ async def test_tenants_have_independent_buckets(stage: RateLimit) -> None:
 
 
 async def test_concurrent_requests_get_exactly_the_burst(
-    stage: RateLimit, redis_client: aioredis.Redis
+    stage: RateLimit, redis_server: RedisServer, redis_client: aioredis.Redis
 ) -> None:
     # Also through a second client, as a second data plane would be.
-    other_plane = RateLimit(redis_client)
+    second = PipelinedRedis.from_url(redis_server.url)
+    other_plane = RateLimit(second)
     policy = build_policy(acme=(1, 10))  # no refill during the test
 
     results = await asyncio.gather(
@@ -153,14 +163,15 @@ async def test_concurrent_requests_get_exactly_the_burst(
 
     assert sum(r is CONTINUE for r in results) == 10
     assert sum(isinstance(r, RateLimited) for r in results) == 40
+    await second.close()
 
 
 async def test_no_limit_configured_touches_no_redis(
-    redis_client: aioredis.Redis, dead_redis: aioredis.Redis
+    pipelined: PipelinedRedis, redis_client: aioredis.Redis, dead_redis: PipelinedRedis
 ) -> None:
     policy = build_policy(initech=None)
 
-    assert await RateLimit(redis_client).on_request_headers(flow_for(policy, "initech")) is CONTINUE
+    assert await RateLimit(pipelined).on_request_headers(flow_for(policy, "initech")) is CONTINUE
     # Not even a round trip: a stage on a Redis that is not there passes too.
     assert await RateLimit(dead_redis).on_request_headers(flow_for(policy, "initech")) is CONTINUE
     assert await redis_client.dbsize() == 0
@@ -177,16 +188,15 @@ async def test_script_is_reloaded_when_redis_forgot_it(
     assert await stage.on_request_headers(flow_for(policy, "acme")) is CONTINUE
 
 
-@pytest.mark.parametrize("failure", ["refused", "refused-with-default-retries", "hung"])
+@pytest.mark.parametrize("failure", ["refused", "hung"])
 async def test_redis_down_fails_closed_with_503_in_bounded_time(
-    failure: str, dead_redis: aioredis.Redis, hung_port: int
+    failure: str, dead_redis: PipelinedRedis, hung_port: int
 ) -> None:
     policy = build_policy(acme=(60, 5))
     client = {
         "refused": dead_redis,
-        # redis-py's defaults retry for seconds; the stage's own deadline cuts that short.
-        "refused-with-default-retries": aioredis.Redis(host="127.0.0.1", port=free_port()),
-        "hung": aioredis.Redis(host="127.0.0.1", port=hung_port),
+        # Accepted by the kernel, never answered: only the stage's own deadline ends the wait.
+        "hung": PipelinedRedis.from_url(f"redis://127.0.0.1:{hung_port}"),
     }[failure]
     stage = RateLimit(client, timeout_s=0.3)
 
@@ -197,20 +207,24 @@ async def test_redis_down_fails_closed_with_503_in_bounded_time(
     assert time.monotonic() - started < 1.0
     assert caught.value.http_status == 503
     assert caught.value.public_message == "rate limiter unavailable"
-    await client.aclose()
+    await client.close()
 
 
 @pytest.mark.parametrize("failure", ["refused", "hung"])
 async def test_redis_down_passes_when_fail_open(
-    failure: str, dead_redis: aioredis.Redis, hung_port: int
+    failure: str, dead_redis: PipelinedRedis, hung_port: int
 ) -> None:
     policy = build_policy(acme=(60, 5))
-    client = dead_redis if failure == "refused" else aioredis.Redis(port=hung_port)
+    client = (
+        dead_redis
+        if failure == "refused"
+        else PipelinedRedis.from_url(f"redis://127.0.0.1:{hung_port}")
+    )
     stage = RateLimit(client, fail_open=True, timeout_s=0.3)
 
     assert stage.fail_open
     assert await stage.on_request_headers(flow_for(policy, "acme")) is CONTINUE
-    await client.aclose()
+    await client.close()
 
 
 async def test_no_policy_is_503_and_no_principal_is_401(stage: RateLimit) -> None:
