@@ -1,13 +1,17 @@
 """The pipeline: stages in one fixed order, run phase by phase on a Flow.
 
-A stage is a plain object with any of the phase methods below. The pipeline indexes stages by
-phase once, so a request only visits the stages that care about a phase. Holds are waited out
-here, so adapters only ever see Continue or Respond.
+A stage is a plain object with any of the phase methods below. A phase method is either a plain
+method, returning Continue or Respond, or a coroutine, which may also return Hold. The pipeline
+indexes stages by phase once, so a request only visits the stages that care about a phase, and
+notes which phases have a coroutine stage: a phase without one runs as a plain call (`now`),
+with no task and no event-loop turn — the common case for body and response phases. Holds are
+waited out here, so adapters only ever see Continue or Respond.
 """
 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol, runtime_checkable
@@ -17,40 +21,41 @@ from gatez.errors import GatewayError
 
 log = logging.getLogger("gatez.pipeline")
 
-PhaseMethod = Callable[[Flow], Awaitable[Verdict]]
+StageResult = Verdict | Awaitable[Verdict]
+PhaseMethod = Callable[[Flow], StageResult]
 
 
 @runtime_checkable
 class OnRequestHeaders(Protocol):
-    async def on_request_headers(self, flow: Flow) -> Verdict:
+    def on_request_headers(self, flow: Flow) -> StageResult:
         """Fires when the request line and headers have arrived."""
         ...
 
 
 @runtime_checkable
 class OnRequestBody(Protocol):
-    async def on_request_body(self, flow: Flow) -> Verdict:
+    def on_request_body(self, flow: Flow) -> StageResult:
         """Fires once with the whole request body, when a stage asked for it."""
         ...
 
 
 @runtime_checkable
 class OnResponseHeaders(Protocol):
-    async def on_response_headers(self, flow: Flow) -> Verdict:
+    def on_response_headers(self, flow: Flow) -> StageResult:
         """Fires when the upstream's status and headers have arrived."""
         ...
 
 
 @runtime_checkable
 class OnResponseBody(Protocol):
-    async def on_response_body(self, flow: Flow) -> Verdict:
+    def on_response_body(self, flow: Flow) -> StageResult:
         """Fires per chunk (streamed) or once (buffered) with `flow.response_chunk`."""
         ...
 
 
 @runtime_checkable
 class OnDone(Protocol):
-    async def on_done(self, flow: Flow) -> None:
+    def on_done(self, flow: Flow) -> Awaitable[None] | None:
         """Fires exactly once when the exchange is over, however it ended. Must not raise."""
         ...
 
@@ -63,62 +68,107 @@ class DecisionTimeout(GatewayError):
 INTERNAL_ERROR: Respond = Respond.from_error(GatewayError("internal gateway error"))
 
 
+class PhaseRunner:
+    """The stages of one phase, in pipeline order."""
+
+    def __init__(self, name: str, stages: Sequence[tuple[object, PhaseMethod]]) -> None:
+        self.name = name
+        self._stages = tuple(stages)
+        # True when some stage is a coroutine: the phase must then run in a task (`run`).
+        self.waits = any(inspect.iscoroutinefunction(method) for _, method in self._stages)
+
+    def now(self, flow: Flow) -> Continue | Respond:
+        """Runs a phase that has no coroutine stage, as a plain call."""
+        for stage, method in self._stages:
+            try:
+                verdict = method(flow)
+                if not isinstance(verdict, Continue | Respond):
+                    raise TypeError(f"{self.name} returned {verdict!r}; only coroutines may hold")
+            except Exception as error:
+                verdict = _from_error(stage, error)
+            if isinstance(verdict, Respond):
+                return _answered(flow, verdict)
+        return CONTINUE
+
+    async def run(self, flow: Flow) -> Continue | Respond:
+        """Runs the phase, awaiting coroutine stages and holds."""
+        for stage, method in self._stages:
+            try:
+                result = method(flow)
+                verdict = await result if inspect.isawaitable(result) else result
+                if isinstance(verdict, Hold):
+                    verdict = await _wait(verdict)
+            except Exception as error:
+                verdict = _from_error(stage, error)
+            if isinstance(verdict, Respond):
+                return _answered(flow, verdict)
+        return CONTINUE
+
+
 class Pipeline:
     """Runs the stages of each phase in order until one of them does not continue."""
 
     def __init__(self, stages: Sequence[object]) -> None:
         self.stages = tuple(stages)
-        self._request_headers = _bind(stages, OnRequestHeaders, "on_request_headers")
-        self._request_body = _bind(stages, OnRequestBody, "on_request_body")
-        self._response_headers = _bind(stages, OnResponseHeaders, "on_response_headers")
-        self._response_body = _bind(stages, OnResponseBody, "on_response_body")
+        self.on_request_headers = _bind(stages, OnRequestHeaders, "on_request_headers")
+        self.on_request_body = _bind(stages, OnRequestBody, "on_request_body")
+        self.on_response_headers = _bind(stages, OnResponseHeaders, "on_response_headers")
+        self.on_response_body = _bind(stages, OnResponseBody, "on_response_body")
         self._done = [s for s in stages if isinstance(s, OnDone)]
+        # When no on_done hook is a coroutine, `done_now` finishes a flow without a task.
+        self.done_waits = any(inspect.iscoroutinefunction(s.on_done) for s in self._done)
 
     async def request_headers(self, flow: Flow) -> Continue | Respond:
-        return await _run(self._request_headers, flow)
+        return await self.on_request_headers.run(flow)
 
     async def request_body(self, flow: Flow) -> Continue | Respond:
-        return await _run(self._request_body, flow)
+        return await self.on_request_body.run(flow)
 
     async def response_headers(self, flow: Flow) -> Continue | Respond:
-        return await _run(self._response_headers, flow)
+        return await self.on_response_headers.run(flow)
 
     async def response_body(self, flow: Flow) -> Continue | Respond:
-        return await _run(self._response_body, flow)
+        return await self.on_response_body.run(flow)
+
+    def done_now(self, flow: Flow) -> None:
+        """Runs on_done hooks that are plain methods (all of them, when `done_waits` is False)."""
+        for stage in self._done:
+            if inspect.iscoroutinefunction(stage.on_done):
+                continue
+            try:
+                stage.on_done(flow)
+            except Exception:
+                log.exception("stage %s failed in on_done", type(stage).__name__)
 
     async def done(self, flow: Flow) -> None:
         for stage in self._done:
             try:
-                await stage.on_done(flow)
+                result = stage.on_done(flow)
+                if inspect.isawaitable(result):
+                    await result
             except Exception:
                 log.exception("stage %s failed in on_done", type(stage).__name__)
 
 
-def _bind(
-    stages: Sequence[object], contract: type, method: str
-) -> tuple[tuple[object, PhaseMethod], ...]:
-    return tuple((s, getattr(s, method)) for s in stages if isinstance(s, contract))
+def _bind(stages: Sequence[object], contract: type, method: str) -> PhaseRunner:
+    return PhaseRunner(method, [(s, getattr(s, method)) for s in stages if isinstance(s, contract)])
 
 
-async def _run(stages: tuple[tuple[object, PhaseMethod], ...], flow: Flow) -> Continue | Respond:
-    for stage, method in stages:
-        try:
-            verdict = await method(flow)
-            if isinstance(verdict, Hold):
-                verdict = await _wait(verdict)
-        except GatewayError as error:
-            verdict = Respond.from_error(error)
-        except Exception:
-            if getattr(stage, "fail_open", False):
-                log.exception("fail-open stage %s failed; continuing", type(stage).__name__)
-                continue
-            log.exception("stage %s failed", type(stage).__name__)
-            verdict = INTERNAL_ERROR
-        if isinstance(verdict, Respond):
-            if not flow.error:
-                flow.error = verdict.reason or "gateway_response"
-            return verdict
-    return CONTINUE
+def _from_error(stage: object, error: Exception) -> Continue | Respond:
+    """What an exception in a stage means: its public answer, or on past a fail-open stage."""
+    if isinstance(error, GatewayError):
+        return Respond.from_error(error)
+    if getattr(stage, "fail_open", False):
+        log.exception("fail-open stage %s failed; continuing", type(stage).__name__)
+        return CONTINUE
+    log.exception("stage %s failed", type(stage).__name__, exc_info=error)
+    return INTERNAL_ERROR
+
+
+def _answered(flow: Flow, verdict: Respond) -> Respond:
+    if not flow.error:
+        flow.error = verdict.reason or "gateway_response"
+    return verdict
 
 
 async def _wait(hold: Hold) -> Continue | Respond:

@@ -20,7 +20,7 @@ class AccessLog:
         self._sink = sink
         self._node_id = node_id
 
-    async def on_done(self, flow: Flow) -> None:
+    def on_done(self, flow: Flow) -> None:
         finished_ns = flow.finished_ns or time.monotonic_ns()
         latency_ms = (finished_ns - flow.started_ns) / 1e6
         started = dt.datetime.fromtimestamp(flow.started_at, dt.UTC)

@@ -29,7 +29,7 @@ class ModelNotFound(NotFound):
 class ModelRouting:
     """Routes OpenAI Chat Completions requests by model alias; answers `GET /v1/models`."""
 
-    async def on_request_headers(self, flow: Flow) -> Verdict:
+    def on_request_headers(self, flow: Flow) -> Verdict:
         path = flow.path.partition("?")[0]
         if path == CHAT_COMPLETIONS_PATH:
             if flow.method != "POST":
@@ -42,7 +42,7 @@ class ModelRouting:
             return self._list_models(flow)
         raise NotFound(f"no route for {flow.method} {path}")
 
-    async def on_request_body(self, flow: Flow) -> Verdict:
+    def on_request_body(self, flow: Flow) -> Verdict:
         if flow.policy is None or flow.principal is None:
             raise Unavailable("no policy yet")
         body = _parse_object(flow.request_body)

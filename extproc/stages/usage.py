@@ -25,7 +25,7 @@ USAGE: Final = b'"usage"'
 class UsageMeter:
     """Reads token usage from Chat Completions responses into `flow.llm.usage`."""
 
-    async def on_response_headers(self, flow: Flow) -> Verdict:
+    def on_response_headers(self, flow: Flow) -> Verdict:
         llm = flow.llm
         if llm is None:
             return CONTINUE
@@ -41,7 +41,7 @@ class UsageMeter:
             flow.first_byte_ns = time.monotonic_ns()
         return CONTINUE
 
-    async def on_response_body(self, flow: Flow) -> Verdict:
+    def on_response_body(self, flow: Flow) -> Verdict:
         llm = flow.llm
         if llm is None:
             return CONTINUE

@@ -52,7 +52,7 @@ class RecordingWriter:
 async def log_rows(flow: Flow) -> tuple[list[RequestLogRow], list[AiLogRow]]:
     writer = RecordingWriter()
     sink = LogSink(writer)
-    await AccessLog(sink, "node-a").on_done(flow)
+    AccessLog(sink, "node-a").on_done(flow)
     await sink.flush()
     return writer.requests, writer.ai
 

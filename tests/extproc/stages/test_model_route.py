@@ -83,9 +83,9 @@ def flow_for(
 async def route(flow: Flow) -> Flow:
     """Runs the request phases as the pipeline would; returns the flow with its pending changes."""
     stage = ModelRouting()
-    assert await stage.on_request_headers(flow) is CONTINUE
+    assert stage.on_request_headers(flow) is CONTINUE
     assert flow.request_body_mode is BodyMode.BUFFERED
-    assert await stage.on_request_body(flow) is CONTINUE
+    assert stage.on_request_body(flow) is CONTINUE
     return flow
 
 
@@ -97,7 +97,7 @@ async def route(flow: Flow) -> Flow:
 )
 async def test_chat_completions_asks_for_the_buffered_body(path: str) -> None:
     flow = flow_for(request(), path=path)
-    assert await ModelRouting().on_request_headers(flow) is CONTINUE
+    assert ModelRouting().on_request_headers(flow) is CONTINUE
     assert flow.request_body_mode is BodyMode.BUFFERED
     assert not flow.pending
 
@@ -120,7 +120,7 @@ async def test_other_requests_are_refused(
 ) -> None:
     flow = flow_for(b"{}" if has_body else None, method=method, path=path)
     with pytest.raises(error) as raised:
-        await ModelRouting().on_request_headers(flow)
+        ModelRouting().on_request_headers(flow)
     assert raised.value.http_status == status
     assert flow.request_body_mode is BodyMode.NONE
 
@@ -131,7 +131,7 @@ async def test_other_requests_are_refused(
 )
 async def test_models_list_shows_the_tenants_aliases(tenant: str, aliases: list[str]) -> None:
     flow = flow_for(None, tenant=tenant, method="GET", path="/v1/models")
-    verdict = await ModelRouting().on_request_headers(flow)
+    verdict = ModelRouting().on_request_headers(flow)
     assert isinstance(verdict, Respond)
     assert verdict.status == 200
     assert verdict.reason == "models_list"
@@ -145,7 +145,7 @@ async def test_models_list_shows_the_tenants_aliases(tenant: str, aliases: list[
 async def test_models_list_without_a_policy_is_unavailable() -> None:
     flow = flow_for(None, method="GET", path="/v1/models", policy=None)
     with pytest.raises(Unavailable):
-        await ModelRouting().on_request_headers(flow)
+        ModelRouting().on_request_headers(flow)
 
 
 # --- request body: routing ----------------------------------------------------------------
@@ -338,7 +338,7 @@ async def test_invalid_bodies_are_refused_with_a_400_naming_the_fault(
 ) -> None:
     flow = flow_for(raw)
     with pytest.raises(InvalidRequest) as raised:
-        await ModelRouting().on_request_body(flow)
+        ModelRouting().on_request_body(flow)
     assert raised.value.http_status == 400
     assert message in raised.value.public_message
     assert flow.llm is None
@@ -359,7 +359,7 @@ async def test_invalid_bodies_are_refused_with_a_400_naming_the_fault(
 async def test_an_unknown_model_is_a_404_naming_it(tenant: str, model: str) -> None:
     flow = flow_for(request(model), tenant=tenant)
     with pytest.raises(ModelNotFound) as raised:
-        await ModelRouting().on_request_body(flow)
+        ModelRouting().on_request_body(flow)
     error = raised.value
     # OpenAI's shape for an unknown model: type invalid_request_error, code model_not_found.
     assert (error.http_status, error.kind, error.code) == (
@@ -378,6 +378,6 @@ async def test_no_policy_or_no_caller_is_unavailable(has_policy: bool, has_princ
     if not has_principal:
         flow.principal = None
     with pytest.raises(Unavailable) as raised:
-        await ModelRouting().on_request_body(flow)
+        ModelRouting().on_request_body(flow)
     assert raised.value.http_status == 503
     assert not flow.pending

@@ -138,14 +138,14 @@ async def respond_headers(meter: UsageMeter, flow: Flow, status: int, content_ty
     flow.upstream_reached = True
     flow.response_status = status
     flow.response_headers = {"content-type": content_type, "content-length": "1234"}
-    assert await meter.on_response_headers(flow) is CONTINUE
+    assert meter.on_response_headers(flow) is CONTINUE
 
 
 async def feed(meter: UsageMeter, flow: Flow, chunk: bytes, *, end: bool) -> bytes:
     """One response body message as Envoy sends it; returns what the client gets for it."""
     flow.response_chunk = chunk
     flow.end_of_stream = end
-    assert await meter.on_response_body(flow) is CONTINUE
+    assert meter.on_response_body(flow) is CONTINUE
     pending = flow.take_pending()
     return chunk if pending.body is None else pending.body
 
@@ -208,7 +208,7 @@ async def test_a_flow_without_an_llm_call_is_left_alone() -> None:
     assert flow.response_body_mode is BodyMode.NONE
     flow.response_chunk = WITH_USAGE
     flow.end_of_stream = True
-    assert await meter.on_response_body(flow) is CONTINUE
+    assert meter.on_response_body(flow) is CONTINUE
     assert not flow.take_pending()
 
 
@@ -278,7 +278,7 @@ async def test_client_asked_for_usage_no_chunk_is_rewritten() -> None:
     flow.take_pending()
     for chunk in cut(WITH_USAGE, list(range(7, len(WITH_USAGE), 97))):
         flow.response_chunk = chunk
-        await meter.on_response_body(flow)
+        meter.on_response_body(flow)
         assert not flow.take_pending()
 
 
