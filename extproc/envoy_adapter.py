@@ -4,7 +4,8 @@ pipeline phases on a Flow, and verdicts plus the Flow's pending changes back int
 Envoy is configured to send request and response headers only; a flow that needs more asks for
 it per request with `mode_override` (buffered request body for LLM calls; streamed response body
 for SSE, buffered for JSON), so a plain REST call costs two round trips and no body copies.
-No policy lives here.
+No policy lives here. The stream is served by `extproc.grpc_h2` (bytes in, bytes out); this
+module owns the protobuf messages.
 """
 
 from __future__ import annotations
@@ -13,18 +14,21 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
 from typing import Final
 
-import grpc
 from envoy.config.core.v3 import base_pb2
 from envoy.extensions.filters.http.ext_proc.v3 import processing_mode_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ext_proc
-from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ext_proc_grpc
 from envoy.type.v3 import http_status_pb2
+from google.protobuf.message import DecodeError
 
-from extproc.flow import BodyMode, Flow, Pending, Respond
-from extproc.pipeline import Pipeline
+from extproc.flow import BodyMode, Continue, Flow, Pending, Respond
+from extproc.grpc_h2 import GRPC_INTERNAL, MethodFactory, ServerStream, run_in_task
+from extproc.pipeline import PhaseRunner, Pipeline
 from gatez.policy import CompiledPolicy
 
 log = logging.getLogger("gatez.envoy")
@@ -38,47 +42,80 @@ BODY_MODES: Final = {
 }
 
 
-# xds-protos ships no type information for its gRPC stubs.
-class ExternalProcessor(ext_proc_grpc.ExternalProcessorServicer):  # type: ignore[misc]
-    """Envoy's ext_proc stream, one per HTTP request, driven through the pipeline."""
+PROCESS_METHOD: Final = "/envoy.service.ext_proc.v3.ExternalProcessor/Process"
+
+
+Answer = Callable[[Flow, Continue | Respond], ext_proc.ProcessingResponse]
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """One ext_proc message applied to its flow: the phase to run and how to answer after it."""
+
+    flow: Flow
+    phase: PhaseRunner
+    answer: Answer
+
+
+class ProtocolViolation(Exception):
+    """Envoy sent something the ext_proc protocol does not allow here."""
+
+
+class ExternalProcessor:
+    """Envoy's `ExternalProcessor` service: one `ExtProcStream` per HTTP request."""
 
     def __init__(self, pipeline: Pipeline, policy: Callable[[], CompiledPolicy | None]) -> None:
         self._pipeline = pipeline
         self._policy = policy
+        self._no_stages = PhaseRunner("trailers", ())
         # Finished flows whose on_done is still running; kept so the tasks are not collected.
-        self._finishing: set[asyncio.Task[None]] = set()
+        self.finishing: set[asyncio.Task[None]] = set()
 
-    async def Process(
-        self,
-        request_iterator: AsyncIterator[ext_proc.ProcessingRequest],
-        context: grpc.aio.ServicerContext[ext_proc.ProcessingRequest, ext_proc.ProcessingResponse],
-    ) -> AsyncIterator[ext_proc.ProcessingResponse]:
-        flow: Flow | None = None
-        try:
-            async for request in request_iterator:
-                phase = request.WhichOneof("request")
-                if phase == "request_headers":
-                    flow = self._new_flow(request.request_headers)
-                    yield await self._on_request_headers(flow)
-                elif flow is None:
-                    raise RuntimeError(f"ext_proc stream began with {phase}")
-                elif phase == "request_body":
-                    flow.request_body = request.request_body.body
-                    yield await self._on_request_body(flow)
-                elif phase == "response_headers":
-                    yield await self._on_response_headers(flow, request.response_headers)
-                elif phase == "response_body":
-                    yield await self._on_response_body(flow, request.response_body)
-                elif phase == "request_trailers":
-                    yield ext_proc.ProcessingResponse(request_trailers=ext_proc.TrailersResponse())
-                elif phase == "response_trailers":
-                    yield ext_proc.ProcessingResponse(response_trailers=ext_proc.TrailersResponse())
-        finally:
-            if flow is not None:
-                # A task, so the row is written even when this stream is being cancelled.
-                task = asyncio.create_task(self._pipeline.done(flow))
-                self._finishing.add(task)
-                task.add_done_callback(self._finishing.discard)
+    def methods(self) -> dict[str, MethodFactory]:
+        """What to serve on a `GrpcServer`."""
+        return {PROCESS_METHOD: self.open}
+
+    def open(self, stream: ServerStream) -> ExtProcStream:
+        return ExtProcStream(self, stream)
+
+    def step(self, flow: Flow | None, request: ext_proc.ProcessingRequest) -> Step:
+        """Applies one message to the flow (a new one on request headers)."""
+        phase = request.WhichOneof("request")
+        pipeline = self._pipeline
+        if phase == "request_headers":
+            flow = self._new_flow(request.request_headers)
+            return Step(flow, pipeline.on_request_headers, _answer_request_headers)
+        if flow is None:
+            raise ProtocolViolation(f"ext_proc stream began with {phase}")
+        if phase == "request_body":
+            flow.request_body = request.request_body.body
+            return Step(flow, pipeline.on_request_body, _answer_request_body)
+        if phase == "response_headers":
+            message = request.response_headers
+            headers = _header_map(message.headers)
+            flow.upstream_reached = True
+            flow.response_status = int(headers.pop(":status", "0") or 0)
+            flow.response_headers = headers
+            flow.end_of_stream = message.end_of_stream
+            return Step(flow, pipeline.on_response_headers, _answer_response_headers)
+        if phase == "response_body":
+            flow.response_chunk = request.response_body.body
+            flow.end_of_stream = request.response_body.end_of_stream
+            return Step(flow, pipeline.on_response_body, _answer_response_body)
+        if phase == "request_trailers":
+            return Step(flow, self._no_stages, _answer_request_trailers)
+        if phase == "response_trailers":
+            return Step(flow, self._no_stages, _answer_response_trailers)
+        raise ProtocolViolation(f"unexpected ext_proc message {phase}")
+
+    def done(self, flow: Flow) -> None:
+        """The exchange is over: the pipeline's on_done hooks run, in a task only if one waits."""
+        if not self._pipeline.done_waits:
+            self._pipeline.done_now(flow)
+            return
+        task = run_in_task(self._pipeline.done(flow), _ignore, _log_done_error)
+        self.finishing.add(task)
+        task.add_done_callback(self.finishing.discard)
 
     def _new_flow(self, message: ext_proc.HttpHeaders) -> Flow:
         headers = _header_map(message.headers)
@@ -93,58 +130,57 @@ class ExternalProcessor(ext_proc_grpc.ExternalProcessorServicer):  # type: ignor
             request_has_body=not message.end_of_stream,
         )
 
-    async def _on_request_headers(self, flow: Flow) -> ext_proc.ProcessingResponse:
-        verdict = await self._pipeline.request_headers(flow)
-        if isinstance(verdict, Respond):
-            return _immediate(flow, verdict)
-        response = ext_proc.ProcessingResponse(
-            request_headers=ext_proc.HeadersResponse(response=_common(flow.take_pending()))
-        )
-        if flow.request_body_mode is not BodyMode.NONE:
-            response.mode_override.request_body_mode = BODY_MODES[flow.request_body_mode]
-        return response
 
-    async def _on_request_body(self, flow: Flow) -> ext_proc.ProcessingResponse:
-        verdict = await self._pipeline.request_body(flow)
-        if isinstance(verdict, Respond):
-            return _immediate(flow, verdict)
-        return ext_proc.ProcessingResponse(
-            request_body=ext_proc.BodyResponse(response=_common(flow.take_pending()))
-        )
+def _answer_request_headers(flow: Flow, verdict: Continue | Respond) -> ext_proc.ProcessingResponse:
+    if isinstance(verdict, Respond):
+        return _immediate(flow, verdict)
+    response = ext_proc.ProcessingResponse(
+        request_headers=ext_proc.HeadersResponse(response=_common(flow.take_pending()))
+    )
+    if flow.request_body_mode is not BodyMode.NONE:
+        response.mode_override.request_body_mode = BODY_MODES[flow.request_body_mode]
+    return response
 
-    async def _on_response_headers(
-        self, flow: Flow, message: ext_proc.HttpHeaders
-    ) -> ext_proc.ProcessingResponse:
-        headers = _header_map(message.headers)
-        flow.upstream_reached = True
-        flow.response_status = int(headers.pop(":status", "0") or 0)
-        flow.response_headers = headers
-        flow.end_of_stream = message.end_of_stream
-        verdict = await self._pipeline.response_headers(flow)
-        if isinstance(verdict, Respond):
-            return _immediate(flow, verdict)
-        response = ext_proc.ProcessingResponse(
-            response_headers=ext_proc.HeadersResponse(response=_common(flow.take_pending()))
-        )
-        if flow.response_body_mode is BodyMode.NONE or message.end_of_stream:
-            flow.finished_ns = time.monotonic_ns()
-        else:
-            response.mode_override.response_body_mode = BODY_MODES[flow.response_body_mode]
-        return response
 
-    async def _on_response_body(
-        self, flow: Flow, message: ext_proc.HttpBody
-    ) -> ext_proc.ProcessingResponse:
-        flow.response_chunk = message.body
-        flow.end_of_stream = message.end_of_stream
-        verdict = await self._pipeline.response_body(flow)
-        if isinstance(verdict, Respond):
-            return _immediate(flow, verdict)
-        if message.end_of_stream:
-            flow.finished_ns = time.monotonic_ns()
-        return ext_proc.ProcessingResponse(
-            response_body=ext_proc.BodyResponse(response=_common(flow.take_pending()))
-        )
+def _answer_request_body(flow: Flow, verdict: Continue | Respond) -> ext_proc.ProcessingResponse:
+    if isinstance(verdict, Respond):
+        return _immediate(flow, verdict)
+    return ext_proc.ProcessingResponse(
+        request_body=ext_proc.BodyResponse(response=_common(flow.take_pending()))
+    )
+
+
+def _answer_response_headers(
+    flow: Flow, verdict: Continue | Respond
+) -> ext_proc.ProcessingResponse:
+    if isinstance(verdict, Respond):
+        return _immediate(flow, verdict)
+    response = ext_proc.ProcessingResponse(
+        response_headers=ext_proc.HeadersResponse(response=_common(flow.take_pending()))
+    )
+    if flow.response_body_mode is BodyMode.NONE or flow.end_of_stream:
+        flow.finished_ns = time.monotonic_ns()
+    else:
+        response.mode_override.response_body_mode = BODY_MODES[flow.response_body_mode]
+    return response
+
+
+def _answer_response_body(flow: Flow, verdict: Continue | Respond) -> ext_proc.ProcessingResponse:
+    if isinstance(verdict, Respond):
+        return _immediate(flow, verdict)
+    if flow.end_of_stream:
+        flow.finished_ns = time.monotonic_ns()
+    return ext_proc.ProcessingResponse(
+        response_body=ext_proc.BodyResponse(response=_common(flow.take_pending()))
+    )
+
+
+def _answer_request_trailers(flow: Flow, _: Continue | Respond) -> ext_proc.ProcessingResponse:
+    return ext_proc.ProcessingResponse(request_trailers=ext_proc.TrailersResponse())
+
+
+def _answer_response_trailers(flow: Flow, _: Continue | Respond) -> ext_proc.ProcessingResponse:
+    return ext_proc.ProcessingResponse(response_trailers=ext_proc.TrailersResponse())
 
 
 def _header_map(headers: base_pb2.HeaderMap) -> dict[str, str]:
@@ -203,3 +239,92 @@ def _immediate(flow: Flow, verdict: Respond) -> ext_proc.ProcessingResponse:
             )
         )
     return response
+
+
+class ExtProcStream:
+    """One ext_proc stream: messages handled strictly in order, one at a time.
+
+    Envoy waits for each answer in most phases, but streamed bodies may send the next chunk
+    before the last one is answered; those wait in `backlog`. A phase whose stages are all plain
+    methods is answered on the spot; one with a coroutine stage runs in a task.
+    """
+
+    __slots__ = ("_backlog", "_busy", "_flow", "_processor", "_stream", "_task")
+
+    def __init__(self, processor: ExternalProcessor, stream: ServerStream) -> None:
+        self._processor = processor
+        self._stream = stream
+        self._flow: Flow | None = None
+        self._busy = False
+        self._backlog: deque[bytes] = deque()
+        self._task: asyncio.Task[None] | None = None
+
+    def on_message(self, message: bytes) -> None:
+        if self._busy:
+            self._backlog.append(message)
+            return
+        try:
+            step = self._processor.step(self._flow, ext_proc.ProcessingRequest.FromString(message))
+        except DecodeError:
+            self._fail(ProtocolViolation("undecodable ProcessingRequest"))
+            return
+        except ProtocolViolation as violation:
+            self._fail(violation)
+            return
+        self._flow = step.flow
+        if step.phase.waits:
+            self._busy = True
+            self._task = run_in_task(
+                step.phase.run(step.flow), partial(self._answer, step), self._fail
+            )
+        else:
+            self._answer(step, step.phase.now(step.flow))
+
+    def on_end(self) -> None:
+        if not self._busy:
+            self._stream.finish()
+            self._close()
+
+    def on_reset(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            self._task = None
+        self._backlog.clear()
+        self._close()
+
+    def _answer(self, step: Step, verdict: Continue | Respond) -> None:
+        self._task = None
+        self._busy = False
+        self._stream.send_message(step.answer(step.flow, verdict).SerializeToString())
+        if self._backlog:
+            self.on_message(self._backlog.popleft())
+        elif self._stream.remote_closed:
+            self.on_end()
+
+    def _fail(self, error: BaseException) -> None:
+        self._task = None
+        if isinstance(error, asyncio.CancelledError):
+            return
+        if isinstance(error, ProtocolViolation):
+            log.warning("ext_proc: %s", error)
+            self._stream.finish(GRPC_INTERNAL, str(error))
+        else:
+            log.error("ext_proc stream failed", exc_info=error)
+            self._stream.finish(GRPC_INTERNAL, "data plane error")
+        self._backlog.clear()
+        self._busy = False
+        self._close()
+
+    def _close(self) -> None:
+        flow, self._flow = self._flow, None
+        if flow is not None:
+            self._processor.done(flow)
+
+
+def _ignore(_: object) -> None:
+    return None
+
+
+def _log_done_error(error: BaseException) -> None:
+    if not isinstance(error, asyncio.CancelledError):
+        log.error("on_done failed", exc_info=error)

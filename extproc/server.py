@@ -12,14 +12,14 @@ from typing import Any
 
 import aiohttp
 import grpc
-import redis.asyncio as aioredis
-from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ext_proc_grpc
 
 from extproc.envoy_adapter import ExternalProcessor
+from extproc.grpc_h2 import GrpcServer
 from extproc.jwks import JwksCache
 from extproc.logsink import ClickHouseLogWriter, ControlLogWriter, LogSink, LogWriter
 from extproc.pipeline import Pipeline
 from extproc.policy_source import PolicyHolder, PolicyWatcher
+from extproc.redis_pipe import PipelinedRedis
 from extproc.stages.access_log import AccessLog
 from extproc.stages.authenticate import Authenticate
 from extproc.stages.model_route import ModelRouting
@@ -38,7 +38,7 @@ GRPC_OPTIONS = [
 
 
 def build_pipeline(
-    *, jwks: JwksCache, redis: aioredis.Redis, sink: LogSink, node_id: str
+    *, jwks: JwksCache, redis: PipelinedRedis, sink: LogSink, node_id: str
 ) -> Pipeline:
     """The stage order is the policy order; each position has a reason."""
     return Pipeline(
@@ -62,7 +62,7 @@ class DataPlane:
     """A running data plane; `stop()` releases everything `start()` built."""
 
     settings: Settings
-    server: grpc.aio.Server
+    server: GrpcServer
     holder: PolicyHolder
     watcher: PolicyWatcher
     sink: LogSink
@@ -70,7 +70,7 @@ class DataPlane:
     closers: list[Any]
 
     async def stop(self) -> None:
-        await self.server.stop(grace=2)
+        await self.server.stop(grace_s=2)
         for task in self.tasks:
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
@@ -86,8 +86,8 @@ async def start(settings: Settings) -> DataPlane:
     """Builds the clients, loads the persisted policy, starts serving and watching."""
     settings.state_dir.mkdir(parents=True, exist_ok=True)
     closers: list[Any] = []
-    redis = aioredis.Redis.from_url(settings.redis_url)
-    closers.append(redis.aclose)
+    redis = PipelinedRedis.from_url(settings.redis_url)
+    closers.append(redis.close)
     http = aiohttp.ClientSession()
     closers.append(http.close)
     control = grpc.aio.insecure_channel(settings.control_address, options=GRPC_OPTIONS)
@@ -117,12 +117,8 @@ async def start(settings: Settings) -> DataPlane:
     pipeline = build_pipeline(
         jwks=JwksCache(http), redis=redis, sink=sink, node_id=settings.node_id
     )
-    server = grpc.aio.server(options=GRPC_OPTIONS)
-    ext_proc_grpc.add_ExternalProcessorServicer_to_server(
-        ExternalProcessor(pipeline, holder.get), server
-    )
-    server.add_insecure_port(settings.extproc_address)
-    await server.start()
+    server = GrpcServer(ExternalProcessor(pipeline, holder.get).methods())
+    await server.listen(settings.extproc_address)
     log.info("data plane %s serving ext_proc on %s", settings.node_id, settings.extproc_address)
     return DataPlane(settings, server, holder, watcher, sink, tasks, closers)
 

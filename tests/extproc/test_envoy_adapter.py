@@ -20,13 +20,16 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as ext_proc
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ext_proc_grpc
 
 from extproc.envoy_adapter import ExternalProcessor
+from extproc.grpc_h2 import GrpcServer
 from extproc.jwks import JwksCache
 from extproc.logsink import ClickHouseLogWriter, LogSink
+from extproc.redis_pipe import PipelinedRedis
 from extproc.server import build_pipeline
 from gatez import keys
 from gatez.logrows import AiLogRow
 from gatez.logstore import LogStore
 from gatez.policy import CompiledPolicy, compile_policy
+from gatez.testing.processes import RedisServer
 from gatez.v1 import policy_pb2
 
 API_KEY = "gz-adapter-test-key-000000000000"
@@ -75,24 +78,22 @@ class Processor:
 
 @pytest.fixture
 async def processor(
-    tmp_path: Path, redis_client: aioredis.Redis, log_store: LogStore
+    tmp_path: Path, redis_server: RedisServer, redis_client: aioredis.Redis, log_store: LogStore
 ) -> AsyncIterator[Processor]:
     http = aiohttp.ClientSession()
+    redis = PipelinedRedis.from_url(redis_server.url)
     sink = LogSink(ClickHouseLogWriter(log_store))
-    pipeline = build_pipeline(jwks=JwksCache(http), redis=redis_client, sink=sink, node_id="n1")
+    pipeline = build_pipeline(jwks=JwksCache(http), redis=redis, sink=sink, node_id="n1")
     compiled = policy()
-    server = grpc.aio.server()
-    ext_proc_grpc.add_ExternalProcessorServicer_to_server(
-        ExternalProcessor(pipeline, lambda: compiled), server
-    )
+    server = GrpcServer(ExternalProcessor(pipeline, lambda: compiled).methods())
     socket = f"unix:{tmp_path}/ep.sock"
-    server.add_insecure_port(socket)
-    await server.start()
+    await server.listen(socket)
     channel = grpc.aio.insecure_channel(socket)
     yield Processor(ext_proc_grpc.ExternalProcessorStub(channel), sink, log_store)
     await channel.close(None)
-    await server.stop(None)
+    await server.stop()
     await http.close()
+    await redis.close()
 
 
 def headers(*pairs: tuple[str, str], end_of_stream: bool = False) -> ext_proc.HttpHeaders:
