@@ -55,11 +55,13 @@ class RunnerPlane:
     socket_path: Path
 
     async def stop(self) -> None:
+        # The socket goes first: APISIX sends SIGKILL 1 s after SIGTERM, and a new runner
+        # must find no stale socket even if the rest is cut short.
         self.server.close()
-        await self.runner.close()
-        await self.core.close()
         with contextlib.suppress(FileNotFoundError):
             self.socket_path.unlink()
+        await self.runner.close()
+        await self.core.close()
 
 
 async def start(settings: Settings, runner_settings: RunnerSettings) -> RunnerPlane:
