@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-16)
 PROTOS := $(wildcard proto/gatez/v1/*.proto)
 
-.PHONY: run test setup system-deps proto lint bench clean
+.PHONY: run test setup system-deps proto flatbuffers lint bench clean
 
 run: setup
 	$(PY) -m gatez.stack
@@ -31,6 +31,11 @@ system-deps:
 		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq redis-server >/dev/null; \
 	fi
 	@command -v redis-server >/dev/null || { echo "redis-server is missing and could not be installed" >&2; exit 1; }
+	@if ! command -v flatc >/dev/null; then \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq flatbuffers-compiler >/dev/null; \
+	fi
+	@command -v flatc >/dev/null || { echo "flatc is missing and could not be installed" >&2; exit 1; }
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "$(PYTHON) is required" >&2; exit 1; }
@@ -43,6 +48,11 @@ $(STAMP): pyproject.toml
 # Regenerate the Python stubs from proto/ (committed; tests/test_proto.py fails when stale).
 proto: setup
 	$(PY) -m gatez.protogen
+
+# Regenerate the APISIX ext-plugin bindings from extproc/apisix/ext_plugin.fbs (committed;
+# tests/extproc/apisix/test_fbs.py fails when stale).
+flatbuffers: setup
+	$(PY) -m extproc.apisix.fbsgen
 
 lint: setup
 	$(VENV)/bin/buf lint

@@ -71,19 +71,62 @@ class DataPlane:
 
     async def stop(self) -> None:
         await self.server.stop(grace_s=2)
-        for task in self.tasks:
-            task.cancel()
-        await asyncio.gather(*self.tasks, return_exceptions=True)
-        await self.sink.close()
-        for close in reversed(self.closers):
-            with contextlib.suppress(Exception):
-                result = close()
-                if asyncio.iscoroutine(result):
-                    await result
+        await _release(self.tasks, self.sink, self.closers)
+
+
+def build_rest_pipeline(
+    *, jwks: JwksCache, redis: PipelinedRedis, sink: LogSink, node_id: str
+) -> Pipeline:
+    """Plain REST routes (APISIX routes with `{"route": "rest"}`): L1 only, same order."""
+    return Pipeline([Authenticate(jwks), RateLimit(redis), AccessLog(sink, node_id)])
+
+
+@dataclass
+class DataPlaneCore:
+    """Everything a data plane runs except its proxy transport: clients, policy, pipeline.
+
+    Both transports (Envoy's gRPC server here, the APISIX runner in `extproc.apisix.server`)
+    start from it, so the wiring exists once."""
+
+    settings: Settings
+    holder: PolicyHolder
+    watcher: PolicyWatcher
+    sink: LogSink
+    pipeline: Pipeline
+    jwks: JwksCache
+    redis: PipelinedRedis
+    tasks: list[asyncio.Task[None]]
+    closers: list[Any]
+
+    async def close(self) -> None:
+        await _release(self.tasks, self.sink, self.closers)
+
+
+async def _release(tasks: list[asyncio.Task[None]], sink: LogSink, closers: list[Any]) -> None:
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    await sink.close()
+    for close in reversed(closers):
+        with contextlib.suppress(Exception):
+            result = close()
+            if asyncio.iscoroutine(result):
+                await result
 
 
 async def start(settings: Settings) -> DataPlane:
     """Builds the clients, loads the persisted policy, starts serving and watching."""
+    core = await start_core(settings)
+    server = GrpcServer(ExternalProcessor(core.pipeline, core.holder.get).methods())
+    await server.listen(settings.extproc_address)
+    log.info("data plane %s serving ext_proc on %s", settings.node_id, settings.extproc_address)
+    return DataPlane(
+        settings, server, core.holder, core.watcher, core.sink, core.tasks, core.closers
+    )
+
+
+async def start_core(settings: Settings) -> DataPlaneCore:
+    """Builds the clients and the pipeline, loads the persisted policy and starts watching."""
     settings.state_dir.mkdir(parents=True, exist_ok=True)
     closers: list[Any] = []
     redis = PipelinedRedis.from_url(settings.redis_url)
@@ -114,13 +157,9 @@ async def start(settings: Settings) -> DataPlane:
     watcher = PolicyWatcher(holder, control, settings.admin_token, settings.node_id)
     tasks = [asyncio.create_task(watcher.run(), name="gatez-policy-watch")]
 
-    pipeline = build_pipeline(
-        jwks=JwksCache(http), redis=redis, sink=sink, node_id=settings.node_id
-    )
-    server = GrpcServer(ExternalProcessor(pipeline, holder.get).methods())
-    await server.listen(settings.extproc_address)
-    log.info("data plane %s serving ext_proc on %s", settings.node_id, settings.extproc_address)
-    return DataPlane(settings, server, holder, watcher, sink, tasks, closers)
+    jwks = JwksCache(http)
+    pipeline = build_pipeline(jwks=jwks, redis=redis, sink=sink, node_id=settings.node_id)
+    return DataPlaneCore(settings, holder, watcher, sink, pipeline, jwks, redis, tasks, closers)
 
 
 async def serve(settings: Settings) -> None:

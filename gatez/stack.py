@@ -45,6 +45,10 @@ class StackConfig:
     persist_redis: bool = True
     log_level: str = "INFO"
     extra_env: dict[str, str] = field(default_factory=dict)
+    # "envoy", or "apisix": the APISIX runner behind the harness that plays APISIX
+    # (gatez.testing.apisix), whose routes send to `apisix_upstream` (APISIX cannot run here).
+    proxy: str = "envoy"
+    apisix_upstream: str = ""
 
     @classmethod
     def ephemeral(cls, state_dir: Path) -> StackConfig:
@@ -69,6 +73,10 @@ class StackConfig:
     @property
     def extproc_socket(self) -> Path:
         return self.state_dir / "dataplane" / "extproc.sock"
+
+    @property
+    def apisix_socket(self) -> Path:
+        return self.state_dir / "dataplane" / "apisix.sock"
 
     @property
     def gateway_url(self) -> str:
@@ -106,7 +114,10 @@ class Stack:
             self.start_redis()
             self.start_control()
             self.start_data_plane()
-            self.start_envoy()
+            if self.config.proxy == "apisix":
+                self.start_apisix()
+            else:
+                self.start_envoy()
         except BaseException:
             self.stop()
             raise
@@ -135,6 +146,9 @@ class Stack:
         wait_for_port(self.config.control_port, timeout_s=60)
 
     def start_data_plane(self) -> None:
+        if self.config.proxy == "apisix":
+            self.start_apisix_runner()
+            return
         socket = self.config.extproc_socket
         socket.parent.mkdir(parents=True, exist_ok=True)
         with contextlib.suppress(FileNotFoundError):
@@ -162,6 +176,34 @@ class Stack:
                 "--log-level", "warn",
                 "--base-id", str(config.listen_port),
                 "--concurrency", "1",
+            ],
+        )  # fmt: skip
+        wait_for_port(config.listen_port, timeout_s=30)
+
+    def start_apisix_runner(self) -> None:
+        """The data plane as APISIX's ext-plugin runner, started as APISIX starts it."""
+        socket = self.config.apisix_socket
+        socket.parent.mkdir(parents=True, exist_ok=True)
+        env = self.config.environment()
+        env.update(
+            GATEZ_STATE_DIR=str(socket.parent),
+            APISIX_LISTEN_ADDRESS=f"unix:{socket}",
+            APISIX_CONF_EXPIRE_TIME="3600",
+        )
+        self._spawn("dataplane", [sys.executable, "-m", "extproc.apisix"], env)
+        _wait_for_file(socket, timeout_s=60, process=self.processes["dataplane"])
+
+    def start_apisix(self) -> None:
+        """The APISIX stand-in in front of the runner (APISIX itself cannot run here)."""
+        config = self.config
+        socket = config.apisix_socket
+        self._spawn(
+            "apisix",
+            [
+                sys.executable, "-m", "gatez.testing.apisix",
+                "--port", str(config.listen_port),
+                "--runner-socket", str(socket),
+                "--upstream", config.apisix_upstream,
             ],
         )  # fmt: skip
         wait_for_port(config.listen_port, timeout_s=30)

@@ -64,9 +64,17 @@ def oidc() -> Iterator[OidcIssuer]:
         yield issuer
 
 
-@pytest.fixture(scope="session")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    config = StackConfig.ephemeral(Path(tmp_path_factory.mktemp("stack")))
+@pytest.fixture(scope="session", params=["envoy", "apisix"])
+def stack(
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+    upstream: UpstreamServer,
+) -> Iterator[Stack]:
+    """The same suite runs through both adapters: Envoy + ext_proc, and the APISIX runner
+    behind the harness that plays APISIX (routes sent to the fake upstream)."""
+    config = StackConfig.ephemeral(Path(tmp_path_factory.mktemp(f"stack-{request.param}")))
+    config.proxy = request.param
+    config.apisix_upstream = upstream.base_url.removesuffix("/v1")
     stack = Stack(config)
     try:
         stack.start()

@@ -1,0 +1,507 @@
+"""The APISIX adapter: turns ext-plugin calls into pipeline phases on a Flow, and verdicts plus
+the Flow's pending changes back into Stop / Rewrite / response replies. No policy lives here.
+
+How one LLM request goes (route with `ext-plugin-pre-req` and `ext-plugin-post-resp`, both with
+the conf `{"name": "gatez", "value": "{\\"route\\": \\"llm\\"}"}`):
+
+1. HTTPReqCall: the runner asks (ExtraInfo) for `$request_id`, which names the request in both
+   calls (the protocol has no id of its own that survives from pre-req to post-resp), runs the
+   request-headers phase, and — when a stage asked for the body — asks for it (ExtraInfo ReqBody)
+   and runs the request-body phase. A Respond becomes Stop; otherwise the pending changes become
+   one Rewrite, and the Flow waits for the response call.
+2. HTTPRespCall: the runner finds the Flow by `$request_id`, runs the response-headers phase, and
+   when a stage wants the body, asks for it (ExtraInfo RespBody: APISIX has buffered all of it)
+   and runs the response-body phase once with the whole body as the last chunk.
+
+A route without a response phase (plain REST, `{"route": "rest"}`) costs one frame each way and
+its Flow ends at the Rewrite (its request-log row then has no status: APISIX never tells).
+
+Routing differs from Envoy: APISIX's upstream is the route's (or `traffic-split`'s), so the
+runner expresses the provider as Rewrite headers — `host` (from `:authority`), the path, the
+provider key, and `x-gatez-provider: <name>` for `traffic-split` to match on — and drops
+Envoy's `x-gatez-cluster`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Final
+from urllib.parse import parse_qsl, quote
+
+import orjson
+
+from extproc.apisix.frames import (
+    ErrorCode,
+    ExtraInfo,
+    FrameError,
+    HttpRequestCall,
+    HttpRequestCallReply,
+    HttpResponseCall,
+    HttpResponseCallReply,
+    MalformedMessage,
+    PrepareConf,
+    RequestBodyInfo,
+    ResponseBodyInfo,
+    Rewrite,
+    RpcType,
+    Stop,
+    VarInfo,
+    decode_extra_info_reply,
+    decode_http_request_call,
+    decode_http_response_call,
+    decode_prepare_conf,
+    encode_error,
+    encode_extra_info_request,
+    encode_frame,
+    encode_http_request_call_reply,
+    encode_http_response_call_reply,
+    encode_prepare_conf_reply,
+    read_frame,
+)
+from extproc.flow import BodyMode, Continue, Flow, Pending, Respond
+from extproc.pipeline import Pipeline
+from extproc.stages.model_route import CLUSTER_HEADER
+from gatez.errors import GatewayError, InvalidRequest, Unavailable
+from gatez.policy import CompiledPolicy
+
+log = logging.getLogger("gatez.apisix")
+
+# The runner-plugin name a route's conf entry carries for us; other entries are ignored.
+PLUGIN_NAME: Final = "gatez"
+DEFAULT_ROUTE: Final = "llm"
+# nginx's own per-request id: the same in the pre-req and the post-resp call of one request.
+REQUEST_ID_VAR: Final = "request_id"
+PROVIDER_HEADER: Final = "x-gatez-provider"
+# APISIX keeps a token up to its expire time; ours live longer, so APISIX never holds a dead one.
+TOKEN_LIFETIME_FACTOR: Final = 1.2
+
+
+class ConfTokenNotFound(GatewayError):
+    """A call named a token we do not hold (expired, or issued before a restart)."""
+
+    http_status = 503
+    kind = "conf_token_not_found"
+
+
+class UnknownRoute(InvalidRequest):
+    """A route's conf names a pipeline this runner does not have."""
+
+
+class ProtocolViolation(Exception):
+    """APISIX sent something the exchange cannot continue after; the connection is closed."""
+
+
+@dataclass(frozen=True, slots=True)
+class RouteKind:
+    """What a route's conf selects: a pipeline, and whether the route runs post-resp too."""
+
+    pipeline: Pipeline
+    response_phase: bool
+
+
+@dataclass(frozen=True, slots=True)
+class RouteConf:
+    """A prepared conf, compiled once at PrepareConf: the route kind by name."""
+
+    name: str
+    kind: RouteKind
+
+
+@dataclass(slots=True)
+class _Prepared:
+    token: int
+    key: str
+    conf: RouteConf
+    expires_at: float
+
+
+class ConfStore:
+    """Conf tokens: the same key gets the same token; a token lives 1.2 times APISIX's expire time
+    from its last PrepareConf."""
+
+    def __init__(self, expire_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self._lifetime_s = expire_s * TOKEN_LIFETIME_FACTOR
+        self._clock = clock
+        self._by_token: dict[int, _Prepared] = {}
+        self._by_key: dict[str, _Prepared] = {}
+        self._next_token = 1
+
+    def prepare(self, key: str, conf: RouteConf) -> int:
+        now = self._clock()
+        self._sweep(now)
+        prepared = self._by_key.get(key) if key else None
+        if prepared is not None and prepared.conf == conf:
+            prepared.expires_at = now + self._lifetime_s
+            return prepared.token
+        token = self._allocate()
+        prepared = _Prepared(token, key, conf, now + self._lifetime_s)
+        self._by_token[token] = prepared
+        if key:
+            self._by_key[key] = prepared
+        return token
+
+    def get(self, token: int) -> RouteConf:
+        prepared = self._by_token.get(token)
+        if prepared is None or prepared.expires_at <= self._clock():
+            raise ConfTokenNotFound(f"conf token {token} not found")
+        return prepared.conf
+
+    def __len__(self) -> int:
+        return len(self._by_token)
+
+    def _allocate(self) -> int:
+        # uint32 on the wire; 0 is skipped because it reads like "no token".
+        while True:
+            token = self._next_token
+            self._next_token = token % 0xFFFFFFFF + 1
+            if token not in self._by_token:
+                return token
+
+    def _sweep(self, now: float) -> None:
+        # PrepareConf is rare (once per route and expire time), so a full pass here is cheap.
+        expired = [t for t, p in self._by_token.items() if p.expires_at <= now]
+        for token in expired:
+            prepared = self._by_token.pop(token)
+            if self._by_key.get(prepared.key) is prepared:
+                del self._by_key[prepared.key]
+
+
+@dataclass(slots=True)
+class _Parked:
+    """A Flow between its request call and its response call."""
+
+    flow: Flow
+    pipeline: Pipeline
+    timer: asyncio.TimerHandle
+
+
+class _Exchange:
+    """One connection: lets a call ask APISIX for extra information before it answers."""
+
+    __slots__ = ("reader", "writer")
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+
+    async def ask(self, info: ExtraInfo) -> bytes | None:
+        self.writer.write(encode_frame(RpcType.EXTRA_INFO, encode_extra_info_request(info)))
+        frame = await read_frame(self.reader)
+        if frame is None:
+            raise ConnectionResetError("APISIX closed the connection during ExtraInfo")
+        rpc_type, payload = frame
+        if rpc_type != RpcType.EXTRA_INFO:
+            raise ProtocolViolation(f"expected an ExtraInfo answer, got RPC type {rpc_type}")
+        try:
+            return decode_extra_info_reply(payload)
+        except MalformedMessage as error:
+            raise ProtocolViolation(str(error)) from None
+
+
+class ExtPluginRunner:
+    """Serves APISIX's ext-plugin connections with the pipeline behind them."""
+
+    def __init__(
+        self,
+        routes: Mapping[str, RouteKind],
+        policy: Callable[[], CompiledPolicy | None],
+        *,
+        conf_expire_s: float = 3600.0,
+        response_wait_s: float = 900.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if DEFAULT_ROUTE not in routes:
+            raise ValueError(f"routes must include {DEFAULT_ROUTE!r}")
+        self._routes = dict(routes)
+        self._policy = policy
+        self.confs = ConfStore(conf_expire_s, clock)
+        # How long a Flow waits for its response call; APISIX skips it when the upstream failed.
+        self._response_wait_s = response_wait_s
+        self._parked: dict[str, _Parked] = {}
+        # Finished flows whose on_done is still running; kept so the tasks are not collected.
+        self._finishing: set[asyncio.Task[None]] = set()
+        self._connections: set[asyncio.Task[None]] = set()
+
+    @property
+    def waiting_flows(self) -> int:
+        return len(self._parked)
+
+    async def serve_connection(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        """Answers frames one after another until APISIX closes the connection."""
+        task = asyncio.current_task()
+        if task is not None:
+            self._connections.add(task)
+        exchange = _Exchange(reader, writer)
+        try:
+            while (frame := await read_frame(reader)) is not None:
+                rpc_type, payload = frame
+                reply_type, reply = await self._answer(rpc_type, payload, exchange)
+                writer.write(encode_frame(reply_type, reply))
+                await writer.drain()
+        except FrameError as error:
+            # The stream lost its framing; nothing after this point can be trusted.
+            log.warning("closing an APISIX connection: %s", error)
+        except ProtocolViolation as error:
+            log.warning("closing an APISIX connection: %s", error)
+        except (ConnectionError, asyncio.IncompleteReadError):
+            log.info("APISIX dropped a connection mid-call")
+        finally:
+            if task is not None:
+                self._connections.discard(task)
+            writer.close()
+
+    async def close(self) -> None:
+        """Ends every waiting Flow (its log rows are written) and waits for on_done."""
+        for task in list(self._connections):
+            task.cancel()
+        for key in list(self._parked):
+            self._expire(key, error="runner_stopping")
+        if self._finishing:
+            await asyncio.gather(*self._finishing, return_exceptions=True)
+
+    # -- dispatch ------------------------------------------------------------------------------
+
+    async def _answer(
+        self, rpc_type: int, payload: bytes, exchange: _Exchange
+    ) -> tuple[int, bytes]:
+        try:
+            if rpc_type == RpcType.HTTP_REQ_CALL:
+                request = decode_http_request_call(payload)
+                reply = await self._request_call(request, exchange)
+                return RpcType.HTTP_REQ_CALL, encode_http_request_call_reply(reply)
+            if rpc_type == RpcType.HTTP_RESP_CALL:
+                response = decode_http_response_call(payload)
+                resp_reply = await self._response_call(response, exchange)
+                return RpcType.HTTP_RESP_CALL, encode_http_response_call_reply(resp_reply)
+            if rpc_type == RpcType.PREPARE_CONF:
+                token = self._prepare_conf(decode_prepare_conf(payload))
+                return RpcType.PREPARE_CONF, encode_prepare_conf_reply(token)
+            raise MalformedMessage(f"unknown RPC type {rpc_type}")
+        except MalformedMessage as error:
+            log.warning("bad ext-plugin frame: %s", error)
+            return RpcType.ERROR, encode_error(ErrorCode.BAD_REQUEST)
+        except GatewayError as error:
+            return RpcType.ERROR, encode_error(error_code(error))
+
+    def _prepare_conf(self, message: PrepareConf) -> int:
+        name = DEFAULT_ROUTE
+        for entry_name, value in message.conf:
+            if entry_name != PLUGIN_NAME:
+                continue
+            try:
+                parsed = orjson.loads(value) if value else {}
+            except orjson.JSONDecodeError:
+                raise UnknownRoute(f"conf of {PLUGIN_NAME!r} is not JSON") from None
+            route = parsed.get("route", DEFAULT_ROUTE) if isinstance(parsed, dict) else None
+            if not isinstance(route, str):
+                raise UnknownRoute(f"conf of {PLUGIN_NAME!r} must be an object with a 'route'")
+            name = route
+        kind = self._routes.get(name)
+        if kind is None:
+            # Refused at prepare time, so a misconfigured route fails closed (APISIX answers 503).
+            raise UnknownRoute(f"no route kind {name!r}; known: {sorted(self._routes)}")
+        return self.confs.prepare(message.key, RouteConf(name, kind))
+
+    # -- the request call ----------------------------------------------------------------------
+
+    async def _request_call(
+        self, call: HttpRequestCall, exchange: _Exchange
+    ) -> HttpRequestCallReply:
+        kind = self.confs.get(call.conf_token).kind
+        headers = _header_map(call.headers)
+        key: str | None = None
+        if kind.response_phase:
+            raw = await exchange.ask(VarInfo(REQUEST_ID_VAR))
+            key = raw.decode("latin-1") if raw else None
+        flow = Flow(
+            request_id=headers.get("x-request-id") or key or uuid.uuid4().hex,
+            policy=self._policy(),
+            started_ns=time.monotonic_ns(),
+            started_at=time.time(),
+            method=call.method,
+            path=call.path + _query(call.args),
+            request_headers=headers,
+            request_has_body=_has_body(headers),
+        )
+        changes: dict[str, str | None] = {}
+        body: bytes | None = None
+        try:
+            verdict = await kind.pipeline.request_headers(flow)
+            body = _merge(changes, flow.take_pending(), body)
+            if isinstance(verdict, Continue) and flow.request_body_mode is not BodyMode.NONE:
+                flow.request_body = await exchange.ask(RequestBodyInfo()) or b""
+                verdict = await kind.pipeline.request_body(flow)
+                body = _merge(changes, flow.take_pending(), body)
+        except BaseException:
+            flow.error = flow.error or "apisix_call_failed"
+            self._finish(flow, kind.pipeline)
+            raise
+        if isinstance(verdict, Respond):
+            flow.response_status = verdict.status
+            flow.finished_ns = time.monotonic_ns()
+            self._finish(flow, kind.pipeline)
+            stop = Stop(verdict.status, verdict.headers, verdict.body)
+            return HttpRequestCallReply(call.id, stop)
+        if key is not None:
+            self._park(key, flow, kind.pipeline)
+        else:
+            flow.finished_ns = time.monotonic_ns()
+            self._finish(flow, kind.pipeline)
+        return HttpRequestCallReply(call.id, _rewrite(flow, call, changes, body))
+
+    # -- the response call ---------------------------------------------------------------------
+
+    async def _response_call(
+        self, call: HttpResponseCall, exchange: _Exchange
+    ) -> HttpResponseCallReply:
+        self.confs.get(call.conf_token)
+        raw = await exchange.ask(VarInfo(REQUEST_ID_VAR))
+        parked = self._parked.pop(raw.decode("latin-1"), None) if raw else None
+        if parked is None:
+            # The request call never reached us (a route without pre-req) or we restarted.
+            log.info("response call for a request this runner does not know; passing it on")
+            return HttpResponseCallReply(call.id)
+        parked.timer.cancel()
+        flow, pipeline = parked.flow, parked.pipeline
+        changes: dict[str, str | None] = {}
+        body: bytes | None = None
+        try:
+            flow.upstream_reached = True
+            flow.response_status = call.status
+            flow.response_headers = _header_map(call.headers)
+            verdict = await pipeline.response_headers(flow)
+            body = _merge(changes, flow.take_pending(), body)
+            if isinstance(verdict, Continue) and flow.response_body_mode is not BodyMode.NONE:
+                # APISIX buffered the whole response: it arrives here as one last chunk.
+                flow.response_chunk = await exchange.ask(ResponseBodyInfo()) or b""
+                flow.end_of_stream = True
+                if flow.first_byte_ns is None:
+                    flow.first_byte_ns = time.monotonic_ns()
+                verdict = await pipeline.response_body(flow)
+                body = _merge(changes, flow.take_pending(), body)
+        except BaseException:
+            flow.error = flow.error or "apisix_call_failed"
+            raise
+        else:
+            if isinstance(verdict, Respond):
+                flow.response_status = verdict.status
+                return HttpResponseCallReply(call.id, verdict.status, verdict.headers, verdict.body)
+            return HttpResponseCallReply(call.id, 0, tuple(changes.items()), body if body else b"")
+        finally:
+            flow.finished_ns = time.monotonic_ns()
+            self._finish(flow, pipeline)
+
+    # -- flow lifetime -------------------------------------------------------------------------
+
+    def _park(self, key: str, flow: Flow, pipeline: Pipeline) -> None:
+        timer = asyncio.get_running_loop().call_later(self._response_wait_s, self._expire, key)
+        previous = self._parked.pop(key, None)
+        if previous is not None:
+            previous.timer.cancel()
+            self._finish(previous.flow, previous.pipeline)
+        self._parked[key] = _Parked(flow, pipeline, timer)
+
+    def _expire(self, key: str, error: str = "no_response_call") -> None:
+        parked = self._parked.pop(key, None)
+        if parked is None:
+            return
+        parked.timer.cancel()
+        parked.flow.error = parked.flow.error or error
+        self._finish(parked.flow, parked.pipeline)
+
+    def _finish(self, flow: Flow, pipeline: Pipeline) -> None:
+        # A task, so the row is written even when this connection is being cancelled.
+        task = asyncio.get_running_loop().create_task(pipeline.done(flow))
+        self._finishing.add(task)
+        task.add_done_callback(self._finishing.discard)
+
+
+def error_code(error: GatewayError) -> ErrorCode:
+    """The one place a gateway error becomes an ext-plugin error code."""
+    if isinstance(error, ConfTokenNotFound):
+        return ErrorCode.CONF_TOKEN_NOT_FOUND
+    if isinstance(error, Unavailable) or error.http_status >= 500:
+        return ErrorCode.SERVICE_UNAVAILABLE
+    return ErrorCode.BAD_REQUEST
+
+
+# -- wire ↔ flow -------------------------------------------------------------------------------
+
+
+def _header_map(headers: tuple[tuple[str, str], ...]) -> dict[str, str]:
+    """Lower-case names to values; repeated headers joined as HTTP allows (cookies with ';')."""
+    result: dict[str, str] = {}
+    for name, value in headers:
+        if name in result:
+            result[name] = f"{result[name]}{'; ' if name == 'cookie' else ', '}{value}"
+        else:
+            result[name] = value
+    return result
+
+
+def _query(args: tuple[tuple[str, str | None], ...]) -> str:
+    if not args:
+        return ""
+    parts = [
+        quote(name, safe="") if value is None else f"{quote(name, safe='')}={quote(value, safe='')}"
+        for name, value in args
+    ]
+    return "?" + "&".join(parts)
+
+
+def _has_body(headers: Mapping[str, str]) -> bool:
+    if "transfer-encoding" in headers:
+        return True
+    length = headers.get("content-length", "0").strip()
+    return length.isdigit() and int(length) > 0
+
+
+def _merge(changes: dict[str, str | None], pending: Pending, body: bytes | None) -> bytes | None:
+    """Folds one phase's pending changes into the call's: removals first, then sets, and a
+    later phase wins (a key removed in the headers phase and set in the body phase is set)."""
+    for name in pending.remove_headers:
+        changes[name] = None
+    changes.update(pending.set_headers)
+    return pending.body if pending.body is not None else body
+
+
+def _rewrite(
+    flow: Flow, call: HttpRequestCall, changes: dict[str, str | None], body: bytes | None
+) -> Rewrite | None:
+    path: str | None = None
+    args: tuple[tuple[str, str | None], ...] = ()
+    headers: list[tuple[str, str | None]] = []
+    for name, value in changes.items():
+        if name == ":path" and value is not None:
+            path, _, query = value.partition("?")
+            args = _args_change(call.args, query)
+        elif name == ":authority":
+            headers.append(("host", value))
+        elif name == CLUSTER_HEADER:
+            # Envoy's cluster choice; APISIX routes by the provider name instead.
+            if flow.llm is not None:
+                headers.append((PROVIDER_HEADER, flow.llm.target.provider.name))
+        elif not name.startswith(":"):
+            headers.append((name, value))
+    if path is None and not headers and not args and body is None:
+        return None
+    return Rewrite(path=path, headers=tuple(headers), args=args, body=body)
+
+
+def _args_change(
+    original: tuple[tuple[str, str | None], ...], query: str
+) -> tuple[tuple[str, str | None], ...]:
+    """The Rewrite args that turn `original` into `query` (APISIX edits args, not replaces)."""
+    wanted = parse_qsl(query, keep_blank_values=True)
+    if wanted == [(name, value or "") for name, value in original]:
+        return ()
+    names = {name for name, _ in wanted}
+    deletes = [(name, None) for name in dict.fromkeys(n for n, _ in original) if name not in names]
+    return (*deletes, *((name, value) for name, value in wanted))

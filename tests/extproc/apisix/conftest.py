@@ -1,0 +1,177 @@
+"""Fixtures for the APISIX adapter: the runner in-process on a Unix socket with the real pipeline
+(real Redis, chDB log store, the fake OpenAI upstream as provider), a probe route whose stage
+answers what a test scripts, and the harness that plays APISIX in front of it."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+import pytest
+import redis.asyncio as aioredis
+
+from extproc.apisix.runner import ExtPluginRunner, RouteKind
+from extproc.flow import CONTINUE, Flow, Verdict
+from extproc.jwks import JwksCache
+from extproc.logsink import ClickHouseLogWriter, LogSink
+from extproc.pipeline import Pipeline
+from extproc.redis_pipe import PipelinedRedis
+from extproc.server import build_pipeline, build_rest_pipeline
+from gatez import keys
+from gatez.demo.openai_upstream import UpstreamServer
+from gatez.logstore import LogStore
+from gatez.policy import CompiledPolicy, compile_policy
+from gatez.testing.apisix import RunnerConnection
+from gatez.testing.processes import RedisServer
+from gatez.v1 import policy_pb2
+
+API_KEY = "gz-apisix-test-key-0000000000000"
+PROVIDER_KEY = "sk-provider-secret-apisix"
+PROVIDER = "openai"
+
+
+def policy(base_url: str) -> CompiledPolicy:
+    return compile_policy(
+        policy_pb2.PolicySnapshot(
+            version=1,
+            tenants=[policy_pb2.Tenant(id="acme")],
+            api_keys=[
+                policy_pb2.ApiKey(id="key-1", tenant_id="acme", secret_sha256=keys.digest(API_KEY))
+            ],
+            providers=[
+                policy_pb2.Provider(
+                    name=PROVIDER, kind=policy_pb2.PROVIDER_KIND_OPENAI, base_url=base_url
+                )
+            ],
+            provider_credentials=[
+                policy_pb2.ProviderCredential(provider=PROVIDER, api_key=PROVIDER_KEY)
+            ],
+            model_routes=[
+                policy_pb2.ModelRoute(alias="fast", provider=PROVIDER, upstream_model="gpt-4o-mini")
+            ],
+        )
+    )
+
+
+@dataclass
+class Probe:
+    """A stage that records the Flows it sees and runs what the test scripted for each phase."""
+
+    flows: list[Flow] = field(default_factory=list)
+    headers_verdict: Callable[[Flow], Verdict] = lambda flow: CONTINUE
+    body_verdict: Callable[[Flow], Verdict] = lambda flow: CONTINUE
+    response_verdict: Callable[[Flow], Verdict] = lambda flow: CONTINUE
+    response_body_verdict: Callable[[Flow], Verdict] = lambda flow: CONTINUE
+    done: list[Flow] = field(default_factory=list)
+
+    async def on_request_headers(self, flow: Flow) -> Verdict:
+        self.flows.append(flow)
+        return self.headers_verdict(flow)
+
+    async def on_request_body(self, flow: Flow) -> Verdict:
+        return self.body_verdict(flow)
+
+    async def on_response_headers(self, flow: Flow) -> Verdict:
+        return self.response_verdict(flow)
+
+    async def on_response_body(self, flow: Flow) -> Verdict:
+        return self.response_body_verdict(flow)
+
+    async def on_done(self, flow: Flow) -> None:
+        self.done.append(flow)
+
+
+@pytest.fixture(scope="session")
+def upstream() -> Iterator[UpstreamServer]:
+    with UpstreamServer(api_key=PROVIDER_KEY) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def log_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LogStore]:
+    store = LogStore(f"chdb://{tmp_path_factory.mktemp('ch')}")
+    yield store
+    store.close()
+
+
+@dataclass
+class Runner:
+    """The runner under test, serving on `socket`; `restart()` is a runner process restart."""
+
+    socket: Path
+    make: Callable[[], ExtPluginRunner]
+    sink: LogSink
+    store: LogStore
+    probe: Probe
+    runner: ExtPluginRunner | None = None
+    server: asyncio.Server | None = None
+
+    async def start(self) -> None:
+        self.runner = self.make()
+        self.server = await asyncio.start_unix_server(
+            self.runner.serve_connection, path=str(self.socket)
+        )
+
+    async def stop(self) -> None:
+        if self.server is not None:
+            self.server.close()
+        if self.runner is not None:
+            await self.runner.close()
+
+    async def restart(self) -> None:
+        await self.stop()
+        with contextlib.suppress(FileNotFoundError):
+            self.socket.unlink()
+        await self.start()
+
+    async def connect(self) -> RunnerConnection:
+        return await RunnerConnection.open(self.socket)
+
+    async def drain_logs(self) -> None:
+        """Lets finished flows' on_done run, then writes the sink's rows."""
+        for _ in range(50):
+            await asyncio.sleep(0.01)
+            if self.sink._requests:
+                break
+        await self.sink.flush()
+
+
+@pytest.fixture
+async def runner(
+    tmp_path: Path,
+    redis_server: RedisServer,
+    redis_client: aioredis.Redis,
+    log_store: LogStore,
+    upstream: UpstreamServer,
+) -> AsyncIterator[Runner]:
+    http = aiohttp.ClientSession()
+    redis = PipelinedRedis.from_url(redis_server.url)
+    sink = LogSink(ClickHouseLogWriter(log_store))
+    jwks = JwksCache(http)
+    llm = build_pipeline(jwks=jwks, redis=redis, sink=sink, node_id="n1")
+    rest = build_rest_pipeline(jwks=jwks, redis=redis, sink=sink, node_id="n1")
+    probe = Probe()
+    compiled = policy(upstream.base_url)
+
+    def make() -> ExtPluginRunner:
+        return ExtPluginRunner(
+            {
+                "llm": RouteKind(llm, response_phase=True),
+                "rest": RouteKind(rest, response_phase=False),
+                "probe": RouteKind(Pipeline([probe]), response_phase=False),
+                "probe-response": RouteKind(Pipeline([probe]), response_phase=True),
+            },
+            lambda: compiled,
+            conf_expire_s=3600,
+        )
+
+    harness = Runner(tmp_path / "runner.sock", make, sink, log_store, probe)
+    await harness.start()
+    yield harness
+    await harness.stop()
+    await http.close()
+    await redis.close()

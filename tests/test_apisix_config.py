@@ -1,0 +1,33 @@
+"""The APISIX deployment files: the standalone routes load (APISIX needs the #END line), every
+runner conf names a route kind the runner has, and the ext-plugin cmd starts our runner."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import orjson
+
+APISIX = Path(__file__).resolve().parent.parent / "apisix"
+ROUTE_KINDS = {"llm", "rest"}  # what extproc.apisix.server wires
+
+
+def test_standalone_routes_end_with_the_end_marker() -> None:
+    assert (APISIX / "apisix.yaml").read_text().rstrip("\n").endswith("\n#END")
+
+
+def test_every_runner_conf_names_a_known_route_kind() -> None:
+    text = (APISIX / "apisix.yaml").read_text()
+    values = re.findall(r"value: '(\{.*\})'", text)
+    assert values, "no runner conf found"
+    assert {orjson.loads(v)["route"] for v in values} == ROUTE_KINDS
+    # The LLM route needs both phases: usage and the AI log come from the response.
+    llm = text[text.index("- id: llm") : text.index("- id: rest\n")]
+    assert "ext-plugin-pre-req" in llm and "ext-plugin-post-resp" in llm
+
+
+def test_ext_plugin_cmd_runs_the_runner() -> None:
+    config = (APISIX / "config.yaml").read_text()
+    assert '"-m", "extproc.apisix"]' in config
+    for plugin in ("ext-plugin-pre-req", "ext-plugin-post-resp", "traffic-split"):
+        assert f"  - {plugin}" in config
