@@ -23,7 +23,6 @@ from typing import Final
 from envoy.config.core.v3 import base_pb2
 from envoy.extensions.filters.http.ext_proc.v3 import processing_mode_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ext_proc
-from envoy.type.v3 import http_status_pb2
 from google.protobuf.message import DecodeError
 
 from extproc.flow import BodyMode, Continue, Flow, Pending, Respond
@@ -134,9 +133,8 @@ class ExternalProcessor:
 def _answer_request_headers(flow: Flow, verdict: Continue | Respond) -> ext_proc.ProcessingResponse:
     if isinstance(verdict, Respond):
         return _immediate(flow, verdict)
-    response = ext_proc.ProcessingResponse(
-        request_headers=ext_proc.HeadersResponse(response=_common(flow.take_pending()))
-    )
+    response = ext_proc.ProcessingResponse()
+    _fill(response.request_headers.response, flow.take_pending())
     if flow.request_body_mode is not BodyMode.NONE:
         response.mode_override.request_body_mode = BODY_MODES[flow.request_body_mode]
     return response
@@ -145,9 +143,9 @@ def _answer_request_headers(flow: Flow, verdict: Continue | Respond) -> ext_proc
 def _answer_request_body(flow: Flow, verdict: Continue | Respond) -> ext_proc.ProcessingResponse:
     if isinstance(verdict, Respond):
         return _immediate(flow, verdict)
-    return ext_proc.ProcessingResponse(
-        request_body=ext_proc.BodyResponse(response=_common(flow.take_pending()))
-    )
+    response = ext_proc.ProcessingResponse()
+    _fill(response.request_body.response, flow.take_pending())
+    return response
 
 
 def _answer_response_headers(
@@ -155,9 +153,8 @@ def _answer_response_headers(
 ) -> ext_proc.ProcessingResponse:
     if isinstance(verdict, Respond):
         return _immediate(flow, verdict)
-    response = ext_proc.ProcessingResponse(
-        response_headers=ext_proc.HeadersResponse(response=_common(flow.take_pending()))
-    )
+    response = ext_proc.ProcessingResponse()
+    _fill(response.response_headers.response, flow.take_pending())
     if flow.response_body_mode is BodyMode.NONE or flow.end_of_stream:
         flow.finished_ns = time.monotonic_ns()
     else:
@@ -170,9 +167,9 @@ def _answer_response_body(flow: Flow, verdict: Continue | Respond) -> ext_proc.P
         return _immediate(flow, verdict)
     if flow.end_of_stream:
         flow.finished_ns = time.monotonic_ns()
-    return ext_proc.ProcessingResponse(
-        response_body=ext_proc.BodyResponse(response=_common(flow.take_pending()))
-    )
+    response = ext_proc.ProcessingResponse()
+    _fill(response.response_body.response, flow.take_pending())
+    return response
 
 
 def _answer_request_trailers(flow: Flow, _: Continue | Respond) -> ext_proc.ProcessingResponse:
@@ -187,7 +184,8 @@ def _header_map(headers: base_pb2.HeaderMap) -> dict[str, str]:
     """Lower-case names to values; repeated headers joined as HTTP allows (except cookies)."""
     result: dict[str, str] = {}
     for header in headers.headers:
-        value = header.raw_value.decode("latin-1") if header.raw_value else header.value
+        raw = header.raw_value
+        value = raw.decode("latin-1") if raw else header.value
         key = header.key.lower()
         if key in result:
             result[key] = f"{result[key]}{'; ' if key == 'cookie' else ', '}{value}"
@@ -196,19 +194,22 @@ def _header_map(headers: base_pb2.HeaderMap) -> dict[str, str]:
     return result
 
 
-def _common(pending: Pending) -> ext_proc.CommonResponse:
-    common = ext_proc.CommonResponse()
+def _fill(common: ext_proc.CommonResponse, pending: Pending) -> None:
+    """Writes a phase's pending changes into its CommonResponse (which this marks as set).
+
+    Built with `add()` and field assignment: constructing nested messages from keyword
+    arguments costs about three times as much in protobuf's Python API.
+    """
+    common.SetInParent()
     if not pending:
-        return common
+        return
     if pending.set_headers or pending.remove_headers:
         mutation = common.header_mutation
+        add = mutation.set_headers.add
         for name, value in pending.set_headers.items():
-            mutation.set_headers.append(
-                base_pb2.HeaderValueOption(
-                    header=base_pb2.HeaderValue(key=name, raw_value=value.encode("latin-1")),
-                    append_action=OVERWRITE,
-                )
-            )
+            header = add(append_action=OVERWRITE).header
+            header.key = name
+            header.raw_value = value.encode("latin-1")
         mutation.remove_headers.extend(pending.remove_headers)
     if pending.body is not None:
         if pending.body:
@@ -217,27 +218,22 @@ def _common(pending: Pending) -> ext_proc.CommonResponse:
             common.body_mutation.clear_body = True
     if pending.clear_route_cache:
         common.clear_route_cache = True
-    return common
 
 
 def _immediate(flow: Flow, verdict: Respond) -> ext_proc.ProcessingResponse:
     flow.response_status = verdict.status
     flow.finished_ns = time.monotonic_ns()
     flow.take_pending()
-    response = ext_proc.ProcessingResponse(
-        immediate_response=ext_proc.ImmediateResponse(
-            status=http_status_pb2.HttpStatus(code=verdict.status),
-            body=verdict.body,
-            details=verdict.reason,
-        )
-    )
+    response = ext_proc.ProcessingResponse()
+    immediate = response.immediate_response
+    immediate.status.code = verdict.status
+    immediate.body = verdict.body
+    immediate.details = verdict.reason
+    add = immediate.headers.set_headers.add
     for name, value in verdict.headers:
-        response.immediate_response.headers.set_headers.append(
-            base_pb2.HeaderValueOption(
-                header=base_pb2.HeaderValue(key=name, raw_value=value.encode("latin-1")),
-                append_action=OVERWRITE,
-            )
-        )
+        header = add(append_action=OVERWRITE).header
+        header.key = name
+        header.raw_value = value.encode("latin-1")
     return response
 
 

@@ -115,8 +115,9 @@ class Pipeline:
         self.on_response_headers = _bind(stages, OnResponseHeaders, "on_response_headers")
         self.on_response_body = _bind(stages, OnResponseBody, "on_response_body")
         self._done = [s for s in stages if isinstance(s, OnDone)]
+        self._done_plain = [s for s in self._done if not inspect.iscoroutinefunction(s.on_done)]
         # When no on_done hook is a coroutine, `done_now` finishes a flow without a task.
-        self.done_waits = any(inspect.iscoroutinefunction(s.on_done) for s in self._done)
+        self.done_waits = len(self._done_plain) < len(self._done)
 
     async def request_headers(self, flow: Flow) -> Continue | Respond:
         return await self.on_request_headers.run(flow)
@@ -132,9 +133,7 @@ class Pipeline:
 
     def done_now(self, flow: Flow) -> None:
         """Runs on_done hooks that are plain methods (all of them, when `done_waits` is False)."""
-        for stage in self._done:
-            if inspect.iscoroutinefunction(stage.on_done):
-                continue
+        for stage in self._done_plain:
             try:
                 stage.on_done(flow)
             except Exception:
