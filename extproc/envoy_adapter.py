@@ -27,7 +27,7 @@ from google.protobuf.message import DecodeError
 
 from extproc.flow import BodyMode, Continue, Flow, Pending, Respond
 from extproc.grpc_h2 import GRPC_INTERNAL, MethodFactory, ServerStream, run_in_task
-from extproc.pipeline import PhaseRunner, Pipeline
+from extproc.pipeline import Outcome, PhaseRunner, Pipeline
 from gatez.policy import CompiledPolicy
 
 log = logging.getLogger("gatez.envoy")
@@ -52,7 +52,7 @@ class Step:
     """One ext_proc message applied to its flow: the phase to run and how to answer after it."""
 
     flow: Flow
-    phase: PhaseRunner
+    start: Callable[[Flow], Outcome]
     answer: Answer
 
 
@@ -66,7 +66,7 @@ class ExternalProcessor:
     def __init__(self, pipeline: Pipeline, policy: Callable[[], CompiledPolicy | None]) -> None:
         self._pipeline = pipeline
         self._policy = policy
-        self._no_stages = PhaseRunner("trailers", ())
+        self._no_stages = PhaseRunner("trailers", ()).start
         # Finished flows whose on_done is still running; kept so the tasks are not collected.
         self.finishing: set[asyncio.Task[None]] = set()
 
@@ -83,12 +83,12 @@ class ExternalProcessor:
         pipeline = self._pipeline
         if phase == "request_headers":
             flow = self._new_flow(request.request_headers)
-            return Step(flow, pipeline.on_request_headers, _answer_request_headers)
+            return Step(flow, pipeline.start_request_headers, _answer_request_headers)
         if flow is None:
             raise ProtocolViolation(f"ext_proc stream began with {phase}")
         if phase == "request_body":
             flow.request_body = request.request_body.body
-            return Step(flow, pipeline.on_request_body, _answer_request_body)
+            return Step(flow, pipeline.start_request_body, _answer_request_body)
         if phase == "response_headers":
             message = request.response_headers
             headers = _header_map(message.headers)
@@ -96,11 +96,11 @@ class ExternalProcessor:
             flow.response_status = int(headers.pop(":status", "0") or 0)
             flow.response_headers = headers
             flow.end_of_stream = message.end_of_stream
-            return Step(flow, pipeline.on_response_headers, _answer_response_headers)
+            return Step(flow, pipeline.start_response_headers, _answer_response_headers)
         if phase == "response_body":
             flow.response_chunk = request.response_body.body
             flow.end_of_stream = request.response_body.end_of_stream
-            return Step(flow, pipeline.on_response_body, _answer_response_body)
+            return Step(flow, pipeline.start_response_body, _answer_response_body)
         if phase == "request_trailers":
             return Step(flow, self._no_stages, _answer_request_trailers)
         if phase == "response_trailers":
@@ -241,8 +241,8 @@ class ExtProcStream:
     """One ext_proc stream: messages handled strictly in order, one at a time.
 
     Envoy waits for each answer in most phases, but streamed bodies may send the next chunk
-    before the last one is answered; those wait in `backlog`. A phase whose stages are all plain
-    methods is answered on the spot; one with a coroutine stage runs in a task.
+    before the last one is answered; those wait in `backlog`. A phase whose stages all answer at
+    once is answered on the spot; from the first stage that must wait, it runs in a task.
     """
 
     __slots__ = ("_backlog", "_busy", "_flow", "_processor", "_stream", "_task")
@@ -268,13 +268,12 @@ class ExtProcStream:
             self._fail(violation)
             return
         self._flow = step.flow
-        if step.phase.waits:
-            self._busy = True
-            self._task = run_in_task(
-                step.phase.run(step.flow), partial(self._answer, step), self._fail
-            )
+        outcome = step.start(step.flow)
+        if isinstance(outcome, Continue | Respond):
+            self._answer(step, outcome)
         else:
-            self._answer(step, step.phase.now(step.flow))
+            self._busy = True
+            self._task = run_in_task(outcome, partial(self._answer, step), self._fail)
 
     def on_end(self) -> None:
         if not self._busy:

@@ -7,6 +7,7 @@ into wire mutations after every phase. Stages never see a protobuf or flatbuffer
 
 from __future__ import annotations
 
+import asyncio
 import enum
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
@@ -140,6 +141,13 @@ class Flow:
     # Set when the gateway answered itself (the Respond reason).
     error: str = ""
     pending: Pending = field(default_factory=Pending)
+    # Checks started by stages and not yet settled (see `defer`).
+    deferred: list[tuple[object, asyncio.Future[Continue | Respond]]] = field(default_factory=list)
+
+    def defer(self, stage: object, check: asyncio.Future[Continue | Respond]) -> None:
+        """Lets the request go on while `check` runs; the pipeline settles it before anything
+        reaches the upstream, and its refusal answers in `stage`'s place."""
+        self.deferred.append((stage, check))
 
     def set_upstream_header(self, name: str, value: str) -> None:
         self.pending.set_headers[name] = value

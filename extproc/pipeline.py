@@ -1,11 +1,18 @@
 """The pipeline: stages in one fixed order, run phase by phase on a Flow.
 
-A stage is a plain object with any of the phase methods below. A phase method is either a plain
-method, returning Continue or Respond, or a coroutine, which may also return Hold. The pipeline
-indexes stages by phase once, so a request only visits the stages that care about a phase, and
-notes which phases have a coroutine stage: a phase without one runs as a plain call (`now`),
-with no task and no event-loop turn — the common case for body and response phases. Holds are
-waited out here, so adapters only ever see Continue or Respond.
+A stage is a plain object with any of the phase methods below. A phase method returns a verdict
+(Continue, Respond or Hold) or an awaitable of one (a coroutine method, or a plain method that
+must wait this time — a JWT whose keys are not cached). The pipeline indexes stages by phase
+once, so a request only visits the stages that care about a phase, and runs each phase as a
+plain call for as long as its stages answer at once: `start_*` returns the verdict itself, or,
+from the first stage that must wait, a coroutine for the rest, which the adapter runs in a task.
+Holds are waited out here, so adapters only ever see Continue or Respond.
+
+Deferred checks: a stage may start a check and let the request go on while it runs
+(`Flow.defer`) — the rate limit's Redis round trip overlaps Envoy sending the request body. The
+pipeline settles deferred checks before anything can reach the upstream: at the end of the
+request-headers phase when no body phase follows, else before the request-body stages. A deferred
+check's refusal wins over the verdicts of the stages after it, as if it had answered in place.
 """
 
 from __future__ import annotations
@@ -13,16 +20,18 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-from collections.abc import Awaitable, Callable, Sequence
-from typing import Protocol, runtime_checkable
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from typing import Any, Protocol, runtime_checkable
 
-from extproc.flow import CONTINUE, Continue, Flow, Hold, Respond, Verdict
+from extproc.flow import CONTINUE, BodyMode, Continue, Flow, Hold, Respond, Verdict
 from gatez.errors import GatewayError
 
 log = logging.getLogger("gatez.pipeline")
 
 StageResult = Verdict | Awaitable[Verdict]
 PhaseMethod = Callable[[Flow], StageResult]
+# What starting a phase gives: the verdict, or the rest of the phase to await.
+Outcome = Continue | Respond | Coroutine[Any, Any, Continue | Respond]
 
 
 @runtime_checkable
@@ -74,35 +83,40 @@ class PhaseRunner:
     def __init__(self, name: str, stages: Sequence[tuple[object, PhaseMethod]]) -> None:
         self.name = name
         self._stages = tuple(stages)
-        # True when some stage is a coroutine: the phase must then run in a task (`run`).
-        self.waits = any(inspect.iscoroutinefunction(method) for _, method in self._stages)
 
-    def now(self, flow: Flow) -> Continue | Respond:
-        """Runs a phase that has no coroutine stage, as a plain call."""
-        for stage, method in self._stages:
+    def start(self, flow: Flow, first: int = 0) -> Outcome:
+        """Runs stages from `first` as plain calls until one must wait (see the module doc)."""
+        stages = self._stages
+        for index in range(first, len(stages)):
+            stage, method = stages[index]
             try:
-                verdict = method(flow)
-                if not isinstance(verdict, Continue | Respond):
-                    raise TypeError(f"{self.name} returned {verdict!r}; only coroutines may hold")
+                result = method(flow)
             except Exception as error:
-                verdict = _from_error(stage, error)
-            if isinstance(verdict, Respond):
-                return _answered(flow, verdict)
+                result = _from_error(stage, error)
+            if result is CONTINUE or isinstance(result, Continue):
+                continue
+            if isinstance(result, Respond):
+                return _answered(flow, result)
+            return self._resume(flow, index, result)
         return CONTINUE
 
     async def run(self, flow: Flow) -> Continue | Respond:
-        """Runs the phase, awaiting coroutine stages and holds."""
-        for stage, method in self._stages:
-            try:
-                result = method(flow)
-                verdict = await result if inspect.isawaitable(result) else result
-                if isinstance(verdict, Hold):
-                    verdict = await _wait(verdict)
-            except Exception as error:
-                verdict = _from_error(stage, error)
-            if isinstance(verdict, Respond):
-                return _answered(flow, verdict)
-        return CONTINUE
+        """Runs the whole phase, awaiting what must be awaited."""
+        return await settle(self.start(flow))
+
+    async def _resume(
+        self, flow: Flow, index: int, pending: Hold | Awaitable[Verdict]
+    ) -> Continue | Respond:
+        stage = self._stages[index][0]
+        try:
+            verdict = pending if isinstance(pending, Hold) else await pending
+            if isinstance(verdict, Hold):
+                verdict = await _wait(verdict)
+        except Exception as error:
+            verdict = _from_error(stage, error)
+        if isinstance(verdict, Respond):
+            return _answered(flow, verdict)
+        return await settle(self.start(flow, index + 1))
 
 
 class Pipeline:
@@ -119,20 +133,46 @@ class Pipeline:
         # When no on_done hook is a coroutine, `done_now` finishes a flow without a task.
         self.done_waits = len(self._done_plain) < len(self._done)
 
+    def start_request_headers(self, flow: Flow) -> Outcome:
+        outcome = self.on_request_headers.start(flow)
+        if not flow.deferred:
+            return outcome
+        if isinstance(outcome, Continue) and flow.request_body_mode is not BodyMode.NONE:
+            return outcome  # settled before the body stages
+        return _settle_deferred(flow, outcome)
+
+    def start_request_body(self, flow: Flow) -> Outcome:
+        if flow.deferred:
+            return self._body_after_deferred(flow)
+        return self.on_request_body.start(flow)
+
+    def start_response_headers(self, flow: Flow) -> Outcome:
+        return self.on_response_headers.start(flow)
+
+    def start_response_body(self, flow: Flow) -> Outcome:
+        return self.on_response_body.start(flow)
+
     async def request_headers(self, flow: Flow) -> Continue | Respond:
-        return await self.on_request_headers.run(flow)
+        return await settle(self.start_request_headers(flow))
 
     async def request_body(self, flow: Flow) -> Continue | Respond:
-        return await self.on_request_body.run(flow)
+        return await settle(self.start_request_body(flow))
 
     async def response_headers(self, flow: Flow) -> Continue | Respond:
-        return await self.on_response_headers.run(flow)
+        return await settle(self.start_response_headers(flow))
 
     async def response_body(self, flow: Flow) -> Continue | Respond:
-        return await self.on_response_body.run(flow)
+        return await settle(self.start_response_body(flow))
+
+    async def _body_after_deferred(self, flow: Flow) -> Continue | Respond:
+        verdict = await _settle_deferred(flow, CONTINUE)
+        if isinstance(verdict, Respond):
+            return verdict
+        return await settle(self.on_request_body.start(flow))
 
     def done_now(self, flow: Flow) -> None:
         """Runs on_done hooks that are plain methods (all of them, when `done_waits` is False)."""
+        _drop_deferred(flow)
         for stage in self._done_plain:
             try:
                 stage.on_done(flow)
@@ -140,6 +180,7 @@ class Pipeline:
                 log.exception("stage %s failed in on_done", type(stage).__name__)
 
     async def done(self, flow: Flow) -> None:
+        _drop_deferred(flow)
         for stage in self._done:
             try:
                 result = stage.on_done(flow)
@@ -147,6 +188,44 @@ class Pipeline:
                     await result
             except Exception:
                 log.exception("stage %s failed in on_done", type(stage).__name__)
+
+
+async def settle(outcome: Outcome) -> Continue | Respond:
+    """The verdict of a started phase, awaiting the rest of it if it had to wait."""
+    if isinstance(outcome, Continue | Respond):
+        return outcome
+    return await outcome
+
+
+async def _settle_deferred(flow: Flow, outcome: Outcome) -> Continue | Respond:
+    verdict = await settle(outcome)
+    deferred, flow.deferred = flow.deferred, []
+    for index, (stage, check) in enumerate(deferred):
+        try:
+            checked = await check
+        except Exception as error:
+            checked = _from_error(stage, error)
+        if isinstance(checked, Respond):
+            _drop(deferred[index + 1 :])
+            # It answers in its own stage's place, before whatever came after it.
+            flow.error = checked.reason or "gateway_response"
+            return checked
+    return verdict
+
+
+def _drop_deferred(flow: Flow) -> None:
+    deferred, flow.deferred = flow.deferred, []
+    _drop(deferred)
+
+
+def _drop(deferred: Sequence[tuple[object, asyncio.Future[Continue | Respond]]]) -> None:
+    """Checks nobody will wait for: cancelled, or their outcome read so none is reported lost."""
+    for _, check in deferred:
+        if check.done():
+            if not check.cancelled():
+                check.exception()
+        else:
+            check.cancel()
 
 
 def _bind(stages: Sequence[object], contract: type, method: str) -> PhaseRunner:

@@ -12,7 +12,7 @@ Messages say what was wrong without echoing the credential; credentials are neve
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Mapping, Sequence
 from typing import Any, Final
 
 import jwt
@@ -48,18 +48,21 @@ class Authenticate:
         # Tolerated clock skew between the issuer and us, for exp, nbf and iat.
         self._leeway_s = leeway_s
 
-    async def on_request_headers(self, flow: Flow) -> Verdict:
+    def on_request_headers(self, flow: Flow) -> Verdict | Awaitable[Verdict]:
         policy = flow.policy
         if policy is None:
             raise Unavailable("no policy yet")
         credential = _credential(flow.request_headers)
         if _JWT_SHAPE.fullmatch(credential):
-            flow.principal = await self._authenticate_jwt(policy, credential)
-        else:
-            flow.principal = _authenticate_api_key(policy, credential)
-        # Both, whichever carried the credential: a provider must never see a Gatez secret.
-        for name in CREDENTIAL_HEADERS:
-            flow.remove_header(name)
+            # A coroutine: verifying may have to fetch the issuer's keys.
+            return self._jwt_caller(flow, policy, credential)
+        flow.principal = _authenticate_api_key(policy, credential)
+        _strip_credentials(flow)
+        return CONTINUE
+
+    async def _jwt_caller(self, flow: Flow, policy: CompiledPolicy, token: str) -> Verdict:
+        flow.principal = await self._authenticate_jwt(policy, token)
+        _strip_credentials(flow)
         return CONTINUE
 
     async def _authenticate_jwt(self, policy: CompiledPolicy, token: str) -> Principal:
@@ -129,6 +132,12 @@ class Authenticate:
         if provider.tenant_id not in policy.tenants:
             raise Unauthenticated("token tenant is not allowed for this issuer")
         return Principal(tenant_id=provider.tenant_id, key_id=f"jwt:{subject}", subject=subject)
+
+
+def _strip_credentials(flow: Flow) -> None:
+    # Both, whichever carried the credential: a provider must never see a Gatez secret.
+    for name in CREDENTIAL_HEADERS:
+        flow.remove_header(name)
 
 
 def _credential(headers: Mapping[str, str]) -> str:

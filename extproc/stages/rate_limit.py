@@ -14,7 +14,7 @@ import logging
 import math
 from typing import Final
 
-from extproc.flow import CONTINUE, Flow, Verdict
+from extproc.flow import CONTINUE, Continue, Flow, Verdict
 from extproc.redis_pipe import PipelinedRedis, RedisReplyError, Script
 from gatez.errors import RateLimited, Unauthenticated, Unavailable
 from gatez.policy import RateLimitRule
@@ -68,7 +68,7 @@ class RateLimit:
         # Read by the pipeline too: an unexpected error in a fail-open stage lets requests on.
         self.fail_open = fail_open
 
-    async def on_request_headers(self, flow: Flow) -> Verdict:
+    def on_request_headers(self, flow: Flow) -> Verdict:
         if flow.policy is None:
             raise Unavailable("no policy yet")
         if flow.principal is None:
@@ -79,7 +79,14 @@ class RateLimit:
             raise Unauthenticated("unknown tenant")
         if tenant.rate_limit is None:
             return CONTINUE
-        wait_ms = await self._take(tenant.id, tenant.rate_limit)
+        # Deferred: the Redis round trip overlaps the proxy fetching the request body, and
+        # is settled before anything reaches the provider. The cost: a limited tenant's body
+        # may be read before its 429.
+        flow.defer(self, asyncio.ensure_future(self._check(tenant.id, tenant.rate_limit)))
+        return CONTINUE
+
+    async def _check(self, tenant_id: str, rule: RateLimitRule) -> Continue:
+        wait_ms = await self._take(tenant_id, rule)
         if wait_ms is not None:
             retry_after_s = max(1, math.ceil(wait_ms / 1000))
             raise RateLimited(

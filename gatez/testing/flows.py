@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import inspect
 import time
 import uuid
+from collections.abc import Callable
 
-from extproc.flow import Flow
+from extproc.flow import Continue, Flow, Respond, Verdict
+from extproc.pipeline import StageResult
 from gatez.policy import CompiledPolicy
 
 
@@ -31,3 +34,16 @@ def make_flow(
     if body is not None:
         flow.request_body = body
     return flow
+
+
+async def run_stage(method: Callable[[Flow], StageResult], flow: Flow) -> Verdict:
+    """Calls one stage's phase method as the pipeline would, awaiting what it must, and settles
+    the checks it deferred: their refusals are raised, as the stage would have raised them."""
+    result = method(flow)
+    verdict: Verdict = await result if inspect.isawaitable(result) else result
+    deferred, flow.deferred = flow.deferred, []
+    for _, check in deferred:
+        checked: Continue | Respond = await check
+        if not isinstance(checked, Continue):
+            return checked
+    return verdict

@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable
 import orjson
 import pytest
 
-from extproc.flow import CONTINUE, Continue, Flow, Hold, Respond, Verdict
+from extproc.flow import CONTINUE, BodyMode, Continue, Flow, Hold, Respond, Verdict
 from extproc.pipeline import Pipeline
 from gatez.errors import (
     GatewayError,
@@ -342,3 +342,172 @@ async def test_done_runs_every_stage_even_when_one_fails(calls: list[str]) -> No
     )
     await pipeline.done(new_flow())
     assert calls == ["first.done", "b.done", "last.done"]
+
+
+class Plain:
+    """A stage with plain (non-coroutine) methods, like routing and usage metering."""
+
+    def __init__(self, calls: list[str], name: str, verdict: Verdict = CONTINUE) -> None:
+        self.calls = calls
+        self.name = name
+        self.verdict = verdict
+
+    def on_request_headers(self, flow: Flow) -> Verdict:
+        self.calls.append(f"{self.name}.request_headers")
+        return self.verdict
+
+    def on_request_body(self, flow: Flow) -> Verdict:
+        self.calls.append(f"{self.name}.request_body")
+        return self.verdict
+
+
+class Deferring:
+    """Starts a check and lets the request go on, like the rate limit."""
+
+    def __init__(
+        self, calls: list[str], check: Awaitable[Continue | Respond], *, body: bool = True
+    ) -> None:
+        self.calls = calls
+        self.check = check
+        self.body = body
+        self.started: asyncio.Future[Continue | Respond] | None = None
+
+    def on_request_headers(self, flow: Flow) -> Verdict:
+        self.calls.append("deferring.request_headers")
+        self.started = asyncio.ensure_future(self.check)
+        flow.defer(self, self.started)
+        if self.body:
+            flow.request_body_mode = BodyMode.BUFFERED
+        return CONTINUE
+
+
+async def refused_later(calls: list[str], status: int = 429) -> Respond:
+    await asyncio.sleep(0.01)
+    calls.append("check.refused")
+    return Respond(status, b"{}", reason="rate_limited")
+
+
+async def passed_later(calls: list[str]) -> Continue:
+    await asyncio.sleep(0.01)
+    calls.append("check.passed")
+    return CONTINUE
+
+
+async def test_plain_stages_answer_without_a_coroutine(calls: list[str]) -> None:
+    pipeline = Pipeline([Plain(calls, "a"), Plain(calls, "b")])
+
+    assert pipeline.start_request_headers(new_flow()) is CONTINUE
+    refused = Pipeline([Plain(calls, "c", Respond(403, b"{}")), Plain(calls, "d")])
+    outcome = refused.start_request_body(new_flow())
+    assert isinstance(outcome, Respond)
+    assert outcome.status == 403
+    assert calls == ["a.request_headers", "b.request_headers", "c.request_body"]
+
+
+async def test_stages_after_one_that_waits_run_after_it_in_order(calls: list[str]) -> None:
+    pipeline = Pipeline([Plain(calls, "a"), EveryPhase(calls, "waits"), Plain(calls, "b")])
+
+    outcome = pipeline.start_request_headers(new_flow())
+
+    assert calls == ["a.request_headers"]  # the coroutine stage runs when awaited, in a task
+    assert not isinstance(outcome, Continue | Respond)
+    assert await outcome is CONTINUE
+    assert calls == ["a.request_headers", "waits.request_headers", "b.request_headers"]
+
+
+async def test_a_deferred_refusal_is_answered_before_the_body_stages(calls: list[str]) -> None:
+    stage = Deferring(calls, refused_later(calls))
+    pipeline = Pipeline([stage, Plain(calls, "routing")])
+    flow = new_flow()
+
+    # The headers phase goes on at once: the proxy fetches the body while the check runs.
+    assert pipeline.start_request_headers(flow) is CONTINUE
+    verdict = await pipeline.request_body(flow)
+
+    assert isinstance(verdict, Respond)
+    assert verdict.status == 429
+    assert flow.error == "rate_limited"
+    assert calls == [
+        "deferring.request_headers",
+        "routing.request_headers",
+        "check.refused",
+    ]
+
+
+async def test_a_deferred_pass_lets_the_body_stages_run(calls: list[str]) -> None:
+    pipeline = Pipeline([Deferring(calls, passed_later(calls)), Plain(calls, "routing")])
+    flow = new_flow()
+
+    assert pipeline.start_request_headers(flow) is CONTINUE
+    assert await pipeline.request_body(flow) is CONTINUE
+    assert calls[-2:] == ["check.passed", "routing.request_body"]
+    assert flow.deferred == []
+
+
+async def test_without_a_body_phase_the_headers_phase_waits_for_the_check(
+    calls: list[str],
+) -> None:
+    pipeline = Pipeline([Deferring(calls, refused_later(calls), body=False)])
+    flow = new_flow()
+
+    outcome = pipeline.start_request_headers(flow)
+
+    assert not isinstance(outcome, Continue | Respond)
+    verdict = await outcome
+    assert isinstance(verdict, Respond)
+    assert verdict.status == 429
+
+
+async def test_a_deferred_refusal_wins_over_a_later_stages_answer(calls: list[str]) -> None:
+    later = Plain(calls, "routing", Respond(404, b"{}", reason="unknown_model"))
+    pipeline = Pipeline([Deferring(calls, refused_later(calls)), later])
+    flow = new_flow()
+
+    verdict = await pipeline.request_headers(flow)
+
+    # As if the rate limit had answered in its own place, before routing.
+    assert isinstance(verdict, Respond)
+    assert verdict.status == 429
+    assert flow.error == "rate_limited"
+
+
+async def test_a_later_answer_stands_when_the_deferred_check_passes(calls: list[str]) -> None:
+    later = Plain(calls, "routing", Respond(404, b"{}", reason="unknown_model"))
+    pipeline = Pipeline([Deferring(calls, passed_later(calls)), later])
+
+    verdict = await pipeline.request_headers(new_flow())
+
+    assert isinstance(verdict, Respond)
+    assert verdict.status == 404
+
+
+async def test_a_deferred_check_that_breaks_is_a_500_unless_its_stage_fails_open(
+    calls: list[str],
+) -> None:
+    async def broken() -> Continue:
+        raise RuntimeError("redis client bug")
+
+    closed = Pipeline([Deferring(calls, broken(), body=False)])
+    verdict = await closed.request_headers(new_flow())
+    assert isinstance(verdict, Respond)
+    assert verdict.status == 500
+
+    open_stage = Deferring(calls, broken())
+    open_stage.fail_open = True  # type: ignore[attr-defined]
+    flow = new_flow()
+    assert await Pipeline([open_stage]).request_headers(flow) is CONTINUE
+    assert await Pipeline([open_stage]).request_body(flow) is CONTINUE
+
+
+async def test_done_cancels_checks_nobody_will_wait_for(calls: list[str]) -> None:
+    stage = Deferring(calls, passed_later(calls))
+    pipeline = Pipeline([stage])
+    flow = new_flow()
+    pipeline.start_request_headers(flow)  # then the client goes away before the body
+
+    pipeline.done_now(flow)
+    await asyncio.sleep(0.02)
+
+    assert stage.started is not None and stage.started.cancelled()
+    assert flow.deferred == []
+    assert "check.passed" not in calls

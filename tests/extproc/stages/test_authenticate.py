@@ -16,7 +16,7 @@ from extproc.stages.authenticate import Authenticate
 from gatez.errors import GatewayError, Unauthenticated, Unavailable
 from gatez.keys import digest
 from gatez.policy import CompiledPolicy, compile_policy
-from gatez.testing.flows import make_flow
+from gatez.testing.flows import make_flow, run_stage
 from gatez.testing.oidc import OidcIssuer
 from gatez.testing.processes import free_port
 from gatez.v1 import policy_pb2
@@ -100,7 +100,7 @@ def policy(issuer: OidcIssuer) -> CompiledPolicy:
 
 async def accepted(stage: Authenticate, policy: CompiledPolicy, headers: dict[str, str]) -> Flow:
     flow = make_flow(policy, headers=headers)
-    assert await stage.on_request_headers(flow) is CONTINUE
+    assert await run_stage(stage.on_request_headers, flow) is CONTINUE
     return flow
 
 
@@ -109,7 +109,7 @@ async def refused(
 ) -> GatewayError:
     flow = make_flow(policy, headers=headers)
     with pytest.raises(GatewayError) as caught:
-        await stage.on_request_headers(flow)
+        await run_stage(stage.on_request_headers, flow)
     assert flow.principal is None
     return caught.value
 
@@ -381,7 +381,7 @@ async def test_concurrent_requests_with_a_new_kid_cause_one_fetch(
         make_flow(policy, headers=bearer(issuer.mint({"tenant_id": "acme"}))) for _ in range(50)
     ]
 
-    verdicts = await asyncio.gather(*(stage.on_request_headers(f) for f in flows))
+    verdicts = await asyncio.gather(*(run_stage(stage.on_request_headers, f) for f in flows))
 
     assert all(v is CONTINUE for v in verdicts)
     assert all(f.principal is not None and f.principal.tenant_id == "acme" for f in flows)

@@ -15,7 +15,7 @@ from extproc.redis_pipe import PipelinedRedis
 from extproc.stages.rate_limit import RateLimit, bucket_key
 from gatez.errors import RateLimited, Unauthenticated, Unavailable
 from gatez.policy import CompiledPolicy, compile_policy
-from gatez.testing.flows import make_flow
+from gatez.testing.flows import make_flow, run_stage
 from gatez.testing.processes import RedisServer, free_port
 from gatez.v1 import policy_pb2
 
@@ -78,7 +78,7 @@ async def test_requests_under_the_limit_pass(
     policy = build_policy(acme=(60, 5))
 
     for _ in range(5):
-        assert await stage.on_request_headers(flow_for(policy, "acme")) is CONTINUE
+        assert await run_stage(stage.on_request_headers, flow_for(policy, "acme")) is CONTINUE
 
     # One key per tenant, named with a literal Cluster hash tag, expiring when the bucket
     # would be full again (5 requests at one per second: about 5 s).
@@ -95,10 +95,10 @@ async def test_request_beyond_the_burst_is_429_with_retry_after(
 ) -> None:
     policy = build_policy(acme=(requests_per_minute, burst))
     for _ in range(burst):
-        assert await stage.on_request_headers(flow_for(policy, "acme")) is CONTINUE
+        assert await run_stage(stage.on_request_headers, flow_for(policy, "acme")) is CONTINUE
 
     with pytest.raises(RateLimited) as caught:
-        await stage.on_request_headers(flow_for(policy, "acme"))
+        await run_stage(stage.on_request_headers, flow_for(policy, "acme"))
 
     # The wait is one emission interval, less the moments the test took.
     assert caught.value.retry_after_s == retry_after_s
@@ -112,12 +112,12 @@ async def test_refused_requests_do_not_drain_the_bucket(
 ) -> None:
     policy = build_policy(acme=(1, 2))  # no refill during the test
     for _ in range(2):
-        await stage.on_request_headers(flow_for(policy, "acme"))
+        await run_stage(stage.on_request_headers, flow_for(policy, "acme"))
     bucket = await redis_client.get(bucket_key("acme"))
 
     for _ in range(20):
         with pytest.raises(RateLimited):
-            await stage.on_request_headers(flow_for(policy, "acme"))
+            await run_stage(stage.on_request_headers, flow_for(policy, "acme"))
 
     # A refusal writes nothing, so a client hammering through its 429s recovers on time.
     assert await redis_client.get(bucket_key("acme")) == bucket
@@ -125,24 +125,24 @@ async def test_refused_requests_do_not_drain_the_bucket(
 
 async def test_bucket_refills_at_the_sustained_rate(stage: RateLimit) -> None:
     policy = build_policy(acme=(600, 1))  # one request per 100 ms
-    await stage.on_request_headers(flow_for(policy, "acme"))
+    await run_stage(stage.on_request_headers, flow_for(policy, "acme"))
     with pytest.raises(RateLimited):
-        await stage.on_request_headers(flow_for(policy, "acme"))
+        await run_stage(stage.on_request_headers, flow_for(policy, "acme"))
 
     await asyncio.sleep(0.12)
 
-    assert await stage.on_request_headers(flow_for(policy, "acme")) is CONTINUE
+    assert await run_stage(stage.on_request_headers, flow_for(policy, "acme")) is CONTINUE
 
 
 async def test_tenants_have_independent_buckets(stage: RateLimit) -> None:
     policy = build_policy(acme=(1, 3), globex=(1, 3))
     for _ in range(3):
-        await stage.on_request_headers(flow_for(policy, "acme"))
+        await run_stage(stage.on_request_headers, flow_for(policy, "acme"))
     with pytest.raises(RateLimited):
-        await stage.on_request_headers(flow_for(policy, "acme"))
+        await run_stage(stage.on_request_headers, flow_for(policy, "acme"))
 
     for _ in range(3):
-        assert await stage.on_request_headers(flow_for(policy, "globex")) is CONTINUE
+        assert await run_stage(stage.on_request_headers, flow_for(policy, "globex")) is CONTINUE
 
 
 async def test_concurrent_requests_get_exactly_the_burst(
@@ -155,7 +155,9 @@ async def test_concurrent_requests_get_exactly_the_burst(
 
     results = await asyncio.gather(
         *(
-            (stage if n % 2 else other_plane).on_request_headers(flow_for(policy, "acme"))
+            run_stage(
+                (stage if n % 2 else other_plane).on_request_headers, flow_for(policy, "acme")
+            )
             for n in range(50)
         ),
         return_exceptions=True,
@@ -171,9 +173,15 @@ async def test_no_limit_configured_touches_no_redis(
 ) -> None:
     policy = build_policy(initech=None)
 
-    assert await RateLimit(pipelined).on_request_headers(flow_for(policy, "initech")) is CONTINUE
+    assert (
+        await run_stage(RateLimit(pipelined).on_request_headers, flow_for(policy, "initech"))
+        is CONTINUE
+    )
     # Not even a round trip: a stage on a Redis that is not there passes too.
-    assert await RateLimit(dead_redis).on_request_headers(flow_for(policy, "initech")) is CONTINUE
+    assert (
+        await run_stage(RateLimit(dead_redis).on_request_headers, flow_for(policy, "initech"))
+        is CONTINUE
+    )
     assert await redis_client.dbsize() == 0
 
 
@@ -181,11 +189,11 @@ async def test_script_is_reloaded_when_redis_forgot_it(
     stage: RateLimit, redis_client: aioredis.Redis
 ) -> None:
     policy = build_policy(acme=(60, 5))
-    await stage.on_request_headers(flow_for(policy, "acme"))
+    await run_stage(stage.on_request_headers, flow_for(policy, "acme"))
 
     await redis_client.script_flush()  # as after a Redis restart or failover
 
-    assert await stage.on_request_headers(flow_for(policy, "acme")) is CONTINUE
+    assert await run_stage(stage.on_request_headers, flow_for(policy, "acme")) is CONTINUE
 
 
 @pytest.mark.parametrize("failure", ["refused", "hung"])
@@ -202,7 +210,7 @@ async def test_redis_down_fails_closed_with_503_in_bounded_time(
 
     started = time.monotonic()
     with pytest.raises(Unavailable) as caught:
-        await stage.on_request_headers(flow_for(policy, "acme"))
+        await run_stage(stage.on_request_headers, flow_for(policy, "acme"))
 
     assert time.monotonic() - started < 1.0
     assert caught.value.http_status == 503
@@ -223,12 +231,12 @@ async def test_redis_down_passes_when_fail_open(
     stage = RateLimit(client, fail_open=True, timeout_s=0.3)
 
     assert stage.fail_open
-    assert await stage.on_request_headers(flow_for(policy, "acme")) is CONTINUE
+    assert await run_stage(stage.on_request_headers, flow_for(policy, "acme")) is CONTINUE
     await client.close()
 
 
 async def test_no_policy_is_503_and_no_principal_is_401(stage: RateLimit) -> None:
     with pytest.raises(Unavailable):
-        await stage.on_request_headers(flow_for(None, "acme"))
+        await run_stage(stage.on_request_headers, flow_for(None, "acme"))
     with pytest.raises(Unauthenticated):
-        await stage.on_request_headers(make_flow(build_policy(acme=(60, 5))))
+        await run_stage(stage.on_request_headers, make_flow(build_policy(acme=(60, 5))))
