@@ -143,7 +143,12 @@ class Pipeline:
 
     def start_request_body(self, flow: Flow) -> Outcome:
         if flow.deferred:
-            return self._body_after_deferred(flow)
+            # Usually the check finished while the proxy was reading the body: no task then.
+            settled = _settled_now(flow)
+            if settled is None:
+                return self._body_after_deferred(flow)
+            if isinstance(settled, Respond):
+                return settled
         return self.on_request_body.start(flow)
 
     def start_response_headers(self, flow: Flow) -> Outcome:
@@ -199,18 +204,28 @@ async def settle(outcome: Outcome) -> Continue | Respond:
 
 async def _settle_deferred(flow: Flow, outcome: Outcome) -> Continue | Respond:
     verdict = await settle(outcome)
-    deferred, flow.deferred = flow.deferred, []
-    for index, (stage, check) in enumerate(deferred):
+    if flow.deferred:
+        await asyncio.wait([check for _, check in flow.deferred])
+    refusal = _settled_now(flow)
+    return refusal if isinstance(refusal, Respond) else verdict
+
+
+def _settled_now(flow: Flow) -> Continue | Respond | None:
+    """The deferred checks' verdict if all of them have finished (None if some still run)."""
+    deferred = flow.deferred
+    if not all(check.done() for _, check in deferred):
+        return None
+    flow.deferred = []
+    for stage, check in deferred:
         try:
-            checked = await check
+            checked = check.result()
         except Exception as error:
             checked = _from_error(stage, error)
         if isinstance(checked, Respond):
-            _drop(deferred[index + 1 :])
             # It answers in its own stage's place, before whatever came after it.
             flow.error = checked.reason or "gateway_response"
             return checked
-    return verdict
+    return CONTINUE
 
 
 def _drop_deferred(flow: Flow) -> None:

@@ -511,3 +511,21 @@ async def test_done_cancels_checks_nobody_will_wait_for(calls: list[str]) -> Non
     assert stage.started is not None and stage.started.cancelled()
     assert flow.deferred == []
     assert "check.passed" not in calls
+
+
+async def test_a_check_finished_before_the_body_is_settled_without_a_task(
+    calls: list[str],
+) -> None:
+    refusing = Deferring(calls, refused_later(calls))
+    passing = Deferring(calls, passed_later(calls))
+    for stage, expected in ((refusing, 429), (passing, None)):
+        pipeline = Pipeline([stage, Plain(calls, "routing")])
+        flow = new_flow()
+        pipeline.start_request_headers(flow)
+        await asyncio.sleep(0.03)  # the proxy takes its time sending the body
+
+        outcome = pipeline.start_request_body(flow)
+
+        assert isinstance(outcome, Continue | Respond)
+        assert (outcome.status if isinstance(outcome, Respond) else None) == expected
+        assert flow.deferred == []
