@@ -136,6 +136,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--connections", type=int, nargs="+", default=[1, 16])
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="gatez-bench-") as tmp:
@@ -166,7 +167,7 @@ def main() -> None:
             }
             results: dict[tuple[str, int], Result] = {}
             data_plane = stack.processes["dataplane"].pid
-            for connections in (1, 16):
+            for connections in args.connections:
                 for name, url in targets.items():
                     wrk(url, api_key, connections, args.warmup, work)
                     cpu_before = cpu_seconds(data_plane)
@@ -178,14 +179,14 @@ def main() -> None:
                             result, data_plane_cpu_ms=spent / requests * 1000
                         )
                     results[name, connections] = result
-            report(results)
+            report(results, args.connections)
         finally:
             stack.stop()
             stop_process(plain)
             stop_process(upstream)
 
 
-def report(results: dict[tuple[str, int], Result]) -> None:
+def report(results: dict[tuple[str, int], Result], connection_counts: list[int]) -> None:
     print(f"\n{'':14}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'non-2xx':>10}")
     for (name, connections), r in results.items():
         print(
@@ -193,7 +194,7 @@ def report(results: dict[tuple[str, int], Result]) -> None:
             f"{r.p99_ms:>10.3f}{r.errors:>10}"
         )
     print()
-    for connections in (1, 16):
+    for connections in connection_counts:
         plain, gatez = results["envoy", connections], results["gatez", connections]
         throughput = gatez.requests_per_s / plain.requests_per_s
         print(
@@ -201,9 +202,10 @@ def report(results: dict[tuple[str, int], Result]) -> None:
             f"p50 {gatez.p50_ms / plain.p50_ms:.2f}x (+{gatez.p50_ms - plain.p50_ms:.3f} ms), "
             f"p99 {gatez.p99_ms / plain.p99_ms:.2f}x (+{gatez.p99_ms - plain.p99_ms:.3f} ms)"
         )
-    cpu_ms = results["gatez", 16].data_plane_cpu_ms
+    busiest = max(connection_counts)
+    cpu_ms = results["gatez", busiest].data_plane_cpu_ms
     print(
-        f"\ndata plane: {cpu_ms:.3f} ms CPU per request at c=16, i.e. at most "
+        f"\ndata plane: {cpu_ms:.3f} ms CPU per request at c={busiest}, i.e. at most "
         f"{1000 / cpu_ms:.0f} req/s for one process on a core of its own"
         "\ntargets: added p50 <= 1.0 ms at c=1; >= 2000 req/s per data-plane process"
     )

@@ -112,6 +112,15 @@ class JwksCache:
         self._clock = clock
         self._sets: dict[str, _KeySet] = {}
 
+    def cached_key(self, jwks_url: str, kid: str) -> SigningKey | None:
+        """The key `kid` when a fresh set holding it is cached: the hot path, no await."""
+        entry = self._sets.get(jwks_url)
+        if entry is None or entry.keys is None:
+            return None
+        if self._clock() - entry.fetched_at >= self._ttl_s:
+            return None
+        return entry.keys.get(kid)
+
     async def get_key(self, jwks_url: str, kid: str) -> SigningKey:
         """The key `kid` from the set at `jwks_url`, fetching the set when needed.
 

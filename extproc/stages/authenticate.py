@@ -20,7 +20,7 @@ import orjson
 from jwt.utils import base64url_decode
 
 from extproc.flow import CONTINUE, Flow, Principal, Verdict
-from extproc.jwks import JwksCache, JwksUnavailable, UnknownSigningKey
+from extproc.jwks import JwksCache, JwksUnavailable, SigningKey, UnknownSigningKey
 from gatez.errors import Unauthenticated, Unavailable
 from gatez.keys import digest
 from gatez.policy import CompiledPolicy, IdentityProviderRule
@@ -30,6 +30,9 @@ CREDENTIAL_HEADERS: Final = ("authorization", "x-api-key")
 # Three base64url segments; the last may be empty, so `alg: none` tokens are recognised as
 # tokens (and refused as such) rather than looked up as API keys. API keys never hold a dot.
 _JWT_SHAPE: Final = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
+
+# A JWT's algorithm and key id, and the identity providers that may verify it.
+JwtCandidates = tuple[str, str, list[IdentityProviderRule]]
 
 MISSING_CREDENTIAL: Final = "missing credential: send 'Authorization: Bearer <key or token>'"
 
@@ -54,37 +57,47 @@ class Authenticate:
             raise Unavailable("no policy yet")
         credential = _credential(flow.request_headers)
         if _JWT_SHAPE.fullmatch(credential):
-            # A coroutine: verifying may have to fetch the issuer's keys.
-            return self._jwt_caller(flow, policy, credential)
-        flow.principal = _authenticate_api_key(policy, credential)
+            candidates = _jwt_candidates(policy, credential)
+            principal = self._verify_cached(policy, credential, candidates)
+            if principal is None:
+                # A coroutine: verifying has to fetch the issuer's keys first.
+                return self._jwt_caller(flow, policy, credential, candidates)
+            flow.principal = principal
+        else:
+            flow.principal = _authenticate_api_key(policy, credential)
         _strip_credentials(flow)
         return CONTINUE
 
-    async def _jwt_caller(self, flow: Flow, policy: CompiledPolicy, token: str) -> Verdict:
-        flow.principal = await self._authenticate_jwt(policy, token)
+    async def _jwt_caller(
+        self, flow: Flow, policy: CompiledPolicy, token: str, candidates: JwtCandidates
+    ) -> Verdict:
+        flow.principal = await self._authenticate_jwt(policy, token, candidates)
         _strip_credentials(flow)
         return CONTINUE
 
-    async def _authenticate_jwt(self, policy: CompiledPolicy, token: str) -> Principal:
-        header, claims = _unverified_parts(token)
-        issuer = claims.get("iss")
-        providers = (
-            policy.identity_providers_by_issuer.get(issuer) if isinstance(issuer, str) else None
-        )
-        if not providers:
-            raise Unauthenticated("unknown token issuer")
-        algorithm = header.get("alg")
-        pinned = [p for p in providers if algorithm in p.algorithms]
-        if not isinstance(algorithm, str) or not pinned:
-            raise Unauthenticated("token signing algorithm is not allowed for this issuer")
-        kid = header.get("kid")
-        if not isinstance(kid, str) or not kid:
-            raise Unauthenticated("token has no key id (kid)")
-
-        # Choosing by the unverified tenant claim is safe: the chosen provider then verifies
-        # the whole token, and a token naming a tenant not registered for its issuer is refused.
+    def _verify_cached(
+        self, policy: CompiledPolicy, token: str, candidates: JwtCandidates
+    ) -> Principal | None:
+        """Verifies with cached keys only; None when some candidate's key is not cached."""
+        algorithm, kid, providers = candidates
+        keys = [self._jwks.cached_key(p.jwks_url, kid) for p in providers]
+        if any(key is None for key in keys):
+            return None
         first_error: Unauthenticated | None = None
-        for provider in _providers_for_tenant(pinned, claims):
+        for provider, key in zip(providers, keys, strict=True):
+            assert key is not None
+            try:
+                return self._check(policy, provider, token, algorithm, key)
+            except Unauthenticated as error:
+                first_error = first_error or error
+        raise first_error or Unauthenticated("invalid token")
+
+    async def _authenticate_jwt(
+        self, policy: CompiledPolicy, token: str, candidates: JwtCandidates
+    ) -> Principal:
+        algorithm, kid, providers = candidates
+        first_error: Unauthenticated | None = None
+        for provider in providers:
             try:
                 return await self._verify(policy, provider, token, algorithm, kid)
             except Unauthenticated as error:
@@ -108,6 +121,16 @@ class Authenticate:
             raise Unauthenticated("unknown signing key") from None
         except JwksUnavailable:
             raise Unavailable("identity provider keys are unavailable, try again later") from None
+        return self._check(policy, provider, token, algorithm, key)
+
+    def _check(
+        self,
+        policy: CompiledPolicy,
+        provider: IdentityProviderRule,
+        token: str,
+        algorithm: str,
+        key: SigningKey,
+    ) -> Principal:
         if not key.fits(algorithm):
             raise Unauthenticated("signing key does not fit the token's algorithm")
         try:
@@ -132,6 +155,26 @@ class Authenticate:
         if provider.tenant_id not in policy.tenants:
             raise Unauthenticated("token tenant is not allowed for this issuer")
         return Principal(tenant_id=provider.tenant_id, key_id=f"jwt:{subject}", subject=subject)
+
+
+def _jwt_candidates(policy: CompiledPolicy, token: str) -> JwtCandidates:
+    """The token's algorithm and key id, and the providers that may verify it; refuses a token
+    that no provider could accept before any key is looked up."""
+    header, claims = _unverified_parts(token)
+    issuer = claims.get("iss")
+    providers = policy.identity_providers_by_issuer.get(issuer) if isinstance(issuer, str) else None
+    if not providers:
+        raise Unauthenticated("unknown token issuer")
+    algorithm = header.get("alg")
+    pinned = [p for p in providers if algorithm in p.algorithms]
+    if not isinstance(algorithm, str) or not pinned:
+        raise Unauthenticated("token signing algorithm is not allowed for this issuer")
+    kid = header.get("kid")
+    if not isinstance(kid, str) or not kid:
+        raise Unauthenticated("token has no key id (kid)")
+    # Choosing by the unverified tenant claim is safe: the chosen provider then verifies the
+    # whole token, and a token naming a tenant not registered for its issuer is refused.
+    return algorithm, kid, _providers_for_tenant(pinned, claims)
 
 
 def _strip_credentials(flow: Flow) -> None:

@@ -10,7 +10,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from extproc.flow import CONTINUE, Flow, Principal
+from extproc.flow import CONTINUE, Continue, Flow, Principal
 from extproc.jwks import JwksCache
 from extproc.stages.authenticate import Authenticate
 from gatez.errors import GatewayError, Unauthenticated, Unavailable
@@ -403,3 +403,27 @@ async def test_jwks_unavailable_is_503_never_an_accept(
     assert isinstance(error, Unavailable)
     assert error.http_status == 503
     assert "127.0.0.1" not in error.public_message
+
+
+async def test_a_jwt_with_cached_keys_is_verified_without_waiting(
+    stage: Authenticate, policy: CompiledPolicy, issuer: OidcIssuer
+) -> None:
+    token = issuer.mint({"tenant_id": "acme"})
+    first = make_flow(policy, headers=bearer(token))
+    # Keys not cached yet: the stage hands back a coroutine, which fetches them.
+    result = stage.on_request_headers(first)
+    assert not isinstance(result, Continue)
+    assert await result is CONTINUE  # type: ignore[misc]
+
+    cached = make_flow(policy, headers=bearer(token))
+    assert stage.on_request_headers(cached) is CONTINUE
+    assert cached.principal == first.principal
+    assert issuer.jwks_fetches == 1
+
+    # A rotated key is not cached: back to the coroutine, which refetches the set once.
+    issuer.rotate()
+    rotated = make_flow(policy, headers=bearer(issuer.mint({"tenant_id": "acme"})))
+    result = stage.on_request_headers(rotated)
+    assert not isinstance(result, Continue)
+    assert await result is CONTINUE  # type: ignore[misc]
+    assert issuer.jwks_fetches == 2
