@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import functools
 import ipaddress
 import struct
 from collections.abc import Iterator, Sequence
@@ -21,6 +22,7 @@ from typing import Any, Final
 
 import flatbuffers
 
+from extproc.apisix import flat
 from extproc.apisix.fbs.A6 import TextEntry
 from extproc.apisix.fbs.A6.Err import Resp as ErrResp
 from extproc.apisix.fbs.A6.ExtraInfo import Info as InfoKind
@@ -220,37 +222,37 @@ def decode_prepare_conf(payload: bytes) -> PrepareConf:
 
 def decode_http_request_call(payload: bytes) -> HttpRequestCall:
     with _malformed("HTTPReqCall"):
-        req = ReqCallReq.Req.GetRootAs(payload, 0)
-        method = req.Method()
+        call_id, src_ip, method, path, args, headers, conf_token = flat.fields(
+            payload, flat.root(payload), 7
+        )
+        code = flat.u8(payload, method)
         return HttpRequestCall(
-            id=req.Id(),
-            src_ip=_byte_vector(req, 6),
-            method=METHODS[method] if method < len(METHODS) else "",
-            path=_text(req.Path()),
-            args=tuple(_entry(req.Args(i)) for i in range(req.ArgsLength())),
-            headers=tuple(_header(req.Headers(i)) for i in range(req.HeadersLength())),
-            conf_token=req.ConfToken(),
+            id=flat.u32(payload, call_id),
+            src_ip=flat.byte_string(payload, src_ip) or b"",
+            method=METHODS[code] if code < len(METHODS) else "",
+            path=flat.text(payload, path),
+            args=tuple(flat.entries(payload, args, headers=False)),
+            headers=flat.headers(payload, headers),
+            conf_token=flat.u32(payload, conf_token),
         )
 
 
 def decode_http_response_call(payload: bytes) -> HttpResponseCall:
     with _malformed("HTTPRespCall"):
-        req = RespCallReq.Req.GetRootAs(payload, 0)
+        call_id, status, headers, conf_token = flat.fields(payload, flat.root(payload), 4)
         return HttpResponseCall(
-            id=req.Id(),
-            status=req.Status(),
-            headers=tuple(_header(req.Headers(i)) for i in range(req.HeadersLength())),
-            conf_token=req.ConfToken(),
+            id=flat.u32(payload, call_id),
+            status=flat.u16(payload, status),
+            headers=flat.headers(payload, headers),
+            conf_token=flat.u32(payload, conf_token),
         )
 
 
 def decode_extra_info_reply(payload: bytes) -> bytes | None:
     """The ExtraInfo answer; None when APISIX had no value (a missing variable)."""
     with _malformed("ExtraInfo.Resp"):
-        resp = ExtraInfoResp.Resp.GetRootAs(payload, 0)
-        if resp.ResultIsNone():
-            return None
-        return _byte_vector(resp, 4)
+        (result,) = flat.fields(payload, flat.root(payload), 1)
+        return flat.byte_string(payload, result)
 
 
 def encode_prepare_conf_reply(token: int) -> bytes:
@@ -267,7 +269,9 @@ def encode_error(code: ErrorCode) -> bytes:
     return _finish(builder, ErrResp.End(builder))
 
 
+@functools.lru_cache(maxsize=64)
 def encode_extra_info_request(info: ExtraInfo) -> bytes:
+    """Cached: a runner asks for the same few things (`$request_id`, the bodies) every call."""
     builder = flatbuffers.Builder(64)
     if isinstance(info, VarInfo):
         name = builder.CreateString(info.name)
@@ -287,58 +291,58 @@ def encode_extra_info_request(info: ExtraInfo) -> bytes:
 
 
 def encode_http_request_call_reply(reply: HttpRequestCallReply) -> bytes:
-    builder = flatbuffers.Builder(256)
+    # Written directly (see `flat`): Resp{id 0, action_type 1, action 2},
+    # Stop{status 0, headers 1, body 2}, Rewrite{path 0, headers 1, args 2, resp_headers 3, body 4}.
+    writer = flat.Writer()
     action = reply.action
-    table = kind = 0
+    if action is None:
+        writer.table(words=((0, reply.id),))
+        return writer.finish()
+    kind = ActionKind.Action.Stop if isinstance(action, Stop) else ActionKind.Action.Rewrite
+    _, resp_fields = writer.table(words=((0, reply.id),), byte_fields=((1, kind),), references=(2,))
     if isinstance(action, Stop):
-        headers = _entries(builder, action.headers, latin1=True)
-        body = builder.CreateByteVector(action.body) if action.body else None
-        ReqCallStop.Start(builder)
-        ReqCallStop.AddStatus(builder, action.status)
-        ReqCallStop.AddHeaders(builder, headers)
-        if body is not None:
-            ReqCallStop.AddBody(builder, body)
-        table, kind = ReqCallStop.End(builder), ActionKind.Action.Stop
-    elif isinstance(action, Rewrite):
-        path = builder.CreateString(action.path) if action.path is not None else None
-        rewrite_headers = _entries(builder, action.headers, latin1=True) if action.headers else None
-        args = _entries(builder, action.args) if action.args else None
-        resp_headers = (
-            _entries(builder, action.resp_headers, latin1=True) if action.resp_headers else None
-        )
-        body = builder.CreateByteVector(action.body) if action.body is not None else None
-        ReqCallRewrite.Start(builder)
-        if path is not None:
-            ReqCallRewrite.AddPath(builder, path)
-        if rewrite_headers is not None:
-            ReqCallRewrite.AddHeaders(builder, rewrite_headers)
-        if args is not None:
-            ReqCallRewrite.AddArgs(builder, args)
-        if resp_headers is not None:
-            ReqCallRewrite.AddRespHeaders(builder, resp_headers)
-        if body is not None:
-            ReqCallRewrite.AddBody(builder, body)
-        table, kind = ReqCallRewrite.End(builder), ActionKind.Action.Rewrite
-    ReqCallResp.Start(builder)
-    ReqCallResp.AddId(builder, reply.id)
-    if kind:
-        ReqCallResp.AddActionType(builder, kind)
-        ReqCallResp.AddAction(builder, table)
-    return _finish(builder, ReqCallResp.End(builder))
+        stop_slots = (1, 2) if action.body else (1,)
+        start, fields = writer.table(halves=((0, action.status),), references=stop_slots)
+        writer.point(resp_fields[2], start)
+        writer.entries(fields[1], action.headers, headers=True)
+        if action.body:
+            writer.byte_vector(fields[2], action.body)
+        return writer.finish()
+    vectors: list[tuple[int, Sequence[Entry], bool]] = []
+    if action.headers:
+        vectors.append((1, action.headers, True))
+    if action.args:
+        vectors.append((2, action.args, False))
+    if action.resp_headers:
+        vectors.append((3, action.resp_headers, True))
+    slots = [slot for slot, _, _ in vectors]
+    if action.path is not None:
+        slots.append(0)
+    if action.body is not None:
+        slots.append(4)
+    start, fields = writer.table(references=slots)
+    writer.point(resp_fields[2], start)
+    if action.path is not None:
+        writer.string(fields[0], action.path.encode("utf-8", "surrogateescape"))
+    for slot, entries, headers in vectors:
+        writer.entries(fields[slot], entries, headers=headers)
+    if action.body is not None:
+        writer.byte_vector(fields[4], action.body)
+    return writer.finish()
 
 
 def encode_http_response_call_reply(reply: HttpResponseCallReply) -> bytes:
-    builder = flatbuffers.Builder(256 + len(reply.body))
-    headers = _entries(builder, reply.headers, latin1=True) if reply.headers else None
-    body = builder.CreateByteVector(reply.body) if reply.body else None
-    RespCallResp.Start(builder)
-    RespCallResp.AddId(builder, reply.id)
-    RespCallResp.AddStatus(builder, reply.status)
-    if headers is not None:
-        RespCallResp.AddHeaders(builder, headers)
-    if body is not None:
-        RespCallResp.AddBody(builder, body)
-    return _finish(builder, RespCallResp.End(builder))
+    # Written directly (see `flat`): Resp{id 0, status 1, headers 2, body 3}.
+    writer = flat.Writer()
+    slots: tuple[int, ...] = (2,) if reply.headers else ()
+    if reply.body:
+        slots += (3,)
+    _, fields = writer.table(words=((0, reply.id),), halves=((1, reply.status),), references=slots)
+    if reply.headers:
+        writer.entries(fields[2], reply.headers, headers=True)
+    if reply.body:
+        writer.byte_vector(fields[3], reply.body)
+    return writer.finish()
 
 
 # -- APISIX side (the harness): encode what APISIX sends, decode the answers ------------------

@@ -239,12 +239,15 @@ class ExtPluginRunner:
         if task is not None:
             self._connections.add(task)
         exchange = _Exchange(reader, writer)
+        transport = writer.transport
         try:
             while (frame := await read_frame(reader)) is not None:
                 rpc_type, payload = frame
                 reply_type, reply = await self._answer(rpc_type, payload, exchange)
                 writer.write(encode_frame(reply_type, reply))
-                await writer.drain()
+                if transport.get_write_buffer_size():
+                    # Only a peer that stops reading leaves bytes queued; usually none are.
+                    await writer.drain()
         except FrameError as error:
             # The stream lost its framing; nothing after this point can be trusted.
             log.warning("closing an APISIX connection: %s", error)
@@ -333,11 +336,15 @@ class ExtPluginRunner:
         changes: dict[str, str | None] = {}
         body: bytes | None = None
         try:
-            verdict = await kind.pipeline.request_headers(flow)
+            verdict = kind.pipeline.start_request_headers(flow)
+            if not isinstance(verdict, Continue | Respond):
+                verdict = await verdict  # a stage must wait: the rest of the phase
             body = _merge(changes, flow.take_pending(), body)
             if isinstance(verdict, Continue) and flow.request_body_mode is not BodyMode.NONE:
                 flow.request_body = await exchange.ask(RequestBodyInfo()) or b""
-                verdict = await kind.pipeline.request_body(flow)
+                verdict = kind.pipeline.start_request_body(flow)
+                if not isinstance(verdict, Continue | Respond):
+                    verdict = await verdict  # a stage must wait: the rest of the phase
                 body = _merge(changes, flow.take_pending(), body)
         except BaseException:
             flow.error = flow.error or "apisix_call_failed"
@@ -376,7 +383,9 @@ class ExtPluginRunner:
             flow.upstream_reached = True
             flow.response_status = call.status
             flow.response_headers = _header_map(call.headers)
-            verdict = await pipeline.response_headers(flow)
+            verdict = pipeline.start_response_headers(flow)
+            if not isinstance(verdict, Continue | Respond):
+                verdict = await verdict  # a stage must wait: the rest of the phase
             body = _merge(changes, flow.take_pending(), body)
             if isinstance(verdict, Continue) and flow.response_body_mode is not BodyMode.NONE:
                 # APISIX buffered the whole response: it arrives here as one last chunk.
@@ -384,7 +393,9 @@ class ExtPluginRunner:
                 flow.end_of_stream = True
                 if flow.first_byte_ns is None:
                     flow.first_byte_ns = time.monotonic_ns()
-                verdict = await pipeline.response_body(flow)
+                verdict = pipeline.start_response_body(flow)
+                if not isinstance(verdict, Continue | Respond):
+                    verdict = await verdict  # a stage must wait: the rest of the phase
                 body = _merge(changes, flow.take_pending(), body)
         except BaseException:
             flow.error = flow.error or "apisix_call_failed"
@@ -417,6 +428,10 @@ class ExtPluginRunner:
         self._finish(parked.flow, parked.pipeline)
 
     def _finish(self, flow: Flow, pipeline: Pipeline) -> None:
+        if not pipeline.done_waits:
+            # Plain on_done hooks (the usual case) run here and now: no task per flow.
+            pipeline.done_now(flow)
+            return
         # A task, so the row is written even when this connection is being cancelled.
         task = asyncio.get_running_loop().create_task(pipeline.done(flow))
         self._finishing.add(task)

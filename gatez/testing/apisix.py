@@ -164,6 +164,12 @@ class RunnerConnection:
         payload = await self._answer_extra_info(RpcType.HTTP_RESP_CALL, context)
         return decode_http_response_call_reply(payload)
 
+    async def call(self, rpc_type: int, payload: bytes, context: RequestContext) -> bytes:
+        """Sends an already encoded call (a benchmark encodes its calls once) and answers the
+        runner's ExtraInfo frames; returns the reply's payload."""
+        await self.send(rpc_type, payload)
+        return await self._answer_extra_info(rpc_type, context)
+
     async def close(self) -> None:
         self.writer.close()
         with contextlib.suppress(Exception):
