@@ -178,6 +178,9 @@ class ServerStream:
         if not self.headers_sent:
             self.headers_sent = True
             block = RESPONSE_HEADERS + block
+        # The call is over for the handler: no more messages, no reset reaches it; a client
+        # still sending is told to stop (RST_STREAM NO_ERROR) once the trailers are out.
+        self.handler = None
         self._connection.send_headers(self, block, end_stream=True)
 
 
@@ -209,6 +212,7 @@ class H2Connection(asyncio.Protocol):
         self._receiving = False
         self.idle = asyncio.Event()
         self.idle.set()
+        self.closed = asyncio.Event()
 
     # --- asyncio.Protocol ---
 
@@ -238,6 +242,7 @@ class H2Connection(asyncio.Protocol):
         for stream in streams.values():
             self._reset_handler(stream)
         self.idle.set()
+        self.closed.set()
 
     def data_received(self, data: bytes) -> None:
         self._receiving = True
@@ -297,11 +302,17 @@ class H2Connection(asyncio.Protocol):
             if flags & END_HEADERS:
                 self._end_headers()
         elif kind == SETTINGS:
+            if stream_id:
+                raise ProtocolError(PROTOCOL_ERROR, "SETTINGS on a stream")
             if not flags & ACK:
                 self._on_settings(payload)
         elif kind == WINDOW_UPDATE:
             self._on_window_update(stream_id, payload)
         elif kind == PING:
+            if len(payload) != 8 or stream_id:
+                raise ProtocolError(
+                    FRAME_SIZE_ERROR if stream_id == 0 else PROTOCOL_ERROR, "bad PING"
+                )
             if not flags & ACK:
                 self._write(_frame(PING, ACK, 0, payload))
         elif kind == RST_STREAM:
@@ -322,6 +333,8 @@ class H2Connection(asyncio.Protocol):
             raise ProtocolError(PROTOCOL_ERROR, "bad stream id for HEADERS")
         start, end = 0, len(payload)
         if flags & PADDED:
+            if not payload:
+                raise ProtocolError(PROTOCOL_ERROR, "bad padding")
             start, end = 1, end - payload[0]
         if flags & PRIORITY_FLAG:
             start += 5
@@ -475,11 +488,17 @@ class H2Connection(asyncio.Protocol):
         increment = int.from_bytes(payload, "big") & 0x7FFFFFFF
         if stream_id == 0:
             self._send_window += increment
+            if self._send_window > MAX_WINDOW:
+                raise ProtocolError(FLOW_CONTROL_ERROR, "connection window overflow")
             self._flush_all()
             return
         stream = self._streams.get(stream_id)
         if stream is not None:
             stream.send_window += increment
+            if stream.send_window > MAX_WINDOW:
+                # A stream error (RFC 9113 §6.9.1): this call ends, the connection goes on.
+                self._fail_stream(stream, GRPC_INTERNAL, "stream window overflow")
+                return
             self._flush(stream)
 
     # --- frames out ---
@@ -596,12 +615,15 @@ class H2Connection(asyncio.Protocol):
         self._check_idle()
 
     def _fail_stream(self, stream: ServerStream, code: int, message: str) -> None:
+        """Ends a call the client broke: its handler sees a reset, the client gets the status
+        (after any response data still waiting for window) and then RST_STREAM."""
+        handler = stream.handler
         stream.finish(code, message)
-        self._write(_frame(RST_STREAM, 0, stream.id, NO_ERROR.to_bytes(4, "big")))
-        stream.outbox.clear()
-        self._streams.pop(stream.id, None)
-        self._reset_handler(stream)
-        self._check_idle()
+        if handler is not None:
+            try:
+                handler.on_reset()
+            except Exception:
+                log.exception("stream reset handler failed")
 
     def _reset_handler(self, stream: ServerStream) -> None:
         stream.closed = True
@@ -680,9 +702,12 @@ class GrpcServer:
         for connection in connections:
             connection.shutdown()
         if connections:
-            await asyncio.wait(
-                [asyncio.ensure_future(c.idle.wait()) for c in connections], timeout=grace_s
-            )
+            # Closed, not merely idle: a going-away connection closes itself once idle, and its
+            # last responses may still sit in the transport's buffer, which abort() would drop.
+            waits = [asyncio.ensure_future(c.closed.wait()) for c in connections]
+            await asyncio.wait(waits, timeout=grace_s)
+            for wait in waits:
+                wait.cancel()
         for connection in list(self.connections):
             connection.abort()
         for server in self._servers:
