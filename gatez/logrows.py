@@ -72,10 +72,14 @@ def as_tuple(row: RequestLogRow | AiLogRow) -> tuple[object, ...]:
     return astuple(row)
 
 
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+_MICROSECOND = dt.timedelta(microseconds=1)
+
+
 def _timestamp(value: dt.datetime) -> Timestamp:
-    stamp = Timestamp()
-    stamp.FromDatetime(value)
-    return stamp
+    # Integer arithmetic: Timestamp.FromDatetime costs about three times as much, per row.
+    micros = (value - _EPOCH) // _MICROSECOND
+    return Timestamp(seconds=micros // 1_000_000, nanos=micros % 1_000_000 * 1000)
 
 
 def _datetime(stamp: Timestamp) -> dt.datetime:

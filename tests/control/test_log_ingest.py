@@ -1,0 +1,78 @@
+"""Data planes ship log rows to the control service (which owns the embedded ClickHouse) through
+`ControlLogWriter`: every row arrives once, intact, whatever the batch size."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import grpc
+
+from extproc.logsink import CONVERT_SLICE, ControlLogWriter
+from gatez.logrows import AiLogRow, RequestLogRow
+from gatez.v1 import control_pb2
+from tests.control.support import ADMIN_TOKEN, Api
+
+START = dt.datetime(2026, 11, 25, 9, 30, 0, 123_000, tzinfo=dt.UTC)
+
+
+def request_row(n: int) -> RequestLogRow:
+    return RequestLogRow(
+        time=START + dt.timedelta(milliseconds=n),
+        request_id=f"req-{n:04d}",
+        tenant_id="acme",
+        key_id="key-1",
+        method="POST",
+        path="/v1/chat/completions",
+        status=200 if n % 7 else 429,
+        latency_ms=1.5 + n,
+        error="" if n % 7 else "rate_limited",
+        node_id="dataplane-1",
+    )
+
+
+def ai_row(n: int) -> AiLogRow:
+    return AiLogRow(
+        time=START + dt.timedelta(milliseconds=n),
+        request_id=f"req-{n:04d}",
+        tenant_id="acme",
+        key_id="key-1",
+        provider="openai",
+        model_alias="fast",
+        upstream_model="gpt-4o-mini",
+        input_tokens=n,
+        output_tokens=2 * n,
+        status=200,
+        latency_ms=10.0 + n,
+        ttft_ms=5.0,
+        streamed=bool(n % 2),
+        node_id="dataplane-1",
+    )
+
+
+async def test_batches_larger_than_a_conversion_slice_arrive_whole(
+    channel: grpc.aio.Channel, api: Api
+) -> None:
+    requests = [request_row(n) for n in range(2 * CONVERT_SLICE + 17)]
+    ai = [ai_row(n) for n in range(CONVERT_SLICE + 3)]
+    writer = ControlLogWriter(channel, ADMIN_TOKEN)
+
+    await writer.write(requests, ())
+    await writer.write((), ai)
+
+    metadata = (("authorization", f"Bearer {ADMIN_TOKEN}"),)
+    stored = await api.control.ListRequestLogs(
+        control_pb2.ListRequestLogsRequest(tenant_id="acme", limit=1000), metadata=metadata
+    )
+    by_id = {row.request_id: row for row in stored.request_logs}
+    assert sorted(by_id) == sorted(r.request_id for r in requests)
+    sample = by_id["req-0007"]
+    assert (sample.status, sample.error, sample.latency_ms) == (429, "rate_limited", 8.5)
+    # Millisecond timestamps survive the trip (ClickHouse keeps DateTime64(3)).
+    assert sample.time.ToDatetime(tzinfo=dt.UTC) == START + dt.timedelta(milliseconds=7)
+
+    stored_ai = await api.control.ListAiLogs(
+        control_pb2.ListAiLogsRequest(tenant_id="acme", limit=1000), metadata=metadata
+    )
+    assert len(stored_ai.ai_logs) == len(ai)
+    tokens = {row.request_id: (row.input_tokens, row.output_tokens) for row in stored_ai.ai_logs}
+    assert tokens["req-0101"] == (101, 202)
