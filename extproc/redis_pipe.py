@@ -102,13 +102,16 @@ class _RespConnection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)
 
-    def send(self, command: bytes) -> asyncio.Future[Any]:
+    def send(self, command: bytes, *, now: bool = False) -> asyncio.Future[Any]:
+        """Queues a command for this loop turn's write, or writes it at once (`now`)."""
         if self.lost:
             raise ConnectionError("Redis connection lost")
         loop = asyncio.get_running_loop()
-        if not self._out:
+        if not self._out and not now:
             loop.call_soon(self._flush)
         self._out.append(command)
+        if now:
+            self._flush()
         waiter: asyncio.Future[Any] = loop.create_future()
         self._waiters.append(waiter)
         return waiter
@@ -177,6 +180,41 @@ class PipelinedRedis:
         if connection is None or connection.lost:
             connection = await self._connect()
         return await connection.send(encode_command(args))
+
+    def submit_script(
+        self, script: Script, keys: Sequence[Arg], args: Sequence[Arg]
+    ) -> asyncio.Future[Any]:
+        """Sends a script call now, before the caller does anything else, and returns its reply
+        as a future: for a check that should run while the caller goes on (the rate limit,
+        overlapping Envoy sending the body). Falls back to `run_script` in a task when not
+        connected; a NOSCRIPT reply is retried with EVAL."""
+        connection = self._connection
+        if connection is None or connection.lost:
+            return asyncio.ensure_future(self.run_script(script, keys, args))
+        first = connection.send(
+            encode_command(("EVALSHA", script.sha, len(keys), *keys, *args)), now=True
+        )
+        reply: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+
+        def settle(sent: asyncio.Future[Any]) -> None:
+            if reply.done():
+                return  # the caller gave up; the late reply is dropped
+            if sent.cancelled():
+                reply.cancel()
+                return
+            error = sent.exception()
+            if isinstance(error, RedisReplyError) and str(error).startswith("NOSCRIPT"):
+                retry = asyncio.ensure_future(
+                    self.execute("EVAL", script.source, len(keys), *keys, *args)
+                )
+                retry.add_done_callback(settle)
+            elif error is not None:
+                reply.set_exception(error)
+            else:
+                reply.set_result(sent.result())
+
+        first.add_done_callback(settle)
+        return reply
 
     async def run_script(self, script: Script, keys: Sequence[Arg], args: Sequence[Arg]) -> Any:
         """EVALSHA, falling back to EVAL (which also caches the script) after a NOSCRIPT."""

@@ -12,12 +12,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from typing import Final
+from typing import Any, Final
 
 from extproc.flow import CONTINUE, Continue, Flow, Verdict
 from extproc.redis_pipe import PipelinedRedis, RedisReplyError, Script
 from gatez.errors import RateLimited, Unauthenticated, Unavailable
-from gatez.policy import RateLimitRule
 
 log = logging.getLogger("gatez.rate_limit")
 
@@ -79,35 +78,33 @@ class RateLimit:
             raise Unauthenticated("unknown tenant")
         if tenant.rate_limit is None:
             return CONTINUE
-        # Deferred: the Redis round trip overlaps the proxy fetching the request body, and
-        # is settled before anything reaches the provider. The cost: a limited tenant's body
-        # may be read before its 429.
-        flow.defer(self, asyncio.ensure_future(self._check(tenant.id, tenant.rate_limit)))
+        # Deferred: the command goes out now and the round trip overlaps the proxy fetching
+        # the request body; it is settled before anything reaches the provider. The cost: a
+        # limited tenant's body may be read before its 429.
+        rule = tenant.rate_limit
+        interval_us = max(1, round(rule.emission_interval_ms * 1000))
+        reply = self._redis.submit_script(
+            GCRA_SCRIPT, (bucket_key(tenant.id),), (interval_us, rule.burst)
+        )
+        flow.defer(self, asyncio.ensure_future(self._check(reply)))
         return CONTINUE
 
-    async def _check(self, tenant_id: str, rule: RateLimitRule) -> Continue:
-        wait_ms = await self._take(tenant_id, rule)
-        if wait_ms is not None:
-            retry_after_s = max(1, math.ceil(wait_ms / 1000))
+    async def _check(self, reply: asyncio.Future[Any]) -> Continue:
+        """The bucket's answer: on, or RateLimited with the wait; Unavailable without Redis."""
+        try:
+            # Giving up on a command mid-flight is safe: its late reply is read and dropped.
+            async with asyncio.timeout(self._timeout_s):
+                allowed, wait_ms = await reply
+        except (RedisReplyError, OSError, TimeoutError) as error:
+            if self.fail_open:
+                log.warning("rate limiter unavailable, letting request through: %r", error)
+                return CONTINUE
+            log.warning("rate limiter unavailable, refusing request: %r", error)
+            raise Unavailable("rate limiter unavailable") from None
+        if allowed != 1:
+            retry_after_s = max(1, math.ceil(int(wait_ms) / 1000))
             raise RateLimited(
                 f"rate limit exceeded for this tenant; retry after {retry_after_s}s",
                 retry_after_s=retry_after_s,
             )
         return CONTINUE
-
-    async def _take(self, tenant_id: str, rule: RateLimitRule) -> int | None:
-        """Takes one request from the bucket: None when allowed, else ms until one would pass."""
-        interval_us = max(1, round(rule.emission_interval_ms * 1000))
-        try:
-            # Cancelling a command mid-flight is safe: its late reply is read and dropped.
-            async with asyncio.timeout(self._timeout_s):
-                allowed, wait_ms = await self._redis.run_script(
-                    GCRA_SCRIPT, (bucket_key(tenant_id),), (interval_us, rule.burst)
-                )
-        except (RedisReplyError, OSError, TimeoutError) as error:
-            if self.fail_open:
-                log.warning("rate limiter unavailable, letting request through: %r", error)
-                return None
-            log.warning("rate limiter unavailable, refusing request: %r", error)
-            raise Unavailable("rate limiter unavailable") from None
-        return None if allowed == 1 else int(wait_ms)

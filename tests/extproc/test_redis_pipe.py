@@ -156,3 +156,27 @@ def test_commands_are_encoded_as_resp_arrays_of_bulk_strings() -> None:
     assert encode_command(["SET", b"k\r\n", 7, 1.5]) == (
         b"*4\r\n$3\r\nSET\r\n$3\r\nk\r\n\r\n$1\r\n7\r\n$3\r\n1.5\r\n"
     )
+
+
+async def test_submitted_scripts_reply_through_a_future_connected_or_not(
+    client: PipelinedRedis, redis_client: aioredis.Redis
+) -> None:
+    script = Script("return tonumber(ARGV[1]) * 2")
+    # Not connected yet: the first call connects (in a task) and still replies.
+    assert await client.submit_script(script, [], [21]) == 42
+
+    await redis_client.script_flush()
+    # Connected: sent at once as EVALSHA; NOSCRIPT is answered by an EVAL retry.
+    assert await client.submit_script(script, [], [5]) == 10
+    assert await redis_client.script_exists(script.sha) == [True]
+
+
+async def test_a_submitted_script_given_up_on_does_not_shift_later_replies(
+    client: PipelinedRedis,
+) -> None:
+    await client.execute("SET", "k", "v")
+    slow = Script("redis.call('BLPOP', 'never', '0.01') return 'slow'")
+    reply = client.submit_script(slow, [], [])
+    reply.cancel()
+
+    assert await client.execute("GET", "k") == b"v"
