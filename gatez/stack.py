@@ -67,8 +67,14 @@ class StackConfig:
         return f"127.0.0.1:{self.control_port}"
 
     @property
+    def redis_socket(self) -> Path:
+        return self.state_dir / "redis" / "redis.sock"
+
+    @property
     def redis_url(self) -> str:
-        return f"redis://127.0.0.1:{self.redis_port}/0"
+        # The stack's own processes use the Unix socket: a round trip costs less than over
+        # loopback TCP (the port stays open for tools such as redis-cli).
+        return f"unix://{self.redis_socket.resolve()}?db=0"
 
     @property
     def extproc_socket(self) -> Path:
@@ -134,6 +140,8 @@ class Stack:
                 require_binary("redis-server"),
                 "--bind", "127.0.0.1",
                 "--port", str(config.redis_port),
+                "--unixsocket", str(config.redis_socket.resolve()),
+                "--unixsocketperm", "700",
                 "--dir", str(directory),
                 "--save", "",
                 *persistence,
