@@ -51,6 +51,7 @@ FAIL = "/test.Probe/Fail"
 SLOW = "/test.Probe/Slow"
 HELD = "/test.Probe/Held"
 SIZED = "/test.Probe/Sized"
+PROBE = "/test.Probe/Header"
 
 # HTTP/2 as RFC 9113 numbers it, spelled out here rather than imported from the code under test.
 DATA, HEADERS, PRIORITY, RST_STREAM, SETTINGS, PUSH_PROMISE, PING, GOAWAY = range(8)
@@ -185,6 +186,15 @@ class Deferred(Recording):
         super().on_reset()
 
 
+class HeaderProbe(Recording):
+    """Answers with the request's `x-probe` header as soon as the stream opens."""
+
+    def __init__(self, stream: ServerStream, calls: Calls) -> None:
+        super().__init__(stream, calls)
+        stream.send_message(stream.headers.get("x-probe", "").encode())
+        stream.finish()
+
+
 def methods(calls: Calls) -> dict[str, MethodFactory]:
     def factory(make: Callable[[ServerStream], StreamHandler]) -> MethodFactory:
         return make
@@ -193,6 +203,7 @@ def methods(calls: Calls) -> dict[str, MethodFactory]:
         ECHO: factory(lambda stream: Echo(stream, calls)),
         FAIL: factory(lambda stream: Fail(stream, calls)),
         SIZED: factory(lambda stream: Sized(stream, calls)),
+        PROBE: factory(lambda stream: HeaderProbe(stream, calls)),
         SLOW: factory(lambda stream: Deferred(stream, calls, lambda: asyncio.sleep(0.01))),
         HELD: factory(lambda stream: Deferred(stream, calls, calls.release.wait)),
     }
@@ -1245,3 +1256,35 @@ async def test_a_ping_of_the_wrong_length_ends_the_connection(raw: RawClient) ->
     async with asyncio.timeout(TIMEOUT_S):
         goaway = await raw.frame_of(GOAWAY)
     assert error_code(goaway) == FRAME_SIZE_ERROR
+
+
+def literal(name: bytes, value: bytes, *, indexed: bool) -> bytes:
+    """A literal header field with a new name: added to the table (0x40) or not (0x00)."""
+    assert len(name) < 127 and len(value) < 127
+    return bytes((0x40 if indexed else 0x00, len(name))) + name + bytes((len(value),)) + value
+
+
+async def test_a_repeated_header_block_follows_changes_of_the_dynamic_table(
+    raw: RawClient,
+) -> None:
+    # Hand-made blocks, so the test controls the decoder's table exactly.
+    base = (
+        b"\x83\x86"  # :method POST, :scheme http (static table)
+        + literal(b":path", PROBE.encode(), indexed=False)
+        + literal(b"content-type", b"application/grpc", indexed=False)
+    )
+    newest = b"\xbe"  # index 62: the newest entry of the dynamic table
+    blocks = [
+        base + literal(b"x-probe", b"one", indexed=True),
+        base + newest,  # "one"; decoded once, then reused while the table stays the same
+        base + newest,
+        base + literal(b"x-probe", b"two", indexed=True),
+        base + newest,  # the same bytes as before, now meaning "two"
+    ]
+    answers = []
+    async with asyncio.timeout(TIMEOUT_S):
+        for number, block in enumerate(blocks):
+            stream_id = 2 * number + 1
+            raw.send(HEADERS, END_HEADERS | END_STREAM, stream_id, block)
+            answers.append((await raw.response(stream_id)).messages)
+    assert answers == [[b"one"], [b"one"], [b"one"], [b"two"], [b"two"]]
