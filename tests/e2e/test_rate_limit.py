@@ -7,6 +7,7 @@ from typing import Any
 import openai
 import pytest
 
+from gatez.demo.openai_upstream import UpstreamServer
 from gatez.v1 import policy_pb2
 from tests.e2e.conftest import Admin, provision
 
@@ -32,3 +33,33 @@ def test_two_tenants_have_independent_buckets(gateway_url: str, admin: Admin) ->
     # The other tenant's bucket is untouched.
     for _ in range(2):
         clients[second.tenant_id].chat.completions.create(model="gpt-test", messages=MESSAGES)
+
+
+def test_a_limited_chat_request_never_reaches_the_provider(
+    gateway_url: str, admin: Admin, upstream: UpstreamServer
+) -> None:
+    # The check runs while the proxy reads the body, but is settled before routing.
+    access = provision(admin, rate_limit=policy_pb2.RateLimit(requests_per_minute=1, burst=1))
+    client = openai.OpenAI(base_url=gateway_url, api_key=access.api_key, max_retries=0)
+    marker = f"limited-{access.tenant_id}"
+    client.chat.completions.create(
+        model="gpt-test", messages=[{"role": "user", "content": f"{marker} first"}]
+    )
+
+    with pytest.raises(openai.RateLimitError):
+        client.chat.completions.create(
+            model="gpt-test", messages=[{"role": "user", "content": f"{marker} second"}]
+        )
+
+    seen = [r.body for r in upstream.recorder.requests if marker.encode() in r.body]
+    assert len(seen) == 1 and b"first" in seen[0]
+
+
+def test_a_request_without_a_body_is_limited_too(gateway_url: str, admin: Admin) -> None:
+    access = provision(admin, rate_limit=policy_pb2.RateLimit(requests_per_minute=1, burst=1))
+    client = openai.OpenAI(base_url=gateway_url, api_key=access.api_key, max_retries=0)
+    assert [m.id for m in client.models.list()] == ["gpt-test"]
+
+    with pytest.raises(openai.RateLimitError) as caught:
+        client.models.list()
+    assert int(caught.value.response.headers["retry-after"]) >= 1
