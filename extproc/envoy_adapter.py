@@ -18,7 +18,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
-from typing import Final
+from typing import Any, Final
 
 from envoy.config.core.v3 import base_pb2
 from envoy.extensions.filters.http.ext_proc.v3 import processing_mode_pb2
@@ -253,7 +253,8 @@ class ExtProcStream:
         self._flow: Flow | None = None
         self._busy = False
         self._backlog: deque[bytes] = deque()
-        self._task: asyncio.Task[None] | None = None
+        # What the current phase waits on, cancelled on a reset.
+        self._task: asyncio.Future[Any] | None = None
 
     def on_message(self, message: bytes) -> None:
         if self._busy:
@@ -271,6 +272,11 @@ class ExtProcStream:
         outcome = step.start(step.flow)
         if isinstance(outcome, Continue | Respond):
             self._answer(step, outcome)
+        elif isinstance(outcome, asyncio.Future):
+            # Completed by callbacks (a deferred check finishing): answered from there.
+            self._busy = True
+            self._task = outcome
+            outcome.add_done_callback(partial(self._settled, step))
         else:
             self._busy = True
             self._task = run_in_task(outcome, partial(self._answer, step), self._fail)
@@ -286,6 +292,15 @@ class ExtProcStream:
             self._task = None
         self._backlog.clear()
         self._close()
+
+    def _settled(self, step: Step, outcome: asyncio.Future[Continue | Respond]) -> None:
+        if outcome.cancelled():
+            return  # reset: nothing more to answer
+        error = outcome.exception()
+        if error is not None:
+            self._fail(error)
+        else:
+            self._answer(step, outcome.result())
 
     def _answer(self, step: Step, verdict: Continue | Respond) -> None:
         self._task = None

@@ -21,6 +21,7 @@ import asyncio
 import inspect
 import logging
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from functools import partial
 from typing import Any, Protocol, runtime_checkable
 
 from extproc.flow import CONTINUE, BodyMode, Continue, Flow, Hold, Respond, Verdict
@@ -30,8 +31,14 @@ log = logging.getLogger("gatez.pipeline")
 
 StageResult = Verdict | Awaitable[Verdict]
 PhaseMethod = Callable[[Flow], StageResult]
-# What starting a phase gives: the verdict, or the rest of the phase to await.
-Outcome = Continue | Respond | Coroutine[Any, Any, Continue | Respond]
+# What starting a phase gives: the verdict, or the rest of the phase to await (a coroutine to
+# run in a task, or a future that callbacks will complete).
+Outcome = (
+    Continue
+    | Respond
+    | Coroutine[Any, Any, Continue | Respond]
+    | asyncio.Future[Continue | Respond]
+)
 
 
 @runtime_checkable
@@ -146,7 +153,7 @@ class Pipeline:
             # Usually the check finished while the proxy was reading the body: no task then.
             settled = _settled_now(flow)
             if settled is None:
-                return self._body_after_deferred(flow)
+                return self._body_when_settled(flow)
             if isinstance(settled, Respond):
                 return settled
         return self.on_request_body.start(flow)
@@ -169,11 +176,32 @@ class Pipeline:
     async def response_body(self, flow: Flow) -> Continue | Respond:
         return await settle(self.start_response_body(flow))
 
-    async def _body_after_deferred(self, flow: Flow) -> Continue | Respond:
-        verdict = await _settle_deferred(flow, CONTINUE)
-        if isinstance(verdict, Respond):
-            return verdict
-        return await settle(self.on_request_body.start(flow))
+    def _body_when_settled(self, flow: Flow) -> asyncio.Future[Continue | Respond]:
+        """The body phase, run from the callback of the last deferred check to finish: no
+        task and no extra loop turn between Redis answering and the proxy being answered."""
+        result: asyncio.Future[Continue | Respond] = asyncio.get_running_loop().create_future()
+        checks = [check for _, check in flow.deferred]
+
+        def resume(_: object) -> None:
+            if result.done():
+                return  # the exchange is over (the adapter cancelled it)
+            if any(check.cancelled() for check in checks):
+                result.cancel()  # dropped with its flow
+                return
+            settled = _settled_now(flow)
+            if settled is None:
+                return  # another check still runs; its callback resumes
+            outcome = settled if isinstance(settled, Respond) else self.on_request_body.start(flow)
+            if isinstance(outcome, Continue | Respond):
+                result.set_result(outcome)
+            else:
+                # A body stage that must wait: the rest runs in a task after all.
+                chain = asyncio.ensure_future(outcome)
+                chain.add_done_callback(partial(_copy_outcome, result))
+
+        for check in checks:
+            check.add_done_callback(resume)
+        return result
 
     def done_now(self, flow: Flow) -> None:
         """Runs on_done hooks that are plain methods (all of them, when `done_waits` is False)."""
@@ -226,6 +254,19 @@ def _settled_now(flow: Flow) -> Continue | Respond | None:
             flow.error = checked.reason or "gateway_response"
             return checked
     return CONTINUE
+
+
+def _copy_outcome(
+    result: asyncio.Future[Continue | Respond], source: asyncio.Future[Continue | Respond]
+) -> None:
+    if result.done():
+        return
+    if source.cancelled():
+        result.cancel()
+    elif (error := source.exception()) is not None:
+        result.set_exception(error)
+    else:
+        result.set_result(source.result())
 
 
 def _drop_deferred(flow: Flow) -> None:

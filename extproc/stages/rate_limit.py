@@ -12,10 +12,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+from functools import partial
 from typing import Any, Final
 
-from extproc.flow import CONTINUE, Continue, Flow, Verdict
-from extproc.redis_pipe import PipelinedRedis, RedisReplyError, Script
+from extproc.flow import CONTINUE, Continue, Flow, Respond, Verdict
+from extproc.redis_pipe import PipelinedRedis, Script
 from gatez.errors import RateLimited, Unauthenticated, Unavailable
 
 log = logging.getLogger("gatez.rate_limit")
@@ -78,33 +79,64 @@ class RateLimit:
             raise Unauthenticated("unknown tenant")
         if tenant.rate_limit is None:
             return CONTINUE
-        # Deferred: the command goes out now and the round trip overlaps the proxy fetching
-        # the request body; it is settled before anything reaches the provider. The cost: a
-        # limited tenant's body may be read before its 429.
+        # Deferred: the command goes out right after Envoy is answered, and the round trip
+        # overlaps Envoy sending the request body; it is settled before anything reaches the
+        # provider. The cost: a limited tenant's body may be read before its 429.
         rule = tenant.rate_limit
         interval_us = max(1, round(rule.emission_interval_ms * 1000))
         reply = self._redis.submit_script(
             GCRA_SCRIPT, (bucket_key(tenant.id),), (interval_us, rule.burst)
         )
-        flow.defer(self, asyncio.ensure_future(self._check(reply)))
+        # Settled by callbacks, not a task: once the command is written the data plane has
+        # nothing more to do for this request until Redis or Envoy answers.
+        verdict: asyncio.Future[Continue | Respond] = asyncio.get_running_loop().create_future()
+        deadline = asyncio.get_running_loop().call_later(
+            self._timeout_s, self._give_up, verdict, reply
+        )
+        reply.add_done_callback(partial(self._decide, verdict, deadline))
+        flow.defer(self, verdict)
         return CONTINUE
 
-    async def _check(self, reply: asyncio.Future[Any]) -> Continue:
+    def _decide(
+        self,
+        verdict: asyncio.Future[Continue | Respond],
+        deadline: asyncio.TimerHandle,
+        reply: asyncio.Future[Any],
+    ) -> None:
         """The bucket's answer: on, or RateLimited with the wait; Unavailable without Redis."""
-        try:
-            # Giving up on a command mid-flight is safe: its late reply is read and dropped.
-            async with asyncio.timeout(self._timeout_s):
-                allowed, wait_ms = await reply
-        except (RedisReplyError, OSError, TimeoutError) as error:
-            if self.fail_open:
-                log.warning("rate limiter unavailable, letting request through: %r", error)
-                return CONTINUE
-            log.warning("rate limiter unavailable, refusing request: %r", error)
-            raise Unavailable("rate limiter unavailable") from None
-        if allowed != 1:
-            retry_after_s = max(1, math.ceil(int(wait_ms) / 1000))
-            raise RateLimited(
+        deadline.cancel()
+        if verdict.done() or reply.cancelled():
+            return
+        error = reply.exception()
+        if error is not None:
+            self._unavailable(verdict, error)
+            return
+        allowed, wait_ms = reply.result()
+        if allowed == 1:
+            verdict.set_result(CONTINUE)
+            return
+        retry_after_s = max(1, math.ceil(int(wait_ms) / 1000))
+        verdict.set_exception(
+            RateLimited(
                 f"rate limit exceeded for this tenant; retry after {retry_after_s}s",
                 retry_after_s=retry_after_s,
             )
-        return CONTINUE
+        )
+
+    def _give_up(
+        self, verdict: asyncio.Future[Continue | Respond], reply: asyncio.Future[Any]
+    ) -> None:
+        # Giving up on a command mid-flight is safe: its late reply is read and dropped.
+        reply.cancel()
+        if not verdict.done():
+            self._unavailable(verdict, TimeoutError("no answer from Redis in time"))
+
+    def _unavailable(
+        self, verdict: asyncio.Future[Continue | Respond], error: BaseException
+    ) -> None:
+        if self.fail_open:
+            log.warning("rate limiter unavailable, letting request through: %r", error)
+            verdict.set_result(CONTINUE)
+            return
+        log.warning("rate limiter unavailable, refusing request: %r", error)
+        verdict.set_exception(Unavailable("rate limiter unavailable"))

@@ -529,3 +529,31 @@ async def test_a_check_finished_before_the_body_is_settled_without_a_task(
         assert isinstance(outcome, Continue | Respond)
         assert (outcome.status if isinstance(outcome, Respond) else None) == expected
         assert flow.deferred == []
+
+
+async def test_a_body_waiting_on_a_check_is_a_future_the_check_completes(
+    calls: list[str],
+) -> None:
+    pipeline = Pipeline([Deferring(calls, passed_later(calls)), Plain(calls, "routing")])
+    flow = new_flow()
+    pipeline.start_request_headers(flow)
+
+    outcome = pipeline.start_request_body(flow)  # the check is still running
+
+    assert isinstance(outcome, asyncio.Future)
+    assert "routing.request_body" not in calls
+    assert await outcome is CONTINUE
+    assert calls[-2:] == ["check.passed", "routing.request_body"]
+
+
+async def test_a_body_waiting_on_a_dropped_check_is_cancelled(calls: list[str]) -> None:
+    pipeline = Pipeline([Deferring(calls, passed_later(calls)), Plain(calls, "routing")])
+    flow = new_flow()
+    pipeline.start_request_headers(flow)
+    outcome = pipeline.start_request_body(flow)
+
+    pipeline.done_now(flow)  # the client went away
+    await asyncio.sleep(0.02)
+
+    assert isinstance(outcome, asyncio.Future) and outcome.cancelled()
+    assert "routing.request_body" not in calls
