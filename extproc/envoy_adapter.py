@@ -26,7 +26,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as ext_proc
 from google.protobuf.message import DecodeError
 
 from extproc.flow import BodyMode, Continue, Flow, Pending, Respond
-from extproc.grpc_h2 import GRPC_INTERNAL, MethodFactory, ServerStream, run_in_task
+from extproc.grpc_h2 import GRPC_INTERNAL, CallStream, MethodFactory, run_in_task
 from extproc.pipeline import Outcome, PhaseRunner, Pipeline
 from gatez.policy import CompiledPolicy
 
@@ -74,7 +74,7 @@ class ExternalProcessor:
         """What to serve on a `GrpcServer`."""
         return {PROCESS_METHOD: self.open}
 
-    def open(self, stream: ServerStream) -> ExtProcStream:
+    def open(self, stream: CallStream) -> ExtProcStream:
         return ExtProcStream(self, stream)
 
     def step(self, flow: Flow | None, request: ext_proc.ProcessingRequest) -> Step:
@@ -247,7 +247,7 @@ class ExtProcStream:
 
     __slots__ = ("_backlog", "_busy", "_flow", "_processor", "_stream", "_task")
 
-    def __init__(self, processor: ExternalProcessor, stream: ServerStream) -> None:
+    def __init__(self, processor: ExternalProcessor, stream: CallStream) -> None:
         self._processor = processor
         self._stream = stream
         self._flow: Flow | None = None

@@ -127,6 +127,22 @@ class StreamHandler(Protocol):
         ...
 
 
+class CallStream(Protocol):
+    """The server side of one call, as a handler uses it (`ServerStream` here; the grpc.aio
+    fallback in `extproc.grpcio_server` has its own)."""
+
+    @property
+    def remote_closed(self) -> bool:
+        """The client has half-closed."""
+        ...
+
+    def send_message(self, message: bytes) -> None: ...
+
+    def finish(self, code: int = 0, message: str = "") -> None:
+        """Ends the call with a gRPC status; later calls do nothing."""
+        ...
+
+
 MethodFactory = Callable[["ServerStream"], StreamHandler]
 
 

@@ -16,6 +16,7 @@ import grpc
 
 from extproc.envoy_adapter import ExternalProcessor
 from extproc.grpc_h2 import GrpcServer
+from extproc.grpcio_server import serve_grpcio
 from extproc.jwks import JwksCache
 from extproc.logsink import ClickHouseLogWriter, ControlLogWriter, LogSink, LogWriter
 from extproc.pipeline import Pipeline
@@ -65,7 +66,7 @@ class DataPlane:
     """A running data plane; `stop()` releases everything `start()` built."""
 
     settings: Settings
-    server: GrpcServer
+    server: GrpcServer | grpc.aio.Server
     holder: PolicyHolder
     watcher: PolicyWatcher
     sink: LogSink
@@ -73,7 +74,10 @@ class DataPlane:
     closers: list[Any]
 
     async def stop(self) -> None:
-        await self.server.stop(grace_s=2)
+        if isinstance(self.server, GrpcServer):
+            await self.server.stop(grace_s=2)
+        else:
+            await self.server.stop(grace=2)
         await _release(self.tasks, self.sink, self.closers)
 
 
@@ -120,9 +124,19 @@ async def _release(tasks: list[asyncio.Task[None]], sink: LogSink, closers: list
 async def start(settings: Settings) -> DataPlane:
     """Builds the clients, loads the persisted policy, starts serving and watching."""
     core = await start_core(settings)
-    server = GrpcServer(ExternalProcessor(core.pipeline, core.holder.get).methods())
-    await server.listen(settings.extproc_address)
-    log.info("data plane %s serving ext_proc on %s", settings.node_id, settings.extproc_address)
+    methods = ExternalProcessor(core.pipeline, core.holder.get).methods()
+    server: GrpcServer | grpc.aio.Server
+    if settings.extproc_server == "grpcio":
+        server = await serve_grpcio(methods, settings.extproc_address)
+    else:
+        server = GrpcServer(methods)
+        await server.listen(settings.extproc_address)
+    log.info(
+        "data plane %s serving ext_proc on %s (%s)",
+        settings.node_id,
+        settings.extproc_address,
+        settings.extproc_server,
+    )
     return DataPlane(
         settings, server, core.holder, core.watcher, core.sink, core.tasks, core.closers
     )

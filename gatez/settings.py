@@ -21,6 +21,8 @@ class Settings:
     admin_token: str
     control_address: str
     extproc_address: str
+    # "h2" (extproc.grpc_h2, the default) or "grpcio" (grpc.aio, a slower fallback).
+    extproc_server: str
     redis_url: str
     clickhouse_dsn: str
     qdrant_path: str
@@ -36,6 +38,7 @@ class Settings:
             admin_token=env.get("GATEZ_ADMIN_TOKEN", DEV_ADMIN_TOKEN),
             control_address=env.get("GATEZ_CONTROL_ADDRESS", "127.0.0.1:4001"),
             extproc_address=env.get("GATEZ_EXTPROC_ADDRESS", f"unix:{state_dir / 'extproc.sock'}"),
+            extproc_server=_choice(env, "GATEZ_EXTPROC_SERVER", ("h2", "grpcio")),
             redis_url=env.get("GATEZ_REDIS_URL", "redis://127.0.0.1:6380/0"),
             clickhouse_dsn=env.get("GATEZ_CLICKHOUSE_DSN", f"chdb://{state_dir / 'clickhouse'}"),
             qdrant_path=env.get("GATEZ_QDRANT_PATH", str(state_dir / "qdrant")),
@@ -47,3 +50,10 @@ class Settings:
     def clickhouse_is_embedded(self) -> bool:
         """chDB runs in-process and single-writer: the control service owns it."""
         return self.clickhouse_dsn.startswith("chdb://")
+
+
+def _choice(env: dict[str, str], name: str, allowed: tuple[str, ...]) -> str:
+    value = env.get(name, allowed[0])
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {', '.join(allowed)}, not {value!r}")
+    return value

@@ -64,16 +64,19 @@ def oidc() -> Iterator[OidcIssuer]:
         yield issuer
 
 
-@pytest.fixture(scope="session", params=["envoy", "apisix"])
+@pytest.fixture(scope="session", params=["envoy", "envoy-grpcio", "apisix"])
 def stack(
     request: pytest.FixtureRequest,
     tmp_path_factory: pytest.TempPathFactory,
     upstream: UpstreamServer,
 ) -> Iterator[Stack]:
-    """The same suite runs through both adapters: Envoy + ext_proc, and the APISIX runner
-    behind the harness that plays APISIX (routes sent to the fake upstream)."""
+    """The same suite runs through both adapters: Envoy + ext_proc (served by the lean HTTP/2
+    server, and by the grpc.aio fallback), and the APISIX runner behind the harness that plays
+    APISIX (routes sent to the fake upstream)."""
     config = StackConfig.ephemeral(Path(tmp_path_factory.mktemp(f"stack-{request.param}")))
-    config.proxy = request.param
+    config.proxy, _, server = request.param.partition("-")
+    if server:
+        config.extra_env["GATEZ_EXTPROC_SERVER"] = server
     config.apisix_upstream = upstream.base_url.removesuffix("/v1")
     stack = Stack(config)
     try:

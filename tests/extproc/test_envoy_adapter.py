@@ -21,6 +21,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ext_proc_gr
 
 from extproc.envoy_adapter import ExternalProcessor
 from extproc.grpc_h2 import GrpcServer
+from extproc.grpcio_server import serve_grpcio
 from extproc.jwks import JwksCache
 from extproc.logsink import ClickHouseLogWriter, LogSink
 from extproc.redis_pipe import PipelinedRedis
@@ -74,24 +75,40 @@ class Processor:
     stub: ext_proc_grpc.ExternalProcessorStub
     sink: LogSink
     store: LogStore
+    # Rows are told apart by it: the store is shared by both servers' runs of a test.
+    node_id: str
 
 
-@pytest.fixture
+# The same exchanges through both ext_proc servers: the lean default and the grpc.aio fallback.
+@pytest.fixture(params=["h2", "grpcio"])
 async def processor(
-    tmp_path: Path, redis_server: RedisServer, redis_client: aioredis.Redis, log_store: LogStore
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    redis_server: RedisServer,
+    redis_client: aioredis.Redis,
+    log_store: LogStore,
 ) -> AsyncIterator[Processor]:
     http = aiohttp.ClientSession()
     redis = PipelinedRedis.from_url(redis_server.url)
+    node_id = f"n1-{request.param}"
     sink = LogSink(ClickHouseLogWriter(log_store))
-    pipeline = build_pipeline(jwks=JwksCache(http), redis=redis, sink=sink, node_id="n1")
+    pipeline = build_pipeline(jwks=JwksCache(http), redis=redis, sink=sink, node_id=node_id)
     compiled = policy()
-    server = GrpcServer(ExternalProcessor(pipeline, lambda: compiled).methods())
+    methods = ExternalProcessor(pipeline, lambda: compiled).methods()
     socket = f"unix:{tmp_path}/ep.sock"
-    await server.listen(socket)
+    server: GrpcServer | grpc.aio.Server
+    if request.param == "grpcio":
+        server = await serve_grpcio(methods, socket)
+    else:
+        server = GrpcServer(methods)
+        await server.listen(socket)
     channel = grpc.aio.insecure_channel(socket)
-    yield Processor(ext_proc_grpc.ExternalProcessorStub(channel), sink, log_store)
+    yield Processor(ext_proc_grpc.ExternalProcessorStub(channel), sink, log_store, node_id)
     await channel.close(None)
-    await server.stop()
+    if isinstance(server, GrpcServer):
+        await server.stop()
+    else:
+        await server.stop(None)
     await http.close()
     await redis.close()
 
@@ -250,7 +267,9 @@ async def test_rejections_are_immediate_json_responses(
     request_id = _request_id(request_)
     tenant = "" if status == 401 else "acme"
     (row,) = [
-        r for r in processor.store.recent_request_logs(tenant, 100) if r.request_id == request_id
+        r
+        for r in processor.store.recent_request_logs(tenant, 100)
+        if r.request_id == request_id and r.node_id == processor.node_id
     ]
     assert (row.status, row.error) == (status, kind)
 
@@ -274,7 +293,11 @@ def _request_id(start: ext_proc.ProcessingRequest) -> str:
 async def ai_rows(processor: Processor, start: ext_proc.ProcessingRequest) -> list[AiLogRow]:
     await _drain(processor)
     request_id = _request_id(start)
-    return [r for r in processor.store.recent_ai_logs("acme", 100) if r.request_id == request_id]
+    return [
+        r
+        for r in processor.store.recent_ai_logs("acme", 100)
+        if r.request_id == request_id and r.node_id == processor.node_id
+    ]
 
 
 async def _drain(processor: Processor) -> None:
