@@ -769,12 +769,16 @@ class GrpcServer:
         self._servers.clear()
 
 
-def remove_stale_socket(path: str) -> None:
-    """Removes a socket file left by a process that died; refuses to remove anything else."""
-    with contextlib.suppress(FileNotFoundError):
-        if not stat.S_ISSOCK(os.stat(path).st_mode):
-            raise FileExistsError(f"{path} exists and is not a socket")
-        os.unlink(path)
+def remove_stale_socket(path: str | os.PathLike[str]) -> None:
+    """Removes a socket file left by a process that died, so bind() can succeed; refuses to
+    remove anything else (checked without following a symlink)."""
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(mode):
+        raise FileExistsError(f"{path} exists and is not a socket")
+    os.unlink(path)
 
 
 def run_in_task(

@@ -11,11 +11,11 @@ import contextlib
 import logging
 import os
 import signal
-import stat
 from dataclasses import dataclass
 from pathlib import Path
 
 from extproc.apisix.runner import ExtPluginRunner, RouteKind
+from extproc.grpc_h2 import remove_stale_socket
 from extproc.server import DataPlaneCore, build_rest_pipeline, start_core
 from gatez.settings import Settings
 
@@ -86,17 +86,6 @@ async def start(settings: Settings, runner_settings: RunnerSettings) -> RunnerPl
     os.chmod(path, SOCKET_MODE)
     log.info("data plane %s serving APISIX ext-plugin on unix:%s", settings.node_id, path)
     return RunnerPlane(core, runner, server, path)
-
-
-def remove_stale_socket(path: Path) -> None:
-    """A socket left by a runner that died would make bind() fail; anything else is kept."""
-    try:
-        mode = path.lstat().st_mode
-    except FileNotFoundError:
-        return
-    if not stat.S_ISSOCK(mode):
-        raise FileExistsError(f"{path} exists and is not a socket")
-    path.unlink()
 
 
 async def serve(settings: Settings, runner_settings: RunnerSettings) -> None:
