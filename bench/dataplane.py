@@ -21,33 +21,17 @@ import time
 from pathlib import Path
 from typing import cast
 
-import orjson
 import uvloop
 from envoy.config.core.v3 import base_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ext_proc
 
 from bench.chat import BODY, cpu_seconds, provision
+from bench.upstream import BODY as REPLY
 from gatez.stack import Stack, StackConfig
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 DATA, HEADERS, RST_STREAM, SETTINGS, PING, GOAWAY, WINDOW_UPDATE = 0, 1, 3, 4, 6, 7, 8
 END_STREAM, END_HEADERS, ACK = 0x1, 0x4, 0x1
-REPLY = orjson.dumps(
-    {
-        "id": "chatcmpl-bench",
-        "object": "chat.completion",
-        "created": 1_763_800_000,
-        "model": "bench-model",
-        "choices": [
-            {
-                "index": 0,
-                "message": {"role": "assistant", "content": "ok", "refusal": None},
-                "finish_reason": "stop",
-            }
-        ],
-        "usage": {"prompt_tokens": 9, "completion_tokens": 1, "total_tokens": 10},
-    }
-)
 
 
 def frame(kind: int, flags: int, stream_id: int, payload: bytes = b"") -> bytes:
