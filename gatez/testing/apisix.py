@@ -472,7 +472,9 @@ def _with_token(call: HttpRequestCall, token: int) -> HttpRequestCall:
 def _stop_response(stop: Stop) -> web.Response:
     headers: CIMultiDict[str] = CIMultiDict()
     for name, value in stop.headers:
-        headers.add(name, value)
+        # APISIX applies each entry with core.response.set_header: a repeated name keeps its
+        # last value (apisix/plugins/ext-plugin/init.lua).
+        headers[name] = value
     # APISIX answers a Stop without status as 200.
     return web.Response(status=stop.status or 200, body=stop.body, headers=headers)
 
