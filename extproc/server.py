@@ -9,6 +9,7 @@ import gc
 import logging
 import signal
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import aiohttp
@@ -176,7 +177,17 @@ async def start_core(settings: Settings) -> DataPlaneCore:
 
     jwks = JwksCache(http)
     pipeline = build_pipeline(jwks=jwks, redis=redis, sink=sink, node_id=settings.node_id)
+    # Closed in reverse order: the stages (giving back held rate-limit tokens) before Redis.
+    closers.append(partial(close_stages, pipeline))
     return DataPlaneCore(settings, holder, watcher, sink, pipeline, jwks, redis, tasks, closers)
+
+
+async def close_stages(pipeline: Pipeline) -> None:
+    """Lets stages that hold something outside the process give it back (`close()`)."""
+    for stage in pipeline.stages:
+        close = getattr(stage, "close", None)
+        if close is not None:
+            await close()
 
 
 async def serve(settings: Settings) -> None:

@@ -12,11 +12,12 @@ import logging
 import os
 import signal
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 from extproc.apisix.runner import ExtPluginRunner, RouteKind
 from extproc.grpc_h2 import remove_stale_socket
-from extproc.server import DataPlaneCore, build_rest_pipeline, start_core
+from extproc.server import DataPlaneCore, build_rest_pipeline, close_stages, start_core
 from gatez.settings import Settings
 
 log = logging.getLogger("gatez.apisix")
@@ -69,6 +70,7 @@ async def start(settings: Settings, runner_settings: RunnerSettings) -> RunnerPl
     rest = build_rest_pipeline(
         jwks=core.jwks, redis=core.redis, sink=core.sink, node_id=settings.node_id
     )
+    core.closers.append(partial(close_stages, rest))
     routes = {
         # LLM routes run pre-req and post-resp: usage and the AI log need the response.
         "llm": RouteKind(core.pipeline, response_phase=True),

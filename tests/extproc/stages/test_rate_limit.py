@@ -240,3 +240,84 @@ async def test_no_policy_is_503_and_no_principal_is_401(stage: RateLimit) -> Non
         await run_stage(stage.on_request_headers, flow_for(None, "acme"))
     with pytest.raises(Unauthenticated):
         await run_stage(stage.on_request_headers, make_flow(build_policy(acme=(60, 5))))
+
+
+async def wait_for_token_ahead(stage: RateLimit, tenant_id: str) -> None:
+    """Until the token taken ahead for the tenant has arrived (held, or refused)."""
+    ahead = stage._ahead.get(tenant_id)
+    if ahead is not None:
+        await asyncio.wait([ahead.reply], timeout=2)
+        await asyncio.sleep(0)  # its callback runs on the next turn
+
+
+async def test_the_next_request_uses_a_token_taken_ahead_without_waiting(
+    stage: RateLimit, redis_server: RedisServer, redis_client: aioredis.Redis
+) -> None:
+    policy = build_policy(acme=(1, 3))  # no refill during the test
+    assert await run_stage(stage.on_request_headers, flow_for(policy, "acme")) is CONTINUE
+    await wait_for_token_ahead(stage, "acme")
+
+    flow = flow_for(policy, "acme")
+    # Answered on the spot: nothing deferred, no Redis round trip on this request's way.
+    assert stage.on_request_headers(flow) is CONTINUE
+    assert flow.deferred == []
+    await wait_for_token_ahead(stage, "acme")
+
+    # Two requests and one token held for the next: the bucket is empty to everyone else.
+    other_plane = RateLimit(PipelinedRedis.from_url(redis_server.url))
+    with pytest.raises(RateLimited):
+        await run_stage(other_plane.on_request_headers, flow_for(policy, "acme"))
+    # ...and this plane's next request is the third and last of the burst.
+    assert await run_stage(stage.on_request_headers, flow_for(policy, "acme")) is CONTINUE
+    with pytest.raises(RateLimited):
+        await run_stage(stage.on_request_headers, flow_for(policy, "acme"))
+
+
+async def test_a_token_taken_ahead_and_not_used_is_given_back(
+    pipelined: PipelinedRedis, redis_server: RedisServer, redis_client: aioredis.Redis
+) -> None:
+    policy = build_policy(acme=(1, 2))  # no refill during the test
+    stage = RateLimit(pipelined, hold_s=0.05)
+    other_plane = RateLimit(PipelinedRedis.from_url(redis_server.url))
+    assert await run_stage(stage.on_request_headers, flow_for(policy, "acme")) is CONTINUE
+    await wait_for_token_ahead(stage, "acme")
+    assert "acme" in stage._ahead  # the second token, held
+
+    await asyncio.sleep(0.15)  # unused past hold_s: given back
+
+    assert "acme" not in stage._ahead
+    assert await run_stage(other_plane.on_request_headers, flow_for(policy, "acme")) is CONTINUE
+    await wait_for_token_ahead(other_plane, "acme")
+    with pytest.raises(RateLimited):
+        await run_stage(stage.on_request_headers, flow_for(policy, "acme"))
+
+
+async def test_closing_gives_back_the_tokens_taken_ahead(
+    pipelined: PipelinedRedis, redis_client: aioredis.Redis
+) -> None:
+    policy = build_policy(acme=(1, 2))
+    stage = RateLimit(pipelined)
+    assert await run_stage(stage.on_request_headers, flow_for(policy, "acme")) is CONTINUE
+    await wait_for_token_ahead(stage, "acme")
+    held = await redis_client.get(bucket_key("acme"))
+
+    await stage.close()
+
+    # One emission interval (60 s at 1 per minute) given back.
+    after = await redis_client.get(bucket_key("acme"))
+    assert isinstance(held, bytes) and isinstance(after, bytes)
+    assert int(held) - int(after) == 60_000_000
+
+
+async def test_a_token_taken_under_an_older_rule_is_given_back_not_used(
+    stage: RateLimit, redis_client: aioredis.Redis
+) -> None:
+    first = flow_for(build_policy(acme=(1, 5)), "acme")
+    assert await run_stage(stage.on_request_headers, first) is CONTINUE
+    await wait_for_token_ahead(stage, "acme")
+
+    flow = flow_for(build_policy(acme=(1, 2)), "acme")  # the tenant's limit changed
+    stage.on_request_headers(flow)
+
+    assert len(flow.deferred) == 1  # judged anew by Redis, under the new rule
+    assert await run_stage(lambda _: CONTINUE, flow) is CONTINUE
