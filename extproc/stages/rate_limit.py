@@ -7,11 +7,13 @@ The bucket is one key holding the "theoretical arrival time" (TAT), expiring onc
 full again, so idle tenants cost no memory.
 
 Off the critical path: after a request of a tenant is let through, the data plane takes the
-tenant's next token ahead of time and holds it (one per tenant per process). The tenant's next
-request uses it with no Redis round trip on its way, and takes the next one in turn. Accounting
-stays exact: a held token was taken from the bucket in Redis, and one not used within
-`hold_s` is given back (REFUND_SCRIPT). The cost is bounded: while a token is held, the
-tenant's bucket shows one token less to other data planes, for at most `hold_s`.
+tenant's next tokens ahead of time, a lease of up to MAX_LEASE (a tenth of the burst) in one
+round trip. The tenant's next requests claim them one each — arrived or still on the way — with
+no Redis round trip of their own, and the last claim takes the next lease. Accounting stays
+exact: leased tokens were taken from the bucket in Redis, and those not claimed within
+`hold_s` are given back (REFUND_SCRIPT), as on close or a rule change. The cost is bounded:
+while tokens are leased, other data planes see that many fewer, for at most `hold_s`. A lease
+refused where one token would pass does not refuse its claimants: each then asks for itself.
 """
 
 from __future__ import annotations
@@ -30,20 +32,22 @@ from gatez.policy import RateLimitRule
 
 log = logging.getLogger("gatez.rate_limit")
 
-# KEYS[1]: the tenant's bucket. ARGV[1]: emission interval (µs), ARGV[2]: burst.
-# Returns {1, 0} when allowed, {0, wait_ms} when not: wait_ms until one more would pass.
+# KEYS[1]: the tenant's bucket. ARGV[1]: emission interval (µs), ARGV[2]: burst, ARGV[3]: how
+# many tokens to take at once (1 when absent). Returns {1, 0} when taken, {0, wait_ms} when not:
+# wait_ms until that many would pass.
 # Time is kept in whole microseconds: epoch µs fit a Lua double exactly, so repeated
 # additions never drift the way fractional milliseconds would.
 GCRA_SCRIPT: Final = Script("""
 local interval = tonumber(ARGV[1])
 local burst = tonumber(ARGV[2])
+local count = tonumber(ARGV[3] or '1')
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
 local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
 if tat < now then
   tat = now
 end
-local new_tat = tat + interval
+local new_tat = tat + interval * count
 local allowed_at = new_tat - interval * burst
 if allowed_at > now then
   return {0, math.ceil((allowed_at - now) / 1000)}
@@ -53,9 +57,10 @@ return {1, 0}
 """)
 
 
-# Gives back one token taken with GCRA_SCRIPT. KEYS[1]: the bucket, ARGV[1]: interval (µs).
+# Gives back tokens taken with GCRA_SCRIPT. KEYS[1]: the bucket, ARGV[1]: interval (µs),
+# ARGV[2]: how many.
 REFUND_SCRIPT: Final = Script("""
-local interval = tonumber(ARGV[1])
+local interval = tonumber(ARGV[1]) * tonumber(ARGV[2])
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
 local tat = tonumber(redis.call('GET', KEYS[1]) or '0') - interval
@@ -68,13 +73,25 @@ return 1
 """)
 
 
+# Tokens taken ahead at once, at most: fewer Redis round trips for a busy tenant, while a
+# data plane holds no more than this of a tenant's bucket.
+MAX_LEASE: Final = 8
+
+
+def lease_size(rule: RateLimitRule) -> int:
+    """How many tokens to take ahead: a tenth of the burst, 1 to MAX_LEASE."""
+    return max(1, min(MAX_LEASE, rule.burst // 10))
+
+
 @dataclass(slots=True)
 class TokenAhead:
-    """A check sent ahead of the tenant's next request, which claims its reply (arrived or
-    not); a token it took that no request claims in time is given back."""
+    """Tokens taken ahead of the tenant's next requests, which claim them one each, arrived or
+    not; tokens no request claims in time are given back."""
 
     rule: RateLimitRule
     reply: asyncio.Future[Any]
+    count: int
+    claimed: int = 0
     expiry: asyncio.TimerHandle | None = None
 
 
@@ -130,9 +147,11 @@ class RateLimit:
             reply = self._redis.submit_script(
                 GCRA_SCRIPT, (bucket_key(tenant.id),), (_interval_us(rule), rule.burst)
             )
-        elif reply.done() and _allowed(reply):
+        elif reply.done():
             self._take_ahead(tenant.id, rule)  # the token was here already: no wait at all
             return CONTINUE
+        else:
+            reply = self._own_if_refused(tenant.id, rule, reply)
         loop = asyncio.get_running_loop()
         # Settled by callbacks, not a task: once the command is written the data plane has
         # nothing more to do for this request until Redis or Envoy answers.
@@ -144,23 +163,45 @@ class RateLimit:
         return CONTINUE
 
     def _claim(self, tenant_id: str, rule: RateLimitRule) -> asyncio.Future[Any] | None:
-        """The reply of the check sent ahead for this tenant, if one is usable."""
-        ahead = self._ahead.pop(tenant_id, None)
+        """The reply of the tokens taken ahead for this tenant, one of them claimed, if usable."""
+        ahead = self._ahead.get(tenant_id)
         if ahead is None:
             return None
-        if ahead.expiry is not None:
-            ahead.expiry.cancel()
         if ahead.rule != rule:
-            # Taken under a rule that changed since: given back (before this request's own
-            # check is sent, when its reply is in), not used.
-            if ahead.reply.done():
-                self._refund_if_taken(tenant_id, ahead.rule, ahead.reply)
-            else:
-                ahead.reply.add_done_callback(partial(self._refund_if_taken, tenant_id, ahead.rule))
+            # Taken under a rule that changed since: what is unclaimed is given back (before
+            # this request's own check is sent, when the reply is in), not used.
+            self._drop_ahead(tenant_id, ahead)
             return None
         if ahead.reply.done() and not _allowed(ahead.reply):
+            del self._ahead[tenant_id]
             return None  # refused or failed: this request asks again, and reports it
+        ahead.claimed += 1
+        if ahead.claimed == ahead.count:
+            del self._ahead[tenant_id]  # all claimed: the next lease is taken after this one
+            if ahead.expiry is not None:
+                ahead.expiry.cancel()
         return ahead.reply
+
+    def _own_if_refused(
+        self, tenant_id: str, rule: RateLimitRule, lease: asyncio.Future[Any]
+    ) -> asyncio.Future[Any]:
+        """A claim on tokens still on their way: the lease's answer if it took them, else this
+        request's own check (a lease of several can be refused where one token would not)."""
+        reply: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+
+        def arrived(_: asyncio.Future[Any]) -> None:
+            if reply.done():
+                return
+            if _allowed(lease):
+                reply.set_result([1, 0])
+                return
+            own = self._redis.submit_script(
+                GCRA_SCRIPT, (bucket_key(tenant_id),), (_interval_us(rule), rule.burst)
+            )
+            own.add_done_callback(partial(_copy_reply, reply))
+
+        lease.add_done_callback(arrived)
+        return reply
 
     def _after_check(
         self, tenant_id: str, rule: RateLimitRule, verdict: asyncio.Future[Continue | Respond]
@@ -172,44 +213,51 @@ class RateLimit:
     def _take_ahead(self, tenant_id: str, rule: RateLimitRule) -> None:
         if self._hold_s <= 0 or tenant_id in self._ahead:
             return
+        count = lease_size(rule)
         reply = self._redis.submit_script(
-            GCRA_SCRIPT, (bucket_key(tenant_id),), (_interval_us(rule), rule.burst)
+            GCRA_SCRIPT, (bucket_key(tenant_id),), (_interval_us(rule), rule.burst, count)
         )
-        ahead = TokenAhead(rule, reply)
+        ahead = TokenAhead(rule, reply, count)
         self._ahead[tenant_id] = ahead
         reply.add_done_callback(partial(self._arrived, tenant_id, ahead))
 
     def _arrived(self, tenant_id: str, ahead: TokenAhead, reply: asyncio.Future[Any]) -> None:
         if self._ahead.get(tenant_id) is not ahead:
-            return  # claimed by a request already
+            return  # all claimed, or dropped
         if not _allowed(reply):
-            del self._ahead[tenant_id]  # the next request is judged by Redis itself
+            del self._ahead[tenant_id]  # claimants got its refusal; the next asks Redis itself
             return
         ahead.expiry = asyncio.get_running_loop().call_later(
-            self._hold_s, self._expire, tenant_id, ahead
+            self._hold_s, self._drop_ahead, tenant_id, ahead
         )
 
-    def _expire(self, tenant_id: str, ahead: TokenAhead) -> asyncio.Future[Any] | None:
-        if self._ahead.get(tenant_id) is not ahead:
-            return None
-        del self._ahead[tenant_id]
+    def _drop_ahead(self, tenant_id: str, ahead: TokenAhead) -> asyncio.Future[Any] | None:
+        """Stops offering these tokens and gives back the unclaimed ones (once known taken)."""
+        if self._ahead.get(tenant_id) is ahead:
+            del self._ahead[tenant_id]
         if ahead.expiry is not None:
             ahead.expiry.cancel()
-        if not ahead.reply.done():
-            ahead.reply.add_done_callback(partial(self._refund_if_taken, tenant_id, ahead.rule))
+        unclaimed = ahead.count - ahead.claimed
+        ahead.claimed = ahead.count
+        if unclaimed <= 0:
             return None
-        return self._refund(tenant_id, ahead.rule) if _allowed(ahead.reply) else None
+        if not ahead.reply.done():
+            ahead.reply.add_done_callback(
+                partial(self._refund_if_taken, tenant_id, ahead.rule, unclaimed)
+            )
+            return None
+        return self._refund(tenant_id, ahead.rule, unclaimed) if _allowed(ahead.reply) else None
 
     def _refund_if_taken(
-        self, tenant_id: str, rule: RateLimitRule, reply: asyncio.Future[Any]
+        self, tenant_id: str, rule: RateLimitRule, count: int, reply: asyncio.Future[Any]
     ) -> None:
         if _allowed(reply):
-            self._refund(tenant_id, rule)
+            self._refund(tenant_id, rule, count)
 
-    def _refund(self, tenant_id: str, rule: RateLimitRule) -> asyncio.Future[Any]:
-        """Gives a token taken ahead back to the bucket (best effort: Redis away, it is lost)."""
+    def _refund(self, tenant_id: str, rule: RateLimitRule, count: int) -> asyncio.Future[Any]:
+        """Gives tokens taken ahead back to the bucket (best effort: Redis away, they are lost)."""
         reply = self._redis.submit_script(
-            REFUND_SCRIPT, (bucket_key(tenant_id),), (_interval_us(rule),)
+            REFUND_SCRIPT, (bucket_key(tenant_id),), (_interval_us(rule), count)
         )
         reply.add_done_callback(_log_refund_failure)
         return reply
@@ -219,7 +267,7 @@ class RateLimit:
         refunds = [
             refund
             for tenant_id, ahead in list(self._ahead.items())
-            if (refund := self._expire(tenant_id, ahead)) is not None
+            if (refund := self._drop_ahead(tenant_id, ahead)) is not None
         ]
         if refunds:
             await asyncio.wait(refunds, timeout=self._timeout_s)
@@ -253,8 +301,7 @@ class RateLimit:
     def _give_up(
         self, verdict: asyncio.Future[Continue | Respond], reply: asyncio.Future[Any]
     ) -> None:
-        # Giving up on a command mid-flight is safe: its late reply is read and dropped.
-        reply.cancel()
+        # The reply is left alone (other requests may share it); when it comes, it is dropped.
         if not verdict.done():
             self._unavailable(verdict, TimeoutError("no answer from Redis in time"))
 
@@ -275,6 +322,17 @@ def _allowed(reply: asyncio.Future[Any]) -> bool:
         return False
     allowed, _ = reply.result()
     return bool(allowed == 1)
+
+
+def _copy_reply(target: asyncio.Future[Any], source: asyncio.Future[Any]) -> None:
+    if target.done():
+        return
+    if source.cancelled():
+        target.cancel()
+    elif (error := source.exception()) is not None:
+        target.set_exception(error)
+    else:
+        target.set_result(source.result())
 
 
 def _interval_us(rule: RateLimitRule) -> int:

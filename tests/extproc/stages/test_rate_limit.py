@@ -321,3 +321,44 @@ async def test_a_token_taken_under_an_older_rule_is_given_back_not_used(
 
     assert len(flow.deferred) == 1  # judged anew by Redis, under the new rule
     assert await run_stage(lambda _: CONTINUE, flow) is CONTINUE
+
+
+async def test_a_busy_tenant_takes_several_tokens_per_round_trip_and_counts_exactly(
+    stage: RateLimit, redis_client: aioredis.Redis
+) -> None:
+    policy = build_policy(acme=(1, 100))  # a lease of 8; no refill during the test
+    assert await run_stage(stage.on_request_headers, flow_for(policy, "acme")) is CONTINUE
+    await wait_for_token_ahead(stage, "acme")
+
+    for _ in range(8):
+        flow = flow_for(policy, "acme")
+        assert stage.on_request_headers(flow) is CONTINUE
+        assert flow.deferred == []  # no Redis round trip for any of the eight
+    await wait_for_token_ahead(stage, "acme")  # the next lease, taken after the last claim
+    await stage.close()  # gives that unclaimed lease back
+
+    # Nine requests, nine tokens: the bucket's TAT is nine intervals (of 60 s) ahead of now.
+    tat = await redis_client.get(bucket_key("acme"))
+    (seconds, micros) = await redis_client.time()
+    assert isinstance(tat, bytes)
+    ahead_s = (int(tat) - (seconds * 1_000_000 + micros)) / 1e6
+    assert 9 * 60 - 5 < ahead_s <= 9 * 60
+
+
+async def test_a_refused_lease_does_not_refuse_a_request_one_token_would_pass(
+    stage: RateLimit, redis_client: aioredis.Redis
+) -> None:
+    policy = build_policy(acme=(1, 100))
+    (seconds, micros) = await redis_client.time()
+    # 95 of 100 tokens gone: one request passes, a lease of eight does not.
+    await redis_client.set(bucket_key("acme"), (seconds * 1_000_000 + micros) + 95 * 60_000_000)
+
+    assert await run_stage(stage.on_request_headers, flow_for(policy, "acme")) is CONTINUE
+    # The lease is on its way (and will be refused); this request claims it meanwhile.
+    assert "acme" in stage._ahead and not stage._ahead["acme"].reply.done()
+    assert await run_stage(stage.on_request_headers, flow_for(policy, "acme")) is CONTINUE
+    # And with the refused lease known, requests ask for themselves until the bucket is empty.
+    for _ in range(3):
+        assert await run_stage(stage.on_request_headers, flow_for(policy, "acme")) is CONTINUE
+    with pytest.raises(RateLimited):
+        await run_stage(stage.on_request_headers, flow_for(policy, "acme"))
