@@ -26,7 +26,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as ext_proc
 from google.protobuf.message import DecodeError
 
 from extproc.flow import BodyMode, Continue, Flow, Pending, Respond
-from extproc.grpc_h2 import GRPC_INTERNAL, CallStream, MethodFactory, run_in_task
+from extproc.grpc_h2 import GRPC_INTERNAL, CallStream, MethodFactory
 from extproc.pipeline import Outcome, PhaseRunner, Pipeline
 from gatez.policy import CompiledPolicy
 
@@ -66,7 +66,7 @@ class ExternalProcessor:
     def __init__(self, pipeline: Pipeline, policy: Callable[[], CompiledPolicy | None]) -> None:
         self._pipeline = pipeline
         self._policy = policy
-        self._no_stages = PhaseRunner("trailers", ()).start
+        self._no_stages = PhaseRunner(()).start
         # Finished flows whose on_done is still running; kept so the tasks are not collected.
         self.finishing: set[asyncio.Task[None]] = set()
 
@@ -112,7 +112,8 @@ class ExternalProcessor:
         if not self._pipeline.done_waits:
             self._pipeline.done_now(flow)
             return
-        task = run_in_task(self._pipeline.done(flow), _ignore, _log_done_error)
+        # Pipeline.done logs a failing hook itself; the task only has to be kept alive.
+        task = asyncio.ensure_future(self._pipeline.done(flow))
         self.finishing.add(task)
         task.add_done_callback(self.finishing.discard)
 
@@ -272,14 +273,12 @@ class ExtProcStream:
         outcome = step.start(step.flow)
         if isinstance(outcome, Continue | Respond):
             self._answer(step, outcome)
-        elif isinstance(outcome, asyncio.Future):
-            # Completed by callbacks (a deferred check finishing): answered from there.
-            self._busy = True
-            self._task = outcome
-            outcome.add_done_callback(partial(self._settled, step))
-        else:
-            self._busy = True
-            self._task = run_in_task(outcome, partial(self._answer, step), self._fail)
+            return
+        # The rest of the phase: a future callbacks complete (a deferred check finishing), or
+        # a coroutine, run as a task. Either is answered from its done callback.
+        self._busy = True
+        self._task = asyncio.ensure_future(outcome)
+        self._task.add_done_callback(partial(self._settled, step))
 
     def on_end(self) -> None:
         if not self._busy:
@@ -293,7 +292,7 @@ class ExtProcStream:
         self._backlog.clear()
         self._close()
 
-    def _settled(self, step: Step, outcome: asyncio.Future[Continue | Respond]) -> None:
+    def _settled(self, step: Step, outcome: asyncio.Future[Any]) -> None:
         if outcome.cancelled():
             return  # reset: nothing more to answer
         error = outcome.exception()
@@ -329,12 +328,3 @@ class ExtProcStream:
         flow, self._flow = self._flow, None
         if flow is not None:
             self._processor.done(flow)
-
-
-def _ignore(_: object) -> None:
-    return None
-
-
-def _log_done_error(error: BaseException) -> None:
-    if not isinstance(error, asyncio.CancelledError):
-        log.error("on_done failed", exc_info=error)

@@ -10,8 +10,7 @@ SETTINGS, PING, RST_STREAM and GOAWAY, trailers with `grpc-status`, and graceful
 no TLS (a Unix socket or loopback) and no compression (refused with UNIMPLEMENTED).
 
 Handlers see bytes: a method is a factory called per stream with a `ServerStream`; the object it
-returns gets each request message, the client's half-close, and a reset. `run_eagerly` runs a
-coroutine in a task and hands its outcome to callbacks.
+returns gets each request message, the client's half-close, and a reset.
 """
 
 from __future__ import annotations
@@ -24,8 +23,8 @@ import socket
 import stat
 import struct
 from collections import deque
-from collections.abc import Callable, Coroutine, Mapping
-from typing import Any, Final, Protocol, TypeVar, cast
+from collections.abc import Callable, Mapping
+from typing import Final, Protocol, cast
 from urllib.parse import quote
 
 import hpack
@@ -59,8 +58,6 @@ MAX_MESSAGE_BYTES: Final = 64 * 1024 * 1024
 REPLENISH_AT: Final = 2**30
 
 GRPC_PREFIX = struct.Struct(">BI")
-
-_T = TypeVar("_T")
 
 
 def _frame(kind: int, flags: int, stream_id: int, payload: bytes = b"") -> bytes:
@@ -235,8 +232,6 @@ class H2Connection(asyncio.Protocol):
         # Outgoing bytes of this loop turn (see `_write`); True while input is being handled.
         self._out = bytearray()
         self._receiving = False
-        self.idle = asyncio.Event()
-        self.idle.set()
         self.closed = asyncio.Event()
 
     # --- asyncio.Protocol ---
@@ -266,7 +261,6 @@ class H2Connection(asyncio.Protocol):
         streams, self._streams = self._streams, {}
         for stream in streams.values():
             self._reset_handler(stream)
-        self.idle.set()
         self.closed.set()
 
     def data_received(self, data: bytes) -> None:
@@ -421,7 +415,6 @@ class H2Connection(asyncio.Protocol):
         self._last_stream_id = stream_id
         stream = ServerStream(self, stream_id, self._peer_initial_window, headers)
         self._streams[stream_id] = stream
-        self.idle.clear()
         if self._going_away:
             self._refuse(stream, REFUSED_STREAM)
             return
@@ -688,10 +681,7 @@ class H2Connection(asyncio.Protocol):
                 log.exception("stream reset handler failed")
 
     def _check_idle(self) -> None:
-        if self._streams:
-            return
-        self.idle.set()
-        if self._going_away:
+        if not self._streams and self._going_away:
             self._close_transport()
 
     def _goaway(self, code: int, message: str) -> None:
@@ -747,18 +737,19 @@ class GrpcServer:
                     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._servers.append(server)
 
-    async def stop(self, grace_s: float = 2.0) -> None:
-        """Stops listening, lets running streams finish for `grace_s`, then drops the rest."""
+    async def stop(self, grace: float | None = 2.0) -> None:
+        """Stops listening, lets running streams finish for `grace` seconds (None: none), then
+        drops the rest — the same call as `grpc.aio.Server.stop`, so either server stops alike."""
         for server in self._servers:
             server.close()
         connections = list(self.connections)
         for connection in connections:
             connection.shutdown()
-        if connections:
+        if connections and grace:
             # Closed, not merely idle: a going-away connection closes itself once idle, and its
             # last responses may still sit in the transport's buffer, which abort() would drop.
             waits = [asyncio.ensure_future(c.closed.wait()) for c in connections]
-            await asyncio.wait(waits, timeout=grace_s)
+            await asyncio.wait(waits, timeout=grace)
             for wait in waits:
                 wait.cancel()
         for connection in list(self.connections):
@@ -779,32 +770,3 @@ def remove_stale_socket(path: str | os.PathLike[str]) -> None:
     if not stat.S_ISSOCK(mode):
         raise FileExistsError(f"{path} exists and is not a socket")
     os.unlink(path)
-
-
-def run_in_task(
-    coro: Coroutine[Any, Any, _T],
-    on_result: Callable[[_T], None],
-    on_error: Callable[[BaseException], None],
-) -> asyncio.Task[None]:
-    """Runs `coro` in a task of its own and hands its outcome to a callback.
-
-    A task, not an eager step on the caller's stack: stages may use `asyncio.timeout` and
-    clients such as aiohttp that need a current task. The task is returned so that a reset
-    stream can cancel it.
-    """
-    return asyncio.get_running_loop().create_task(_finish(coro, on_result, on_error))
-
-
-async def _finish(
-    coro: Coroutine[Any, Any, _T],
-    on_result: Callable[[_T], None],
-    on_error: Callable[[BaseException], None],
-) -> None:
-    try:
-        result = await coro
-    except BaseException as error:  # delivered, not raised: nobody awaits this task
-        on_error(error)
-        if isinstance(error, asyncio.CancelledError):
-            raise
-        return
-    on_result(result)

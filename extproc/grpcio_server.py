@@ -16,13 +16,16 @@ from typing import Any
 
 import grpc
 
-from extproc.grpc_h2 import GRPC_OK, StreamHandler
+from extproc.grpc_h2 import GRPC_OK, MAX_MESSAGE_BYTES, StreamHandler
 
 # A handler factory that takes any CallStream (the ext_proc adapter's `open`).
 Factory = Any
 
 _FINISH = object()
-MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+GRPC_OPTIONS = [
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+]
 
 
 class QueuedStream:
@@ -90,12 +93,7 @@ async def serve_grpcio(methods: Mapping[str, Factory], address: str) -> grpc.aio
         services.setdefault(service, {})[method] = grpc.stream_stream_rpc_method_handler(
             _behaviour(factory)
         )
-    server = grpc.aio.server(
-        options=[
-            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-        ]
-    )
+    server = grpc.aio.server(options=GRPC_OPTIONS)
     for service, handlers in services.items():
         server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, handlers),))
     server.add_insecure_port(address)

@@ -25,6 +25,7 @@ from functools import partial
 from typing import Any, Protocol, runtime_checkable
 
 from extproc.flow import CONTINUE, BodyMode, Continue, Flow, Hold, Respond, Verdict
+from extproc.futures import copy_outcome
 from gatez.errors import GatewayError
 
 log = logging.getLogger("gatez.pipeline")
@@ -87,8 +88,7 @@ INTERNAL_ERROR: Respond = Respond.from_error(GatewayError("internal gateway erro
 class PhaseRunner:
     """The stages of one phase, in pipeline order."""
 
-    def __init__(self, name: str, stages: Sequence[tuple[object, PhaseMethod]]) -> None:
-        self.name = name
+    def __init__(self, stages: Sequence[tuple[object, PhaseMethod]]) -> None:
         self._stages = tuple(stages)
 
     def start(self, flow: Flow, first: int = 0) -> Outcome:
@@ -106,10 +106,6 @@ class PhaseRunner:
                 return _answered(flow, result)
             return self._resume(flow, index, result)
         return CONTINUE
-
-    async def run(self, flow: Flow) -> Continue | Respond:
-        """Runs the whole phase, awaiting what must be awaited."""
-        return await settle(self.start(flow))
 
     async def _resume(
         self, flow: Flow, index: int, pending: Hold | Awaitable[Verdict]
@@ -197,7 +193,7 @@ class Pipeline:
             else:
                 # A body stage that must wait: the rest runs in a task after all.
                 chain = asyncio.ensure_future(outcome)
-                chain.add_done_callback(partial(_copy_outcome, result))
+                chain.add_done_callback(partial(copy_outcome, result))
 
         for check in checks:
             check.add_done_callback(resume)
@@ -256,19 +252,6 @@ def _settled_now(flow: Flow) -> Continue | Respond | None:
     return CONTINUE
 
 
-def _copy_outcome(
-    result: asyncio.Future[Continue | Respond], source: asyncio.Future[Continue | Respond]
-) -> None:
-    if result.done():
-        return
-    if source.cancelled():
-        result.cancel()
-    elif (error := source.exception()) is not None:
-        result.set_exception(error)
-    else:
-        result.set_result(source.result())
-
-
 def _drop_deferred(flow: Flow) -> None:
     deferred, flow.deferred = flow.deferred, []
     _drop(deferred)
@@ -285,7 +268,7 @@ def _drop(deferred: Sequence[tuple[object, asyncio.Future[Continue | Respond]]])
 
 
 def _bind(stages: Sequence[object], contract: type, method: str) -> PhaseRunner:
-    return PhaseRunner(method, [(s, getattr(s, method)) for s in stages if isinstance(s, contract)])
+    return PhaseRunner([(s, getattr(s, method)) for s in stages if isinstance(s, contract)])
 
 
 def _from_error(stage: object, error: Exception) -> Continue | Respond:

@@ -25,6 +25,8 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import hiredis
 
+from extproc.futures import copy_outcome
+
 Arg = bytes | str | int | float
 
 
@@ -195,21 +197,15 @@ class PipelinedRedis:
         reply: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
 
         def settle(sent: asyncio.Future[Any]) -> None:
-            if reply.done():
-                return  # the caller gave up; the late reply is dropped
-            if sent.cancelled():
-                reply.cancel()
-                return
-            error = sent.exception()
+            error = None if sent.cancelled() else sent.exception()
             if isinstance(error, RedisReplyError) and str(error).startswith("NOSCRIPT"):
-                retry = asyncio.ensure_future(
-                    self.execute("EVAL", script.source, len(keys), *keys, *args)
-                )
-                retry.add_done_callback(settle)
-            elif error is not None:
-                reply.set_exception(error)
-            else:
-                reply.set_result(sent.result())
+                if not reply.done():  # unless the caller gave up already
+                    retry = asyncio.ensure_future(
+                        self.execute("EVAL", script.source, len(keys), *keys, *args)
+                    )
+                    retry.add_done_callback(settle)
+                return
+            copy_outcome(reply, sent)
 
         first.add_done_callback(settle)
         return reply

@@ -17,7 +17,7 @@ import grpc
 
 from extproc.envoy_adapter import ExternalProcessor
 from extproc.grpc_h2 import GrpcServer
-from extproc.grpcio_server import serve_grpcio
+from extproc.grpcio_server import GRPC_OPTIONS, serve_grpcio
 from extproc.jwks import JwksCache
 from extproc.logsink import ClickHouseLogWriter, ControlLogWriter, LogSink, LogWriter
 from extproc.pipeline import Pipeline
@@ -33,13 +33,8 @@ from gatez.settings import Settings
 
 log = logging.getLogger("gatez.dataplane")
 
-MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 # Allocations before a young-generation collection (CPython's default is 700).
 GC_YOUNG_THRESHOLD = 20_000
-GRPC_OPTIONS = [
-    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-]
 
 
 def build_pipeline(
@@ -75,10 +70,7 @@ class DataPlane:
     closers: list[Any]
 
     async def stop(self) -> None:
-        if isinstance(self.server, GrpcServer):
-            await self.server.stop(grace_s=2)
-        else:
-            await self.server.stop(grace=2)
+        await self.server.stop(2)
         await _release(self.tasks, self.sink, self.closers)
 
 

@@ -26,6 +26,7 @@ from functools import partial
 from typing import Any, Final
 
 from extproc.flow import CONTINUE, Continue, Flow, Respond, Verdict
+from extproc.futures import copy_outcome
 from extproc.redis_pipe import PipelinedRedis, Script
 from gatez.errors import RateLimited, Unauthenticated, Unavailable
 from gatez.policy import RateLimitRule
@@ -144,9 +145,7 @@ class RateLimit:
             # Deferred: the command goes out right after Envoy is answered, and the round
             # trip overlaps Envoy sending the request body; it is settled before anything
             # reaches the provider. The cost: a limited tenant's body may be read before its 429.
-            reply = self._redis.submit_script(
-                GCRA_SCRIPT, (bucket_key(tenant.id),), (_interval_us(rule), rule.burst)
-            )
+            reply = self._take(tenant.id, rule)
         elif reply.done():
             self._take_ahead(tenant.id, rule)  # the token was here already: no wait at all
             return CONTINUE
@@ -161,6 +160,12 @@ class RateLimit:
         verdict.add_done_callback(partial(self._after_check, tenant.id, rule))
         flow.defer(self, verdict)
         return CONTINUE
+
+    def _take(self, tenant_id: str, rule: RateLimitRule, count: int = 1) -> asyncio.Future[Any]:
+        """Sends one GCRA call for `count` tokens; its reply is `[1, 0]` or `[0, wait_ms]`."""
+        return self._redis.submit_script(
+            GCRA_SCRIPT, (bucket_key(tenant_id),), (_interval_us(rule), rule.burst, count)
+        )
 
     def _claim(self, tenant_id: str, rule: RateLimitRule) -> asyncio.Future[Any] | None:
         """The reply of the tokens taken ahead for this tenant, one of them claimed, if usable."""
@@ -195,10 +200,8 @@ class RateLimit:
             if _allowed(lease):
                 reply.set_result([1, 0])
                 return
-            own = self._redis.submit_script(
-                GCRA_SCRIPT, (bucket_key(tenant_id),), (_interval_us(rule), rule.burst)
-            )
-            own.add_done_callback(partial(_copy_reply, reply))
+            own = self._take(tenant_id, rule)
+            own.add_done_callback(partial(copy_outcome, reply))
 
         lease.add_done_callback(arrived)
         return reply
@@ -214,9 +217,7 @@ class RateLimit:
         if self._hold_s <= 0 or tenant_id in self._ahead:
             return
         count = lease_size(rule)
-        reply = self._redis.submit_script(
-            GCRA_SCRIPT, (bucket_key(tenant_id),), (_interval_us(rule), rule.burst, count)
-        )
+        reply = self._take(tenant_id, rule, count)
         ahead = TokenAhead(rule, reply, count)
         self._ahead[tenant_id] = ahead
         reply.add_done_callback(partial(self._arrived, tenant_id, ahead))
@@ -322,17 +323,6 @@ def _allowed(reply: asyncio.Future[Any]) -> bool:
         return False
     allowed, _ = reply.result()
     return bool(allowed == 1)
-
-
-def _copy_reply(target: asyncio.Future[Any], source: asyncio.Future[Any]) -> None:
-    if target.done():
-        return
-    if source.cancelled():
-        target.cancel()
-    elif (error := source.exception()) is not None:
-        target.set_exception(error)
-    else:
-        target.set_result(source.result())
 
 
 def _interval_us(rule: RateLimitRule) -> int:

@@ -105,10 +105,7 @@ async def processor(
     channel = grpc.aio.insecure_channel(socket)
     yield Processor(ext_proc_grpc.ExternalProcessorStub(channel), sink, log_store, node_id)
     await channel.close(None)
-    if isinstance(server, GrpcServer):
-        await server.stop()
-    else:
-        await server.stop(None)
+    await server.stop(None)
     await http.close()
     await redis.close()
 

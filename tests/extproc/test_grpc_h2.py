@@ -40,7 +40,6 @@ from extproc.grpc_h2 import (
     ServerStream,
     StreamHandler,
     remove_stale_socket,
-    run_in_task,
 )
 
 # Every test is bounded by this; the slowest (several MB through grpcio) needs well under it.
@@ -147,29 +146,33 @@ class Deferred(Recording):
         self._wait = wait
         self._pending = 0
         self._ended = False
-        self._tasks: list[asyncio.Task[None]] = []
+        self._tasks: list[asyncio.Task[bytes]] = []
 
     def on_message(self, message: bytes) -> None:
         super().on_message(message)
         self._pending += 1
-        self._tasks.append(run_in_task(self._answer(message), self._send, self._fail))
+        task = asyncio.ensure_future(self._answer(message))
+        task.add_done_callback(self._answered)
+        self._tasks.append(task)
         self._calls.started.set()
 
     async def _answer(self, message: bytes) -> bytes:
-        await self._wait()
+        try:
+            await self._wait()
+        except asyncio.CancelledError:
+            self._calls.cancelled += 1
+            raise
         return message
 
-    def _send(self, answer: bytes) -> None:
+    def _answered(self, task: asyncio.Task[bytes]) -> None:
         self._pending -= 1
-        self._stream.send_message(answer)
-        self._finish_when_done()
-
-    def _fail(self, error: BaseException) -> None:
-        self._pending -= 1
-        if isinstance(error, asyncio.CancelledError):
-            self._calls.cancelled += 1
-        else:
+        if task.cancelled():
+            return  # counted as it happened, in _answer
+        if (error := task.exception()) is not None:
             self._stream.finish(GRPC_INTERNAL, repr(error))
+        else:
+            self._stream.send_message(task.result())
+            self._finish_when_done()
 
     def on_end(self) -> None:
         super().on_end()
@@ -242,7 +245,7 @@ async def served(socket_dir: Path) -> AsyncIterator[Served]:
     path = str(socket_dir / "grpc.sock")
     await server.listen(f"unix:{path}")
     yield Served(server, path, calls)
-    await server.stop(grace_s=0)
+    await server.stop(0)
 
 
 @pytest.fixture
@@ -387,7 +390,7 @@ async def test_stop_lets_the_stream_in_flight_finish_and_refuses_new_ones(
             await held.write(b"in flight")
             await calls.started.wait()
             # A grace far beyond the test's timeout: stop() must return when the stream is done.
-            stopping = asyncio.create_task(server.stop(grace_s=60))
+            stopping = asyncio.create_task(server.stop(60))
             await asyncio.sleep(0)  # stop() closes the listener before its first await
 
             # Refused on the channel that saw GOAWAY, and on a new one (its own subchannel
@@ -404,7 +407,7 @@ async def test_stop_lets_the_stream_in_flight_finish_and_refuses_new_ones(
         assert calls.opened == 1
         assert calls.resets == 0
     finally:
-        await server.stop(grace_s=0)
+        await server.stop(0)
 
 
 async def test_stop_drops_a_stream_that_outlives_the_grace(
@@ -414,7 +417,7 @@ async def test_stop_drops_a_stream_that_outlives_the_grace(
         held = open_call(channel, HELD)
         await held.write(b"stuck")
         await served.calls.started.wait()
-        await served.server.stop(grace_s=0.05)
+        await served.server.stop(0.05)
         await served.calls.reset.wait()
         assert await held.code() == grpc.StatusCode.UNAVAILABLE
     assert served.calls.cancelled == 1
@@ -436,7 +439,7 @@ async def test_listen_replaces_a_stale_socket_file(socket_dir: Path) -> None:
             await call.write(b"served")
             assert await read(call) == b"served"
     finally:
-        await server.stop(grace_s=0)
+        await server.stop(0)
 
 
 async def test_listen_refuses_to_remove_a_file_that_is_not_a_socket(socket_dir: Path) -> None:
@@ -1027,7 +1030,7 @@ async def test_streams_over_the_concurrency_limit_are_refused(socket_dir: Path) 
         assert calls.opened == 1
     finally:
         await raw.close()
-        await server.stop(grace_s=0)
+        await server.stop(0)
 
 
 async def test_stop_refuses_new_streams_on_open_connections(served: Served) -> None:
@@ -1036,7 +1039,7 @@ async def test_stop_refuses_new_streams_on_open_connections(served: Served) -> N
         async with asyncio.timeout(TIMEOUT_S):
             raw.call(1, HELD, b"in flight")
             await served.calls.started.wait()
-            stopping = asyncio.create_task(served.server.stop(grace_s=60))
+            stopping = asyncio.create_task(served.server.stop(60))
             goaway = await raw.frame_of(GOAWAY)
             assert struct.unpack(">II", goaway.payload[:8]) == (1, NO_ERROR)
             raw.call(3, ECHO, b"after goaway")
@@ -1061,7 +1064,7 @@ async def test_stop_delivers_a_response_still_in_the_socket_buffer(served: Serve
             # Far more than a socket buffer holds: most of it waits in the transport.
             raw.call(1, SIZED, (8_000_000).to_bytes(4, "big"))
             await raw.frame_of(HEADERS)
-            await served.server.stop(grace_s=5)
+            await served.server.stop(5)
             response = await raw.response(1)
         assert response.messages == [payload(8_000_000)]
         assert response.status == 0
