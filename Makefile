@@ -9,7 +9,7 @@ PROTOS := $(wildcard proto/gatez/v1/*.proto)
 .PHONY: run test setup system-deps proto flatbuffers lint bench clean
 
 run: setup
-	$(PY) -m gatez.stack
+	$(PY) -m demo
 
 test: setup
 	$(VENV)/bin/ruff check .

@@ -37,9 +37,9 @@ from extproc.apisix.frames import (
 )
 from gatez import keys
 from gatez.policy import compile_policy
-from gatez.testing.apisix import RequestContext, RunnerConnection
-from gatez.testing.processes import RedisServer
 from gatez.v1 import policy_pb2
+from tests.support.apisix import RequestContext, RunnerConnection
+from tests.support.redis import RedisServer
 
 API_KEY = "gz-bench-key-00000000000000000000"
 LOOPBACK = bytes([127, 0, 0, 1])

@@ -22,8 +22,8 @@ from string import Template
 
 import grpc
 
+from gatez.processes import free_port, require_binary, stop_process, wait_for_port
 from gatez.stack import Stack, StackConfig
-from gatez.testing.processes import free_port, require_binary, stop_process, wait_for_port
 from gatez.v1 import control_pb2, control_pb2_grpc, policy_pb2
 
 HERE = Path(__file__).resolve().parent

@@ -25,9 +25,9 @@ from envoy.extensions.filters.http.ext_proc.v3 import processing_mode_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ext_proc
 from google.protobuf.message import DecodeError
 
-from extproc.flow import BodyMode, Continue, Flow, Pending, Respond
 from extproc.grpc_h2 import GRPC_INTERNAL, CallStream, MethodFactory
-from extproc.pipeline import Outcome, PhaseRunner, Pipeline
+from gatez.pipeline.flow import BodyMode, Continue, Flow, Pending, Respond
+from gatez.pipeline.runner import Outcome, PhaseRunner, Pipeline
 from gatez.policy import CompiledPolicy
 
 log = logging.getLogger("gatez.envoy")

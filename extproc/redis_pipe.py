@@ -25,7 +25,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import hiredis
 
-from extproc.futures import copy_outcome
+from gatez.pipeline.futures import copy_outcome
 
 Arg = bytes | str | int | float
 

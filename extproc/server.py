@@ -20,7 +20,6 @@ from extproc.grpc_h2 import GrpcServer
 from extproc.grpcio_server import GRPC_OPTIONS, serve_grpcio
 from extproc.jwks import JwksCache
 from extproc.logsink import ClickHouseLogWriter, ControlLogWriter, LogSink, LogWriter
-from extproc.pipeline import Pipeline
 from extproc.policy_source import PolicyHolder, PolicyWatcher
 from extproc.redis_pipe import PipelinedRedis
 from extproc.stages.access_log import AccessLog
@@ -29,6 +28,7 @@ from extproc.stages.model_route import ModelRouting
 from extproc.stages.rate_limit import RateLimit
 from extproc.stages.usage import UsageMeter
 from gatez.logstore import LogStore
+from gatez.pipeline.runner import Pipeline
 from gatez.settings import Settings
 
 log = logging.getLogger("gatez.dataplane")

@@ -1,9 +1,8 @@
-"""The whole stack on one machine: redis-server, the control service, a data plane, Envoy and
-(for `make run`) the demo upstream, each a child process, stopped together.
+"""The whole stack on one machine: redis-server, the control service, a data plane and the
+proxy in front of it, each a child process, stopped together.
 
-`python -m gatez.stack` is `make run`: it starts everything on the fixed ports, seeds the demo
-tenant, prints where to point an SDK, and runs until Ctrl-C. The end-to-end tests use `Stack`
-with free ports and a temporary directory.
+`make run` (`python -m demo`) starts it on the fixed ports with the demo upstream and tenant; the
+end-to-end tests and benchmarks use `Stack` with free ports and a temporary directory.
 """
 
 from __future__ import annotations
@@ -20,8 +19,8 @@ from pathlib import Path
 from typing import IO
 
 from gatez.envoy_config import render
-from gatez.settings import DEV_ADMIN_TOKEN, DEV_DEMO_KEY
-from gatez.testing.processes import free_port, require_binary, stop_process, wait_for_port
+from gatez.processes import free_port, require_binary, stop_process, wait_for_port
+from gatez.settings import DEV_ADMIN_TOKEN
 
 PR_SET_PDEATHSIG = 1
 
@@ -45,10 +44,11 @@ class StackConfig:
     persist_redis: bool = True
     log_level: str = "INFO"
     extra_env: dict[str, str] = field(default_factory=dict)
-    # "envoy", or "apisix": the APISIX runner behind the harness that plays APISIX
-    # (gatez.testing.apisix), whose routes send to `apisix_upstream` (APISIX cannot run here).
+    # "envoy", or "apisix": the data plane as APISIX's ext-plugin runner, with
+    # `apisix_command` as the process in front of it (run with the listen port and the runner's
+    # socket appended as `--port N --runner-socket PATH`).
     proxy: str = "envoy"
-    apisix_upstream: str = ""
+    apisix_command: tuple[str, ...] = ()
 
     @classmethod
     def ephemeral(cls, state_dir: Path) -> StackConfig:
@@ -134,7 +134,7 @@ class Stack:
         directory = config.state_dir / "redis"
         directory.mkdir(parents=True, exist_ok=True)
         persistence = ["--appendonly", "yes"] if config.persist_redis else ["--appendonly", "no"]
-        self._spawn(
+        self.spawn(
             "redis",
             [
                 require_binary("redis-server"),
@@ -150,7 +150,7 @@ class Stack:
         wait_for_port(config.redis_port)
 
     def start_control(self) -> None:
-        self._spawn("control", [sys.executable, "-m", "control"], self.config.environment())
+        self.spawn("control", [sys.executable, "-m", "control"], self.config.environment())
         wait_for_port(self.config.control_port, timeout_s=60)
 
     def start_data_plane(self) -> None:
@@ -163,7 +163,7 @@ class Stack:
             socket.unlink()
         env = self.config.environment()
         env["GATEZ_STATE_DIR"] = str(socket.parent)
-        self._spawn("dataplane", [sys.executable, "-m", "extproc"], env)
+        self.spawn("dataplane", [sys.executable, "-m", "extproc"], env)
         _wait_for_file(socket, timeout_s=60, process=self.processes["dataplane"])
 
     def start_envoy(self) -> None:
@@ -176,7 +176,7 @@ class Stack:
                 extproc_socket=str(config.extproc_socket),
             )
         )
-        self._spawn(
+        self.spawn(
             "envoy",
             [
                 require_binary("envoy"),
@@ -198,33 +198,23 @@ class Stack:
             APISIX_LISTEN_ADDRESS=f"unix:{socket}",
             APISIX_CONF_EXPIRE_TIME="3600",
         )
-        self._spawn("dataplane", [sys.executable, "-m", "extproc.apisix"], env)
+        self.spawn("dataplane", [sys.executable, "-m", "extproc.apisix"], env)
         _wait_for_file(socket, timeout_s=60, process=self.processes["dataplane"])
 
     def start_apisix(self) -> None:
-        """The APISIX stand-in in front of the runner (APISIX itself cannot run here)."""
+        """The process in front of the runner (`apisix_command`)."""
         config = self.config
-        socket = config.apisix_socket
-        self._spawn(
+        if not config.apisix_command:
+            raise RuntimeError("StackConfig.apisix_command is not set: nothing to run as APISIX")
+        self.spawn(
             "apisix",
             [
-                sys.executable, "-m", "gatez.testing.apisix",
+                *config.apisix_command,
                 "--port", str(config.listen_port),
-                "--runner-socket", str(socket),
-                "--upstream", config.apisix_upstream,
+                "--runner-socket", str(config.apisix_socket),
             ],
         )  # fmt: skip
         wait_for_port(config.listen_port, timeout_s=30)
-
-    def start_demo_upstream(self, port: int, api_key: str) -> None:
-        self._spawn(
-            "upstream",
-            [
-                sys.executable, "-m", "gatez.demo.openai_upstream",
-                "--host", "127.0.0.1", "--port", str(port), "--api-key", api_key,
-            ],
-        )  # fmt: skip
-        wait_for_port(port)
 
     def stop_process(self, name: str) -> None:
         process = self.processes.pop(name, None)
@@ -244,7 +234,7 @@ class Stack:
     def __exit__(self, *_: object) -> None:
         self.stop()
 
-    def _spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> None:
+    def spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> None:
         log_file = (self.logs / f"{name}.log").open("ab")
         self._log_files[name] = log_file
         self.processes[name] = subprocess.Popen(
@@ -265,89 +255,3 @@ def _wait_for_file(path: Path, timeout_s: float, process: subprocess.Popen[bytes
         if time.monotonic() > deadline:
             raise TimeoutError(f"{path} did not appear in {timeout_s}s")
         time.sleep(0.02)
-
-
-QUICKSTART = """
-Gatez is up.
-
-  Gateway (Envoy)  {gateway}     point OpenAI SDKs at {gateway}/v1
-  Control (gRPC)   {control}   admin token: $GATEZ_ADMIN_TOKEN ({token_note})
-  Demo tenant key  {key_note}
-  Demo upstream    {upstream}   an offline OpenAI-compatible echo model
-  Logs             {logs}/
-
-Try it:
-
-  .venv/bin/python - <<'PY'
-  from openai import OpenAI
-  client = OpenAI(base_url="{gateway}/v1", api_key="{key}")
-  reply = client.chat.completions.create(
-      model="gpt-4o-mini", messages=[{{"role": "user", "content": "hello gateway"}}])
-  print(reply.choices[0].message.content, reply.usage)
-  PY
-
-  grpcurl -plaintext -H "authorization: Bearer {token}" {control} list
-  grpcurl -plaintext -H "authorization: Bearer {token}" \\
-      -d '{{"tenant_id": "demo"}}' {control} gatez.v1.ControlService/ListAiLogs
-
-Ctrl-C stops everything.
-"""
-
-
-def main() -> None:
-    """`make run`: the whole stack on 127.0.0.1 in the foreground, with the demo seeded."""
-    import asyncio
-
-    from gatez.admin import AdminClient, seed_demo
-
-    state_dir = Path(os.environ.get("GATEZ_STATE_DIR", ".gatez")).resolve()
-    config = StackConfig(state_dir=state_dir)
-    config.admin_token = os.environ.get("GATEZ_ADMIN_TOKEN", DEV_ADMIN_TOKEN)
-    demo_key = os.environ.get("GATEZ_DEMO_KEY", DEV_DEMO_KEY)
-    upstream_port = int(os.environ.get("GATEZ_DEMO_UPSTREAM_PORT", "18000"))
-    upstream_key = "demo-upstream-key"
-    stack = Stack(config)
-    # Ctrl-C reaches every child (one process group); SIGTERM to the launcher stops them too.
-    # SIGINT is set explicitly: a shell starting us in the background would have it ignored.
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
-    try:
-        stack.start()
-        stack.start_demo_upstream(upstream_port, upstream_key)
-
-        async def seed() -> None:
-            async with AdminClient(config.control_address, config.admin_token) as admin:
-                await seed_demo(
-                    admin,
-                    demo_key=demo_key,
-                    upstream_url=f"http://127.0.0.1:{upstream_port}/v1",
-                    upstream_key=upstream_key,
-                )
-
-        asyncio.run(seed())
-        print(
-            QUICKSTART.format(
-                gateway=config.gateway_url,
-                control=config.control_address,
-                token=config.admin_token,
-                token_note="the dev default" if "GATEZ_ADMIN_TOKEN" not in os.environ else "set",
-                key=demo_key,
-                key_note=f"$GATEZ_DEMO_KEY = {demo_key}",
-                upstream=f"http://127.0.0.1:{upstream_port}/v1",
-                logs=stack.logs,
-            ),
-            flush=True,
-        )
-        while True:
-            for name, process in stack.processes.items():
-                if process.poll() is not None:
-                    raise SystemExit(f"{name} exited with {process.returncode}; see {stack.logs}")
-            time.sleep(0.5)
-    except KeyboardInterrupt:
-        print("\nstopping…", flush=True)
-    finally:
-        stack.stop()
-
-
-if __name__ == "__main__":
-    main()

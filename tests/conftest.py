@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 
-from gatez.testing.processes import RedisServer
+from tests.support.redis import RedisServer
 
 
 @pytest.fixture(scope="session")

@@ -6,7 +6,7 @@ import subprocess
 from pathlib import Path
 
 from gatez.envoy_config import render
-from gatez.testing.processes import require_binary
+from gatez.processes import require_binary
 
 
 def test_rendered_bootstrap_validates(tmp_path: Path) -> None:

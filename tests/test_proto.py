@@ -6,8 +6,8 @@ import filecmp
 import subprocess
 from pathlib import Path
 
+from gatez.processes import require_binary
 from gatez.protogen import ROOT, generate
-from gatez.testing.processes import require_binary
 
 
 def test_buf_lint_passes() -> None:

@@ -14,7 +14,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from gatez.testing.processes import require_binary
+from gatez.processes import require_binary
 
 HERE = Path(__file__).resolve().parent
 SCHEMA = HERE / "ext_plugin.fbs"

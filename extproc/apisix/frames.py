@@ -4,7 +4,7 @@ A frame is 1 byte RPC type, 3 bytes big-endian payload length, then a flatbuffer
 prefix and no file identifier. Messages are decoded once into frozen values (names and values as
 `str`, header values as latin-1 so any byte survives) and encoded from them; nothing above this
 module sees a flatbuffers type. The runner uses the "APISIX → runner" decoders and "runner →
-APISIX" encoders; the harness (`gatez.testing.apisix`) uses the other half, which is what lets it
+APISIX" encoders; the harness (`tests.support.apisix`) uses the other half, which is what lets it
 play APISIX byte for byte.
 """
 

@@ -63,10 +63,10 @@ from extproc.apisix.frames import (
     encode_prepare_conf_reply,
     read_frame,
 )
-from extproc.flow import BodyMode, Continue, Flow, Pending, Respond
-from extproc.pipeline import Pipeline
 from extproc.stages.model_route import CLUSTER_HEADER
 from gatez.errors import GatewayError, InvalidRequest, Unavailable
+from gatez.pipeline.flow import BodyMode, Continue, Flow, Pending, Respond
+from gatez.pipeline.runner import Pipeline
 from gatez.policy import CompiledPolicy
 
 log = logging.getLogger("gatez.apisix")

@@ -8,9 +8,9 @@ from __future__ import annotations
 import datetime as dt
 import time
 
-from extproc.flow import Flow
 from extproc.logsink import LogSink
 from gatez.logrows import AiLogRow, RequestLogRow
+from gatez.pipeline.flow import Flow
 
 
 class AccessLog:

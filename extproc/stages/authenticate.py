@@ -19,10 +19,10 @@ import jwt
 import orjson
 from jwt.utils import base64url_decode
 
-from extproc.flow import CONTINUE, Flow, Principal, Verdict
 from extproc.jwks import JwksCache, JwksUnavailable, SigningKey, UnknownSigningKey
 from gatez.errors import Unauthenticated, Unavailable
 from gatez.keys import digest
+from gatez.pipeline.flow import CONTINUE, Flow, Principal, Verdict
 from gatez.policy import CompiledPolicy, IdentityProviderRule
 
 CREDENTIAL_HEADERS: Final = ("authorization", "x-api-key")

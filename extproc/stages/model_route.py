@@ -12,8 +12,8 @@ from typing import Any, Final
 
 import orjson
 
-from extproc.flow import CONTINUE, BodyMode, Flow, LlmCall, Respond, Verdict
 from gatez.errors import InvalidRequest, NotFound, Unavailable
+from gatez.pipeline.flow import CONTINUE, BodyMode, Flow, LlmCall, Respond, Verdict
 
 CHAT_COMPLETIONS_PATH: Final = "/v1/chat/completions"
 MODELS_PATH: Final = "/v1/models"

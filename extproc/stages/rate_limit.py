@@ -25,10 +25,10 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any, Final
 
-from extproc.flow import CONTINUE, Continue, Flow, Respond, Verdict
-from extproc.futures import copy_outcome
 from extproc.redis_pipe import PipelinedRedis, Script
 from gatez.errors import RateLimited, Unauthenticated, Unavailable
+from gatez.pipeline.flow import CONTINUE, Continue, Flow, Respond, Verdict
+from gatez.pipeline.futures import copy_outcome
 from gatez.policy import RateLimitRule
 
 log = logging.getLogger("gatez.rate_limit")

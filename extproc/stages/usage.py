@@ -14,8 +14,8 @@ from typing import Any, Final
 
 import orjson
 
-from extproc.flow import CONTINUE, BodyMode, Flow, LlmCall, TokenUsage, Verdict
-from extproc.sse import SseSplitter, event_data
+from gatez.pipeline.flow import CONTINUE, BodyMode, Flow, LlmCall, TokenUsage, Verdict
+from gatez.sse import SseSplitter, event_data
 
 # OpenAI's compact form, removed without parsing; anything else mentioning usage is parsed.
 NULL_USAGE: Final = b',"usage":null'

@@ -12,8 +12,8 @@ import redis.asyncio as aioredis
 
 from control import ControlServer, start
 from gatez.settings import Settings
-from gatez.testing.processes import RedisServer
 from tests.control.support import ADMIN_TOKEN, Api
+from tests.support.redis import RedisServer
 
 
 @pytest.fixture

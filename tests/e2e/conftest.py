@@ -5,6 +5,7 @@ a synchronous admin client — every test provisions its own tenants, so tests s
 
 from __future__ import annotations
 
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -14,10 +15,10 @@ from pathlib import Path
 import grpc
 import pytest
 
-from gatez.demo.openai_upstream import UpstreamServer
 from gatez.stack import Stack, StackConfig
-from gatez.testing.oidc import OidcIssuer
 from gatez.v1 import control_pb2, control_pb2_grpc, policy_pb2
+from tests.fakes.openai_upstream import UpstreamServer
+from tests.support.oidc import OidcIssuer
 
 UPSTREAM_KEY = "sk-upstream-secret-for-tests"
 PROVIDER = "fake-openai"
@@ -77,7 +78,10 @@ def stack(
     config.proxy, _, server = request.param.partition("-")
     if server:
         config.extra_env["GATEZ_EXTPROC_SERVER"] = server
-    config.apisix_upstream = upstream.base_url.removesuffix("/v1")
+    config.apisix_command = (
+        sys.executable, "-m", "tests.support.apisix",
+        "--upstream", upstream.base_url.removesuffix("/v1"),
+    )  # fmt: skip
     stack = Stack(config)
     try:
         stack.start()

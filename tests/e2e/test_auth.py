@@ -9,10 +9,10 @@ import httpx
 import openai
 import pytest
 
-from gatez.demo.openai_upstream import UpstreamServer
-from gatez.testing.oidc import OidcIssuer
 from gatez.v1 import control_pb2, policy_pb2
 from tests.e2e.conftest import Admin, TenantAccess, provision
+from tests.fakes.openai_upstream import UpstreamServer
+from tests.support.oidc import OidcIssuer
 
 MESSAGES: list[Any] = [{"role": "user", "content": "who am I"}]
 

@@ -10,9 +10,9 @@ import openai
 import orjson
 import pytest
 
-from gatez.demo.openai_upstream import UpstreamServer
 from gatez.v1 import control_pb2, logs_pb2
 from tests.e2e.conftest import UPSTREAM_KEY, Admin, TenantAccess
+from tests.fakes.openai_upstream import UpstreamServer
 
 MESSAGES: list[Any] = [{"role": "user", "content": "hello gateway world"}]
 

@@ -7,9 +7,9 @@ from typing import Any
 import openai
 import pytest
 
-from gatez.demo.openai_upstream import UpstreamServer
 from gatez.v1 import policy_pb2
 from tests.e2e.conftest import Admin, provision
+from tests.fakes.openai_upstream import UpstreamServer
 
 MESSAGES: list[Any] = [{"role": "user", "content": "count me"}]
 

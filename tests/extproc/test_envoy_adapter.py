@@ -30,8 +30,8 @@ from gatez import keys
 from gatez.logrows import AiLogRow
 from gatez.logstore import LogStore
 from gatez.policy import CompiledPolicy, compile_policy
-from gatez.testing.processes import RedisServer
 from gatez.v1 import policy_pb2
+from tests.support.redis import RedisServer
 
 API_KEY = "gz-adapter-test-key-000000000000"
 PROVIDER_KEY = "sk-provider-secret"

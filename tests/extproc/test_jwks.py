@@ -13,8 +13,8 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from jwt.algorithms import RSAAlgorithm
 
 from extproc.jwks import JwksCache, JwksFetchError, JwksUnavailable, UnknownSigningKey, parse_jwks
-from gatez.testing.oidc import OidcIssuer
-from gatez.testing.processes import free_port
+from gatez.processes import free_port
+from tests.support.oidc import OidcIssuer
 
 
 class FakeClock:

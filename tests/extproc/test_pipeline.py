@@ -8,8 +8,6 @@ from collections.abc import Awaitable, Callable
 import orjson
 import pytest
 
-from extproc.flow import CONTINUE, BodyMode, Continue, Flow, Hold, Respond, Verdict
-from extproc.pipeline import Pipeline
 from gatez.errors import (
     GatewayError,
     InvalidRequest,
@@ -19,7 +17,9 @@ from gatez.errors import (
     Unauthenticated,
     Unavailable,
 )
-from gatez.testing.flows import make_flow
+from gatez.pipeline.flow import CONTINUE, BodyMode, Continue, Flow, Hold, Respond, Verdict
+from gatez.pipeline.runner import Pipeline
+from tests.support.flows import make_flow
 
 Behaviour = Callable[[Flow], Awaitable[Verdict]]
 

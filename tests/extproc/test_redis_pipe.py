@@ -16,7 +16,8 @@ from extproc.redis_pipe import (
     Script,
     encode_command,
 )
-from gatez.testing.processes import RedisServer, free_port
+from gatez.processes import free_port
+from tests.support.redis import RedisServer
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ from itertools import pairwise
 
 import pytest
 
-from extproc.sse import SseSplitter, event_data
+from gatez.sse import SseSplitter, event_data
 
 CHUNK_1 = (
     b'data: {"id":"chatcmpl-B9MHDbslfkBeAs8l4bebGdFOJ6PeG","object":"chat.completion.chunk",'

@@ -15,19 +15,19 @@ import pytest
 import redis.asyncio as aioredis
 
 from extproc.apisix.runner import ExtPluginRunner, RouteKind
-from extproc.flow import CONTINUE, Flow, Verdict
 from extproc.jwks import JwksCache
 from extproc.logsink import ClickHouseLogWriter, LogSink
-from extproc.pipeline import Pipeline
 from extproc.redis_pipe import PipelinedRedis
 from extproc.server import build_pipeline, build_rest_pipeline
 from gatez import keys
-from gatez.demo.openai_upstream import UpstreamServer
 from gatez.logstore import LogStore
+from gatez.pipeline.flow import CONTINUE, Flow, Verdict
+from gatez.pipeline.runner import Pipeline
 from gatez.policy import CompiledPolicy, compile_policy
-from gatez.testing.apisix import RunnerConnection
-from gatez.testing.processes import RedisServer
 from gatez.v1 import policy_pb2
+from tests.fakes.openai_upstream import UpstreamServer
+from tests.support.apisix import RunnerConnection
+from tests.support.redis import RedisServer
 
 API_KEY = "gz-apisix-test-key-0000000000000"
 PROVIDER_KEY = "sk-provider-secret-apisix"

@@ -30,10 +30,11 @@ from extproc.apisix.frames import (
     encode_prepare_conf_reply,
     read_frame,
 )
-from gatez.demo.openai_upstream import UpstreamServer
-from gatez.testing.apisix import HarnessRoute, MiniApisix, RunnerConnection, llm_routes
-from gatez.testing.processes import RedisServer, free_port
+from gatez.processes import free_port
 from tests.extproc.apisix.conftest import API_KEY, PROVIDER, PROVIDER_KEY, Runner
+from tests.fakes.openai_upstream import UpstreamServer
+from tests.support.apisix import HarnessRoute, MiniApisix, RunnerConnection, llm_routes
+from tests.support.redis import RedisServer
 
 MESSAGES: list[Any] = [{"role": "user", "content": "hello apisix"}]
 

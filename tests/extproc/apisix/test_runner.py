@@ -1,4 +1,4 @@
-"""The runner, driven frame by frame as APISIX drives it (`gatez.testing.apisix`'s client), with
+"""The runner, driven frame by frame as APISIX drives it (`tests.support.apisix`'s client), with
 the cases of APISIX's own ext-plugin tests: input decoding, Stop, Rewrite, ExtraInfo, errors,
 dropped connections and tokens."""
 
@@ -28,10 +28,10 @@ from extproc.apisix.frames import (
     encode_prepare_conf,
 )
 from extproc.apisix.runner import ConfStore, RouteConf, RouteKind
-from extproc.flow import CONTINUE, BodyMode, Flow, Respond, Verdict
-from extproc.pipeline import Pipeline
-from gatez.testing.apisix import RequestContext, RunnerConnection, RunnerError
+from gatez.pipeline.flow import CONTINUE, BodyMode, Flow, Respond, Verdict
+from gatez.pipeline.runner import Pipeline
 from tests.extproc.apisix.conftest import API_KEY, PROVIDER, PROVIDER_KEY, Runner
+from tests.support.apisix import RequestContext, RunnerConnection, RunnerError
 
 PROBE = (("gatez", '{"route":"probe"}'),)
 PROBE_RESPONSE = (("gatez", '{"route":"probe-response"}'),)

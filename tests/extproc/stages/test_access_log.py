@@ -7,13 +7,13 @@ from collections.abc import Sequence
 
 import pytest
 
-from extproc.flow import Flow, LlmCall, Principal, TokenUsage
 from extproc.logsink import LogSink
 from extproc.stages.access_log import AccessLog
 from gatez.logrows import AiLogRow, RequestLogRow
+from gatez.pipeline.flow import Flow, LlmCall, Principal, TokenUsage
 from gatez.policy import compile_policy
-from gatez.testing.flows import make_flow
 from gatez.v1 import policy_pb2
+from tests.support.flows import make_flow
 
 MS = 1_000_000
 POLICY = compile_policy(

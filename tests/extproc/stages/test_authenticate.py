@@ -10,16 +10,16 @@ from typing import Any
 import aiohttp
 import pytest
 
-from extproc.flow import CONTINUE, Continue, Flow, Principal
 from extproc.jwks import JwksCache
 from extproc.stages.authenticate import Authenticate
 from gatez.errors import GatewayError, Unauthenticated, Unavailable
 from gatez.keys import digest
+from gatez.pipeline.flow import CONTINUE, Continue, Flow, Principal
 from gatez.policy import CompiledPolicy, compile_policy
-from gatez.testing.flows import make_flow, run_stage
-from gatez.testing.oidc import OidcIssuer
-from gatez.testing.processes import free_port
+from gatez.processes import free_port
 from gatez.v1 import policy_pb2
+from tests.support.flows import make_flow, run_stage
+from tests.support.oidc import OidcIssuer
 
 ACME_SECRET = "gz-acme-test-secret-0123456789"
 

@@ -7,17 +7,17 @@ from typing import Any
 import orjson
 import pytest
 
-from extproc.flow import CONTINUE, BodyMode, Flow, Principal, Respond
 from extproc.stages.model_route import CLUSTER_HEADER, ModelNotFound, ModelRouting
 from gatez.errors import GatewayError, InvalidRequest, NotFound, Unavailable
+from gatez.pipeline.flow import CONTINUE, BodyMode, Flow, Principal, Respond
 from gatez.policy import (
     UPSTREAM_CLUSTER_PLAIN,
     UPSTREAM_CLUSTER_TLS,
     CompiledPolicy,
     compile_policy,
 )
-from gatez.testing.flows import make_flow
 from gatez.v1 import policy_pb2
+from tests.support.flows import make_flow
 
 OPENAI_KEY = "sk-proj-4f9Qx2-provider-secret"
 OPENAI = policy_pb2.PROVIDER_KIND_OPENAI

@@ -10,14 +10,15 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 import redis.asyncio as aioredis
 
-from extproc.flow import CONTINUE, Flow, Principal, Respond
 from extproc.redis_pipe import PipelinedRedis
 from extproc.stages.rate_limit import RateLimit, bucket_key
 from gatez.errors import RateLimited, Unauthenticated, Unavailable
+from gatez.pipeline.flow import CONTINUE, Flow, Principal, Respond
 from gatez.policy import CompiledPolicy, compile_policy
-from gatez.testing.flows import make_flow, run_stage
-from gatez.testing.processes import RedisServer, free_port
+from gatez.processes import free_port
 from gatez.v1 import policy_pb2
+from tests.support.flows import make_flow, run_stage
+from tests.support.redis import RedisServer
 
 
 def build_policy(**limits: tuple[int, int] | None) -> CompiledPolicy:

@@ -14,12 +14,12 @@ from typing import Any
 import orjson
 import pytest
 
-from extproc.flow import CONTINUE, BodyMode, Flow, LlmCall, TokenUsage
-from extproc.sse import SseSplitter
 from extproc.stages.usage import UsageMeter
+from gatez.pipeline.flow import CONTINUE, BodyMode, Flow, LlmCall, TokenUsage
 from gatez.policy import compile_policy
-from gatez.testing.flows import make_flow
+from gatez.sse import SseSplitter
 from gatez.v1 import policy_pb2
+from tests.support.flows import make_flow
 
 POLICY = compile_policy(
     policy_pb2.PolicySnapshot(

@@ -13,9 +13,9 @@ from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from extproc.sse import SseSplitter
 from gatez.errors import GatewayError
 from gatez.policy import CompiledPolicy, ModelTarget
+from gatez.sse import SseSplitter
 
 
 class BodyMode(enum.Enum):

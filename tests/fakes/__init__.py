@@ -1,6 +1,6 @@
 """Demo peers that let Gatez run offline: `openai_upstream` plays OpenAI's Chat Completions API.
 
-Import from the submodule (`from gatez.demo.openai_upstream import UpstreamServer`). Nothing is
+Import from the submodule (`from tests.fakes.openai_upstream import UpstreamServer`). Nothing is
 re-exported here on purpose: importing the submodule from this package would make
-`python -m gatez.demo.openai_upstream` warn that the module was already imported.
+`python -m tests.fakes.openai_upstream` warn that the module was already imported.
 """

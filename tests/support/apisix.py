@@ -12,7 +12,7 @@ cannot be installed.
   buffered whole before the runner sees it (so SSE reaches the client only at the end).
   Any other runner error is a 503, or a pass-through with `allow_degradation`.
 - `ApisixHarness` runs a MiniApisix on a loopback port in a background thread, for synchronous
-  clients such as the `openai` SDK; `python -m gatez.testing.apisix` runs one in the foreground.
+  clients such as the `openai` SDK; `python -m tests.support.apisix` runs one in the foreground.
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ from extproc.apisix.frames import (
     encode_prepare_conf,
 )
 
-log = logging.getLogger("gatez.testing.apisix")
+log = logging.getLogger("tests.support.apisix")
 
 PRE_REQ: Final = "ext-plugin-pre-req"
 POST_RESP: Final = "ext-plugin-post-resp"

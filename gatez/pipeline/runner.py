@@ -24,9 +24,9 @@ from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from functools import partial
 from typing import Any, Protocol, runtime_checkable
 
-from extproc.flow import CONTINUE, BodyMode, Continue, Flow, Hold, Respond, Verdict
-from extproc.futures import copy_outcome
 from gatez.errors import GatewayError
+from gatez.pipeline.flow import CONTINUE, BodyMode, Continue, Flow, Hold, Respond, Verdict
+from gatez.pipeline.futures import copy_outcome
 
 log = logging.getLogger("gatez.pipeline")
 

@@ -13,7 +13,7 @@ tokens are counted by the documented rule in `count_prompt_tokens` / `count_comp
 
 Every request is recorded (`RequestRecorder`), and tests can queue scripted failures
 (`ErrorReply`) for the next requests, exactly as OpenAI sends them. `UpstreamServer` runs all of it
-on a loopback port in a background thread; `python -m gatez.demo.openai_upstream` runs it in the
+on a loopback port in a background thread; `python -m tests.fakes.openai_upstream` runs it in the
 foreground until SIGINT/SIGTERM.
 
 Wire formats follow OpenAI's API reference (the chat completion and chunk objects,
@@ -1125,7 +1125,7 @@ async def serve_in_foreground(config: UpstreamConfig, host: str, port: int) -> N
 
 def _arguments(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m gatez.demo.openai_upstream",
+        prog="python -m tests.fakes.openai_upstream",
         description="A fake OpenAI Chat Completions upstream speaking OpenAI's wire format.",
     )
     parser.add_argument("--host", default="127.0.0.1")

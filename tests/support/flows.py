@@ -7,8 +7,8 @@ import time
 import uuid
 from collections.abc import Callable
 
-from extproc.flow import Continue, Flow, Respond, Verdict
-from extproc.pipeline import StageResult
+from gatez.pipeline.flow import Continue, Flow, Respond, Verdict
+from gatez.pipeline.runner import StageResult
 from gatez.policy import CompiledPolicy
 
 

@@ -19,7 +19,8 @@ import orjson
 import pytest
 from openai.types.chat import ChatCompletionChunk, ChatCompletionMessageParam
 
-from gatez.demo.openai_upstream import (
+from gatez.processes import free_port, stop_process, wait_for_port
+from tests.fakes.openai_upstream import (
     ErrorReply,
     UpstreamServer,
     count_completion_tokens,
@@ -28,7 +29,6 @@ from gatez.demo.openai_upstream import (
     mask_api_key,
     reply_text,
 )
-from gatez.testing.processes import free_port, stop_process, wait_for_port
 
 API_KEY = "sk-test-4yNZzQ8mK2pL7vR9xW3cJ5bH1dF6mjw"
 MODELS = ("gpt-4o-mini", "gpt-4o")
@@ -690,7 +690,7 @@ def test_command_line_serves_until_signalled_then_exits_cleanly(signum: signal.S
         [
             sys.executable,
             "-m",
-            "gatez.demo.openai_upstream",
+            "tests.fakes.openai_upstream",
             "--port",
             str(port),
             "--api-key",

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from control import ControlServer
+from demo.seed import DEMO_MODELS, DEMO_PROVIDER, DEMO_TENANT, AdminClient, seed_demo
 from gatez import keys
-from gatez.admin import DEMO_MODELS, DEMO_PROVIDER, DEMO_TENANT, AdminClient, seed_demo
 from gatez.v1 import control_pb2 as api_pb
 from tests.control.support import ADMIN_TOKEN, AUTH, Api
 from tests.control.test_admin import current_snapshot
