@@ -88,6 +88,18 @@ class InvalidPolicy(GatewayError):
     kind = "invalid_policy"
 
 
+# How much of a client's own input an error message may quote.
+QUOTED_INPUT_LIMIT = 64
+
+
+def quoted(value: str, limit: int = QUOTED_INPUT_LIMIT) -> str:
+    """`value` as an error message may quote it: repr-quoted, cut to `limit` characters with an
+    ellipsis, so no error ever echoes unbounded (or control-character) input back."""
+    if len(value) > limit:
+        return repr(value[:limit]) + "…"
+    return repr(value)
+
+
 def error_body(message: str, kind: str, code: str | None = None) -> bytes:
     return orjson.dumps(
         {"error": {"message": message, "type": kind, "param": None, "code": code or kind}}
