@@ -43,7 +43,7 @@ from tests.support.redis import RedisServer
 
 API_KEY = "gz-bench-key-00000000000000000000"
 LOOPBACK = bytes([127, 0, 0, 1])
-LLM_CONF = (("gatez", '{"route":"llm"}'),)
+LLM_CONF = (("gatez", "{}"),)
 BODY = orjson.dumps({"model": "bench", "messages": [{"role": "user", "content": "hello bench"}]})
 REPLY = orjson.dumps(
     {
@@ -80,11 +80,11 @@ def snapshot() -> policy_pb2.PolicySnapshot:
 async def serve(socket: Path, redis_url: str, clickhouse_dir: Path) -> None:
     import aiohttp
 
-    from extproc.apisix.runner import ExtPluginRunner, RouteKind
+    from extproc.apisix.runner import ExtPluginRunner
     from extproc.jwks import JwksCache
     from extproc.logsink import ClickHouseLogWriter, LogSink
     from extproc.redis_pipe import PipelinedRedis
-    from extproc.server import build_pipeline
+    from extproc.server import build_dispatcher
     from gatez.logstore import LogStore
 
     redis = PipelinedRedis.from_url(redis_url)
@@ -92,9 +92,11 @@ async def serve(socket: Path, redis_url: str, clickhouse_dir: Path) -> None:
     store = LogStore(f"chdb://{clickhouse_dir}")
     sink = LogSink(ClickHouseLogWriter(store))
     sink.start()
-    pipeline = build_pipeline(jwks=JwksCache(http), redis=redis, sink=sink, node_id="bench")
     compiled = compile_policy(snapshot())
-    runner = ExtPluginRunner({"llm": RouteKind(pipeline, response_phase=True)}, lambda: compiled)
+    dispatcher = build_dispatcher(
+        lambda: compiled, jwks=JwksCache(http), redis=redis, sink=sink, node_id="bench"
+    )
+    runner = ExtPluginRunner(dispatcher)
     server = await asyncio.start_unix_server(runner.serve_connection, path=str(socket))
     async with server:
         await server.serve_forever()

@@ -27,7 +27,14 @@ from redis.exceptions import RedisError
 
 from control.store import Clock, PolicyStore, utc_now
 from gatez import keys
-from gatez.errors import AlreadyExists, FailedPrecondition, GatewayError, InvalidRequest, NotFound
+from gatez.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    GatewayError,
+    InvalidRequest,
+    NotFound,
+    quoted,
+)
 from gatez.logrows import (
     AiLogRow,
     RequestLogRow,
@@ -389,6 +396,43 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
             lambda snapshot: _remove_one(snapshot.model_routes, "model route", route_id)
         )
         return control_pb2.DeleteModelRouteResponse(policy_version=version)
+
+    # Routes
+
+    @public_errors
+    async def CreateRoute(
+        self, request: control_pb2.CreateRouteRequest, context: Context
+    ) -> control_pb2.CreateRouteResponse:
+        _require_message(request, "route")
+        route = policy_pb2.Route()
+        route.CopyFrom(request.route)
+        _require(route.path_prefix, "route.path_prefix")
+        route.id = route.id or self._new_id("route")
+
+        def change(snapshot: policy_pb2.PolicySnapshot) -> None:
+            _refuse_repeat(snapshot.routes, "route", route.id)
+            if _find(snapshot.routes, lambda r: r.path_prefix == route.path_prefix) is not None:
+                raise AlreadyExists(f"path_prefix {quoted(route.path_prefix)} is already routed")
+            snapshot.routes.append(route)
+
+        _, version = await self._store.update(change)
+        return control_pb2.CreateRouteResponse(route=route, policy_version=version)
+
+    @public_errors
+    async def ListRoutes(
+        self, request: control_pb2.ListRoutesRequest, context: Context
+    ) -> control_pb2.ListRoutesResponse:
+        return control_pb2.ListRoutesResponse(routes=self._store.current.routes)
+
+    @public_errors
+    async def DeleteRoute(
+        self, request: control_pb2.DeleteRouteRequest, context: Context
+    ) -> control_pb2.DeleteRouteResponse:
+        route_id = _require(request.route_id, "route_id")
+        _, version = await self._store.update(
+            lambda snapshot: _remove_one(snapshot.routes, "route", route_id)
+        )
+        return control_pb2.DeleteRouteResponse(policy_version=version)
 
     # Status, usage and audit
 

@@ -26,9 +26,19 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as ext_proc
 from google.protobuf.message import DecodeError
 
 from extproc.grpc_h2 import GRPC_INTERNAL, CallStream, MethodFactory
-from gatez.pipeline.flow import BodyMode, Continue, Flow, Pending, Respond
-from gatez.pipeline.runner import Outcome, PhaseRunner, Pipeline
-from gatez.policy import CompiledPolicy
+from gatez.pipeline import (
+    CONTINUE,
+    INTERNAL_ERROR,
+    BodyMode,
+    Continue,
+    Decision,
+    Dispatcher,
+    Flow,
+    Outcome,
+    Pending,
+    Pipeline,
+    Respond,
+)
 
 log = logging.getLogger("gatez.envoy")
 
@@ -44,7 +54,15 @@ BODY_MODES: Final = {
 PROCESS_METHOD: Final = "/envoy.service.ext_proc.v3.ExternalProcessor/Process"
 
 
-Answer = Callable[[Flow, Continue | Respond], ext_proc.ProcessingResponse]
+# Envoy's timer for the message being held is re-armed to the hold's length plus this margin,
+# so the pipeline's own 504 answers before Envoy gives up.
+HOLD_MARGIN_S: Final = 5.0
+
+Answer = Callable[[Flow, Decision], ext_proc.ProcessingResponse]
+
+
+def _nothing_to_do(flow: Flow) -> Outcome:
+    return CONTINUE
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +70,7 @@ class Step:
     """One ext_proc message applied to its flow: the phase to run and how to answer after it."""
 
     flow: Flow
+    pipeline: Pipeline
     start: Callable[[Flow], Outcome]
     answer: Answer
 
@@ -63,10 +82,8 @@ class ProtocolViolation(Exception):
 class ExternalProcessor:
     """Envoy's `ExternalProcessor` service: one `ExtProcStream` per HTTP request."""
 
-    def __init__(self, pipeline: Pipeline, policy: Callable[[], CompiledPolicy | None]) -> None:
-        self._pipeline = pipeline
-        self._policy = policy
-        self._no_stages = PhaseRunner(()).start
+    def __init__(self, dispatcher: Dispatcher) -> None:
+        self._dispatcher = dispatcher
         # Finished flows whose on_done is still running; kept so the tasks are not collected.
         self.finishing: set[asyncio.Task[None]] = set()
 
@@ -77,18 +94,18 @@ class ExternalProcessor:
     def open(self, stream: CallStream) -> ExtProcStream:
         return ExtProcStream(self, stream)
 
-    def step(self, flow: Flow | None, request: ext_proc.ProcessingRequest) -> Step:
+    def step(self, current: Step | None, request: ext_proc.ProcessingRequest) -> Step:
         """Applies one message to the flow (a new one on request headers)."""
         phase = request.WhichOneof("request")
-        pipeline = self._pipeline
         if phase == "request_headers":
-            flow = self._new_flow(request.request_headers)
-            return Step(flow, pipeline.start_request_headers, _answer_request_headers)
-        if flow is None:
+            flow, pipeline = self._open_flow(request.request_headers)
+            return Step(flow, pipeline, pipeline.start_request_headers, _answer_request_headers)
+        if current is None:
             raise ProtocolViolation(f"ext_proc stream began with {phase}")
+        flow, pipeline = current.flow, current.pipeline
         if phase == "request_body":
             flow.request_body = request.request_body.body
-            return Step(flow, pipeline.start_request_body, _answer_request_body)
+            return Step(flow, pipeline, pipeline.start_request_body, _answer_request_body)
         if phase == "response_headers":
             message = request.response_headers
             headers = _header_map(message.headers)
@@ -96,42 +113,39 @@ class ExternalProcessor:
             flow.response_status = int(headers.pop(":status", "0") or 0)
             flow.response_headers = headers
             flow.end_of_stream = message.end_of_stream
-            return Step(flow, pipeline.start_response_headers, _answer_response_headers)
+            return Step(flow, pipeline, pipeline.start_response_headers, _answer_response_headers)
         if phase == "response_body":
             flow.response_chunk = request.response_body.body
             flow.end_of_stream = request.response_body.end_of_stream
-            return Step(flow, pipeline.start_response_body, _answer_response_body)
+            return Step(flow, pipeline, pipeline.start_response_body, _answer_response_body)
         if phase == "request_trailers":
-            return Step(flow, self._no_stages, _answer_request_trailers)
+            return Step(flow, pipeline, _nothing_to_do, _answer_request_trailers)
         if phase == "response_trailers":
-            return Step(flow, self._no_stages, _answer_response_trailers)
+            return Step(flow, pipeline, _nothing_to_do, _answer_response_trailers)
         raise ProtocolViolation(f"unexpected ext_proc message {phase}")
 
-    def done(self, flow: Flow) -> None:
+    def done(self, flow: Flow, pipeline: Pipeline) -> None:
         """The exchange is over: the pipeline's on_done hooks run, in a task only if one waits."""
-        if not self._pipeline.done_waits:
-            self._pipeline.done_now(flow)
+        if not pipeline.done_waits:
+            pipeline.done_now(flow)
             return
         # Pipeline.done logs a failing hook itself; the task only has to be kept alive.
-        task = asyncio.ensure_future(self._pipeline.done(flow))
+        task = asyncio.ensure_future(pipeline.done(flow))
         self.finishing.add(task)
         task.add_done_callback(self.finishing.discard)
 
-    def _new_flow(self, message: ext_proc.HttpHeaders) -> Flow:
+    def _open_flow(self, message: ext_proc.HttpHeaders) -> tuple[Flow, Pipeline]:
         headers = _header_map(message.headers)
-        return Flow(
+        return self._dispatcher.open(
             request_id=headers.get("x-request-id") or uuid.uuid4().hex,
-            policy=self._policy(),
-            started_ns=time.monotonic_ns(),
-            started_at=time.time(),
             method=headers.pop(":method", ""),
             path=headers.pop(":path", ""),
-            request_headers=headers,
-            request_has_body=not message.end_of_stream,
+            headers=headers,
+            has_body=not message.end_of_stream,
         )
 
 
-def _answer_request_headers(flow: Flow, verdict: Continue | Respond) -> ext_proc.ProcessingResponse:
+def _answer_request_headers(flow: Flow, verdict: Decision) -> ext_proc.ProcessingResponse:
     if isinstance(verdict, Respond):
         return _immediate(flow, verdict)
     response = ext_proc.ProcessingResponse()
@@ -141,7 +155,7 @@ def _answer_request_headers(flow: Flow, verdict: Continue | Respond) -> ext_proc
     return response
 
 
-def _answer_request_body(flow: Flow, verdict: Continue | Respond) -> ext_proc.ProcessingResponse:
+def _answer_request_body(flow: Flow, verdict: Decision) -> ext_proc.ProcessingResponse:
     if isinstance(verdict, Respond):
         return _immediate(flow, verdict)
     response = ext_proc.ProcessingResponse()
@@ -149,9 +163,7 @@ def _answer_request_body(flow: Flow, verdict: Continue | Respond) -> ext_proc.Pr
     return response
 
 
-def _answer_response_headers(
-    flow: Flow, verdict: Continue | Respond
-) -> ext_proc.ProcessingResponse:
+def _answer_response_headers(flow: Flow, verdict: Decision) -> ext_proc.ProcessingResponse:
     if isinstance(verdict, Respond):
         return _immediate(flow, verdict)
     response = ext_proc.ProcessingResponse()
@@ -163,7 +175,7 @@ def _answer_response_headers(
     return response
 
 
-def _answer_response_body(flow: Flow, verdict: Continue | Respond) -> ext_proc.ProcessingResponse:
+def _answer_response_body(flow: Flow, verdict: Decision) -> ext_proc.ProcessingResponse:
     if isinstance(verdict, Respond):
         return _immediate(flow, verdict)
     if flow.end_of_stream:
@@ -173,11 +185,11 @@ def _answer_response_body(flow: Flow, verdict: Continue | Respond) -> ext_proc.P
     return response
 
 
-def _answer_request_trailers(flow: Flow, _: Continue | Respond) -> ext_proc.ProcessingResponse:
+def _answer_request_trailers(flow: Flow, _: Decision) -> ext_proc.ProcessingResponse:
     return ext_proc.ProcessingResponse(request_trailers=ext_proc.TrailersResponse())
 
 
-def _answer_response_trailers(flow: Flow, _: Continue | Respond) -> ext_proc.ProcessingResponse:
+def _answer_response_trailers(flow: Flow, _: Decision) -> ext_proc.ProcessingResponse:
     return ext_proc.ProcessingResponse(response_trailers=ext_proc.TrailersResponse())
 
 
@@ -238,20 +250,31 @@ def _immediate(flow: Flow, verdict: Respond) -> ext_proc.ProcessingResponse:
     return response
 
 
+def _hold_response(timeout_s: float) -> bytes:
+    """Tells Envoy to wait this long for the answer to the message being held."""
+    response = ext_proc.ProcessingResponse()
+    response.override_message_timeout.FromNanoseconds(int((timeout_s + HOLD_MARGIN_S) * 1e9))
+    wire: bytes = response.SerializeToString()
+    return wire
+
+
 class ExtProcStream:
     """One ext_proc stream: messages handled strictly in order, one at a time.
 
     Envoy waits for each answer in most phases, but streamed bodies may send the next chunk
-    before the last one is answered; those wait in `backlog`. A phase whose stages all answer at
-    once is answered on the spot; from the first stage that must wait, it runs in a task.
+    before the last one is answered; those wait in `backlog`, drained by a loop (never by
+    recursion, however long it grows). A phase whose stages all answer at once is answered on
+    the spot; from the first stage that must wait, it runs in a task. Whatever goes wrong while
+    handling a message fails this request only: it is answered with a 500, as any other stage
+    error would be, and the gRPC stream stays well formed.
     """
 
-    __slots__ = ("_backlog", "_busy", "_flow", "_processor", "_stream", "_task")
+    __slots__ = ("_backlog", "_busy", "_processor", "_step", "_stream", "_task")
 
     def __init__(self, processor: ExternalProcessor, stream: CallStream) -> None:
         self._processor = processor
         self._stream = stream
-        self._flow: Flow | None = None
+        self._step: Step | None = None
         self._busy = False
         self._backlog: deque[bytes] = deque()
         # What the current phase waits on, cancelled on a reset.
@@ -261,24 +284,9 @@ class ExtProcStream:
         if self._busy:
             self._backlog.append(message)
             return
-        try:
-            step = self._processor.step(self._flow, ext_proc.ProcessingRequest.FromString(message))
-        except DecodeError:
-            self._fail(ProtocolViolation("undecodable ProcessingRequest"))
-            return
-        except ProtocolViolation as violation:
-            self._fail(violation)
-            return
-        self._flow = step.flow
-        outcome = step.start(step.flow)
-        if isinstance(outcome, Continue | Respond):
-            self._answer(step, outcome)
-            return
-        # The rest of the phase: a future callbacks complete (a deferred check finishing), or
-        # a coroutine, run as a task. Either is answered from its done callback.
-        self._busy = True
-        self._task = asyncio.ensure_future(outcome)
-        self._task.add_done_callback(partial(self._settled, step))
+        self._handle(message)
+        while self._backlog and not self._busy:
+            self._handle(self._backlog.popleft())
 
     def on_end(self) -> None:
         if not self._busy:
@@ -292,39 +300,68 @@ class ExtProcStream:
         self._backlog.clear()
         self._close()
 
+    def _handle(self, message: bytes) -> None:
+        """Runs one message's phase: answered now, or marked busy until its wait is over."""
+        try:
+            step = self._processor.step(self._step, ext_proc.ProcessingRequest.FromString(message))
+        except DecodeError:
+            self._fail(ProtocolViolation("undecodable ProcessingRequest"))
+            return
+        except ProtocolViolation as violation:
+            self._fail(violation)
+            return
+        if step.flow is not (self._step.flow if self._step else None):
+            step.flow.on_hold = self._extend_timeout
+        self._step = step
+        try:
+            outcome = step.start(step.flow)
+        except Exception:
+            log.exception("ext_proc: a phase failed outside its stages")
+            outcome = INTERNAL_ERROR
+        if isinstance(outcome, Continue | Respond):
+            self._answer(step, outcome)
+            return
+        # The rest of the phase: a future callbacks complete (a deferred check finishing), or
+        # a coroutine, run as a task. Either is answered from its done callback.
+        self._busy = True
+        self._task = asyncio.ensure_future(outcome)
+        self._task.add_done_callback(partial(self._settled, step))
+
     def _settled(self, step: Step, outcome: asyncio.Future[Any]) -> None:
+        self._task = None
+        self._busy = False
         if outcome.cancelled():
             return  # reset: nothing more to answer
         error = outcome.exception()
         if error is not None:
-            self._fail(error)
-        else:
-            self._answer(step, outcome.result())
-
-    def _answer(self, step: Step, verdict: Continue | Respond) -> None:
-        self._task = None
-        self._busy = False
-        self._stream.send_message(step.answer(step.flow, verdict).SerializeToString())
-        if self._backlog:
-            self.on_message(self._backlog.popleft())
-        elif self._stream.remote_closed:
+            log.error("ext_proc: a phase failed outside its stages", exc_info=error)
+        self._answer(step, INTERNAL_ERROR if error is not None else outcome.result())
+        while self._backlog and not self._busy:
+            self._handle(self._backlog.popleft())
+        if not self._busy and self._stream.remote_closed:
             self.on_end()
 
-    def _fail(self, error: BaseException) -> None:
+    def _answer(self, step: Step, verdict: Decision) -> None:
+        try:
+            response = step.answer(step.flow, verdict)
+        except Exception:
+            log.exception("ext_proc: could not build the answer")
+            response = _immediate(step.flow, INTERNAL_ERROR)
+        self._stream.send_message(response.SerializeToString())
+
+    def _extend_timeout(self, timeout_s: float) -> None:
+        self._stream.send_message(_hold_response(timeout_s))
+
+    def _fail(self, error: ProtocolViolation) -> None:
+        """Envoy broke the protocol: this stream ends with INTERNAL (its request only)."""
+        log.warning("ext_proc: %s", error)
+        self._stream.finish(GRPC_INTERNAL, str(error))
         self._task = None
-        if isinstance(error, asyncio.CancelledError):
-            return
-        if isinstance(error, ProtocolViolation):
-            log.warning("ext_proc: %s", error)
-            self._stream.finish(GRPC_INTERNAL, str(error))
-        else:
-            log.error("ext_proc stream failed", exc_info=error)
-            self._stream.finish(GRPC_INTERNAL, "data plane error")
         self._backlog.clear()
         self._busy = False
         self._close()
 
     def _close(self) -> None:
-        flow, self._flow = self._flow, None
-        if flow is not None:
-            self._processor.done(flow)
+        step, self._step = self._step, None
+        if step is not None:
+            self._processor.done(step.flow, step.pipeline)

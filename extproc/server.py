@@ -1,5 +1,7 @@
-"""Wiring for a data-plane process: every client built once, the pipeline in its fixed order,
-the Envoy adapter served over gRPC, the policy watched from the control service."""
+"""Wiring for a data-plane process, in one place: every client built once, the pipelines of each
+route kind with their stages in a fixed order, the policy watched from the control service — and
+the Envoy adapter served over gRPC (the APISIX runner, `extproc.apisix.server`, starts from the
+same `start_core`)."""
 
 from __future__ import annotations
 
@@ -8,8 +10,8 @@ import contextlib
 import gc
 import logging
 import signal
+from collections.abc import Callable
 from dataclasses import dataclass
-from functools import partial
 from typing import Any
 
 import aiohttp
@@ -26,9 +28,11 @@ from extproc.stages.access_log import AccessLog
 from extproc.stages.authenticate import Authenticate
 from extproc.stages.model_route import ModelRouting
 from extproc.stages.rate_limit import RateLimit
+from extproc.stages.rest_route import RestRouting
 from extproc.stages.usage import UsageMeter
 from gatez.logstore import LogStore
-from gatez.pipeline.runner import Pipeline
+from gatez.pipeline import Dispatcher, NoPolicy, NoRoute, Pipeline
+from gatez.policy import CompiledPolicy, RouteKind
 from gatez.settings import Settings
 
 log = logging.getLogger("gatez.dataplane")
@@ -37,23 +41,40 @@ log = logging.getLogger("gatez.dataplane")
 GC_YOUNG_THRESHOLD = 20_000
 
 
-def build_pipeline(
-    *, jwks: JwksCache, redis: PipelinedRedis, sink: LogSink, node_id: str
-) -> Pipeline:
-    """The stage order is the policy order; each position has a reason."""
-    return Pipeline(
+def build_dispatcher(
+    policy: Callable[[], CompiledPolicy | None],
+    *,
+    jwks: JwksCache,
+    redis: PipelinedRedis,
+    sink: LogSink,
+    node_id: str,
+) -> Dispatcher:
+    """Every pipeline a data plane runs, one per route kind, with the stages in policy order;
+    each position has a reason. Stage instances are shared between pipelines (a tenant has one
+    rate-limit lease, whatever route it calls)."""
+    # Nothing runs for a caller we do not know; the tenant found here scopes all after.
+    authenticate = Authenticate(jwks)
+    # Before any body is buffered: a limited tenant costs one Redis round trip, no more.
+    rate_limit = RateLimit(redis)
+    # Last, so the rows see everything the stages before recorded.
+    access_log = AccessLog(sink, node_id)
+    llm = Pipeline(
         [
-            # Nothing runs for a caller we do not know; the tenant found here scopes all after.
-            Authenticate(jwks),
-            # Before any body is buffered: a limited tenant costs one Redis round trip, no more.
-            RateLimit(redis),
+            authenticate,
+            rate_limit,
             # Needs the tenant (routes are per tenant); asks for the body on LLM paths only.
             ModelRouting(),
             # Response side: switches SSE to streamed mode and reads the provider's usage.
             UsageMeter(),
-            # Last, so the rows see everything the stages before recorded.
-            AccessLog(sink, node_id),
+            access_log,
         ]
+    )
+    rest = Pipeline([authenticate, rate_limit, RestRouting(), access_log])
+    return Dispatcher(
+        policy,
+        {RouteKind.LLM: llm, RouteKind.REST: rest},
+        unrouted=Pipeline([NoRoute(), access_log]),
+        unavailable=Pipeline([NoPolicy(), access_log]),
     )
 
 
@@ -74,16 +95,9 @@ class DataPlane:
         await _release(self.tasks, self.sink, self.closers)
 
 
-def build_rest_pipeline(
-    *, jwks: JwksCache, redis: PipelinedRedis, sink: LogSink, node_id: str
-) -> Pipeline:
-    """Plain REST routes (APISIX routes with `{"route": "rest"}`): L1 only, same order."""
-    return Pipeline([Authenticate(jwks), RateLimit(redis), AccessLog(sink, node_id)])
-
-
 @dataclass
 class DataPlaneCore:
-    """Everything a data plane runs except its proxy transport: clients, policy, pipeline.
+    """Everything a data plane runs except its proxy transport: clients, policy, pipelines.
 
     Both transports (Envoy's gRPC server here, the APISIX runner in `extproc.apisix.server`)
     start from it, so the wiring exists once."""
@@ -92,9 +106,7 @@ class DataPlaneCore:
     holder: PolicyHolder
     watcher: PolicyWatcher
     sink: LogSink
-    pipeline: Pipeline
-    jwks: JwksCache
-    redis: PipelinedRedis
+    dispatcher: Dispatcher
     tasks: list[asyncio.Task[None]]
     closers: list[Any]
 
@@ -117,7 +129,7 @@ async def _release(tasks: list[asyncio.Task[None]], sink: LogSink, closers: list
 async def start(settings: Settings) -> DataPlane:
     """Builds the clients, loads the persisted policy, starts serving and watching."""
     core = await start_core(settings)
-    methods = ExternalProcessor(core.pipeline, core.holder.get).methods()
+    methods = ExternalProcessor(core.dispatcher).methods()
     server: GrpcServer | grpc.aio.Server
     if settings.extproc_server == "grpcio":
         server = await serve_grpcio(methods, settings.extproc_address)
@@ -167,19 +179,12 @@ async def start_core(settings: Settings) -> DataPlaneCore:
     watcher = PolicyWatcher(holder, control, settings.admin_token, settings.node_id)
     tasks = [asyncio.create_task(watcher.run(), name="gatez-policy-watch")]
 
-    jwks = JwksCache(http)
-    pipeline = build_pipeline(jwks=jwks, redis=redis, sink=sink, node_id=settings.node_id)
+    dispatcher = build_dispatcher(
+        holder.get, jwks=JwksCache(http), redis=redis, sink=sink, node_id=settings.node_id
+    )
     # Closed in reverse order: the stages (giving back held rate-limit tokens) before Redis.
-    closers.append(partial(close_stages, pipeline))
-    return DataPlaneCore(settings, holder, watcher, sink, pipeline, jwks, redis, tasks, closers)
-
-
-async def close_stages(pipeline: Pipeline) -> None:
-    """Lets stages that hold something outside the process give it back (`close()`)."""
-    for stage in pipeline.stages:
-        close = getattr(stage, "close", None)
-        if close is not None:
-            await close()
+    closers.append(dispatcher.close)
+    return DataPlaneCore(settings, holder, watcher, sink, dispatcher, tasks, closers)
 
 
 async def serve(settings: Settings) -> None:

@@ -16,6 +16,7 @@ def render(
     extproc_socket: str,
     listen_address: str = "127.0.0.1",
     ca_bundle: str = CA_BUNDLE,
+    message_timeout: str = "5s",
 ) -> str:
     """The bootstrap YAML with every placeholder filled (a missing one is an error)."""
     return Template(TEMPLATE.read_text()).substitute(
@@ -24,4 +25,5 @@ def render(
         ADMIN_PORT=admin_port,
         EXTPROC_SOCKET=extproc_socket.removeprefix("unix:"),
         CA_BUNDLE=ca_bundle,
+        MESSAGE_TIMEOUT=message_timeout,
     )

@@ -6,7 +6,9 @@ the data plane keeps the policy it had. Stages only ever read a `CompiledPolicy`
 
 from __future__ import annotations
 
+import enum
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Final
@@ -63,6 +65,16 @@ class IdentityProviderRule:
 
 
 @dataclass(frozen=True, slots=True)
+class Upstream:
+    """Where an upstream URL points, precomputed for header rewriting: the proxy's cluster for
+    its scheme, `:authority`, and the path prepended to what is forwarded."""
+
+    cluster: str
+    authority: str
+    path_prefix: str
+
+
+@dataclass(frozen=True, slots=True)
 class ProviderTarget:
     """Where and how to reach one provider, precomputed for header rewriting."""
 
@@ -72,6 +84,60 @@ class ProviderTarget:
     authority: str
     path_prefix: str
     api_key: str | None
+
+
+class RouteKind(enum.Enum):
+    """What a route is; the data plane runs one pipeline per kind."""
+
+    LLM = "llm"
+    REST = "rest"
+    MCP = "mcp"
+    A2A = "a2a"
+
+
+ROUTE_KINDS: Final = {
+    policy_pb2.ROUTE_KIND_LLM: RouteKind.LLM,
+    policy_pb2.ROUTE_KIND_REST: RouteKind.REST,
+    policy_pb2.ROUTE_KIND_MCP: RouteKind.MCP,
+    policy_pb2.ROUTE_KIND_A2A: RouteKind.A2A,
+}
+# Kinds a data plane serves today; MCP and A2A are the agent gateway's, still to come.
+SERVED_ROUTE_KINDS: Final = frozenset({RouteKind.LLM, RouteKind.REST})
+DEFAULT_LLM_PREFIX: Final = "/v1"
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledRoute:
+    id: str
+    path_prefix: str
+    kind: RouteKind
+    # REST only: where matching requests go.
+    upstream: Upstream | None = None
+    strip_prefix: bool = False
+
+
+class RouteTable:
+    """Routes by path prefix; the longest prefix that matches a path wins."""
+
+    __slots__ = ("_routes",)
+
+    def __init__(self, routes: list[CompiledRoute]) -> None:
+        # Longest first, so the first match is the most specific.
+        self._routes = tuple(sorted(routes, key=lambda r: len(r.path_prefix), reverse=True))
+
+    def match(self, path: str) -> CompiledRoute | None:
+        """The route for a request path (its query ignored), or None."""
+        path = path.partition("?")[0]
+        for route in self._routes:
+            prefix = route.path_prefix
+            if path.startswith(prefix) and (
+                len(path) == len(prefix) or path[len(prefix)] == "/" or prefix == "/"
+            ):
+                return route
+        return None
+
+    def __iter__(self) -> Iterator[CompiledRoute]:
+        return iter(self._routes)
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +156,7 @@ class CompiledPolicy:
     providers: MappingProxyType[str, ProviderTarget]
     # (tenant_id, alias) → target; tenant_id "" holds the routes every tenant may use.
     model_routes: MappingProxyType[tuple[str, str], ModelTarget]
+    routes: RouteTable
 
     def resolve_model(self, tenant_id: str, alias: str) -> ModelTarget | None:
         """The tenant's own route for `alias`, else the shared one, else None."""
@@ -153,6 +220,7 @@ def compile_policy(snapshot: policy_pb2.PolicySnapshot) -> CompiledPolicy:
 
     return CompiledPolicy(
         version=snapshot.version,
+        routes=_routes(snapshot),
         tenants=MappingProxyType(tenants),
         api_keys_by_digest=MappingProxyType(keys),
         identity_providers_by_issuer=MappingProxyType(
@@ -160,6 +228,56 @@ def compile_policy(snapshot: policy_pb2.PolicySnapshot) -> CompiledPolicy:
         ),
         providers=MappingProxyType(providers),
         model_routes=MappingProxyType(routes),
+    )
+
+
+def _routes(snapshot: policy_pb2.PolicySnapshot) -> RouteTable:
+    routes: list[CompiledRoute] = []
+    ids: set[str] = set()
+    prefixes: set[str] = set()
+    for route in snapshot.routes:
+        where = f"route {route.id!r}"
+        _check(NAME_PATTERN.fullmatch(route.id), f"route id {route.id!r} is not valid")
+        _check(route.id not in ids, f"{where} appears twice")
+        prefix = route.path_prefix
+        _check(
+            prefix.startswith("/") and (prefix == "/" or not prefix.endswith("/")),
+            f"{where}: path_prefix must start with '/' and not end with one",
+        )
+        _check(
+            all(c.isprintable() and c not in " ?#%" for c in prefix),
+            f"{where}: path_prefix may not hold spaces, '?', '#' or '%'",
+        )
+        _check(prefix not in prefixes, f"{where}: path_prefix {prefix!r} is routed twice")
+        kind = ROUTE_KINDS.get(route.kind)
+        _check(kind is not None, f"{where}: kind is required")
+        assert kind is not None
+        _check(kind in SERVED_ROUTE_KINDS, f"{where}: {kind.value} routes are not served yet")
+        upstream: Upstream | None = None
+        if kind is RouteKind.REST:
+            upstream = _upstream(route.upstream_url, f"{where}: upstream_url")
+        else:
+            _check(not route.upstream_url, f"{where}: only REST routes have an upstream_url")
+        ids.add(route.id)
+        prefixes.add(prefix)
+        routes.append(CompiledRoute(route.id, prefix, kind, upstream, route.strip_prefix))
+    if DEFAULT_LLM_PREFIX not in prefixes:
+        routes.append(CompiledRoute("default-llm", DEFAULT_LLM_PREFIX, RouteKind.LLM))
+    return RouteTable(routes)
+
+
+def _upstream(value: str, where: str) -> Upstream:
+    url = _url(value, where)
+    _check(not url.query and not url.fragment, f"{where} must not carry ?query or #")
+    _check(not url.username, f"{where} must not carry credentials")
+    tls = url.scheme == "https"
+    port = url.port or (443 if tls else 80)
+    host = url.hostname or ""
+    host = f"[{host}]" if ":" in host else host
+    return Upstream(
+        cluster=UPSTREAM_CLUSTER_TLS if tls else UPSTREAM_CLUSTER_PLAIN,
+        authority=f"{host}:{port}",
+        path_prefix=url.path.rstrip("/"),
     )
 
 
@@ -215,18 +333,16 @@ def _identity_provider(
 def _provider(provider: policy_pb2.Provider, api_key: str | None) -> ProviderTarget:
     where = f"provider {provider.name!r}"
     _check(provider.kind == policy_pb2.PROVIDER_KIND_OPENAI, f"{where}: unsupported kind")
-    url = _url(provider.base_url, f"{where}: base_url")
-    _check(not url.query and not url.fragment, f"{where}: base_url must not carry ?query or #")
-    _check(not url.username, f"{where}: base_url must not carry credentials")
-    tls = url.scheme == "https"
-    port = url.port or (443 if tls else 80)
-    host = url.hostname or ""
-    host = f"[{host}]" if ":" in host else host
+    upstream = _upstream(provider.base_url, f"{where}: base_url")
     return ProviderTarget(
         name=provider.name,
         kind=provider.kind,
-        cluster=UPSTREAM_CLUSTER_TLS if tls else UPSTREAM_CLUSTER_PLAIN,
-        authority=f"{host}:{port}",
-        path_prefix=url.path.rstrip("/"),
+        cluster=upstream.cluster,
+        authority=upstream.authority,
+        path_prefix=upstream.path_prefix,
         api_key=api_key,
     )
+
+
+# What a data plane serves before it has any policy: no tenants, so nobody is let in.
+EMPTY_POLICY: Final = compile_policy(policy_pb2.PolicySnapshot())

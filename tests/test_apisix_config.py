@@ -1,5 +1,5 @@
 """The APISIX deployment files: the standalone routes load (APISIX needs the #END line), every
-runner conf names a route kind the runner has, and the ext-plugin cmd starts our runner."""
+runner conf is one the runner accepts, and the ext-plugin cmd starts our runner."""
 
 from __future__ import annotations
 
@@ -9,18 +9,18 @@ from pathlib import Path
 import orjson
 
 APISIX = Path(__file__).resolve().parent.parent / "apisix"
-ROUTE_KINDS = {"llm", "rest"}  # what extproc.apisix.server wires
 
 
 def test_standalone_routes_end_with_the_end_marker() -> None:
     assert (APISIX / "apisix.yaml").read_text().rstrip("\n").endswith("\n#END")
 
 
-def test_every_runner_conf_names_a_known_route_kind() -> None:
+def test_every_runner_conf_is_a_json_object() -> None:
     text = (APISIX / "apisix.yaml").read_text()
     values = re.findall(r"value: '(\{.*\})'", text)
     assert values, "no runner conf found"
-    assert {orjson.loads(v)["route"] for v in values} == ROUTE_KINDS
+    # The route kind comes from Gatez's policy, not from the conf.
+    assert all(isinstance(orjson.loads(v), dict) for v in values)
     # The LLM route needs both phases: usage and the AI log come from the response.
     llm = text[text.index("- id: llm") : text.index("- id: rest\n")]
     assert "ext-plugin-pre-req" in llm and "ext-plugin-post-resp" in llm

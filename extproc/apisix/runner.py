@@ -1,20 +1,24 @@
 """The APISIX adapter: turns ext-plugin calls into pipeline phases on a Flow, and verdicts plus
 the Flow's pending changes back into Stop / Rewrite / response replies. No policy lives here.
 
-How one LLM request goes (route with `ext-plugin-pre-req` and `ext-plugin-post-resp`, both with
-the conf `{"name": "gatez", "value": "{\\"route\\": \\"llm\\"}"}`):
+The route kind — and with it the pipeline — is chosen by policy, from the request's path, as
+behind Envoy (`gatez.pipeline.Dispatcher`); a route's runner conf (`{"name": "gatez", "value":
+"{}"}`) only has to name us. How one LLM request goes (an APISIX route with `ext-plugin-pre-req`
+and `ext-plugin-post-resp`, both with that conf):
 
-1. HTTPReqCall: the runner asks (ExtraInfo) for `$request_id`, which names the request in both
-   calls (the protocol has no id of its own that survives from pre-req to post-resp), runs the
-   request-headers phase, and — when a stage asked for the body — asks for it (ExtraInfo ReqBody)
-   and runs the request-body phase. A Respond becomes Stop; otherwise the pending changes become
-   one Rewrite, and the Flow waits for the response call.
+1. HTTPReqCall: the runner opens the Flow; when its pipeline acts on the response it asks
+   (ExtraInfo) for `$request_id`, which names the request in both calls (the protocol has no id of
+   its own that survives from pre-req to post-resp), runs the request-headers phase, and — when a
+   stage asked for the body — asks for it (ExtraInfo ReqBody) and runs the request-body phase. A
+   Respond becomes Stop; otherwise the pending changes become one Rewrite, and the Flow waits for
+   the response call (at most `response_wait_s`, and at most `max_waiting` Flows wait at once).
 2. HTTPRespCall: the runner finds the Flow by `$request_id`, runs the response-headers phase, and
    when a stage wants the body, asks for it (ExtraInfo RespBody: APISIX has buffered all of it)
    and runs the response-body phase once with the whole body as the last chunk.
 
-A route without a response phase (plain REST, `{"route": "rest"}`) costs one frame each way and
-its Flow ends at the Rewrite (its request-log row then has no status: APISIX never tells).
+A pipeline without response stages (plain REST) costs one frame each way and its Flow ends at the
+Rewrite (its request-log row then has no status: APISIX never tells). A stage's Hold simply keeps
+the call unanswered: APISIX waits.
 
 Routing differs from Envoy: APISIX's upstream is the route's (or `traffic-split`'s), so the
 runner expresses the provider as Rewrite headers — `host` (from `:authority`), the path, the
@@ -26,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import time
 import uuid
 from collections.abc import Callable, Mapping
@@ -63,17 +68,14 @@ from extproc.apisix.frames import (
     encode_prepare_conf_reply,
     read_frame,
 )
-from extproc.stages.model_route import CLUSTER_HEADER
+from extproc.stages.upstream import CLUSTER_HEADER
 from gatez.errors import GatewayError, InvalidRequest, Unavailable
-from gatez.pipeline.flow import BodyMode, Continue, Flow, Pending, Respond
-from gatez.pipeline.runner import Pipeline
-from gatez.policy import CompiledPolicy
+from gatez.pipeline import BodyMode, Continue, Dispatcher, Flow, Pending, Pipeline, Respond
 
 log = logging.getLogger("gatez.apisix")
 
 # The runner-plugin name a route's conf entry carries for us; other entries are ignored.
 PLUGIN_NAME: Final = "gatez"
-DEFAULT_ROUTE: Final = "llm"
 # nginx's own per-request id: the same in the pre-req and the post-resp call of one request.
 REQUEST_ID_VAR: Final = "request_id"
 PROVIDER_HEADER: Final = "x-gatez-provider"
@@ -88,8 +90,8 @@ class ConfTokenNotFound(GatewayError):
     kind = "conf_token_not_found"
 
 
-class UnknownRoute(InvalidRequest):
-    """A route's conf names a pipeline this runner does not have."""
+class BadConf(InvalidRequest):
+    """A route's conf for us is not what the runner understands."""
 
 
 class ProtocolViolation(Exception):
@@ -97,19 +99,11 @@ class ProtocolViolation(Exception):
 
 
 @dataclass(frozen=True, slots=True)
-class RouteKind:
-    """What a route's conf selects: a pipeline, and whether the route runs post-resp too."""
-
-    pipeline: Pipeline
-    response_phase: bool
-
-
-@dataclass(frozen=True, slots=True)
 class RouteConf:
-    """A prepared conf, compiled once at PrepareConf: the route kind by name."""
+    """A prepared conf, checked once at PrepareConf: our entry's JSON object (no options yet; the
+    route kind comes from the policy)."""
 
-    name: str
-    kind: RouteKind
+    value: str
 
 
 @dataclass(slots=True)
@@ -129,7 +123,9 @@ class ConfStore:
         self._clock = clock
         self._by_token: dict[int, _Prepared] = {}
         self._by_key: dict[str, _Prepared] = {}
-        self._next_token = 1
+        # Random, so a runner restarted while APISIX still holds tokens from the last one does
+        # not hand the same numbers to other routes' confs.
+        self._next_token = secrets.randbelow(0xFFFFFFFF) + 1
 
     def prepare(self, key: str, conf: RouteConf) -> int:
         now = self._clock()
@@ -180,6 +176,12 @@ class _Parked:
     timer: asyncio.TimerHandle
 
 
+# Flows waiting for their response call, at most: APISIX skips the call when the upstream
+# failed, and a route whose pipeline wants the response may lack ext-plugin-post-resp; the
+# oldest are ended (and logged) first.
+MAX_WAITING_FLOWS: Final = 10_000
+
+
 class _Exchange:
     """One connection: lets a call ask APISIX for extra information before it answers."""
 
@@ -208,20 +210,18 @@ class ExtPluginRunner:
 
     def __init__(
         self,
-        routes: Mapping[str, RouteKind],
-        policy: Callable[[], CompiledPolicy | None],
+        dispatcher: Dispatcher,
         *,
         conf_expire_s: float = 3600.0,
         response_wait_s: float = 900.0,
+        max_waiting: int = MAX_WAITING_FLOWS,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        if DEFAULT_ROUTE not in routes:
-            raise ValueError(f"routes must include {DEFAULT_ROUTE!r}")
-        self._routes = dict(routes)
-        self._policy = policy
+        self._dispatcher = dispatcher
         self.confs = ConfStore(conf_expire_s, clock)
         # How long a Flow waits for its response call; APISIX skips it when the upstream failed.
         self._response_wait_s = response_wait_s
+        self._max_waiting = max_waiting
         self._parked: dict[str, _Parked] = {}
         # Finished flows whose on_done is still running; kept so the tasks are not collected.
         self._finishing: set[asyncio.Task[None]] = set()
@@ -294,73 +294,69 @@ class ExtPluginRunner:
             return RpcType.ERROR, encode_error(error_code(error))
 
     def _prepare_conf(self, message: PrepareConf) -> int:
-        name = DEFAULT_ROUTE
-        for entry_name, value in message.conf:
+        value = ""
+        for entry_name, entry_value in message.conf:
             if entry_name != PLUGIN_NAME:
                 continue
             try:
-                parsed = orjson.loads(value) if value else {}
+                parsed = orjson.loads(entry_value) if entry_value else {}
             except orjson.JSONDecodeError:
-                raise UnknownRoute(f"conf of {PLUGIN_NAME!r} is not JSON") from None
-            route = parsed.get("route", DEFAULT_ROUTE) if isinstance(parsed, dict) else None
-            if not isinstance(route, str):
-                raise UnknownRoute(f"conf of {PLUGIN_NAME!r} must be an object with a 'route'")
-            name = route
-        kind = self._routes.get(name)
-        if kind is None:
-            # Refused at prepare time, so a misconfigured route fails closed (APISIX answers 503).
-            raise UnknownRoute(f"no route kind {name!r}; known: {sorted(self._routes)}")
-        return self.confs.prepare(message.key, RouteConf(name, kind))
+                # Refused at prepare time, so a misconfigured route fails closed (APISIX: 503).
+                raise BadConf(f"conf of {PLUGIN_NAME!r} is not JSON") from None
+            if not isinstance(parsed, dict):
+                raise BadConf(f"conf of {PLUGIN_NAME!r} must be a JSON object")
+            value = entry_value
+        return self.confs.prepare(message.key, RouteConf(value))
 
     # -- the request call ----------------------------------------------------------------------
 
     async def _request_call(
         self, call: HttpRequestCall, exchange: _Exchange
     ) -> HttpRequestCallReply:
-        kind = self.confs.get(call.conf_token).kind
+        self.confs.get(call.conf_token)
         headers = _header_map(call.headers)
-        key: str | None = None
-        if kind.response_phase:
-            raw = await exchange.ask(VarInfo(REQUEST_ID_VAR))
-            key = raw.decode("latin-1") if raw else None
-        flow = Flow(
-            request_id=headers.get("x-request-id") or key or uuid.uuid4().hex,
-            policy=self._policy(),
-            started_ns=time.monotonic_ns(),
-            started_at=time.time(),
+        # A client's own x-request-id is never the log row's id: APISIX's $request_id when the
+        # response call must find this Flow again, else one of ours.
+        flow, pipeline = self._dispatcher.open(
+            request_id=uuid.uuid4().hex,
             method=call.method,
             path=call.path + _query(call.args),
-            request_headers=headers,
-            request_has_body=_has_body(headers),
+            headers=headers,
+            has_body=_has_body(headers),
         )
+        key: str | None = None
         changes: dict[str, str | None] = {}
         body: bytes | None = None
         try:
-            verdict = kind.pipeline.start_request_headers(flow)
+            if pipeline.wants_response:
+                raw = await exchange.ask(VarInfo(REQUEST_ID_VAR))
+                key = raw.decode("latin-1") if raw else None
+                flow.request_id = key or flow.request_id
+            verdict = pipeline.start_request_headers(flow)
             if not isinstance(verdict, Continue | Respond):
-                verdict = await verdict  # a stage must wait: the rest of the phase
+                verdict = await verdict  # a stage must wait (or hold): the rest of the phase
             body = _merge(changes, flow.take_pending(), body)
             if isinstance(verdict, Continue) and flow.request_body_mode is not BodyMode.NONE:
                 flow.request_body = await exchange.ask(RequestBodyInfo()) or b""
-                verdict = kind.pipeline.start_request_body(flow)
+                verdict = pipeline.start_request_body(flow)
                 if not isinstance(verdict, Continue | Respond):
-                    verdict = await verdict  # a stage must wait: the rest of the phase
+                    verdict = await verdict  # a stage must wait (or hold): the rest of the phase
                 body = _merge(changes, flow.take_pending(), body)
         except BaseException:
             flow.error = flow.error or "apisix_call_failed"
-            self._finish(flow, kind.pipeline)
+            self._finish(flow, pipeline)
             raise
         if isinstance(verdict, Respond):
             flow.response_status = verdict.status
             flow.finished_ns = time.monotonic_ns()
-            self._finish(flow, kind.pipeline)
+            self._finish(flow, pipeline)
             stop = Stop(verdict.status, verdict.headers, verdict.body)
             return HttpRequestCallReply(call.id, stop)
         if key is not None:
-            self._park(key, flow, kind.pipeline)
+            self._park(key, flow, pipeline)
         else:
             flow.finished_ns = time.monotonic_ns()
-            self._finish(flow, kind.pipeline)
+            self._finish(flow, pipeline)
         return HttpRequestCallReply(call.id, _rewrite(flow, call, changes, body))
 
     # -- the response call ---------------------------------------------------------------------
@@ -417,6 +413,8 @@ class ExtPluginRunner:
         if previous is not None:
             previous.timer.cancel()
             self._finish(previous.flow, previous.pipeline)
+        while len(self._parked) >= self._max_waiting:
+            self._expire(next(iter(self._parked)), error="too_many_waiting")
         self._parked[key] = _Parked(flow, pipeline, timer)
 
     def _expire(self, key: str, error: str = "no_response_call") -> None:

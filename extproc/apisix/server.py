@@ -10,20 +10,23 @@ import asyncio
 import contextlib
 import logging
 import os
+import shutil
 import signal
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 
-from extproc.apisix.runner import ExtPluginRunner, RouteKind
+from extproc.apisix.runner import ExtPluginRunner
 from extproc.grpc_h2 import remove_stale_socket
-from extproc.server import DataPlaneCore, build_rest_pipeline, close_stages, start_core
+from extproc.server import DataPlaneCore, start_core
 from gatez.settings import Settings
 
 log = logging.getLogger("gatez.apisix")
 
-# APISIX's own runners chmod the socket so the nginx workers (often another user) can connect.
-SOCKET_MODE = 0o766
+# Owner and group only: APISIX's reference runners make the socket world-writable (0766) so
+# that nginx workers of any user can connect; we let only the runner's user and group connect.
+# Where APISIX's workers run as another user, give them the socket's group
+# (GATEZ_APISIX_SOCKET_GROUP).
+SOCKET_MODE = 0o660
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +35,8 @@ class RunnerSettings:
 
     socket_path: Path
     conf_expire_s: float
+    # The group that may connect to the socket besides the runner's user ("" keeps the default).
+    socket_group: str = ""
 
     @classmethod
     def from_env(cls, settings: Settings, environ: dict[str, str] | None = None) -> RunnerSettings:
@@ -43,6 +48,7 @@ class RunnerSettings:
         return cls(
             socket_path=Path(address.removeprefix("unix:")),
             conf_expire_s=float(env.get("APISIX_CONF_EXPIRE_TIME", "3600")),
+            socket_group=env.get("GATEZ_APISIX_SOCKET_GROUP", ""),
         )
 
 
@@ -67,16 +73,7 @@ class RunnerPlane:
 
 async def start(settings: Settings, runner_settings: RunnerSettings) -> RunnerPlane:
     core = await start_core(settings)
-    rest = build_rest_pipeline(
-        jwks=core.jwks, redis=core.redis, sink=core.sink, node_id=settings.node_id
-    )
-    core.closers.append(partial(close_stages, rest))
-    routes = {
-        # LLM routes run pre-req and post-resp: usage and the AI log need the response.
-        "llm": RouteKind(core.pipeline, response_phase=True),
-        "rest": RouteKind(rest, response_phase=False),
-    }
-    runner = ExtPluginRunner(routes, core.holder.get, conf_expire_s=runner_settings.conf_expire_s)
+    runner = ExtPluginRunner(core.dispatcher, conf_expire_s=runner_settings.conf_expire_s)
     path = runner_settings.socket_path
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_socket(path)
@@ -86,6 +83,8 @@ async def start(settings: Settings, runner_settings: RunnerSettings) -> RunnerPl
         await core.close()
         raise
     os.chmod(path, SOCKET_MODE)
+    if runner_settings.socket_group:
+        shutil.chown(path, group=runner_settings.socket_group)
     log.info("data plane %s serving APISIX ext-plugin on unix:%s", settings.node_id, path)
     return RunnerPlane(core, runner, server, path)
 

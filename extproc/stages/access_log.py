@@ -10,10 +10,10 @@ import time
 
 from extproc.logsink import LogSink
 from gatez.logrows import AiLogRow, RequestLogRow
-from gatez.pipeline.flow import Flow
+from gatez.pipeline import Flow, Stage
 
 
-class AccessLog:
+class AccessLog(Stage):
     """Turns a finished Flow into log rows."""
 
     def __init__(self, sink: LogSink, node_id: str) -> None:

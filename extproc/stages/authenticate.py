@@ -22,7 +22,7 @@ from jwt.utils import base64url_decode
 from extproc.jwks import JwksCache, JwksUnavailable, SigningKey, UnknownSigningKey
 from gatez.errors import Unauthenticated, Unavailable
 from gatez.keys import digest
-from gatez.pipeline.flow import CONTINUE, Flow, Principal, Verdict
+from gatez.pipeline import CONTINUE, Flow, Principal, Stage, Verdict
 from gatez.policy import CompiledPolicy, IdentityProviderRule
 
 CREDENTIAL_HEADERS: Final = ("authorization", "x-api-key")
@@ -37,7 +37,7 @@ JwtCandidates = tuple[str, str, list[IdentityProviderRule]]
 MISSING_CREDENTIAL: Final = "missing credential: send 'Authorization: Bearer <key or token>'"
 
 
-class Authenticate:
+class Authenticate(Stage):
     """Sets `flow.principal` from an API key or a JWT, or refuses the request with 401.
 
     JWTs: the unverified `iss` selects the identity providers registered for it; the token's
@@ -53,8 +53,6 @@ class Authenticate:
 
     def on_request_headers(self, flow: Flow) -> Verdict | Awaitable[Verdict]:
         policy = flow.policy
-        if policy is None:
-            raise Unavailable("no policy yet")
         credential = _credential(flow.request_headers)
         if _JWT_SHAPE.fullmatch(credential):
             candidates = _jwt_candidates(policy, credential)

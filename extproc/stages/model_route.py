@@ -12,12 +12,12 @@ from typing import Any, Final
 
 import orjson
 
-from gatez.errors import InvalidRequest, NotFound, Unavailable
-from gatez.pipeline.flow import CONTINUE, BodyMode, Flow, LlmCall, Respond, Verdict
+from extproc.stages.upstream import route_to
+from gatez.errors import InvalidRequest, NotFound, quoted
+from gatez.pipeline import CONTINUE, BodyMode, Flow, LlmCall, Respond, Stage, Verdict
 
 CHAT_COMPLETIONS_PATH: Final = "/v1/chat/completions"
 MODELS_PATH: Final = "/v1/models"
-CLUSTER_HEADER: Final = "x-gatez-cluster"
 
 
 class ModelNotFound(NotFound):
@@ -26,7 +26,7 @@ class ModelNotFound(NotFound):
     code = "model_not_found"
 
 
-class ModelRouting:
+class ModelRouting(Stage):
     """Routes OpenAI Chat Completions requests by model alias; answers `GET /v1/models`."""
 
     def on_request_headers(self, flow: Flow) -> Verdict:
@@ -40,11 +40,9 @@ class ModelRouting:
             return CONTINUE
         if path == MODELS_PATH and flow.method == "GET":
             return self._list_models(flow)
-        raise NotFound(f"no route for {flow.method} {path}")
+        raise NotFound(f"no route for {flow.method} {quoted(path, 128)}")
 
     def on_request_body(self, flow: Flow) -> Verdict:
-        if flow.policy is None or flow.principal is None:
-            raise Unavailable("no policy yet")
         body = _parse_object(flow.request_body)
         flow.request_json = body
         model = body.get("model")
@@ -52,10 +50,10 @@ class ModelRouting:
             raise InvalidRequest("'model' must be a non-empty string")
         if not isinstance(body.get("messages"), list):
             raise InvalidRequest("'messages' must be an array")
-        target = flow.policy.resolve_model(flow.principal.tenant_id, model)
+        target = flow.policy.resolve_model(flow.caller.tenant_id, model)
         if target is None:
             raise ModelNotFound(
-                f"The model `{model}` does not exist or you do not have access to it."
+                f"The model {quoted(model)} does not exist or you do not have access to it."
             )
         stream = body.get("stream") is True
         options = body.get("stream_options")
@@ -77,19 +75,19 @@ class ModelRouting:
         provider = target.provider
         query = flow.path.partition("?")[2]
         upstream_path = provider.path_prefix + "/chat/completions"
-        flow.set_upstream_header(CLUSTER_HEADER, provider.cluster)
-        flow.set_upstream_header(":authority", provider.authority)
-        flow.set_upstream_header(":path", f"{upstream_path}?{query}" if query else upstream_path)
+        route_to(
+            flow,
+            cluster=provider.cluster,
+            authority=provider.authority,
+            path=f"{upstream_path}?{query}" if query else upstream_path,
+        )
         if provider.api_key is not None:
             flow.set_upstream_header("authorization", f"Bearer {provider.api_key}")
-        flow.pending.clear_route_cache = True
         return CONTINUE
 
     @staticmethod
     def _list_models(flow: Flow) -> Respond:
-        if flow.policy is None or flow.principal is None:
-            raise Unavailable("no policy yet")
-        aliases = flow.policy.model_aliases(flow.principal.tenant_id)
+        aliases = flow.policy.model_aliases(flow.caller.tenant_id)
         models = [{"id": a, "object": "model", "created": 0, "owned_by": "gatez"} for a in aliases]
         return Respond(200, orjson.dumps({"object": "list", "data": models}), reason="models_list")
 

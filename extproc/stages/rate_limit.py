@@ -27,7 +27,7 @@ from typing import Any, Final
 
 from extproc.redis_pipe import PipelinedRedis, Script
 from gatez.errors import RateLimited, Unauthenticated, Unavailable
-from gatez.pipeline.flow import CONTINUE, Continue, Flow, Respond, Verdict
+from gatez.pipeline import CONTINUE, Continue, FailureMode, Flow, Respond, Stage, Verdict
 from gatez.pipeline.futures import copy_outcome
 from gatez.policy import RateLimitRule
 
@@ -101,7 +101,7 @@ def bucket_key(tenant_id: str) -> str:
     return f"rl:{{{tenant_id}}}:requests"
 
 
-class RateLimit:
+class RateLimit(Stage):
     """Refuses a tenant's request with 429 and `Retry-After` once its bucket is empty.
 
     Tenants without a rate limit in the policy are not limited and cost no Redis call. When
@@ -123,18 +123,13 @@ class RateLimit:
         # would otherwise hold every request while Redis is away.
         self._timeout_s = timeout_s
         # Read by the pipeline too: an unexpected error in a fail-open stage lets requests on.
-        self.fail_open = fail_open
+        self.failure_mode = FailureMode.OPEN if fail_open else FailureMode.CLOSED
         # How long a token taken ahead is kept for the tenant's next request (0: never taken).
         self._hold_s = hold_s
         self._ahead: dict[str, TokenAhead] = {}
 
     def on_request_headers(self, flow: Flow) -> Verdict:
-        if flow.policy is None:
-            raise Unavailable("no policy yet")
-        if flow.principal is None:
-            # The pipeline puts authentication first; reaching here without it is a bug.
-            raise Unauthenticated("missing credential")
-        tenant = flow.policy.tenants.get(flow.principal.tenant_id)
+        tenant = flow.policy.tenants.get(flow.caller.tenant_id)
         if tenant is None:
             raise Unauthenticated("unknown tenant")
         rule = tenant.rate_limit
@@ -309,7 +304,7 @@ class RateLimit:
     def _unavailable(
         self, verdict: asyncio.Future[Continue | Respond], error: BaseException
     ) -> None:
-        if self.fail_open:
+        if self.failure_mode is FailureMode.OPEN:
             log.warning("rate limiter unavailable, letting request through: %r", error)
             verdict.set_result(CONTINUE)
             return

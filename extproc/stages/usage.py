@@ -14,7 +14,7 @@ from typing import Any, Final
 
 import orjson
 
-from gatez.pipeline.flow import CONTINUE, BodyMode, Flow, LlmCall, TokenUsage, Verdict
+from gatez.pipeline import CONTINUE, BodyMode, Flow, LlmCall, Stage, TokenUsage, Verdict
 from gatez.sse import SseSplitter, event_data
 
 # OpenAI's compact form, removed without parsing; anything else mentioning usage is parsed.
@@ -22,7 +22,7 @@ NULL_USAGE: Final = b',"usage":null'
 USAGE: Final = b'"usage"'
 
 
-class UsageMeter:
+class UsageMeter(Stage):
     """Reads token usage from Chat Completions responses into `flow.llm.usage`."""
 
     def on_response_headers(self, flow: Flow) -> Verdict:

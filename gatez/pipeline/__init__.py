@@ -1,0 +1,48 @@
+"""The pipeline core every data-plane layer builds on: the per-request Flow, the verdicts, the
+typed Stage contract, the phase runner, and the dispatcher that picks a pipeline by route kind.
+
+It knows no proxy: the Envoy and APISIX adapters (`extproc/`) and the agent gateway (`agent/`)
+build on it, never the other way round.
+"""
+
+from gatez.pipeline.dispatch import Dispatcher, NoPolicy, NoRoute
+from gatez.pipeline.flow import BodyMode, Flow, LlmCall, Pending, Principal, TokenUsage
+from gatez.pipeline.runner import INTERNAL_ERROR, DecisionTimeout, Outcome, Pipeline, settle
+from gatez.pipeline.stage import FailureMode, Phase, Stage, StageResult
+from gatez.pipeline.verdicts import (
+    CONTINUE,
+    MAX_HOLD_S,
+    Continue,
+    Decision,
+    Hold,
+    Respond,
+    Verdict,
+)
+
+__all__ = [
+    "CONTINUE",
+    "INTERNAL_ERROR",
+    "MAX_HOLD_S",
+    "BodyMode",
+    "Continue",
+    "Decision",
+    "DecisionTimeout",
+    "Dispatcher",
+    "FailureMode",
+    "Flow",
+    "Hold",
+    "LlmCall",
+    "NoPolicy",
+    "NoRoute",
+    "Outcome",
+    "Pending",
+    "Phase",
+    "Pipeline",
+    "Principal",
+    "Respond",
+    "Stage",
+    "StageResult",
+    "TokenUsage",
+    "Verdict",
+    "settle",
+]

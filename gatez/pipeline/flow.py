@@ -1,6 +1,6 @@
-"""The per-request Flow that stages read and mutate, and the verdicts they return.
+"""The per-request Flow that stages read and mutate.
 
-A Flow is created by an adapter when a request's headers arrive and lives until the exchange
+A Flow is opened by the dispatcher when a request's headers arrive and lives until the exchange
 ends. Stages record what they want the proxy to change in `flow.pending`; the adapter drains it
 into wire mutations after every phase. Stages never see a protobuf or flatbuffers type.
 """
@@ -9,13 +9,18 @@ from __future__ import annotations
 
 import asyncio
 import enum
-from collections.abc import Awaitable
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any
 
-from gatez.errors import GatewayError
-from gatez.policy import CompiledPolicy, ModelTarget
+from gatez.errors import Unauthenticated
+from gatez.pipeline.stage import REQUEST_PHASES, Phase
+from gatez.pipeline.verdicts import Decision
+from gatez.policy import CompiledPolicy, CompiledRoute, ModelTarget
 from gatez.sse import SseSplitter
+
+if TYPE_CHECKING:
+    from gatez.pipeline.stage import Stage
 
 
 class BodyMode(enum.Enum):
@@ -24,43 +29,6 @@ class BodyMode(enum.Enum):
     NONE = "none"
     BUFFERED = "buffered"
     STREAMED = "streamed"
-
-
-@dataclass(frozen=True, slots=True)
-class Continue:
-    """Go on to the next stage, and on to the upstream after the last one."""
-
-
-CONTINUE: Final = Continue()
-
-
-@dataclass(frozen=True, slots=True)
-class Respond:
-    """Answer the client now with this status and body; the upstream is not (or no more) used."""
-
-    status: int
-    body: bytes
-    headers: tuple[tuple[str, str], ...] = (("content-type", "application/json"),)
-    # Why the gateway answered itself, for the request log ("rate_limited", "cache_hit", ...).
-    reason: str = ""
-
-    @classmethod
-    def from_error(cls, error: GatewayError) -> Respond:
-        headers: tuple[tuple[str, str], ...] = (("content-type", "application/json"),)
-        if error.retry_after_s is not None:
-            headers += (("retry-after", str(error.retry_after_s)),)
-        return cls(error.http_status, error.json_body(), headers, error.reason)
-
-
-@dataclass(frozen=True, slots=True)
-class Hold:
-    """Wait for an outside decision (a human approval); `decision` yields the real verdict."""
-
-    decision: Awaitable[Continue | Respond]
-    timeout_s: float
-
-
-Verdict = Continue | Respond | Hold
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,7 +80,10 @@ class Flow:
     """One HTTP exchange as the pipeline sees it."""
 
     request_id: str
-    policy: CompiledPolicy | None
+    # The policy in force when the request arrived, kept for the whole exchange.
+    policy: CompiledPolicy
+    # The policy route the path matched (its kind chose the pipeline); None when none did.
+    route: CompiledRoute | None
     # Monotonic, for durations; `started_at` is the wall clock (epoch seconds), for log rows.
     started_ns: int
     started_at: float
@@ -141,12 +112,27 @@ class Flow:
     # Set when the gateway answered itself (the Respond reason).
     error: str = ""
     pending: Pending = field(default_factory=Pending)
+    # The phase running now (set by the pipeline).
+    phase: Phase = Phase.REQUEST_HEADERS
     # Checks started by stages and not yet settled (see `defer`).
-    deferred: list[tuple[object, asyncio.Future[Continue | Respond]]] = field(default_factory=list)
+    deferred: list[tuple[Stage, asyncio.Future[Decision]]] = field(default_factory=list)
+    # Set by the adapter: called with the longest wait before a stage's Hold is waited out, so
+    # the proxy gives the request that long (Envoy: override_message_timeout).
+    on_hold: Callable[[float], None] | None = None
 
-    def defer(self, stage: object, check: asyncio.Future[Continue | Respond]) -> None:
+    @property
+    def caller(self) -> Principal:
+        """Who is calling; stages after authentication rely on it (authentication is first)."""
+        if self.principal is None:
+            raise Unauthenticated("missing credential")
+        return self.principal
+
+    def defer(self, stage: Stage, check: asyncio.Future[Decision]) -> None:
         """Lets the request go on while `check` runs; the pipeline settles it before anything
-        reaches the upstream, and its refusal answers in `stage`'s place."""
+        reaches the upstream, and its refusal answers in `stage`'s place. Only request phases may
+        defer: afterwards nothing is left to hold back."""
+        if self.phase not in REQUEST_PHASES:
+            raise RuntimeError(f"{stage.name} deferred a check in {self.phase.name}")
         self.deferred.append((stage, check))
 
     def set_upstream_header(self, name: str, value: str) -> None:

@@ -336,3 +336,39 @@ class IngestLogsRequest(_message.Message):
 class IngestLogsResponse(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
+
+class CreateRouteRequest(_message.Message):
+    __slots__ = ("route",)
+    ROUTE_FIELD_NUMBER: _ClassVar[int]
+    route: _policy_pb2.Route
+    def __init__(self, route: _Optional[_Union[_policy_pb2.Route, _Mapping]] = ...) -> None: ...
+
+class CreateRouteResponse(_message.Message):
+    __slots__ = ("route", "policy_version")
+    ROUTE_FIELD_NUMBER: _ClassVar[int]
+    POLICY_VERSION_FIELD_NUMBER: _ClassVar[int]
+    route: _policy_pb2.Route
+    policy_version: int
+    def __init__(self, route: _Optional[_Union[_policy_pb2.Route, _Mapping]] = ..., policy_version: _Optional[int] = ...) -> None: ...
+
+class ListRoutesRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListRoutesResponse(_message.Message):
+    __slots__ = ("routes",)
+    ROUTES_FIELD_NUMBER: _ClassVar[int]
+    routes: _containers.RepeatedCompositeFieldContainer[_policy_pb2.Route]
+    def __init__(self, routes: _Optional[_Iterable[_Union[_policy_pb2.Route, _Mapping]]] = ...) -> None: ...
+
+class DeleteRouteRequest(_message.Message):
+    __slots__ = ("route_id",)
+    ROUTE_ID_FIELD_NUMBER: _ClassVar[int]
+    route_id: str
+    def __init__(self, route_id: _Optional[str] = ...) -> None: ...
+
+class DeleteRouteResponse(_message.Message):
+    __slots__ = ("policy_version",)
+    POLICY_VERSION_FIELD_NUMBER: _ClassVar[int]
+    policy_version: int
+    def __init__(self, policy_version: _Optional[int] = ...) -> None: ...

@@ -141,6 +141,21 @@ class ControlServiceStub:
                 request_serializer=gatez_dot_v1_dot_control__pb2.ListAiLogsRequest.SerializeToString,
                 response_deserializer=gatez_dot_v1_dot_control__pb2.ListAiLogsResponse.FromString,
                 _registered_method=True)
+        self.CreateRoute = channel.unary_unary(
+                '/gatez.v1.ControlService/CreateRoute',
+                request_serializer=gatez_dot_v1_dot_control__pb2.CreateRouteRequest.SerializeToString,
+                response_deserializer=gatez_dot_v1_dot_control__pb2.CreateRouteResponse.FromString,
+                _registered_method=True)
+        self.ListRoutes = channel.unary_unary(
+                '/gatez.v1.ControlService/ListRoutes',
+                request_serializer=gatez_dot_v1_dot_control__pb2.ListRoutesRequest.SerializeToString,
+                response_deserializer=gatez_dot_v1_dot_control__pb2.ListRoutesResponse.FromString,
+                _registered_method=True)
+        self.DeleteRoute = channel.unary_unary(
+                '/gatez.v1.ControlService/DeleteRoute',
+                request_serializer=gatez_dot_v1_dot_control__pb2.DeleteRouteRequest.SerializeToString,
+                response_deserializer=gatez_dot_v1_dot_control__pb2.DeleteRouteResponse.FromString,
+                _registered_method=True)
 
 
 class ControlServiceServicer:
@@ -281,6 +296,25 @@ class ControlServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateRoute(self, request, context):
+        """Routes: which pipeline a path runs (LLM, REST), and where REST requests go.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListRoutes(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteRoute(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ControlServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -388,6 +422,21 @@ def add_ControlServiceServicer_to_server(servicer, server):
                     servicer.ListAiLogs,
                     request_deserializer=gatez_dot_v1_dot_control__pb2.ListAiLogsRequest.FromString,
                     response_serializer=gatez_dot_v1_dot_control__pb2.ListAiLogsResponse.SerializeToString,
+            ),
+            'CreateRoute': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateRoute,
+                    request_deserializer=gatez_dot_v1_dot_control__pb2.CreateRouteRequest.FromString,
+                    response_serializer=gatez_dot_v1_dot_control__pb2.CreateRouteResponse.SerializeToString,
+            ),
+            'ListRoutes': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListRoutes,
+                    request_deserializer=gatez_dot_v1_dot_control__pb2.ListRoutesRequest.FromString,
+                    response_serializer=gatez_dot_v1_dot_control__pb2.ListRoutesResponse.SerializeToString,
+            ),
+            'DeleteRoute': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteRoute,
+                    request_deserializer=gatez_dot_v1_dot_control__pb2.DeleteRouteRequest.FromString,
+                    response_serializer=gatez_dot_v1_dot_control__pb2.DeleteRouteResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -959,6 +1008,87 @@ class ControlService:
             '/gatez.v1.ControlService/ListAiLogs',
             gatez_dot_v1_dot_control__pb2.ListAiLogsRequest.SerializeToString,
             gatez_dot_v1_dot_control__pb2.ListAiLogsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateRoute(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gatez.v1.ControlService/CreateRoute',
+            gatez_dot_v1_dot_control__pb2.CreateRouteRequest.SerializeToString,
+            gatez_dot_v1_dot_control__pb2.CreateRouteResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListRoutes(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gatez.v1.ControlService/ListRoutes',
+            gatez_dot_v1_dot_control__pb2.ListRoutesRequest.SerializeToString,
+            gatez_dot_v1_dot_control__pb2.ListRoutesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteRoute(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gatez.v1.ControlService/DeleteRoute',
+            gatez_dot_v1_dot_control__pb2.DeleteRouteRequest.SerializeToString,
+            gatez_dot_v1_dot_control__pb2.DeleteRouteResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -14,8 +14,21 @@ class ProviderKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     PROVIDER_KIND_UNSPECIFIED: _ClassVar[ProviderKind]
     PROVIDER_KIND_OPENAI: _ClassVar[ProviderKind]
+
+class RouteKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    ROUTE_KIND_UNSPECIFIED: _ClassVar[RouteKind]
+    ROUTE_KIND_LLM: _ClassVar[RouteKind]
+    ROUTE_KIND_REST: _ClassVar[RouteKind]
+    ROUTE_KIND_MCP: _ClassVar[RouteKind]
+    ROUTE_KIND_A2A: _ClassVar[RouteKind]
 PROVIDER_KIND_UNSPECIFIED: ProviderKind
 PROVIDER_KIND_OPENAI: ProviderKind
+ROUTE_KIND_UNSPECIFIED: RouteKind
+ROUTE_KIND_LLM: RouteKind
+ROUTE_KIND_REST: RouteKind
+ROUTE_KIND_MCP: RouteKind
+ROUTE_KIND_A2A: RouteKind
 
 class Tenant(_message.Message):
     __slots__ = ("id", "display_name", "rate_limit", "create_time")
@@ -107,8 +120,22 @@ class ModelRoute(_message.Message):
     upstream_model: str
     def __init__(self, id: _Optional[str] = ..., tenant_id: _Optional[str] = ..., alias: _Optional[str] = ..., provider: _Optional[str] = ..., upstream_model: _Optional[str] = ...) -> None: ...
 
+class Route(_message.Message):
+    __slots__ = ("id", "path_prefix", "kind", "upstream_url", "strip_prefix")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    PATH_PREFIX_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    UPSTREAM_URL_FIELD_NUMBER: _ClassVar[int]
+    STRIP_PREFIX_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    path_prefix: str
+    kind: RouteKind
+    upstream_url: str
+    strip_prefix: bool
+    def __init__(self, id: _Optional[str] = ..., path_prefix: _Optional[str] = ..., kind: _Optional[_Union[RouteKind, str]] = ..., upstream_url: _Optional[str] = ..., strip_prefix: _Optional[bool] = ...) -> None: ...
+
 class PolicySnapshot(_message.Message):
-    __slots__ = ("version", "create_time", "tenants", "api_keys", "identity_providers", "providers", "provider_credentials", "model_routes")
+    __slots__ = ("version", "create_time", "tenants", "api_keys", "identity_providers", "providers", "provider_credentials", "model_routes", "routes")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
     TENANTS_FIELD_NUMBER: _ClassVar[int]
@@ -117,6 +144,7 @@ class PolicySnapshot(_message.Message):
     PROVIDERS_FIELD_NUMBER: _ClassVar[int]
     PROVIDER_CREDENTIALS_FIELD_NUMBER: _ClassVar[int]
     MODEL_ROUTES_FIELD_NUMBER: _ClassVar[int]
+    ROUTES_FIELD_NUMBER: _ClassVar[int]
     version: int
     create_time: _timestamp_pb2.Timestamp
     tenants: _containers.RepeatedCompositeFieldContainer[Tenant]
@@ -125,4 +153,5 @@ class PolicySnapshot(_message.Message):
     providers: _containers.RepeatedCompositeFieldContainer[Provider]
     provider_credentials: _containers.RepeatedCompositeFieldContainer[ProviderCredential]
     model_routes: _containers.RepeatedCompositeFieldContainer[ModelRoute]
-    def __init__(self, version: _Optional[int] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., tenants: _Optional[_Iterable[_Union[Tenant, _Mapping]]] = ..., api_keys: _Optional[_Iterable[_Union[ApiKey, _Mapping]]] = ..., identity_providers: _Optional[_Iterable[_Union[IdentityProvider, _Mapping]]] = ..., providers: _Optional[_Iterable[_Union[Provider, _Mapping]]] = ..., provider_credentials: _Optional[_Iterable[_Union[ProviderCredential, _Mapping]]] = ..., model_routes: _Optional[_Iterable[_Union[ModelRoute, _Mapping]]] = ...) -> None: ...
+    routes: _containers.RepeatedCompositeFieldContainer[Route]
+    def __init__(self, version: _Optional[int] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., tenants: _Optional[_Iterable[_Union[Tenant, _Mapping]]] = ..., api_keys: _Optional[_Iterable[_Union[ApiKey, _Mapping]]] = ..., identity_providers: _Optional[_Iterable[_Union[IdentityProvider, _Mapping]]] = ..., providers: _Optional[_Iterable[_Union[Provider, _Mapping]]] = ..., provider_credentials: _Optional[_Iterable[_Union[ProviderCredential, _Mapping]]] = ..., model_routes: _Optional[_Iterable[_Union[ModelRoute, _Mapping]]] = ..., routes: _Optional[_Iterable[_Union[Route, _Mapping]]] = ...) -> None: ...

@@ -25,7 +25,7 @@ from extproc.grpcio_server import serve_grpcio
 from extproc.jwks import JwksCache
 from extproc.logsink import ClickHouseLogWriter, LogSink
 from extproc.redis_pipe import PipelinedRedis
-from extproc.server import build_pipeline
+from extproc.server import build_dispatcher
 from gatez import keys
 from gatez.logrows import AiLogRow
 from gatez.logstore import LogStore
@@ -58,6 +58,15 @@ def policy() -> CompiledPolicy:
             ],
             model_routes=[
                 policy_pb2.ModelRoute(alias="fast", provider="openai", upstream_model="gpt-4o-mini")
+            ],
+            routes=[
+                policy_pb2.Route(
+                    id="orders",
+                    path_prefix="/api/orders",
+                    kind=policy_pb2.ROUTE_KIND_REST,
+                    upstream_url="https://orders.internal:8443/v2",
+                    strip_prefix=True,
+                )
             ],
         )
     )
@@ -92,9 +101,11 @@ async def processor(
     redis = PipelinedRedis.from_url(redis_server.url)
     node_id = f"n1-{request.param}"
     sink = LogSink(ClickHouseLogWriter(log_store))
-    pipeline = build_pipeline(jwks=JwksCache(http), redis=redis, sink=sink, node_id=node_id)
     compiled = policy()
-    methods = ExternalProcessor(pipeline, lambda: compiled).methods()
+    dispatcher = build_dispatcher(
+        lambda: compiled, jwks=JwksCache(http), redis=redis, sink=sink, node_id=node_id
+    )
+    methods = ExternalProcessor(dispatcher).methods()
     socket = f"unix:{tmp_path}/ep.sock"
     server: GrpcServer | grpc.aio.Server
     if request.param == "grpcio":
@@ -247,6 +258,7 @@ async def test_sse_exchange_strips_the_usage_the_gateway_added(processor: Proces
          "authentication_error"),
         (request_headers("/v1/chat/completions", AUTH, method="GET"), 400, "invalid_request_error"),
         (request_headers("/v1/unknown", AUTH), 404, "not_found_error"),
+        (request_headers("/nowhere", AUTH), 404, "not_found_error"),
     ],
 )  # fmt: skip
 async def test_rejections_are_immediate_json_responses(
@@ -262,7 +274,8 @@ async def test_rejections_are_immediate_json_responses(
     assert set_headers(immediate.headers)["content-type"] == "application/json"
     await _drain(processor)
     request_id = _request_id(request_)
-    tenant = "" if status == 401 else "acme"
+    # Unauthenticated and unrouted requests are logged without a tenant.
+    tenant = "" if status == 401 or _path(request_) == "/nowhere" else "acme"
     (row,) = [
         r
         for r in processor.store.recent_request_logs(tenant, 100)
@@ -278,6 +291,33 @@ async def test_models_list_is_answered_by_the_gateway(processor: Processor) -> N
     await call.done_writing()
     assert response.status.code == 200
     assert [m["id"] for m in orjson.loads(response.body)["data"]] == ["fast"]
+
+
+def _path(start: ext_proc.ProcessingRequest) -> str:
+    for header in start.request_headers.headers.headers:
+        if header.key == ":path":
+            return str(header.raw_value.decode())
+    raise AssertionError("no path")
+
+
+async def test_a_rest_route_is_sent_to_its_upstream_on_the_headers_alone(
+    processor: Processor,
+) -> None:
+    call = processor.stub.Process()
+    await call.write(request_headers("/api/orders/17?expand=1", AUTH, method="GET"))
+    response = await call.read()
+    await call.done_writing()
+    assert response.WhichOneof("response") == "request_headers"
+    common = response.request_headers.response
+    assert common.clear_route_cache
+    assert set_headers(common.header_mutation) == {
+        "x-gatez-cluster": "gatez_upstream_tls",
+        ":authority": "orders.internal:8443",
+        ":path": "/v2/17?expand=1",
+    }
+    # No body asked for: a REST call costs the headers round trip only.
+    assert not response.HasField("mode_override")
+    assert "authorization" in common.header_mutation.remove_headers
 
 
 def _request_id(start: ext_proc.ProcessingRequest) -> str:

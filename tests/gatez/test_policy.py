@@ -15,11 +15,15 @@ from gatez.policy import (
     ApiKeyEntry,
     IdentityProviderRule,
     RateLimitRule,
+    RouteKind,
+    Upstream,
     compile_policy,
 )
 from gatez.v1 import policy_pb2
 
 OPENAI = policy_pb2.PROVIDER_KIND_OPENAI
+REST = policy_pb2.ROUTE_KIND_REST
+UP = "https://orders.internal:8443/v2"
 ACME_KEY = keys.digest("gz-acme-secret")
 GLOBEX_KEY = keys.digest("gz-globex-secret")
 
@@ -87,6 +91,15 @@ def valid() -> policy_pb2.PolicySnapshot:
                 upstream_model="qwen2.5",
             ),
         ],
+        routes=[
+            policy_pb2.Route(
+                id="orders",
+                path_prefix="/api/orders",
+                kind=REST,
+                upstream_url=UP,
+                strip_prefix=True,
+            )
+        ],
     )
 
 
@@ -126,6 +139,17 @@ def test_a_valid_snapshot_compiles() -> None:
     )
     assert policy.providers["openai"].api_key == "sk-proj-secret"
     assert policy.providers["ollama"].api_key is None
+
+
+def test_routes_compile_with_their_upstream_and_the_built_in_llm_route() -> None:
+    compiled = compile_policy(valid())
+    orders = compiled.routes.match("/api/orders/7")
+    assert orders is not None and orders.kind is RouteKind.REST
+    assert orders.upstream == Upstream(UPSTREAM_CLUSTER_TLS, "orders.internal:8443", "/v2")
+    assert orders.strip_prefix
+    llm = compiled.routes.match("/v1/chat/completions")
+    assert llm is not None and (llm.id, llm.kind) == ("default-llm", RouteKind.LLM)
+    assert compiled.routes.match("/other") is None
 
 
 def test_the_compiled_policy_is_read_only() -> None:
@@ -393,6 +417,63 @@ INVALID: list[tuple[str, Mutation, str]] = [
             id="r9", tenant_id="acme", alias="fast", provider="openai", upstream_model="gpt-4o"
         ),
         "model route 'r9': alias 'fast' is routed twice",
+    ),
+    (
+        "route-bad-id",
+        lambda s: s.routes.add(id="Orders!", path_prefix="/api", kind=REST, upstream_url=UP),
+        "route id 'Orders!' is not valid",
+    ),
+    (
+        "route-twice",
+        lambda s: s.routes.add(id="orders", path_prefix="/api/x", kind=REST, upstream_url=UP),
+        "route 'orders' appears twice",
+    ),
+    (
+        "route-prefix-twice",
+        lambda s: s.routes.add(id="o2", path_prefix="/api/orders", kind=REST, upstream_url=UP),
+        "route 'o2': path_prefix '/api/orders' is routed twice",
+    ),
+    (
+        "route-prefix-relative",
+        lambda s: s.routes.add(id="o2", path_prefix="api", kind=REST, upstream_url=UP),
+        "route 'o2': path_prefix must start with '/'",
+    ),
+    (
+        "route-prefix-trailing-slash",
+        lambda s: s.routes.add(id="o2", path_prefix="/api/", kind=REST, upstream_url=UP),
+        "route 'o2': path_prefix must start with '/' and not end with one",
+    ),
+    (
+        "route-prefix-query",
+        lambda s: s.routes.add(id="o2", path_prefix="/api?x", kind=REST, upstream_url=UP),
+        "route 'o2': path_prefix may not hold",
+    ),
+    (
+        "route-no-kind",
+        lambda s: s.routes.add(id="o2", path_prefix="/b", upstream_url=UP),
+        "route 'o2': kind is required",
+    ),
+    (
+        "route-mcp-not-served",
+        lambda s: s.routes.add(id="o2", path_prefix="/mcp", kind=policy_pb2.ROUTE_KIND_MCP),
+        "route 'o2': mcp routes are not served yet",
+    ),
+    (
+        "route-rest-without-upstream",
+        lambda s: s.routes.add(id="o2", path_prefix="/b", kind=REST),
+        "route 'o2': upstream_url must be a URL",
+    ),
+    (
+        "route-rest-upstream-with-credentials",
+        lambda s: s.routes.add(id="o2", path_prefix="/b", kind=REST, upstream_url="http://u:p@h"),
+        "route 'o2': upstream_url must not carry credentials",
+    ),
+    (
+        "route-llm-with-upstream",
+        lambda s: s.routes.add(
+            id="o2", path_prefix="/llm", kind=policy_pb2.ROUTE_KIND_LLM, upstream_url=UP
+        ),
+        "route 'o2': only REST routes have an upstream_url",
     ),
 ]
 

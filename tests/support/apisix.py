@@ -574,7 +574,7 @@ class ApisixHarness:
 
 def llm_routes(upstream: str, providers: Mapping[str, str] | None = None) -> list[HarnessRoute]:
     """The routes of `apisix/apisix.yaml`: the LLM path (pre-req + post-resp), then plain REST."""
-    llm_conf: Conf = (("gatez", '{"route":"llm"}'),)
+    llm_conf: Conf = (("gatez", "{}"),)
     return [
         HarnessRoute(
             id="llm",
@@ -584,9 +584,7 @@ def llm_routes(upstream: str, providers: Mapping[str, str] | None = None) -> lis
             post_resp=llm_conf,
             split_upstreams=dict(providers or {}),
         ),
-        HarnessRoute(
-            id="rest", prefix="/", upstream=upstream, pre_req=(("gatez", '{"route":"rest"}'),)
-        ),
+        HarnessRoute(id="rest", prefix="/", upstream=upstream, pre_req=(("gatez", "{}"),)),
     ]
 
 

@@ -7,9 +7,8 @@ import time
 import uuid
 from collections.abc import Callable
 
-from gatez.pipeline.flow import Continue, Flow, Respond, Verdict
-from gatez.pipeline.runner import StageResult
-from gatez.policy import CompiledPolicy
+from gatez.pipeline import Decision, Flow, Respond, StageResult, Verdict
+from gatez.policy import EMPTY_POLICY, CompiledPolicy
 
 
 def make_flow(
@@ -21,9 +20,11 @@ def make_flow(
     body: bytes | None = None,
 ) -> Flow:
     """A Flow as it stands after the request headers arrived (and the body, when given)."""
+    policy = policy or EMPTY_POLICY
     flow = Flow(
         request_id=uuid.uuid4().hex,
         policy=policy,
+        route=policy.routes.match(path),
         started_ns=time.monotonic_ns(),
         started_at=time.time(),
         method=method,
@@ -43,7 +44,7 @@ async def run_stage(method: Callable[[Flow], StageResult], flow: Flow) -> Verdic
     verdict: Verdict = await result if inspect.isawaitable(result) else result
     deferred, flow.deferred = flow.deferred, []
     for _, check in deferred:
-        checked: Continue | Respond = await check
-        if not isinstance(checked, Continue):
+        checked: Decision = await check
+        if isinstance(checked, Respond):
             return checked
     return verdict

@@ -14,15 +14,14 @@ import aiohttp
 import pytest
 import redis.asyncio as aioredis
 
-from extproc.apisix.runner import ExtPluginRunner, RouteKind
+from extproc.apisix.runner import ExtPluginRunner
 from extproc.jwks import JwksCache
 from extproc.logsink import ClickHouseLogWriter, LogSink
 from extproc.redis_pipe import PipelinedRedis
-from extproc.server import build_pipeline, build_rest_pipeline
+from extproc.server import build_dispatcher
 from gatez import keys
 from gatez.logstore import LogStore
-from gatez.pipeline.flow import CONTINUE, Flow, Verdict
-from gatez.pipeline.runner import Pipeline
+from gatez.pipeline import CONTINUE, Dispatcher, Flow, Pipeline, Stage, Verdict
 from gatez.policy import CompiledPolicy, compile_policy
 from gatez.v1 import policy_pb2
 from tests.fakes.openai_upstream import UpstreamServer
@@ -57,9 +56,10 @@ def policy(base_url: str) -> CompiledPolicy:
     )
 
 
-@dataclass
-class Probe:
-    """A stage that records the Flows it sees and runs what the test scripted for each phase."""
+@dataclass(eq=False)
+class ProbeRequest(Stage):
+    """A stage that records the Flows it sees and runs what the test scripted for each request
+    phase (a pipeline with it alone does not ask for the response)."""
 
     flows: list[Flow] = field(default_factory=list)
     headers_verdict: Callable[[Flow], Verdict] = lambda flow: CONTINUE
@@ -75,14 +75,45 @@ class Probe:
     async def on_request_body(self, flow: Flow) -> Verdict:
         return self.body_verdict(flow)
 
-    async def on_response_headers(self, flow: Flow) -> Verdict:
-        return self.response_verdict(flow)
-
-    async def on_response_body(self, flow: Flow) -> Verdict:
-        return self.response_body_verdict(flow)
-
     async def on_done(self, flow: Flow) -> None:
         self.done.append(flow)
+
+
+class ProbeResponse(Stage):
+    """The probe's response phases, in a pipeline of its own after `ProbeRequest`."""
+
+    def __init__(self, probe: ProbeRequest) -> None:
+        self.probe = probe
+
+    async def on_response_headers(self, flow: Flow) -> Verdict:
+        return self.probe.response_verdict(flow)
+
+    async def on_response_body(self, flow: Flow) -> Verdict:
+        return self.probe.response_body_verdict(flow)
+
+
+Probe = ProbeRequest
+
+
+class ProbeDispatcher(Dispatcher):
+    """The data plane's real dispatcher for `/v1` (the LLM route), and for every other path the
+    probe: request phases only, or with response phases too while `respond` is set."""
+
+    def __init__(self, real: Dispatcher, probe: ProbeRequest) -> None:
+        self.real = real
+        self.respond = False
+        self._probe = Pipeline([probe])
+        self._probe_response = Pipeline([probe, ProbeResponse(probe)])
+
+    def open(
+        self, *, request_id: str, method: str, path: str, headers: dict[str, str], has_body: bool
+    ) -> tuple[Flow, Pipeline]:
+        flow, pipeline = self.real.open(
+            request_id=request_id, method=method, path=path, headers=headers, has_body=has_body
+        )
+        if path.startswith("/v1/"):
+            return flow, pipeline
+        return flow, self._probe_response if self.respond else self._probe
 
 
 @pytest.fixture(scope="session")
@@ -107,6 +138,7 @@ class Runner:
     sink: LogSink
     store: LogStore
     probe: Probe
+    dispatcher: ProbeDispatcher
     runner: ExtPluginRunner | None = None
     server: asyncio.Server | None = None
 
@@ -151,25 +183,17 @@ async def runner(
     http = aiohttp.ClientSession()
     redis = PipelinedRedis.from_url(redis_server.url)
     sink = LogSink(ClickHouseLogWriter(log_store))
-    jwks = JwksCache(http)
-    llm = build_pipeline(jwks=jwks, redis=redis, sink=sink, node_id="n1")
-    rest = build_rest_pipeline(jwks=jwks, redis=redis, sink=sink, node_id="n1")
-    probe = Probe()
     compiled = policy(upstream.base_url)
+    real = build_dispatcher(
+        lambda: compiled, jwks=JwksCache(http), redis=redis, sink=sink, node_id="n1"
+    )
+    probe = Probe()
+    dispatcher = ProbeDispatcher(real, probe)
 
     def make() -> ExtPluginRunner:
-        return ExtPluginRunner(
-            {
-                "llm": RouteKind(llm, response_phase=True),
-                "rest": RouteKind(rest, response_phase=False),
-                "probe": RouteKind(Pipeline([probe]), response_phase=False),
-                "probe-response": RouteKind(Pipeline([probe]), response_phase=True),
-            },
-            lambda: compiled,
-            conf_expire_s=3600,
-        )
+        return ExtPluginRunner(dispatcher, conf_expire_s=3600)
 
-    harness = Runner(tmp_path / "runner.sock", make, sink, log_store, probe)
+    harness = Runner(tmp_path / "runner.sock", make, sink, log_store, probe, dispatcher)
     await harness.start()
     yield harness
     await harness.stop()

@@ -269,7 +269,8 @@ async def test_runner_process_removes_a_stale_socket_and_exits_cleanly_on_sigter
                 break
             await asyncio.sleep(0.05)
         assert connection is not None, "the runner never listened"
-        assert stat.S_IMODE(socket.stat().st_mode) == 0o766
+        # Owner and group only: not world-writable (APISIX's reference runners use 0766).
+        assert stat.S_IMODE(socket.stat().st_mode) == 0o660
         assert await connection.prepare_conf((), "route#1#ext-plugin-pre-req#1") > 0
         await connection.close()
         process.send_signal(signal.SIGTERM)

@@ -27,15 +27,16 @@ from extproc.apisix.frames import (
     encode_http_request_call,
     encode_prepare_conf,
 )
-from extproc.apisix.runner import ConfStore, RouteConf, RouteKind
-from gatez.pipeline.flow import CONTINUE, BodyMode, Flow, Respond, Verdict
-from gatez.pipeline.runner import Pipeline
+from extproc.apisix.runner import ConfStore, RouteConf
+from gatez.pipeline import CONTINUE, BodyMode, Flow, Respond, Verdict
 from tests.extproc.apisix.conftest import API_KEY, PROVIDER, PROVIDER_KEY, Runner
 from tests.support.apisix import RequestContext, RunnerConnection, RunnerError
 
-PROBE = (("gatez", '{"route":"probe"}'),)
-PROBE_RESPONSE = (("gatez", '{"route":"probe-response"}'),)
-LLM = (("gatez", '{"route":"llm"}'),)
+# The route kind comes from the policy; these confs only tell the probe dispatcher whether the
+# probe acts on the response too (see ProbeDispatcher).
+PROBE = (("gatez", "{}"),)
+PROBE_RESPONSE = (("gatez", '{"probe": "response"}'),)
+LLM = (("gatez", ""),)
 
 # APISIX's "check input" request: PUT /hello?xx=y&xx=z&&y=&&z with repeated X-Req headers.
 CHECK_INPUT = HttpRequestCall(
@@ -64,6 +65,7 @@ def with_token(call: HttpRequestCall, token: int) -> HttpRequestCall:
 async def prepared(
     runner: Runner, conf: tuple[tuple[str, str], ...] = PROBE
 ) -> tuple[RunnerConnection, int]:
+    runner.dispatcher.respond = conf is PROBE_RESPONSE
     connection = await runner.connect()
     return connection, await connection.prepare_conf(conf, f"route#{conf[0][1]}#pre-req#1")
 
@@ -260,13 +262,15 @@ async def test_malformed_frame_is_bad_request_and_the_connection_goes_on(
     assert token > 0
 
 
-async def test_unknown_route_is_refused_at_prepare_conf(runner: Runner) -> None:
+async def test_a_conf_that_is_not_a_json_object_is_refused_at_prepare_conf(
+    runner: Runner,
+) -> None:
     connection = await runner.connect()
-    for conf in ((("gatez", '{"route":"nope"}'),), (("gatez", "not json"),)):
+    for conf in ((("gatez", "not json"),), (("gatez", "[1]"),), (("gatez", '"llm"'),)):
         with pytest.raises(RunnerError) as caught:
             await connection.prepare_conf(conf, "k")
         assert caught.value.code is ErrorCode.BAD_REQUEST
-    # Entries for other runner plugins are ignored; no entry of ours is the LLM route.
+    # Entries for other runner plugins are ignored.
     assert await connection.prepare_conf((("other", "{}"),), "k2") > 0
 
 
@@ -280,7 +284,7 @@ async def test_same_key_same_token_and_other_key_other_token(runner: Runner) -> 
 def test_tokens_live_one_point_two_times_the_expire_time() -> None:
     now = [0.0]
     store = ConfStore(expire_s=100, clock=lambda: now[0])
-    conf = RouteConf("probe", RouteKind(Pipeline([]), response_phase=False))
+    conf = RouteConf("{}")
     token = store.prepare("k", conf)
     now[0] = 119.0
     assert store.get(token) == conf

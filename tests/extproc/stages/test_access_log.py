@@ -10,7 +10,7 @@ import pytest
 from extproc.logsink import LogSink
 from extproc.stages.access_log import AccessLog
 from gatez.logrows import AiLogRow, RequestLogRow
-from gatez.pipeline.flow import Flow, LlmCall, Principal, TokenUsage
+from gatez.pipeline import Flow, LlmCall, Principal, TokenUsage
 from gatez.policy import compile_policy
 from gatez.v1 import policy_pb2
 from tests.support.flows import make_flow

@@ -14,7 +14,7 @@ from extproc.jwks import JwksCache
 from extproc.stages.authenticate import Authenticate
 from gatez.errors import GatewayError, Unauthenticated, Unavailable
 from gatez.keys import digest
-from gatez.pipeline.flow import CONTINUE, Continue, Flow, Principal
+from gatez.pipeline import CONTINUE, Continue, Flow, Principal
 from gatez.policy import CompiledPolicy, compile_policy
 from gatez.processes import free_port
 from gatez.v1 import policy_pb2
@@ -158,12 +158,13 @@ async def test_missing_or_unknown_credentials_are_refused(
     assert "gz-not-a-key" not in error.public_message
 
 
-async def test_no_policy_yet_is_503(stage: Authenticate) -> None:
+async def test_the_empty_policy_knows_nobody(stage: Authenticate) -> None:
+    # A data plane without any policy answers 503 before this stage (the dispatcher's NoPolicy);
+    # an empty one lets nobody in.
     error = await refused(stage, None, bearer(ACME_SECRET))
 
-    assert isinstance(error, Unavailable)
-    assert error.http_status == 503
-    assert error.public_message == "no policy yet"
+    assert isinstance(error, Unauthenticated)
+    assert error.public_message == "invalid API key"
 
 
 # -- JWTs --------------------------------------------------------------------------------------

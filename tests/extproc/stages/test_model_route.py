@@ -7,9 +7,10 @@ from typing import Any
 import orjson
 import pytest
 
-from extproc.stages.model_route import CLUSTER_HEADER, ModelNotFound, ModelRouting
-from gatez.errors import GatewayError, InvalidRequest, NotFound, Unavailable
-from gatez.pipeline.flow import CONTINUE, BodyMode, Flow, Principal, Respond
+from extproc.stages.model_route import ModelNotFound, ModelRouting
+from extproc.stages.upstream import CLUSTER_HEADER
+from gatez.errors import GatewayError, InvalidRequest, NotFound, Unauthenticated
+from gatez.pipeline import CONTINUE, BodyMode, Flow, Principal, Respond
 from gatez.policy import (
     UPSTREAM_CLUSTER_PLAIN,
     UPSTREAM_CLUSTER_TLS,
@@ -140,12 +141,6 @@ async def test_models_list_shows_the_tenants_aliases(tenant: str, aliases: list[
         "object": "list",
         "data": [{"id": a, "object": "model", "created": 0, "owned_by": "gatez"} for a in aliases],
     }
-
-
-async def test_models_list_without_a_policy_is_unavailable() -> None:
-    flow = flow_for(None, method="GET", path="/v1/models", policy=None)
-    with pytest.raises(Unavailable):
-        ModelRouting().on_request_headers(flow)
 
 
 # --- request body: routing ----------------------------------------------------------------
@@ -367,17 +362,23 @@ async def test_an_unknown_model_is_a_404_naming_it(tenant: str, model: str) -> N
         "invalid_request_error",
         "model_not_found",
     )
-    assert f"`{model}`" in error.public_message
+    assert f"{model!r}" in error.public_message
     assert flow.llm is None
     assert not flow.pending
 
 
-@pytest.mark.parametrize(("has_policy", "has_principal"), [(False, True), (True, False)])
-async def test_no_policy_or_no_caller_is_unavailable(has_policy: bool, has_principal: bool) -> None:
-    flow = flow_for(request(), policy=POLICY if has_policy else None)
-    if not has_principal:
-        flow.principal = None
-    with pytest.raises(Unavailable) as raised:
+async def test_no_caller_is_unauthenticated() -> None:
+    flow = flow_for(request())
+    flow.principal = None
+    with pytest.raises(Unauthenticated) as raised:
         ModelRouting().on_request_body(flow)
-    assert raised.value.http_status == 503
+    assert raised.value.http_status == 401
     assert not flow.pending
+
+
+async def test_an_unknown_model_is_quoted_bounded() -> None:
+    flow = flow_for(request("m" * 5000 + "\r\nx-evil: 1"))
+    with pytest.raises(ModelNotFound) as raised:
+        ModelRouting().on_request_body(flow)
+    assert len(raised.value.public_message) < 200
+    assert "\r" not in raised.value.public_message

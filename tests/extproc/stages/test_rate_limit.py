@@ -13,7 +13,7 @@ import redis.asyncio as aioredis
 from extproc.redis_pipe import PipelinedRedis
 from extproc.stages.rate_limit import RateLimit, bucket_key
 from gatez.errors import RateLimited, Unauthenticated, Unavailable
-from gatez.pipeline.flow import CONTINUE, Flow, Principal, Respond
+from gatez.pipeline import CONTINUE, FailureMode, Flow, Principal, Respond
 from gatez.policy import CompiledPolicy, compile_policy
 from gatez.processes import free_port
 from gatez.v1 import policy_pb2
@@ -231,13 +231,13 @@ async def test_redis_down_passes_when_fail_open(
     )
     stage = RateLimit(client, fail_open=True, timeout_s=0.3)
 
-    assert stage.fail_open
+    assert stage.failure_mode is FailureMode.OPEN
     assert await run_stage(stage.on_request_headers, flow_for(policy, "acme")) is CONTINUE
     await client.close()
 
 
-async def test_no_policy_is_503_and_no_principal_is_401(stage: RateLimit) -> None:
-    with pytest.raises(Unavailable):
+async def test_an_unknown_tenant_or_no_principal_is_401(stage: RateLimit) -> None:
+    with pytest.raises(Unauthenticated):
         await run_stage(stage.on_request_headers, flow_for(None, "acme"))
     with pytest.raises(Unauthenticated):
         await run_stage(stage.on_request_headers, make_flow(build_policy(acme=(60, 5))))

@@ -15,7 +15,7 @@ import orjson
 import pytest
 
 from extproc.stages.usage import UsageMeter
-from gatez.pipeline.flow import CONTINUE, BodyMode, Flow, LlmCall, TokenUsage
+from gatez.pipeline import CONTINUE, BodyMode, Flow, LlmCall, TokenUsage
 from gatez.policy import compile_policy
 from gatez.sse import SseSplitter
 from gatez.v1 import policy_pb2

@@ -17,8 +17,19 @@ from gatez.errors import (
     Unauthenticated,
     Unavailable,
 )
-from gatez.pipeline.flow import CONTINUE, BodyMode, Continue, Flow, Hold, Respond, Verdict
-from gatez.pipeline.runner import Pipeline
+from gatez.pipeline import (
+    CONTINUE,
+    BodyMode,
+    Continue,
+    FailureMode,
+    Flow,
+    Hold,
+    Phase,
+    Pipeline,
+    Respond,
+    Stage,
+    Verdict,
+)
 from tests.support.flows import make_flow
 
 Behaviour = Callable[[Flow], Awaitable[Verdict]]
@@ -49,24 +60,25 @@ def hold(decision: Awaitable[Continue | Respond], timeout_s: float = 1.0) -> Beh
     return wait
 
 
-class EveryPhase:
-    """A stage acting in every phase; records `name.phase` for each call."""
+class EveryPhase(Stage):
+    """A stage acting in every phase; records `label.phase` for each call."""
 
     def __init__(
         self,
         calls: list[str],
-        name: str,
+        label: str,
         behaviour: Behaviour = proceed,
         *,
         fail_open: bool = False,
     ) -> None:
         self.calls = calls
-        self.name = name
+        self.label = label
         self.behaviour = behaviour
-        self.fail_open = fail_open
+        if fail_open:
+            self.failure_mode = FailureMode.OPEN
 
     async def _call(self, phase: str, flow: Flow) -> Verdict:
-        self.calls.append(f"{self.name}.{phase}")
+        self.calls.append(f"{self.label}.{phase}")
         return await self.behaviour(flow)
 
     async def on_request_headers(self, flow: Flow) -> Verdict:
@@ -82,10 +94,10 @@ class EveryPhase:
         return await self._call("response_body", flow)
 
     async def on_done(self, flow: Flow) -> None:
-        self.calls.append(f"{self.name}.done")
+        self.calls.append(f"{self.label}.done")
 
 
-class HeadersOnly:
+class HeadersOnly(Stage):
     """A stage acting on request headers only (like authentication)."""
 
     def __init__(self, calls: list[str]) -> None:
@@ -96,22 +108,22 @@ class HeadersOnly:
         return CONTINUE
 
 
-class DoneOnly:
+class DoneOnly(Stage):
     """A stage acting only when the exchange is over (like the access log)."""
 
-    def __init__(self, calls: list[str], name: str, error: Exception | None = None) -> None:
+    def __init__(self, calls: list[str], label: str, error: Exception | None = None) -> None:
         self.calls = calls
-        self.name = name
+        self.label = label
         self.error = error
 
     async def on_done(self, flow: Flow) -> None:
-        self.calls.append(f"{self.name}.done")
+        self.calls.append(f"{self.label}.done")
         if self.error is not None:
             raise self.error
 
 
-class NoPhases:
-    """Not a stage of any phase: ignored."""
+class NoPhases(Stage):
+    """A stage of no phase: never called."""
 
 
 @pytest.fixture
@@ -344,24 +356,24 @@ async def test_done_runs_every_stage_even_when_one_fails(calls: list[str]) -> No
     assert calls == ["first.done", "b.done", "last.done"]
 
 
-class Plain:
+class Plain(Stage):
     """A stage with plain (non-coroutine) methods, like routing and usage metering."""
 
-    def __init__(self, calls: list[str], name: str, verdict: Verdict = CONTINUE) -> None:
+    def __init__(self, calls: list[str], label: str, verdict: Verdict = CONTINUE) -> None:
         self.calls = calls
-        self.name = name
+        self.label = label
         self.verdict = verdict
 
     def on_request_headers(self, flow: Flow) -> Verdict:
-        self.calls.append(f"{self.name}.request_headers")
+        self.calls.append(f"{self.label}.request_headers")
         return self.verdict
 
     def on_request_body(self, flow: Flow) -> Verdict:
-        self.calls.append(f"{self.name}.request_body")
+        self.calls.append(f"{self.label}.request_body")
         return self.verdict
 
 
-class Deferring:
+class Deferring(Stage):
     """Starts a check and lets the request go on, like the rate limit."""
 
     def __init__(
@@ -493,7 +505,7 @@ async def test_a_deferred_check_that_breaks_is_a_500_unless_its_stage_fails_open
     assert verdict.status == 500
 
     open_stage = Deferring(calls, broken())
-    open_stage.fail_open = True  # type: ignore[attr-defined]
+    open_stage.failure_mode = FailureMode.OPEN
     flow = new_flow()
     assert await Pipeline([open_stage]).request_headers(flow) is CONTINUE
     assert await Pipeline([open_stage]).request_body(flow) is CONTINUE
@@ -557,3 +569,139 @@ async def test_a_body_waiting_on_a_dropped_check_is_cancelled(calls: list[str]) 
 
     assert isinstance(outcome, asyncio.Future) and outcome.cancelled()
     assert "routing.request_body" not in calls
+
+
+# -- the stage contract --------------------------------------------------------------------------
+
+
+def test_a_misspelt_phase_method_is_refused_when_the_stage_is_defined() -> None:
+    with pytest.raises(TypeError, match=r"on_request_header.*not phases"):
+
+        class Misspelt(Stage):
+            def on_request_header(self, flow: Flow) -> Verdict:
+                return CONTINUE
+
+
+def test_a_stage_knows_its_name_and_the_phases_it_defines(calls: list[str]) -> None:
+    assert HeadersOnly.name == "headers_only"
+    assert HeadersOnly.phases == frozenset({Phase.REQUEST_HEADERS})
+    assert DoneOnly.phases == frozenset({Phase.DONE})
+    assert NoPhases.phases == frozenset()
+    assert EveryPhase.phases == frozenset(Phase)
+
+    class Named(Stage):
+        name = "custom"
+
+    assert Named.name == "custom"
+
+
+def test_a_pipeline_refuses_what_is_not_a_stage(calls: list[str]) -> None:
+    class Duck:
+        async def on_request_headers(self, flow: Flow) -> Verdict:
+            return CONTINUE
+
+    with pytest.raises(TypeError, match="not a Stage"):
+        Pipeline([HeadersOnly(calls), Duck()])  # type: ignore[list-item]
+
+
+async def test_close_closes_every_stage_even_when_one_fails() -> None:
+    closed: list[str] = []
+
+    class Holder(Stage):
+        def __init__(self, label: str, error: Exception | None = None) -> None:
+            self.label = label
+            self.error = error
+
+        async def close(self) -> None:
+            closed.append(self.label)
+            if self.error is not None:
+                raise self.error
+
+    await Pipeline([Holder("a", RuntimeError("redis away")), Holder("b")]).close()
+    assert closed == ["a", "b"]
+
+
+# -- waits ---------------------------------------------------------------------------------------
+
+
+class BodyDeferring(Stage):
+    """Starts a check in the body phase (as a budget reservation would)."""
+
+    def __init__(self, check: Awaitable[Continue | Respond]) -> None:
+        self.check = check
+
+    def on_request_body(self, flow: Flow) -> Verdict:
+        flow.defer(self, asyncio.ensure_future(self.check))
+        return CONTINUE
+
+
+async def test_a_check_deferred_in_the_body_phase_is_settled_before_the_upstream(
+    calls: list[str],
+) -> None:
+    pipeline = Pipeline([BodyDeferring(refused_later(calls)), Plain(calls, "routing")])
+    flow = new_flow()
+
+    outcome = pipeline.start_request_body(flow)
+
+    # Not answered at once: the refusal must be known before anything reaches the upstream.
+    assert not isinstance(outcome, Continue | Respond)
+    verdict = await outcome
+    assert isinstance(verdict, Respond) and verdict.status == 429
+    assert flow.error == "rate_limited"
+    assert flow.deferred == []
+
+
+async def test_a_check_deferred_in_the_body_phase_that_passes_lets_it_continue(
+    calls: list[str],
+) -> None:
+    pipeline = Pipeline([BodyDeferring(passed_later(calls)), Plain(calls, "routing")])
+    assert await pipeline.request_body(new_flow()) is CONTINUE
+    assert calls == ["routing.request_body", "check.passed"]
+
+
+async def test_checks_deferred_in_both_request_phases_are_all_settled(calls: list[str]) -> None:
+    pipeline = Pipeline(
+        [Deferring(calls, passed_later(calls)), BodyDeferring(refused_later(calls))]
+    )
+    flow = new_flow()
+    assert pipeline.start_request_headers(flow) is CONTINUE
+    verdict = await pipeline.request_body(flow)
+    assert isinstance(verdict, Respond) and verdict.status == 429
+
+
+async def test_a_response_phase_cannot_defer(calls: list[str]) -> None:
+    class LateDeferring(Stage):
+        def on_response_headers(self, flow: Flow) -> Verdict:
+            flow.defer(self, asyncio.ensure_future(passed_later(calls)))
+            return CONTINUE
+
+    verdict = await Pipeline([LateDeferring()]).response_headers(new_flow())
+    # The contract refuses a check it could not honour: nothing is left to hold back.
+    assert isinstance(verdict, Respond) and verdict.status == 500
+    await asyncio.sleep(0.02)
+
+
+async def test_a_hold_is_announced_to_the_adapter_before_it_is_waited_out(
+    calls: list[str],
+) -> None:
+    loop = asyncio.get_running_loop()
+    decision: asyncio.Future[Continue | Respond] = loop.create_future()
+    announced: list[tuple[float, bool]] = []
+    flow = new_flow()
+    flow.on_hold = lambda timeout_s: announced.append((timeout_s, decision.done()))
+    loop.call_later(0.02, decision.set_result, CONTINUE)
+    pipeline = Pipeline([EveryPhase(calls, "approval", hold(decision, timeout_s=120.0))])
+
+    assert await pipeline.request_body(flow) is CONTINUE
+    assert announced == [(120.0, False)]
+
+
+async def test_a_hold_longer_than_the_longest_wait_is_cut_to_it(calls: list[str]) -> None:
+    from gatez.pipeline import MAX_HOLD_S
+
+    announced: list[float] = []
+    flow = new_flow()
+    flow.on_hold = announced.append
+    pipeline = Pipeline([EveryPhase(calls, "approval", hold(decided(CONTINUE), timeout_s=1e9))])
+    assert await pipeline.request_body(flow) is CONTINUE
+    assert announced == [MAX_HOLD_S]
