@@ -18,7 +18,8 @@ and `ext-plugin-post-resp`, both with that conf):
 
 A pipeline without response stages (plain REST) costs one frame each way and its Flow ends at the
 Rewrite (its request-log row then has no status: APISIX never tells). A stage's Hold simply keeps
-the call unanswered: APISIX waits.
+the call unanswered, and APISIX waits (its 60 s read timeout is reset by an ExtraInfo question
+every 30 s, `_HeldCall`).
 
 Routing differs from Envoy: APISIX's upstream is the route's (or `traffic-split`'s), so the
 runner expresses the provider as Rewrite headers — `host` (from `:authority`), the path, the
@@ -29,6 +30,7 @@ Envoy's `x-gatez-cluster`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
 import time
@@ -205,6 +207,53 @@ class _Exchange:
             raise ProtocolViolation(str(error)) from None
 
 
+# APISIX reads each frame from the runner with a 60 s timeout (`sock:settimeouts(1000, 60000,
+# 60000)` in apisix/plugins/ext-plugin/init.lua) and answers ExtraInfo questions in a loop until
+# the call's reply comes; a held call asks one this often, so APISIX keeps waiting.
+HOLD_KEEPALIVE_S: Final = 30.0
+
+
+class _HeldCall:
+    """Keeps APISIX waiting while a stage holds the call (an approval that takes minutes): an
+    ExtraInfo question for `$request_id` every `interval_s` resets APISIX's read timeout."""
+
+    __slots__ = ("_asking", "_exchange", "_interval_s", "_stopped", "_task")
+
+    def __init__(self, exchange: _Exchange, interval_s: float) -> None:
+        self._exchange = exchange
+        self._interval_s = interval_s
+        self._task: asyncio.Task[None] | None = None
+        self._asking = False
+        self._stopped = False
+
+    def start(self, timeout_s: float) -> None:
+        """`Flow.on_hold`: a stage is about to wait up to `timeout_s` for a decision."""
+        if self._task is None or self._task.done():
+            self._stopped = False
+            self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        """Ends the questions before the call uses the connection again; a question already
+        sent is answered first (its reply must not be left for the next reader)."""
+        task, self._task = self._task, None
+        if task is None:
+            return
+        self._stopped = True
+        if not self._asking:
+            task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, ConnectionError, ProtocolViolation):
+            await task
+
+    async def _run(self) -> None:
+        while not self._stopped:
+            await asyncio.sleep(self._interval_s)
+            self._asking = True
+            try:
+                await self._exchange.ask(VarInfo(REQUEST_ID_VAR))
+            finally:
+                self._asking = False
+
+
 class ExtPluginRunner:
     """Serves APISIX's ext-plugin connections with the pipeline behind them."""
 
@@ -215,8 +264,10 @@ class ExtPluginRunner:
         conf_expire_s: float = 3600.0,
         response_wait_s: float = 900.0,
         max_waiting: int = MAX_WAITING_FLOWS,
+        hold_keepalive_s: float = HOLD_KEEPALIVE_S,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        self._hold_keepalive_s = hold_keepalive_s
         self._dispatcher = dispatcher
         self.confs = ConfStore(conf_expire_s, clock)
         # How long a Flow waits for its response call; APISIX skips it when the upstream failed.
@@ -327,6 +378,8 @@ class ExtPluginRunner:
         key: str | None = None
         changes: dict[str, str | None] = {}
         body: bytes | None = None
+        held = _HeldCall(exchange, self._hold_keepalive_s)
+        flow.on_hold = held.start
         try:
             if pipeline.wants_response:
                 raw = await exchange.ask(VarInfo(REQUEST_ID_VAR))
@@ -335,14 +388,17 @@ class ExtPluginRunner:
             verdict = pipeline.start_request_headers(flow)
             if not isinstance(verdict, Continue | Respond):
                 verdict = await verdict  # a stage must wait (or hold): the rest of the phase
+                await held.stop()
             body = _merge(changes, flow.take_pending(), body)
             if isinstance(verdict, Continue) and flow.request_body_mode is not BodyMode.NONE:
                 flow.request_body = await exchange.ask(RequestBodyInfo()) or b""
                 verdict = pipeline.start_request_body(flow)
                 if not isinstance(verdict, Continue | Respond):
                     verdict = await verdict  # a stage must wait (or hold): the rest of the phase
+                    await held.stop()
                 body = _merge(changes, flow.take_pending(), body)
         except BaseException:
+            await held.stop()
             flow.error = flow.error or "apisix_call_failed"
             self._finish(flow, pipeline)
             raise
@@ -375,13 +431,16 @@ class ExtPluginRunner:
         flow, pipeline = parked.flow, parked.pipeline
         changes: dict[str, str | None] = {}
         body: bytes | None = None
+        held = _HeldCall(exchange, self._hold_keepalive_s)
+        flow.on_hold = held.start
         try:
             flow.upstream_reached = True
             flow.response_status = call.status
             flow.response_headers = _header_map(call.headers)
             verdict = pipeline.start_response_headers(flow)
             if not isinstance(verdict, Continue | Respond):
-                verdict = await verdict  # a stage must wait: the rest of the phase
+                verdict = await verdict  # a stage must wait (or hold): the rest of the phase
+                await held.stop()
             body = _merge(changes, flow.take_pending(), body)
             if isinstance(verdict, Continue) and flow.response_body_mode is not BodyMode.NONE:
                 # APISIX buffered the whole response: it arrives here as one last chunk.
@@ -391,9 +450,11 @@ class ExtPluginRunner:
                     flow.first_byte_ns = time.monotonic_ns()
                 verdict = pipeline.start_response_body(flow)
                 if not isinstance(verdict, Continue | Respond):
-                    verdict = await verdict  # a stage must wait: the rest of the phase
+                    verdict = await verdict  # a stage must wait (or hold): the rest of the phase
+                    await held.stop()
                 body = _merge(changes, flow.take_pending(), body)
         except BaseException:
+            await held.stop()
             flow.error = flow.error or "apisix_call_failed"
             raise
         else:

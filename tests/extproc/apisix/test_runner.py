@@ -28,7 +28,7 @@ from extproc.apisix.frames import (
     encode_prepare_conf,
 )
 from extproc.apisix.runner import ConfStore, RouteConf
-from gatez.pipeline import CONTINUE, BodyMode, Flow, Respond, Verdict
+from gatez.pipeline import CONTINUE, BodyMode, Continue, Flow, Hold, Respond, Verdict
 from tests.extproc.apisix.conftest import API_KEY, PROVIDER, PROVIDER_KEY, Runner
 from tests.support.apisix import RequestContext, RunnerConnection, RunnerError
 
@@ -409,3 +409,29 @@ async def test_frame_error_in_harness_for_short_runner_replies() -> None:
         await connection.close()
         server.close()
     assert encode_frame(RpcType.ERROR, b"") == b"\x00\x00\x00\x00"
+
+
+async def test_a_held_call_keeps_apisix_reading_until_the_decision(runner: Runner) -> None:
+    """APISIX gives up on a frame after 60 s; a held call asks an ExtraInfo question every
+    `hold_keepalive_s` (30 s in production) so it waits as long as the hold does."""
+    loop = asyncio.get_running_loop()
+    decision: asyncio.Future[Continue | Respond] = loop.create_future()
+    runner.probe.headers_verdict = lambda flow: Hold(decision, timeout_s=60)
+    connection, token = await prepared(runner)
+    assert runner.runner is not None
+    runner.runner._hold_keepalive_s = 0.02
+    loop.call_later(0.2, decision.set_result, Respond(403, b'{"denied":true}', reason="denied"))
+    context = RequestContext(vars={"request_id": "held-1"})
+
+    reply = await asyncio.wait_for(
+        connection.request_call(with_token(CHECK_INPUT, token), context), 5
+    )
+
+    assert isinstance(reply.action, Stop) and reply.action.status == 403
+    # Questions while held (none of them left unanswered on the connection), then the reply.
+    assert len(context.asked) >= 3
+    assert set(context.asked) == {VarInfo("request_id")}
+    # The connection stays in step for the next call.
+    runner.probe.headers_verdict = lambda flow: CONTINUE
+    again = await connection.request_call(with_token(CHECK_INPUT, token), RequestContext())
+    assert again.action is None
