@@ -16,6 +16,8 @@ from gatez.v1 import control_pb2_grpc
 
 ADMIN_TOKEN = "test-admin-token-0123456789"
 AUTH = (("authorization", f"Bearer {ADMIN_TOKEN}"),)
+DATAPLANE_TOKEN = "gzdp_test-dataplane-token-0123456789"
+DATAPLANE_AUTH = (("authorization", f"Bearer {DATAPLANE_TOKEN}"),)
 
 T = TypeVar("T")
 
