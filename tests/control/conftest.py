@@ -12,8 +12,8 @@ import pytest
 import redis.asyncio as aioredis
 
 from control import ControlServer, start
-from gatez.settings import Settings
 from gatez.secrets import SecretBox, secret_box
+from gatez.settings import Settings
 from tests.control.support import ADMIN_TOKEN, DATAPLANE_TOKEN, Api
 from tests.support.redis import RedisServer
 

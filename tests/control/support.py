@@ -40,6 +40,12 @@ class Api:
         )
 
 
+def raw(value: object) -> bytes:
+    """A value read from Redis (redis-py types it loosely) as the bytes it must be."""
+    assert isinstance(value, bytes), value
+    return value
+
+
 async def rpc_error(call: Awaitable[object]) -> grpc.aio.AioRpcError:
     """The error the call ends with; fails the test when it succeeds."""
     with pytest.raises(grpc.aio.AioRpcError) as caught:
