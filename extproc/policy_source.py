@@ -175,13 +175,16 @@ class PolicyWatcher:
         while True:
             try:
                 await self._watch_once()
-                backoff = 0.1
             except asyncio.CancelledError:
                 raise
             except grpc.aio.AioRpcError as error:
                 log.warning("policy watch: %s (%s)", error.code().name, error.details())
             except Exception:
                 log.exception("policy watch failed")
+            if self.connected.is_set():
+                # The stream was up: a restarted control service is found again in ~0.1 s,
+                # not after the backoff earlier outages grew (a stream never ends cleanly).
+                backoff = 0.1
             self.connected.clear()
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, self._max_backoff_s)
