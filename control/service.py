@@ -160,7 +160,7 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
         _require_message(request, "tenant")
         tenant = request.tenant
         _require(tenant.id, "tenant.id")
-        if not TENANT_ID_PATTERN.match(tenant.id):
+        if not TENANT_ID_PATTERN.fullmatch(tenant.id):
             raise InvalidRequest(
                 f"tenant.id {quoted(tenant.id)} is not valid: use 1 to 63 lower-case letters, "
                 "digits and '-', starting with a letter or digit"
@@ -332,7 +332,7 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
         provider = policy_pb2.Provider()
         provider.CopyFrom(request.provider)
         name = _require(provider.name, "provider.name")
-        if not NAME_PATTERN.match(name):
+        if not NAME_PATTERN.fullmatch(name):
             raise InvalidRequest(
                 f"provider.name {quoted(name)} is not valid: use lower-case letters, digits, '.', "
                 "'_' and '-', starting with a letter or digit"
