@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -169,6 +170,7 @@ class PolicyWatcher:
         self._node_id = node_id
         self._max_backoff_s = max_backoff_s
         self.connected = asyncio.Event()
+        self._connected_at = 0.0
 
     async def run(self) -> None:
         backoff = 0.1
@@ -181,9 +183,10 @@ class PolicyWatcher:
                 log.warning("policy watch: %s (%s)", error.code().name, error.details())
             except Exception:
                 log.exception("policy watch failed")
-            if self.connected.is_set():
-                # The stream was up: a restarted control service is found again in ~0.1 s,
-                # not after the backoff earlier outages grew (a stream never ends cleanly).
+            if self.connected.is_set() and time.monotonic() - self._connected_at > backoff:
+                # The stream was up for a while: a restarted control service is found again in
+                # ~0.1 s, not after the backoff earlier outages grew (a stream never ends
+                # cleanly). A control service that drops streams at once still meets backoff.
                 backoff = 0.1
             self.connected.clear()
             await asyncio.sleep(backoff)
@@ -201,7 +204,9 @@ class PolicyWatcher:
 
         call = self._stub.Watch(requests(), metadata=self._metadata)
         async for response in call:
-            self.connected.set()
+            if not self.connected.is_set():
+                self._connected_at = time.monotonic()
+                self.connected.set()
             await outbox.put(self._apply(response.snapshot))
 
     def _applied(self) -> control_pb2.WatchRequest:
