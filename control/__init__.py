@@ -4,18 +4,19 @@ Watch stream that pushes policy snapshots to data planes.
 Run it with `python -m control`; embed it (tests, a launcher) with `start(settings)`.
 """
 
-from control.auth import AdminTokenInterceptor
+from control.auth import CredentialInterceptor, Role
 from control.server import ControlServer, serve, start
 from control.service import ControlServicer, DataPlaneRegistry, DataPlaneServicer
 from control.store import PolicyStore
 
 __all__ = [
-    "AdminTokenInterceptor",
     "ControlServer",
     "ControlServicer",
+    "CredentialInterceptor",
     "DataPlaneRegistry",
     "DataPlaneServicer",
     "PolicyStore",
+    "Role",
     "serve",
     "start",
 ]

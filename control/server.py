@@ -1,7 +1,8 @@
 """Wiring: builds the control service from `Settings`, serves it, and shuts it down cleanly.
 
 The control service owns the log store: with the embedded chDB (single-node mode) it is the one
-process that may open it, and data planes send their rows here with `IngestLogs`.
+process that may open it, and data planes send their rows here with `IngestLogs`. On its first
+start it creates the data-plane token file and the secret key file when they are missing.
 """
 
 from __future__ import annotations
@@ -17,12 +18,14 @@ import redis.asyncio as aioredis
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from control.auth import AdminTokenInterceptor
+from control.auth import CredentialInterceptor, Role
 from control.service import ControlServicer, DataPlaneRegistry, DataPlaneServicer
 from control.store import PolicyStore
+from gatez.errors import InvalidPolicy
 from gatez.logstore import LogStore
+from gatez.secrets import SecretBox, SecretConfigError, dataplane_tokens, secret_box
 from gatez.settings import Settings
-from gatez.v1 import control_pb2, control_pb2_grpc
+from gatez.v1 import control_pb2, control_pb2_grpc, policy_pb2
 
 CONTROL_SERVICE: Final = control_pb2.DESCRIPTOR.services_by_name["ControlService"].full_name
 DATA_PLANE_SERVICE: Final = control_pb2.DESCRIPTOR.services_by_name["DataPlaneService"].full_name
@@ -61,24 +64,31 @@ class ControlServer:
 async def start(settings: Settings) -> ControlServer:
     """Connects to Redis and ClickHouse, and serves the control service on
     `settings.control_address` (port 0 picks a free port; see `ControlServer.port`)."""
+    box = secret_box(settings, create=True)
+    interceptor = CredentialInterceptor(
+        {CONTROL_SERVICE: Role.ADMIN, DATA_PLANE_SERVICE: Role.DATA_PLANE},
+        admin_tokens=[settings.admin_token],
+        dataplane_tokens=dataplane_tokens(settings, create=True),
+    )
     resources = contextlib.AsyncExitStack()
     try:
         redis = aioredis.Redis.from_url(settings.redis_url)
         resources.push_async_callback(redis.aclose)
-        store = PolicyStore(redis)
+        store = PolicyStore(redis, cipher=box)
         await store.start()
         resources.push_async_callback(store.stop)
+        _check_opens(store.current, box)
         logs = await asyncio.to_thread(LogStore, settings.clickhouse_dsn)
         resources.push_async_callback(asyncio.to_thread, logs.close)
 
         data_planes = DataPlaneRegistry()
         # so_reuseport off: a second control service on the same port must fail, not share it.
         server = grpc.aio.server(
-            interceptors=[AdminTokenInterceptor(settings.admin_token)],
+            interceptors=[interceptor],
             options=[("grpc.so_reuseport", 0)],
         )
         control_pb2_grpc.add_ControlServiceServicer_to_server(
-            ControlServicer(store, logs, data_planes), server
+            ControlServicer(store, logs, data_planes, box), server
         )
         control_pb2_grpc.add_DataPlaneServiceServicer_to_server(
             DataPlaneServicer(store, logs, data_planes), server
@@ -100,6 +110,19 @@ async def start(settings: Settings) -> ControlServer:
         raise
     log.info("control service listening on %s (port %d)", settings.control_address, port)
     return ControlServer(server, port, store, health_servicer, resources)
+
+
+def _check_opens(snapshot: policy_pb2.PolicySnapshot, box: SecretBox) -> None:
+    """Refuses to start with a secret key that cannot open the stored credentials: every change
+    would fail, and a data plane given the same key would refuse every snapshot."""
+    for credential in snapshot.provider_credentials:
+        if credential.sealed_api_key:
+            try:
+                box.open_credential(credential)
+            except InvalidPolicy as error:
+                raise SecretConfigError(
+                    f"the stored policy (version {snapshot.version}): {error.public_message}"
+                ) from None
 
 
 async def serve(settings: Settings) -> None:

@@ -3,7 +3,8 @@
 Every change goes through `PolicyStore.update`, which validates the whole resulting policy, so the
 checks here are only those that give a clearer message or a more precise status code (a missing
 field, an unknown or repeated id). Secrets leave this module only inside snapshots sent to data
-planes: admin reads drop key digests, and provider credentials are write-only.
+planes: admin reads drop key digests, and provider credentials are write-only and sealed before
+they are saved. A message that quotes what a client sent quotes it with `quoted()`, bounded.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import datetime as dt
 import functools
 import itertools
 import logging
+import re
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -25,12 +27,13 @@ from google.protobuf.internal.containers import RepeatedCompositeFieldContainer
 from google.protobuf.message import Message
 from redis.exceptions import RedisError
 
-from control.store import Clock, PolicyStore, utc_now
+from control.store import Change, Clock, PolicyStore, utc_now
 from gatez import keys
 from gatez.errors import (
     AlreadyExists,
     FailedPrecondition,
     GatewayError,
+    InvalidPolicy,
     InvalidRequest,
     NotFound,
     quoted,
@@ -45,15 +48,24 @@ from gatez.logrows import (
 )
 from gatez.logstore import LogStore
 from gatez.policy import NAME_PATTERN, TENANT_ID_PATTERN
+from gatez.secrets import SecretBox, seal_clear_credentials
 from gatez.v1 import control_pb2, control_pb2_grpc, policy_pb2
 
 DEFAULT_LOG_LIMIT: Final = 100
 MAX_LOG_LIMIT: Final = 1000
+# The longest public error message: a backstop behind `quoted()`, so no message can carry
+# unbounded input, whatever a future one forgets.
+MAX_PUBLIC_MESSAGE: Final = 1000
+# What a data plane may report about itself.
+NODE_ID_PATTERN: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}")
+MAX_REPORTED_ERROR: Final = 2000
+LINEAGE_PATTERN: Final = re.compile(r"[0-9a-f]{32}")
 
 log = logging.getLogger("gatez.control")
 
 # grpc's classes are generic only in their stubs, not at run time.
 Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
+T = TypeVar("T")
 ServicerT = TypeVar("ServicerT")
 RequestT = TypeVar("RequestT")
 ResponseT = TypeVar("ResponseT")
@@ -79,7 +91,7 @@ def public_errors(
         try:
             return await handler(servicer, request, context)
         except GatewayError as error:
-            await context.abort(error.grpc_code, error.public_message)
+            await context.abort(error.grpc_code, _bounded(error.public_message))
         except grpc.aio.AbortError:
             raise
         except RedisError:
@@ -92,6 +104,12 @@ def public_errors(
     return guarded
 
 
+def _bounded(message: str) -> str:
+    if len(message) <= MAX_PUBLIC_MESSAGE:
+        return message
+    return message[: MAX_PUBLIC_MESSAGE - 1] + "…"
+
+
 class ControlServicer(control_pb2_grpc.ControlServiceServicer):
     """The admin API over the policy store and the log store."""
 
@@ -100,6 +118,7 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
         store: PolicyStore,
         logs: LogStore,
         data_planes: DataPlaneRegistry,
+        secret_box: SecretBox,
         *,
         clock: Clock = utc_now,
         new_id: IdGenerator = random_id,
@@ -107,8 +126,30 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
         self._store = store
         self._logs = logs
         self._data_planes = data_planes
+        self._box = secret_box
         self._clock = clock
         self._new_id = new_id
+
+    async def _update(self, change: Change[T]) -> tuple[T, int]:
+        """`PolicyStore.update`, refused while a data plane holds a newer version of the policy's
+        lineage than Redis does (Redis went back to an older copy: counting on from there would
+        hand data planes a different policy under version numbers they already applied), and
+        with every credential sealed before it is saved."""
+
+        def guarded(draft: policy_pb2.PolicySnapshot) -> T:
+            ahead = self._data_planes.ahead_of(draft.lineage, draft.version)
+            if ahead:
+                raise FailedPrecondition(
+                    f"data plane {quoted(ahead[0].node_id)} holds version "
+                    f"{ahead[0].applied_version} of this policy's lineage, newer than the saved "
+                    f"version {draft.version}: Redis went back to an older copy. Restore the "
+                    "newest copy, or call AdoptLineage to continue past the data planes' version"
+                )
+            result = change(draft)
+            seal_clear_credentials(draft, self._box)
+            return result
+
+        return await self._store.update(guarded)
 
     # Tenants
 
@@ -119,22 +160,22 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
         _require_message(request, "tenant")
         tenant = request.tenant
         _require(tenant.id, "tenant.id")
-        if not TENANT_ID_PATTERN.match(tenant.id):
+        if not TENANT_ID_PATTERN.fullmatch(tenant.id):
             raise InvalidRequest(
-                f"tenant.id {tenant.id!r} is not valid: use 1 to 63 lower-case letters, digits "
-                "and '-', starting with a letter or digit"
+                f"tenant.id {quoted(tenant.id)} is not valid: use 1 to 63 lower-case letters, "
+                "digits and '-', starting with a letter or digit"
             )
         now = self._clock()
 
         def change(snapshot: policy_pb2.PolicySnapshot) -> policy_pb2.Tenant:
             if _find(snapshot.tenants, lambda t: t.id == tenant.id) is not None:
-                raise AlreadyExists(f"tenant {tenant.id!r} already exists")
+                raise AlreadyExists(f"tenant {quoted(tenant.id)} already exists")
             added = snapshot.tenants.add()
             added.CopyFrom(tenant)
             added.create_time.FromDatetime(now)
             return added
 
-        created, version = await self._store.update(change)
+        created, version = await self._update(change)
         return control_pb2.CreateTenantResponse(tenant=created, policy_version=version)
 
     @public_errors
@@ -167,7 +208,7 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
             for items in owned:
                 _remove_where(items, lambda item: item.tenant_id == tenant_id)
 
-        _, version = await self._store.update(change)
+        _, version = await self._update(change)
         return control_pb2.DeleteTenantResponse(policy_version=version)
 
     @public_errors
@@ -184,7 +225,7 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
                 tenant.ClearField("rate_limit")
             return tenant
 
-        tenant, version = await self._store.update(change)
+        tenant, version = await self._update(change)
         return control_pb2.SetRateLimitResponse(tenant=tenant, policy_version=version)
 
     # API keys
@@ -213,7 +254,7 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
                 raise AlreadyExists("an API key with this secret already exists")
             snapshot.api_keys.append(key)
 
-        _, version = await self._store.update(change)
+        _, version = await self._update(change)
         log.info("api key %s created for tenant %s", key.id, tenant_id)
         return control_pb2.CreateApiKeyResponse(
             api_key=_public_api_key(key), secret=secret, policy_version=version
@@ -235,7 +276,7 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
         self, request: control_pb2.RevokeApiKeyRequest, context: Context
     ) -> control_pb2.RevokeApiKeyResponse:
         key_id = _require(request.api_key_id, "api_key_id")
-        _, version = await self._store.update(
+        _, version = await self._update(
             lambda snapshot: _remove_one(snapshot.api_keys, "api key", key_id)
         )
         return control_pb2.RevokeApiKeyResponse(policy_version=version)
@@ -250,14 +291,14 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
         idp = policy_pb2.IdentityProvider()
         idp.CopyFrom(request.identity_provider)
         _require(idp.tenant_id, "identity_provider.tenant_id")
-        idp.id = idp.id or self._new_id("idp")
+        idp.id = _valid_id(idp.id, "identity_provider.id") or self._new_id("idp")
 
         def change(snapshot: policy_pb2.PolicySnapshot) -> None:
             _tenant(snapshot, idp.tenant_id)
             _refuse_repeat(snapshot.identity_providers, "identity provider", idp.id)
             snapshot.identity_providers.append(idp)
 
-        _, version = await self._store.update(change)
+        _, version = await self._update(change)
         return control_pb2.CreateIdentityProviderResponse(
             identity_provider=idp, policy_version=version
         )
@@ -276,7 +317,7 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
         self, request: control_pb2.DeleteIdentityProviderRequest, context: Context
     ) -> control_pb2.DeleteIdentityProviderResponse:
         idp_id = _require(request.identity_provider_id, "identity_provider_id")
-        _, version = await self._store.update(
+        _, version = await self._update(
             lambda snapshot: _remove_one(snapshot.identity_providers, "identity provider", idp_id)
         )
         return control_pb2.DeleteIdentityProviderResponse(policy_version=version)
@@ -291,26 +332,27 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
         provider = policy_pb2.Provider()
         provider.CopyFrom(request.provider)
         name = _require(provider.name, "provider.name")
-        if not NAME_PATTERN.match(name):
+        if not NAME_PATTERN.fullmatch(name):
             raise InvalidRequest(
-                f"provider.name {name!r} is not valid: use lower-case letters, digits, '.', '_' "
-                "and '-', starting with a letter or digit"
+                f"provider.name {quoted(name)} is not valid: use lower-case letters, digits, '.', "
+                "'_' and '-', starting with a letter or digit"
             )
         # Output-only fields: what the caller sent there means nothing.
         provider.ClearField("has_credential")
         provider.ClearField("credential_update_time")
         now = self._clock()
+        sealed = self._box.seal(name, request.api_key) if request.api_key else None
 
         def change(snapshot: policy_pb2.PolicySnapshot) -> policy_pb2.Provider:
             if _find(snapshot.providers, lambda p: p.name == name) is not None:
-                raise AlreadyExists(f"provider {name!r} already exists")
+                raise AlreadyExists(f"provider {quoted(name)} already exists")
             added = snapshot.providers.add()
             added.CopyFrom(provider)
-            if request.api_key:
-                _set_credential(snapshot, added, request.api_key, now)
+            if sealed is not None:
+                _set_credential(snapshot, added, sealed, now)
             return added
 
-        created, version = await self._store.update(change)
+        created, version = await self._update(change)
         return control_pb2.CreateProviderResponse(provider=created, policy_version=version)
 
     @public_errors
@@ -331,12 +373,13 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
             users = sorted(r.id for r in snapshot.model_routes if r.provider == name)
             if users:
                 raise FailedPrecondition(
-                    f"provider {name!r} is used by model routes {users}; delete them first"
+                    f"provider {quoted(name)} is used by model routes {_listed(users)}; delete "
+                    "them first"
                 )
             _remove_where(snapshot.providers, lambda p: p.name == name)
             _remove_where(snapshot.provider_credentials, lambda c: c.provider == name)
 
-        _, version = await self._store.update(change)
+        _, version = await self._update(change)
         return control_pb2.DeleteProviderResponse(policy_version=version)
 
     @public_errors
@@ -344,15 +387,15 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
         self, request: control_pb2.SetProviderCredentialRequest, context: Context
     ) -> control_pb2.SetProviderCredentialResponse:
         name = _require(request.provider, "provider")
-        api_key = _require(request.api_key, "api_key")
+        sealed = self._box.seal(name, _require(request.api_key, "api_key"))
         now = self._clock()
 
         def change(snapshot: policy_pb2.PolicySnapshot) -> policy_pb2.Provider:
             provider = _provider(snapshot, name)
-            _set_credential(snapshot, provider, api_key, now)
+            _set_credential(snapshot, provider, sealed, now)
             return provider
 
-        provider, version = await self._store.update(change)
+        provider, version = await self._update(change)
         log.info("credential of provider %s replaced", name)
         return control_pb2.SetProviderCredentialResponse(provider=provider, policy_version=version)
 
@@ -367,7 +410,7 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
         route.CopyFrom(request.model_route)
         for field in ("alias", "provider", "upstream_model"):
             _require(getattr(route, field), f"model_route.{field}")
-        route.id = route.id or self._new_id("route")
+        route.id = _valid_id(route.id, "model_route.id") or self._new_id("route")
 
         def change(snapshot: policy_pb2.PolicySnapshot) -> None:
             if route.tenant_id:
@@ -375,7 +418,7 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
             _refuse_repeat(snapshot.model_routes, "model route", route.id)
             snapshot.model_routes.append(route)
 
-        _, version = await self._store.update(change)
+        _, version = await self._update(change)
         return control_pb2.CreateModelRouteResponse(model_route=route, policy_version=version)
 
     @public_errors
@@ -392,7 +435,7 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
         self, request: control_pb2.DeleteModelRouteRequest, context: Context
     ) -> control_pb2.DeleteModelRouteResponse:
         route_id = _require(request.model_route_id, "model_route_id")
-        _, version = await self._store.update(
+        _, version = await self._update(
             lambda snapshot: _remove_one(snapshot.model_routes, "model route", route_id)
         )
         return control_pb2.DeleteModelRouteResponse(policy_version=version)
@@ -443,11 +486,60 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
         snapshot = self._store.current
         response = control_pb2.GetPolicyStatusResponse(
             version=snapshot.version,
-            data_planes=[report.to_proto() for report in self._data_planes.reports()],
+            lineage=snapshot.lineage,
+            data_planes=[report.to_proto(snapshot) for report in self._data_planes.reports()],
         )
         if snapshot.HasField("create_time"):
             response.update_time.CopyFrom(snapshot.create_time)
         return response
+
+    @public_errors
+    async def AdoptLineage(
+        self, request: control_pb2.AdoptLineageRequest, context: Context
+    ) -> control_pb2.AdoptLineageResponse:
+        lineage = _require(request.lineage, "lineage")
+        if not LINEAGE_PATTERN.fullmatch(lineage):
+            raise InvalidRequest(f"lineage {quoted(lineage)} is not valid: 32 hex digits")
+
+        def change(snapshot: policy_pb2.PolicySnapshot) -> None:
+            # The store counts on from here: one above every version known in that lineage.
+            snapshot.version = max(
+                snapshot.version if snapshot.lineage == lineage else 0,
+                request.version,
+                self._data_planes.highest_version(lineage),
+            )
+            snapshot.lineage = lineage
+
+        # Not `_update`: adopting is how an operator answers the guard's refusal.
+        _, version = await self._store.update(change)
+        log.warning("policy lineage %s adopted by an admin, at version %d", lineage, version)
+        return control_pb2.AdoptLineageResponse(lineage=lineage, policy_version=version)
+
+    @public_errors
+    async def RotateSecretKey(
+        self, request: control_pb2.RotateSecretKeyRequest, context: Context
+    ) -> control_pb2.RotateSecretKeyResponse:
+        box = self._box
+
+        def change(snapshot: policy_pb2.PolicySnapshot) -> int:
+            stale = [
+                index
+                for index, credential in enumerate(snapshot.provider_credentials)
+                if credential.key_id != box.key_id or credential.api_key
+            ]
+            for index in stale:
+                credential = snapshot.provider_credentials[index]
+                try:
+                    credential.CopyFrom(box.reseal(credential))
+                except InvalidPolicy as error:
+                    raise FailedPrecondition(error.public_message) from None
+            return len(stale)
+
+        resealed, version = await self._update(change)
+        log.info("%d provider credentials re-sealed with secret key %s", resealed, box.key_id)
+        return control_pb2.RotateSecretKeyResponse(
+            key_id=box.key_id, resealed=resealed, policy_version=version
+        )
 
     @public_errors
     async def ListRequestLogs(
@@ -479,20 +571,51 @@ class DataPlaneReport:
     node_id: str
     connected: bool
     applied_version: int
-    rejected_version: int
+    applied_lineage: str
+    # None until it rejects a version (version 0 can be rejected too).
+    rejected_version: int | None
     error: str
     update_time: dt.datetime
     # The Watch stream that owns the entry: a data plane that reconnected before its old stream
     # ended must not be marked disconnected when the old one does.
     stream: int
 
-    def to_proto(self) -> control_pb2.DataPlaneStatus:
+    def conflict_with(self, snapshot: policy_pb2.PolicySnapshot) -> str:
+        """Why this data plane cannot follow `snapshot`, or "" when it can."""
+        if not self.applied_lineage:
+            return ""  # it holds nothing (or a policy saved before lineages): it follows
+        if self.applied_lineage != snapshot.lineage:
+            offered = (
+                f"version {snapshot.version} of lineage {snapshot.lineage}"
+                if snapshot.lineage
+                else "no policy yet (version 0, no lineage)"
+            )
+            return (
+                f"lineage conflict: the data plane holds version {self.applied_version} of "
+                f"lineage {self.applied_lineage}; this control service has {offered}. It keeps "
+                "serving what it holds and refuses what it is sent. Restore the control "
+                "service's Redis from its persistence, or call AdoptLineage with the data "
+                "plane's lineage to continue it with this control service's policy"
+            )
+        if self.applied_version > snapshot.version:
+            return (
+                f"the data plane holds version {self.applied_version}, newer than this control "
+                f"service's version {snapshot.version} of the same lineage: Redis went back to "
+                "an older copy. Restore the newest copy, or call AdoptLineage to continue past "
+                f"version {self.applied_version}"
+            )
+        return ""
+
+    def to_proto(self, snapshot: policy_pb2.PolicySnapshot) -> control_pb2.DataPlaneStatus:
+        """The status as GetPolicyStatus reports it, its conflict judged against `snapshot`."""
         status = control_pb2.DataPlaneStatus(
             node_id=self.node_id,
             connected=self.connected,
             applied_version=self.applied_version,
+            applied_lineage=self.applied_lineage,
             rejected_version=self.rejected_version,
             error=self.error,
+            conflict=self.conflict_with(snapshot),
         )
         status.update_time.FromDatetime(self.update_time)
         return status
@@ -506,15 +629,17 @@ class DataPlaneRegistry:
         self._reports: dict[str, DataPlaneReport] = {}
         self._streams = itertools.count(1)
 
-    def connect(self, node_id: str, applied_version: int) -> int:
-        """Records a new Watch stream for `node_id` and returns its stream number."""
+    def connect(self, node_id: str, first: control_pb2.WatchRequest) -> int:
+        """Records a new Watch stream for `node_id`, holding what its `first` request says it
+        applied, and returns the stream's number."""
         stream = next(self._streams)
         previous = self._reports.get(node_id)
         self._reports[node_id] = DataPlaneReport(
             node_id=node_id,
             connected=True,
-            applied_version=applied_version,
-            rejected_version=previous.rejected_version if previous else 0,
+            applied_version=first.applied_version,
+            applied_lineage=_reported(first.applied_lineage),
+            rejected_version=previous.rejected_version if previous else None,
             error=previous.error if previous else "",
             update_time=self._clock(),
             stream=stream,
@@ -526,20 +651,42 @@ class DataPlaneRegistry:
         report = self._reports.get(node_id)
         if report is None or report.stream != stream:
             return
-        nack = bool(request.rejected_version or request.error)
+        nack = request.HasField("rejected_version") or bool(request.error)
+        error = _reported(request.error)
         if nack:
             log.warning(
                 "data plane %s rejected policy version %d: %s",
                 node_id,
                 request.rejected_version,
-                request.error,
+                error,
             )
+        applied = request.applied_version or request.applied_lineage
         self._reports[node_id] = dataclasses.replace(
             report,
-            applied_version=request.applied_version or report.applied_version,
+            applied_version=request.applied_version if applied else report.applied_version,
+            applied_lineage=(
+                _reported(request.applied_lineage) if applied else report.applied_lineage
+            ),
             rejected_version=request.rejected_version if nack else report.rejected_version,
-            error=request.error if nack else report.error,
+            error=error if nack else report.error,
             update_time=self._clock(),
+        )
+
+    def ahead_of(self, lineage: str, version: int) -> list[DataPlaneReport]:
+        """The data planes that applied a version of `lineage` newer than `version`."""
+        if not lineage:
+            return []
+        return [
+            r
+            for r in self.reports()
+            if r.applied_lineage == lineage and r.applied_version > version
+        ]
+
+    def highest_version(self, lineage: str) -> int:
+        """The newest version of `lineage` a data plane reported; 0 when none did."""
+        return max(
+            (r.applied_version for r in self._reports.values() if r.applied_lineage == lineage),
+            default=0,
         )
 
     def disconnect(self, node_id: str, stream: int) -> None:
@@ -549,8 +696,16 @@ class DataPlaneRegistry:
                 report, connected=False, update_time=self._clock()
             )
 
+    def reports_of(self, node_id: str) -> DataPlaneReport:
+        return self._reports[node_id]
+
     def reports(self) -> list[DataPlaneReport]:
         return sorted(self._reports.values(), key=lambda r: r.node_id)
+
+
+def _reported(text: str) -> str:
+    """What a data plane says, cut to a size a status may show."""
+    return text if len(text) <= MAX_REPORTED_ERROR else text[:MAX_REPORTED_ERROR] + "…"
 
 
 class DataPlaneServicer(control_pb2_grpc.DataPlaneServiceServicer):
@@ -570,8 +725,19 @@ class DataPlaneServicer(control_pb2_grpc.DataPlaneServiceServicer):
         if first is None:
             return
         node_id = _require(first.node_id, "node_id (on the first WatchRequest)")
-        stream = self._data_planes.connect(node_id, first.applied_version)
-        log.info("data plane %s is watching (applied version %d)", node_id, first.applied_version)
+        if not NODE_ID_PATTERN.fullmatch(node_id):
+            raise InvalidRequest(
+                f"node_id {quoted(node_id)} is not valid: 1 to 128 letters, digits and ._:@-"
+            )
+        stream = self._data_planes.connect(node_id, first)
+        log.info(
+            "data plane %s is watching (applied version %d of lineage %s)",
+            node_id,
+            first.applied_version,
+            quoted(first.applied_lineage),
+        )
+        if conflict := self._data_planes.reports_of(node_id).conflict_with(self._store.current):
+            log.warning("data plane %s: %s", node_id, conflict)
         reports = asyncio.create_task(self._read_reports(requests, node_id, stream))
         try:
             # Pulled only once the previous send is done, so a slow data plane gets the newest
@@ -609,6 +775,21 @@ class DataPlaneServicer(control_pb2_grpc.DataPlaneServiceServicer):
         self._logs.insert_ai_logs(ai_rows)
 
 
+def _listed(names: list[str], limit: int = 10) -> str:
+    shown = ", ".join(quoted(name) for name in names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def _valid_id(value: str, field: str) -> str:
+    """A client-chosen id, which messages will quote: short, of the name alphabet."""
+    if value and not NAME_PATTERN.fullmatch(value):
+        raise InvalidRequest(
+            f"{field} {quoted(value)} is not valid: use 1 to 63 lower-case letters, digits, '.', "
+            "'_' and '-', starting with a letter or digit"
+        )
+    return value
+
+
 def _require(value: str, field: str) -> str:
     if not value:
         raise InvalidRequest(f"{field} is required")
@@ -637,12 +818,12 @@ def _remove_where(
 
 def _remove_one(items: RepeatedCompositeFieldContainer[Any], kind: str, item_id: str) -> None:
     if not _remove_where(items, lambda item: item.id == item_id):
-        raise NotFound(f"{kind} {item_id!r} not found")
+        raise NotFound(f"{kind} {quoted(item_id)} not found")
 
 
 def _refuse_repeat(items: RepeatedCompositeFieldContainer[Any], kind: str, item_id: str) -> None:
     if _find(items, lambda item: item.id == item_id) is not None:
-        raise AlreadyExists(f"{kind} {item_id!r} already exists")
+        raise AlreadyExists(f"{kind} {quoted(item_id)} already exists")
 
 
 def _of_tenant(
@@ -660,25 +841,25 @@ def _of_tenant(
 def _tenant(snapshot: policy_pb2.PolicySnapshot, tenant_id: str) -> policy_pb2.Tenant:
     tenant = _find(snapshot.tenants, lambda t: t.id == tenant_id)
     if tenant is None:
-        raise NotFound(f"tenant {tenant_id!r} not found")
+        raise NotFound(f"tenant {quoted(tenant_id)} not found")
     return tenant
 
 
 def _provider(snapshot: policy_pb2.PolicySnapshot, name: str) -> policy_pb2.Provider:
     provider = _find(snapshot.providers, lambda p: p.name == name)
     if provider is None:
-        raise NotFound(f"provider {name!r} not found")
+        raise NotFound(f"provider {quoted(name)} not found")
     return provider
 
 
 def _set_credential(
     snapshot: policy_pb2.PolicySnapshot,
     provider: policy_pb2.Provider,
-    api_key: str,
+    sealed: policy_pb2.ProviderCredential,
     now: dt.datetime,
 ) -> None:
     _remove_where(snapshot.provider_credentials, lambda c: c.provider == provider.name)
-    snapshot.provider_credentials.add(provider=provider.name, api_key=api_key)
+    snapshot.provider_credentials.append(sealed)
     provider.has_credential = True
     provider.credential_update_time.FromDatetime(now)
 

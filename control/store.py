@@ -5,6 +5,12 @@ sharing a Redis never overwrite each other's changes: a replica that loses the r
 re-applies. A change that does not compile is refused whole and nothing is saved. Each saved
 version is announced on a pub/sub channel; every replica (the writer included) follows it and
 wakes its in-process watchers, which always see the newest version, never a backlog.
+
+Lineage: the first version saved in an empty Redis draws a random lineage id, and every later
+version keeps it, so data planes can tell a continuation of the policy they hold from another
+history (a control service restarted on an empty Redis starts a new lineage). Redis is the truth,
+except when it lost what this process saw (emptied, or gone back within our lineage): then the
+next change builds on this process's copy, and the lineage goes on.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
+import secrets
 from collections.abc import AsyncIterator, Callable
 from typing import Final, TypeVar
 
@@ -22,7 +29,7 @@ from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError, WatchError
 
 from gatez.errors import Unavailable
-from gatez.policy import compile_policy
+from gatez.policy import CredentialCipher, compile_policy
 from gatez.v1 import policy_pb2
 
 SNAPSHOT_KEY: Final = "gatez:control:snapshot"
@@ -37,6 +44,7 @@ log = logging.getLogger("gatez.control.store")
 
 T = TypeVar("T")
 Clock = Callable[[], dt.datetime]
+LineageGenerator = Callable[[], str]
 # Applies one change to a draft snapshot in place and returns what the caller wants back. It may
 # run more than once (after a conflict), each time on a fresh draft, so it must not keep state.
 Change = Callable[[policy_pb2.PolicySnapshot], T]
@@ -46,16 +54,31 @@ def utc_now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
+def random_lineage() -> str:
+    """A new lineage id: 128 random bits, 32 hex digits."""
+    return secrets.token_hex(16)
+
+
 class PolicyStore:
     """The current policy snapshot, its versioned changes, and notifications of new versions.
 
     `redis` must return bytes (the default, `decode_responses=False`): the snapshot is binary.
     Call `start()` before use and `stop()` at the end. `current` is shared: never mutate it.
+    `cipher` opens sealed provider credentials when a change is validated.
     """
 
-    def __init__(self, redis: aioredis.Redis, *, clock: Clock = utc_now) -> None:
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        *,
+        cipher: CredentialCipher | None = None,
+        clock: Clock = utc_now,
+        new_lineage: LineageGenerator = random_lineage,
+    ) -> None:
         self._redis = redis
+        self._cipher = cipher
         self._clock = clock
+        self._new_lineage = new_lineage
         self._current = policy_pb2.PolicySnapshot()
         # Replaced by a fresh Event each time a newer version is adopted; waiters hold the old one.
         self._newer = asyncio.Event()
@@ -94,14 +117,15 @@ class PolicyStore:
                 try:
                     await pipe.watch(SNAPSHOT_KEY)
                     draft = _parse(await pipe.get(SNAPSHOT_KEY))
-                    if draft.version < self._current.version:
-                        # Redis lost the snapshot (a restart without persistence): build on ours,
-                        # so data planes never see a version go backwards.
+                    if _lost_by_redis(draft, self._current):
+                        # Build on ours, so data planes never see a version go backwards.
                         draft.CopyFrom(self._current)
+                    if not draft.lineage:
+                        draft.lineage = self._new_lineage()
                     result = change(draft)
                     draft.version += 1
                     draft.create_time.FromDatetime(self._clock())
-                    compile_policy(draft)
+                    compile_policy(draft, self._cipher)
                     pipe.multi()  # type: ignore[no-untyped-call]  # untyped in redis-py
                     pipe.set(SNAPSHOT_KEY, draft.SerializeToString())
                     pipe.publish(CHANGES_CHANNEL, str(draft.version))
@@ -114,10 +138,10 @@ class PolicyStore:
                 return result, draft.version
         raise Unavailable("the policy is being changed concurrently; retry")
 
-    async def wait_newer(self, version: int) -> policy_pb2.PolicySnapshot:
-        """Waits until a snapshot newer than `version` is current, and returns it (or the
-        current one once the store is stopped)."""
-        while self._current.version <= version and not self._stopped:
+    async def wait_change(self, seen: policy_pb2.PolicySnapshot) -> policy_pb2.PolicySnapshot:
+        """Waits until the current snapshot is another than `seen` (a newer version, or another
+        lineage), and returns it (or the current one once the store is stopped)."""
+        while self._current is seen and not self._stopped:
             await self._newer.wait()
         return self._current
 
@@ -128,14 +152,17 @@ class PolicyStore:
         snapshot = self._current
         while not self._stopped:
             yield snapshot
-            snapshot = await self.wait_newer(snapshot.version)
+            snapshot = await self.wait_change(snapshot)
 
     async def reload(self) -> None:
         """Reads the stored snapshot and adopts it if it is newer than the current one."""
         self._adopt(_parse(await self._redis.get(SNAPSHOT_KEY)))
 
     def _adopt(self, snapshot: policy_pb2.PolicySnapshot) -> None:
-        if snapshot.version <= self._current.version:
+        current = self._current
+        if _lost_by_redis(snapshot, current) or (
+            snapshot.lineage == current.lineage and snapshot.version <= current.version
+        ):
             return
         self._current = snapshot
         self._newer.set()
@@ -174,6 +201,15 @@ class PolicyStore:
                 return await self._subscribe()
             except (RedisError, OSError, DecodeError) as error:
                 log.warning("cannot resubscribe to the policy change feed yet (%s)", error)
+
+
+def _lost_by_redis(stored: policy_pb2.PolicySnapshot, ours: policy_pb2.PolicySnapshot) -> bool:
+    """Whether Redis lost versions this process saw: it is empty (a restart without persistence,
+    a flush) or went back within our lineage. Another lineage in Redis is not a loss: it was
+    restored or replaced on purpose, and wins."""
+    if ours.version == 0:
+        return False
+    return stored.version == 0 or (stored.lineage == ours.lineage and stored.version < ours.version)
 
 
 def _parse(raw: bytes | str | None) -> policy_pb2.PolicySnapshot:

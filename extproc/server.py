@@ -33,6 +33,7 @@ from extproc.stages.usage import UsageMeter
 from gatez.logstore import LogStore
 from gatez.pipeline import Dispatcher, NoPolicy, NoRoute, Pipeline
 from gatez.policy import CompiledPolicy, RouteKind
+from gatez.secrets import dataplane_tokens, secret_box
 from gatez.settings import Settings
 
 log = logging.getLogger("gatez.dataplane")
@@ -150,6 +151,10 @@ async def start(settings: Settings) -> DataPlane:
 async def start_core(settings: Settings) -> DataPlaneCore:
     """Builds the clients and the pipeline, loads the persisted policy and starts watching."""
     settings.state_dir.mkdir(parents=True, exist_ok=True)
+    # Read first: a data plane without its credential or the secret key fails at start, naming
+    # what to set, rather than serving with a policy it could never update.
+    token = dataplane_tokens(settings, create=False)[0]
+    box = secret_box(settings, create=False)
     closers: list[Any] = []
     redis = PipelinedRedis.from_url(settings.redis_url)
     closers.append(redis.close)
@@ -166,7 +171,7 @@ async def start_core(settings: Settings) -> DataPlaneCore:
 
     writer: LogWriter
     if settings.clickhouse_is_embedded:
-        writer = ControlLogWriter(control, settings.admin_token)
+        writer = ControlLogWriter(control, token)
     else:
         store = LogStore(settings.clickhouse_dsn)
         closers.append(store.close)
@@ -174,9 +179,9 @@ async def start_core(settings: Settings) -> DataPlaneCore:
     sink = LogSink(writer)
     sink.start()
 
-    holder = PolicyHolder(settings.state_dir)
+    holder = PolicyHolder(settings.state_dir, box)
     holder.load_persisted()
-    watcher = PolicyWatcher(holder, control, settings.admin_token, settings.node_id)
+    watcher = PolicyWatcher(holder, control, token, settings.node_id)
     tasks = [asyncio.create_task(watcher.run(), name="gatez-policy-watch")]
 
     dispatcher = build_dispatcher(

@@ -11,10 +11,10 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Final
+from typing import Final, Protocol
 from urllib.parse import SplitResult, urlsplit
 
-from gatez.errors import InvalidPolicy
+from gatez.errors import InvalidPolicy, quoted
 from gatez.v1 import policy_pb2
 
 TENANT_ID_PATTERN: Final = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
@@ -28,6 +28,14 @@ DEFAULT_TENANT_CLAIM: Final = "tenant_id"
 # Envoy clusters that reach any provider host (dynamic forward proxy), by URL scheme.
 UPSTREAM_CLUSTER_PLAIN: Final = "gatez_upstream_plain"
 UPSTREAM_CLUSTER_TLS: Final = "gatez_upstream_tls"
+
+
+class CredentialCipher(Protocol):
+    """Opens the provider credentials the control service sealed (`gatez.secrets.SecretBox`)."""
+
+    def open_credential(self, credential: policy_pb2.ProviderCredential) -> str:
+        """The clear secret, or InvalidPolicy saying why it cannot be opened."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,19 +174,25 @@ class CompiledPolicy:
         return sorted({a for (t, a) in self.model_routes if t in ("", tenant_id)})
 
 
-def compile_policy(snapshot: policy_pb2.PolicySnapshot) -> CompiledPolicy:
-    """Validates a snapshot and compiles it. Raises `InvalidPolicy` naming the first fault."""
+def compile_policy(
+    snapshot: policy_pb2.PolicySnapshot, cipher: CredentialCipher | None = None
+) -> CompiledPolicy:
+    """Validates a snapshot and compiles it, opening sealed credentials with `cipher`. Raises
+    `InvalidPolicy` naming the first fault (one credential that does not open refuses it all)."""
     tenants: dict[str, TenantPolicy] = {}
     for tenant in snapshot.tenants:
-        _check(TENANT_ID_PATTERN.fullmatch(tenant.id), f"tenant id {tenant.id!r} is not valid")
-        _check(tenant.id not in tenants, f"tenant {tenant.id!r} appears twice")
+        _check(
+            TENANT_ID_PATTERN.fullmatch(tenant.id), f"tenant id {quoted(tenant.id)} is not valid"
+        )
+        _check(tenant.id not in tenants, f"tenant {quoted(tenant.id)} appears twice")
         tenants[tenant.id] = TenantPolicy(tenant.id, _rate_limit(tenant))
 
     keys: dict[str, ApiKeyEntry] = {}
     key_ids: set[str] = set()
     for key in snapshot.api_keys:
         _check(
-            key.id != "" and key.id not in key_ids, f"api key id {key.id!r} is empty or repeated"
+            key.id != "" and key.id not in key_ids,
+            f"api key id {quoted(key.id)} is empty or repeated",
         )
         _check(key.tenant_id in tenants, f"api key {key.id} names unknown tenant {key.tenant_id!r}")
         _check(
@@ -195,27 +209,27 @@ def compile_policy(snapshot: policy_pb2.PolicySnapshot) -> CompiledPolicy:
 
     credentials: dict[str, str] = {}
     for credential in snapshot.provider_credentials:
-        _check(credential.api_key != "", f"empty credential for provider {credential.provider!r}")
-        credentials[credential.provider] = credential.api_key
+        credentials[credential.provider] = _credential(credential, cipher)
     providers: dict[str, ProviderTarget] = {}
     for provider in snapshot.providers:
         _check(
-            NAME_PATTERN.fullmatch(provider.name), f"provider name {provider.name!r} is not valid"
+            NAME_PATTERN.fullmatch(provider.name),
+            f"provider name {quoted(provider.name)} is not valid",
         )
-        _check(provider.name not in providers, f"provider {provider.name!r} appears twice")
+        _check(provider.name not in providers, f"provider {quoted(provider.name)} appears twice")
         providers[provider.name] = _provider(provider, credentials.get(provider.name))
     unknown = set(credentials) - set(providers)
     _check(not unknown, f"credentials for unknown providers: {sorted(unknown)}")
 
     routes: dict[tuple[str, str], ModelTarget] = {}
     for route in snapshot.model_routes:
-        where = f"model route {route.id or route.alias!r}"
+        where = f"model route {quoted(route.id or route.alias)}"
         _check(route.alias != "", f"{where} has no alias")
         _check(route.upstream_model != "", f"{where} has no upstream model")
         _check(route.tenant_id == "" or route.tenant_id in tenants, f"{where}: unknown tenant")
-        _check(route.provider in providers, f"{where}: unknown provider {route.provider!r}")
+        _check(route.provider in providers, f"{where}: unknown provider {quoted(route.provider)}")
         key_ = (route.tenant_id, route.alias)
-        _check(key_ not in routes, f"{where}: alias {route.alias!r} is routed twice")
+        _check(key_ not in routes, f"{where}: alias {quoted(route.alias)} is routed twice")
         routes[key_] = ModelTarget(route.alias, providers[route.provider], route.upstream_model)
 
     return CompiledPolicy(
@@ -286,13 +300,29 @@ def _check(condition: object, message: str) -> None:
         raise InvalidPolicy(message)
 
 
+def _credential(credential: policy_pb2.ProviderCredential, cipher: CredentialCipher | None) -> str:
+    """A credential's secret: as given when in clear (built in process), else opened."""
+    provider = quoted(credential.provider)
+    if not credential.sealed_api_key:
+        _check(credential.api_key != "", f"empty credential for provider {provider}")
+        return credential.api_key
+    _check(
+        not credential.api_key, f"the credential of provider {provider} is both sealed and clear"
+    )
+    if cipher is None:
+        raise InvalidPolicy(
+            f"the credential of provider {provider} is sealed and this process holds no secret key"
+        )
+    return cipher.open_credential(credential)
+
+
 def _url(value: str, where: str) -> SplitResult:
     """An http(s) URL with a host and a valid port, or InvalidPolicy naming `where`."""
     try:
         url = urlsplit(value)
         url.port  # noqa: B018 — raises ValueError for a port out of range or not a number
     except ValueError as error:
-        raise InvalidPolicy(f"{where} is not a valid URL: {error}") from None
+        raise InvalidPolicy(f"{where} is not a valid URL: {quoted(str(error))}") from None
     _check(
         url.scheme in ("http", "https") and url.hostname,
         f"{where} must be a URL (http or https, with a host)",
@@ -311,8 +341,8 @@ def _rate_limit(tenant: policy_pb2.Tenant) -> RateLimitRule | None:
 def _identity_provider(
     idp: policy_pb2.IdentityProvider, tenants: dict[str, TenantPolicy]
 ) -> IdentityProviderRule:
-    where = f"identity provider {idp.id or idp.issuer!r}"
-    _check(idp.tenant_id in tenants, f"{where}: unknown tenant {idp.tenant_id!r}")
+    where = f"identity provider {quoted(idp.id or idp.issuer)}"
+    _check(idp.tenant_id in tenants, f"{where}: unknown tenant {quoted(idp.tenant_id)}")
     _check(idp.issuer != "", f"{where}: issuer is required")
     _check(idp.audience != "", f"{where}: audience is required")
     _url(idp.jwks_url, f"{where}: jwks_url")
@@ -331,7 +361,7 @@ def _identity_provider(
 
 
 def _provider(provider: policy_pb2.Provider, api_key: str | None) -> ProviderTarget:
-    where = f"provider {provider.name!r}"
+    where = f"provider {quoted(provider.name)}"
     _check(provider.kind == policy_pb2.PROVIDER_KIND_OPENAI, f"{where}: unsupported kind")
     upstream = _upstream(provider.base_url, f"{where}: base_url")
     return ProviderTarget(

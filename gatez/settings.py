@@ -1,12 +1,14 @@
 """Settings for every Gatez process, read once from the environment.
 
-Every value has a single-node default so `make run` needs no configuration.
+Every value has a single-node default so `make run` needs no configuration. Secrets are kept
+out of `repr`; the data-plane credential and the secret key are read by `gatez.secrets` from the
+variable, or else from its file.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 DEV_ADMIN_TOKEN = "gatez-dev-admin-token"
@@ -18,7 +20,15 @@ class Settings:
     """Where things are and which secrets to use. Built by `Settings.from_env()`."""
 
     state_dir: Path
-    admin_token: str
+    admin_token: str = field(repr=False)
+    # Data planes' credential to the control service (tokens, comma-separated, the first sent);
+    # when empty, the file's lines.
+    dataplane_token: str = field(repr=False)
+    dataplane_token_file: Path
+    # AES-256 keys in base64 (comma-separated, the first seals) for provider credentials at rest;
+    # when empty, the file's lines.
+    secret_key: str = field(repr=False)
+    secret_key_file: Path
     control_address: str
     extproc_address: str
     # "h2" (extproc.grpc_h2, the default) or "grpcio" (grpc.aio, a slower fallback).
@@ -36,6 +46,12 @@ class Settings:
         return cls(
             state_dir=state_dir,
             admin_token=env.get("GATEZ_ADMIN_TOKEN", DEV_ADMIN_TOKEN),
+            dataplane_token=env.get("GATEZ_DATAPLANE_TOKEN", ""),
+            dataplane_token_file=_path(
+                env, "GATEZ_DATAPLANE_TOKEN_FILE", state_dir, "dataplane.token"
+            ),
+            secret_key=env.get("GATEZ_SECRET_KEY", ""),
+            secret_key_file=_path(env, "GATEZ_SECRET_KEY_FILE", state_dir, "secret.key"),
             control_address=env.get("GATEZ_CONTROL_ADDRESS", "127.0.0.1:4001"),
             extproc_address=env.get("GATEZ_EXTPROC_ADDRESS", f"unix:{state_dir / 'extproc.sock'}"),
             extproc_server=_choice(env, "GATEZ_EXTPROC_SERVER", ("h2", "grpcio")),
@@ -57,3 +73,8 @@ def _choice(env: dict[str, str], name: str, allowed: tuple[str, ...]) -> str:
     if value not in allowed:
         raise ValueError(f"{name} must be one of {', '.join(allowed)}, not {value!r}")
     return value
+
+
+def _path(env: dict[str, str], name: str, state_dir: Path, default: str) -> Path:
+    value = env.get(name)
+    return Path(value).resolve() if value else state_dir / default

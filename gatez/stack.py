@@ -93,6 +93,9 @@ class StackConfig:
         env = dict(os.environ)
         env.update(
             GATEZ_ADMIN_TOKEN=self.admin_token,
+            # Created by the control service on its first start (mode 0600), read by data planes.
+            GATEZ_DATAPLANE_TOKEN_FILE=str(self.state_dir.resolve() / "dataplane.token"),
+            GATEZ_SECRET_KEY_FILE=str(self.state_dir.resolve() / "secret.key"),
             GATEZ_CONTROL_ADDRESS=self.control_address,
             GATEZ_REDIS_URL=self.redis_url,
             GATEZ_CLICKHOUSE_DSN=f"chdb://{self.state_dir / 'clickhouse'}",

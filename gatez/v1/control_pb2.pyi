@@ -211,6 +211,20 @@ class SetProviderCredentialResponse(_message.Message):
     policy_version: int
     def __init__(self, provider: _Optional[_Union[_policy_pb2.Provider, _Mapping]] = ..., policy_version: _Optional[int] = ...) -> None: ...
 
+class RotateSecretKeyRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class RotateSecretKeyResponse(_message.Message):
+    __slots__ = ("key_id", "resealed", "policy_version")
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    RESEALED_FIELD_NUMBER: _ClassVar[int]
+    POLICY_VERSION_FIELD_NUMBER: _ClassVar[int]
+    key_id: str
+    resealed: int
+    policy_version: int
+    def __init__(self, key_id: _Optional[str] = ..., resealed: _Optional[int] = ..., policy_version: _Optional[int] = ...) -> None: ...
+
 class CreateModelRouteRequest(_message.Message):
     __slots__ = ("model_route",)
     MODEL_ROUTE_FIELD_NUMBER: _ClassVar[int]
@@ -254,30 +268,52 @@ class GetPolicyStatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class GetPolicyStatusResponse(_message.Message):
-    __slots__ = ("version", "update_time", "data_planes")
+    __slots__ = ("version", "update_time", "data_planes", "lineage")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     UPDATE_TIME_FIELD_NUMBER: _ClassVar[int]
     DATA_PLANES_FIELD_NUMBER: _ClassVar[int]
+    LINEAGE_FIELD_NUMBER: _ClassVar[int]
     version: int
     update_time: _timestamp_pb2.Timestamp
     data_planes: _containers.RepeatedCompositeFieldContainer[DataPlaneStatus]
-    def __init__(self, version: _Optional[int] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., data_planes: _Optional[_Iterable[_Union[DataPlaneStatus, _Mapping]]] = ...) -> None: ...
+    lineage: str
+    def __init__(self, version: _Optional[int] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., data_planes: _Optional[_Iterable[_Union[DataPlaneStatus, _Mapping]]] = ..., lineage: _Optional[str] = ...) -> None: ...
 
 class DataPlaneStatus(_message.Message):
-    __slots__ = ("node_id", "connected", "applied_version", "rejected_version", "error", "update_time")
+    __slots__ = ("node_id", "connected", "applied_version", "rejected_version", "error", "update_time", "applied_lineage", "conflict")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     CONNECTED_FIELD_NUMBER: _ClassVar[int]
     APPLIED_VERSION_FIELD_NUMBER: _ClassVar[int]
     REJECTED_VERSION_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
     UPDATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    APPLIED_LINEAGE_FIELD_NUMBER: _ClassVar[int]
+    CONFLICT_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     connected: bool
     applied_version: int
     rejected_version: int
     error: str
     update_time: _timestamp_pb2.Timestamp
-    def __init__(self, node_id: _Optional[str] = ..., connected: _Optional[bool] = ..., applied_version: _Optional[int] = ..., rejected_version: _Optional[int] = ..., error: _Optional[str] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    applied_lineage: str
+    conflict: str
+    def __init__(self, node_id: _Optional[str] = ..., connected: _Optional[bool] = ..., applied_version: _Optional[int] = ..., rejected_version: _Optional[int] = ..., error: _Optional[str] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., applied_lineage: _Optional[str] = ..., conflict: _Optional[str] = ...) -> None: ...
+
+class AdoptLineageRequest(_message.Message):
+    __slots__ = ("lineage", "version")
+    LINEAGE_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    lineage: str
+    version: int
+    def __init__(self, lineage: _Optional[str] = ..., version: _Optional[int] = ...) -> None: ...
+
+class AdoptLineageResponse(_message.Message):
+    __slots__ = ("lineage", "policy_version")
+    LINEAGE_FIELD_NUMBER: _ClassVar[int]
+    POLICY_VERSION_FIELD_NUMBER: _ClassVar[int]
+    lineage: str
+    policy_version: int
+    def __init__(self, lineage: _Optional[str] = ..., policy_version: _Optional[int] = ...) -> None: ...
 
 class ListRequestLogsRequest(_message.Message):
     __slots__ = ("tenant_id", "limit")
@@ -308,16 +344,18 @@ class ListAiLogsResponse(_message.Message):
     def __init__(self, ai_logs: _Optional[_Iterable[_Union[_logs_pb2.AiLog, _Mapping]]] = ...) -> None: ...
 
 class WatchRequest(_message.Message):
-    __slots__ = ("node_id", "applied_version", "rejected_version", "error")
+    __slots__ = ("node_id", "applied_version", "rejected_version", "error", "applied_lineage")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     APPLIED_VERSION_FIELD_NUMBER: _ClassVar[int]
     REJECTED_VERSION_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
+    APPLIED_LINEAGE_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     applied_version: int
     rejected_version: int
     error: str
-    def __init__(self, node_id: _Optional[str] = ..., applied_version: _Optional[int] = ..., rejected_version: _Optional[int] = ..., error: _Optional[str] = ...) -> None: ...
+    applied_lineage: str
+    def __init__(self, node_id: _Optional[str] = ..., applied_version: _Optional[int] = ..., rejected_version: _Optional[int] = ..., error: _Optional[str] = ..., applied_lineage: _Optional[str] = ...) -> None: ...
 
 class WatchResponse(_message.Message):
     __slots__ = ("snapshot",)

@@ -26,8 +26,9 @@ if _version_not_supported:
 
 
 class ControlServiceStub:
-    """Administration of Gatez. Every call needs `authorization: Bearer <admin token>`.
-    Every change yields a new policy version, pushed to data planes at once.
+    """Administration of Gatez. Every call needs `authorization: Bearer <admin token>`; a data
+    plane's credential is refused here. Every change yields a new policy version, pushed to data
+    planes at once.
     """
 
     def __init__(self, channel):
@@ -111,6 +112,11 @@ class ControlServiceStub:
                 request_serializer=gatez_dot_v1_dot_control__pb2.SetProviderCredentialRequest.SerializeToString,
                 response_deserializer=gatez_dot_v1_dot_control__pb2.SetProviderCredentialResponse.FromString,
                 _registered_method=True)
+        self.RotateSecretKey = channel.unary_unary(
+                '/gatez.v1.ControlService/RotateSecretKey',
+                request_serializer=gatez_dot_v1_dot_control__pb2.RotateSecretKeyRequest.SerializeToString,
+                response_deserializer=gatez_dot_v1_dot_control__pb2.RotateSecretKeyResponse.FromString,
+                _registered_method=True)
         self.CreateModelRoute = channel.unary_unary(
                 '/gatez.v1.ControlService/CreateModelRoute',
                 request_serializer=gatez_dot_v1_dot_control__pb2.CreateModelRouteRequest.SerializeToString,
@@ -130,6 +136,11 @@ class ControlServiceStub:
                 '/gatez.v1.ControlService/GetPolicyStatus',
                 request_serializer=gatez_dot_v1_dot_control__pb2.GetPolicyStatusRequest.SerializeToString,
                 response_deserializer=gatez_dot_v1_dot_control__pb2.GetPolicyStatusResponse.FromString,
+                _registered_method=True)
+        self.AdoptLineage = channel.unary_unary(
+                '/gatez.v1.ControlService/AdoptLineage',
+                request_serializer=gatez_dot_v1_dot_control__pb2.AdoptLineageRequest.SerializeToString,
+                response_deserializer=gatez_dot_v1_dot_control__pb2.AdoptLineageResponse.FromString,
                 _registered_method=True)
         self.ListRequestLogs = channel.unary_unary(
                 '/gatez.v1.ControlService/ListRequestLogs',
@@ -159,8 +170,9 @@ class ControlServiceStub:
 
 
 class ControlServiceServicer:
-    """Administration of Gatez. Every call needs `authorization: Bearer <admin token>`.
-    Every change yields a new policy version, pushed to data planes at once.
+    """Administration of Gatez. Every call needs `authorization: Bearer <admin token>`; a data
+    plane's credential is refused here. Every change yields a new policy version, pushed to data
+    planes at once.
     """
 
     def CreateTenant(self, request, context):
@@ -252,7 +264,16 @@ class ControlServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def SetProviderCredential(self, request, context):
-        """Sets a provider's secret. Write-only: no call returns it.
+        """Sets a provider's secret. Write-only: no call returns it. Stored sealed (AES-GCM).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RotateSecretKey(self, request, context):
+        """Re-seals every provider secret with the current secret key (the first of GATEZ_SECRET_KEY /
+        its key file); older keys listed after it are only used to open. See the README's key
+        rotation steps.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -277,7 +298,19 @@ class ControlServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetPolicyStatus(self, request, context):
-        """The current policy version and what each connected data plane has applied.
+        """The current policy version and lineage, and what each data plane has applied, rejected, or
+        holds that this control service's policy cannot follow (`conflict`).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AdoptLineage(self, request, context):
+        """The explicit way out of a lineage conflict (e.g. the control service restarted on an empty
+        Redis while data planes hold the old policy): the policy continues as lineage `lineage`, at
+        a version above every one a data plane reported in it, so data planes apply it as a normal
+        step forward. It replaces what they serve with this control service's policy: restoring
+        Redis from its persistence keeps the old policy instead.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -393,6 +426,11 @@ def add_ControlServiceServicer_to_server(servicer, server):
                     request_deserializer=gatez_dot_v1_dot_control__pb2.SetProviderCredentialRequest.FromString,
                     response_serializer=gatez_dot_v1_dot_control__pb2.SetProviderCredentialResponse.SerializeToString,
             ),
+            'RotateSecretKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.RotateSecretKey,
+                    request_deserializer=gatez_dot_v1_dot_control__pb2.RotateSecretKeyRequest.FromString,
+                    response_serializer=gatez_dot_v1_dot_control__pb2.RotateSecretKeyResponse.SerializeToString,
+            ),
             'CreateModelRoute': grpc.unary_unary_rpc_method_handler(
                     servicer.CreateModelRoute,
                     request_deserializer=gatez_dot_v1_dot_control__pb2.CreateModelRouteRequest.FromString,
@@ -412,6 +450,11 @@ def add_ControlServiceServicer_to_server(servicer, server):
                     servicer.GetPolicyStatus,
                     request_deserializer=gatez_dot_v1_dot_control__pb2.GetPolicyStatusRequest.FromString,
                     response_serializer=gatez_dot_v1_dot_control__pb2.GetPolicyStatusResponse.SerializeToString,
+            ),
+            'AdoptLineage': grpc.unary_unary_rpc_method_handler(
+                    servicer.AdoptLineage,
+                    request_deserializer=gatez_dot_v1_dot_control__pb2.AdoptLineageRequest.FromString,
+                    response_serializer=gatez_dot_v1_dot_control__pb2.AdoptLineageResponse.SerializeToString,
             ),
             'ListRequestLogs': grpc.unary_unary_rpc_method_handler(
                     servicer.ListRequestLogs,
@@ -447,8 +490,9 @@ def add_ControlServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class ControlService:
-    """Administration of Gatez. Every call needs `authorization: Bearer <admin token>`.
-    Every change yields a new policy version, pushed to data planes at once.
+    """Administration of Gatez. Every call needs `authorization: Bearer <admin token>`; a data
+    plane's credential is refused here. Every change yields a new policy version, pushed to data
+    planes at once.
     """
 
     @staticmethod
@@ -857,6 +901,33 @@ class ControlService:
             _registered_method=True)
 
     @staticmethod
+    def RotateSecretKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gatez.v1.ControlService/RotateSecretKey',
+            gatez_dot_v1_dot_control__pb2.RotateSecretKeyRequest.SerializeToString,
+            gatez_dot_v1_dot_control__pb2.RotateSecretKeyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
     def CreateModelRoute(request,
             target,
             options=(),
@@ -954,6 +1025,33 @@ class ControlService:
             '/gatez.v1.ControlService/GetPolicyStatus',
             gatez_dot_v1_dot_control__pb2.GetPolicyStatusRequest.SerializeToString,
             gatez_dot_v1_dot_control__pb2.GetPolicyStatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AdoptLineage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gatez.v1.ControlService/AdoptLineage',
+            gatez_dot_v1_dot_control__pb2.AdoptLineageRequest.SerializeToString,
+            gatez_dot_v1_dot_control__pb2.AdoptLineageResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -1101,7 +1199,8 @@ class ControlService:
 
 
 class DataPlaneServiceStub:
-    """Called by data planes only (same admin token).
+    """Called by data planes only, with `authorization: Bearer <data-plane token>`
+    (GATEZ_DATAPLANE_TOKEN / GATEZ_DATAPLANE_TOKEN_FILE); the admin token is refused here.
     """
 
     def __init__(self, channel):
@@ -1123,13 +1222,15 @@ class DataPlaneServiceStub:
 
 
 class DataPlaneServiceServicer:
-    """Called by data planes only (same admin token).
+    """Called by data planes only, with `authorization: Bearer <data-plane token>`
+    (GATEZ_DATAPLANE_TOKEN / GATEZ_DATAPLANE_TOKEN_FILE); the admin token is refused here.
     """
 
     def Watch(self, request_iterator, context):
         """The data plane sends a first request naming itself, then one request per snapshot received:
-        ACK (`applied_version` = the snapshot's version, no error) or NACK (`error` set, the
-        previous version kept). The server sends the current snapshot, then every new one.
+        ACK (`applied_version` = the snapshot's version, no error) or NACK (`rejected_version` and
+        `error` set, the previous version kept). The server sends the current snapshot, then every
+        new one.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -1164,7 +1265,8 @@ def add_DataPlaneServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class DataPlaneService:
-    """Called by data planes only (same admin token).
+    """Called by data planes only, with `authorization: Bearer <data-plane token>`
+    (GATEZ_DATAPLANE_TOKEN / GATEZ_DATAPLANE_TOKEN_FILE); the admin token is refused here.
     """
 
     @staticmethod

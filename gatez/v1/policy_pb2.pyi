@@ -99,12 +99,16 @@ class Provider(_message.Message):
     def __init__(self, name: _Optional[str] = ..., kind: _Optional[_Union[ProviderKind, str]] = ..., base_url: _Optional[str] = ..., has_credential: _Optional[bool] = ..., credential_update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class ProviderCredential(_message.Message):
-    __slots__ = ("provider", "api_key")
+    __slots__ = ("provider", "api_key", "sealed_api_key", "key_id")
     PROVIDER_FIELD_NUMBER: _ClassVar[int]
     API_KEY_FIELD_NUMBER: _ClassVar[int]
+    SEALED_API_KEY_FIELD_NUMBER: _ClassVar[int]
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
     provider: str
     api_key: str
-    def __init__(self, provider: _Optional[str] = ..., api_key: _Optional[str] = ...) -> None: ...
+    sealed_api_key: bytes
+    key_id: str
+    def __init__(self, provider: _Optional[str] = ..., api_key: _Optional[str] = ..., sealed_api_key: _Optional[bytes] = ..., key_id: _Optional[str] = ...) -> None: ...
 
 class ModelRoute(_message.Message):
     __slots__ = ("id", "tenant_id", "alias", "provider", "upstream_model")
@@ -135,7 +139,7 @@ class Route(_message.Message):
     def __init__(self, id: _Optional[str] = ..., path_prefix: _Optional[str] = ..., kind: _Optional[_Union[RouteKind, str]] = ..., upstream_url: _Optional[str] = ..., strip_prefix: _Optional[bool] = ...) -> None: ...
 
 class PolicySnapshot(_message.Message):
-    __slots__ = ("version", "create_time", "tenants", "api_keys", "identity_providers", "providers", "provider_credentials", "model_routes", "routes")
+    __slots__ = ("version", "create_time", "tenants", "api_keys", "identity_providers", "providers", "provider_credentials", "model_routes", "lineage", "routes")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
     TENANTS_FIELD_NUMBER: _ClassVar[int]
@@ -144,6 +148,7 @@ class PolicySnapshot(_message.Message):
     PROVIDERS_FIELD_NUMBER: _ClassVar[int]
     PROVIDER_CREDENTIALS_FIELD_NUMBER: _ClassVar[int]
     MODEL_ROUTES_FIELD_NUMBER: _ClassVar[int]
+    LINEAGE_FIELD_NUMBER: _ClassVar[int]
     ROUTES_FIELD_NUMBER: _ClassVar[int]
     version: int
     create_time: _timestamp_pb2.Timestamp
@@ -153,5 +158,6 @@ class PolicySnapshot(_message.Message):
     providers: _containers.RepeatedCompositeFieldContainer[Provider]
     provider_credentials: _containers.RepeatedCompositeFieldContainer[ProviderCredential]
     model_routes: _containers.RepeatedCompositeFieldContainer[ModelRoute]
+    lineage: str
     routes: _containers.RepeatedCompositeFieldContainer[Route]
-    def __init__(self, version: _Optional[int] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., tenants: _Optional[_Iterable[_Union[Tenant, _Mapping]]] = ..., api_keys: _Optional[_Iterable[_Union[ApiKey, _Mapping]]] = ..., identity_providers: _Optional[_Iterable[_Union[IdentityProvider, _Mapping]]] = ..., providers: _Optional[_Iterable[_Union[Provider, _Mapping]]] = ..., provider_credentials: _Optional[_Iterable[_Union[ProviderCredential, _Mapping]]] = ..., model_routes: _Optional[_Iterable[_Union[ModelRoute, _Mapping]]] = ..., routes: _Optional[_Iterable[_Union[Route, _Mapping]]] = ...) -> None: ...
+    def __init__(self, version: _Optional[int] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., tenants: _Optional[_Iterable[_Union[Tenant, _Mapping]]] = ..., api_keys: _Optional[_Iterable[_Union[ApiKey, _Mapping]]] = ..., identity_providers: _Optional[_Iterable[_Union[IdentityProvider, _Mapping]]] = ..., providers: _Optional[_Iterable[_Union[Provider, _Mapping]]] = ..., provider_credentials: _Optional[_Iterable[_Union[ProviderCredential, _Mapping]]] = ..., model_routes: _Optional[_Iterable[_Union[ModelRoute, _Mapping]]] = ..., lineage: _Optional[str] = ..., routes: _Optional[_Iterable[_Union[Route, _Mapping]]] = ...) -> None: ...

@@ -16,6 +16,8 @@ from gatez.v1 import control_pb2_grpc
 
 ADMIN_TOKEN = "test-admin-token-0123456789"
 AUTH = (("authorization", f"Bearer {ADMIN_TOKEN}"),)
+DATAPLANE_TOKEN = "gzdp_test-dataplane-token-0123456789"
+DATAPLANE_AUTH = (("authorization", f"Bearer {DATAPLANE_TOKEN}"),)
 
 T = TypeVar("T")
 
@@ -36,6 +38,12 @@ class Api:
             control=control_pb2_grpc.ControlServiceStub(channel),
             data_plane=control_pb2_grpc.DataPlaneServiceStub(channel),
         )
+
+
+def raw(value: object) -> bytes:
+    """A value read from Redis (redis-py types it loosely) as the bytes it must be."""
+    assert isinstance(value, bytes), value
+    return value
 
 
 async def rpc_error(call: Awaitable[object]) -> grpc.aio.AioRpcError:

@@ -11,7 +11,7 @@ from google.protobuf.message import Message
 from gatez import keys
 from gatez.v1 import control_pb2 as api_pb
 from gatez.v1 import policy_pb2
-from tests.control.support import AUTH, Api, rpc_error
+from tests.control.support import AUTH, DATAPLANE_AUTH, Api, rpc_error
 
 PROVIDER_SECRET = "sk-provider-secret-do-not-leak"
 
@@ -54,7 +54,7 @@ async def policy_version(api: Api) -> int:
 
 async def current_snapshot(api: Api) -> policy_pb2.PolicySnapshot:
     """The snapshot a data plane receives (the only place key digests travel)."""
-    call = api.data_plane.Watch(metadata=AUTH)
+    call = api.data_plane.Watch(metadata=DATAPLANE_AUTH)
     await call.write(api_pb.WatchRequest(node_id="dp-test"))
     response = await call.read()
     call.cancel()

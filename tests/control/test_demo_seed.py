@@ -5,13 +5,14 @@ from __future__ import annotations
 from control import ControlServer
 from demo.seed import DEMO_MODELS, DEMO_PROVIDER, DEMO_TENANT, AdminClient, seed_demo
 from gatez import keys
+from gatez.secrets import SecretBox
 from gatez.v1 import control_pb2 as api_pb
 from tests.control.support import ADMIN_TOKEN, AUTH, Api
 from tests.control.test_admin import current_snapshot
 
 
 async def test_seed_twice_keeps_one_demo_key_with_the_latest_secret(
-    control_server: ControlServer, api: Api
+    control_server: ControlServer, api: Api, box: SecretBox
 ) -> None:
     async with AdminClient(f"127.0.0.1:{control_server.port}", ADMIN_TOKEN) as admin:
         await seed_demo(
@@ -36,7 +37,7 @@ async def test_seed_twice_keeps_one_demo_key_with_the_latest_secret(
     assert (provider.name, provider.base_url) == (DEMO_PROVIDER, "http://127.0.0.1:18001/v1")
     routes = sorted((r.alias, r.upstream_model) for r in snapshot.model_routes)
     assert routes == sorted(DEMO_MODELS.items())
-    assert [(c.provider, c.api_key) for c in snapshot.provider_credentials] == [
+    assert [(c.provider, box.open_credential(c)) for c in snapshot.provider_credentials] == [
         (DEMO_PROVIDER, "up-2")
     ]
     listed = await api.control.ListProviders(api_pb.ListProvidersRequest(), metadata=AUTH)

@@ -10,7 +10,7 @@ import grpc
 from extproc.logsink import CONVERT_SLICE, ControlLogWriter
 from gatez.logrows import AiLogRow, RequestLogRow
 from gatez.v1 import control_pb2
-from tests.control.support import ADMIN_TOKEN, Api
+from tests.control.support import ADMIN_TOKEN, DATAPLANE_TOKEN, Api
 
 START = dt.datetime(2026, 11, 25, 9, 30, 0, 123_000, tzinfo=dt.UTC)
 
@@ -54,7 +54,7 @@ async def test_batches_larger_than_a_conversion_slice_arrive_whole(
 ) -> None:
     requests = [request_row(n) for n in range(2 * CONVERT_SLICE + 17)]
     ai = [ai_row(n) for n in range(CONVERT_SLICE + 3)]
-    writer = ControlLogWriter(channel, ADMIN_TOKEN)
+    writer = ControlLogWriter(channel, DATAPLANE_TOKEN)
 
     await writer.write(requests, ())
     await writer.write((), ai)

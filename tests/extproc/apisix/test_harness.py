@@ -31,6 +31,7 @@ from extproc.apisix.frames import (
     read_frame,
 )
 from gatez.processes import free_port
+from gatez.secrets import new_secret_key
 from tests.extproc.apisix.conftest import API_KEY, PROVIDER, PROVIDER_KEY, Runner
 from tests.fakes.openai_upstream import UpstreamServer
 from tests.support.apisix import HarnessRoute, MiniApisix, RunnerConnection, llm_routes
@@ -258,6 +259,8 @@ async def test_runner_process_removes_a_stale_socket_and_exits_cleanly_on_sigter
         "GATEZ_CLICKHOUSE_DSN": f"chdb://{tmp_path / 'ch'}",
         # No control service: the runner serves (without a policy) and keeps trying to watch.
         "GATEZ_CONTROL_ADDRESS": f"127.0.0.1:{free_port()}",
+        "GATEZ_DATAPLANE_TOKEN": "gzdp_test-token",
+        "GATEZ_SECRET_KEY": new_secret_key(),
     }
     process = await asyncio.create_subprocess_exec(sys.executable, "-m", "extproc.apisix", env=env)
     try:
