@@ -13,7 +13,6 @@ import signal
 from typing import Any, Final
 
 import grpc
-import redis.asyncio as aioredis
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -21,6 +20,7 @@ from control.auth import AdminTokenInterceptor
 from control.service import ControlServicer, DataPlaneRegistry, DataPlaneServicer
 from control.store import PolicyStore
 from gatez.logstore import LogStore
+from gatez.redis_client import RedisTarget, connect
 from gatez.settings import Settings
 from gatez.v1 import control_pb2, control_pb2_grpc
 
@@ -63,7 +63,7 @@ async def start(settings: Settings) -> ControlServer:
     `settings.control_address` (port 0 picks a free port; see `ControlServer.port`)."""
     resources = contextlib.AsyncExitStack()
     try:
-        redis = aioredis.Redis.from_url(settings.redis_url)
+        redis = await connect(RedisTarget.from_settings(settings))
         resources.push_async_callback(redis.aclose)
         store = PolicyStore(redis)
         await store.start()

@@ -5,6 +5,12 @@ sharing a Redis never overwrite each other's changes: a replica that loses the r
 re-applies. A change that does not compile is refused whole and nothing is saved. Each saved
 version is announced on a pub/sub channel; every replica (the writer included) follows it and
 wakes its in-process watchers, which always see the newest version, never a backlog.
+
+Works the same on one Redis and on a Redis Cluster: the transaction touches one key, and the
+announcement is published after it (redis-py's cluster client refuses PUBLISH inside MULTI;
+PUBLISH reaches subscribers on every node). Pub/sub delivers at most once, so followers also
+re-read the snapshot every CATCH_UP_S: an announcement lost with a writer that died right after
+its write, or with a dropped subscription, delays a replica, never strands it.
 """
 
 from __future__ import annotations
@@ -13,16 +19,17 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
+import time
 from collections.abc import AsyncIterator, Callable
 from typing import Final, TypeVar
 
-import redis.asyncio as aioredis
 from google.protobuf.message import DecodeError
 from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError, WatchError
 
 from gatez.errors import Unavailable
 from gatez.policy import compile_policy
+from gatez.redis_client import RedisClient
 from gatez.v1 import policy_pb2
 
 SNAPSHOT_KEY: Final = "gatez:control:snapshot"
@@ -32,6 +39,8 @@ MAX_ATTEMPTS: Final = 32
 RESUBSCRIBE_DELAY_S: Final = 1.0
 # How often the change feed reader looks up from the socket to see whether the store stopped.
 POLL_S: Final = 0.5
+# How often a follower re-reads the snapshot without an announcement (pub/sub may lose one).
+CATCH_UP_S: Final = 10.0
 
 log = logging.getLogger("gatez.control.store")
 
@@ -53,9 +62,12 @@ class PolicyStore:
     Call `start()` before use and `stop()` at the end. `current` is shared: never mutate it.
     """
 
-    def __init__(self, redis: aioredis.Redis, *, clock: Clock = utc_now) -> None:
+    def __init__(
+        self, redis: RedisClient, *, clock: Clock = utc_now, catch_up_s: float = CATCH_UP_S
+    ) -> None:
         self._redis = redis
         self._clock = clock
+        self._catch_up_s = catch_up_s
         self._current = policy_pb2.PolicySnapshot()
         # Replaced by a fresh Event each time a newer version is adopted; waiters hold the old one.
         self._newer = asyncio.Event()
@@ -104,15 +116,23 @@ class PolicyStore:
                     compile_policy(draft)
                     pipe.multi()  # type: ignore[no-untyped-call]  # untyped in redis-py
                     pipe.set(SNAPSHOT_KEY, draft.SerializeToString())
-                    pipe.publish(CHANGES_CHANNEL, str(draft.version))
                     await pipe.execute()
                 except WatchError:
                     log.debug("policy changed under us; retrying")
                     continue
                 self._adopt(draft)
+                await self._announce(draft.version)
                 log.info("policy version %d saved", draft.version)
                 return result, draft.version
         raise Unavailable("the policy is being changed concurrently; retry")
+
+    async def _announce(self, version: int) -> None:
+        # The change is saved already: a failed announcement must not report it as failed
+        # (a retry would apply it twice); followers catch up within CATCH_UP_S.
+        try:
+            await self._redis.publish(CHANGES_CHANNEL, str(version))
+        except (RedisError, OSError) as error:
+            log.warning("policy version %d saved but not announced (%s)", version, error)
 
     async def wait_newer(self, version: int) -> policy_pb2.PolicySnapshot:
         """Waits until a snapshot newer than `version` is current, and returns it (or the
@@ -156,8 +176,13 @@ class PolicyStore:
         ignores); resubscribes when Redis drops, and catches up as it does."""
         while True:
             try:
+                caught_up = time.monotonic()
                 while not self._stopped:
-                    if await pubsub.get_message(ignore_subscribe_messages=True, timeout=POLL_S):
+                    announced = await pubsub.get_message(
+                        ignore_subscribe_messages=True, timeout=POLL_S
+                    )
+                    if announced or time.monotonic() - caught_up >= self._catch_up_s:
+                        caught_up = time.monotonic()
                         await self.reload()
             except (RedisError, OSError, DecodeError) as error:
                 log.warning("lost the policy change feed (%s); resubscribing", error)
