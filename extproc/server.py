@@ -21,7 +21,7 @@ from extproc.grpcio_server import GRPC_OPTIONS, serve_grpcio
 from extproc.jwks import JwksCache
 from extproc.logsink import ClickHouseLogWriter, ControlLogWriter, LogSink, LogWriter
 from extproc.policy_source import PolicyHolder, PolicyWatcher
-from extproc.redis_pipe import PipelinedRedis
+from extproc.redis_pipe import ScriptClient, hot_path_client
 from extproc.stages.access_log import AccessLog
 from extproc.stages.authenticate import Authenticate
 from extproc.stages.model_route import ModelRouting
@@ -29,6 +29,7 @@ from extproc.stages.rate_limit import RateLimit
 from extproc.stages.usage import UsageMeter
 from gatez.logstore import LogStore
 from gatez.pipeline.runner import Pipeline
+from gatez.redis_client import RedisTarget
 from gatez.settings import Settings
 
 log = logging.getLogger("gatez.dataplane")
@@ -38,7 +39,7 @@ GC_YOUNG_THRESHOLD = 20_000
 
 
 def build_pipeline(
-    *, jwks: JwksCache, redis: PipelinedRedis, sink: LogSink, node_id: str
+    *, jwks: JwksCache, redis: ScriptClient, sink: LogSink, node_id: str
 ) -> Pipeline:
     """The stage order is the policy order; each position has a reason."""
     return Pipeline(
@@ -75,7 +76,7 @@ class DataPlane:
 
 
 def build_rest_pipeline(
-    *, jwks: JwksCache, redis: PipelinedRedis, sink: LogSink, node_id: str
+    *, jwks: JwksCache, redis: ScriptClient, sink: LogSink, node_id: str
 ) -> Pipeline:
     """Plain REST routes (APISIX routes with `{"route": "rest"}`): L1 only, same order."""
     return Pipeline([Authenticate(jwks), RateLimit(redis), AccessLog(sink, node_id)])
@@ -94,7 +95,7 @@ class DataPlaneCore:
     sink: LogSink
     pipeline: Pipeline
     jwks: JwksCache
-    redis: PipelinedRedis
+    redis: ScriptClient
     tasks: list[asyncio.Task[None]]
     closers: list[Any]
 
@@ -139,7 +140,7 @@ async def start_core(settings: Settings) -> DataPlaneCore:
     """Builds the clients and the pipeline, loads the persisted policy and starts watching."""
     settings.state_dir.mkdir(parents=True, exist_ok=True)
     closers: list[Any] = []
-    redis = PipelinedRedis.from_url(settings.redis_url)
+    redis = hot_path_client(RedisTarget.from_settings(settings))
     closers.append(redis.close)
     http = aiohttp.ClientSession()
     closers.append(http.close)
