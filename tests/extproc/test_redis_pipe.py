@@ -363,3 +363,12 @@ async def test_a_wrong_password_fails_the_call(redis_cluster: LocalRedisCluster)
     with pytest.raises(ConnectionError, match="WRONGPASS"):
         await client.run_script(INCR_SCRIPT, ["k"], [])
     await client.close()
+
+
+async def test_keys_in_different_slots_are_refused_on_one_server_too(
+    client: PipelinedRedis,
+) -> None:
+    # What would fail on a Redis Cluster fails in every test run, not only on a cluster.
+    with pytest.raises(ValueError, match="hash slot"):
+        client.submit_script(INCR_SCRIPT, ["rl:{a}:x", "rl:{b}:x"], [])
+    assert await client.run_script(INCR_SCRIPT, ["rl:{a}:x", "rl:{a}:y"], []) == 1
