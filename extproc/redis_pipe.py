@@ -58,7 +58,7 @@ class RedisAddress:
     port: int = 6379
     unix_path: str | None = None
     username: str | None = None
-    password: str | None = None
+    password: str | None = field(default=None, repr=False)
     db: int = 0
     tls: bool = False
 

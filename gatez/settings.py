@@ -6,7 +6,7 @@ Every value has a single-node default so `make run` needs no configuration.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 DEV_ADMIN_TOKEN = "gatez-dev-admin-token"
@@ -23,7 +23,7 @@ class Settings:
     extproc_address: str
     # "h2" (extproc.grpc_h2, the default) or "grpcio" (grpc.aio, a slower fallback).
     extproc_server: str
-    redis_url: str
+    redis_url: str = field(repr=False)  # it may hold a password
     # A file holding the Redis password (instead of putting it in the URL); see gatez.redis_client.
     redis_password_file: Path | None
     clickhouse_dsn: str

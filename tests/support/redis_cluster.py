@@ -2,7 +2,9 @@
 loopback ports, a password on every node, the 16384 slots split evenly, no replicas.
 
 The cluster is put together by hand (CLUSTER ADDSLOTSRANGE, CLUSTER MEET) with redis-py, so the
-tests need no `redis-cli`. `move_slot` migrates one slot between nodes as a resharding does,
+tests need no `redis-cli`; it needs redis-server 7.0 or newer (Debian 12's), for ADDSLOTSRANGE
+and `cluster-port`. Starting takes about two seconds: a new primary waits that long before it
+declares the cluster OK. `move_slot` migrates one slot between nodes as a resharding does,
 for tests of MOVED and ASK redirections.
 """
 
