@@ -209,10 +209,15 @@ def main() -> None:
         tempfile.TemporaryDirectory(prefix="gatez-bench-dp-") as tmp,
         contextlib.ExitStack() as on_exit,
     ):
+        # The cluster runs before the stack picks its free ports, so none of them collide.
+        cluster = (
+            on_exit.enter_context(LocalRedisCluster(Path(tmp) / "redis-cluster"))
+            if args.redis_cluster
+            else None
+        )
         config = StackConfig.ephemeral(Path(tmp) / "stack")
         config.log_level = "WARNING"
-        if args.redis_cluster:
-            cluster = on_exit.enter_context(LocalRedisCluster(Path(tmp) / "redis-cluster"))
+        if cluster is not None:
             config.external_redis_url = cluster.seed_url
             config.redis_password = cluster.password
         stack = Stack(config)

@@ -76,10 +76,14 @@ def stack(
     server, and by the grpc.aio fallback), and the APISIX runner behind the harness that plays
     APISIX (routes sent to the fake upstream); and once with Redis as a 3-node Redis Cluster
     instead of the stack's own redis-server."""
+    proxy, _, variant = request.param.partition("-")
+    # The cluster runs before the stack picks its free ports, so none of them collide.
+    cluster: LocalRedisCluster | None = (
+        request.getfixturevalue("redis_cluster") if variant == "cluster" else None
+    )
     config = StackConfig.ephemeral(Path(tmp_path_factory.mktemp(f"stack-{request.param}")))
-    config.proxy, _, variant = request.param.partition("-")
-    if variant == "cluster":
-        cluster: LocalRedisCluster = request.getfixturevalue("redis_cluster")
+    config.proxy = proxy
+    if cluster is not None:
         config.external_redis_url = cluster.seed_url
         config.redis_password = cluster.password
     elif variant:

@@ -36,9 +36,9 @@ class LocalRedisCluster:
 
     def __init__(self, directory: Path, nodes: int = 3, password: str | None = None) -> None:
         self.directory = directory
-        self.ports = [free_port() for _ in range(nodes)]
         # The cluster bus port is set too: the default (port + 10000) may not exist.
-        self.bus_ports = [free_port() for _ in range(nodes)]
+        ports = distinct_free_ports(2 * nodes)
+        self.ports, self.bus_ports = ports[:nodes], ports[nodes:]
         self.password = password or secrets.token_urlsafe(18)
         self.processes: list[subprocess.Popen[bytes]] = []
 
@@ -179,3 +179,13 @@ class LocalRedisCluster:
 
     def __exit__(self, *_: object) -> None:
         self.stop()
+
+
+def distinct_free_ports(count: int) -> list[int]:
+    """`count` free ports, no two alike (each is released before the next is asked for)."""
+    ports: list[int] = []
+    while len(ports) < count:
+        port = free_port()
+        if port not in ports:
+            ports.append(port)
+    return ports
