@@ -120,3 +120,17 @@ def test_redis_config_values_are_quoted_for_redis_server(tmp_path: Path) -> None
     assert f'dir "{tmp_path}/with space"\n' in text
     assert 'requirepass "p\\"w\\\\x\\x09y"\n' in text
     assert 'appendonly "yes"\n' in text and 'appendfsync "everysec"\n' in text
+
+
+def test_make_run_takes_the_redis_password_from_its_variable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("GATEZ_REDIS_PASSWORD", "chosen-by-the-operator")
+    config = StackConfig.ephemeral(tmp_path / "stack")
+    config.external_redis_url = "redis://127.0.0.1:1"  # only the password file is written
+    Stack(config).start_redis()
+
+    assert config.redis_password_file.read_text() == "chosen-by-the-operator\n"
+    assert mode(config.redis_password_file) == 0o600
+    # The stack's processes read the file; the variable itself is not passed on.
+    assert "GATEZ_REDIS_PASSWORD" not in config.environment()
