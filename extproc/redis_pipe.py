@@ -365,10 +365,14 @@ class PipelinedRedisCluster:
     async def _submit_mapped(
         self, slot: int, script: Script, keys: Sequence[Arg], args: Sequence[Arg]
     ) -> Any:
-        await self._refresh()
+        # A slot still unserved a moment after the last read fails at once: no read per call.
+        if self._refreshing is not None or (
+            time.monotonic() - self._refreshed_at >= REFRESH_INTERVAL_S
+        ):
+            await self._refresh()
         node = self._owners[slot]
         if node is None:
-            raise RedisReplyError(f"CLUSTERDOWN hash slot {slot} is not served")
+            raise ConnectionError(f"no Redis Cluster node is known to serve hash slot {slot}")
         reply: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._send(node, script, keys, args, reply, MAX_REDIRECTS, asking=False)
         return await reply
@@ -384,8 +388,6 @@ class PipelinedRedisCluster:
         *,
         asking: bool,
     ) -> None:
-        sent = node.submit_script(script, keys, args, asking=asking)
-
         def settle(sent: asyncio.Future[Any]) -> None:
             if reply.done():
                 return  # the caller gave up
@@ -406,7 +408,7 @@ class PipelinedRedisCluster:
                 self._refresh_soon()
             copy_outcome(reply, sent)
 
-        sent.add_done_callback(settle)
+        node.submit_script(script, keys, args, asking=asking).add_done_callback(settle)
 
     def _node(self, host: str, port: int) -> PipelinedRedis:
         node = self._nodes.get((host, port))
