@@ -198,11 +198,12 @@ def report(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--requests", type=int, default=2000, help="per connection at 1 conn")
-    parser.add_argument("--serve", nargs=3, metavar=("SOCKET", "REDIS_URL", "CH_DIR"))
+    # The runner process; Redis from $GATEZ_REDIS_URL (its password kept off the command line).
+    parser.add_argument("--serve", nargs=2, metavar=("SOCKET", "CH_DIR"))
     args = parser.parse_args()
     if args.serve:
-        socket, redis_url, clickhouse_dir = args.serve
-        uvloop.run(serve(Path(socket), redis_url, Path(clickhouse_dir)))
+        socket, clickhouse_dir = args.serve
+        uvloop.run(serve(Path(socket), os.environ["GATEZ_REDIS_URL"], Path(clickhouse_dir)))
         return
 
     with tempfile.TemporaryDirectory() as scratch, RedisServer(Path(scratch) / "redis") as redis:
@@ -214,10 +215,9 @@ def main() -> None:
                 "bench.apisix",
                 "--serve",
                 str(socket),
-                redis.url,
                 f"{scratch}/ch",
             ],
-            env=os.environ,
+            env={**os.environ, "GATEZ_REDIS_URL": redis.url},
         )
         try:
             deadline = time.monotonic() + 60

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import struct
 import sys
 import tempfile
@@ -28,6 +29,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as ext_proc
 from bench.chat import BODY, cpu_seconds, provision
 from bench.upstream import BODY as REPLY
 from gatez.stack import Stack, StackConfig
+from tests.support.redis_cluster import LocalRedisCluster
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 DATA, HEADERS, RST_STREAM, SETTINGS, PING, GOAWAY, WINDOW_UPDATE = 0, 1, 3, 4, 6, 7, 8
@@ -199,10 +201,25 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--connections", type=int, default=2, help="as Envoy's workers")
     parser.add_argument("--streams", type=int, default=8, help="concurrent streams each")
+    parser.add_argument(
+        "--redis-cluster", action="store_true", help="Redis as a local 3-node Redis Cluster"
+    )
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="gatez-bench-dp-") as tmp:
+    with (
+        tempfile.TemporaryDirectory(prefix="gatez-bench-dp-") as tmp,
+        contextlib.ExitStack() as on_exit,
+    ):
+        # The cluster runs before the stack picks its free ports, so none of them collide.
+        cluster = (
+            on_exit.enter_context(LocalRedisCluster(Path(tmp) / "redis-cluster"))
+            if args.redis_cluster
+            else None
+        )
         config = StackConfig.ephemeral(Path(tmp) / "stack")
         config.log_level = "WARNING"
+        if cluster is not None:
+            config.external_redis_url = cluster.seed_url
+            config.redis_password = cluster.password
         stack = Stack(config)
         try:
             stack.start()
@@ -221,7 +238,8 @@ def main() -> None:
         finally:
             stack.stop()
     print(
-        f"\none data-plane process, {args.connections} connections x {args.streams} streams:"
+        f"\none data-plane process, {args.connections} connections x {args.streams} streams"
+        f"{', Redis Cluster' if args.redis_cluster else ''}:"
         f"\n  {requests / elapsed:,.0f} requests/s, {cpu / requests * 1000:.3f} ms CPU per request"
         f" ({cpu / elapsed:.0%} of one core)"
         "\ntarget: >= 2000 requests/s per data-plane process",

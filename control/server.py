@@ -14,7 +14,6 @@ import signal
 from typing import Any, Final
 
 import grpc
-import redis.asyncio as aioredis
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -23,6 +22,7 @@ from control.service import ControlServicer, DataPlaneRegistry, DataPlaneService
 from control.store import PolicyStore
 from gatez.errors import InvalidPolicy
 from gatez.logstore import LogStore
+from gatez.redis_client import RedisTarget, connect
 from gatez.secrets import SecretBox, SecretConfigError, dataplane_tokens, secret_box
 from gatez.settings import Settings
 from gatez.v1 import control_pb2, control_pb2_grpc, policy_pb2
@@ -72,7 +72,7 @@ async def start(settings: Settings) -> ControlServer:
     )
     resources = contextlib.AsyncExitStack()
     try:
-        redis = aioredis.Redis.from_url(settings.redis_url)
+        redis = await connect(RedisTarget.from_settings(settings))
         resources.push_async_callback(redis.aclose)
         store = PolicyStore(redis, cipher=box)
         await store.start()

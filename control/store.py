@@ -11,6 +11,12 @@ version keeps it, so data planes can tell a continuation of the policy they hold
 history (a control service restarted on an empty Redis starts a new lineage). Redis is the truth,
 except when it lost what this process saw (emptied, or gone back within our lineage): then the
 next change builds on this process's copy, and the lineage goes on.
+
+Works the same on one Redis and on a Redis Cluster: the transaction touches one key, and the
+announcement is published after it (redis-py's cluster client refuses PUBLISH inside MULTI;
+PUBLISH reaches subscribers on every node). Pub/sub delivers at most once, so followers also
+re-read the snapshot every CATCH_UP_S: an announcement lost with a writer that died right after
+its write, or with a dropped subscription, delays a replica, never strands it.
 """
 
 from __future__ import annotations
@@ -20,16 +26,17 @@ import contextlib
 import datetime as dt
 import logging
 import secrets
+import time
 from collections.abc import AsyncIterator, Callable
 from typing import Final, TypeVar
 
-import redis.asyncio as aioredis
 from google.protobuf.message import DecodeError
 from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError, WatchError
 
 from gatez.errors import Unavailable
 from gatez.policy import CredentialCipher, compile_policy
+from gatez.redis_client import RedisClient
 from gatez.v1 import policy_pb2
 
 SNAPSHOT_KEY: Final = "gatez:control:snapshot"
@@ -39,6 +46,8 @@ MAX_ATTEMPTS: Final = 32
 RESUBSCRIBE_DELAY_S: Final = 1.0
 # How often the change feed reader looks up from the socket to see whether the store stopped.
 POLL_S: Final = 0.5
+# How often a follower re-reads the snapshot without an announcement (pub/sub may lose one).
+CATCH_UP_S: Final = 10.0
 
 log = logging.getLogger("gatez.control.store")
 
@@ -69,16 +78,18 @@ class PolicyStore:
 
     def __init__(
         self,
-        redis: aioredis.Redis,
+        redis: RedisClient,
         *,
         cipher: CredentialCipher | None = None,
         clock: Clock = utc_now,
         new_lineage: LineageGenerator = random_lineage,
+        catch_up_s: float = CATCH_UP_S,
     ) -> None:
         self._redis = redis
         self._cipher = cipher
         self._clock = clock
         self._new_lineage = new_lineage
+        self._catch_up_s = catch_up_s
         self._current = policy_pb2.PolicySnapshot()
         # Replaced by a fresh Event each time a newer version is adopted; waiters hold the old one.
         self._newer = asyncio.Event()
@@ -128,15 +139,23 @@ class PolicyStore:
                     compile_policy(draft, self._cipher)
                     pipe.multi()  # type: ignore[no-untyped-call]  # untyped in redis-py
                     pipe.set(SNAPSHOT_KEY, draft.SerializeToString())
-                    pipe.publish(CHANGES_CHANNEL, str(draft.version))
                     await pipe.execute()
                 except WatchError:
                     log.debug("policy changed under us; retrying")
                     continue
                 self._adopt(draft)
+                await self._announce(draft.version)
                 log.info("policy version %d saved", draft.version)
                 return result, draft.version
         raise Unavailable("the policy is being changed concurrently; retry")
+
+    async def _announce(self, version: int) -> None:
+        # The change is saved already: a failed announcement must not report it as failed
+        # (a retry would apply it twice); followers catch up within CATCH_UP_S.
+        try:
+            await self._redis.publish(CHANGES_CHANNEL, str(version))
+        except (RedisError, OSError) as error:
+            log.warning("policy version %d saved but not announced (%s)", version, error)
 
     async def wait_change(self, seen: policy_pb2.PolicySnapshot) -> policy_pb2.PolicySnapshot:
         """Waits until the current snapshot is another than `seen` (a newer version, or another
@@ -183,8 +202,13 @@ class PolicyStore:
         ignores); resubscribes when Redis drops, and catches up as it does."""
         while True:
             try:
+                caught_up = time.monotonic()
                 while not self._stopped:
-                    if await pubsub.get_message(ignore_subscribe_messages=True, timeout=POLL_S):
+                    announced = await pubsub.get_message(
+                        ignore_subscribe_messages=True, timeout=POLL_S
+                    )
+                    if announced or time.monotonic() - caught_up >= self._catch_up_s:
+                        caught_up = time.monotonic()
                         await self.reload()
             except (RedisError, OSError, DecodeError) as error:
                 log.warning("lost the policy change feed (%s); resubscribing", error)

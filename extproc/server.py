@@ -23,7 +23,7 @@ from extproc.grpcio_server import GRPC_OPTIONS, serve_grpcio
 from extproc.jwks import JwksCache
 from extproc.logsink import ClickHouseLogWriter, ControlLogWriter, LogSink, LogWriter
 from extproc.policy_source import PolicyHolder, PolicyWatcher
-from extproc.redis_pipe import PipelinedRedis
+from extproc.redis_pipe import ScriptClient, hot_path_client
 from extproc.stages.access_log import AccessLog
 from extproc.stages.authenticate import Authenticate
 from extproc.stages.model_route import ModelRouting
@@ -33,6 +33,7 @@ from extproc.stages.usage import UsageMeter
 from gatez.logstore import LogStore
 from gatez.pipeline import Dispatcher, NoPolicy, NoRoute, Pipeline
 from gatez.policy import CompiledPolicy, RouteKind
+from gatez.redis_client import RedisTarget
 from gatez.secrets import dataplane_tokens, secret_box
 from gatez.settings import Settings
 
@@ -46,7 +47,7 @@ def build_dispatcher(
     policy: Callable[[], CompiledPolicy | None],
     *,
     jwks: JwksCache,
-    redis: PipelinedRedis,
+    redis: ScriptClient,
     sink: LogSink,
     node_id: str,
 ) -> Dispatcher:
@@ -156,7 +157,7 @@ async def start_core(settings: Settings) -> DataPlaneCore:
     token = dataplane_tokens(settings, create=False)[0]
     box = secret_box(settings, create=False)
     closers: list[Any] = []
-    redis = PipelinedRedis.from_url(settings.redis_url)
+    redis = hot_path_client(RedisTarget.from_settings(settings))
     closers.append(redis.close)
     http = aiohttp.ClientSession()
     closers.append(http.close)

@@ -33,7 +33,9 @@ class Settings:
     extproc_address: str
     # "h2" (extproc.grpc_h2, the default) or "grpcio" (grpc.aio, a slower fallback).
     extproc_server: str
-    redis_url: str
+    redis_url: str = field(repr=False)  # it may hold a password
+    # A file holding the Redis password (instead of putting it in the URL); see gatez.redis_client.
+    redis_password_file: Path | None
     clickhouse_dsn: str
     qdrant_path: str
     node_id: str
@@ -56,6 +58,7 @@ class Settings:
             extproc_address=env.get("GATEZ_EXTPROC_ADDRESS", f"unix:{state_dir / 'extproc.sock'}"),
             extproc_server=_choice(env, "GATEZ_EXTPROC_SERVER", ("h2", "grpcio")),
             redis_url=env.get("GATEZ_REDIS_URL", "redis://127.0.0.1:6380/0"),
+            redis_password_file=_optional_path(env.get("GATEZ_REDIS_PASSWORD_FILE")),
             clickhouse_dsn=env.get("GATEZ_CLICKHOUSE_DSN", f"chdb://{state_dir / 'clickhouse'}"),
             qdrant_path=env.get("GATEZ_QDRANT_PATH", str(state_dir / "qdrant")),
             node_id=env.get("GATEZ_NODE_ID", f"dataplane-{os.getpid()}"),
@@ -66,6 +69,10 @@ class Settings:
     def clickhouse_is_embedded(self) -> bool:
         """chDB runs in-process and single-writer: the control service owns it."""
         return self.clickhouse_dsn.startswith("chdb://")
+
+
+def _optional_path(value: str | None) -> Path | None:
+    return Path(value).resolve() if value else None
 
 
 def _choice(env: dict[str, str], name: str, allowed: tuple[str, ...]) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -19,10 +20,20 @@ from pathlib import Path
 from typing import IO
 
 from gatez.envoy_config import render
-from gatez.processes import free_port, require_binary, stop_process, wait_for_port
+from gatez.processes import (
+    free_port,
+    redis_config,
+    require_binary,
+    stop_process,
+    wait_for_port,
+    write_private,
+)
+from gatez.redis_client import read_password
 from gatez.settings import DEV_ADMIN_TOKEN
 
 PR_SET_PDEATHSIG = 1
+# `make run` takes the Redis password from here when set (else it generates one).
+REDIS_PASSWORD_ENV = "GATEZ_REDIS_PASSWORD"
 
 
 def _die_with_parent() -> None:
@@ -40,8 +51,14 @@ class StackConfig:
     redis_port: int = 6380
     admin_token: str = DEV_ADMIN_TOKEN
     node_id: str = "dataplane-1"
-    # Keep Redis data across restarts (`make run`); tests start clean.
+    # Keep Redis data across restarts (AOF, fsync every second: `make run`); tests start clean.
     persist_redis: bool = True
+    # The Redis password: this, else $GATEZ_REDIS_PASSWORD, else the one generated into
+    # `redis_password_file` on the first start (kept there for restarts and tools).
+    redis_password: str | None = field(default=None, repr=False)
+    # A Redis (or Redis Cluster, `redis+cluster://`) run elsewhere instead of the stack's own
+    # redis-server; its password is `redis_password` (the tests' 3-node cluster).
+    external_redis_url: str | None = None
     log_level: str = "INFO"
     extra_env: dict[str, str] = field(default_factory=dict)
     # "envoy", or "apisix": the data plane as APISIX's ext-plugin runner, with
@@ -67,11 +84,21 @@ class StackConfig:
         return f"127.0.0.1:{self.control_port}"
 
     @property
+    def redis_dir(self) -> Path:
+        return self.state_dir / "redis"
+
+    @property
     def redis_socket(self) -> Path:
-        return self.state_dir / "redis" / "redis.sock"
+        return self.redis_dir / "redis.sock"
+
+    @property
+    def redis_password_file(self) -> Path:
+        return (self.redis_dir / "password").resolve()
 
     @property
     def redis_url(self) -> str:
+        if self.external_redis_url is not None:
+            return self.external_redis_url
         # The stack's own processes use the Unix socket: a round trip costs less than over
         # loopback TCP (the port stays open for tools such as redis-cli).
         return f"unix://{self.redis_socket.resolve()}?db=0"
@@ -98,6 +125,8 @@ class StackConfig:
             GATEZ_SECRET_KEY_FILE=str(self.state_dir.resolve() / "secret.key"),
             GATEZ_CONTROL_ADDRESS=self.control_address,
             GATEZ_REDIS_URL=self.redis_url,
+            # A file, not the password itself: environments show up in `ps e`.
+            GATEZ_REDIS_PASSWORD_FILE=str(self.redis_password_file),
             GATEZ_CLICKHOUSE_DSN=f"chdb://{self.state_dir / 'clickhouse'}",
             GATEZ_QDRANT_PATH=str(self.state_dir / "qdrant"),
             GATEZ_EXTPROC_ADDRESS=f"unix:{self.extproc_socket}",
@@ -105,6 +134,7 @@ class StackConfig:
             GATEZ_LOG_LEVEL=self.log_level,
         )
         env.update(self.extra_env)
+        env.pop(REDIS_PASSWORD_ENV, None)
         return env
 
 
@@ -133,24 +163,43 @@ class Stack:
         return self
 
     def start_redis(self) -> None:
+        """Starts the stack's redis-server: a password required over TCP and the Unix socket
+        alike (the socket and the data directory usable by this user only), the password in a
+        0600 config file rather than on the command line, AOF persistence when
+        `persist_redis`. With an external Redis, only writes its password file."""
         config = self.config
-        directory = config.state_dir / "redis"
-        directory.mkdir(parents=True, exist_ok=True)
-        persistence = ["--appendonly", "yes"] if config.persist_redis else ["--appendonly", "no"]
-        self.spawn(
-            "redis",
-            [
-                require_binary("redis-server"),
-                "--bind", "127.0.0.1",
-                "--port", str(config.redis_port),
-                "--unixsocket", str(config.redis_socket.resolve()),
-                "--unixsocketperm", "700",
-                "--dir", str(directory),
-                "--save", "",
-                *persistence,
-            ],
-        )  # fmt: skip
+        directory = config.redis_dir
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        directory.chmod(0o700)
+        password = self._redis_password()
+        if config.external_redis_url is not None:
+            return
+        conf = directory / "redis.conf"
+        write_private(
+            conf,
+            redis_config(
+                port=config.redis_port,
+                directory=directory.resolve(),
+                password=password,
+                unix_socket=config.redis_socket.resolve(),
+                append_only=config.persist_redis,
+            ),
+        )
+        self.spawn("redis", [require_binary("redis-server"), str(conf)])
         wait_for_port(config.redis_port)
+
+    def _redis_password(self) -> str:
+        """The configured password, or the one kept from an earlier start, or a new one; written
+        to `redis_password_file` (0600) for the stack's processes either way."""
+        path = self.config.redis_password_file
+        password = self.config.redis_password or os.environ.get(REDIS_PASSWORD_ENV)
+        if not password and path.exists():
+            password = read_password(path)
+        if not password:
+            password = secrets.token_urlsafe(32)
+        if not path.exists() or read_password(path) != password:
+            write_private(path, password + "\n")
+        return password
 
     def start_control(self) -> None:
         self.spawn("control", [sys.executable, "-m", "control"], self.config.environment())
@@ -238,6 +287,7 @@ class Stack:
         self.stop()
 
     def spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> None:
+        self.logs.mkdir(parents=True, exist_ok=True)
         log_file = (self.logs / f"{name}.log").open("ab")
         self._log_files[name] = log_file
         self.processes[name] = subprocess.Popen(

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any, Final
 
-from extproc.redis_pipe import PipelinedRedis, Script
+from extproc.redis_pipe import Script, ScriptClient
 from gatez.errors import RateLimited, Unauthenticated, Unavailable
 from gatez.pipeline import CONTINUE, Continue, FailureMode, Flow, Respond, Stage, Verdict
 from gatez.pipeline.futures import copy_outcome
@@ -111,7 +111,7 @@ class RateLimit(Stage):
 
     def __init__(
         self,
-        redis: PipelinedRedis,
+        redis: ScriptClient,
         *,
         fail_open: bool = False,
         timeout_s: float = 0.5,

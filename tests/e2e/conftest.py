@@ -19,6 +19,7 @@ from gatez.stack import Stack, StackConfig
 from gatez.v1 import control_pb2, control_pb2_grpc, policy_pb2
 from tests.fakes.openai_upstream import UpstreamServer
 from tests.support.oidc import OidcIssuer
+from tests.support.redis_cluster import LocalRedisCluster
 
 UPSTREAM_KEY = "sk-upstream-secret-for-tests"
 PROVIDER = "fake-openai"
@@ -65,7 +66,7 @@ def oidc() -> Iterator[OidcIssuer]:
         yield issuer
 
 
-@pytest.fixture(scope="session", params=["envoy", "envoy-grpcio", "apisix"])
+@pytest.fixture(scope="session", params=["envoy", "envoy-grpcio", "apisix", "envoy-cluster"])
 def stack(
     request: pytest.FixtureRequest,
     tmp_path_factory: pytest.TempPathFactory,
@@ -73,11 +74,20 @@ def stack(
 ) -> Iterator[Stack]:
     """The same suite runs through both adapters: Envoy + ext_proc (served by the lean HTTP/2
     server, and by the grpc.aio fallback), and the APISIX runner behind the harness that plays
-    APISIX (routes sent to the fake upstream)."""
+    APISIX (routes sent to the fake upstream); and once with Redis as a 3-node Redis Cluster
+    instead of the stack's own redis-server."""
+    proxy, _, variant = request.param.partition("-")
+    # The cluster runs before the stack picks its free ports, so none of them collide.
+    cluster: LocalRedisCluster | None = (
+        request.getfixturevalue("redis_cluster") if variant == "cluster" else None
+    )
     config = StackConfig.ephemeral(Path(tmp_path_factory.mktemp(f"stack-{request.param}")))
-    config.proxy, _, server = request.param.partition("-")
-    if server:
-        config.extra_env["GATEZ_EXTPROC_SERVER"] = server
+    config.proxy = proxy
+    if cluster is not None:
+        config.external_redis_url = cluster.seed_url
+        config.redis_password = cluster.password
+    elif variant:
+        config.extra_env["GATEZ_EXTPROC_SERVER"] = variant
     config.apisix_command = (
         sys.executable, "-m", "tests.support.apisix",
         "--upstream", upstream.base_url.removesuffix("/v1"),

@@ -11,6 +11,8 @@ import httpx
 import redis
 
 from control.store import CHANGES_CHANNEL
+from gatez.redis_client import RedisTarget
+from gatez.settings import Settings
 from gatez.stack import Stack
 from gatez.v1 import control_pb2, policy_pb2
 from tests.e2e.conftest import PROVIDER, UPSTREAM_KEY, Admin, provision
@@ -94,8 +96,12 @@ def wait_for(
     return value
 
 
-def raw_redis(stack: Stack) -> redis.Redis:
-    return redis.Redis.from_url(stack.config.redis_url)
+def raw_redis(stack: Stack) -> redis.Redis | redis.RedisCluster:
+    """The stack's Redis as a tool would reach it: its URL, with the stack's password."""
+    target = RedisTarget.from_settings(Settings.from_env(stack.config.environment()))
+    if target.cluster:
+        return redis.RedisCluster.from_url(target.url, password=target.password)
+    return redis.Redis.from_url(target.url, password=target.password)
 
 
 def test_a_control_service_restarted_on_an_empty_redis_cannot_take_the_data_plane_back(

@@ -1,5 +1,6 @@
-"""The hot-path Redis client against a real redis-server: pipelining, errors, scripts,
-cancellation, lost connections, credentials and database selection."""
+"""The hot-path Redis clients against a real redis-server (pipelining, errors, scripts,
+cancellation, lost connections, credentials and database selection) and a real 3-node Redis
+Cluster (routing by hash slot, MOVED and ASK redirections, per-node script cache)."""
 
 from __future__ import annotations
 
@@ -8,16 +9,22 @@ from collections.abc import AsyncIterator
 
 import pytest
 import redis.asyncio as aioredis
+from redis.crc import key_slot
 
 from extproc.redis_pipe import (
     PipelinedRedis,
+    PipelinedRedisCluster,
     RedisAddress,
     RedisReplyError,
     Script,
     encode_command,
+    hot_path_client,
 )
+from extproc.stages.rate_limit import GCRA_SCRIPT, bucket_key
 from gatez.processes import free_port
+from gatez.redis_client import RedisTarget
 from tests.support.redis import RedisServer
+from tests.support.redis_cluster import LocalRedisCluster
 
 
 @pytest.fixture
@@ -122,7 +129,7 @@ async def test_credentials_and_database_from_the_url(
         await client.execute("SET", "where", "db3")
         await client.close()
         assert await redis_client.get("where") is None
-        other_db = aioredis.Redis(port=redis_server.port, db=3)
+        other_db = aioredis.Redis.from_url(redis_server.url.removesuffix("/0") + "/3")
         assert await other_db.get("where") == b"db3"
         await other_db.delete("where")
         await other_db.aclose()
@@ -133,6 +140,43 @@ async def test_credentials_and_database_from_the_url(
         await wrong.close()
     finally:
         await redis_client.acl_deluser("hotpath")
+
+
+@pytest.mark.parametrize("transport", ["tcp", "unix"])
+async def test_without_the_password_every_command_is_refused(
+    redis_server: RedisServer, redis_client: aioredis.Redis, transport: str
+) -> None:
+    url = (
+        f"redis://127.0.0.1:{redis_server.port}"
+        if transport == "tcp"
+        else f"unix://{redis_server.socket}"
+    )
+    client = PipelinedRedis.from_url(url)
+    script = Script("return redis.call('SET', KEYS[1], 'x')")
+    with pytest.raises(RedisReplyError, match="NOAUTH"):
+        await client.submit_script(script, ["k"], [])
+    await client.close()
+    assert await redis_client.exists("k") == 0
+
+    # With it, over the same transport:
+    client = PipelinedRedis.from_url(
+        redis_server.url if transport == "tcp" else redis_server.unix_url
+    )
+    assert await client.submit_script(script, ["k"], []) == b"OK"
+    await client.close()
+
+
+def test_the_hot_path_client_takes_the_password_from_the_target(
+    redis_server: RedisServer,
+) -> None:
+    target = RedisTarget.parse(f"unix://{redis_server.socket}?db=2", redis_server.password)
+    client = hot_path_client(target)
+    assert isinstance(client, PipelinedRedis)
+    assert client.address == RedisAddress(
+        unix_path=str(redis_server.socket), password=redis_server.password, db=2
+    )
+    cluster = hot_path_client(RedisTarget.parse("redis+cluster://10.0.0.5:7000", "pw"))
+    assert isinstance(cluster, PipelinedRedisCluster)
 
 
 @pytest.mark.parametrize(
@@ -181,3 +225,150 @@ async def test_a_submitted_script_given_up_on_does_not_shift_later_replies(
     reply.cancel()
 
     assert await client.execute("GET", "k") == b"v"
+
+
+# --- Redis Cluster ---------------------------------------------------------------------------
+
+INCR_SCRIPT = Script("return redis.call('INCR', KEYS[1])")
+
+
+@pytest.fixture
+async def cluster_client(
+    redis_cluster: LocalRedisCluster, redis_cluster_client: aioredis.RedisCluster
+) -> AsyncIterator[PipelinedRedisCluster]:
+    """The data plane's cluster client, on a freshly flushed cluster."""
+    client = hot_path_client(RedisTarget.parse(redis_cluster.url))
+    assert isinstance(client, PipelinedRedisCluster)
+    yield client
+    await client.close()
+
+
+def error_count(cluster: LocalRedisCluster, node: int, prefix: str) -> int:
+    """How many error replies starting with `prefix` (MOVED, ASK) a node has sent."""
+    with cluster.node(node) as client:
+        stats = client.info("errorstats")
+    return int(stats.get(f"errorstat_{prefix}", {}).get("count", 0))
+
+
+async def test_each_call_runs_on_the_node_serving_its_slot(
+    redis_cluster: LocalRedisCluster, cluster_client: PipelinedRedisCluster
+) -> None:
+    keys = [bucket_key(f"tenant-{n}") for n in range(30)]
+    replies = await asyncio.gather(
+        *(cluster_client.submit_script(INCR_SCRIPT, [key], []) for key in keys * 2)
+    )
+
+    assert replies == [1] * 30 + [2] * 30
+    owners = {redis_cluster.owner(key_slot(key.encode())) for key in keys}
+    assert owners == {0, 1, 2}  # thirty tenants land on every node
+    for key in keys:
+        with redis_cluster.node(redis_cluster.owner(key_slot(key.encode()))) as node:
+            assert node.get(key) == b"2"  # on its owner, not redirected there
+    assert sum(error_count(redis_cluster, n, "MOVED") for n in range(3)) == 0
+
+
+async def test_a_moved_slot_is_followed_once_and_the_map_updated(
+    redis_cluster: LocalRedisCluster, cluster_client: PipelinedRedisCluster
+) -> None:
+    key = bucket_key("acme")
+    slot = key_slot(key.encode())
+    assert await cluster_client.run_script(INCR_SCRIPT, [key], []) == 1
+    source = redis_cluster.owner(slot)
+    target = (source + 1) % 3
+    moved_before = error_count(redis_cluster, source, "MOVED")
+
+    redis_cluster.move_slot(slot, target)  # the client's map is stale now
+    try:
+        assert await cluster_client.run_script(INCR_SCRIPT, [key], []) == 2
+        for _ in range(5):
+            await cluster_client.run_script(INCR_SCRIPT, [key], [])
+
+        assert error_count(redis_cluster, source, "MOVED") == moved_before + 1
+        with redis_cluster.node(target) as node:
+            assert node.get(key) == b"7"
+    finally:
+        redis_cluster.move_slot(slot, source)
+
+
+async def test_an_ask_redirection_is_sent_with_asking_to_the_importing_node(
+    redis_cluster: LocalRedisCluster, cluster_client: PipelinedRedisCluster
+) -> None:
+    key = bucket_key("migrating")
+    slot = key_slot(key.encode())
+    source = redis_cluster.owner(slot)
+    target = (source + 1) % 3
+    await cluster_client.run_script(INCR_SCRIPT, [bucket_key("warm-up")], [])  # map read
+
+    redis_cluster.start_migration(slot, target)
+    try:
+        # The key is not on the migrating node: it answers ASK; the importing node takes the
+        # call only after ASKING.
+        assert await cluster_client.run_script(INCR_SCRIPT, [key], []) == 1
+        assert error_count(redis_cluster, source, "ASK") >= 1
+        with redis_cluster.node(target) as node:
+            assert node.execute_command("ASKING") and node.get(key) == b"1"
+        with redis_cluster.node(source) as node:
+            assert node.execute_command("CLUSTER COUNTKEYSINSLOT", slot) == 0
+    finally:
+        with redis_cluster.node(target) as node:
+            node.execute_command("ASKING")
+            node.delete(key)
+        redis_cluster.cancel_migration(slot)
+
+
+async def test_scripts_are_loaded_on_each_node_that_lost_them(
+    redis_cluster: LocalRedisCluster, cluster_client: PipelinedRedisCluster
+) -> None:
+    keys = [bucket_key(f"tenant-{n}") for n in range(30)]
+    await asyncio.gather(*(cluster_client.run_script(INCR_SCRIPT, [k], []) for k in keys))
+    for index in range(3):
+        with redis_cluster.node(index) as node:
+            node.script_flush()
+
+    replies = await asyncio.gather(*(cluster_client.run_script(INCR_SCRIPT, [k], []) for k in keys))
+
+    assert replies == [2] * 30
+
+
+async def test_keys_of_one_call_must_share_a_slot(cluster_client: PipelinedRedisCluster) -> None:
+    with pytest.raises(ValueError, match="hash slot"):
+        cluster_client.submit_script(INCR_SCRIPT, ["rl:{a}:x", "rl:{b}:x"], [])
+    assert (
+        await cluster_client.run_script(
+            Script("return redis.call('MSET', KEYS[1], 1, KEYS[2], 2)"), ["{a}:x", "{a}:y"], []
+        )
+        == b"OK"
+    )
+
+
+async def test_the_gcra_script_runs_on_the_cluster(cluster_client: PipelinedRedisCluster) -> None:
+    # 60/min, burst 2: two taken, the third refused with the wait until the next.
+    args = (1_000_000, 2, 1)
+    replies = [
+        await cluster_client.run_script(GCRA_SCRIPT, [bucket_key("acme")], args) for _ in range(3)
+    ]
+    assert replies[:2] == [[1, 0], [1, 0]]
+    assert replies[2][0] == 0 and 900 < replies[2][1] <= 1000
+
+
+async def test_an_unreachable_cluster_fails_the_call() -> None:
+    client = PipelinedRedisCluster.from_url(f"redis://127.0.0.1:{free_port()}")
+    with pytest.raises(ConnectionError, match="slot map"):
+        await client.run_script(INCR_SCRIPT, ["k"], [])
+    await client.close()
+
+
+async def test_a_wrong_password_fails_the_call(redis_cluster: LocalRedisCluster) -> None:
+    client = PipelinedRedisCluster.from_url(f"redis://:wrong@127.0.0.1:{redis_cluster.ports[0]}")
+    with pytest.raises(ConnectionError, match="WRONGPASS"):
+        await client.run_script(INCR_SCRIPT, ["k"], [])
+    await client.close()
+
+
+async def test_keys_in_different_slots_are_refused_on_one_server_too(
+    client: PipelinedRedis,
+) -> None:
+    # What would fail on a Redis Cluster fails in every test run, not only on a cluster.
+    with pytest.raises(ValueError, match="hash slot"):
+        client.submit_script(INCR_SCRIPT, ["rl:{a}:x", "rl:{b}:x"], [])
+    assert await client.run_script(INCR_SCRIPT, ["rl:{a}:x", "rl:{a}:y"], []) == 1
