@@ -22,11 +22,13 @@ from extproc.jwks import JwksCache
 from extproc.logsink import ClickHouseLogWriter, ControlLogWriter, LogSink, LogWriter
 from extproc.policy_source import PolicyHolder, PolicyWatcher
 from extproc.redis_pipe import PipelinedRedis
+from extproc.spool import Spool
 from extproc.stages.access_log import AccessLog
 from extproc.stages.authenticate import Authenticate
 from extproc.stages.model_route import ModelRouting
 from extproc.stages.rate_limit import RateLimit
 from extproc.stages.usage import UsageMeter
+from extproc.token_count import TokenCounter
 from gatez.logstore import LogStore
 from gatez.pipeline.runner import Pipeline
 from gatez.settings import Settings
@@ -37,8 +39,17 @@ log = logging.getLogger("gatez.dataplane")
 GC_YOUNG_THRESHOLD = 20_000
 
 
+# Rows refused by the store as invalid, kept for an operator (not replayed).
+QUARANTINE_MAX_BYTES = 64 * 1024 * 1024
+
+
 def build_pipeline(
-    *, jwks: JwksCache, redis: PipelinedRedis, sink: LogSink, node_id: str
+    *,
+    jwks: JwksCache,
+    redis: PipelinedRedis,
+    sink: LogSink,
+    node_id: str,
+    tokens: TokenCounter | None = None,
 ) -> Pipeline:
     """The stage order is the policy order; each position has a reason."""
     return Pipeline(
@@ -49,8 +60,9 @@ def build_pipeline(
             RateLimit(redis),
             # Needs the tenant (routes are per tenant); asks for the body on LLM paths only.
             ModelRouting(),
-            # Response side: switches SSE to streamed mode and reads the provider's usage.
-            UsageMeter(),
+            # Response side: switches SSE to streamed mode and reads the provider's usage
+            # (estimating it, when it never comes, before the access log writes it).
+            UsageMeter(tokens),
             # Last, so the rows see everything the stages before recorded.
             AccessLog(sink, node_id),
         ]
@@ -159,8 +171,13 @@ async def start_core(settings: Settings) -> DataPlaneCore:
         store = LogStore(settings.clickhouse_dsn)
         closers.append(store.close)
         writer = ClickHouseLogWriter(store)
-    sink = LogSink(writer)
+    spool_dir = settings.state_dir / "spool"
+    spool = Spool(spool_dir, max_bytes=settings.spool_max_bytes)
+    quarantine = Spool(spool_dir / "quarantine", max_bytes=QUARANTINE_MAX_BYTES)
+    sink = LogSink(writer, spool=spool, quarantine=quarantine)
     sink.start()
+    tokens = TokenCounter()
+    tokens.load_in_background()
 
     holder = PolicyHolder(settings.state_dir)
     holder.load_persisted()
@@ -168,7 +185,9 @@ async def start_core(settings: Settings) -> DataPlaneCore:
     tasks = [asyncio.create_task(watcher.run(), name="gatez-policy-watch")]
 
     jwks = JwksCache(http)
-    pipeline = build_pipeline(jwks=jwks, redis=redis, sink=sink, node_id=settings.node_id)
+    pipeline = build_pipeline(
+        jwks=jwks, redis=redis, sink=sink, node_id=settings.node_id, tokens=tokens
+    )
     # Closed in reverse order: the stages (giving back held rate-limit tokens) before Redis.
     closers.append(partial(close_stages, pipeline))
     return DataPlaneCore(settings, holder, watcher, sink, pipeline, jwks, redis, tasks, closers)
