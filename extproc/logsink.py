@@ -55,7 +55,7 @@ BATCH_BYTES: Final = 2 * 1024 * 1024
 # Rows converted or sized between two turns of the event loop (about 0.5 ms of work).
 CONVERT_SLICE: Final = 100
 SIZE_SLICE: Final = 1000
-MAX_BACKOFF_S: Final = 10.0
+MAX_BACKOFF_S: Final = 5.0
 # A failed write of the control service with one of these codes will fail again with the same
 # rows: INVALID_ARGUMENT is RowsRefused on the control side, RESOURCE_EXHAUSTED a message over
 # its size limit, OUT_OF_RANGE a value it cannot take.
