@@ -13,7 +13,9 @@ on disk while the log store is away.
   `memory_rows` rows wait, queued rows are spilled to the spool. Spooled batches are replayed
   oldest first, one segment per turn alongside new rows, and a segment is removed once its rows
   are stored. On close, rows that could not be written in time go to the spool, which the next
-  start replays. A `kill -9` loses at most the rows of the last `interval_s` not yet spilled.
+  start replays. A `kill -9` loses what is only in memory: about the last `interval_s` of rows
+  (each turn writes them, or spills them while the store is away); writing each row to disk on
+  the hot path would cost every request a write.
 - **Dropped rows** (counted): only when the spool's disk bound is reached (its oldest segments),
   or when rows arrive faster than even the spool takes them (`max_rows` in memory).
 
