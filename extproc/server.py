@@ -24,12 +24,14 @@ from extproc.jwks import JwksCache
 from extproc.logsink import ClickHouseLogWriter, ControlLogWriter, LogSink, LogWriter
 from extproc.policy_source import PolicyHolder, PolicyWatcher
 from extproc.redis_pipe import ScriptClient, hot_path_client
+from extproc.spool import Spool
 from extproc.stages.access_log import AccessLog
 from extproc.stages.authenticate import Authenticate
 from extproc.stages.model_route import ModelRouting
 from extproc.stages.rate_limit import RateLimit
 from extproc.stages.rest_route import RestRouting
 from extproc.stages.usage import UsageMeter
+from extproc.token_count import TokenCounter
 from gatez.logstore import LogStore
 from gatez.pipeline import Dispatcher, NoPolicy, NoRoute, Pipeline
 from gatez.policy import CompiledPolicy, RouteKind
@@ -43,6 +45,10 @@ log = logging.getLogger("gatez.dataplane")
 GC_YOUNG_THRESHOLD = 20_000
 
 
+# Rows refused by the store as invalid, kept for an operator (not replayed).
+QUARANTINE_MAX_BYTES = 64 * 1024 * 1024
+
+
 def build_dispatcher(
     policy: Callable[[], CompiledPolicy | None],
     *,
@@ -50,6 +56,7 @@ def build_dispatcher(
     redis: ScriptClient,
     sink: LogSink,
     node_id: str,
+    tokens: TokenCounter | None = None,
 ) -> Dispatcher:
     """Every pipeline a data plane runs, one per route kind, with the stages in policy order;
     each position has a reason. Stage instances are shared between pipelines (a tenant has one
@@ -66,8 +73,9 @@ def build_dispatcher(
             rate_limit,
             # Needs the tenant (routes are per tenant); asks for the body on LLM paths only.
             ModelRouting(),
-            # Response side: switches SSE to streamed mode and reads the provider's usage.
-            UsageMeter(),
+            # Response side: switches SSE to streamed mode and reads the provider's usage
+            # (estimating it, when it never comes, before the access log writes it).
+            UsageMeter(tokens),
             access_log,
         ]
     )
@@ -177,8 +185,13 @@ async def start_core(settings: Settings) -> DataPlaneCore:
         store = LogStore(settings.clickhouse_dsn)
         closers.append(store.close)
         writer = ClickHouseLogWriter(store)
-    sink = LogSink(writer)
+    spool_dir = settings.state_dir / "spool"
+    spool = Spool(spool_dir, max_bytes=settings.spool_max_bytes)
+    quarantine = Spool(spool_dir / "quarantine", max_bytes=QUARANTINE_MAX_BYTES)
+    sink = LogSink(writer, spool=spool, quarantine=quarantine)
     sink.start()
+    tokens = TokenCounter()
+    tokens.load_in_background()
 
     holder = PolicyHolder(settings.state_dir, box)
     holder.load_persisted()
@@ -186,7 +199,12 @@ async def start_core(settings: Settings) -> DataPlaneCore:
     tasks = [asyncio.create_task(watcher.run(), name="gatez-policy-watch")]
 
     dispatcher = build_dispatcher(
-        holder.get, jwks=JwksCache(http), redis=redis, sink=sink, node_id=settings.node_id
+        holder.get,
+        jwks=JwksCache(http),
+        redis=redis,
+        sink=sink,
+        node_id=settings.node_id,
+        tokens=tokens,
     )
     # Closed in reverse order: the stages (giving back held rate-limit tokens) before Redis.
     closers.append(dispatcher.close)

@@ -1,20 +1,27 @@
 """ClickHouse access for log rows, through clickhouse-connect (`chdb://` embedded or HTTP).
 
 The client is synchronous; callers on an event loop run these methods in a worker thread.
+Inserting the same batch twice stores it once (see `DEDUPLICATION_WINDOW`), so a writer may
+retry any batch it is unsure about. Rows ClickHouse cannot take raise `RowsRefused`: retrying
+them would fail forever, so the caller sets them aside instead.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import threading
 from collections.abc import Sequence
 from typing import Any
 
 import clickhouse_connect
+from clickhouse_connect.driver.exceptions import DataError
 
+from gatez.errors import InvalidRequest
 from gatez.logrows import (
     AI_LOG_COLUMNS,
     AI_LOG_TABLE,
+    MIGRATIONS,
     REQUEST_LOG_COLUMNS,
     REQUEST_LOG_TABLE,
     SCHEMA,
@@ -22,6 +29,17 @@ from gatez.logrows import (
     RequestLogRow,
     as_tuple,
 )
+
+log = logging.getLogger("gatez.logstore")
+
+
+class RowsRefused(InvalidRequest):
+    """The store cannot take these rows (a value its column cannot hold); not transient.
+
+    An InvalidRequest, so the control service's IngestLogs answers INVALID_ARGUMENT with it."""
+
+    def __init__(self, message: str = "the log store refused the rows as invalid") -> None:
+        super().__init__(message)
 
 
 class LogStore:
@@ -38,22 +56,30 @@ class LogStore:
         self._lock = threading.Lock()
         for statement in SCHEMA:
             self._client.command(statement)
+        for statement in MIGRATIONS:
+            self._client.command(statement)
 
     def insert_request_logs(self, rows: Sequence[RequestLogRow]) -> None:
-        if rows:
-            with self._lock:
-                self._client.insert(
-                    REQUEST_LOG_TABLE,
-                    [as_tuple(r) for r in rows],
-                    column_names=list(REQUEST_LOG_COLUMNS),
-                )
+        """Inserts the rows as one block; raises RowsRefused for rows the table cannot hold."""
+        self._insert(REQUEST_LOG_TABLE, REQUEST_LOG_COLUMNS, rows)
 
     def insert_ai_logs(self, rows: Sequence[AiLogRow]) -> None:
-        if rows:
+        """Inserts the rows as one block; raises RowsRefused for rows the table cannot hold."""
+        self._insert(AI_LOG_TABLE, AI_LOG_COLUMNS, rows)
+
+    def _insert(
+        self, table: str, columns: Sequence[str], rows: Sequence[RequestLogRow | AiLogRow]
+    ) -> None:
+        if not rows:
+            return
+        try:
             with self._lock:
-                self._client.insert(
-                    AI_LOG_TABLE, [as_tuple(r) for r in rows], column_names=list(AI_LOG_COLUMNS)
-                )
+                self._client.insert(table, [as_tuple(r) for r in rows], column_names=list(columns))
+        except DataError as error:
+            # Raised while encoding the block (a number out of its column's range): the same
+            # rows would fail again, however often they were retried.
+            log.warning("%s: %d rows refused: %s", table, len(rows), error)
+            raise RowsRefused() from error
 
     def recent_request_logs(self, tenant_id: str, limit: int) -> list[RequestLogRow]:
         return [

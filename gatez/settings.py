@@ -40,6 +40,8 @@ class Settings:
     qdrant_path: str
     node_id: str
     log_level: str
+    # Disk a data plane may fill with log rows while the log store is away (its spool).
+    spool_max_bytes: int
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
@@ -63,6 +65,7 @@ class Settings:
             qdrant_path=env.get("GATEZ_QDRANT_PATH", str(state_dir / "qdrant")),
             node_id=env.get("GATEZ_NODE_ID", f"dataplane-{os.getpid()}"),
             log_level=env.get("GATEZ_LOG_LEVEL", "INFO"),
+            spool_max_bytes=int(env.get("GATEZ_SPOOL_MAX_MB", "1024")) * 1024 * 1024,
         )
 
     @property

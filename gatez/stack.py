@@ -8,10 +8,9 @@ end-to-end tests and benchmarks use `Stack` with free ports and a temporary dire
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import secrets
-import signal
+import shutil
 import subprocess
 import sys
 import time
@@ -31,15 +30,18 @@ from gatez.processes import (
 from gatez.redis_client import read_password
 from gatez.settings import DEV_ADMIN_TOKEN
 
-PR_SET_PDEATHSIG = 1
 # `make run` takes the Redis password from here when set (else it generates one).
 REDIS_PASSWORD_ENV = "GATEZ_REDIS_PASSWORD"
 
 
-def _die_with_parent() -> None:
-    """Runs in each child before exec: the kernel sends it SIGTERM if the launcher dies."""
-    with contextlib.suppress(Exception):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+def _dying_with_parent(argv: list[str]) -> list[str]:
+    """`argv` run so the kernel sends it SIGTERM if the launcher dies (util-linux's setpriv sets
+    the parent-death signal, then execs it). Not a `preexec_fn`: that makes subprocess fork()
+    and run Python in the child, where gRPC's fork handlers run too when the launcher has a
+    channel open, as the tests do ("epoll_wait error: Bad file descriptor" in the child's log;
+    once, a restarted control service that never listened)."""
+    setpriv = shutil.which("setpriv")
+    return [setpriv, "--pdeathsig", "TERM", "--", *argv] if setpriv else argv
 
 
 @dataclass
@@ -291,12 +293,11 @@ class Stack:
         log_file = (self.logs / f"{name}.log").open("ab")
         self._log_files[name] = log_file
         self.processes[name] = subprocess.Popen(
-            argv,
+            _dying_with_parent(argv),
             env=env,
             stdin=subprocess.DEVNULL,
             stdout=log_file,
             stderr=subprocess.STDOUT,
-            preexec_fn=_die_with_parent,
         )
 
 

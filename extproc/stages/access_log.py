@@ -1,6 +1,8 @@
 """The access log: one request-log row per exchange and one AI-log row per LLM call.
 
 Rows are handed to the LogSink when the exchange is over and written in batches off the hot path.
+Text a client controls is clipped here (`logrows.clip`): a 60 KiB path or a long request id
+makes a row of bounded size, never one that cannot be stored.
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ import datetime as dt
 import time
 
 from extproc.logsink import LogSink
-from gatez.logrows import AiLogRow, RequestLogRow
+from gatez.logrows import PATH_LIMIT, AiLogRow, RequestLogRow, clip
 from gatez.pipeline import Flow, Stage
 
 
@@ -26,18 +28,20 @@ class AccessLog(Stage):
         started = dt.datetime.fromtimestamp(flow.started_at, dt.UTC)
         principal = flow.principal
         tenant_id = principal.tenant_id if principal else ""
-        key_id = principal.key_id if principal else ""
+        # A JWT caller's key id carries its subject.
+        key_id = clip(principal.key_id) if principal else ""
+        request_id = clip(flow.request_id)
         self._sink.add_request(
             RequestLogRow(
                 time=started,
-                request_id=flow.request_id,
+                request_id=request_id,
                 tenant_id=tenant_id,
                 key_id=key_id,
-                method=flow.method,
-                path=flow.path.partition("?")[0],
+                method=clip(flow.method),
+                path=clip(flow.path.partition("?")[0], PATH_LIMIT),
                 status=flow.response_status,
                 latency_ms=latency_ms,
-                error=flow.error,
+                error=clip(flow.error),
                 node_id=self._node_id,
             )
         )
@@ -50,7 +54,7 @@ class AccessLog(Stage):
         self._sink.add_ai(
             AiLogRow(
                 time=started,
-                request_id=flow.request_id,
+                request_id=request_id,
                 tenant_id=tenant_id,
                 key_id=key_id,
                 provider=llm.target.provider.name,
@@ -63,5 +67,6 @@ class AccessLog(Stage):
                 ttft_ms=ttft_ms,
                 streamed=llm.stream,
                 node_id=self._node_id,
+                usage_estimated=usage.estimated if usage else False,
             )
         )

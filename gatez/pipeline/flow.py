@@ -45,6 +45,8 @@ class Principal:
 class TokenUsage:
     input_tokens: int
     output_tokens: int
+    # Counted by the gateway: the provider's own report never came.
+    estimated: bool = False
 
 
 @dataclass(slots=True)
@@ -58,6 +60,10 @@ class LlmCall:
     usage: TokenUsage | None = None
     # Set when the response turned out to be SSE: the events seen so far, cut at boundaries.
     events: SseSplitter | None = None
+    # The stream as the provider sent it (its first bytes, up to a bound) and its full length:
+    # what usage is estimated from when the provider's own usage never arrives.
+    stream_head: bytearray = field(default_factory=bytearray)
+    stream_bytes: int = 0
 
 
 @dataclass(slots=True)

@@ -1,9 +1,10 @@
 import datetime
 
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
-from collections.abc import Mapping as _Mapping
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
@@ -33,7 +34,7 @@ class RequestLog(_message.Message):
     def __init__(self, request_id: _Optional[str] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., tenant_id: _Optional[str] = ..., key_id: _Optional[str] = ..., method: _Optional[str] = ..., path: _Optional[str] = ..., status: _Optional[int] = ..., latency_ms: _Optional[float] = ..., error: _Optional[str] = ..., node_id: _Optional[str] = ...) -> None: ...
 
 class AiLog(_message.Message):
-    __slots__ = ("request_id", "time", "tenant_id", "key_id", "provider", "model_alias", "upstream_model", "input_tokens", "output_tokens", "status", "latency_ms", "ttft_ms", "streamed", "node_id")
+    __slots__ = ("request_id", "time", "tenant_id", "key_id", "provider", "model_alias", "upstream_model", "input_tokens", "output_tokens", "status", "latency_ms", "ttft_ms", "streamed", "node_id", "usage_estimated")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     TIME_FIELD_NUMBER: _ClassVar[int]
     TENANT_ID_FIELD_NUMBER: _ClassVar[int]
@@ -48,6 +49,7 @@ class AiLog(_message.Message):
     TTFT_MS_FIELD_NUMBER: _ClassVar[int]
     STREAMED_FIELD_NUMBER: _ClassVar[int]
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    USAGE_ESTIMATED_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     time: _timestamp_pb2.Timestamp
     tenant_id: str
@@ -62,4 +64,13 @@ class AiLog(_message.Message):
     ttft_ms: float
     streamed: bool
     node_id: str
-    def __init__(self, request_id: _Optional[str] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., tenant_id: _Optional[str] = ..., key_id: _Optional[str] = ..., provider: _Optional[str] = ..., model_alias: _Optional[str] = ..., upstream_model: _Optional[str] = ..., input_tokens: _Optional[int] = ..., output_tokens: _Optional[int] = ..., status: _Optional[int] = ..., latency_ms: _Optional[float] = ..., ttft_ms: _Optional[float] = ..., streamed: _Optional[bool] = ..., node_id: _Optional[str] = ...) -> None: ...
+    usage_estimated: bool
+    def __init__(self, request_id: _Optional[str] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., tenant_id: _Optional[str] = ..., key_id: _Optional[str] = ..., provider: _Optional[str] = ..., model_alias: _Optional[str] = ..., upstream_model: _Optional[str] = ..., input_tokens: _Optional[int] = ..., output_tokens: _Optional[int] = ..., status: _Optional[int] = ..., latency_ms: _Optional[float] = ..., ttft_ms: _Optional[float] = ..., streamed: _Optional[bool] = ..., node_id: _Optional[str] = ..., usage_estimated: _Optional[bool] = ...) -> None: ...
+
+class LogBatch(_message.Message):
+    __slots__ = ("request_logs", "ai_logs")
+    REQUEST_LOGS_FIELD_NUMBER: _ClassVar[int]
+    AI_LOGS_FIELD_NUMBER: _ClassVar[int]
+    request_logs: _containers.RepeatedCompositeFieldContainer[RequestLog]
+    ai_logs: _containers.RepeatedCompositeFieldContainer[AiLog]
+    def __init__(self, request_logs: _Optional[_Iterable[_Union[RequestLog, _Mapping]]] = ..., ai_logs: _Optional[_Iterable[_Union[AiLog, _Mapping]]] = ...) -> None: ...

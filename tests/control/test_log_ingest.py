@@ -1,14 +1,18 @@
 """Data planes ship log rows to the control service (which owns the embedded ClickHouse) through
-`ControlLogWriter`: every row arrives once, intact, whatever the batch size."""
+`ControlLogWriter`: every row arrives once, intact, whatever the batch size; rows it cannot take
+are refused as such (not retried forever)."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 
 import grpc
+import pytest
 
-from extproc.logsink import CONVERT_SLICE, ControlLogWriter
+from extproc.logsink import CONVERT_SLICE, Batch, ControlLogWriter, LogSink
 from gatez.logrows import AiLogRow, RequestLogRow
+from gatez.logstore import RowsRefused
 from gatez.v1 import control_pb2
 from tests.control.support import ADMIN_TOKEN, DATAPLANE_TOKEN, Api
 
@@ -56,8 +60,8 @@ async def test_batches_larger_than_a_conversion_slice_arrive_whole(
     ai = [ai_row(n) for n in range(CONVERT_SLICE + 3)]
     writer = ControlLogWriter(channel, DATAPLANE_TOKEN)
 
-    await writer.write(requests, ())
-    await writer.write((), ai)
+    await writer.write(Batch(requests=requests))
+    await writer.write(Batch(ai=ai))
 
     metadata = (("authorization", f"Bearer {ADMIN_TOKEN}"),)
     stored = await api.control.ListRequestLogs(
@@ -76,3 +80,36 @@ async def test_batches_larger_than_a_conversion_slice_arrive_whole(
     assert len(stored_ai.ai_logs) == len(ai)
     tokens = {row.request_id: (row.input_tokens, row.output_tokens) for row in stored_ai.ai_logs}
     assert tokens["req-0101"] == (101, 202)
+
+
+async def test_a_sink_splits_rows_past_the_message_limit_into_batches_that_fit(
+    channel: grpc.aio.Channel, api: Api
+) -> None:
+    # 1000 rows of 5 KB paths: 5 MB, over the control service's 4 MiB receive limit.
+    sink = LogSink(ControlLogWriter(channel, DATAPLANE_TOKEN))
+    for n in range(1000):
+        tenant = "acme" if n % 2 else "globex"
+        sink.add_request(
+            dataclasses.replace(request_row(n), tenant_id=tenant, path="/" + "p" * 5000)
+        )
+    await sink.flush()
+    assert (sink.rows_written, sink.rows_dropped) == (1000, 0)
+    for tenant in ("acme", "globex"):  # read back in halves, each under the limit
+        stored = await api.control.ListRequestLogs(
+            control_pb2.ListRequestLogsRequest(tenant_id=tenant, limit=1000),
+            metadata=(("authorization", f"Bearer {ADMIN_TOKEN}"),),
+        )
+        assert len(stored.request_logs) == 500
+
+
+async def test_what_the_control_service_cannot_take_is_refused_not_retried(
+    channel: grpc.aio.Channel,
+) -> None:
+    writer = ControlLogWriter(channel, DATAPLANE_TOKEN)
+    # Over the message limit (RESOURCE_EXHAUSTED), and a status ClickHouse's UInt16 cannot
+    # hold (INVALID_ARGUMENT from the store): both fail the same way however often sent.
+    huge = [dataclasses.replace(request_row(n), path="/" + "p" * 60_000) for n in range(80)]
+    with pytest.raises(RowsRefused):
+        await writer.write(Batch(requests=huge))
+    with pytest.raises(RowsRefused):
+        await writer.write(Batch(requests=[dataclasses.replace(request_row(1), status=70_000)]))

@@ -1,30 +1,35 @@
-"""LogSink: batched writes off the hot path that lose nothing on failure and drop only the
-oldest rows, counted, when full. ClickHouseLogWriter against the real embedded ClickHouse."""
+"""LogSink: batched writes off the hot path, cut so none outgrows the store's limits; rows a
+store refuses set aside, not retried forever; the store's absence spilled to a real spool on
+disk and replayed; memory bounded; nothing lost on close. ClickHouseLogWriter against the real
+embedded ClickHouse."""
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
 
-from extproc.logsink import ClickHouseLogWriter, LogSink
-from gatez.logrows import AiLogRow, RequestLogRow
-from gatez.logstore import LogStore
+from extproc.logsink import Batch, ClickHouseLogWriter, LogSink
+from extproc.spool import Spool, parse_segment
+from gatez.logrows import PATH_LIMIT, AiLogRow, RequestLogRow, batch_from_proto, encoded_size
+from gatez.logstore import LogStore, RowsRefused
+from gatez.v1 import control_pb2, logs_pb2
 
 T0 = dt.datetime(2025, 3, 10, 9, 30, tzinfo=dt.UTC)
 
 
-def request_row(n: int, tenant: str = "acme") -> RequestLogRow:
+def request_row(n: int, tenant: str = "acme", path: str = "/v1/chat/completions") -> RequestLogRow:
     return RequestLogRow(
         time=T0 + dt.timedelta(milliseconds=n),
         request_id=f"req-{n}",
         tenant_id=tenant,
         key_id="key-1",
         method="POST",
-        path="/v1/chat/completions",
+        path=path,
         status=200,
         latency_ms=812.5,
         error="",
@@ -48,6 +53,7 @@ def ai_row(n: int, tenant: str = "acme") -> AiLogRow:
         ttft_ms=240.25,
         streamed=n % 2 == 0,
         node_id="node-a",
+        usage_estimated=n % 3 == 0,
     )
 
 
@@ -60,21 +66,26 @@ def numbered(count: int, start: int = 0) -> list[str]:
 
 
 class RecordingWriter:
-    """Keeps every batch; fails the first `failures` writes, and every write while `broken`."""
+    """Keeps every batch; fails the first `failures` writes, every write while `broken`, and
+    refuses (as invalid) any batch holding a row whose request id is in `poison`."""
 
     def __init__(self, failures: int = 0) -> None:
         self.failures = failures
         self.broken = False
+        self.poison: set[str] = set()
         self.attempts = 0
         self.batches: list[tuple[list[str], list[str]]] = []
         self.requests: list[RequestLogRow] = []
         self.ai: list[AiLogRow] = []
         self.wrote = asyncio.Event()
 
-    async def write(self, requests: Sequence[RequestLogRow], ai: Sequence[AiLogRow]) -> None:
+    async def write(self, batch: Batch) -> None:
         self.attempts += 1
         if self.broken or self.attempts <= self.failures:
             raise ConnectionError("clickhouse is away")
+        requests, ai = batch.rows()
+        if self.poison & set(ids(requests) + ids(ai)):
+            raise RowsRefused()
         self.batches.append((ids(requests), ids(ai)))
         self.requests.extend(requests)
         self.ai.extend(ai)
@@ -88,9 +99,37 @@ async def wait_for_rows(writer: RecordingWriter, rows: int) -> None:
             await writer.wrote.wait()
 
 
+async def until(condition: Callable[[], bool]) -> None:
+    """Waits for a counter the sink's tasks move (they signal nothing a test could await)."""
+    async with asyncio.timeout(5):
+        while not condition():  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
+
+
+@pytest.fixture
+def spool(tmp_path: Path) -> Iterator[Spool]:
+    spool = Spool(tmp_path / "spool", max_bytes=64 * 1024 * 1024)
+    yield spool
+    spool.close()
+
+
+def spooled_ids(directory: Path) -> list[str]:
+    """Request ids of every row in a spool directory, oldest first (read as another process
+    would, without taking the spool)."""
+    found: list[str] = []
+    for path in sorted(directory.glob("*.seg")):
+        for record in parse_segment(path.read_bytes()).records:
+            requests, ai = batch_from_proto(logs_pb2.LogBatch.FromString(record))
+            found += ids(requests) + ids(ai)
+    return found
+
+
+# --- batches -----------------------------------------------------------------------------
+
+
 async def test_flush_writes_batches_in_order() -> None:
     writer = RecordingWriter()
-    sink = LogSink(writer, batch_size=3)
+    sink = LogSink(writer, batch_rows=3)
     for n in range(7):
         sink.add_request(request_row(n))
     for n in range(4):
@@ -99,13 +138,12 @@ async def test_flush_writes_batches_in_order() -> None:
     # One table per write, so a retried batch can never duplicate the other table's rows.
     assert writer.batches == [
         (numbered(3), []),
-        ([], numbered(3)),
         (numbered(3, 3), []),
-        ([], ["req-3"]),
         (["req-6"], []),
+        ([], numbered(3)),
+        ([], ["req-3"]),
     ]
-    assert sink.written == 11
-    assert sink.dropped == 0
+    assert (sink.rows_written, sink.rows_dropped) == (11, 0)
 
 
 async def test_flush_with_nothing_queued_does_not_write() -> None:
@@ -114,26 +152,59 @@ async def test_flush_with_nothing_queued_does_not_write() -> None:
     assert writer.attempts == 0
 
 
-async def test_a_failed_flush_keeps_the_batch_in_front_in_order() -> None:
+async def test_batches_are_cut_by_encoded_size() -> None:
+    writer = RecordingWriter()
+    sink = LogSink(writer, batch_bytes=64 * 1024)
+    rows = [request_row(n, path="/v1/" + "p" * 2000) for n in range(100)]
+    for row in rows:
+        sink.add_request(row)
+    await sink.flush()
+    assert ids(writer.requests) == numbered(100)
+    assert len(writer.batches) == 4
+    for requests, _ in writer.batches:
+        message = control_pb2.IngestLogsRequest(
+            request_logs=[
+                logs_pb2.RequestLog(request_id=r.request_id, path=r.path)
+                for r in rows
+                if r.request_id in requests
+            ]
+        )
+        assert sum(encoded_size(r) for r in rows if r.request_id in requests) <= 64 * 1024
+        assert message.ByteSize() <= 64 * 1024
+
+
+async def test_a_row_too_large_for_any_batch_is_clipped_to_fit() -> None:
+    writer = RecordingWriter()
+    sink = LogSink(writer, batch_bytes=64 * 1024)
+    sink.add_request(request_row(0, path="/" + "p" * 200_000))
+    sink.add_request(request_row(1))
+    await sink.flush()
+    assert ids(writer.requests) == numbered(2)
+    assert len(writer.requests[0].path) == PATH_LIMIT
+
+
+# --- failures that pass ------------------------------------------------------------------
+
+
+async def test_a_failed_flush_keeps_the_batch_and_writes_it_whole_later() -> None:
     writer = RecordingWriter(failures=1)
-    sink = LogSink(writer, batch_size=2)
-    for n in range(5):
+    sink = LogSink(writer, batch_rows=2)
+    for n in range(3):
         sink.add_request(request_row(n))
-        sink.add_ai(ai_row(n))
     with pytest.raises(ConnectionError):
         await sink.flush()
-    assert sink.written == 0
-    # Rows that arrive after the failure queue up behind the ones that failed.
-    sink.add_request(request_row(5))
+    assert sink.rows_written == 0
+    # Rows that arrive after the failure queue up behind it; the failed batch is not re-cut
+    # (a batch written again must be the same block for the store to drop a second copy).
+    sink.add_request(request_row(3))
     await sink.flush()
-    assert ids(writer.requests) == numbered(6)
-    assert ids(writer.ai) == numbered(5)
-    assert sink.written == 11
+    assert writer.batches == [(numbered(2), []), (["req-2", "req-3"], [])]
+    assert sink.rows_written == 4
 
 
 async def test_a_writer_failing_twice_then_succeeding_loses_nothing() -> None:
     writer = RecordingWriter(failures=2)
-    sink = LogSink(writer, batch_size=4, interval_s=0.01)
+    sink = LogSink(writer, batch_rows=4, interval_s=0.01)
     sink.start()
     try:
         for n in range(10):
@@ -147,12 +218,12 @@ async def test_a_writer_failing_twice_then_succeeding_loses_nothing() -> None:
     assert writer.attempts >= 3
     assert ids(writer.requests) == numbered(10)
     assert ids(writer.ai) == ["req-0", "req-3", "req-6", "req-9"]
-    assert (sink.written, sink.dropped) == (14, 0)
+    assert (sink.rows_written, sink.rows_dropped) == (14, 0)
 
 
 async def test_a_full_batch_is_written_before_the_interval() -> None:
     writer = RecordingWriter()
-    sink = LogSink(writer, batch_size=5, interval_s=60)
+    sink = LogSink(writer, batch_rows=5, interval_s=60)
     sink.start()
     try:
         for n in range(5):
@@ -165,7 +236,7 @@ async def test_a_full_batch_is_written_before_the_interval() -> None:
 
 async def test_rows_are_written_on_the_interval_below_a_batch() -> None:
     writer = RecordingWriter()
-    sink = LogSink(writer, batch_size=1000, interval_s=0.01)
+    sink = LogSink(writer, batch_rows=1000, interval_s=0.01)
     sink.start()
     try:
         sink.add_ai(ai_row(1))
@@ -175,61 +246,155 @@ async def test_rows_are_written_on_the_interval_below_a_batch() -> None:
     assert writer.batches == [([], ["req-1"])]
 
 
-@pytest.mark.parametrize("kind", ["request", "ai"])
-async def test_a_full_queue_drops_the_oldest_and_counts(kind: str) -> None:
+# --- refused rows ------------------------------------------------------------------------
+
+
+async def test_a_refused_row_is_quarantined_and_every_other_row_written(
+    tmp_path: Path,
+) -> None:
     writer = RecordingWriter()
-    sink = LogSink(writer, batch_size=100, max_rows=3)
+    writer.poison = {"req-5"}
+    quarantine = Spool(tmp_path / "quarantine", max_bytes=1 << 20)
+    sink = LogSink(writer, quarantine=quarantine, batch_rows=8)
+    for n in range(20):
+        sink.add_request(request_row(n))
+    await sink.flush()
+    assert ids(writer.requests) == [i for i in numbered(20) if i != "req-5"]
+    assert (sink.rows_written, sink.rows_quarantined, sink.rows_dropped) == (19, 1, 0)
+    quarantine.close()
+    assert spooled_ids(tmp_path / "quarantine") == ["req-5"]
+
+
+async def test_without_a_quarantine_a_refused_row_is_dropped_and_counted() -> None:
+    writer = RecordingWriter()
+    writer.poison = {"req-0", "req-3"}
+    sink = LogSink(writer)
+    for n in range(4):
+        sink.add_ai(ai_row(n))
+    await sink.flush()
+    assert ids(writer.ai) == ["req-1", "req-2"]
+    assert (sink.rows_written, sink.rows_dropped) == (2, 2)
+
+
+# --- memory bounds -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["request", "ai"])
+async def test_without_a_spool_a_full_queue_drops_the_oldest_and_counts(kind: str) -> None:
+    writer = RecordingWriter()
+    sink = LogSink(writer, batch_rows=100, max_rows=3)
     for n in range(5):
         if kind == "request":
             sink.add_request(request_row(n))
         else:
             sink.add_ai(ai_row(n))
-    assert sink.dropped == 2
+    assert sink.rows_dropped == 2
     await sink.flush()
     written = writer.requests if kind == "request" else writer.ai
     assert ids(written) == ["req-2", "req-3", "req-4"]
 
 
-async def test_the_queues_fill_independently() -> None:
-    sink = LogSink(RecordingWriter(), max_rows=2)
-    for n in range(3):
-        sink.add_request(request_row(n))
-    sink.add_ai(ai_row(0))
-    sink.add_ai(ai_row(1))
-    assert sink.dropped == 1
-
-
-async def test_rows_added_during_a_failing_write_do_not_vanish_uncounted() -> None:
+async def test_past_memory_rows_the_oldest_rows_go_to_the_spool(
+    spool: Spool, tmp_path: Path
+) -> None:
     release = asyncio.Event()
-    attempts = 0
 
-    class SlowFailingWriter:
-        async def write(self, requests: Sequence[RequestLogRow], ai: Sequence[AiLogRow]) -> None:
-            nonlocal attempts
-            attempts += 1
-            if attempts == 1:
-                await release.wait()
-                raise ConnectionError("clickhouse is away")
+    class SlowWriter(RecordingWriter):
+        async def write(self, batch: Batch) -> None:
+            await release.wait()
+            await super().write(batch)
 
-    sink = LogSink(SlowFailingWriter(), batch_size=2, max_rows=4)
-    for n in range(4):
-        sink.add_request(request_row(n))
-    flushing = asyncio.create_task(sink.flush())
-    await asyncio.sleep(0)  # the write of req-0, req-1 is in flight
-    sink.add_request(request_row(4))
-    sink.add_request(request_row(5))  # queue: req-2 .. req-5, full, nothing dropped yet
-    release.set()
-    with pytest.raises(ConnectionError):
-        await flushing
-    # Six rows into four places: two are dropped, the two oldest, and counted.
-    assert sink.dropped == 2
-    recorder = RecordingWriter()
-    sink._writer = recorder
-    await sink.flush()
-    assert ids(recorder.requests) == numbered(4, start=2)
+    writer = SlowWriter()
+    sink = LogSink(writer, spool=spool, batch_rows=10, memory_rows=40, interval_s=0.01)
+    sink.start()
+    try:
+        for n in range(200):
+            sink.add_request(request_row(n))
+        await until(lambda: sink.rows_spooled > 0)
+        # The store is slow, not away: memory is cut down to half of memory_rows.
+        assert sink.queued_rows <= 40
+        release.set()
+        await wait_for_rows(writer, 200)
+    finally:
+        await sink.close()
+    assert sorted(ids(writer.requests), key=lambda i: int(i[4:])) == numbered(200)
+    assert sink.rows_written == 200 and sink.rows_dropped == 0
+    assert sink.rows_replayed == sink.rows_spooled > 0
+    assert not spool
 
 
-async def test_close_flushes_what_is_left() -> None:
+# --- the store away: spool and replay ----------------------------------------------------
+
+
+async def test_rows_spill_to_the_spool_while_the_store_is_away_and_replay_in_order(
+    spool: Spool, tmp_path: Path
+) -> None:
+    writer = RecordingWriter()
+    writer.broken = True
+    sink = LogSink(writer, spool=spool, batch_rows=4, interval_s=0.01)
+    sink.start()
+    try:
+        for n in range(10):
+            sink.add_request(request_row(n))
+        sink.add_ai(ai_row(0))
+        await until(lambda: sink.rows_spooled >= 11)
+        assert sorted(spooled_ids(tmp_path / "spool")) == sorted([*numbered(10), "req-0"])
+        assert sink.queued_rows == 0
+        # New rows while the store is still away follow them to disk.
+        sink.add_request(request_row(10))
+        await until(lambda: sink.rows_spooled >= 12)
+        writer.broken = False
+        await wait_for_rows(writer, 12)
+    finally:
+        await sink.close()
+    assert ids(writer.requests) == numbered(11)
+    assert ids(writer.ai) == ["req-0"]
+    assert (sink.rows_spooled, sink.rows_replayed, sink.rows_written) == (12, 12, 12)
+    assert not spool and spooled_ids(tmp_path / "spool") == []
+
+
+async def test_close_with_the_store_away_spools_and_the_next_sink_replays(
+    tmp_path: Path,
+) -> None:
+    writer = RecordingWriter()
+    writer.broken = True
+    first = LogSink(writer, spool=Spool(tmp_path / "spool", max_bytes=1 << 20), interval_s=60)
+    first.start()
+    for n in range(5):
+        first.add_request(request_row(n))
+        first.add_ai(ai_row(n))
+    await asyncio.wait_for(first.close(timeout_s=0.5), 5)
+    assert (first.rows_spooled, first.rows_written, first.queued_rows) == (10, 0, 0)
+
+    # The next start, with the store back: the spool first, then what arrives.
+    writer.broken = False
+    second = LogSink(writer, spool=Spool(tmp_path / "spool", max_bytes=1 << 20), interval_s=60)
+    second.add_request(request_row(5))
+    second.start()
+    await wait_for_rows(writer, 11)
+    await second.close()
+    assert ids(writer.requests) == numbered(6)
+    assert ids(writer.ai) == numbered(5)
+    assert second.rows_replayed == 10
+
+
+async def test_close_cancels_a_hanging_write_and_spools_its_rows(tmp_path: Path) -> None:
+    class HangingWriter:
+        async def write(self, batch: Batch) -> None:
+            await asyncio.Event().wait()
+
+    sink = LogSink(
+        HangingWriter(), spool=Spool(tmp_path / "spool", max_bytes=1 << 20), interval_s=0.01
+    )
+    sink.start()
+    sink.add_request(request_row(1))
+    await asyncio.sleep(0.05)
+    await asyncio.wait_for(sink.close(timeout_s=0.1), 5)
+    assert spooled_ids(tmp_path / "spool") == ["req-1"]
+    assert sink.rows_spooled == 1
+
+
+async def test_close_with_the_store_up_writes_everything() -> None:
     writer = RecordingWriter()
     sink = LogSink(writer, interval_s=60)
     sink.start()
@@ -239,34 +404,42 @@ async def test_close_flushes_what_is_left() -> None:
     assert writer.batches == [(["req-1"], []), ([], ["req-1"])]
 
 
-async def test_close_with_the_store_away_returns_and_keeps_the_rows() -> None:
+async def test_a_spooled_row_the_store_refuses_is_quarantined_and_the_rest_replayed(
+    tmp_path: Path,
+) -> None:
+    spool = Spool(tmp_path / "spool", max_bytes=1 << 20)
+    quarantine = Spool(tmp_path / "quarantine", max_bytes=1 << 20)
     writer = RecordingWriter()
     writer.broken = True
-    sink = LogSink(writer, interval_s=0.01)
-    sink.start()
-    sink.add_request(request_row(1))
-    await asyncio.sleep(0.05)
-    await asyncio.wait_for(sink.close(timeout_s=1), 5)
-    assert writer.attempts >= 2
+    sink = LogSink(writer, spool=spool, quarantine=quarantine, interval_s=60)
+    for n in range(6):
+        sink.add_request(request_row(n))
+    await sink.close(timeout_s=0.5)
     writer.broken = False
+    writer.poison = {"req-2"}
+    spool = Spool(tmp_path / "spool", max_bytes=1 << 20)
+    quarantine = Spool(tmp_path / "quarantine", max_bytes=1 << 20)
+    sink = LogSink(writer, spool=spool, quarantine=quarantine)
     await sink.flush()
-    assert ids(writer.requests) == ["req-1"]
+    await sink.close()
+    assert ids(writer.requests) == ["req-0", "req-1", "req-3", "req-4", "req-5"]
+    assert (sink.rows_replayed, sink.rows_quarantined) == (5, 1)
+    assert spooled_ids(tmp_path / "quarantine") == ["req-2"]
 
 
-async def test_close_cancels_a_hanging_write_and_keeps_its_rows() -> None:
-    class HangingWriter:
-        async def write(self, requests: Sequence[RequestLogRow], ai: Sequence[AiLogRow]) -> None:
-            await asyncio.Event().wait()
-
-    sink = LogSink(HangingWriter(), interval_s=0.01)
-    sink.start()
-    sink.add_request(request_row(1))
-    await asyncio.sleep(0.05)
-    await asyncio.wait_for(sink.close(timeout_s=0.1), 5)
-    recorder = RecordingWriter()
-    sink._writer = recorder
-    await sink.flush()
-    assert ids(recorder.requests) == ["req-1"]
+async def test_the_spool_bound_drops_the_oldest_rows_and_the_sink_counts_them(
+    tmp_path: Path,
+) -> None:
+    writer = RecordingWriter()
+    writer.broken = True
+    spool = Spool(tmp_path / "spool", max_bytes=4000, segment_bytes=1000)
+    sink = LogSink(writer, spool=spool, batch_rows=5, interval_s=60)
+    for n in range(100):
+        sink.add_request(request_row(n))
+    await sink.close(timeout_s=0.5)
+    kept = spooled_ids(tmp_path / "spool")
+    assert sink.rows_dropped == 100 - len(kept) > 0
+    assert kept == numbered(len(kept), start=100 - len(kept))
 
 
 # --- ClickHouseLogWriter, real embedded ClickHouse ---------------------------------------
@@ -281,14 +454,14 @@ def store(tmp_path: Path) -> Iterator[LogStore]:
 
 
 async def test_rows_land_in_clickhouse_and_read_back_per_tenant(store: LogStore) -> None:
-    sink = LogSink(ClickHouseLogWriter(store), batch_size=3, interval_s=60)
+    sink = LogSink(ClickHouseLogWriter(store), batch_rows=3, interval_s=60)
     sink.start()
     for n in range(5):
         sink.add_request(request_row(n, "acme"))
         sink.add_request(request_row(100 + n, "globex"))
         sink.add_ai(ai_row(n, "acme"))
     await sink.close()
-    assert (sink.written, sink.dropped) == (15, 0)
+    assert (sink.rows_written, sink.rows_dropped) == (15, 0)
 
     acme = store.recent_request_logs("acme", 100)
     assert acme == [request_row(n, "acme") for n in reversed(range(5))]
@@ -298,25 +471,53 @@ async def test_rows_land_in_clickhouse_and_read_back_per_tenant(store: LogStore)
     assert store.recent_ai_logs("globex", 100) == []
 
 
-async def test_a_failed_ai_insert_does_not_duplicate_request_rows(tmp_path: Path) -> None:
-    class AiInsertFailsOnce(LogStore):
-        failed = False
+async def test_a_write_that_failed_after_storing_is_not_stored_twice(tmp_path: Path) -> None:
+    """The answer of a write is lost (a timeout after ClickHouse took the rows): the batch is
+    written again, from memory or from the spool, and stored once."""
+
+    class StoresThenFails(LogStore):
+        failures = 2
 
         def insert_ai_logs(self, rows: Sequence[AiLogRow]) -> None:
-            if not self.failed:
-                self.failed = True
-                raise ConnectionError("connection reset by peer")
             super().insert_ai_logs(rows)
+            if self.failures:
+                self.failures -= 1
+                raise ConnectionError("connection reset by peer")
 
-    store = AiInsertFailsOnce(f"chdb://{tmp_path / 'clickhouse'}")
+    store = StoresThenFails(f"chdb://{tmp_path / 'clickhouse'}")
     try:
-        sink = LogSink(ClickHouseLogWriter(store))
-        sink.add_request(request_row(1))
-        sink.add_ai(ai_row(1))
-        with pytest.raises(ConnectionError):
-            await sink.flush()
-        await sink.flush()
-        assert store.recent_ai_logs("acme", 10) == [ai_row(1)]
-        assert store.recent_request_logs("acme", 10) == [request_row(1)]
+        sink = LogSink(ClickHouseLogWriter(store), spool=Spool(tmp_path / "s", max_bytes=1 << 20))
+        for n in range(3):
+            sink.add_request(request_row(n))
+            sink.add_ai(ai_row(n))
+        for _ in range(2):
+            with pytest.raises(ConnectionError):
+                await sink.flush()  # AI rows stored, the answer lost; then again from memory
+        await sink.close(timeout_s=1)  # the store seems away: spooled
+        assert sink.rows_spooled == 3
+        sink = LogSink(ClickHouseLogWriter(store), spool=Spool(tmp_path / "s", max_bytes=1 << 20))
+        await sink.flush()  # replayed: the third copy of the same block
+        await sink.close()
+        assert store.recent_ai_logs("acme", 10) == [ai_row(n) for n in reversed(range(3))]
+        assert len(store.recent_request_logs("acme", 10)) == 3
     finally:
         store.close()
+
+
+async def test_a_row_clickhouse_refuses_is_quarantined_not_retried(
+    store: LogStore, tmp_path: Path
+) -> None:
+    quarantine = Spool(tmp_path / "quarantine", max_bytes=1 << 20)
+    sink = LogSink(ClickHouseLogWriter(store), quarantine=quarantine)
+    for n in range(10):
+        row = ai_row(n)
+        if n == 7:
+            row = dataclasses.replace(row, status=70_000)  # a uint32, not a UInt16
+        if n == 8:
+            row = dataclasses.replace(row, output_tokens=-1)  # not even a uint32
+        sink.add_ai(row)
+    await sink.flush()
+    await sink.close()
+    assert len(store.recent_ai_logs("acme", 100)) == 8
+    assert (sink.rows_written, sink.rows_quarantined, sink.rows_dropped) == (8, 1, 1)
+    assert spooled_ids(tmp_path / "quarantine") == ["req-7"]

@@ -1,4 +1,5 @@
-"""LogStore on the real embedded ClickHouse (chDB): rows in, rows back out, per tenant."""
+"""LogStore on the real embedded ClickHouse (chDB): rows in, rows back out, per tenant; a batch
+inserted twice stored once; rows it cannot hold refused; older tables migrated."""
 
 from __future__ import annotations
 
@@ -7,10 +8,12 @@ import datetime as dt
 from collections.abc import Iterator
 from pathlib import Path
 
+import clickhouse_connect
+import grpc
 import pytest
 
-from gatez.logrows import AiLogRow, RequestLogRow
-from gatez.logstore import LogStore
+from gatez.logrows import AI_LOG_COLUMNS, AI_LOG_TABLE, AiLogRow, RequestLogRow
+from gatez.logstore import LogStore, RowsRefused
 
 T0 = dt.datetime(2025, 3, 10, 9, 30, 15, 123000, tzinfo=dt.UTC)
 
@@ -134,3 +137,66 @@ def test_rows_survive_reopening_the_store(tmp_path: Path) -> None:
         assert second.recent_ai_logs("acme", 10) == [ai_row(1)]
     finally:
         second.close()
+
+
+def test_the_same_batch_inserted_twice_is_stored_once(store: LogStore) -> None:
+    # A retry after a write whose answer was lost, or a spool segment replayed after a crash.
+    batch = [request_row(n) for n in range(3)]
+    store.insert_request_logs(batch)
+    store.insert_request_logs(batch)
+    store.insert_ai_logs([ai_row(1)])
+    store.insert_ai_logs([ai_row(1)])
+    assert len(store.recent_request_logs("acme", 100)) == 3
+    assert store.recent_ai_logs("acme", 100) == [ai_row(1)]
+    # A different batch with some of the same rows is a different block: stored.
+    store.insert_request_logs(batch[:2])
+    assert len(store.recent_request_logs("acme", 100)) == 5
+
+
+def test_estimated_usage_round_trips(store: LogStore) -> None:
+    row = dataclasses.replace(ai_row(1), usage_estimated=True)
+    store.insert_ai_logs([row, ai_row(2)])
+    assert store.recent_ai_logs("acme", 10) == [ai_row(2), row]
+
+
+@pytest.mark.parametrize("tokens", [-1, 2**32])
+def test_rows_the_table_cannot_hold_are_refused(store: LogStore, tokens: int) -> None:
+    with pytest.raises(RowsRefused) as refused:
+        store.insert_ai_logs([dataclasses.replace(ai_row(1), input_tokens=tokens)])
+    # Reaches the control service's callers as INVALID_ARGUMENT, without the rows' content.
+    assert refused.value.grpc_code is grpc.StatusCode.INVALID_ARGUMENT
+    assert str(tokens) not in refused.value.public_message
+    store.insert_ai_logs([ai_row(2)])
+    assert store.recent_ai_logs("acme", 10) == [ai_row(2)]
+
+
+def test_tables_of_an_older_version_are_brought_up_to_date(tmp_path: Path) -> None:
+    directory = tmp_path / "clickhouse"
+    directory.mkdir()
+    # The AI log as the previous version created it: no usage_estimated, no deduplication.
+    client = clickhouse_connect.get_client(dsn=f"chdb://{directory}")
+    client.command(
+        f"""CREATE TABLE {AI_LOG_TABLE} (
+        time DateTime64(3, 'UTC'), request_id String, tenant_id LowCardinality(String),
+        key_id String, provider LowCardinality(String), model_alias LowCardinality(String),
+        upstream_model LowCardinality(String), input_tokens UInt32, output_tokens UInt32,
+        status UInt16, latency_ms Float64, ttft_ms Float64, streamed Bool,
+        node_id LowCardinality(String)
+    ) ENGINE = MergeTree ORDER BY (tenant_id, time)"""
+    )
+    old = ai_row(1)
+    client.insert(
+        AI_LOG_TABLE,
+        [dataclasses.astuple(old)[:-1]],
+        column_names=[c for c in AI_LOG_COLUMNS if c != "usage_estimated"],
+    )
+    client.close()
+
+    store = open_store(directory)
+    try:
+        estimated = dataclasses.replace(ai_row(2), usage_estimated=True)
+        store.insert_ai_logs([estimated])
+        store.insert_ai_logs([estimated])
+        assert store.recent_ai_logs("acme", 10) == [estimated, old]
+    finally:
+        store.close()

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
 
 import pytest
 
-from extproc.logsink import LogSink
+from extproc.logsink import Batch, LogSink
 from extproc.stages.access_log import AccessLog
-from gatez.logrows import AiLogRow, RequestLogRow
+from gatez.logrows import PATH_LIMIT, TEXT_LIMIT, AiLogRow, RequestLogRow
 from gatez.pipeline import Flow, LlmCall, Principal, TokenUsage
 from gatez.policy import compile_policy
 from gatez.v1 import policy_pb2
@@ -44,7 +43,8 @@ class RecordingWriter:
         self.requests: list[RequestLogRow] = []
         self.ai: list[AiLogRow] = []
 
-    async def write(self, requests: Sequence[RequestLogRow], ai: Sequence[AiLogRow]) -> None:
+    async def write(self, batch: Batch) -> None:
+        requests, ai = batch.rows()
         self.requests.extend(requests)
         self.ai.extend(ai)
 
@@ -157,3 +157,22 @@ async def test_an_unfinished_exchange_is_timed_until_now() -> None:
     [request], [call] = await log_rows(flow)
     assert request.latency_ms >= 40.0
     assert call.latency_ms == request.latency_ms
+
+
+async def test_estimated_usage_is_marked_in_the_ai_row() -> None:
+    usage = TokenUsage(input_tokens=24, output_tokens=7, estimated=True)
+    _, [call] = await log_rows(llm_flow(stream=True, usage=usage))
+    assert (call.input_tokens, call.output_tokens, call.usage_estimated) == (24, 7, True)
+    _, [reported] = await log_rows(llm_flow(stream=True, usage=TokenUsage(19, 10)))
+    assert not reported.usage_estimated
+
+
+async def test_text_a_client_controls_is_clipped_to_its_bound() -> None:
+    # Envoy lets a path reach 60 KiB; nothing a client sends makes a row larger than a bound.
+    flow = make_flow(POLICY, method="X" * 1000, path="/v1/" + "p" * 60_000 + "?q=1")
+    flow.request_id = "r" * 5000
+    flow.principal = Principal(tenant_id="acme", key_id="jwt:" + "s" * 5000, subject="s")
+    flow.response_status = 404
+    [request], _ = await log_rows(flow)
+    assert request.path == ("/v1/" + "p" * 60_000)[:PATH_LIMIT]
+    assert len(request.request_id) == len(request.key_id) == len(request.method) == TEXT_LIMIT

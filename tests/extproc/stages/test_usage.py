@@ -14,7 +14,8 @@ from typing import Any
 import orjson
 import pytest
 
-from extproc.stages.usage import UsageMeter
+from extproc.stages.usage import STREAM_HEAD_BYTES, UsageMeter, streamed_texts
+from extproc.token_count import TokenCounter
 from gatez.pipeline import CONTINUE, BodyMode, Flow, LlmCall, TokenUsage
 from gatez.policy import compile_policy
 from gatez.sse import SseSplitter
@@ -127,8 +128,18 @@ def test_the_wire_fixtures_are_what_openai_sends() -> None:
     assert WITH_USAGE.endswith(b"}\n\ndata: [DONE]\n\n")
 
 
+REQUEST: dict[str, Any] = {
+    "model": "gpt-4o-mini",
+    "messages": [
+        {"role": "system", "content": "You are a helpful assistant."},
+        {"role": "user", "content": "Say hello and stop."},
+    ],
+}
+
+
 def llm_flow(*, stream: bool, client_wants_usage: bool) -> Flow:
-    flow = make_flow(POLICY, body=b"{}")
+    flow = make_flow(POLICY, body=orjson.dumps(REQUEST))
+    flow.request_json = {**REQUEST, "stream": stream}
     assert TARGET is not None
     flow.llm = LlmCall(target=TARGET, stream=stream, client_wants_usage=client_wants_usage)
     return flow
@@ -244,14 +255,48 @@ async def test_a_buffered_completion_reports_its_usage_and_is_not_touched() -> N
         b'{"usage":null}',
         b'{"usage":{"prompt_tokens":"19","completion_tokens":10}}',
         b'{"usage":{"prompt_tokens":19}}',
+        b'{"usage":{"prompt_tokens":-19,"completion_tokens":10}}',
+        b'{"usage":{"prompt_tokens":true,"completion_tokens":10}}',
     ],
 )
-async def test_a_buffered_body_without_a_usable_usage_reports_none(body: bytes) -> None:
-    meter = UsageMeter()
+async def test_a_buffered_body_without_a_usable_usage_is_estimated(
+    body: bytes, tokens: TokenCounter
+) -> None:
+    meter = UsageMeter(tokens)
     flow = llm_flow(stream=False, client_wants_usage=False)
     await respond_headers(meter, flow, 200, "application/json")
     assert await stream_body(meter, flow, [body]) == body
-    assert flow.llm is not None and flow.llm.usage is None
+    meter.on_done(flow)
+    prompt = tokens.count_messages("gpt-4o-mini", flow.request_json)
+    assert flow.llm is not None
+    assert flow.llm.usage == TokenUsage(prompt, 0, estimated=True)
+
+
+async def test_a_buffered_completion_without_usage_counts_its_message(
+    tokens: TokenCounter,
+) -> None:
+    meter = UsageMeter(tokens)
+    flow = llm_flow(stream=False, client_wants_usage=False)
+    await respond_headers(meter, flow, 200, "application/json")
+    body = orjson.loads(COMPLETION)
+    del body["usage"]
+    await stream_body(meter, flow, [orjson.dumps(body)])
+    assert flow.llm is not None and flow.llm.usage is not None
+    # "Hello! How can I assist you today?" is 9 tokens in o200k_base.
+    assert flow.llm.usage == TokenUsage(
+        tokens.count_messages("gpt-4o-mini", flow.request_json), 9, estimated=True
+    )
+
+
+async def test_a_provider_usage_over_the_column_range_is_clamped() -> None:
+    meter = UsageMeter()
+    flow = llm_flow(stream=False, client_wants_usage=False)
+    await respond_headers(meter, flow, 200, "application/json")
+    await stream_body(meter, flow, [b'{"usage":{"prompt_tokens":5e9,"completion_tokens":1}}'])
+    await stream_body(
+        meter, flow, [b'{"usage":{"prompt_tokens":99999999999,"completion_tokens":1}}']
+    )
+    assert flow.llm is not None and flow.llm.usage == TokenUsage(2**32 - 1, 1)
 
 
 # --- streams: the client asked for usage ---------------------------------------------------
@@ -428,3 +473,116 @@ async def test_a_client_supplied_request_id_shared_by_two_streams_does_not_mix_t
     out_second = await feed(meter, second, WITH_USAGE, end=True)
     out_first += await feed(meter, first, WITH_USAGE[half:], end=True)
     assert out_first == out_second == WITHOUT_USAGE
+
+
+# --- usage that never came: estimated ------------------------------------------------------
+
+
+def events_of(stream: bytes) -> list[bytes]:
+    return SseSplitter().feed(stream)
+
+
+STREAMED_TEXT = "".join(str(d.get("content", "")) for d, _ in DELTAS)
+
+
+async def test_a_stream_cut_before_its_usage_is_estimated_from_what_was_streamed(
+    tokens: TokenCounter,
+) -> None:
+    meter = UsageMeter(tokens)
+    flow = llm_flow(stream=True, client_wants_usage=False)
+    await respond_headers(meter, flow, 200, "text/event-stream")
+    flow.take_pending()
+    events = events_of(WITH_USAGE)
+    # Three content chunks reach the client, then it hangs up: no end of stream, no usage.
+    seen = b"".join(events[:4])
+    await feed(meter, flow, seen[:100], end=False)
+    await feed(meter, flow, seen[100:], end=False)
+    assert flow.llm is not None and flow.llm.usage is None
+    meter.on_done(flow)
+    text = "".join(str(d.get("content", "")) for d, _ in DELTAS[:4])
+    usage = usage_of(flow)
+    assert usage == TokenUsage(
+        input_tokens=tokens.count_messages("gpt-4o-mini", flow.request_json),
+        output_tokens=tokens.count("gpt-4o-mini", [text]),
+        estimated=True,
+    )
+    assert usage.output_tokens > 0
+
+
+def usage_of(flow: Flow) -> TokenUsage | None:
+    assert flow.llm is not None
+    return flow.llm.usage
+
+
+@pytest.mark.parametrize("client_wants_usage", [False, True])
+async def test_a_stream_that_ends_without_usage_is_estimated(
+    tokens: TokenCounter, client_wants_usage: bool
+) -> None:
+    received, flow = await run_stream([WITHOUT_USAGE], client_wants_usage=client_wants_usage)
+    assert received == WITHOUT_USAGE
+    UsageMeter(tokens).on_done(flow)
+    assert flow.llm is not None and flow.llm.usage is not None
+    assert flow.llm.usage.estimated
+    assert flow.llm.usage.output_tokens == tokens.count("gpt-4o-mini", [STREAMED_TEXT])
+
+
+async def test_reported_usage_is_not_estimated_again(tokens: TokenCounter) -> None:
+    _, flow = await run_stream([WITH_USAGE], client_wants_usage=False)
+    UsageMeter(tokens).on_done(flow)
+    assert flow.llm is not None and flow.llm.usage == EXPECTED_USAGE
+    assert not flow.llm.usage.estimated
+
+
+@pytest.mark.parametrize(("status", "reached"), [(429, True), (500, True), (0, False)])
+async def test_a_call_the_provider_did_not_take_is_not_estimated(
+    tokens: TokenCounter, status: int, reached: bool
+) -> None:
+    meter = UsageMeter(tokens)
+    flow = llm_flow(stream=True, client_wants_usage=False)
+    flow.upstream_reached = reached
+    flow.response_status = status
+    meter.on_done(flow)
+    assert flow.llm is not None and flow.llm.usage is None
+
+
+async def test_a_long_stream_is_counted_from_its_head_in_proportion(
+    tokens: TokenCounter,
+) -> None:
+    head: dict[str, Any] = {"id": COMPLETION_ID, "object": "chat.completion.chunk"}
+    pieces = [f" word{n % 97}" for n in range(3000)]
+    stream = b"".join(
+        sse({**head, "choices": [{"index": 0, "delta": {"content": piece}}]}) for piece in pieces
+    )
+    assert len(stream) > 3 * STREAM_HEAD_BYTES
+    _, flow = await run_stream(
+        cut(stream, list(range(1000, len(stream), 1000))), client_wants_usage=True
+    )
+    UsageMeter(tokens).on_done(flow)
+    assert flow.llm is not None and flow.llm.usage is not None
+    assert len(flow.llm.stream_head) < len(stream)
+    exact = tokens.count("gpt-4o-mini", ["".join(pieces)])
+    assert abs(flow.llm.usage.output_tokens - exact) <= exact * 0.02
+
+
+async def test_tool_calls_and_refusals_are_output_too(tokens: TokenCounter) -> None:
+    head: dict[str, Any] = {"id": COMPLETION_ID, "object": "chat.completion.chunk"}
+    call = {"index": 0, "id": "call_1", "type": "function", "function": {"name": "get_weather"}}
+    arguments = {"index": 0, "function": {"arguments": '{"city": "Paris"}'}}
+    deltas = [
+        {"role": "assistant", "content": None, "tool_calls": [call]},
+        {"tool_calls": [arguments]},
+        {"refusal": "I can't"},
+    ]
+    stream = (
+        b"".join(sse({**head, "choices": [{"index": 0, "delta": delta}]}) for delta in deltas)
+        + b'data: {"choices": [{"index": 0, "delta": {"content": "cut of'
+    )
+    assert streamed_texts(stream) == ["get_weather", '{"city": "Paris"}', "I can't"]
+
+
+async def test_until_the_tokenizer_loads_the_estimate_uses_the_rule_of_thumb() -> None:
+    _, flow = await run_stream([WITHOUT_USAGE], client_wants_usage=False)
+    UsageMeter(TokenCounter()).on_done(flow)
+    assert flow.llm is not None and flow.llm.usage is not None
+    assert flow.llm.usage.estimated
+    assert flow.llm.usage.output_tokens == -(-len(STREAMED_TEXT.encode()) // 4)  # bytes / 4
