@@ -280,12 +280,14 @@ class DataPlaneStatus(_message.Message):
     def __init__(self, node_id: _Optional[str] = ..., connected: _Optional[bool] = ..., applied_version: _Optional[int] = ..., rejected_version: _Optional[int] = ..., error: _Optional[str] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class ListRequestLogsRequest(_message.Message):
-    __slots__ = ("tenant_id", "limit")
+    __slots__ = ("tenant_id", "limit", "unauthenticated")
     TENANT_ID_FIELD_NUMBER: _ClassVar[int]
     LIMIT_FIELD_NUMBER: _ClassVar[int]
+    UNAUTHENTICATED_FIELD_NUMBER: _ClassVar[int]
     tenant_id: str
     limit: int
-    def __init__(self, tenant_id: _Optional[str] = ..., limit: _Optional[int] = ...) -> None: ...
+    unauthenticated: bool
+    def __init__(self, tenant_id: _Optional[str] = ..., limit: _Optional[int] = ..., unauthenticated: _Optional[bool] = ...) -> None: ...
 
 class ListRequestLogsResponse(_message.Message):
     __slots__ = ("request_logs",)
