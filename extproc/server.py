@@ -27,6 +27,7 @@ from extproc.redis_pipe import PipelinedRedis
 from extproc.stages.access_log import AccessLog
 from extproc.stages.authenticate import Authenticate
 from extproc.stages.model_route import ModelRouting
+from extproc.stages.provider_headers import ProviderHeaders
 from extproc.stages.rate_limit import RateLimit
 from extproc.stages.rest_route import RestRouting
 from extproc.stages.usage import UsageMeter
@@ -64,6 +65,8 @@ def build_dispatcher(
             rate_limit,
             # Needs the tenant (routes are per tenant); asks for the body on LLM paths only.
             ModelRouting(),
+            # Needs the provider model routing chose: only its allowlisted client headers go on.
+            ProviderHeaders(),
             # Response side: switches SSE to streamed mode and reads the provider's usage.
             UsageMeter(),
             access_log,
