@@ -1,7 +1,7 @@
 """Wiring for a data-plane process, in one place: every client built once, the pipelines of each
 route kind with their stages in a fixed order, the policy watched from the control service — and
-the Envoy adapter served over gRPC (the APISIX runner, `extproc.apisix.server`, starts from the
-same `start_core`)."""
+the Envoy adapter and Envoy's access log served over gRPC (the APISIX runner,
+`extproc.apisix.server`, starts from the same `start_core`)."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from typing import Any
 import aiohttp
 import grpc
 
+from extproc.envoy_access_log import EnvoyAccessLog
 from extproc.envoy_adapter import ExternalProcessor
 from extproc.grpc_h2 import GrpcServer
 from extproc.grpcio_server import GRPC_OPTIONS, serve_grpcio
@@ -92,9 +93,12 @@ class DataPlane:
     sink: LogSink
     tasks: list[asyncio.Task[None]]
     closers: list[Any]
+    access_log: EnvoyAccessLog
 
     async def stop(self) -> None:
         await self.server.stop(2)
+        # Reset flows still waiting for Envoy's entry are logged before the sink's last flush.
+        self.access_log.close()
         await _release(self.tasks, self.sink, self.closers)
 
 
@@ -132,7 +136,12 @@ async def _release(tasks: list[asyncio.Task[None]], sink: LogSink, closers: list
 async def start(settings: Settings) -> DataPlane:
     """Builds the clients, loads the persisted policy, starts serving and watching."""
     core = await start_core(settings)
-    methods = ExternalProcessor(core.dispatcher).methods()
+    # ext_proc, and Envoy's access log for the requests it answered without us.
+    access_log = EnvoyAccessLog(core.sink, settings.node_id)
+    methods = {
+        **ExternalProcessor(core.dispatcher, access_log).methods(),
+        **access_log.methods(),
+    }
     server: GrpcServer | grpc.aio.Server
     if settings.extproc_server == "grpcio":
         server = await serve_grpcio(methods, settings.extproc_address)
@@ -146,7 +155,7 @@ async def start(settings: Settings) -> DataPlane:
         settings.extproc_server,
     )
     return DataPlane(
-        settings, server, core.holder, core.watcher, core.sink, core.tasks, core.closers
+        settings, server, core.holder, core.watcher, core.sink, core.tasks, core.closers, access_log
     )
 
 

@@ -147,6 +147,12 @@ def request_headers(
     )
 
 
+def handled(response: ext_proc.ProcessingResponse) -> bool:
+    """The dynamic metadata that keeps Envoy's access log from logging the request again."""
+    metadata = response.dynamic_metadata.fields["gatez"].struct_value
+    return bool(metadata.fields["handled"].bool_value)
+
+
 def set_headers(mutation: ext_proc.HeaderMutation) -> dict[str, str]:
     return {h.header.key: h.header.raw_value.decode() for h in mutation.set_headers}
 
@@ -161,6 +167,8 @@ async def test_non_streaming_chat_exchange(processor: Processor) -> None:
     first = await call.read()
     assert first.WhichOneof("response") == "request_headers"
     assert first.mode_override.request_body_mode == Mode.BUFFERED
+    assert first.mode_override.response_header_mode == Mode.SEND
+    assert handled(first)
     assert "authorization" in first.request_headers.response.header_mutation.remove_headers
 
     body = {"model": "fast", "messages": [{"role": "user", "content": "hi"}]}
@@ -270,6 +278,10 @@ async def test_rejections_are_immediate_json_responses(
     await call.done_writing()
     immediate = response.immediate_response
     assert immediate.status.code == status
+    # Marked as the gateway's own: Envoy's local-reply mappers leave it alone, and its access
+    # log skips the request (this row is the data plane's).
+    assert immediate.details == f"gatez_{kind}"
+    assert handled(response)
     assert orjson.loads(immediate.body)["error"]["type"] == kind
     assert set_headers(immediate.headers)["content-type"] == "application/json"
     await _drain(processor)
@@ -315,8 +327,11 @@ async def test_a_rest_route_is_sent_to_its_upstream_on_the_headers_alone(
         ":authority": "orders.internal:8443",
         ":path": "/v2/17?expand=1",
     }
-    # No body asked for: a REST call costs the headers round trip only.
-    assert not response.HasField("mode_override")
+    # No body asked for: a REST call costs the headers round trip only (and the response
+    # headers, for the log row's status).
+    assert response.mode_override.request_body_mode == Mode.NONE
+    assert response.mode_override.response_header_mode == Mode.SEND
+    assert handled(response)
     assert "authorization" in common.header_mutation.remove_headers
 
 
