@@ -67,6 +67,9 @@ ABORTED: Final = "aborted"
 # Our immediate responses' `details` (the response code details Envoy logs) start with this;
 # envoy/envoy.yaml's local-reply mappers leave replies so marked as they are.
 DETAILS_PREFIX: Final = "gatez_"
+FORWARDED_PROTO: Final = "x-forwarded-proto"
+# Selects envoy/envoy.yaml's route that removes x-forwarded-proto after route matching.
+STRIP_FORWARDED_PROTO: Final = "x-gatez-strip-forwarded-proto"
 # The namespace and key of the dynamic metadata that marks a request the data plane handled.
 METADATA_NAMESPACE: Final = "gatez"
 HANDLED_KEY: Final = "handled"
@@ -296,7 +299,15 @@ def _fill(common: ext_proc.CommonResponse, pending: Pending) -> None:
             header = add(append_action=OVERWRITE).header
             header.key = name
             header.raw_value = value.encode("latin-1")
-        mutation.remove_headers.extend(pending.remove_headers)
+        removed = pending.remove_headers
+        if FORWARDED_PROTO in removed:
+            # Envoy matches no route without x-forwarded-proto: the route this marker selects
+            # removes it once it is chosen (envoy/envoy.yaml).
+            removed = [name for name in removed if name != FORWARDED_PROTO]
+            header = add(append_action=OVERWRITE).header
+            header.key = STRIP_FORWARDED_PROTO
+            header.raw_value = b"1"
+        mutation.remove_headers.extend(removed)
     if pending.body is not None:
         if pending.body:
             common.body_mutation.body = pending.body

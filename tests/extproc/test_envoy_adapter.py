@@ -211,6 +211,31 @@ async def test_non_streaming_chat_exchange(processor: Processor) -> None:
     assert (row.model_alias, row.upstream_model, row.key_id) == ("fast", "gpt-4o-mini", "key-1")
 
 
+async def test_forwarding_headers_are_removed_as_envoy_allows(processor: Processor) -> None:
+    # What Envoy adds before ext_proc sees the request: the provider may see none of it.
+    forwarded = (
+        ("x-forwarded-for", "203.0.113.9"),
+        ("x-forwarded-proto", "http"),
+        ("x-envoy-external-address", "203.0.113.9"),
+    )
+    call = processor.stub.Process()
+    await call.write(request_headers("/v1/chat/completions", AUTH, *forwarded))
+    await call.read()
+    body = {"model": "fast", "messages": []}
+    await call.write(
+        ext_proc.ProcessingRequest(
+            request_body=ext_proc.HttpBody(body=orjson.dumps(body), end_of_stream=True)
+        )
+    )
+    mutation = (await call.read()).request_body.response.header_mutation
+    await call.done_writing()
+    assert {"x-forwarded-for", "x-envoy-external-address"} <= set(mutation.remove_headers)
+    # Envoy matches no route without x-forwarded-proto: it stays until the route the marker
+    # selects has been matched, which removes it (envoy/envoy.yaml).
+    assert "x-forwarded-proto" not in mutation.remove_headers
+    assert set_headers(mutation)["x-gatez-strip-forwarded-proto"] == "1"
+
+
 async def test_sse_exchange_strips_the_usage_the_gateway_added(processor: Processor) -> None:
     call = processor.stub.Process()
     start = request_headers("/v1/chat/completions", AUTH)
