@@ -545,7 +545,13 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
     async def ListRequestLogs(
         self, request: control_pb2.ListRequestLogsRequest, context: Context
     ) -> control_pb2.ListRequestLogsResponse:
-        tenant_id = _require(request.tenant_id, "tenant_id")
+        if request.unauthenticated:
+            if request.tenant_id:
+                raise InvalidRequest("set tenant_id or unauthenticated, not both")
+            # Rows of requests that reached no tenant are stored with an empty one.
+            tenant_id = ""
+        else:
+            tenant_id = _require(request.tenant_id, "tenant_id")
         rows = await asyncio.to_thread(
             self._logs.recent_request_logs, tenant_id, _log_limit(request.limit)
         )

@@ -1,10 +1,15 @@
 """The Envoy adapter: an `ExternalProcessor` gRPC service that turns ext_proc messages into
 pipeline phases on a Flow, and verdicts plus the Flow's pending changes back into responses.
 
-Envoy is configured to send request and response headers only; a flow that needs more asks for
-it per request with `mode_override` (buffered request body for LLM calls; streamed response body
-for SSE, buffered for JSON), so a plain REST call costs two round trips and no body copies.
-No policy lives here. The stream is served by `extproc.grpc_h2` (bytes in, bytes out); this
+Envoy is configured to send request headers only; the first answer of every request turns on
+the response headers with `mode_override` (Envoy's own replies to requests the data plane never
+saw must not wait on it), and a flow that needs more asks for it there too (buffered request body
+for LLM calls; streamed response body for SSE, buffered for JSON), so a plain REST call costs two
+round trips and no body copies. That first answer, and every immediate response, also sets the
+dynamic metadata `gatez.handled`: Envoy's access log to the data plane
+(`extproc.envoy_access_log`) skips the requests that carry it, which the pipeline logs itself.
+Immediate responses carry `details` "gatez_<reason>", which Envoy's local-reply mappers leave
+alone. No policy lives here. The stream is served by `extproc.grpc_h2` (bytes in, bytes out); this
 module owns the protobuf messages.
 """
 
@@ -25,7 +30,9 @@ from envoy.extensions.filters.http.ext_proc.v3 import processing_mode_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ext_proc
 from google.protobuf.message import DecodeError
 
+from extproc.envoy_access_log import EnvoyAccessLog
 from extproc.grpc_h2 import GRPC_INTERNAL, CallStream, MethodFactory
+from gatez.logrows import RequestLogRow
 from gatez.pipeline import (
     CONTINUE,
     INTERNAL_ERROR,
@@ -52,13 +59,47 @@ BODY_MODES: Final = {
 
 
 PROCESS_METHOD: Final = "/envoy.service.ext_proc.v3.ExternalProcessor/Process"
+# The log row's error of a request whose exchange Envoy ended before its last answer (the client
+# went away, or Envoy gave up on it), unless a stage or Envoy said why.
+ABORTED: Final = "aborted"
 
+
+# Our immediate responses' `details` (the response code details Envoy logs) start with this;
+# envoy/envoy.yaml's local-reply mappers leave replies so marked as they are.
+DETAILS_PREFIX: Final = "gatez_"
+FORWARDED_PROTO: Final = "x-forwarded-proto"
+# Selects envoy/envoy.yaml's route that removes x-forwarded-proto after route matching.
+STRIP_FORWARDED_PROTO: Final = "x-gatez-strip-forwarded-proto"
+# The namespace and key of the dynamic metadata that marks a request the data plane handled.
+METADATA_NAMESPACE: Final = "gatez"
+HANDLED_KEY: Final = "handled"
+
+
+def _serialized_tail(body_mode: BodyMode | None) -> bytes:
+    """The constant part of a first answer, serialised once: concatenated serialisations merge,
+    so appending these bytes costs nothing per request (building them costs about 1 µs)."""
+    response = ext_proc.ProcessingResponse()
+    response.dynamic_metadata.fields[METADATA_NAMESPACE].struct_value.fields[
+        HANDLED_KEY
+    ].bool_value = True
+    if body_mode is not None:
+        response.mode_override.response_header_mode = Mode.SEND
+        response.mode_override.request_body_mode = BODY_MODES[body_mode]
+    wire: bytes = response.SerializeToString()
+    return wire
+
+
+# Appended to the request-headers answer: handled, response headers on, the body as asked.
+FIRST_ANSWER_TAIL: Final = {mode: _serialized_tail(mode) for mode in BodyMode}
+# Appended to every immediate response: handled.
+HANDLED_TAIL: Final = _serialized_tail(None)
 
 # Envoy's timer for the message being held is re-armed to the hold's length plus this margin,
 # so the pipeline's own 504 answers before Envoy gives up.
 HOLD_MARGIN_S: Final = 5.0
 
-Answer = Callable[[Flow, Decision], ext_proc.ProcessingResponse]
+# A serialised ProcessingResponse.
+Answer = Callable[[Flow, Decision], bytes]
 
 
 def _nothing_to_do(flow: Flow) -> Outcome:
@@ -80,10 +121,16 @@ class ProtocolViolation(Exception):
 
 
 class ExternalProcessor:
-    """Envoy's `ExternalProcessor` service: one `ExtProcStream` per HTTP request."""
+    """Envoy's `ExternalProcessor` service: one `ExtProcStream` per HTTP request.
 
-    def __init__(self, dispatcher: Dispatcher) -> None:
+    With `access_log` (the data plane's Envoy access-log service), a flow Envoy reset before it
+    applied the first answer waits for Envoy's own entry of the request and takes its status
+    and reason, so the request has one row (see `extproc.envoy_access_log`).
+    """
+
+    def __init__(self, dispatcher: Dispatcher, access_log: EnvoyAccessLog | None = None) -> None:
         self._dispatcher = dispatcher
+        self._access_log = access_log
         # Finished flows whose on_done is still running; kept so the tasks are not collected.
         self.finishing: set[asyncio.Task[None]] = set()
 
@@ -134,6 +181,25 @@ class ExternalProcessor:
         self.finishing.add(task)
         task.add_done_callback(self.finishing.discard)
 
+    def done_after_reset(self, flow: Flow, pipeline: Pipeline) -> None:
+        """Envoy ended the stream while the flow's first answer was pending or just sent: Envoy
+        may have answered the request itself and will then log it (its access log skips only
+        requests marked handled). The flow is finished when that entry comes, or without it."""
+        flow.finished_ns = flow.finished_ns or time.monotonic_ns()
+        if not flow.error:
+            flow.error = ABORTED
+        if self._access_log is None or not self._access_log.await_entry(
+            flow.request_id, partial(self._done_with_entry, flow, pipeline)
+        ):
+            self.done(flow, pipeline)
+
+    def _done_with_entry(self, flow: Flow, pipeline: Pipeline, row: RequestLogRow | None) -> None:
+        if row is not None:
+            # What Envoy answered is what the client got.
+            flow.response_status = row.status
+            flow.error = row.error
+        self.done(flow, pipeline)
+
     def _open_flow(self, message: ext_proc.HttpHeaders) -> tuple[Flow, Pipeline]:
         headers = _header_map(message.headers)
         return self._dispatcher.open(
@@ -145,25 +211,25 @@ class ExternalProcessor:
         )
 
 
-def _answer_request_headers(flow: Flow, verdict: Decision) -> ext_proc.ProcessingResponse:
+def _answer_request_headers(flow: Flow, verdict: Decision) -> bytes:
     if isinstance(verdict, Respond):
         return _immediate(flow, verdict)
     response = ext_proc.ProcessingResponse()
     _fill(response.request_headers.response, flow.take_pending())
-    if flow.request_body_mode is not BodyMode.NONE:
-        response.mode_override.request_body_mode = BODY_MODES[flow.request_body_mode]
-    return response
+    wire: bytes = response.SerializeToString()
+    return wire + FIRST_ANSWER_TAIL[flow.request_body_mode]
 
 
-def _answer_request_body(flow: Flow, verdict: Decision) -> ext_proc.ProcessingResponse:
+def _answer_request_body(flow: Flow, verdict: Decision) -> bytes:
     if isinstance(verdict, Respond):
         return _immediate(flow, verdict)
     response = ext_proc.ProcessingResponse()
     _fill(response.request_body.response, flow.take_pending())
-    return response
+    wire: bytes = response.SerializeToString()
+    return wire
 
 
-def _answer_response_headers(flow: Flow, verdict: Decision) -> ext_proc.ProcessingResponse:
+def _answer_response_headers(flow: Flow, verdict: Decision) -> bytes:
     if isinstance(verdict, Respond):
         return _immediate(flow, verdict)
     response = ext_proc.ProcessingResponse()
@@ -172,25 +238,35 @@ def _answer_response_headers(flow: Flow, verdict: Decision) -> ext_proc.Processi
         flow.finished_ns = time.monotonic_ns()
     else:
         response.mode_override.response_body_mode = BODY_MODES[flow.response_body_mode]
-    return response
+    wire: bytes = response.SerializeToString()
+    return wire
 
 
-def _answer_response_body(flow: Flow, verdict: Decision) -> ext_proc.ProcessingResponse:
+def _answer_response_body(flow: Flow, verdict: Decision) -> bytes:
     if isinstance(verdict, Respond):
         return _immediate(flow, verdict)
     if flow.end_of_stream:
         flow.finished_ns = time.monotonic_ns()
     response = ext_proc.ProcessingResponse()
     _fill(response.response_body.response, flow.take_pending())
-    return response
+    wire: bytes = response.SerializeToString()
+    return wire
 
 
-def _answer_request_trailers(flow: Flow, _: Decision) -> ext_proc.ProcessingResponse:
-    return ext_proc.ProcessingResponse(request_trailers=ext_proc.TrailersResponse())
+REQUEST_TRAILERS_ANSWER: Final[bytes] = ext_proc.ProcessingResponse(
+    request_trailers=ext_proc.TrailersResponse()
+).SerializeToString()
+RESPONSE_TRAILERS_ANSWER: Final[bytes] = ext_proc.ProcessingResponse(
+    response_trailers=ext_proc.TrailersResponse()
+).SerializeToString()
 
 
-def _answer_response_trailers(flow: Flow, _: Decision) -> ext_proc.ProcessingResponse:
-    return ext_proc.ProcessingResponse(response_trailers=ext_proc.TrailersResponse())
+def _answer_request_trailers(flow: Flow, _: Decision) -> bytes:
+    return REQUEST_TRAILERS_ANSWER
+
+
+def _answer_response_trailers(flow: Flow, _: Decision) -> bytes:
+    return RESPONSE_TRAILERS_ANSWER
 
 
 def _header_map(headers: base_pb2.HeaderMap) -> dict[str, str]:
@@ -223,7 +299,15 @@ def _fill(common: ext_proc.CommonResponse, pending: Pending) -> None:
             header = add(append_action=OVERWRITE).header
             header.key = name
             header.raw_value = value.encode("latin-1")
-        mutation.remove_headers.extend(pending.remove_headers)
+        removed = pending.remove_headers
+        if FORWARDED_PROTO in removed:
+            # Envoy matches no route without x-forwarded-proto: the route this marker selects
+            # removes it once it is chosen (envoy/envoy.yaml).
+            removed = [name for name in removed if name != FORWARDED_PROTO]
+            header = add(append_action=OVERWRITE).header
+            header.key = STRIP_FORWARDED_PROTO
+            header.raw_value = b"1"
+        mutation.remove_headers.extend(removed)
     if pending.body is not None:
         if pending.body:
             common.body_mutation.body = pending.body
@@ -233,7 +317,7 @@ def _fill(common: ext_proc.CommonResponse, pending: Pending) -> None:
         common.clear_route_cache = True
 
 
-def _immediate(flow: Flow, verdict: Respond) -> ext_proc.ProcessingResponse:
+def _immediate(flow: Flow, verdict: Respond) -> bytes:
     flow.response_status = verdict.status
     flow.finished_ns = time.monotonic_ns()
     flow.take_pending()
@@ -241,13 +325,14 @@ def _immediate(flow: Flow, verdict: Respond) -> ext_proc.ProcessingResponse:
     immediate = response.immediate_response
     immediate.status.code = verdict.status
     immediate.body = verdict.body
-    immediate.details = verdict.reason
+    immediate.details = DETAILS_PREFIX + (verdict.reason or "gateway_response")
     add = immediate.headers.set_headers.add
     for name, value in verdict.headers:
         header = add(append_action=OVERWRITE).header
         header.key = name
         header.raw_value = value.encode("latin-1")
-    return response
+    wire: bytes = response.SerializeToString()
+    return wire + HANDLED_TAIL
 
 
 def _hold_response(timeout_s: float) -> bytes:
@@ -347,7 +432,7 @@ class ExtProcStream:
         except Exception:
             log.exception("ext_proc: could not build the answer")
             response = _immediate(step.flow, INTERNAL_ERROR)
-        self._stream.send_message(response.SerializeToString())
+        self._stream.send_message(response)
 
     def _extend_timeout(self, timeout_s: float) -> None:
         self._stream.send_message(_hold_response(timeout_s))
@@ -363,5 +448,13 @@ class ExtProcStream:
 
     def _close(self) -> None:
         step, self._step = self._step, None
-        if step is not None:
-            self._processor.done(step.flow, step.pipeline)
+        if step is None:
+            return
+        flow = step.flow
+        if flow.finished_ns is None and step.answer is _answer_request_headers:
+            # Envoy ended the exchange before the first answer was applied, or right after.
+            self._processor.done_after_reset(flow, step.pipeline)
+            return
+        if flow.finished_ns is None and not flow.error:
+            flow.error = ABORTED
+        self._processor.done(flow, step.pipeline)

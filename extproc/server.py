@@ -1,7 +1,7 @@
 """Wiring for a data-plane process, in one place: every client built once, the pipelines of each
 route kind with their stages in a fixed order, the policy watched from the control service — and
-the Envoy adapter served over gRPC (the APISIX runner, `extproc.apisix.server`, starts from the
-same `start_core`)."""
+the Envoy adapter and Envoy's access log served over gRPC (the APISIX runner,
+`extproc.apisix.server`, starts from the same `start_core`)."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from typing import Any
 import aiohttp
 import grpc
 
+from extproc.envoy_access_log import EnvoyAccessLog
 from extproc.envoy_adapter import ExternalProcessor
 from extproc.grpc_h2 import GrpcServer
 from extproc.grpcio_server import GRPC_OPTIONS, serve_grpcio
@@ -28,6 +29,7 @@ from extproc.spool import Spool
 from extproc.stages.access_log import AccessLog
 from extproc.stages.authenticate import Authenticate
 from extproc.stages.model_route import ModelRouting
+from extproc.stages.provider_headers import ProviderHeaders
 from extproc.stages.rate_limit import RateLimit
 from extproc.stages.rest_route import RestRouting
 from extproc.stages.usage import UsageMeter
@@ -73,6 +75,8 @@ def build_dispatcher(
             rate_limit,
             # Needs the tenant (routes are per tenant); asks for the body on LLM paths only.
             ModelRouting(),
+            # Needs the provider model routing chose: only its allowlisted client headers go on.
+            ProviderHeaders(),
             # Response side: switches SSE to streamed mode and reads the provider's usage
             # (estimating it, when it never comes, before the access log writes it).
             UsageMeter(tokens),
@@ -99,9 +103,12 @@ class DataPlane:
     sink: LogSink
     tasks: list[asyncio.Task[None]]
     closers: list[Any]
+    access_log: EnvoyAccessLog
 
     async def stop(self) -> None:
         await self.server.stop(2)
+        # Reset flows still waiting for Envoy's entry are logged before the sink's last flush.
+        self.access_log.close()
         await _release(self.tasks, self.sink, self.closers)
 
 
@@ -139,7 +146,12 @@ async def _release(tasks: list[asyncio.Task[None]], sink: LogSink, closers: list
 async def start(settings: Settings) -> DataPlane:
     """Builds the clients, loads the persisted policy, starts serving and watching."""
     core = await start_core(settings)
-    methods = ExternalProcessor(core.dispatcher).methods()
+    # ext_proc, and Envoy's access log for the requests it answered without us.
+    access_log = EnvoyAccessLog(core.sink, settings.node_id)
+    methods = {
+        **ExternalProcessor(core.dispatcher, access_log).methods(),
+        **access_log.methods(),
+    }
     server: GrpcServer | grpc.aio.Server
     if settings.extproc_server == "grpcio":
         server = await serve_grpcio(methods, settings.extproc_address)
@@ -153,7 +165,7 @@ async def start(settings: Settings) -> DataPlane:
         settings.extproc_server,
     )
     return DataPlane(
-        settings, server, core.holder, core.watcher, core.sink, core.tasks, core.closers
+        settings, server, core.holder, core.watcher, core.sink, core.tasks, core.closers, access_log
     )
 
 

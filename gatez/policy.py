@@ -25,6 +25,15 @@ ASYMMETRIC_ALGORITHMS: Final = frozenset(
 DEFAULT_ALGORITHMS: Final = ("RS256",)
 DEFAULT_TENANT_CLAIM: Final = "tenant_id"
 
+# Client request headers every LLM provider receives; a provider's `forward_headers` adds to
+# them, and the data plane removes every other client header before the request leaves.
+# x-request-id is the gateway's own (the proxy never keeps a client's). accept-encoding is left
+# out on purpose: the usage meter reads the provider's response, which must not come compressed.
+DEFAULT_FORWARD_HEADERS: Final = frozenset({"accept", "content-type", "x-request-id"})
+# Never forwardable, whatever a policy lists: the client's Gatez credential (and no x-gatez-*).
+UNFORWARDABLE_HEADERS: Final = frozenset({"authorization", "x-api-key"})
+_HEADER_NAME: Final = re.compile(r"[!#$%&'*+.^_`|~0-9a-z-]+")
+
 # Envoy clusters that reach any provider host (dynamic forward proxy), by URL scheme.
 UPSTREAM_CLUSTER_PLAIN: Final = "gatez_upstream_plain"
 UPSTREAM_CLUSTER_TLS: Final = "gatez_upstream_tls"
@@ -92,6 +101,8 @@ class ProviderTarget:
     authority: str
     path_prefix: str
     api_key: str | None
+    # Lower-case names of the client headers this provider receives (defaults included).
+    forward_headers: frozenset[str] = DEFAULT_FORWARD_HEADERS
 
 
 class RouteKind(enum.Enum):
@@ -371,7 +382,20 @@ def _provider(provider: policy_pb2.Provider, api_key: str | None) -> ProviderTar
         authority=upstream.authority,
         path_prefix=upstream.path_prefix,
         api_key=api_key,
+        forward_headers=DEFAULT_FORWARD_HEADERS | _forward_headers(provider, where),
     )
+
+
+def _forward_headers(provider: policy_pb2.Provider, where: str) -> frozenset[str]:
+    names = frozenset(name.lower() for name in provider.forward_headers)
+    for name in sorted(names):
+        _check(_HEADER_NAME.fullmatch(name), f"{where}: forward_headers has {name!r}, not a name")
+        _check(
+            name not in UNFORWARDABLE_HEADERS and not name.startswith("x-gatez-"),
+            f"{where}: forward_headers may not list {name!r} (the client's credential or a "
+            "gateway header)",
+        )
+    return names
 
 
 # What a data plane serves before it has any policy: no tenants, so nobody is let in.

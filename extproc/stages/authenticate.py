@@ -35,6 +35,8 @@ _JWT_SHAPE: Final = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*"
 JwtCandidates = tuple[str, str, list[IdentityProviderRule]]
 
 MISSING_CREDENTIAL: Final = "missing credential: send 'Authorization: Bearer <key or token>'"
+# NumericDate claims (RFC 7519): JSON numbers. pyjwt would take "1767225600" or true as well.
+NUMERIC_CLAIMS: Final = ("exp", "nbf", "iat")
 
 
 class Authenticate(Stage):
@@ -159,6 +161,10 @@ def _jwt_candidates(policy: CompiledPolicy, token: str) -> JwtCandidates:
     """The token's algorithm and key id, and the providers that may verify it; refuses a token
     that no provider could accept before any key is looked up."""
     header, claims = _unverified_parts(token)
+    for name in NUMERIC_CLAIMS:
+        value = claims.get(name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
+            raise Unauthenticated(f"token claim {name!r} must be a number")
     issuer = claims.get("iss")
     providers = policy.identity_providers_by_issuer.get(issuer) if isinstance(issuer, str) else None
     if not providers:

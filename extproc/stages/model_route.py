@@ -1,7 +1,8 @@
 """Model routing: the model a client names → a provider, its upstream model and credential.
 
 It asks for the request body only on LLM paths, parses it once into the Flow, rewrites the model
-name (and asks the provider for stream usage), and points the proxy at the provider: cluster by
+name (and asks the provider for stream usage), forwards the body as it parsed it (re-serialised,
+so duplicate keys cannot reach the provider), and points the proxy at the provider: cluster by
 header + route cache clearing, `:authority`, `:path`, and the provider's key. The client's own
 credential was already stripped by authentication.
 """
@@ -60,7 +61,6 @@ class ModelRouting(Stage):
         client_wants_usage = isinstance(options, dict) and options.get("include_usage") is True
         flow.llm = LlmCall(target=target, stream=stream, client_wants_usage=client_wants_usage)
 
-        changed = target.upstream_model != model
         body["model"] = target.upstream_model
         if stream and not client_wants_usage:
             # Usage only comes in a stream when asked for; the meter hides it from the client.
@@ -68,9 +68,11 @@ class ModelRouting(Stage):
                 **(options if isinstance(options, dict) else {}),
                 "include_usage": True,
             }
-            changed = True
-        if changed:
-            flow.replace_request_body(orjson.dumps(body))
+        # Always the body as parsed here, re-serialised: a key the client sent twice (orjson keeps
+        # the last) reaches the provider once, with the value routing and limits saw — a provider
+        # keeping the first could otherwise be sent another model than the one checked. Costs one
+        # orjson.dumps (a few µs for a chat body); the body is usually rewritten anyway (alias).
+        flow.replace_request_body(orjson.dumps(body))
 
         provider = target.provider
         query = flow.path.partition("?")[2]

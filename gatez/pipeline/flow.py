@@ -115,7 +115,8 @@ class Flow:
     end_of_stream: bool = False
     first_byte_ns: int | None = None
     finished_ns: int | None = None
-    # Set when the gateway answered itself (the Respond reason).
+    # Set when the gateway answered itself (the Respond reason), or by the adapter when the proxy
+    # ended the exchange first ("aborted", or the proxy's own reason for its reply).
     error: str = ""
     pending: Pending = field(default_factory=Pending)
     # The phase running now (set by the pipeline).

@@ -316,12 +316,14 @@ class AdoptLineageResponse(_message.Message):
     def __init__(self, lineage: _Optional[str] = ..., policy_version: _Optional[int] = ...) -> None: ...
 
 class ListRequestLogsRequest(_message.Message):
-    __slots__ = ("tenant_id", "limit")
+    __slots__ = ("tenant_id", "limit", "unauthenticated")
     TENANT_ID_FIELD_NUMBER: _ClassVar[int]
     LIMIT_FIELD_NUMBER: _ClassVar[int]
+    UNAUTHENTICATED_FIELD_NUMBER: _ClassVar[int]
     tenant_id: str
     limit: int
-    def __init__(self, tenant_id: _Optional[str] = ..., limit: _Optional[int] = ...) -> None: ...
+    unauthenticated: bool
+    def __init__(self, tenant_id: _Optional[str] = ..., limit: _Optional[int] = ..., unauthenticated: _Optional[bool] = ...) -> None: ...
 
 class ListRequestLogsResponse(_message.Message):
     __slots__ = ("request_logs",)

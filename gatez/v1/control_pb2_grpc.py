@@ -317,7 +317,8 @@ class ControlServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListRequestLogs(self, request, context):
-        """Usage and audit: one tenant's newest log rows.
+        """Usage and audit: one tenant's newest log rows (or, for request logs, those of requests
+        that reached no tenant).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -85,18 +85,20 @@ class IdentityProvider(_message.Message):
     def __init__(self, id: _Optional[str] = ..., tenant_id: _Optional[str] = ..., issuer: _Optional[str] = ..., jwks_url: _Optional[str] = ..., audience: _Optional[str] = ..., tenant_claim: _Optional[str] = ..., algorithms: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Provider(_message.Message):
-    __slots__ = ("name", "kind", "base_url", "has_credential", "credential_update_time")
+    __slots__ = ("name", "kind", "base_url", "has_credential", "credential_update_time", "forward_headers")
     NAME_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     BASE_URL_FIELD_NUMBER: _ClassVar[int]
     HAS_CREDENTIAL_FIELD_NUMBER: _ClassVar[int]
     CREDENTIAL_UPDATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    FORWARD_HEADERS_FIELD_NUMBER: _ClassVar[int]
     name: str
     kind: ProviderKind
     base_url: str
     has_credential: bool
     credential_update_time: _timestamp_pb2.Timestamp
-    def __init__(self, name: _Optional[str] = ..., kind: _Optional[_Union[ProviderKind, str]] = ..., base_url: _Optional[str] = ..., has_credential: _Optional[bool] = ..., credential_update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    forward_headers: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, name: _Optional[str] = ..., kind: _Optional[_Union[ProviderKind, str]] = ..., base_url: _Optional[str] = ..., has_credential: _Optional[bool] = ..., credential_update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., forward_headers: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ProviderCredential(_message.Message):
     __slots__ = ("provider", "api_key", "sealed_api_key", "key_id")

@@ -147,6 +147,12 @@ def request_headers(
     )
 
 
+def handled(response: ext_proc.ProcessingResponse) -> bool:
+    """The dynamic metadata that keeps Envoy's access log from logging the request again."""
+    metadata = response.dynamic_metadata.fields["gatez"].struct_value
+    return bool(metadata.fields["handled"].bool_value)
+
+
 def set_headers(mutation: ext_proc.HeaderMutation) -> dict[str, str]:
     return {h.header.key: h.header.raw_value.decode() for h in mutation.set_headers}
 
@@ -161,6 +167,8 @@ async def test_non_streaming_chat_exchange(processor: Processor) -> None:
     first = await call.read()
     assert first.WhichOneof("response") == "request_headers"
     assert first.mode_override.request_body_mode == Mode.BUFFERED
+    assert first.mode_override.response_header_mode == Mode.SEND
+    assert handled(first)
     assert "authorization" in first.request_headers.response.header_mutation.remove_headers
 
     body = {"model": "fast", "messages": [{"role": "user", "content": "hi"}]}
@@ -201,6 +209,31 @@ async def test_non_streaming_chat_exchange(processor: Processor) -> None:
     (row,) = await ai_rows(processor, start)
     assert (row.input_tokens, row.output_tokens, row.status) == (11, 7, 200)
     assert (row.model_alias, row.upstream_model, row.key_id) == ("fast", "gpt-4o-mini", "key-1")
+
+
+async def test_forwarding_headers_are_removed_as_envoy_allows(processor: Processor) -> None:
+    # What Envoy adds before ext_proc sees the request: the provider may see none of it.
+    forwarded = (
+        ("x-forwarded-for", "203.0.113.9"),
+        ("x-forwarded-proto", "http"),
+        ("x-envoy-external-address", "203.0.113.9"),
+    )
+    call = processor.stub.Process()
+    await call.write(request_headers("/v1/chat/completions", AUTH, *forwarded))
+    await call.read()
+    body = {"model": "fast", "messages": []}
+    await call.write(
+        ext_proc.ProcessingRequest(
+            request_body=ext_proc.HttpBody(body=orjson.dumps(body), end_of_stream=True)
+        )
+    )
+    mutation = (await call.read()).request_body.response.header_mutation
+    await call.done_writing()
+    assert {"x-forwarded-for", "x-envoy-external-address"} <= set(mutation.remove_headers)
+    # Envoy matches no route without x-forwarded-proto: it stays until the route the marker
+    # selects has been matched, which removes it (envoy/envoy.yaml).
+    assert "x-forwarded-proto" not in mutation.remove_headers
+    assert set_headers(mutation)["x-gatez-strip-forwarded-proto"] == "1"
 
 
 async def test_sse_exchange_strips_the_usage_the_gateway_added(processor: Processor) -> None:
@@ -270,6 +303,10 @@ async def test_rejections_are_immediate_json_responses(
     await call.done_writing()
     immediate = response.immediate_response
     assert immediate.status.code == status
+    # Marked as the gateway's own: Envoy's local-reply mappers leave it alone, and its access
+    # log skips the request (this row is the data plane's).
+    assert immediate.details == f"gatez_{kind}"
+    assert handled(response)
     assert orjson.loads(immediate.body)["error"]["type"] == kind
     assert set_headers(immediate.headers)["content-type"] == "application/json"
     await _drain(processor)
@@ -315,8 +352,11 @@ async def test_a_rest_route_is_sent_to_its_upstream_on_the_headers_alone(
         ":authority": "orders.internal:8443",
         ":path": "/v2/17?expand=1",
     }
-    # No body asked for: a REST call costs the headers round trip only.
-    assert not response.HasField("mode_override")
+    # No body asked for: a REST call costs the headers round trip only (and the response
+    # headers, for the log row's status).
+    assert response.mode_override.request_body_mode == Mode.NONE
+    assert response.mode_override.response_header_mode == Mode.SEND
+    assert handled(response)
     assert "authorization" in common.header_mutation.remove_headers
 
 

@@ -200,6 +200,15 @@ async def test_clock_skew_within_leeway_is_tolerated(
     await accepted(stage, policy, bearer(token))
 
 
+async def test_numeric_dates_may_be_fractional(
+    stage: Authenticate, policy: CompiledPolicy, issuer: OidcIssuer
+) -> None:
+    now = time.time()
+    token = issuer.mint({"tenant_id": "acme", "iat": now - 1.5, "exp": now + 300.25})
+
+    await accepted(stage, policy, bearer(token))
+
+
 def _tampered(token: str) -> str:
     header, claims, signature = token.split(".")
     flipped = "A" if signature[0] != "A" else "B"
@@ -266,6 +275,32 @@ REFUSED_TOKENS: list[tuple[str, Callable[[OidcIssuer], str], str]] = [
     ("no-kid", lambda i: i.mint({"tenant_id": "acme"}, headers={"kid": None}), "no key id"),
     ("tampered", lambda i: _tampered(i.mint({"tenant_id": "acme"})), "invalid token signature"),
     ("malformed", lambda i: "eyJhbGciOi.eyJzdWIiOi.c2ln", "malformed token"),
+    # NumericDate claims must be JSON numbers: pyjwt alone would take these (int("...")).
+    (
+        "exp-as-numeric-string",
+        lambda i: i.mint({"tenant_id": "acme", "exp": str(int(time.time()) + 300)}),
+        "token claim 'exp' must be a number",
+    ),
+    (
+        "exp-as-boolean",
+        lambda i: i.mint({"tenant_id": "acme", "exp": True}),
+        "token claim 'exp' must be a number",
+    ),
+    (
+        "nbf-as-string",
+        lambda i: i.mint({"tenant_id": "acme", "nbf": "0"}),
+        "token claim 'nbf' must be a number",
+    ),
+    (
+        "iat-as-string",
+        lambda i: i.mint({"tenant_id": "acme", "iat": str(int(time.time()))}),
+        "token claim 'iat' must be a number",
+    ),
+    (
+        "iat-as-object",
+        lambda i: i.mint({"tenant_id": "acme", "iat": {"n": 1}}),
+        "token claim 'iat' must be a number",
+    ),
 ]
 
 

@@ -168,15 +168,36 @@ async def test_alias_rewrites_the_model_and_points_the_proxy_at_the_provider() -
     assert (flow.llm.stream, flow.llm.client_wants_usage, flow.llm.usage) == (False, False, None)
 
 
-async def test_an_unchanged_body_is_not_replaced() -> None:
+async def test_the_body_forwarded_is_always_the_one_parsed() -> None:
     raw = b'{"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Hi"}]}'
     flow = await route(flow_for(raw))
     pending = flow.take_pending()
-    assert pending.body is None
-    assert "content-length" not in pending.set_headers
+    assert pending.body == orjson.dumps(orjson.loads(raw))
+    assert pending.set_headers["content-length"] == str(len(pending.body))
     assert pending.set_headers[":path"] == "/v1/chat/completions"
-    assert flow.request_body == raw
     assert flow.request_json == orjson.loads(raw)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        # The first and the last `model` differ: routing reads the last (as orjson does).
+        b'{"model":"acme-private","messages":[],"model":"fast"}',
+        # Nested duplicates too: the provider gets one `content`, the one the gateway read.
+        b'{"model":"fast","messages":[{"role":"user","content":"a","content":"b"}]}',
+    ],
+)
+async def test_duplicate_keys_never_reach_the_provider(raw: bytes) -> None:
+    flow = await route(flow_for(raw, tenant="acme"))
+    pending = flow.take_pending()
+    assert pending.body is not None
+    forwarded = pending.body
+    # Each key once, and the model the route resolved is the one the provider reads.
+    assert forwarded.count(b'"model"') == 1
+    assert forwarded.count(b'"content"') <= 1
+    assert flow.llm is not None and flow.llm.target.alias == "fast"
+    assert orjson.loads(forwarded)["model"] == "llama3.2"
+    assert orjson.loads(forwarded) == flow.request_json
 
 
 @pytest.mark.parametrize(
@@ -297,15 +318,13 @@ async def test_streams_ask_the_provider_for_usage(
     pending = flow.take_pending()
     assert flow.llm is not None
     assert (flow.llm.stream, flow.llm.client_wants_usage) == (stream, client_wants_usage)
-    sent = orjson.loads(pending.body) if pending.body is not None else body
+    assert pending.body is not None
+    sent = orjson.loads(pending.body)
     assert sent.get("stream_options") == sent_options
-    # The model is unchanged here, so the body is replaced only when stream_options changed.
-    assert (pending.body is not None) is (stream and not client_wants_usage)
-    if pending.body is not None:
-        assert pending.set_headers["content-length"] == str(len(pending.body))
-        assert {k: v for k, v in sent.items() if k != "stream_options"} == {
-            k: v for k, v in body.items() if k != "stream_options"
-        }
+    assert pending.set_headers["content-length"] == str(len(pending.body))
+    assert {k: v for k, v in sent.items() if k != "stream_options"} == {
+        k: v for k, v in body.items() if k != "stream_options"
+    }
 
 
 # --- request body: refusals ---------------------------------------------------------------
