@@ -22,6 +22,7 @@ from control.service import ControlServicer, DataPlaneRegistry, DataPlaneService
 from control.store import PolicyStore
 from gatez.logstore import LogStore
 from gatez.settings import Settings
+from gatez.telemetry import GrpcMetricsInterceptor, MetricsServer, ValueCollector, new_registry
 from gatez.v1 import control_pb2, control_pb2_grpc
 
 CONTROL_SERVICE: Final = control_pb2.DESCRIPTOR.services_by_name["ControlService"].full_name
@@ -72,9 +73,15 @@ async def start(settings: Settings) -> ControlServer:
         resources.push_async_callback(asyncio.to_thread, logs.close)
 
         data_planes = DataPlaneRegistry()
+        registry = new_registry()
+        registry.register(_control_values(store, data_planes))
         # so_reuseport off: a second control service on the same port must fail, not share it.
         server = grpc.aio.server(
-            interceptors=[AdminTokenInterceptor(settings.admin_token)],
+            # Metrics first, so refused calls are counted too.
+            interceptors=[
+                GrpcMetricsInterceptor(registry),
+                AdminTokenInterceptor(settings.admin_token),
+            ],
             options=[("grpc.so_reuseport", 0)],
         )
         control_pb2_grpc.add_ControlServiceServicer_to_server(
@@ -95,11 +102,29 @@ async def start(settings: Settings) -> ControlServer:
         if port == 0:
             raise RuntimeError(f"cannot listen on {settings.control_address}")
         await server.start()
+        if settings.metrics_address:
+            metrics = MetricsServer.start(settings.metrics_address, registry)
+            resources.callback(metrics.stop)
     except BaseException:
         await resources.aclose()
         raise
     log.info("control service listening on %s (port %d)", settings.control_address, port)
     return ControlServer(server, port, store, health_servicer, resources)
+
+
+def _control_values(store: PolicyStore, data_planes: DataPlaneRegistry) -> ValueCollector:
+    values = ValueCollector()
+    values.gauge(
+        "gatez_policy_version",
+        "Version of the newest policy snapshot.",
+        lambda: store.current.version,
+    )
+    values.gauge(
+        "gatez_data_planes_connected",
+        "Data planes watching the policy now.",
+        lambda: sum(report.connected for report in data_planes.reports()),
+    )
+    return values
 
 
 async def serve(settings: Settings) -> None:

@@ -168,6 +168,8 @@ class PipelinedRedis:
         self._connect_timeout_s = connect_timeout_s
         self._connection: _RespConnection | None = None
         self._connecting: asyncio.Future[_RespConnection] | None = None
+        # Commands that failed (error reply, connection refused or lost), for metrics.
+        self.errors = 0
 
     @classmethod
     def from_url(cls, url: str, **options: float) -> PipelinedRedis:
@@ -176,10 +178,15 @@ class PipelinedRedis:
     async def execute(self, *args: Arg) -> Any:
         """Runs one command; raises `RedisReplyError` for an error reply, `OSError` when Redis
         cannot be reached."""
-        connection = self._connection
-        if connection is None or connection.lost:
-            connection = await self._connect()
-        return await connection.send(encode_command(args))
+        try:
+            connection = self._connection
+            if connection is None or connection.lost:
+                connection = await self._connect()
+            return await connection.send(encode_command(args))
+        except (OSError, RedisReplyError) as error:
+            if not str(error).startswith("NOSCRIPT"):
+                self.errors += 1
+            raise
 
     def submit_script(
         self, script: Script, keys: Sequence[Arg], args: Sequence[Arg]
@@ -205,6 +212,8 @@ class PipelinedRedis:
                     )
                     retry.add_done_callback(settle)
                 return
+            if error is not None and sent is first:  # a retry's error was counted by execute
+                self.errors += 1
             copy_outcome(reply, sent)
 
         first.add_done_callback(settle)

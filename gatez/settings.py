@@ -28,6 +28,9 @@ class Settings:
     qdrant_path: str
     node_id: str
     log_level: str
+    # host:port serving Prometheus `/metrics` ("" = not served). Traces are configured by the
+    # standard OTEL_* variables (see gatez.telemetry.tracing).
+    metrics_address: str = ""
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
@@ -44,6 +47,7 @@ class Settings:
             qdrant_path=env.get("GATEZ_QDRANT_PATH", str(state_dir / "qdrant")),
             node_id=env.get("GATEZ_NODE_ID", f"dataplane-{os.getpid()}"),
             log_level=env.get("GATEZ_LOG_LEVEL", "INFO"),
+            metrics_address=env.get("GATEZ_METRICS_ADDRESS", ""),
         )
 
     @property

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-from gatez.envoy_config import render
+from gatez.envoy_config import EnvoyTracing, render
 from gatez.processes import free_port, require_binary, stop_process, wait_for_port
 from gatez.settings import DEV_ADMIN_TOKEN
 
@@ -38,6 +38,9 @@ class StackConfig:
     envoy_admin_port: int = 9901
     control_port: int = 4001
     redis_port: int = 6380
+    # Prometheus /metrics of the control service and of the data plane (0: not served).
+    control_metrics_port: int = 9464
+    data_plane_metrics_port: int = 9465
     admin_token: str = DEV_ADMIN_TOKEN
     node_id: str = "dataplane-1"
     # Keep Redis data across restarts (`make run`); tests start clean.
@@ -59,6 +62,8 @@ class StackConfig:
             envoy_admin_port=free_port(),
             control_port=free_port(),
             redis_port=free_port(),
+            control_metrics_port=free_port(),
+            data_plane_metrics_port=free_port(),
             persist_redis=False,
         )
 
@@ -87,6 +92,17 @@ class StackConfig:
     @property
     def gateway_url(self) -> str:
         return f"http://127.0.0.1:{self.listen_port}"
+
+    @property
+    def control_metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.control_metrics_port}/metrics"
+
+    @property
+    def data_plane_metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.data_plane_metrics_port}/metrics"
+
+    def metrics_address(self, port: int) -> str:
+        return f"127.0.0.1:{port}" if port else ""
 
     def environment(self) -> dict[str, str]:
         """GATEZ_* variables shared by the control service and the data plane."""
@@ -150,7 +166,9 @@ class Stack:
         wait_for_port(config.redis_port)
 
     def start_control(self) -> None:
-        self.spawn("control", [sys.executable, "-m", "control"], self.config.environment())
+        env = self.config.environment()
+        env["GATEZ_METRICS_ADDRESS"] = self.config.metrics_address(self.config.control_metrics_port)
+        self.spawn("control", [sys.executable, "-m", "control"], env)
         wait_for_port(self.config.control_port, timeout_s=60)
 
     def start_data_plane(self) -> None:
@@ -163,6 +181,9 @@ class Stack:
             socket.unlink()
         env = self.config.environment()
         env["GATEZ_STATE_DIR"] = str(socket.parent)
+        env["GATEZ_METRICS_ADDRESS"] = self.config.metrics_address(
+            self.config.data_plane_metrics_port
+        )
         self.spawn("dataplane", [sys.executable, "-m", "extproc"], env)
         _wait_for_file(socket, timeout_s=60, process=self.processes["dataplane"])
 
@@ -174,6 +195,8 @@ class Stack:
                 listen_port=config.listen_port,
                 admin_port=config.envoy_admin_port,
                 extproc_socket=str(config.extproc_socket),
+                # Traced when the data plane is (the same OTEL_* variables).
+                tracing=EnvoyTracing.from_env(config.environment()),
             )
         )
         self.spawn(
@@ -195,6 +218,7 @@ class Stack:
         env = self.config.environment()
         env.update(
             GATEZ_STATE_DIR=str(socket.parent),
+            GATEZ_METRICS_ADDRESS=self.config.metrics_address(self.config.data_plane_metrics_port),
             APISIX_LISTEN_ADDRESS=f"unix:{socket}",
             APISIX_CONF_EXPIRE_TIME="3600",
         )

@@ -20,6 +20,7 @@ from gatez.sse import SseSplitter, event_data
 # OpenAI's compact form, removed without parsing; anything else mentioning usage is parsed.
 NULL_USAGE: Final = b',"usage":null'
 USAGE: Final = b'"usage"'
+MODEL_NAME_LIMIT: Final = 256
 
 
 class UsageMeter(Stage):
@@ -46,7 +47,9 @@ class UsageMeter(Stage):
         if llm is None:
             return CONTINUE
         if llm.events is None:
-            llm.usage = _usage_of(_loads(flow.response_chunk)) or llm.usage
+            body = _loads(flow.response_chunk)
+            llm.usage = _usage_of(body) or llm.usage
+            _read_model(llm, body)
             return CONTINUE
         if flow.first_byte_ns is None and flow.response_chunk:
             flow.first_byte_ns = time.monotonic_ns()
@@ -91,7 +94,15 @@ def _read_usage(llm: LlmCall, chunk: dict[str, Any] | None) -> bool:
     if usage is None:
         return False
     llm.usage = usage
+    _read_model(llm, chunk)
     return True
+
+
+def _read_model(llm: LlmCall, body: dict[str, Any] | None) -> None:
+    """Records the model the provider says answered (for traces), bounded."""
+    model = body.get("model") if body is not None else None
+    if isinstance(model, str):
+        llm.response_model = model[:MODEL_NAME_LIMIT]
 
 
 def _usage_of(body: dict[str, Any] | None) -> TokenUsage | None:
