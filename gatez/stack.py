@@ -11,6 +11,7 @@ import contextlib
 import ctypes
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -19,7 +20,7 @@ from pathlib import Path
 from typing import IO
 
 from gatez.envoy_config import EnvoyTracing, render
-from gatez.processes import free_port, require_binary, stop_process, wait_for_port
+from gatez.processes import require_binary, stop_process, wait_for_port
 from gatez.settings import DEV_ADMIN_TOKEN
 
 PR_SET_PDEATHSIG = 1
@@ -55,15 +56,16 @@ class StackConfig:
 
     @classmethod
     def ephemeral(cls, state_dir: Path) -> StackConfig:
-        """Free ports everywhere, for tests and benchmarks."""
+        """Free ports everywhere (six different ones), for tests and benchmarks."""
+        listen, admin, control, redis, control_metrics, data_plane_metrics = _free_ports(6)
         return cls(
             state_dir=state_dir,
-            listen_port=free_port(),
-            envoy_admin_port=free_port(),
-            control_port=free_port(),
-            redis_port=free_port(),
-            control_metrics_port=free_port(),
-            data_plane_metrics_port=free_port(),
+            listen_port=listen,
+            envoy_admin_port=admin,
+            control_port=control,
+            redis_port=redis,
+            control_metrics_port=control_metrics,
+            data_plane_metrics_port=data_plane_metrics,
             persist_redis=False,
         )
 
@@ -269,6 +271,15 @@ class Stack:
             stderr=subprocess.STDOUT,
             preexec_fn=_die_with_parent,
         )
+
+
+def _free_ports(count: int) -> list[int]:
+    """Ports free now, all different (each held open until all are chosen)."""
+    with contextlib.ExitStack() as held:
+        sockets = [held.enter_context(socket.socket()) for _ in range(count)]
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [int(sock.getsockname()[1]) for sock in sockets]
 
 
 def _wait_for_file(path: Path, timeout_s: float, process: subprocess.Popen[bytes]) -> None:
