@@ -173,9 +173,10 @@ async def start_core(settings: Settings, service_name: str = "gatez-dataplane") 
         # Last to close: spans of the requests that end while the rest shuts down are kept.
         closers.append(partial(asyncio.to_thread, tracing.shutdown))
     registry = new_registry()
-    telemetry = DataPlaneTelemetry(
-        DataPlaneMetrics(registry), FlowTracing(tracing) if tracing is not None else None
-    )
+    flow_tracing = None
+    if tracing is not None:
+        flow_tracing = FlowTracing(tracing, stage_min_us=settings.trace_stage_min_us)
+    telemetry = DataPlaneTelemetry(DataPlaneMetrics(registry), flow_tracing)
     redis = PipelinedRedis.from_url(settings.redis_url)
     closers.append(redis.close)
     http = aiohttp.ClientSession()

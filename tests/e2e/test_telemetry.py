@@ -42,6 +42,8 @@ def traced_stack(
     config.extra_env.update(
         OTEL_EXPORTER_OTLP_ENDPOINT=collector.endpoint,
         OTEL_BSP_SCHEDULE_DELAY="50",
+        # Every stage call a span, however fast (by default only calls that did work).
+        GATEZ_TRACE_STAGE_MIN_US="0",
     )
     stack = Stack(config)
     try:

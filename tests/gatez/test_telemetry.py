@@ -85,18 +85,26 @@ def registry() -> CollectorRegistry:
     return CollectorRegistry()
 
 
-@pytest.fixture
-def dispatcher(tracing: Tracing, registry: CollectorRegistry) -> Dispatcher:
+def new_dispatcher(
+    tracing: Tracing, registry: CollectorRegistry, stage_min_us: float
+) -> Dispatcher:
     llm = Pipeline([Authenticates(), RoutesModel()])
+    flow_tracing = FlowTracing(tracing, stage_min_us=stage_min_us)
     chosen = Dispatcher(
         lambda: EMPTY_POLICY,
         {RouteKind.LLM: llm},
         unrouted=Pipeline([NoRoute()]),
         unavailable=Pipeline([NoPolicy()]),
-        observer=DataPlaneTelemetry(DataPlaneMetrics(registry), FlowTracing(tracing)),
+        observer=DataPlaneTelemetry(DataPlaneMetrics(registry), flow_tracing),
     )
     registry.register(StageCollector(chosen.named_pipelines()))
     return chosen
+
+
+@pytest.fixture
+def dispatcher(tracing: Tracing, registry: CollectorRegistry) -> Dispatcher:
+    """Every stage call a span of its own (GATEZ_TRACE_STAGE_MIN_US=0)."""
+    return new_dispatcher(tracing, registry, stage_min_us=0)
 
 
 async def exchange(chosen: Dispatcher, key: str, traceparent: str | None) -> Flow:
@@ -188,6 +196,20 @@ async def test_a_flow_continues_the_proxys_trace_with_stage_and_upstream_spans(
         if s.name == "routes_model" and (s.attributes or {}).get("gatez.phase") == "request_body"
     )
     assert body_call.end_time == upstream.start_time
+
+
+async def test_by_default_only_stage_calls_that_did_work_are_spans(
+    tracing: Tracing, registry: CollectorRegistry, exporter: InMemorySpanExporter
+) -> None:
+    chosen = new_dispatcher(tracing, registry, stage_min_us=100)
+
+    await exchange(chosen, "good", SAMPLED)
+    await exchange(chosen, "bad", SAMPLED)
+
+    tracing.provider.force_flush()
+    names = sorted(span.name for span in exporter.get_finished_spans())
+    # The calls that went on at once are not spans; the upstream leg and a refusal are.
+    assert names == ["authenticates", "chat gpt-4o-mini", "gatez llm", "gatez llm"]
 
 
 async def test_a_refused_flow_names_the_stage_that_answered(
