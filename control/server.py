@@ -22,7 +22,13 @@ from control.service import ControlServicer, DataPlaneRegistry, DataPlaneService
 from control.store import PolicyStore
 from gatez.logstore import LogStore
 from gatez.settings import Settings
-from gatez.telemetry import GrpcMetricsInterceptor, MetricsServer, ValueCollector, new_registry
+from gatez.telemetry import (
+    GrpcServerTelemetry,
+    MetricsServer,
+    Tracing,
+    ValueCollector,
+    new_registry,
+)
 from gatez.v1 import control_pb2, control_pb2_grpc
 
 CONTROL_SERVICE: Final = control_pb2.DESCRIPTOR.services_by_name["ControlService"].full_name
@@ -75,11 +81,14 @@ async def start(settings: Settings) -> ControlServer:
         data_planes = DataPlaneRegistry()
         registry = new_registry()
         registry.register(_control_values(store, data_planes))
+        tracing = Tracing.from_env("gatez-control")
+        if tracing is not None:
+            resources.push_async_callback(asyncio.to_thread, tracing.shutdown)
         # so_reuseport off: a second control service on the same port must fail, not share it.
         server = grpc.aio.server(
-            # Metrics first, so refused calls are counted too.
+            # Telemetry first, so refused calls are counted (and traced) too.
             interceptors=[
-                GrpcMetricsInterceptor(registry),
+                GrpcServerTelemetry(registry, tracing),
                 AdminTokenInterceptor(settings.admin_token),
             ],
             options=[("grpc.so_reuseport", 0)],

@@ -8,9 +8,9 @@ Processes build their telemetry in their wiring function and pass it in; nothing
 from __future__ import annotations
 
 from gatez.pipeline import Flow
+from gatez.telemetry.grpc_server import GrpcServerTelemetry
 from gatez.telemetry.metrics import (
     DataPlaneMetrics,
-    GrpcMetricsInterceptor,
     MetricsServer,
     StageCollector,
     ValueCollector,
@@ -29,7 +29,7 @@ __all__ = [
     "DataPlaneMetrics",
     "DataPlaneTelemetry",
     "FlowTracing",
-    "GrpcMetricsInterceptor",
+    "GrpcServerTelemetry",
     "MetricsServer",
     "RequestTrace",
     "StageCollector",

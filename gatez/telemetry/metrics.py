@@ -15,18 +15,14 @@ read at scrape time from the objects that already count it.
 
 from __future__ import annotations
 
-import asyncio
-import functools
-import inspect
 import logging
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final, TypeAlias
+from typing import Any, Final
 from wsgiref.simple_server import WSGIServer
 
-import grpc
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -226,114 +222,3 @@ class ValueCollector(Collector):
                 continue
             if metric is not None:
                 yield metric
-
-
-# -- the control service ------------------------------------------------------------------------
-
-Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
-if TYPE_CHECKING:
-    ServerInterceptor: TypeAlias = grpc.aio.ServerInterceptor[Any, Any]
-else:
-    ServerInterceptor = grpc.aio.ServerInterceptor
-
-
-class GrpcMetricsInterceptor(ServerInterceptor):
-    """Counts a gRPC server's calls by method and status code, and times them."""
-
-    def __init__(self, registry: CollectorRegistry) -> None:
-        self._calls = Counter(
-            "gatez_grpc_server_calls",
-            "gRPC calls handled, by method and status code.",
-            ["method", "code"],
-            registry=registry,
-        )
-        self._latency = Histogram(
-            "gatez_grpc_server_duration_seconds",
-            "gRPC call duration by method (a Watch stream lasts as long as its data plane).",
-            ["method"],
-            buckets=LATENCY_BUCKETS,
-            registry=registry,
-        )
-
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> Handler:
-        handler = await continuation(handler_call_details)
-        method: str = handler_call_details.method
-        if handler is None:
-            self._calls.labels(method, grpc.StatusCode.UNIMPLEMENTED.name).inc()
-            return handler
-        return _observed(handler, functools.partial(self.count, method))
-
-    def count(self, method: str, context: Any, error: BaseException | None, began: float) -> None:
-        self._calls.labels(method, _status_code(context, error)).inc()
-        self._latency.labels(method).observe(time.monotonic() - began)
-
-
-def _status_code(context: Any, error: BaseException | None) -> str:
-    code = context.code()
-    if isinstance(code, grpc.StatusCode):
-        return code.name
-    if isinstance(code, int) and code != 0:
-        return next((c.name for c in grpc.StatusCode if c.value[0] == code), str(code))
-    if error is not None:
-        return grpc.StatusCode.CANCELLED.name if _cancelled(error) else "UNKNOWN"
-    return grpc.StatusCode.OK.name
-
-
-def _cancelled(error: BaseException) -> bool:
-    return isinstance(error, asyncio.CancelledError)
-
-
-def _observed(
-    handler: Handler, count: Callable[[Any, BaseException | None, float], None]
-) -> Handler:
-    """The same handler, counting each call when it ends (a streaming one when its stream
-    does), whichever of the four shapes it has."""
-    for shape, make in (
-        ("unary_unary", grpc.unary_unary_rpc_method_handler),
-        ("unary_stream", grpc.unary_stream_rpc_method_handler),
-        ("stream_unary", grpc.stream_unary_rpc_method_handler),
-        ("stream_stream", grpc.stream_stream_rpc_method_handler),
-    ):
-        behaviour = getattr(handler, shape)
-        if behaviour is not None:
-            return make(
-                _counted(behaviour, count),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-    return handler
-
-
-def _counted(
-    behaviour: Callable[..., Any], count: Callable[[Any, BaseException | None, float], None]
-) -> Callable[..., Any]:
-    if inspect.isasyncgenfunction(behaviour):
-
-        async def stream(request: Any, context: Any) -> Any:
-            began, error = time.monotonic(), None
-            try:
-                async for response in behaviour(request, context):
-                    yield response
-            except BaseException as raised:
-                error = raised
-                raise
-            finally:
-                count(context, error, began)
-
-        return stream
-
-    async def call(request: Any, context: Any) -> Any:
-        began, error = time.monotonic(), None
-        try:
-            return await behaviour(request, context)
-        except BaseException as raised:
-            error = raised
-            raise
-        finally:
-            count(context, error, began)
-
-    return call
