@@ -102,6 +102,8 @@ class ProbeDispatcher(Dispatcher):
     def __init__(self, real: Dispatcher, probe: ProbeRequest) -> None:
         self.real = real
         self.respond = False
+        # The trace context each flow was opened with.
+        self.traceparents: list[str | None] = []
         self._probe = Pipeline([probe])
         self._probe_response = Pipeline([probe, ProbeResponse(probe)])
 
@@ -115,6 +117,7 @@ class ProbeDispatcher(Dispatcher):
         has_body: bool,
         traceparent: str | None = None,
     ) -> tuple[Flow, Pipeline]:
+        self.traceparents.append(traceparent)
         flow, pipeline = self.real.open(
             request_id=request_id,
             method=method,
