@@ -88,16 +88,18 @@ class PhaseRunner:
                 continue
             ended = clock()
             self.calls[index] += 1
-            self.nanos[index] += ended - began
             if result is CONTINUE or isinstance(result, Continue):
+                self.nanos[index] += ended - began
                 if flow.trace is not None:
                     self._record(flow, index, began, ended, CallOutcome.CONTINUE)
                 continue
             if isinstance(result, Respond):
+                self.nanos[index] += ended - began
                 self.responded[index] += 1
                 if flow.trace is not None:
                     self._record(flow, index, began, ended, CallOutcome.RESPOND)
                 return _answered(flow, result)
+            # Timed (and traced) when its verdict comes, from the same start.
             self.waited[index] += 1
             return self._resume(flow, index, result, began)
         return CONTINUE
@@ -112,7 +114,7 @@ class PhaseRunner:
         except Exception as error:
             verdict = self._from_error(flow, index, error, began, waited=True)
         else:
-            # Counted when the verdict came; the call itself was counted in `start`.
+            # The verdict came; the call itself was counted in `start`.
             ended = time.monotonic_ns()
             self.nanos[index] += ended - began
             outcome = CallOutcome.CONTINUE
@@ -379,7 +381,9 @@ class Pipeline:
                 outcome = (
                     CallOutcome.RESPOND if isinstance(error, GatewayError) else CallOutcome.ERROR
                 )
-            if runner is not None:
+            if runner is not None and (
+                outcome is not CallOutcome.CONTINUE or flow.trace is not None
+            ):
                 runner.count_deferred(flow, stage, outcome)
             if refusal is None and isinstance(checked, Respond):
                 # It answers in its own stage's place, before whatever came after it.
