@@ -30,6 +30,7 @@ class EnvoyTracing:
     # Of the requests that arrive without a sampling decision (no traceparent).
     sampling_percent: float = 100.0
     flush_interval_ms: int = 1000
+    min_flush_spans: int = 200
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> EnvoyTracing | None:
@@ -101,5 +102,6 @@ def render(
             TRACE_SERVICE_NAME=tracing.service_name,
             TRACE_SAMPLING_PERCENT=tracing.sampling_percent,
             TRACE_FLUSH_INTERVAL_MS=tracing.flush_interval_ms,
+            TRACE_MIN_FLUSH_SPANS=tracing.min_flush_spans,
         )
     return Template(template).substitute(values)
