@@ -27,7 +27,7 @@ from gatez.pipeline import (
     TokenUsage,
     Verdict,
 )
-from gatez.policy import EMPTY_POLICY, ModelTarget, ProviderTarget, RouteKind
+from gatez.policy import EMPTY_POLICY, ModelTarget, ProviderTarget, RouteKind, compile_policy
 from gatez.telemetry import (
     DataPlaneMetrics,
     DataPlaneTelemetry,
@@ -323,3 +323,55 @@ def test_envoy_samples_as_the_data_plane_is_told_to(
 def test_an_endpoint_envoy_cannot_export_to_is_refused_clearly(environ: dict[str, str]) -> None:
     with pytest.raises(ValueError, match="OTLP"):
         EnvoyTracing.from_env(environ)
+
+
+async def test_a_rest_call_has_an_upstream_span_naming_its_route(
+    tracing: Tracing, exporter: InMemorySpanExporter, registry: CollectorRegistry
+) -> None:
+    rest_policy = compile_policy(
+        policy_pb2.PolicySnapshot(
+            version=4,
+            routes=[
+                policy_pb2.Route(
+                    id="orders",
+                    path_prefix="/api/orders",
+                    kind=policy_pb2.ROUTE_KIND_REST,
+                    upstream_url="https://orders.internal:8443/v2",
+                )
+            ],
+        )
+    )
+    chosen = Dispatcher(
+        lambda: rest_policy,
+        {RouteKind.REST: Pipeline([Authenticates()])},
+        unrouted=Pipeline([NoRoute()]),
+        unavailable=Pipeline([NoPolicy()]),
+        observer=DataPlaneTelemetry(DataPlaneMetrics(registry), FlowTracing(tracing)),
+    )
+    flow, pipeline = chosen.open(
+        request_id="req-2",
+        method="GET",
+        path="/api/orders/17",
+        headers={"authorization": "Bearer good"},
+        has_body=False,
+        traceparent=SAMPLED,
+    )
+    assert await pipeline.request_headers(flow) is CONTINUE
+    flow.upstream_reached = True
+    flow.response_status = 503
+    flow.finished_ns = time.monotonic_ns()
+    pipeline.done_now(flow)
+
+    spans = finished_spans(tracing, exporter)
+    assert set(spans) == {"gatez rest", "upstream orders"}
+    upstream = spans["upstream orders"]
+    assert upstream.kind is SpanKind.CLIENT
+    assert dict(upstream.attributes or {}) == {
+        "http.response.status_code": 503,
+        "server.address": "orders.internal",
+        "server.port": 8443,
+    }
+    assert upstream.status.status_code is StatusCode.ERROR
+    # A 5xx is the gateway's (or its upstream's) failure: the request span says so too.
+    assert spans["gatez rest"].status.status_code is StatusCode.ERROR
+    assert (spans["gatez rest"].attributes or {})["gatez.route.id"] == "orders"
