@@ -21,6 +21,7 @@ bench: setup
 	@command -v wrk >/dev/null || { SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq wrk >/dev/null; }
 	$(PY) -m bench.chat
+	$(PY) -m bench.chat --connections 1 --tracing
 	$(PY) -m bench.dataplane
 
 setup: system-deps $(STAMP)

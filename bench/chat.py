@@ -4,6 +4,10 @@ Both proxies forward `POST /v1/chat/completions` to the same canned upstream. Ga
 whole chat path: API-key auth, per-tenant rate limit (one Redis round trip), model routing with a
 body rewrite, usage metering of the buffered response, and request/AI log rows. wrk drives each
 at 1 and 16 connections; the table shows requests/s, p50/p99 and Gatez's ratios to plain Envoy.
+
+`--tracing` runs Gatez with traces on (Envoy's tracer and the data plane exporting over OTLP to a
+local endpoint that discards them; `--sampled-percent` of requests sampled, default all), for
+what tracing adds to the latency.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from string import Template
 
 import grpc
 
+from bench.otlp_sink import OtlpSink
 from gatez.processes import free_port, require_binary, stop_process, wait_for_port
 from gatez.stack import Stack, StackConfig
 from gatez.v1 import control_pb2, control_pb2_grpc, policy_pb2
@@ -137,9 +142,11 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--connections", type=int, nargs="+", default=[1, 16])
+    parser.add_argument("--tracing", action="store_true", help="Gatez with traces exported")
+    parser.add_argument("--sampled-percent", type=float, default=100.0)
     args = parser.parse_args()
 
-    with tempfile.TemporaryDirectory(prefix="gatez-bench-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="gatez-bench-") as tmp, OtlpSink() as sink:
         work = Path(tmp)
         upstream_port, plain_port = free_port(), free_port()
         upstream = subprocess.Popen([sys.executable, str(HERE / "upstream.py"), str(upstream_port)])
@@ -155,6 +162,13 @@ def main() -> None:
         )  # fmt: skip
         config = StackConfig.ephemeral(work / "stack")
         config.log_level = "WARNING"
+        if args.tracing:
+            # Envoy samples at this ratio too (gatez.envoy_config); the data plane follows it.
+            config.extra_env.update(
+                OTEL_EXPORTER_OTLP_ENDPOINT=sink.endpoint,
+                OTEL_TRACES_SAMPLER="parentbased_traceidratio",
+                OTEL_TRACES_SAMPLER_ARG=str(args.sampled_percent / 100),
+            )
         stack = Stack(config)
         try:
             wait_for_port(upstream_port)
@@ -180,6 +194,11 @@ def main() -> None:
                         )
                     results[name, connections] = result
             report(results, args.connections)
+            if args.tracing:
+                print(
+                    f"tracing on, {args.sampled_percent:g}% sampled: "
+                    f"{sink.exports} exports, {sink.received_bytes / 1e6:.1f} MB of spans received"
+                )
         finally:
             stack.stop()
             stop_process(plain)

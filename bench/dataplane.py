@@ -8,6 +8,12 @@ buffered request body, response headers, the buffered response body), each sent 
 previous answer, as Envoy does — against the real stack (control service, Redis, the full
 pipeline: API-key auth, the Redis rate limit, model routing, usage, log rows shipped to the
 control service). It prints requests/s and the data plane's CPU per request.
+
+It measures twice by default (`--tracing both`): with tracing off (no OTEL endpoint: what every
+request pays for the pipeline's own counters), and on — the data plane exporting over OTLP to a
+local endpoint that accepts and discards, every request sampled, each ext_proc stream carrying a
+`traceparent` of its own as Envoy's tracer sends it (which also defeats the HTTP/2 server's
+decoded-header-block cache) — and prints what tracing adds per request.
 """
 
 from __future__ import annotations
@@ -15,8 +21,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import random
 import struct
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -27,6 +33,7 @@ from envoy.config.core.v3 import base_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ext_proc
 
 from bench.chat import BODY, cpu_seconds, provision
+from bench.otlp_sink import OtlpSink
 from bench.upstream import BODY as REPLY
 from gatez.stack import Stack, StackConfig
 from tests.support.redis_cluster import LocalRedisCluster
@@ -154,12 +161,15 @@ class ExtProcClient(asyncio.Protocol):
                 raise RuntimeError(f"data plane sent GOAWAY: {payload!r}")
         del buffer[:offset]
 
-    async def request(self, parts: list[bytes]) -> None:
+    async def request(self, parts: list[bytes], traceparent: bytes | None = None) -> None:
         """One ext_proc stream: each message after the previous answer, then the trailers."""
         stream_id, self.next_id = self.next_id, self.next_id + 2
         events: asyncio.Queue[bytes | int] = asyncio.Queue()
         self.streams[stream_id] = events
-        self.write(frame(HEADERS, END_HEADERS, stream_id, GRPC_HEADERS))
+        block = GRPC_HEADERS
+        if traceparent is not None:
+            block += literal(b"traceparent", traceparent)
+        self.write(frame(HEADERS, END_HEADERS, stream_id, block))
         for index, part in enumerate(parts):
             last = index == len(parts) - 1
             self.write(frame(DATA, END_STREAM if last else 0, stream_id, part))
@@ -174,7 +184,21 @@ class ExtProcClient(asyncio.Protocol):
             raise RuntimeError(f"stream {stream_id} was reset")
 
 
-async def drive(socket: str, api_key: str, connections: int, streams: int, seconds: float) -> int:
+def traceparent(sampled_percent: float) -> bytes:
+    """A W3C trace context as Envoy's tracer puts on an ext_proc stream."""
+    flags = "01" if random.random() * 100 < sampled_percent else "00"
+    return f"00-{random.getrandbits(128):032x}-{random.getrandbits(64):016x}-{flags}".encode()
+
+
+async def drive(
+    socket: str,
+    api_key: str,
+    connections: int,
+    streams: int,
+    seconds: float,
+    sampled_percent: float | None = None,
+) -> int:
+    """Requests done in `seconds`; with `sampled_percent`, each stream carries a traceparent."""
     parts = messages(api_key)
     loop = asyncio.get_running_loop()
     clients = [
@@ -186,7 +210,8 @@ async def drive(socket: str, api_key: str, connections: int, streams: int, secon
     async def worker(client: ExtProcClient) -> None:
         nonlocal done
         while time.monotonic() < deadline:
-            await client.request(parts)
+            context = None if sampled_percent is None else traceparent(sampled_percent)
+            await client.request(parts, context)
             done += 1
 
     await asyncio.gather(*(worker(c) for c in clients for _ in range(streams)))
@@ -196,17 +221,11 @@ async def drive(socket: str, api_key: str, connections: int, streams: int, secon
     return done
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--seconds", type=float, default=10)
-    parser.add_argument("--connections", type=int, default=2, help="as Envoy's workers")
-    parser.add_argument("--streams", type=int, default=8, help="concurrent streams each")
-    parser.add_argument(
-        "--redis-cluster", action="store_true", help="Redis as a local 3-node Redis Cluster"
-    )
-    args = parser.parse_args()
+def measure(args: argparse.Namespace, traced: bool) -> tuple[float, float]:
+    """Requests/s and data-plane CPU ms per request, tracing off or on."""
     with (
         tempfile.TemporaryDirectory(prefix="gatez-bench-dp-") as tmp,
+        OtlpSink() as sink,
         contextlib.ExitStack() as on_exit,
     ):
         # The cluster runs before the stack picks its free ports, so none of them collide.
@@ -220,6 +239,10 @@ def main() -> None:
         if cluster is not None:
             config.external_redis_url = cluster.seed_url
             config.redis_password = cluster.password
+        sampled: float | None = None
+        if traced:
+            config.extra_env["OTEL_EXPORTER_OTLP_ENDPOINT"] = sink.endpoint
+            sampled = args.sampled_percent
         stack = Stack(config)
         try:
             stack.start()
@@ -227,24 +250,52 @@ def main() -> None:
             api_key = provision(stack, upstream_port=9)
             socket = str(config.extproc_socket)
             pid = stack.processes["dataplane"].pid
-            uvloop.run(drive(socket, api_key, args.connections, args.streams, 1.0))  # warm-up
+            drive_for = (args.connections, args.streams)
+            uvloop.run(drive(socket, api_key, *drive_for, 1.0, sampled))  # warm-up
             cpu_before = cpu_seconds(pid)
             started = time.monotonic()
-            requests = uvloop.run(
-                drive(socket, api_key, args.connections, args.streams, args.seconds)
-            )
+            requests = uvloop.run(drive(socket, api_key, *drive_for, args.seconds, sampled))
             elapsed = time.monotonic() - started
             cpu = cpu_seconds(pid) - cpu_before
         finally:
             stack.stop()
+        if traced and args.sampled_percent > 0 and not sink.exports:
+            raise RuntimeError("tracing was on, but no span reached the OTLP endpoint")
+    return requests / elapsed, cpu / requests * 1000
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--seconds", type=float, default=10)
+    parser.add_argument("--connections", type=int, default=2, help="as Envoy's workers")
+    parser.add_argument("--streams", type=int, default=8, help="concurrent streams each")
+    parser.add_argument(
+        "--redis-cluster", action="store_true", help="Redis as a local 3-node Redis Cluster"
+    )
+    parser.add_argument("--tracing", choices=("off", "on", "both"), default="both")
+    parser.add_argument(
+        "--sampled-percent",
+        type=float,
+        default=100.0,
+        help="with tracing on: the share of requests whose traceparent says sampled",
+    )
+    args = parser.parse_args()
+    modes = {"off": [False], "on": [True], "both": [False, True]}[args.tracing]
+    results = {traced: measure(args, traced) for traced in modes}
     print(
         f"\none data-plane process, {args.connections} connections x {args.streams} streams"
         f"{', Redis Cluster' if args.redis_cluster else ''}:"
-        f"\n  {requests / elapsed:,.0f} requests/s, {cpu / requests * 1000:.3f} ms CPU per request"
-        f" ({cpu / elapsed:.0%} of one core)"
-        "\ntarget: >= 2000 requests/s per data-plane process",
-        file=sys.stdout,
     )
+    for traced, (rate, cpu_ms) in results.items():
+        label = f"tracing on ({args.sampled_percent:g}% sampled)" if traced else "tracing off"
+        print(f"  {label:<28} {rate:>7,.0f} requests/s, {cpu_ms:.3f} ms CPU per request")
+    if len(results) == 2:
+        (off_rate, off_cpu), (on_rate, on_cpu) = results[False], results[True]
+        print(
+            f"  tracing adds {on_cpu - off_cpu:+.3f} ms CPU per request "
+            f"({on_rate / off_rate - 1:+.0%} requests/s)"
+        )
+    print("target: >= 2000 requests/s per data-plane process (tracing off)")
 
 
 if __name__ == "__main__":

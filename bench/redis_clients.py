@@ -37,6 +37,7 @@ class RedisPyScripts:
 
     def __init__(self, client: RedisClient) -> None:
         self._client = client
+        self.errors = 0
 
     def submit_script(
         self, script: Script, keys: Sequence[Arg], args: Sequence[Arg]

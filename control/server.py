@@ -25,6 +25,13 @@ from gatez.logstore import LogStore
 from gatez.redis_client import RedisTarget, connect
 from gatez.secrets import SecretBox, SecretConfigError, dataplane_tokens, secret_box
 from gatez.settings import Settings
+from gatez.telemetry import (
+    GrpcServerTelemetry,
+    MetricsServer,
+    Tracing,
+    ValueCollector,
+    new_registry,
+)
 from gatez.v1 import control_pb2, control_pb2_grpc, policy_pb2
 
 CONTROL_SERVICE: Final = control_pb2.DESCRIPTOR.services_by_name["ControlService"].full_name
@@ -82,9 +89,15 @@ async def start(settings: Settings) -> ControlServer:
         resources.push_async_callback(asyncio.to_thread, logs.close)
 
         data_planes = DataPlaneRegistry()
+        registry = new_registry()
+        registry.register(_control_values(store, data_planes))
+        tracing = Tracing.from_env("gatez-control")
+        if tracing is not None:
+            resources.push_async_callback(asyncio.to_thread, tracing.shutdown)
         # so_reuseport off: a second control service on the same port must fail, not share it.
         server = grpc.aio.server(
-            interceptors=[interceptor],
+            # Telemetry first, so refused calls are counted (and traced) too.
+            interceptors=[GrpcServerTelemetry(registry, tracing), interceptor],
             options=[("grpc.so_reuseport", 0)],
         )
         control_pb2_grpc.add_ControlServiceServicer_to_server(
@@ -105,6 +118,9 @@ async def start(settings: Settings) -> ControlServer:
         if port == 0:
             raise RuntimeError(f"cannot listen on {settings.control_address}")
         await server.start()
+        if settings.metrics_address:
+            metrics = MetricsServer.start(settings.metrics_address, registry)
+            resources.callback(metrics.stop)
     except BaseException:
         await resources.aclose()
         raise
@@ -123,6 +139,21 @@ def _check_opens(snapshot: policy_pb2.PolicySnapshot, box: SecretBox) -> None:
                 raise SecretConfigError(
                     f"the stored policy (version {snapshot.version}): {error.public_message}"
                 ) from None
+
+
+def _control_values(store: PolicyStore, data_planes: DataPlaneRegistry) -> ValueCollector:
+    values = ValueCollector()
+    values.gauge(
+        "gatez_policy_version",
+        "Version of the newest policy snapshot.",
+        lambda: store.current.version,
+    )
+    values.gauge(
+        "gatez_data_planes_connected",
+        "Data planes watching the policy now.",
+        lambda: sum(report.connected for report in data_planes.reports()),
+    )
+    return values
 
 
 async def serve(settings: Settings) -> None:

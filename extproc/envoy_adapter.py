@@ -141,11 +141,17 @@ class ExternalProcessor:
     def open(self, stream: CallStream) -> ExtProcStream:
         return ExtProcStream(self, stream)
 
-    def step(self, current: Step | None, request: ext_proc.ProcessingRequest) -> Step:
-        """Applies one message to the flow (a new one on request headers)."""
+    def step(
+        self,
+        current: Step | None,
+        request: ext_proc.ProcessingRequest,
+        traceparent: str | None = None,
+    ) -> Step:
+        """Applies one message to the flow (a new one on request headers). `traceparent`: the
+        ext_proc call's own trace context (Envoy's tracer sets it on the stream)."""
         phase = request.WhichOneof("request")
         if phase == "request_headers":
-            flow, pipeline = self._open_flow(request.request_headers)
+            flow, pipeline = self._open_flow(request.request_headers, traceparent)
             return Step(flow, pipeline, pipeline.start_request_headers, _answer_request_headers)
         if current is None:
             raise ProtocolViolation(f"ext_proc stream began with {phase}")
@@ -200,7 +206,9 @@ class ExternalProcessor:
             flow.error = row.error
         self.done(flow, pipeline)
 
-    def _open_flow(self, message: ext_proc.HttpHeaders) -> tuple[Flow, Pipeline]:
+    def _open_flow(
+        self, message: ext_proc.HttpHeaders, traceparent: str | None
+    ) -> tuple[Flow, Pipeline]:
         headers = _header_map(message.headers)
         return self._dispatcher.open(
             request_id=headers.get("x-request-id") or uuid.uuid4().hex,
@@ -208,6 +216,8 @@ class ExternalProcessor:
             path=headers.pop(":path", ""),
             headers=headers,
             has_body=not message.end_of_stream,
+            # Envoy's span for this call when Envoy traces; else the client's own, if any.
+            traceparent=traceparent or headers.get("traceparent"),
         )
 
 
@@ -388,7 +398,11 @@ class ExtProcStream:
     def _handle(self, message: bytes) -> None:
         """Runs one message's phase: answered now, or marked busy until its wait is over."""
         try:
-            step = self._processor.step(self._step, ext_proc.ProcessingRequest.FromString(message))
+            step = self._processor.step(
+                self._step,
+                ext_proc.ProcessingRequest.FromString(message),
+                self._stream.headers.get("traceparent"),
+            )
         except DecodeError:
             self._fail(ProtocolViolation("undecodable ProcessingRequest"))
             return

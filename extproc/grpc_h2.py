@@ -133,6 +133,11 @@ class CallStream(Protocol):
         """The client has half-closed."""
         ...
 
+    @property
+    def headers(self) -> Mapping[str, str]:
+        """The call's request headers (its metadata: `traceparent` from Envoy's tracer)."""
+        ...
+
     def send_message(self, message: bytes) -> None: ...
 
     def finish(self, code: int = 0, message: str = "") -> None:

@@ -31,7 +31,8 @@ GRPC_OPTIONS = [
 class QueuedStream:
     """A call as a handler sees it, feeding the response iterator grpc.aio drains."""
 
-    def __init__(self) -> None:
+    def __init__(self, headers: Mapping[str, str]) -> None:
+        self.headers = headers
         self.outbox: asyncio.Queue[bytes | object] = asyncio.Queue()
         self.remote_closed = False
         self.status: tuple[int, str] = (GRPC_OK, "")
@@ -52,7 +53,8 @@ def _behaviour(factory: Factory) -> Any:
     async def process(
         requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext[bytes, bytes]
     ) -> AsyncIterator[bytes]:
-        stream = QueuedStream()
+        metadata = context.invocation_metadata() or ()
+        stream = QueuedStream({key: value for key, value in metadata if isinstance(value, str)})
         handler: StreamHandler = factory(stream)
 
         async def read() -> None:

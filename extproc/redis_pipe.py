@@ -33,7 +33,6 @@ import time
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from functools import partial
 from typing import Any, Final, Protocol, cast
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -193,6 +192,8 @@ class PipelinedRedis:
         self._connect_timeout_s = connect_timeout_s
         self._connection: _RespConnection | None = None
         self._connecting: asyncio.Future[_RespConnection] | None = None
+        # Commands that failed (error reply, connection refused or lost), for metrics.
+        self.errors = 0
 
     @classmethod
     def from_url(cls, url: str, **options: float) -> PipelinedRedis:
@@ -218,7 +219,12 @@ class PipelinedRedis:
     async def execute(self, *args: Arg) -> Any:
         """Runs one command; raises `RedisReplyError` for an error reply, `OSError` when Redis
         cannot be reached."""
-        return await self.submit(*args)
+        try:
+            return await self.submit(*args)
+        except (OSError, RedisReplyError) as error:
+            if not str(error).startswith("NOSCRIPT"):
+                self.errors += 1
+            raise
 
     def submit_script(
         self, script: Script, keys: Sequence[Arg], args: Sequence[Arg], *, asking: bool = False
@@ -242,8 +248,12 @@ class PipelinedRedis:
                     retry = self.submit(
                         "EVAL", script.source, len(keys), *keys, *args, asking=asking
                     )
-                    retry.add_done_callback(partial(copy_outcome, reply))
+                    retry.add_done_callback(settle)  # EVAL never answers NOSCRIPT
                 return
+            if error is not None and not (
+                isinstance(error, RedisReplyError) and _redirection(error) is not None
+            ):
+                self.errors += 1  # a cluster's MOVED/ASK is a redirection, not a failure
             copy_outcome(reply, sent)
 
         first.add_done_callback(settle)
@@ -361,6 +371,11 @@ class PipelinedRedisCluster:
     async def run_script(self, script: Script, keys: Sequence[Arg], args: Sequence[Arg]) -> Any:
         """`submit_script`, awaited."""
         return await self.submit_script(script, keys, args)
+
+    @property
+    def errors(self) -> int:
+        """Commands that failed on any node (redirections not counted), for metrics."""
+        return sum(node.errors for node in self._nodes.values())
 
     async def _submit_mapped(
         self, slot: int, script: Script, keys: Sequence[Arg], args: Sequence[Arg]
@@ -516,6 +531,11 @@ class ScriptClient(Protocol):
     ) -> asyncio.Future[Any]: ...
 
     async def close(self) -> None: ...
+
+    @property
+    def errors(self) -> int:
+        """Commands that failed (error reply, connection refused or lost), for metrics."""
+        ...
 
 
 def hot_path_client(target: RedisTarget, *, connect_timeout_s: float = 1.0) -> ScriptClient:

@@ -10,8 +10,9 @@ import contextlib
 import gc
 import logging
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import aiohttp
@@ -35,11 +36,21 @@ from extproc.stages.rest_route import RestRouting
 from extproc.stages.usage import UsageMeter
 from extproc.token_count import TokenCounter
 from gatez.logstore import LogStore
-from gatez.pipeline import Dispatcher, NoPolicy, NoRoute, Pipeline
+from gatez.pipeline import Dispatcher, FlowObserver, NoPolicy, NoRoute, Pipeline
 from gatez.policy import CompiledPolicy, RouteKind
 from gatez.redis_client import RedisTarget
 from gatez.secrets import dataplane_tokens, secret_box
 from gatez.settings import Settings
+from gatez.telemetry import (
+    DataPlaneMetrics,
+    DataPlaneTelemetry,
+    FlowTracing,
+    MetricsServer,
+    StageCollector,
+    Tracing,
+    ValueCollector,
+    new_registry,
+)
 
 log = logging.getLogger("gatez.dataplane")
 
@@ -59,6 +70,7 @@ def build_dispatcher(
     sink: LogSink,
     node_id: str,
     tokens: TokenCounter | None = None,
+    observer: FlowObserver | None = None,
 ) -> Dispatcher:
     """Every pipeline a data plane runs, one per route kind, with the stages in policy order;
     each position has a reason. Stage instances are shared between pipelines (a tenant has one
@@ -89,6 +101,7 @@ def build_dispatcher(
         {RouteKind.LLM: llm, RouteKind.REST: rest},
         unrouted=Pipeline([NoRoute(), access_log]),
         unavailable=Pipeline([NoPolicy(), access_log]),
+        observer=observer,
     )
 
 
@@ -126,6 +139,9 @@ class DataPlaneCore:
     dispatcher: Dispatcher
     tasks: list[asyncio.Task[None]]
     closers: list[Any]
+    telemetry: DataPlaneTelemetry
+    # Serving /metrics when settings.metrics_address asks for it.
+    metrics: MetricsServer | None = None
 
     async def close(self) -> None:
         await _release(self.tasks, self.sink, self.closers)
@@ -169,14 +185,24 @@ async def start(settings: Settings) -> DataPlane:
     )
 
 
-async def start_core(settings: Settings) -> DataPlaneCore:
-    """Builds the clients and the pipeline, loads the persisted policy and starts watching."""
+async def start_core(settings: Settings, service_name: str = "gatez-dataplane") -> DataPlaneCore:
+    """Builds the clients and the pipeline, loads the persisted policy and starts watching.
+    `service_name` names the process in traces (OTEL_SERVICE_NAME overrides it)."""
     settings.state_dir.mkdir(parents=True, exist_ok=True)
     # Read first: a data plane without its credential or the secret key fails at start, naming
     # what to set, rather than serving with a policy it could never update.
     token = dataplane_tokens(settings, create=False)[0]
     box = secret_box(settings, create=False)
     closers: list[Any] = []
+    tracing = Tracing.from_env(service_name, instance_id=settings.node_id)
+    if tracing is not None:
+        # Last to close: spans of the requests that end while the rest shuts down are kept.
+        closers.append(partial(asyncio.to_thread, tracing.shutdown))
+    registry = new_registry()
+    flow_tracing = None
+    if tracing is not None:
+        flow_tracing = FlowTracing(tracing, stage_min_us=settings.trace_stage_min_us)
+    telemetry = DataPlaneTelemetry(DataPlaneMetrics(registry), flow_tracing)
     redis = hot_path_client(RedisTarget.from_settings(settings))
     closers.append(redis.close)
     http = aiohttp.ClientSession()
@@ -217,10 +243,44 @@ async def start_core(settings: Settings) -> DataPlaneCore:
         sink=sink,
         node_id=settings.node_id,
         tokens=tokens,
+        observer=telemetry,
     )
     # Closed in reverse order: the stages (giving back held rate-limit tokens) before Redis.
     closers.append(dispatcher.close)
-    return DataPlaneCore(settings, holder, watcher, sink, dispatcher, tasks, closers)
+    registry.register(StageCollector(dispatcher.named_pipelines()))
+    registry.register(_data_plane_values(holder, sink, redis))
+    metrics = None
+    if settings.metrics_address:
+        metrics = MetricsServer.start(settings.metrics_address, registry)
+        closers.append(metrics.stop)
+    return DataPlaneCore(
+        settings, holder, watcher, sink, dispatcher, tasks, closers, telemetry, metrics
+    )
+
+
+def _data_plane_values(holder: PolicyHolder, sink: LogSink, redis: ScriptClient) -> ValueCollector:
+    """What a data plane's objects already count, read at scrape time."""
+    values = ValueCollector()
+    values.gauge(
+        "gatez_policy_version",
+        "Version of the policy in force (-1: none yet).",
+        lambda: holder.current.version if holder.current is not None else -1,
+    )
+    values.gauge("gatez_log_queue_rows", "Log rows waiting in memory.", sink_queued_rows(sink))
+    values.counter(
+        "gatez_log_rows",
+        "Log rows by what became of them: written to the store, spooled to disk, replayed "
+        "from the spool, quarantined, dropped.",
+        sink_row_counts(sink),
+        "outcome",
+    )
+    values.counter(
+        "gatez_redis_errors",
+        "Hot-path Redis commands that failed (error reply, connection refused or lost).",
+        lambda: {"hot_path": redis.errors},
+        "client",
+    )
+    return values
 
 
 async def serve(settings: Settings) -> None:
@@ -239,3 +299,25 @@ async def serve(settings: Settings) -> None:
         await stop.wait()
     finally:
         await plane.stop()
+
+
+# What became of log rows, as LogSink counts them: `rows_<outcome>` on the spooling sink, and
+# `written`/`dropped` on the sink before it (read by name so metrics hold across that change).
+def sink_row_counts(sink: LogSink) -> Callable[[], Mapping[str, float]]:
+    """The sink's row counters by outcome, read at scrape time."""
+
+    def read() -> dict[str, float]:
+        return {
+            "written": sink.rows_written,
+            "spooled": sink.rows_spooled,
+            "replayed": sink.rows_replayed,
+            "quarantined": sink.rows_quarantined,
+            "dropped": sink.rows_dropped,
+        }
+
+    return read
+
+
+def sink_queued_rows(sink: LogSink) -> Callable[[], float | None]:
+    """The rows waiting in the sink's memory, read at scrape time."""
+    return lambda: sink.queued_rows

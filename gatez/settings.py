@@ -42,6 +42,11 @@ class Settings:
     log_level: str
     # Disk a data plane may fill with log rows while the log store is away (its spool).
     spool_max_bytes: int
+    # host:port serving Prometheus `/metrics` ("" = not served). Traces are configured by the
+    # standard OTEL_* variables (see gatez.telemetry.tracing).
+    metrics_address: str = ""
+    # A stage call that went on at once is a span of its own from this long (µs; 0: all).
+    trace_stage_min_us: float = 100.0
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
@@ -66,6 +71,8 @@ class Settings:
             node_id=env.get("GATEZ_NODE_ID", f"dataplane-{os.getpid()}"),
             log_level=env.get("GATEZ_LOG_LEVEL", "INFO"),
             spool_max_bytes=int(env.get("GATEZ_SPOOL_MAX_MB", "1024")) * 1024 * 1024,
+            metrics_address=env.get("GATEZ_METRICS_ADDRESS", ""),
+            trace_stage_min_us=float(env.get("GATEZ_TRACE_STAGE_MIN_US", "100")),
         )
 
     @property

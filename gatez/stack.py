@@ -11,6 +11,7 @@ import contextlib
 import os
 import secrets
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -18,9 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-from gatez.envoy_config import render
+from gatez.envoy_config import EnvoyTracing, render
 from gatez.processes import (
-    free_port,
     redis_config,
     require_binary,
     stop_process,
@@ -51,6 +51,9 @@ class StackConfig:
     envoy_admin_port: int = 9901
     control_port: int = 4001
     redis_port: int = 6380
+    # Prometheus /metrics of the control service and of the data plane (0: not served).
+    control_metrics_port: int = 9464
+    data_plane_metrics_port: int = 9465
     admin_token: str = DEV_ADMIN_TOKEN
     node_id: str = "dataplane-1"
     # Keep Redis data across restarts (AOF, fsync every second: `make run`); tests start clean.
@@ -71,13 +74,16 @@ class StackConfig:
 
     @classmethod
     def ephemeral(cls, state_dir: Path) -> StackConfig:
-        """Free ports everywhere, for tests and benchmarks."""
+        """Free ports everywhere (six different ones), for tests and benchmarks."""
+        listen, admin, control, redis, control_metrics, data_plane_metrics = _free_ports(6)
         return cls(
             state_dir=state_dir,
-            listen_port=free_port(),
-            envoy_admin_port=free_port(),
-            control_port=free_port(),
-            redis_port=free_port(),
+            listen_port=listen,
+            envoy_admin_port=admin,
+            control_port=control,
+            redis_port=redis,
+            control_metrics_port=control_metrics,
+            data_plane_metrics_port=data_plane_metrics,
             persist_redis=False,
         )
 
@@ -116,6 +122,17 @@ class StackConfig:
     @property
     def gateway_url(self) -> str:
         return f"http://127.0.0.1:{self.listen_port}"
+
+    @property
+    def control_metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.control_metrics_port}/metrics"
+
+    @property
+    def data_plane_metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.data_plane_metrics_port}/metrics"
+
+    def metrics_address(self, port: int) -> str:
+        return f"127.0.0.1:{port}" if port else ""
 
     def environment(self) -> dict[str, str]:
         """GATEZ_* variables shared by the control service and the data plane."""
@@ -204,7 +221,9 @@ class Stack:
         return password
 
     def start_control(self) -> None:
-        self.spawn("control", [sys.executable, "-m", "control"], self.config.environment())
+        env = self.config.environment()
+        env["GATEZ_METRICS_ADDRESS"] = self.config.metrics_address(self.config.control_metrics_port)
+        self.spawn("control", [sys.executable, "-m", "control"], env)
         wait_for_port(self.config.control_port, timeout_s=60)
 
     def start_data_plane(self) -> None:
@@ -217,6 +236,9 @@ class Stack:
             socket.unlink()
         env = self.config.environment()
         env["GATEZ_STATE_DIR"] = str(socket.parent)
+        env["GATEZ_METRICS_ADDRESS"] = self.config.metrics_address(
+            self.config.data_plane_metrics_port
+        )
         self.spawn("dataplane", [sys.executable, "-m", "extproc"], env)
         _wait_for_file(socket, timeout_s=60, process=self.processes["dataplane"])
 
@@ -228,6 +250,8 @@ class Stack:
                 listen_port=config.listen_port,
                 admin_port=config.envoy_admin_port,
                 extproc_socket=str(config.extproc_socket),
+                # Traced when the data plane is (the same OTEL_* variables).
+                tracing=EnvoyTracing.from_env(config.environment()),
             )
         )
         self.spawn(
@@ -249,6 +273,7 @@ class Stack:
         env = self.config.environment()
         env.update(
             GATEZ_STATE_DIR=str(socket.parent),
+            GATEZ_METRICS_ADDRESS=self.config.metrics_address(self.config.data_plane_metrics_port),
             APISIX_LISTEN_ADDRESS=f"unix:{socket}",
             APISIX_CONF_EXPIRE_TIME="3600",
         )
@@ -299,6 +324,15 @@ class Stack:
             stdout=log_file,
             stderr=subprocess.STDOUT,
         )
+
+
+def _free_ports(count: int) -> list[int]:
+    """Ports free now, all different (each held open until all are chosen)."""
+    with contextlib.ExitStack() as held:
+        sockets = [held.enter_context(socket.socket()) for _ in range(count)]
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [int(sock.getsockname()[1]) for sock in sockets]
 
 
 def _wait_for_file(path: Path, timeout_s: float, process: subprocess.Popen[bytes]) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from gatez.envoy_config import render
+from gatez.envoy_config import EnvoyTracing, render
 from gatez.processes import require_binary
 
 
@@ -23,3 +23,35 @@ def test_rendered_bootstrap_validates(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     assert "OK" in result.stdout + result.stderr
+
+
+def validate(config: Path) -> None:
+    result = subprocess.run(
+        [require_binary("envoy"), "--mode", "validate", "-c", str(config)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+
+
+def test_tracing_blocks_are_rendered_only_when_traces_are_exported(tmp_path: Path) -> None:
+    socket = f"unix:{tmp_path}/x.sock"
+    off = render(listen_port=19080, admin_port=19901, extproc_socket=socket)
+    on = render(
+        listen_port=19080,
+        admin_port=19901,
+        extproc_socket=socket,
+        tracing=EnvoyTracing("127.0.0.1", 14317, sampling_percent=25.0, flush_interval_ms=200),
+    )
+
+    assert "envoy.tracers.opentelemetry" not in off and "gatez_otlp" not in off
+    assert "# @tracing-begin" not in off
+    assert "envoy.tracers.opentelemetry" in on
+    assert "port_value: 14317" in on and "value: 25.0" in on
+    assert "flush_interval_ms: 200" in on
+    for name, text in (("off", off), ("on", on)):
+        config = tmp_path / f"{name}.yaml"
+        config.write_text(text)
+        assert "${" not in text
+        validate(config)

@@ -374,6 +374,8 @@ class ExtPluginRunner:
             path=call.path + _query(call.args),
             headers=headers,
             has_body=_has_body(headers),
+            # No proxy span here: the trace starts with us, or continues the client's.
+            traceparent=headers.get("traceparent"),
         )
         key: str | None = None
         changes: dict[str, str | None] = {}

@@ -19,6 +19,7 @@ from extproc.apisix.runner import ExtPluginRunner
 from extproc.grpc_h2 import remove_stale_socket
 from extproc.server import DataPlaneCore, start_core
 from gatez.settings import Settings
+from gatez.telemetry import ValueCollector
 
 log = logging.getLogger("gatez.apisix")
 
@@ -72,8 +73,15 @@ class RunnerPlane:
 
 
 async def start(settings: Settings, runner_settings: RunnerSettings) -> RunnerPlane:
-    core = await start_core(settings)
+    core = await start_core(settings, service_name="gatez-apisix-runner")
     runner = ExtPluginRunner(core.dispatcher, conf_expire_s=runner_settings.conf_expire_s)
+    values = ValueCollector()
+    values.gauge(
+        "gatez_apisix_waiting_flows",
+        "Flows waiting for their response call.",
+        lambda: runner.waiting_flows,
+    )
+    core.telemetry.metrics.registry.register(values)
     path = runner_settings.socket_path
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_socket(path)

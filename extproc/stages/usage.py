@@ -34,6 +34,7 @@ USAGE: Final = b'"usage"'
 STREAM_HEAD_BYTES: Final = 64 * 1024
 # Token counts are uint32 columns; a provider's larger (or negative) figure is clamped.
 MAX_TOKENS: Final = 2**32 - 1
+MODEL_NAME_LIMIT: Final = 256
 
 
 class UsageMeter(Stage):
@@ -67,6 +68,7 @@ class UsageMeter(Stage):
         if llm.events is None:
             body = _loads(chunk)
             llm.usage = _usage_of(body) or llm.usage
+            _read_model(llm, body)
             if llm.usage is None and body is not None and _succeeded(flow):
                 llm.usage = self._estimate(flow, llm, _reply_texts(body))
             return CONTINUE
@@ -187,7 +189,15 @@ def _read_usage(llm: LlmCall, chunk: dict[str, Any] | None) -> bool:
     if usage is None:
         return False
     llm.usage = usage
+    _read_model(llm, chunk)
     return True
+
+
+def _read_model(llm: LlmCall, body: dict[str, Any] | None) -> None:
+    """Records the model the provider says answered (for traces), bounded."""
+    model = body.get("model") if body is not None else None
+    if isinstance(model, str):
+        llm.response_model = model[:MODEL_NAME_LIMIT]
 
 
 def _usage_of(body: dict[str, Any] | None) -> TokenUsage | None:

@@ -7,6 +7,7 @@ build on it, never the other way round.
 
 from gatez.pipeline.dispatch import Dispatcher, NoPolicy, NoRoute
 from gatez.pipeline.flow import BodyMode, Flow, LlmCall, Pending, Principal, TokenUsage
+from gatez.pipeline.observe import CallOutcome, FlowObserver, FlowTrace, StageCall, StageStats
 from gatez.pipeline.runner import INTERNAL_ERROR, DecisionTimeout, Outcome, Pipeline, settle
 from gatez.pipeline.stage import FailureMode, Phase, Stage, StageResult
 from gatez.pipeline.verdicts import (
@@ -24,12 +25,15 @@ __all__ = [
     "INTERNAL_ERROR",
     "MAX_HOLD_S",
     "BodyMode",
+    "CallOutcome",
     "Continue",
     "Decision",
     "DecisionTimeout",
     "Dispatcher",
     "FailureMode",
     "Flow",
+    "FlowObserver",
+    "FlowTrace",
     "Hold",
     "LlmCall",
     "NoPolicy",
@@ -41,7 +45,9 @@ __all__ = [
     "Principal",
     "Respond",
     "Stage",
+    "StageCall",
     "StageResult",
+    "StageStats",
     "TokenUsage",
     "Verdict",
     "settle",

@@ -3,6 +3,9 @@
 Both adapters open every Flow here, so route kinds are chosen by policy the same way behind
 Envoy and behind APISIX. A path no route matches runs the `unrouted` pipeline (a 404, logged);
 a data plane with no policy yet runs the `unavailable` one (a 503, logged).
+
+The dispatcher names each pipeline for metrics and traces (the route kind, `unrouted`,
+`unavailable`) and tells its observer of every flow it opens.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from typing import Final
 
 from gatez.errors import NotFound, Unavailable, quoted
 from gatez.pipeline.flow import Flow
+from gatez.pipeline.observe import FlowObserver
 from gatez.pipeline.runner import Pipeline
 from gatez.pipeline.stage import Stage
 from gatez.pipeline.verdicts import Verdict
@@ -47,11 +51,23 @@ class Dispatcher:
         *,
         unrouted: Pipeline,
         unavailable: Pipeline,
+        observer: FlowObserver | None = None,
     ) -> None:
         self._policy = policy
         self._pipelines = dict(pipelines)
         self._unrouted = unrouted
         self._unavailable = unavailable
+        self._observer = observer
+        for name, pipeline in self.named_pipelines().items():
+            pipeline.bind(name, observer)
+
+    def named_pipelines(self) -> dict[str, Pipeline]:
+        """Every pipeline by the name metrics and traces use: the route kind's value,
+        `unrouted` and `unavailable`."""
+        named = {kind.value: pipeline for kind, pipeline in self._pipelines.items()}
+        named["unrouted"] = self._unrouted
+        named["unavailable"] = self._unavailable
+        return named
 
     @property
     def stages(self) -> tuple[Stage, ...]:
@@ -71,8 +87,10 @@ class Dispatcher:
         path: str,
         headers: dict[str, str],
         has_body: bool,
+        traceparent: str | None = None,
     ) -> tuple[Flow, Pipeline]:
-        """The Flow of a request whose headers just arrived, and the pipeline it runs."""
+        """The Flow of a request whose headers just arrived, and the pipeline it runs.
+        `traceparent`: the trace context the proxy sent (W3C), continued by the flow's trace."""
         policy = self._policy()
         route = None
         if policy is None:
@@ -92,4 +110,6 @@ class Dispatcher:
             request_headers=headers,
             request_has_body=has_body,
         )
+        if self._observer is not None:
+            self._observer.opened(flow, pipeline.name, traceparent)
         return flow, pipeline

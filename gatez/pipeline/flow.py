@@ -20,6 +20,7 @@ from gatez.policy import CompiledPolicy, CompiledRoute, ModelTarget
 from gatez.sse import SseSplitter
 
 if TYPE_CHECKING:
+    from gatez.pipeline.observe import FlowTrace
     from gatez.pipeline.stage import Stage
 
 
@@ -58,6 +59,8 @@ class LlmCall:
     # The client asked for stream usage itself (stream_options.include_usage).
     client_wants_usage: bool
     usage: TokenUsage | None = None
+    # The model the provider says answered (its response's "model"), when it said.
+    response_model: str = ""
     # Set when the response turned out to be SSE: the events seen so far, cut at boundaries.
     events: SseSplitter | None = None
     # The stream as the provider sent it (its first bytes, up to a bound) and its full length:
@@ -126,6 +129,8 @@ class Flow:
     # Set by the adapter: called with the longest wait before a stage's Hold is waited out, so
     # the proxy gives the request that long (Envoy: override_message_timeout).
     on_hold: Callable[[float], None] | None = None
+    # Set when the flow is traced (sampled): the stage calls the pipeline recorded for spans.
+    trace: FlowTrace | None = None
 
     @property
     def caller(self) -> Principal:

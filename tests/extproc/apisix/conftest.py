@@ -102,14 +102,29 @@ class ProbeDispatcher(Dispatcher):
     def __init__(self, real: Dispatcher, probe: ProbeRequest) -> None:
         self.real = real
         self.respond = False
+        # The trace context each flow was opened with.
+        self.traceparents: list[str | None] = []
         self._probe = Pipeline([probe])
         self._probe_response = Pipeline([probe, ProbeResponse(probe)])
 
     def open(
-        self, *, request_id: str, method: str, path: str, headers: dict[str, str], has_body: bool
+        self,
+        *,
+        request_id: str,
+        method: str,
+        path: str,
+        headers: dict[str, str],
+        has_body: bool,
+        traceparent: str | None = None,
     ) -> tuple[Flow, Pipeline]:
+        self.traceparents.append(traceparent)
         flow, pipeline = self.real.open(
-            request_id=request_id, method=method, path=path, headers=headers, has_body=has_body
+            request_id=request_id,
+            method=method,
+            path=path,
+            headers=headers,
+            has_body=has_body,
+            traceparent=traceparent,
         )
         if path.startswith("/v1/"):
             return flow, pipeline

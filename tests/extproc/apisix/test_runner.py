@@ -86,6 +86,22 @@ async def test_check_input_reaches_the_flow_as_apisix_sent_it(runner: Runner) ->
     assert not flow.request_has_body
 
 
+async def test_a_clients_traceparent_opens_the_flow_and_no_header_opens_none(
+    runner: Runner,
+) -> None:
+    # No proxy span under APISIX: the flow's trace continues the client's, or starts anew.
+    traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    connection, token = await prepared(runner)
+    traced = HttpRequestCall(
+        1, CHECK_INPUT.src_ip, "GET", "/hello", (), (("traceparent", traceparent),), token
+    )
+    await connection.request_call(
+        HttpRequestCall(0, CHECK_INPUT.src_ip, "GET", "/hello", (), (), token), RequestContext()
+    )
+    await connection.request_call(traced, RequestContext())
+    assert runner.dispatcher.traceparents[-2:] == [None, traceparent]
+
+
 def test_check_input_ipv6_round_trips_sixteen_bytes() -> None:
     call = HttpRequestCall(1, ipaddress.ip_address("::1").packed, "GET", "/hello", (), (), 233)
     decoded = decode_http_request_call(encode_http_request_call(call))
