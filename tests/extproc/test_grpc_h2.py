@@ -35,7 +35,9 @@ from grpc.aio import EOF  # type: ignore[attr-defined]  # missing from grpc-stub
 
 from extproc.grpc_h2 import (
     GRPC_INTERNAL,
+    MAX_MESSAGE_BYTES,
     GrpcServer,
+    Limits,
     MethodFactory,
     ServerStream,
     StreamHandler,
@@ -350,7 +352,7 @@ async def test_grpcio_gets_unimplemented_for_an_unknown_method(
         # when a write is in flight as the server ends the call, whatever the server.
         call = open_call(channel, "/test.Probe/Missing")
         assert await call.code() == grpc.StatusCode.UNIMPLEMENTED
-        assert await call.details() == "unknown method /test.Probe/Missing"
+        assert await call.details() == "unknown method '/test.Probe/Missing'"
     assert served.calls.opened == 0
 
 
@@ -938,7 +940,7 @@ async def test_a_message_over_the_limit_is_refused_with_resource_exhausted(
     raw: RawClient, served: Served
 ) -> None:
     raw.open_stream(1, ECHO)
-    raw.send(DATA, 0, 1, struct.pack(">BI", 0, 65 * 1024 * 1024) + b"start of a huge body")
+    raw.send(DATA, 0, 1, struct.pack(">BI", 0, MAX_MESSAGE_BYTES + 1) + b"start of a huge body")
     async with asyncio.timeout(TIMEOUT_S):
         response = await raw.response(1)
     assert response.status == grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
@@ -1013,7 +1015,7 @@ async def test_a_client_goaway_closes_the_connection_once_its_streams_are_done(
 
 async def test_streams_over_the_concurrency_limit_are_refused(socket_dir: Path) -> None:
     calls = Calls()
-    server = GrpcServer(methods(calls), max_concurrent_streams=1)
+    server = GrpcServer(methods(calls), limits=Limits(max_concurrent_streams=1))
     path = str(socket_dir / "one.sock")
     await server.listen(f"unix:{path}")
     raw = await RawClient.connect(path)
