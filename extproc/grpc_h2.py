@@ -321,7 +321,8 @@ class H2Connection(asyncio.Protocol):
         self._going_away = False
         # Bytes held for the peer: unfinished messages and DATA waiting for credit.
         self._held = 0
-        # Streams the peer reset before we answered anything (see `Limits.premature_resets`).
+        # Streams opened, and those the peer reset before we answered (`Limits.premature_resets`).
+        self._opened = 0
         self._premature_resets = 0
         # Outgoing bytes of this loop turn (see `_write`); True while input is being handled.
         self._out = bytearray()
@@ -578,6 +579,7 @@ class H2Connection(asyncio.Protocol):
             # A frame on a stream we closed already (a late trailer after our reset): ignore.
             return
         self._last_stream_id = stream_id
+        self._opened += 1
         stream = ServerStream(self, stream_id, self._peer_initial_window, headers)
         self._streams[stream_id] = stream
         if self._going_away:
@@ -770,17 +772,15 @@ class H2Connection(asyncio.Protocol):
         """Drains a connection whose peer resets most streams before they are answered: the
         "rapid reset" attack (CVE-2023-44487) makes a server start work it never finishes."""
         self._premature_resets += 1
-        # Streams opened so far: client stream ids are odd and rise (a skip only raises this).
-        opened = (self._last_stream_id + 1) // 2
         if (
             self._premature_resets >= self._limits.premature_resets
-            and 2 * self._premature_resets >= opened
+            and 2 * self._premature_resets >= self._opened
             and not self._going_away
         ):
             log.warning(
                 "ext_proc client reset %d of %d streams unanswered: draining the connection",
                 self._premature_resets,
-                opened,
+                self._opened,
             )
             self._drain(ENHANCE_YOUR_CALM)
 

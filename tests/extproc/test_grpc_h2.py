@@ -1774,16 +1774,17 @@ async def test_a_closing_connection_that_is_never_read_is_dropped(socket_dir: Pa
         await served.server.stop(0)
 
 
-async def test_rapid_resets_drain_the_connection(raw: RawClient, served: Served) -> None:
+@pytest.mark.parametrize("step", [2, 2_000], ids=["consecutive-ids", "skipping-ids"])
+async def test_rapid_resets_drain_the_connection(raw: RawClient, served: Served, step: int) -> None:
     premature = Limits().premature_resets
     async with asyncio.timeout(TIMEOUT_S):
         raw.call(1, HELD, b"in flight")
         await served.calls.started.wait()
         for number in range(1, premature + 100):
-            raw.open_stream(2 * number + 1, ECHO)
-            raw.send(RST_STREAM, 0, 2 * number + 1, CANCEL.to_bytes(4, "big"))
+            raw.open_stream(step * number + 1, ECHO)
+            raw.send(RST_STREAM, 0, step * number + 1, CANCEL.to_bytes(4, "big"))
         goaway = await raw.frame_of(GOAWAY)
-        assert struct.unpack(">II", goaway.payload[:8]) == (2 * premature + 1, ENHANCE_YOUR_CALM)
+        assert struct.unpack(">II", goaway.payload[:8]) == (step * premature + 1, ENHANCE_YOUR_CALM)
         # Drained, not dropped: the call in flight finishes, then the connection closes.
         served.calls.release.set()
         finished = await raw.response(1)
