@@ -81,37 +81,46 @@ HEADER_CACHE_BYTES: Final = 64 * 1024
 
 @dataclass(frozen=True, slots=True)
 class Limits:
-    """What a peer can make the server hold, and what happens beyond it.
+    """What peers can make the server hold, and what happens beyond it.
 
-    The defaults fit one Envoy: bodies up to `ENVOY_BODY_LIMIT`, a few connections (one per
-    worker, more when a connection's streams run out), streams as long as the HTTP requests.
+    The defaults fit Envoy: bodies up to `ENVOY_BODY_LIMIT`, a few connections (one per worker,
+    more when a connection's streams run out), streams as long as the HTTP requests (Envoy's
+    default circuit breaker allows 1,024 at once per cluster; raise `max_streams` with it).
+    With every bound reached at once the server holds at most ~210 MiB: streams 4,096 x (~1 KiB
+    + a decoded header list of up to ~20 KiB) ~ 85 MiB, message bytes 96 MiB, and per
+    connection a partial frame, a header block, the header cache, unread bytes and the
+    transport's high-water mark (~260 KiB) x 128 ~ 33 MiB. Envoy's own traffic holds far less.
     """
 
-    # Advertised in SETTINGS; a stream beyond it is refused (REFUSED_STREAM) and Envoy opens
-    # another connection. Envoy's own default circuit breaker allows 1,024 requests per cluster.
+    # Per connection, advertised in SETTINGS, and server-wide: a stream beyond either is
+    # refused (REFUSED_STREAM; Envoy opens another connection for the first).
     max_concurrent_streams: int = 1000
+    max_streams: int = 4096
     # A connection beyond it gets GOAWAY(ENHANCE_YOUR_CALM) and is closed.
-    max_connections: int = 256
+    max_connections: int = 128
     # A declared message length beyond it: RESOURCE_EXHAUSTED for that stream, nothing buffered.
     max_message_bytes: int = MAX_MESSAGE_BYTES
     # One header block (HEADERS + CONTINUATION) encoded, decoded (RFC 9113 §6.5.2: name + value +
     # 32 per field; advertised as SETTINGS_MAX_HEADER_LIST_SIZE), and its CONTINUATION frames.
-    # Beyond them the connection ends: see `H2Connection._header_block_too_large`. Envoy's
-    # blocks are ~100 bytes (the proxied request's headers travel in messages); `hpack` takes
-    # ~3 ms of the event loop to decode 16 KiB of Huffman-coded fields (64 KiB: ~15 ms).
-    max_header_block_bytes: int = 16 * 1024
-    max_header_list_bytes: int = 16 * 1024
+    # Beyond them the connection ends: see `H2Connection._header_block_too_large`. 8 KiB is
+    # gRPC's own default (grpc.max_metadata_size); Envoy's blocks are ~100 bytes (the proxied
+    # request's headers travel in messages), and `hpack` needs ~2 ms to decode 8 KiB of
+    # Huffman-coded fields (64 KiB: ~15 ms of the event loop).
+    max_header_block_bytes: int = 8 * 1024
+    max_header_list_bytes: int = 8 * 1024
     max_continuation_frames: int = 16
     # Bytes held for a peer: unfinished request messages plus responses waiting for flow-control
     # credit. A stream that would take a connection or the server past its budget is refused
-    # (RESOURCE_EXHAUSTED while receiving; RST_STREAM ENHANCE_YOUR_CALM while sending).
+    # (RESOURCE_EXHAUSTED while receiving; RST_STREAM ENHANCE_YOUR_CALM while sending). Bodies
+    # cross the socket in milliseconds, so a few largest ones at a time are plenty.
     connection_held_bytes: int = 64 * 1024 * 1024
-    server_held_bytes: int = 128 * 1024 * 1024
+    server_held_bytes: int = 96 * 1024 * 1024
     # Responses of one stream waiting for credit: one largest message and its trailers.
     stream_outbox_bytes: int = MAX_MESSAGE_BYTES + 64 * 1024
     # Bytes written (PING and SETTINGS acknowledgements, resets, headers) while the transport's
     # buffer is full because the peer does not read; beyond it the connection is dropped.
-    unread_bytes: int = 256 * 1024
+    # (Envoy's own bound for its peers: 1,000 control frames, ~17 KB.)
+    unread_bytes: int = 64 * 1024
     # A connection whose peer reset this many streams before they were answered, and at least
     # half of the streams it opened, is drained with GOAWAY(ENHANCE_YOUR_CALM): the "rapid
     # reset" attack. Envoy's own defaults for its clients (premature_reset_total_stream_count).
@@ -135,6 +144,7 @@ class ConnectionUsage:
     header_cache_entries: int
     header_cache_bytes: int
     unread_bytes: int
+    write_buffer_bytes: int
 
 
 GRPC_PREFIX = struct.Struct(">BI")
@@ -405,6 +415,7 @@ class H2Connection(asyncio.Protocol):
         if self._close_timer is not None:
             self._close_timer.cancel()
         streams, self._streams = self._streams, {}
+        self._server.streams -= len(streams)
         for stream in streams.values():
             self._discard(stream)
             self._reset_handler(stream)
@@ -439,6 +450,7 @@ class H2Connection(asyncio.Protocol):
             header_cache_entries=len(self._blocks),
             header_cache_bytes=self._blocks_bytes,
             unread_bytes=self._unread,
+            write_buffer_bytes=self._transport.get_write_buffer_size() if self._transport else 0,
         )
 
     def _receive(self, data: bytes) -> None:
@@ -617,10 +629,13 @@ class H2Connection(asyncio.Protocol):
         self._opened += 1
         stream = ServerStream(self, stream_id, self._peer_initial_window, headers)
         self._streams[stream_id] = stream
-        if self._going_away:
-            self._refuse(stream, REFUSED_STREAM)
-            return
-        if len(self._streams) > self._limits.max_concurrent_streams:
+        server = self._server
+        server.streams += 1
+        if (
+            self._going_away
+            or len(self._streams) > self._limits.max_concurrent_streams
+            or server.streams > self._limits.max_streams
+        ):
             self._refuse(stream, REFUSED_STREAM)
             return
         refusal = self._check_request(stream.headers)
@@ -796,6 +811,7 @@ class H2Connection(asyncio.Protocol):
         raise ProtocolError(PROTOCOL_ERROR, "RST_STREAM on an idle stream")
 
     def _reset_by_peer(self, stream: ServerStream) -> None:
+        self._server.streams -= 1
         if not stream.headers_sent:
             self._count_premature_reset()
         if stream.buffer or stream.queued:
@@ -896,11 +912,11 @@ class H2Connection(asyncio.Protocol):
             return
         if self._paused:
             # Only frames that are not DATA get here while paused (DATA waits in outboxes).
-            self._unread += len(data)
-            if self._unread > self._limits.unread_bytes:
+            if self._unread + len(data) > self._limits.unread_bytes:
                 log.warning("ext_proc client stopped reading: connection dropped")
                 transport.abort()
                 return
+            self._unread += len(data)
         transport.write(data)
 
     def _close_transport(self) -> None:
@@ -972,7 +988,7 @@ class H2Connection(asyncio.Protocol):
         ):
             log.warning("ext_proc stream %d reset: its response waits for credit", stream.id)
             self._write(_frame(RST_STREAM, 0, stream.id, ENHANCE_YOUR_CALM.to_bytes(4, "big")))
-            self._streams.pop(stream.id, None)
+            self._remove(stream)
             self._discard(stream)
             handler, stream.handler = stream.handler, None
             stream.closed = True
@@ -1029,8 +1045,12 @@ class H2Connection(asyncio.Protocol):
         # its outbox is empty.
         if stream.outbox:
             return
-        self._streams.pop(stream.id, None)
+        self._remove(stream)
         self._check_idle()
+
+    def _remove(self, stream: ServerStream) -> None:
+        if self._streams.pop(stream.id, None) is not None:
+            self._server.streams -= 1
 
     def _discard(self, stream: ServerStream) -> None:
         """Gives back what a stream that is gone held against the budgets."""
@@ -1045,7 +1065,7 @@ class H2Connection(asyncio.Protocol):
     def _refuse(self, stream: ServerStream, code: int) -> None:
         stream.closed = True
         self._write(_frame(RST_STREAM, 0, stream.id, code.to_bytes(4, "big")))
-        self._streams.pop(stream.id, None)
+        self._remove(stream)
         self._check_idle()
 
     def _fail_stream(self, stream: ServerStream, code: int, message: str) -> None:
@@ -1115,7 +1135,8 @@ class GrpcServer:
         self.methods = dict(methods)
         self.limits = limits
         self.connections: set[H2Connection] = set()
-        # Bytes all connections hold for their peers (see `Limits.server_held_bytes`).
+        # What all connections hold (see `Limits.max_streams` and `Limits.server_held_bytes`).
+        self.streams = 0
         self.held_bytes = 0
         self._servers: list[asyncio.base_events.Server] = []
 

@@ -285,7 +285,13 @@ async def served(socket_dir: Path) -> AsyncIterator[Served]:
     path = str(socket_dir / "grpc.sock")
     await server.listen(f"unix:{path}")
     yield Served(server, path, calls)
+    connections = list(server.connections)
     await server.stop(0)
+    async with asyncio.timeout(TIMEOUT_S):
+        for connection in connections:
+            await connection.closed.wait()
+    # Whatever a test did, everything it made the server hold was given back.
+    assert (server.streams, server.held_bytes) == (0, 0)
 
 
 @pytest.fixture
@@ -1457,7 +1463,7 @@ async def test_the_advertised_settings_are_the_limits(raw: RawClient) -> None:
         settings = await raw.frame_of(SETTINGS)
     values = dict(struct.iter_unpack(">HI", settings.payload))
     assert values[MAX_CONCURRENT_STREAMS] == Limits().max_concurrent_streams == 1000
-    assert values[MAX_HEADER_LIST_SIZE] == Limits().max_header_list_bytes == 16 * 1024
+    assert values[MAX_HEADER_LIST_SIZE] == Limits().max_header_list_bytes == 8 * 1024
     assert values[MAX_FRAME_SIZE] == 64 * 1024
 
 
@@ -1477,11 +1483,11 @@ def test_limits_refuse_a_message_bound_below_a_frame() -> None:
 
 
 async def test_a_header_block_at_the_limit_is_served(raw: RawClient) -> None:
-    value = "v" * 16_000
+    value = "v" * 7_900  # with the other fields, just below the decoded limit
     block = UNINDEXED_PROBE + hpack.Encoder().encode([("x-probe", value)], huffman=False)
     assert len(block) <= Limits().max_header_block_bytes
-    raw.send(HEADERS, 0, 1, block[:10_000])
-    raw.send(CONTINUATION, END_HEADERS, 1, block[10_000:])
+    raw.send(HEADERS, 0, 1, block[:5_000])
+    raw.send(CONTINUATION, END_HEADERS, 1, block[5_000:])
     raw.send(DATA, END_STREAM, 1)
     async with asyncio.timeout(TIMEOUT_S):
         response = await raw.response(1)
@@ -1502,13 +1508,13 @@ UNINDEXED_PROBE = unindexed_request(PROBE)
 BIG = ("x-big", "b" * 4_000)  # added to the dynamic table: 4,037 of its 4,096 bytes
 
 HEADER_FLOODS: list[Any] = [
-    pytest.param(lambda c: c.send(HEADERS, 0, 1, b"\x00" * 16_385), id="headers-over-16-KiB"),
+    pytest.param(lambda c: c.send(HEADERS, 0, 1, b"\x00" * 8_193), id="headers-over-8-KiB"),
     pytest.param(
         lambda c: (
-            c.send(HEADERS, 0, 1, b"\x00" * 9_000),
-            c.send(CONTINUATION, 0, 1, b"\x00" * 9_000),
+            c.send(HEADERS, 0, 1, b"\x00" * 5_000),
+            c.send(CONTINUATION, 0, 1, b"\x00" * 5_000),
         ),
-        id="continued-block-over-16-KiB",
+        id="continued-block-over-8-KiB",
     ),
     pytest.param(
         lambda c: (
@@ -1523,7 +1529,7 @@ HEADER_FLOODS: list[Any] = [
             c.send(HEADERS, END_HEADERS, 1, UNINDEXED_ECHO + hpack.Encoder().encode([BIG])),
             c.send(HEADERS, END_HEADERS, 3, UNINDEXED_ECHO + b"\xbe" * 20),
         ),
-        id="decoded-list-over-16-KiB",
+        id="decoded-list-over-8-KiB",
     ),
 ]
 
@@ -1704,6 +1710,30 @@ async def test_streams_over_the_default_concurrency_limit_are_refused(
     assert served.calls.opened == limit + 1
 
 
+async def test_streams_over_the_server_wide_limit_are_refused(socket_dir: Path) -> None:
+    served = await bounded_server(socket_dir, Limits(max_streams=3))
+    first = await RawClient.connect(served.path)
+    second = await RawClient.connect(served.path)
+    try:
+        async with asyncio.timeout(TIMEOUT_S):
+            first.open_stream(1, HELD)
+            first.open_stream(3, HELD)
+            second.open_stream(1, HELD)
+            second.call(3, ECHO, b"one too many")
+            refused = await second.response(3)
+            assert served.server.streams == 3
+            first.send(RST_STREAM, 0, 1, CANCEL.to_bytes(4, "big"))
+            await round_trip(first)
+            second.call(5, ECHO, b"room again")
+            answered = await second.response(5)
+        assert refused.reset == REFUSED_STREAM
+        assert answered.messages == [b"room again"]
+    finally:
+        await first.close()
+        await second.close()
+        await served.server.stop(0)
+
+
 async def test_connections_over_the_limit_are_refused(socket_dir: Path) -> None:
     served = await bounded_server(socket_dir, Limits(max_connections=2))
     clients = [await RawClient.connect(served.path) for _ in range(2)]
@@ -1738,22 +1768,27 @@ async def test_connections_over_the_limit_are_refused(socket_dir: Path) -> None:
 )
 async def test_a_peer_that_floods_without_reading_is_dropped(served: Served, frame: bytes) -> None:
     reader, writer = await asyncio.open_unix_connection(served.path)
-    largest_unread = sent = 0
+    largest_buffer = largest_unread = sent = 0
     async with asyncio.timeout(TIMEOUT_S):
         writer.write(PREFACE + encode_frame(SETTINGS, 0, 0))
         await reader.readexactly(9)  # the server's SETTINGS: the connection is up; no more reads
         connection = only_connection(served.server)
         with contextlib.suppress(ConnectionError):
             while not connection.closed.is_set():
-                writer.write(frame * 4_096)
+                writer.write(frame * 256)
                 await writer.drain()
-                sent += len(frame) * 4_096
-                largest_unread = max(largest_unread, connection.usage().unread_bytes)
+                sent += len(frame) * 256
+                usage = connection.usage()
+                largest_buffer = max(largest_buffer, usage.write_buffer_bytes)
+                largest_unread = max(largest_unread, usage.unread_bytes)
         await connection.closed.wait()
         writer.close()
         await assert_serving(served)
-    assert 0 < largest_unread <= Limits().unread_bytes
-    assert sent > Limits().unread_bytes  # the acknowledgements alone would outgrow the bound
+    # What the server kept for this peer stayed small: its buffer's high-water mark, one read's
+    # answers, and `unread_bytes` once it knew the peer was not reading.
+    assert largest_unread <= Limits().unread_bytes
+    assert largest_buffer < 1024 * 1024
+    assert sent > Limits().unread_bytes
 
 
 async def test_a_closing_connection_that_is_never_read_is_dropped(socket_dir: Path) -> None:
