@@ -526,7 +526,7 @@ class H2Connection(asyncio.Protocol):
                 self._bad_rst_stream(payload)
             stream = self._streams.pop(stream_id, None)
             if stream is not None:
-                # Envoy ends every ext_proc stream so, answered or not (observed with 1.40).
+                # Envoy (1.40, observed) ends every ext_proc stream so, without a half-close.
                 self._reset_by_peer(stream)
         elif kind == GOAWAY:
             self._going_away = True
@@ -821,7 +821,8 @@ class H2Connection(asyncio.Protocol):
 
     def _count_premature_reset(self) -> None:
         """Drains a connection whose peer resets most streams before they are answered: the
-        "rapid reset" attack (CVE-2023-44487) makes a server start work it never finishes."""
+        "rapid reset" attack (CVE-2023-44487) makes a server start work it never finishes.
+        "Unanswered", not "not half-closed": Envoy resets every stream without a half-close."""
         self._premature_resets += 1
         if (
             self._premature_resets >= self._limits.premature_resets
