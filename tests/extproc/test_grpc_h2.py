@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import itertools
 import random
+import re
 import socket
 import struct
 import tempfile
@@ -34,8 +35,14 @@ import pytest
 from grpc.aio import EOF  # type: ignore[attr-defined]  # missing from grpc-stubs
 
 from extproc.grpc_h2 import (
+    ENVOY_BODY_LIMIT,
     GRPC_INTERNAL,
+    HEADER_CACHE_BYTES,
+    HEADER_CACHE_ENTRIES,
+    MAX_MESSAGE_BYTES,
     GrpcServer,
+    H2Connection,
+    Limits,
     MethodFactory,
     ServerStream,
     StreamHandler,
@@ -51,6 +58,9 @@ SLOW = "/test.Probe/Slow"
 HELD = "/test.Probe/Held"
 SIZED = "/test.Probe/Sized"
 PROBE = "/test.Probe/Header"
+RAISE_ON_OPEN = "/test.Probe/RaiseOnOpen"
+RAISE_ON_MESSAGE = "/test.Probe/RaiseOnMessage"
+RAISE_ON_END = "/test.Probe/RaiseOnEnd"
 
 # HTTP/2 as RFC 9113 numbers it, spelled out here rather than imported from the code under test.
 DATA, HEADERS, PRIORITY, RST_STREAM, SETTINGS, PUSH_PROMISE, PING, GOAWAY = range(8)
@@ -58,11 +68,13 @@ WINDOW_UPDATE, CONTINUATION = 8, 9
 END_STREAM, ACK, END_HEADERS, PADDED, PRIORITY_FLAG = 0x1, 0x1, 0x4, 0x8, 0x20
 HEADER_TABLE_SIZE, INITIAL_WINDOW_SIZE, MAX_FRAME_SIZE = 1, 4, 5
 NO_ERROR, PROTOCOL_ERROR, FLOW_CONTROL_ERROR, FRAME_SIZE_ERROR = 0, 1, 3, 6
-REFUSED_STREAM, CANCEL, COMPRESSION_ERROR = 7, 8, 9
+REFUSED_STREAM, CANCEL, COMPRESSION_ERROR, ENHANCE_YOUR_CALM = 7, 8, 9, 11
+MAX_CONCURRENT_STREAMS, MAX_HEADER_LIST_SIZE = 3, 6
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 MAX_WINDOW = 2**31 - 1
 
 GRPC_UNIMPLEMENTED = 12
+GRPC_RESOURCE_EXHAUSTED = 8
 CHANNEL_OPTIONS = [
     ("grpc.max_receive_message_length", -1),
     ("grpc.max_send_message_length", -1),
@@ -198,6 +210,31 @@ class HeaderProbe(Recording):
         stream.finish()
 
 
+# What a failing handler's exception says; the peer must never see it.
+SECRET = "secret detail of a failure"
+
+
+class RaiseOn(Echo):
+    """An echo that raises where `where` says: when opened, on the message b"raise", or on the
+    client's half-close."""
+
+    def __init__(self, stream: ServerStream, calls: Calls, where: str) -> None:
+        if where == "open":
+            raise RuntimeError(SECRET)
+        super().__init__(stream, calls)
+        self._where = where
+
+    def on_message(self, message: bytes) -> None:
+        if message == b"raise":
+            raise RuntimeError(SECRET)
+        super().on_message(message)
+
+    def on_end(self) -> None:
+        if self._where == "end":
+            raise RuntimeError(SECRET)
+        super().on_end()
+
+
 def methods(calls: Calls) -> dict[str, MethodFactory]:
     def factory(make: Callable[[ServerStream], StreamHandler]) -> MethodFactory:
         return make
@@ -209,6 +246,9 @@ def methods(calls: Calls) -> dict[str, MethodFactory]:
         PROBE: factory(lambda stream: HeaderProbe(stream, calls)),
         SLOW: factory(lambda stream: Deferred(stream, calls, lambda: asyncio.sleep(0.01))),
         HELD: factory(lambda stream: Deferred(stream, calls, calls.release.wait)),
+        RAISE_ON_OPEN: factory(lambda stream: RaiseOn(stream, calls, "open")),
+        RAISE_ON_MESSAGE: factory(lambda stream: RaiseOn(stream, calls, "message")),
+        RAISE_ON_END: factory(lambda stream: RaiseOn(stream, calls, "end")),
     }
 
 
@@ -245,7 +285,13 @@ async def served(socket_dir: Path) -> AsyncIterator[Served]:
     path = str(socket_dir / "grpc.sock")
     await server.listen(f"unix:{path}")
     yield Served(server, path, calls)
+    connections = list(server.connections)
     await server.stop(0)
+    async with asyncio.timeout(TIMEOUT_S):
+        for connection in connections:
+            await connection.closed.wait()
+    # Whatever a test did, everything it made the server hold was given back.
+    assert (server.streams, server.held_bytes) == (0, 0)
 
 
 @pytest.fixture
@@ -350,7 +396,7 @@ async def test_grpcio_gets_unimplemented_for_an_unknown_method(
         # when a write is in flight as the server ends the call, whatever the server.
         call = open_call(channel, "/test.Probe/Missing")
         assert await call.code() == grpc.StatusCode.UNIMPLEMENTED
-        assert await call.details() == "unknown method /test.Probe/Missing"
+        assert await call.details() == "unknown method '/test.Probe/Missing'"
     assert served.calls.opened == 0
 
 
@@ -640,6 +686,13 @@ class RawClient:
     def open_stream(self, stream_id: int, path: str = ECHO, *, end_stream: bool = False) -> None:
         flags = END_HEADERS | (END_STREAM if end_stream else 0)
         self.send(HEADERS, flags, stream_id, self.request_headers(path))
+
+    def send_data(self, stream_id: int, data: bytes, *, end_stream: bool = False) -> None:
+        """DATA in 16 KiB frames, as Envoy sends it."""
+        pieces = [data[start : start + 16_384] for start in range(0, len(data), 16_384)] or [b""]
+        for piece in pieces[:-1]:
+            self.send(DATA, 0, stream_id, piece)
+        self.send(DATA, END_STREAM if end_stream else 0, stream_id, pieces[-1])
 
     def call(self, stream_id: int, path: str, *messages: bytes) -> None:
         """Opens a stream, sends the messages in one DATA frame and half-closes."""
@@ -938,7 +991,7 @@ async def test_a_message_over_the_limit_is_refused_with_resource_exhausted(
     raw: RawClient, served: Served
 ) -> None:
     raw.open_stream(1, ECHO)
-    raw.send(DATA, 0, 1, struct.pack(">BI", 0, 65 * 1024 * 1024) + b"start of a huge body")
+    raw.send(DATA, 0, 1, struct.pack(">BI", 0, MAX_MESSAGE_BYTES + 1) + b"start of a huge body")
     async with asyncio.timeout(TIMEOUT_S):
         response = await raw.response(1)
     assert response.status == grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
@@ -1013,7 +1066,7 @@ async def test_a_client_goaway_closes_the_connection_once_its_streams_are_done(
 
 async def test_streams_over_the_concurrency_limit_are_refused(socket_dir: Path) -> None:
     calls = Calls()
-    server = GrpcServer(methods(calls), max_concurrent_streams=1)
+    server = GrpcServer(methods(calls), limits=Limits(max_concurrent_streams=1))
     path = str(socket_dir / "one.sock")
     await server.listen(f"unix:{path}")
     raw = await RawClient.connect(path)
@@ -1133,6 +1186,31 @@ CONNECTION_ERRORS: list[Any] = [
         lambda c: c.send(HEADERS, END_HEADERS, 1, b"\xbf"),
         COMPRESSION_ERROR,
         id="undecodable-header-block",
+    ),
+    pytest.param(
+        lambda c: c.send(RST_STREAM, 0, 1, CANCEL.to_bytes(4, "big")),
+        PROTOCOL_ERROR,
+        id="rst-stream-on-idle-stream",
+    ),
+    pytest.param(
+        lambda c: c.send(RST_STREAM, 0, 0, CANCEL.to_bytes(4, "big")),
+        PROTOCOL_ERROR,
+        id="rst-stream-on-stream-0",
+    ),
+    pytest.param(
+        lambda c: (c.call(1, ECHO, b"x"), c.send(RST_STREAM, 0, 1, b"\x00\x08")),
+        FRAME_SIZE_ERROR,
+        id="rst-stream-2-bytes",
+    ),
+    pytest.param(
+        lambda c: c.send(WINDOW_UPDATE, 0, 0, b"\x00\x00\x00\x00"),
+        PROTOCOL_ERROR,
+        id="window-update-of-0",
+    ),
+    pytest.param(
+        lambda c: c.send(WINDOW_UPDATE, 0, 7, b"\x00\x00\x01\x00"),
+        PROTOCOL_ERROR,
+        id="window-update-on-idle-stream",
     ),
 ]
 
@@ -1291,3 +1369,506 @@ async def test_a_repeated_header_block_follows_changes_of_the_dynamic_table(
             raw.send(HEADERS, END_HEADERS | END_STREAM, stream_id, block)
             answers.append((await raw.response(stream_id)).messages)
     assert answers == [[b"one"], [b"one"], [b"one"], [b"two"], [b"two"]]
+
+
+# --- a failing handler fails its own call only ---
+
+
+@pytest.mark.parametrize("where", ["open", "message", "end"])
+async def test_a_handler_that_raises_fails_its_own_call_and_no_other(
+    raw: RawClient, served: Served, where: str
+) -> None:
+    async with asyncio.timeout(TIMEOUT_S):
+        # A call in flight on the same connection, before and after the failure.
+        raw.open_stream(1, ECHO)
+        raw.send(DATA, 0, 1, grpc_message(b"first"))
+        first = await raw.frame_of(DATA)
+        path = {"open": RAISE_ON_OPEN, "message": RAISE_ON_MESSAGE, "end": RAISE_ON_END}[where]
+        raw.open_stream(3, path)
+        if where == "message":
+            # One whole message (one frame), then two in one frame: both ways of delivery.
+            raw.send(DATA, 0, 3, grpc_message(b"before"))
+            raw.send(DATA, END_STREAM, 3, grpc_message(b"raise") + grpc_message(b"after"))
+        else:
+            raw.send(DATA, END_STREAM, 3, grpc_message(b"before"))
+        failed = await raw.response(3)
+        raw.send(DATA, END_STREAM, 1, grpc_message(b"second"))
+        survivor = await raw.response(1)
+        raw.call(5, ECHO, b"next")
+        after = await raw.response(5)
+    assert failed.status == GRPC_INTERNAL
+    assert failed.details == "data plane error"
+    assert failed.messages == ([] if where == "open" else [b"before"])
+    assert SECRET not in repr(failed)
+    assert b"after" not in served.calls.messages
+    # The handler that raised is told its call is over; one never built is not.
+    assert served.calls.resets == (0 if where == "open" else 1)
+    assert (first.stream_id, first.payload) == (1, grpc_message(b"first"))
+    assert (survivor.status, survivor.messages) == (0, [b"second"])
+    assert (after.status, after.messages) == (0, [b"next"])
+
+
+# --- bounds: what a peer can make the server hold ---
+
+
+def only_connection(server: GrpcServer) -> H2Connection:
+    (connection,) = server.connections
+    return connection
+
+
+async def assert_serving(served: Served) -> None:
+    """A new connection gets an answer: the server is healthy."""
+    client = await RawClient.connect(served.path)
+    try:
+        client.call(1, ECHO, b"still serving")
+        response = await client.response(1)
+        assert (response.status, response.messages) == (0, [b"still serving"])
+    finally:
+        await client.close()
+
+
+async def round_trip(client: RawClient) -> None:
+    """Returns once the server has handled everything the client sent before."""
+    client.send(PING, 0, 0, b"roundtrp")
+    while (await client.frame_of(PING)).payload != b"roundtrp":
+        pass
+
+
+async def bounded_server(socket_dir: Path, limits: Limits) -> Served:
+    calls = Calls()
+    server = GrpcServer(methods(calls), limits=limits)
+    path = str(socket_dir / "bounded.sock")
+    await server.listen(f"unix:{path}")
+    return Served(server, path, calls)
+
+
+@pytest.fixture
+async def small_budget(socket_dir: Path) -> AsyncIterator[Served]:
+    """A server whose byte budgets are a few hundred KiB, so tests reach them quickly."""
+    served = await bounded_server(
+        socket_dir,
+        Limits(
+            connection_held_bytes=1_000_000,
+            server_held_bytes=1_500_000,
+            stream_outbox_bytes=1_000_000,
+            max_message_bytes=900_000,
+        ),
+    )
+    yield served
+    await served.server.stop(0)
+
+
+async def test_the_advertised_settings_are_the_limits(raw: RawClient) -> None:
+    async with asyncio.timeout(TIMEOUT_S):
+        settings = await raw.frame_of(SETTINGS)
+    values = dict(struct.iter_unpack(">HI", settings.payload))
+    assert values[MAX_CONCURRENT_STREAMS] == Limits().max_concurrent_streams == 1000
+    assert values[MAX_HEADER_LIST_SIZE] == Limits().max_header_list_bytes == 8 * 1024
+    assert values[MAX_FRAME_SIZE] == 64 * 1024
+
+
+def test_a_whole_envoy_body_fits_in_a_message() -> None:
+    # The bound follows Envoy's buffer limit; raising one without the other fails here.
+    config = (Path(__file__).parents[2] / "envoy" / "envoy.yaml").read_text()
+    limits = {
+        int(value) for value in re.findall(r"per_connection_buffer_limit_bytes: (\d+)", config)
+    }
+    assert limits == {ENVOY_BODY_LIMIT}
+    assert MAX_MESSAGE_BYTES == ENVOY_BODY_LIMIT + 1024 * 1024
+
+
+def test_limits_refuse_a_message_bound_below_a_frame() -> None:
+    with pytest.raises(ValueError, match="max_message_bytes"):
+        Limits(max_message_bytes=1_000)
+
+
+async def test_a_header_block_at_the_limit_is_served(raw: RawClient) -> None:
+    value = "v" * 7_900  # with the other fields, just below the decoded limit
+    block = UNINDEXED_PROBE + hpack.Encoder().encode([("x-probe", value)], huffman=False)
+    assert len(block) <= Limits().max_header_block_bytes
+    raw.send(HEADERS, 0, 1, block[:5_000])
+    raw.send(CONTINUATION, END_HEADERS, 1, block[5_000:])
+    raw.send(DATA, END_STREAM, 1)
+    async with asyncio.timeout(TIMEOUT_S):
+        response = await raw.response(1)
+    assert response.messages == [value.encode()]
+
+
+def unindexed_request(path: str) -> bytes:
+    """Request headers that leave the decoder's dynamic table as it is."""
+    return (
+        b"\x83\x86"  # :method POST, :scheme http (static table)
+        + literal(b":path", path.encode(), indexed=False)
+        + literal(b"content-type", b"application/grpc", indexed=False)
+    )
+
+
+UNINDEXED_ECHO = unindexed_request(ECHO)
+UNINDEXED_PROBE = unindexed_request(PROBE)
+BIG = ("x-big", "b" * 4_000)  # added to the dynamic table: 4,037 of its 4,096 bytes
+
+HEADER_FLOODS: list[Any] = [
+    pytest.param(lambda c: c.send(HEADERS, 0, 1, b"\x00" * 8_193), id="headers-over-8-KiB"),
+    pytest.param(
+        lambda c: (
+            c.send(HEADERS, 0, 1, b"\x00" * 5_000),
+            c.send(CONTINUATION, 0, 1, b"\x00" * 5_000),
+        ),
+        id="continued-block-over-8-KiB",
+    ),
+    pytest.param(
+        lambda c: (
+            c.send(HEADERS, 0, 1, c.request_headers()),
+            *(c.send(CONTINUATION, 0, 1) for _ in range(17)),
+        ),
+        id="17-continuation-frames",
+    ),
+    pytest.param(
+        # An HPACK bomb: 20 one-byte references to a 4,000-byte table entry decode to ~80 KB.
+        lambda c: (
+            c.send(HEADERS, END_HEADERS, 1, UNINDEXED_ECHO + hpack.Encoder().encode([BIG])),
+            c.send(HEADERS, END_HEADERS, 3, UNINDEXED_ECHO + b"\xbe" * 20),
+        ),
+        id="decoded-list-over-8-KiB",
+    ),
+]
+
+
+@pytest.mark.parametrize("provoke", HEADER_FLOODS)
+async def test_a_header_block_over_the_limits_ends_the_connection_only(
+    raw: RawClient, served: Served, provoke: Callable[[RawClient], object]
+) -> None:
+    provoke(raw)
+    async with asyncio.timeout(TIMEOUT_S):
+        frames = await raw.until_closed()
+        goaways = [frame for frame in frames if frame.kind == GOAWAY]
+        assert [error_code(goaway) for goaway in goaways] == [ENHANCE_YOUR_CALM]
+        opened = served.calls.opened
+        await assert_serving(served)
+    assert opened <= 1  # the bomb's first, harmless, block opens a stream
+
+
+async def test_sixteen_continuation_frames_are_accepted(raw: RawClient) -> None:
+    block = raw.request_headers(ECHO, extra=[("x-long", "w" * 1_000)])
+    pieces = split(block, list(range(64, 64 * 17, 64)))
+    assert len(pieces) == 17
+    raw.send(HEADERS, 0, 1, pieces[0])
+    for piece in pieces[1:-1]:
+        raw.send(CONTINUATION, 0, 1, piece)
+    raw.send(CONTINUATION, END_HEADERS, 1, pieces[-1])
+    raw.send(DATA, END_STREAM, 1, grpc_message(b"long headers"))
+    async with asyncio.timeout(TIMEOUT_S):
+        response = await raw.response(1)
+    assert response.messages == [b"long headers"]
+
+
+async def test_the_decoded_header_cache_stays_within_its_bounds(
+    raw: RawClient, served: Served
+) -> None:
+    async with asyncio.timeout(TIMEOUT_S):
+        for number in range(100):
+            # Never indexed, so the table stays as it is and each block is cached when it fits.
+            probe = hpack.NeverIndexedHeaderTuple("x-probe", f"{number:04}" * (number * 10))
+            fields = [(":method", "POST"), (":scheme", "http"), (":path", PROBE)]
+            block = raw.encoder.encode([*fields, probe, ("content-type", "application/grpc")])
+            raw.send(HEADERS, END_HEADERS | END_STREAM, 2 * number + 1, block)
+            response = await raw.response(2 * number + 1)
+            assert response.messages == [f"{number:04}".encode() * (number * 10)]
+            usage = only_connection(served.server).usage()
+            assert usage.header_cache_entries <= HEADER_CACHE_ENTRIES
+            assert usage.header_cache_bytes <= HEADER_CACHE_BYTES
+        assert only_connection(served.server).usage().header_cache_entries > 0
+
+
+async def test_a_declared_length_over_the_limit_is_refused_before_anything_is_buffered(
+    raw: RawClient, served: Served
+) -> None:
+    async with asyncio.timeout(TIMEOUT_S):
+        raw.open_stream(1, ECHO)
+        raw.send(DATA, 0, 1, struct.pack(">BI", 0, MAX_MESSAGE_BYTES) + b"a body at the limit")
+        raw.open_stream(3, ECHO)
+        raw.send(DATA, 0, 3, struct.pack(">BI", 0, MAX_MESSAGE_BYTES + 1))
+        refused = await raw.response(3)
+        # The stream at the limit holds just what arrived; the refused one holds nothing.
+        assert only_connection(served.server).usage().held_bytes == 5 + len(b"a body at the limit")
+        raw.send(RST_STREAM, 0, 1, CANCEL.to_bytes(4, "big"))
+        raw.call(5, ECHO, b"next")
+        after = await raw.response(5)
+    assert refused.status == GRPC_RESOURCE_EXHAUSTED
+    assert after.messages == [b"next"]
+    assert only_connection(served.server).usage().held_bytes == 0
+    assert served.server.held_bytes == 0
+
+
+async def test_unfinished_messages_beyond_the_connection_budget_fail_that_stream(
+    small_budget: Served,
+) -> None:
+    raw = await RawClient.connect(small_budget.path)
+    body = payload(800_000)
+    try:
+        async with asyncio.timeout(TIMEOUT_S):
+            raw.open_stream(1, ECHO)
+            raw.send_data(1, grpc_message(body)[:600_000])
+            raw.open_stream(3, ECHO)
+            raw.send_data(3, grpc_message(body)[:600_000])
+            refused = await raw.response(3)
+            assert only_connection(small_budget.server).usage().held_bytes == 600_000
+            raw.send_data(1, grpc_message(body)[600_000:], end_stream=True)
+            served = await raw.response(1)
+        assert refused.status == GRPC_RESOURCE_EXHAUSTED
+        assert (served.status, served.messages) == (0, [body])
+        assert small_budget.server.held_bytes == 0
+        assert small_budget.calls.resets == 1
+    finally:
+        await raw.close()
+
+
+async def test_unfinished_messages_beyond_the_server_budget_fail_that_stream(
+    small_budget: Served,
+) -> None:
+    first = await RawClient.connect(small_budget.path)
+    second = await RawClient.connect(small_budget.path)
+    body = payload(800_000)
+    try:
+        async with asyncio.timeout(TIMEOUT_S):
+            first.open_stream(1, ECHO)
+            first.send_data(1, grpc_message(body)[:800_000])
+            await round_trip(first)
+            assert small_budget.server.held_bytes == 800_000
+            second.open_stream(1, ECHO)
+            second.send_data(1, grpc_message(body)[:800_000])
+            refused = await second.response(1)
+            assert small_budget.server.held_bytes == 800_000
+            first.send_data(1, grpc_message(body)[800_000:], end_stream=True)
+            served = await first.response(1)
+        assert refused.status == GRPC_RESOURCE_EXHAUSTED
+        assert (served.status, served.messages) == (0, [body])
+        assert small_budget.server.held_bytes == 0
+    finally:
+        await first.close()
+        await second.close()
+
+
+async def test_a_response_backlog_over_the_stream_bound_resets_that_stream(
+    raw: RawClient, served: Served
+) -> None:
+    raw.replenish = False  # the client reads, but grants no credit: responses wait
+    size = Limits().stream_outbox_bytes + 100_000  # the first 65,535 bytes leave
+    async with asyncio.timeout(TIMEOUT_S):
+        raw.call(1, SIZED, size.to_bytes(4, "big"))
+        reset = await raw.response(1)
+        await served.calls.reset.wait()
+        assert only_connection(served.server).usage().held_bytes == 0
+        raw.grant(0, 1_000_000)
+        raw.call(3, ECHO, b"next")
+        after = await raw.response(3)
+    assert reset.reset == ENHANCE_YOUR_CALM
+    assert len(reset.data) == 65_535  # what the initial windows allowed
+    assert after.messages == [b"next"]
+    assert served.server.held_bytes == 0
+
+
+async def test_response_backlogs_over_the_connection_budget_reset_the_stream_that_overflows(
+    small_budget: Served,
+) -> None:
+    raw = await RawClient.connect(small_budget.path, {INITIAL_WINDOW_SIZE: 0})
+    raw.replenish = False
+    try:
+        async with asyncio.timeout(TIMEOUT_S):
+            raw.call(1, SIZED, (600_000).to_bytes(4, "big"))
+            await raw.frame_of(HEADERS)
+            held = only_connection(small_budget.server).usage().held_bytes
+            assert held == 5 + 600_000
+            raw.call(3, SIZED, (600_000).to_bytes(4, "big"))
+            reset = await raw.response(3)
+            assert only_connection(small_budget.server).usage().held_bytes == held
+            raw.replenish = True
+            raw.grant(0, 1_000_000)
+            raw.grant(1, 1_000_000)
+            served = await raw.response(1)
+        assert reset.reset == ENHANCE_YOUR_CALM
+        assert served.messages == [payload(600_000)]
+        assert small_budget.server.held_bytes == 0
+    finally:
+        await raw.close()
+
+
+async def test_streams_over_the_default_concurrency_limit_are_refused(
+    raw: RawClient, served: Served
+) -> None:
+    limit = Limits().max_concurrent_streams
+    for number in range(limit):
+        raw.open_stream(2 * number + 1, HELD)
+    raw.call(2 * limit + 1, ECHO, b"one too many")
+    async with asyncio.timeout(TIMEOUT_S):
+        refused = await raw.response(2 * limit + 1)
+        assert refused.reset == REFUSED_STREAM
+        assert only_connection(served.server).usage().streams == limit
+        raw.send(RST_STREAM, 0, 1, CANCEL.to_bytes(4, "big"))
+        raw.call(2 * limit + 3, ECHO, b"room again")
+        assert (await raw.response(2 * limit + 3)).messages == [b"room again"]
+    assert served.calls.opened == limit + 1
+
+
+async def test_streams_over_the_server_wide_limit_are_refused(socket_dir: Path) -> None:
+    served = await bounded_server(socket_dir, Limits(max_streams=3))
+    first = await RawClient.connect(served.path)
+    second = await RawClient.connect(served.path)
+    try:
+        async with asyncio.timeout(TIMEOUT_S):
+            first.open_stream(1, HELD)
+            first.open_stream(3, HELD)
+            second.open_stream(1, HELD)
+            second.call(3, ECHO, b"one too many")
+            refused = await second.response(3)
+            assert served.server.streams == 3
+            first.send(RST_STREAM, 0, 1, CANCEL.to_bytes(4, "big"))
+            await round_trip(first)
+            second.call(5, ECHO, b"room again")
+            answered = await second.response(5)
+        assert refused.reset == REFUSED_STREAM
+        assert answered.messages == [b"room again"]
+    finally:
+        await first.close()
+        await second.close()
+        await served.server.stop(0)
+
+
+async def test_connections_over_the_limit_are_refused(socket_dir: Path) -> None:
+    served = await bounded_server(socket_dir, Limits(max_connections=2))
+    clients = [await RawClient.connect(served.path) for _ in range(2)]
+    try:
+        async with asyncio.timeout(TIMEOUT_S):
+            for client in clients:
+                await client.frame_of(SETTINGS)
+            extra = await RawClient.connect(served.path)
+            frames = await extra.until_closed()
+            assert [frame.kind for frame in frames] == [SETTINGS, GOAWAY]
+            assert error_code(frames[-1]) == ENHANCE_YOUR_CALM
+            await extra.close()
+            clients[0].call(1, ECHO, b"still served")
+            assert (await clients[0].response(1)).messages == [b"still served"]
+            connections = list(served.server.connections)
+            await clients.pop().close()
+            closing = [asyncio.ensure_future(c.closed.wait()) for c in connections]
+            _, pending = await asyncio.wait(closing, return_when=asyncio.FIRST_COMPLETED)
+            for wait in pending:
+                wait.cancel()
+            await assert_serving(served)
+    finally:
+        for client in clients:
+            await client.close()
+        await served.server.stop(0)
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [encode_frame(PING, 0, 0, b"12345678"), encode_frame(SETTINGS, 0, 0)],
+    ids=["ping", "settings"],
+)
+async def test_a_peer_that_floods_without_reading_is_dropped(served: Served, frame: bytes) -> None:
+    reader, writer = await asyncio.open_unix_connection(served.path)
+    largest_buffer = largest_unread = sent = 0
+    async with asyncio.timeout(TIMEOUT_S):
+        writer.write(PREFACE + encode_frame(SETTINGS, 0, 0))
+        await reader.readexactly(9)  # the server's SETTINGS: the connection is up; no more reads
+        connection = only_connection(served.server)
+        with contextlib.suppress(ConnectionError):
+            while not connection.closed.is_set():
+                writer.write(frame * 256)
+                await writer.drain()
+                sent += len(frame) * 256
+                usage = connection.usage()
+                largest_buffer = max(largest_buffer, usage.write_buffer_bytes)
+                largest_unread = max(largest_unread, usage.unread_bytes)
+        await connection.closed.wait()
+        writer.close()
+        await assert_serving(served)
+    # What the server kept for this peer stayed small: its buffer's high-water mark, one read's
+    # answers, and `unread_bytes` once it knew the peer was not reading.
+    assert largest_unread <= Limits().unread_bytes
+    assert largest_buffer < 1024 * 1024
+    assert sent > Limits().unread_bytes
+
+
+async def test_a_closing_connection_that_is_never_read_is_dropped(socket_dir: Path) -> None:
+    served = await bounded_server(socket_dir, Limits(unread_bytes=2**30, close_timeout_s=0.1))
+    try:
+        reader, writer = await asyncio.open_unix_connection(served.path)
+        async with asyncio.timeout(TIMEOUT_S):
+            writer.write(PREFACE + encode_frame(SETTINGS, 0, 0))
+            await reader.readexactly(9)
+            connection = only_connection(served.server)
+            while not connection.usage().unread_bytes:  # until the transport's buffer is full
+                writer.write(encode_frame(PING, 0, 0, b"12345678") * 4_096)
+                await writer.drain()
+            writer.write(encode_frame(DATA, 0, 0, b"x"))  # a protocol error: GOAWAY and close
+            await connection.closed.wait()
+        writer.close()
+    finally:
+        await served.server.stop(0)
+
+
+@pytest.mark.parametrize("step", [2, 2_000], ids=["consecutive-ids", "skipping-ids"])
+async def test_rapid_resets_drain_the_connection(raw: RawClient, served: Served, step: int) -> None:
+    premature = Limits().premature_resets
+    async with asyncio.timeout(TIMEOUT_S):
+        raw.call(1, HELD, b"in flight")
+        await served.calls.started.wait()
+        for number in range(1, premature + 100):
+            raw.open_stream(step * number + 1, ECHO)
+            raw.send(RST_STREAM, 0, step * number + 1, CANCEL.to_bytes(4, "big"))
+        goaway = await raw.frame_of(GOAWAY)
+        assert struct.unpack(">II", goaway.payload[:8]) == (step * premature + 1, ENHANCE_YOUR_CALM)
+        # Drained, not dropped: the call in flight finishes, then the connection closes.
+        served.calls.release.set()
+        finished = await raw.response(1)
+        await raw.until_closed()
+        opened = served.calls.opened
+        await assert_serving(served)
+    assert finished.messages == [b"in flight"]
+    assert opened == 1 + premature  # the rest were refused
+
+
+async def test_resets_of_answered_streams_are_how_envoy_ends_them(
+    raw: RawClient, served: Served
+) -> None:
+    count = 2 * Limits().premature_resets
+    async with asyncio.timeout(TIMEOUT_S):
+        for number in range(count):
+            raw.open_stream(2 * number + 1, ECHO)
+            raw.send(DATA, 0, 2 * number + 1, grpc_message(b"answered"))
+            raw.send(RST_STREAM, 0, 2 * number + 1, CANCEL.to_bytes(4, "big"))
+        raw.call(2 * count + 1, ECHO, b"still open")
+        response = await raw.response(2 * count + 1)
+    assert response.messages == [b"still open"]
+    assert served.calls.resets == count
+    assert only_connection(served.server).usage().streams == 0
+
+
+async def test_window_updates_and_resets_on_closed_streams_hold_nothing(
+    raw: RawClient, served: Served
+) -> None:
+    async with asyncio.timeout(TIMEOUT_S):
+        raw.call(1, ECHO, b"closed now")
+        await raw.response(1)
+        for _ in range(5_000):
+            raw.send(WINDOW_UPDATE, 0, 1, (1_000).to_bytes(4, "big"))
+            raw.send(RST_STREAM, 0, 1, CANCEL.to_bytes(4, "big"))
+            raw.send(PRIORITY, 0, 1, struct.pack(">IB", 0, 16))
+        raw.call(3, ECHO, b"after the flood")
+        assert (await raw.response(3)).messages == [b"after the flood"]
+    usage = only_connection(served.server).usage()
+    assert (usage.streams, usage.held_bytes, usage.input_bytes) == (0, 0, 0)
+
+
+async def test_a_stream_window_update_of_zero_ends_that_stream_only(
+    raw: RawClient, served: Served
+) -> None:
+    async with asyncio.timeout(TIMEOUT_S):
+        raw.open_stream(1, ECHO)
+        raw.send(WINDOW_UPDATE, 0, 1, b"\x00\x00\x00\x00")
+        failed = await raw.response(1)
+        raw.call(3, ECHO, b"next")
+        assert (await raw.response(3)).messages == [b"next"]
+    assert failed.status == GRPC_INTERNAL
