@@ -5,6 +5,7 @@ a synchronous admin client — every test provisions its own tenants, so tests s
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 import uuid
@@ -92,7 +93,14 @@ def stack(
         sys.executable, "-m", "tests.support.apisix",
         "--upstream", upstream.base_url.removesuffix("/v1"),
     )  # fmt: skip
-    stack = Stack(config)
+    with running(Stack(config)) as started:
+        yield started
+
+
+@contextlib.contextmanager
+def running(stack: Stack) -> Iterator[Stack]:
+    """The stack started, stopped at the end, with the tail of each process's log printed
+    (pytest shows it when a test failed)."""
     try:
         stack.start()
         yield stack
@@ -103,8 +111,9 @@ def stack(
             print(f"\n===== {log.name} (tail) =====\n{tail}")
 
 
-@pytest.fixture(scope="session")
-def admin(stack: Stack, upstream: UpstreamServer) -> Iterator[Admin]:
+@contextlib.contextmanager
+def admin_of(stack: Stack, upstream: UpstreamServer) -> Iterator[Admin]:
+    """An admin client of the stack, with the fake provider created and applied."""
     client = Admin(stack.config.control_address, stack.config.admin_token)
     response = client.control.CreateProvider(
         control_pb2.CreateProviderRequest(
@@ -116,8 +125,16 @@ def admin(stack: Stack, upstream: UpstreamServer) -> Iterator[Admin]:
         metadata=client.metadata,
     )
     client.wait_applied(response.policy_version, timeout_s=30)
-    yield client
-    client.channel.close()
+    try:
+        yield client
+    finally:
+        client.channel.close()
+
+
+@pytest.fixture(scope="session")
+def admin(stack: Stack, upstream: UpstreamServer) -> Iterator[Admin]:
+    with admin_of(stack, upstream) as client:
+        yield client
 
 
 @pytest.fixture

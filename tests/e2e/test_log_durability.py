@@ -22,8 +22,15 @@ from extproc.spool import parse_segment
 from extproc.token_count import TokenCounter
 from gatez.logrows import PATH_LIMIT
 from gatez.stack import Stack, StackConfig
-from gatez.v1 import control_pb2, logs_pb2, policy_pb2
-from tests.e2e.conftest import PROVIDER, UPSTREAM_KEY, Admin, TenantAccess, provision
+from gatez.v1 import control_pb2, logs_pb2
+from tests.e2e.conftest import (
+    UPSTREAM_KEY,
+    Admin,
+    TenantAccess,
+    admin_of,
+    provision,
+    running,
+)
 from tests.fakes.openai_upstream import UpstreamServer
 
 T = TypeVar("T")
@@ -39,31 +46,15 @@ def slow_upstream() -> Iterator[UpstreamServer]:
 def stack(
     tmp_path_factory: pytest.TempPathFactory, slow_upstream: UpstreamServer
 ) -> Iterator[Stack]:
-    stack = Stack(StackConfig.ephemeral(Path(tmp_path_factory.mktemp("durable-stack"))))
-    try:
-        stack.start()
-        yield stack
-    finally:
-        stack.stop()
-        for log in sorted(stack.logs.glob("*.log")):
-            print(f"\n===== {log.name} (tail) =====\n{log.read_text(errors='replace')[-3000:]}")
+    config = StackConfig.ephemeral(Path(tmp_path_factory.mktemp("durable-stack")))
+    with running(Stack(config)) as started:
+        yield started
 
 
 @pytest.fixture(scope="module")
 def admin(stack: Stack, slow_upstream: UpstreamServer) -> Iterator[Admin]:
-    client = Admin(stack.config.control_address, stack.config.admin_token)
-    response = client.control.CreateProvider(
-        control_pb2.CreateProviderRequest(
-            provider=policy_pb2.Provider(
-                name=PROVIDER, kind=policy_pb2.PROVIDER_KIND_OPENAI, base_url=slow_upstream.base_url
-            ),
-            api_key=UPSTREAM_KEY,
-        ),
-        metadata=client.metadata,
-    )
-    client.wait_applied(response.policy_version, timeout_s=30)
-    yield client
-    client.channel.close()
+    with admin_of(stack, slow_upstream) as client:
+        yield client
 
 
 @pytest.fixture

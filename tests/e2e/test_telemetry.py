@@ -16,7 +16,15 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from gatez.stack import Stack, StackConfig
 from gatez.v1 import control_pb2, policy_pb2
-from tests.e2e.conftest import PROVIDER, UPSTREAM_KEY, Admin, TenantAccess, provision
+from tests.e2e.conftest import (
+    PROVIDER,
+    UPSTREAM_KEY,
+    Admin,
+    TenantAccess,
+    admin_of,
+    provision,
+    running,
+)
 from tests.fakes.openai_upstream import UpstreamServer
 from tests.support.otlp import OtlpCollector, ReceivedSpan
 
@@ -45,31 +53,14 @@ def traced_stack(
         # Every stage call a span, however fast (by default only calls that did work).
         GATEZ_TRACE_STAGE_MIN_US="0",
     )
-    stack = Stack(config)
-    try:
-        stack.start()
-        yield stack
-    finally:
-        stack.stop()
-        for log in sorted(stack.logs.glob("*.log")):
-            print(f"\n===== {log.name} (tail) =====\n{log.read_text(errors='replace')[-3000:]}")
+    with running(Stack(config)) as started:
+        yield started
 
 
 @pytest.fixture(scope="module")
 def traced_admin(traced_stack: Stack, upstream: UpstreamServer) -> Iterator[Admin]:
-    admin = Admin(traced_stack.config.control_address, traced_stack.config.admin_token)
-    response = admin.control.CreateProvider(
-        control_pb2.CreateProviderRequest(
-            provider=policy_pb2.Provider(
-                name=PROVIDER, kind=policy_pb2.PROVIDER_KIND_OPENAI, base_url=upstream.base_url
-            ),
-            api_key=UPSTREAM_KEY,
-        ),
-        metadata=admin.metadata,
-    )
-    admin.wait_applied(response.policy_version, timeout_s=30)
-    yield admin
-    admin.channel.close()
+    with admin_of(traced_stack, upstream) as admin:
+        yield admin
 
 
 def one_trace(spans: list[ReceivedSpan], request_id: str) -> list[ReceivedSpan]:
