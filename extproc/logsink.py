@@ -174,7 +174,9 @@ class ClickHouseLogWriter:
 class ControlLogWriter:
     """Ships batches to the control service, which owns the embedded ClickHouse (chDB)."""
 
-    def __init__(self, channel: grpc.aio.Channel, dataplane_token: str, timeout_s: float = 10) -> None:
+    def __init__(
+        self, channel: grpc.aio.Channel, dataplane_token: str, timeout_s: float = 10
+    ) -> None:
         self._stub = control_pb2_grpc.DataPlaneServiceStub(channel)
         self._metadata = (("authorization", f"Bearer {dataplane_token}"),)
         self._timeout_s = timeout_s
