@@ -44,6 +44,11 @@ $(STAMP): pyproject.toml
 	@[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[dev]'
+	@# xds-protos ships an old copy of opentelemetry-proto's modules at the same paths (no
+	@# InstrumentationScope); whichever wheel pip unpacks last wins, so opentelemetry-proto's
+	@# own files go in again, last.
+	$(PY) -m pip install -q --force-reinstall --no-deps "opentelemetry-proto==$$($(PY) -c \
+		'import importlib.metadata as m; print(m.version("opentelemetry-proto"))')"
 	@rm -f $(VENV)/.installed-*
 	@touch $@
 
