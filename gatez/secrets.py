@@ -101,47 +101,43 @@ def _values(text: str) -> list[str]:
 
 
 def _source(
-    value: str, path: Path, variable: str, generate: Callable[[], str] | None
+    value: str, path: Path, variable: str, generate: Callable[[], str] | None, what: str
 ) -> tuple[list[str], str]:
-    """The listed values and where they came from: the variable when set, else its file."""
+    """The listed values and where they came from: the variable when set, else its file. A
+    secret that cannot be read is a SecretConfigError saying which setting to give."""
     if value:
         return _values(value), variable
-    return _values(read_secret_file(path, generate=generate)), str(path)
+    try:
+        return _values(read_secret_file(path, generate=generate)), str(path)
+    except (SecretConfigError, OSError, UnicodeDecodeError) as error:
+        raise SecretConfigError(
+            f"no {what} ({error}): set {variable} or {variable}_FILE to the control service's"
+        ) from None
 
 
 def dataplane_tokens(settings: Settings, *, create: bool) -> tuple[str, ...]:
     """The data-plane credentials, the one data planes send first. `create` (the control
     service) writes a fresh token file when there is none."""
-    try:
-        tokens, _ = _source(
-            settings.dataplane_token,
-            settings.dataplane_token_file,
-            "GATEZ_DATAPLANE_TOKEN",
-            new_dataplane_token if create else None,
-        )
-    except (SecretConfigError, OSError, UnicodeDecodeError) as error:
-        raise SecretConfigError(
-            f"no data-plane credential ({error}): set GATEZ_DATAPLANE_TOKEN or "
-            "GATEZ_DATAPLANE_TOKEN_FILE to the control service's"
-        ) from None
+    tokens, _ = _source(
+        settings.dataplane_token,
+        settings.dataplane_token_file,
+        "GATEZ_DATAPLANE_TOKEN",
+        new_dataplane_token if create else None,
+        "data-plane credential",
+    )
     return tuple(tokens)
 
 
 def secret_box(settings: Settings, *, create: bool) -> SecretBox:
     """The SecretBox of GATEZ_SECRET_KEY or its key file. `create` (the control service) writes
     a fresh key file when there is none."""
-    try:
-        encoded, source = _source(
-            settings.secret_key,
-            settings.secret_key_file,
-            "GATEZ_SECRET_KEY",
-            new_secret_key if create else None,
-        )
-    except (SecretConfigError, OSError, UnicodeDecodeError) as error:
-        raise SecretConfigError(
-            f"no secret key ({error}): set GATEZ_SECRET_KEY or GATEZ_SECRET_KEY_FILE to the "
-            "control service's"
-        ) from None
+    encoded, source = _source(
+        settings.secret_key,
+        settings.secret_key_file,
+        "GATEZ_SECRET_KEY",
+        new_secret_key if create else None,
+        "secret key",
+    )
     keys = []
     for position, value in enumerate(encoded, start=1):
         try:
