@@ -80,6 +80,19 @@ class Unavailable(GatewayError):
     kind = "service_unavailable"
 
 
+class UpstreamFailed(GatewayError):
+    """The upstream could not be reached (connection, TLS verification) or broke off."""
+
+    http_status = 502
+    grpc_code = grpc.StatusCode.UNAVAILABLE
+    kind = "service_unavailable"
+
+
+class UpstreamTimeout(UpstreamFailed):
+    http_status = 504
+    grpc_code = grpc.StatusCode.DEADLINE_EXCEEDED
+
+
 class InvalidPolicy(GatewayError):
     """A policy that cannot be compiled. Raised at load time, never at request time."""
 

@@ -1,30 +1,31 @@
-"""The APISIX adapter: turns ext-plugin calls into pipeline phases on a Flow, and verdicts plus
-the Flow's pending changes back into Stop / Rewrite / response replies. No policy lives here.
+"""The APISIX adapter: turns ext-plugin calls and the Gatez plugin's frames into pipeline phases
+on a Flow, and verdicts plus the Flow's pending changes back into Stop / Rewrite / answers. No
+policy lives here.
 
 The route kind — and with it the pipeline — is chosen by policy, from the request's path, as
 behind Envoy (`gatez.pipeline.Dispatcher`); a route's runner conf (`{"name": "gatez", "value":
-"{}"}`) only has to name us. How one LLM request goes (an APISIX route with `ext-plugin-pre-req`
-and `ext-plugin-post-resp`, both with that conf):
+"{}"}`) only has to name us. How one LLM request goes (an APISIX route with
+`ext-plugin-pre-req` and the Gatez Lua plugin `gatez`, `apisix/plugins/gatez.lua`):
 
-1. HTTPReqCall: the runner opens the Flow; when its pipeline acts on the response it asks
-   (ExtraInfo) for `$request_id`, which names the request in both calls (the protocol has no id of
-   its own that survives from pre-req to post-resp), runs the request-headers phase, and — when a
-   stage asked for the body — asks for it (ExtraInfo ReqBody) and runs the request-body phase. A
-   Respond becomes Stop; otherwise the pending changes become one Rewrite, and the Flow waits for
-   the response call (at most `response_wait_s`, and at most `max_waiting` Flows wait at once).
-2. HTTPRespCall: the runner finds the Flow by `$request_id`, runs the response-headers phase, and
-   when a stage wants the body, asks for it (ExtraInfo RespBody: APISIX has buffered all of it)
-   and runs the response-body phase once with the whole body as the last chunk.
+1. HTTPReqCall (pre-req): the runner opens the Flow, runs the request-headers phase, and — when
+   a stage asked for the body — asks for it (ExtraInfo ReqBody) and runs the request-body phase.
+   A Respond becomes Stop. A pipeline that acts on the response (LLM) parks its Flow and answers
+   with a Rewrite that only names it (`x-gatez-flow: <key>`) and removes what the pipeline
+   removed; the provider request itself (target, headers with the provider's credential, body)
+   stays here until the plugin asks for it.
+2. The plugin's frames (`extproc.apisix.plugin_wire`): it asks for the provider request, makes
+   the call (SNI, certificate and host name verified), sends the provider's status and headers
+   (the response-headers phase decides how the body goes on: untouched, buffered, or streamed
+   chunk by chunk through the runner), every chunk, and the end — also when the client went
+   away or the provider's stream broke — so usage and logs are exact.
+
+`ext-plugin-post-resp` is refused at PrepareConf: APISIX then makes the provider call itself
+with `lua-resty-http`, sending no SNI and checking no host name, buffering streams whole.
 
 A pipeline without response stages (plain REST) costs one frame each way and its Flow ends at the
-Rewrite (its request-log row then has no status: APISIX never tells). A stage's Hold simply keeps
-the call unanswered, and APISIX waits (its 60 s read timeout is reset by an ExtraInfo question
-every 30 s, `_HeldCall`).
-
-Routing differs from Envoy: APISIX's upstream is the route's (or `traffic-split`'s), so the
-runner expresses the provider as Rewrite headers — `host` (from `:authority`), the path, the
-provider key, and `x-gatez-provider: <name>` for `traffic-split` to match on — and drops
-Envoy's `x-gatez-cluster`.
+Rewrite (its request-log row then has no status: APISIX never tells); APISIX proxies it to the
+route's own upstream. A stage's Hold simply keeps the call unanswered, and APISIX waits (its 60 s
+read timeout is reset by an ExtraInfo question every 30 s, `_HeldCall`).
 """
 
 from __future__ import annotations
@@ -42,45 +43,68 @@ from urllib.parse import parse_qsl, quote
 
 import orjson
 
+from extproc.apisix import plugin_wire
 from extproc.apisix.frames import (
     ErrorCode,
     ExtraInfo,
     FrameError,
     HttpRequestCall,
     HttpRequestCallReply,
-    HttpResponseCall,
-    HttpResponseCallReply,
     MalformedMessage,
     PrepareConf,
     RequestBodyInfo,
-    ResponseBodyInfo,
     Rewrite,
     RpcType,
     Stop,
     VarInfo,
     decode_extra_info_reply,
     decode_http_request_call,
-    decode_http_response_call,
     decode_prepare_conf,
     encode_error,
     encode_extra_info_request,
     encode_frame,
     encode_http_request_call_reply,
-    encode_http_response_call_reply,
     encode_prepare_conf_reply,
     read_frame,
 )
+from extproc.apisix.plugin_wire import PLUGIN_RPCS, BodyPlan, PluginFrame, PluginRpc
 from extproc.stages.upstream import CLUSTER_HEADER
-from gatez.errors import GatewayError, InvalidRequest, Unavailable
+from gatez.errors import (
+    GatewayError,
+    InvalidRequest,
+    Unavailable,
+    UpstreamFailed,
+    UpstreamTimeout,
+    quoted,
+)
 from gatez.pipeline import BodyMode, Continue, Dispatcher, Flow, Pending, Pipeline, Respond
+from gatez.policy import UPSTREAM_CLUSTER_TLS
 
 log = logging.getLogger("gatez.apisix")
 
 # The runner-plugin name a route's conf entry carries for us; other entries are ignored.
 PLUGIN_NAME: Final = "gatez"
-# nginx's own per-request id: the same in the pre-req and the post-resp call of one request.
+# nginx's own per-request id, asked for while a call is held (any question resets APISIX's timer).
 REQUEST_ID_VAR: Final = "request_id"
-PROVIDER_HEADER: Final = "x-gatez-provider"
+# Names a parked Flow to the Gatez plugin; set only by the runner (a client's is removed).
+FLOW_HEADER: Final = "x-gatez-flow"
+REQUEST_ID_HEADER: Final = "x-request-id"
+# APISIX's own response plugin: it calls the upstream without SNI or a host-name check.
+POST_RESP_PLUGIN: Final = "ext-plugin-post-resp"
+# Never forwarded to a provider or back to a client: they describe one hop, not the exchange.
+HOP_BY_HOP: Final = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "transfer-encoding",
+        "te",
+        "trailer",
+        "upgrade",
+        "content-length",
+        "host",
+    }
+)
 # APISIX keeps a token up to its expire time; ours live longer, so APISIX never holds a dead one.
 TOKEN_LIFETIME_FACTOR: Final = 1.2
 
@@ -169,13 +193,43 @@ class ConfStore:
                 del self._by_key[prepared.key]
 
 
+@dataclass(frozen=True, slots=True)
+class UpstreamCall:
+    """The provider request the Gatez plugin makes for a Flow: where, and exactly what."""
+
+    scheme: str
+    host: str
+    port: int
+    method: str
+    path: str
+    headers: tuple[tuple[str, str], ...]
+    body: bytes
+
+    def meta(self) -> dict[str, object]:
+        return {
+            "scheme": self.scheme,
+            "host": self.host,
+            # The name the certificate must carry (and SNI): the host without IPv6 brackets.
+            "server_name": self.host.strip("[]"),
+            "port": self.port,
+            "method": self.method,
+            "path": self.path,
+            "headers": self.headers,
+        }
+
+
 @dataclass(slots=True)
 class _Parked:
-    """A Flow between its request call and its response call."""
+    """A Flow between its request call and the end of its response."""
 
     flow: Flow
     pipeline: Pipeline
     timer: asyncio.TimerHandle
+    # Handed to the plugin once (UPSTREAM_REQUEST); None afterwards.
+    upstream: UpstreamCall | None = None
+    # The original response headers, repeats kept, for the answer to RESPONSE_START.
+    response_started: bool = False
+    ended: bool = False
 
 
 # Flows waiting for their response call, at most: APISIX skips the call when the upstream
@@ -330,10 +384,8 @@ class ExtPluginRunner:
                 request = decode_http_request_call(payload)
                 reply = await self._request_call(request, exchange)
                 return RpcType.HTTP_REQ_CALL, encode_http_request_call_reply(reply)
-            if rpc_type == RpcType.HTTP_RESP_CALL:
-                response = decode_http_response_call(payload)
-                resp_reply = await self._response_call(response, exchange)
-                return RpcType.HTTP_RESP_CALL, encode_http_response_call_reply(resp_reply)
+            if rpc_type in PLUGIN_RPCS:
+                return rpc_type, await self._plugin_answer(rpc_type, payload)
             if rpc_type == RpcType.PREPARE_CONF:
                 token = self._prepare_conf(decode_prepare_conf(payload))
                 return RpcType.PREPARE_CONF, encode_prepare_conf_reply(token)
@@ -345,6 +397,16 @@ class ExtPluginRunner:
             return RpcType.ERROR, encode_error(error_code(error))
 
     def _prepare_conf(self, message: PrepareConf) -> int:
+        if f"#{POST_RESP_PLUGIN}#" in message.key:
+            # Refused, so the route fails closed (APISIX answers 503) instead of calling the
+            # provider without SNI or a host-name check; log it, an operator must fix the route.
+            log.error(
+                "a route uses %s with the gatez runner; use the gatez plugin instead "
+                "(apisix/plugins/gatez.lua): key %s",
+                POST_RESP_PLUGIN,
+                quoted(message.key),
+            )
+            raise BadConf(f"{POST_RESP_PLUGIN} is not supported: use the gatez plugin")
         value = ""
         for entry_name, entry_value in message.conf:
             if entry_name != PLUGIN_NAME:
@@ -366,8 +428,7 @@ class ExtPluginRunner:
     ) -> HttpRequestCallReply:
         self.confs.get(call.conf_token)
         headers = _header_map(call.headers)
-        # A client's own x-request-id is never the log row's id: APISIX's $request_id when the
-        # response call must find this Flow again, else one of ours.
+        # A client's own x-request-id is never the log row's id.
         flow, pipeline = self._dispatcher.open(
             request_id=uuid.uuid4().hex,
             method=call.method,
@@ -377,16 +438,11 @@ class ExtPluginRunner:
             # No proxy span here: the trace starts with us, or continues the client's.
             traceparent=headers.get("traceparent"),
         )
-        key: str | None = None
         changes: dict[str, str | None] = {}
         body: bytes | None = None
         held = _HeldCall(exchange, self._hold_keepalive_s)
         flow.on_hold = held.start
         try:
-            if pipeline.wants_response:
-                raw = await exchange.ask(VarInfo(REQUEST_ID_VAR))
-                key = raw.decode("latin-1") if raw else None
-                flow.request_id = key or flow.request_id
             verdict = pipeline.start_request_headers(flow)
             if not isinstance(verdict, Continue | Respond):
                 verdict = await verdict  # a stage must wait (or hold): the rest of the phase
@@ -408,69 +464,154 @@ class ExtPluginRunner:
             flow.response_status = verdict.status
             flow.finished_ns = time.monotonic_ns()
             self._finish(flow, pipeline)
-            stop = Stop(verdict.status, verdict.headers, verdict.body)
+            stop = Stop(verdict.status, _with_request_id(verdict.headers, flow), verdict.body)
             return HttpRequestCallReply(call.id, stop)
-        if key is not None:
-            self._park(key, flow, pipeline)
-        else:
-            flow.finished_ns = time.monotonic_ns()
-            self._finish(flow, pipeline)
+        if pipeline.wants_response:
+            # The Gatez plugin makes the provider call: it gets the request from us, by key.
+            key = flow.request_id
+            self._park(key, flow, pipeline, _upstream_call(flow, call, changes, body))
+            return HttpRequestCallReply(call.id, _handover(changes, key))
+        flow.finished_ns = time.monotonic_ns()
+        self._finish(flow, pipeline)
         return HttpRequestCallReply(call.id, _rewrite(flow, call, changes, body))
 
-    # -- the response call ---------------------------------------------------------------------
+    # -- the Gatez plugin's frames -------------------------------------------------------------
 
-    async def _response_call(
-        self, call: HttpResponseCall, exchange: _Exchange
-    ) -> HttpResponseCallReply:
-        self.confs.get(call.conf_token)
-        raw = await exchange.ask(VarInfo(REQUEST_ID_VAR))
-        parked = self._parked.pop(raw.decode("latin-1"), None) if raw else None
-        if parked is None:
-            # The request call never reached us (a route without pre-req) or we restarted.
-            log.info("response call for a request this runner does not know; passing it on")
-            return HttpResponseCallReply(call.id)
-        parked.timer.cancel()
-        flow, pipeline = parked.flow, parked.pipeline
-        changes: dict[str, str | None] = {}
-        body: bytes | None = None
-        held = _HeldCall(exchange, self._hold_keepalive_s)
-        flow.on_hold = held.start
+    async def _plugin_answer(self, rpc_type: int, payload: bytes) -> bytes:
+        """Every plugin frame gets a plugin answer; one that fails says why in its meta (the
+        plugin then answers the client itself) and ends its flow."""
         try:
-            flow.upstream_reached = True
-            flow.response_status = call.status
-            flow.response_headers = _header_map(call.headers)
-            verdict = pipeline.start_response_headers(flow)
-            if not isinstance(verdict, Continue | Respond):
-                verdict = await verdict  # a stage must wait (or hold): the rest of the phase
-                await held.stop()
-            body = _merge(changes, flow.take_pending(), body)
-            if isinstance(verdict, Continue) and flow.response_body_mode is not BodyMode.NONE:
-                # APISIX buffered the whole response: it arrives here as one last chunk.
-                flow.response_chunk = await exchange.ask(ResponseBodyInfo()) or b""
-                flow.end_of_stream = True
-                if flow.first_byte_ns is None:
-                    flow.first_byte_ns = time.monotonic_ns()
-                verdict = pipeline.start_response_body(flow)
-                if not isinstance(verdict, Continue | Respond):
-                    verdict = await verdict  # a stage must wait (or hold): the rest of the phase
-                    await held.stop()
-                body = _merge(changes, flow.take_pending(), body)
-        except BaseException:
-            await held.stop()
-            flow.error = flow.error or "apisix_call_failed"
-            raise
-        else:
-            if isinstance(verdict, Respond):
-                flow.response_status = verdict.status
-                return HttpResponseCallReply(call.id, verdict.status, verdict.headers, verdict.body)
-            return HttpResponseCallReply(call.id, 0, tuple(changes.items()), body if body else b"")
-        finally:
-            flow.finished_ns = time.monotonic_ns()
-            self._finish(flow, pipeline)
+            frame = plugin_wire.decode(rpc_type, payload)
+        except MalformedMessage as error:
+            log.warning("bad gatez plugin frame: %s", error)
+            return plugin_wire.encode({"error": "bad_frame"})
+        parked = self._parked.get(frame.flow)
+        if parked is None:
+            # Expired, never parked here, or parked by a runner that has since restarted.
+            return plugin_wire.encode({"error": "unknown_flow"})
+        self._rearm(frame.flow, parked)
+        try:
+            return await self._plugin_frame(frame, parked)
+        except MalformedMessage as error:
+            log.warning("bad gatez plugin frame: %s", error)
+            parked.flow.error = parked.flow.error or "bad_plugin_frame"
+            self._end(frame.flow, parked)
+            return plugin_wire.encode({"error": "bad_frame"})
+        except Exception:
+            log.exception("a response phase failed")
+            parked.flow.error = parked.flow.error or "internal_error"
+            self._end(frame.flow, parked)
+            return plugin_wire.encode({"error": "runner_failed"})
+
+    async def _plugin_frame(self, frame: PluginFrame, parked: _Parked) -> bytes:
+        rpc = frame.rpc
+        if rpc is PluginRpc.UPSTREAM_REQUEST:
+            upstream, parked.upstream = parked.upstream, None
+            if upstream is None:
+                return plugin_wire.encode({"error": "already_requested"})
+            return plugin_wire.encode(upstream.meta(), upstream.body)
+        if rpc is PluginRpc.RESPONSE_START:
+            return await self._response_start(frame, parked)
+        if rpc is PluginRpc.RESPONSE_CHUNK:
+            return await self._response_chunk(frame, parked)
+        self._response_end(frame, parked)
+        return plugin_wire.encode({})
+
+    async def _response_start(self, frame: PluginFrame, parked: _Parked) -> bytes:
+        flow, pipeline = parked.flow, parked.pipeline
+        if parked.response_started or parked.upstream is not None:
+            raise MalformedMessage("RESPONSE_START out of order")
+        parked.response_started = True
+        error = frame.meta.get("error")
+        if error is not None:
+            # The plugin could not reach the provider: the client's answer is ours.
+            failure = upstream_failure(str(error))
+            flow.error = failure.reason
+            flow.response_status = failure.http_status
+            self._end(frame.flow, parked)
+            return _replacement(
+                Respond(
+                    failure.http_status,
+                    failure.json_body(),
+                    (("content-type", "application/json"),),
+                ),
+                flow,
+            )
+        status = frame.meta.get("status")
+        if not isinstance(status, int) or not 100 <= status <= 999:
+            raise MalformedMessage("RESPONSE_START without a valid status")
+        provider_headers = plugin_wire.header_list(frame.meta.get("headers", []))
+        flow.upstream_reached = True
+        flow.response_status = status
+        flow.response_headers = _header_map(tuple(provider_headers))
+        verdict = pipeline.start_response_headers(flow)
+        if not isinstance(verdict, Continue | Respond):
+            verdict = await verdict
+        pending = flow.take_pending()
+        if isinstance(verdict, Respond):
+            flow.response_status = verdict.status
+            self._end(frame.flow, parked)
+            return _replacement(verdict, flow)
+        return plugin_wire.encode(
+            {
+                "status": status,
+                "headers": _client_headers(provider_headers, pending, flow),
+                "body": _BODY_PLANS[flow.response_body_mode].value,
+            }
+        )
+
+    async def _response_chunk(self, frame: PluginFrame, parked: _Parked) -> bytes:
+        flow, pipeline = parked.flow, parked.pipeline
+        if not parked.response_started or flow.end_of_stream:
+            raise MalformedMessage("RESPONSE_CHUNK outside a response body")
+        flow.response_chunk = frame.data
+        flow.end_of_stream = frame.meta.get("eos") is True
+        if flow.first_byte_ns is None:
+            flow.first_byte_ns = time.monotonic_ns()
+        verdict = pipeline.start_response_body(flow)
+        if not isinstance(verdict, Continue | Respond):
+            verdict = await verdict
+        pending = flow.take_pending()
+        if isinstance(verdict, Respond):
+            # A buffered body is replaced whole; a stream ends here.
+            flow.response_status = verdict.status
+            if not flow.end_of_stream:
+                flow.error = flow.error or "stream_ended_by_gateway"
+            self._end(frame.flow, parked)
+            return _replacement(verdict, flow)
+        if flow.end_of_stream:
+            self._end(frame.flow, parked)
+        return plugin_wire.encode({}, pending.body if pending.body is not None else frame.data)
+
+    def _response_end(self, frame: PluginFrame, parked: _Parked) -> None:
+        error = frame.meta.get("error")
+        if isinstance(error, str) and error:
+            # The client went away, or the provider's stream broke: metered as far as it got.
+            parked.flow.error = parked.flow.error or error[:64]
+        elif parked.upstream is not None:
+            parked.flow.error = parked.flow.error or "no_upstream_call"
+        self._end(frame.flow, parked)
 
     # -- flow lifetime -------------------------------------------------------------------------
 
-    def _park(self, key: str, flow: Flow, pipeline: Pipeline) -> None:
+    def _rearm(self, key: str, parked: _Parked) -> None:
+        """A frame for the flow arrived: it lives another `response_wait_s` from now."""
+        parked.timer.cancel()
+        parked.timer = asyncio.get_running_loop().call_later(
+            self._response_wait_s, self._expire, key
+        )
+
+    def _end(self, key: str, parked: _Parked) -> None:
+        if parked.ended:
+            return
+        parked.ended = True
+        if self._parked.get(key) is parked:
+            del self._parked[key]
+        parked.timer.cancel()
+        parked.flow.finished_ns = time.monotonic_ns()
+        self._finish(parked.flow, parked.pipeline)
+
+    def _park(self, key: str, flow: Flow, pipeline: Pipeline, upstream: UpstreamCall) -> None:
         timer = asyncio.get_running_loop().call_later(self._response_wait_s, self._expire, key)
         previous = self._parked.pop(key, None)
         if previous is not None:
@@ -478,15 +619,14 @@ class ExtPluginRunner:
             self._finish(previous.flow, previous.pipeline)
         while len(self._parked) >= self._max_waiting:
             self._expire(next(iter(self._parked)), error="too_many_waiting")
-        self._parked[key] = _Parked(flow, pipeline, timer)
+        self._parked[key] = _Parked(flow, pipeline, timer, upstream)
 
-    def _expire(self, key: str, error: str = "no_response_call") -> None:
-        parked = self._parked.pop(key, None)
+    def _expire(self, key: str, error: str = "no_plugin_call") -> None:
+        parked = self._parked.get(key)
         if parked is None:
             return
-        parked.timer.cancel()
         parked.flow.error = parked.flow.error or error
-        self._finish(parked.flow, parked.pipeline)
+        self._end(key, parked)
 
     def _finish(self, flow: Flow, pipeline: Pipeline) -> None:
         if not pipeline.done_waits:
@@ -550,7 +690,8 @@ def _merge(changes: dict[str, str | None], pending: Pending, body: bytes | None)
 
 def _rewrite(
     flow: Flow, call: HttpRequestCall, changes: dict[str, str | None], body: bytes | None
-) -> Rewrite | None:
+) -> Rewrite:
+    """The pre-req answer for a request APISIX proxies itself (REST): the pipeline's changes."""
     path: str | None = None
     args: tuple[tuple[str, str | None], ...] = ()
     headers: list[tuple[str, str | None]] = []
@@ -560,15 +701,118 @@ def _rewrite(
             args = _args_change(call.args, query)
         elif name == ":authority":
             headers.append(("host", value))
-        elif name == CLUSTER_HEADER:
-            # Envoy's cluster choice; APISIX routes by the provider name instead.
-            if flow.llm is not None:
-                headers.append((PROVIDER_HEADER, flow.llm.target.provider.name))
-        elif not name.startswith(":"):
+        elif not name.startswith(":") and name != CLUSTER_HEADER:
             headers.append((name, value))
-    if path is None and not headers and not args and body is None:
-        return None
-    return Rewrite(path=path, headers=tuple(headers), args=args, body=body)
+    if any(name == FLOW_HEADER for name, _ in call.headers):
+        # Only the runner names flows to the Gatez plugin.
+        headers.append((FLOW_HEADER, None))
+    return Rewrite(
+        path=path,
+        headers=tuple(headers),
+        args=args,
+        resp_headers=((REQUEST_ID_HEADER, flow.request_id),),
+        body=body,
+    )
+
+
+def _handover(changes: dict[str, str | None], key: str) -> Rewrite:
+    """The pre-req answer for a request the Gatez plugin sends: the flow's key, and whatever the
+    pipeline removed (the client's credential) so no later APISIX plugin or log sees it. The
+    provider request itself is handed over by UPSTREAM_REQUEST."""
+    headers: list[tuple[str, str | None]] = [
+        (name, None) for name, value in changes.items() if value is None and name[0] != ":"
+    ]
+    headers.append((FLOW_HEADER, key))
+    return Rewrite(headers=tuple(headers))
+
+
+def _with_request_id(
+    headers: tuple[tuple[str, str], ...], flow: Flow
+) -> tuple[tuple[str, str], ...]:
+    """Every answer names its log row, as behind Envoy (a provider's own id is replaced)."""
+    kept = tuple((n, v) for n, v in headers if n.lower() != REQUEST_ID_HEADER)
+    return (*kept, (REQUEST_ID_HEADER, flow.request_id))
+
+
+def _upstream_call(
+    flow: Flow, call: HttpRequestCall, changes: dict[str, str | None], body: bytes | None
+) -> UpstreamCall:
+    """The provider request the pipeline made of the client's: its routing changes (cluster,
+    authority, path), the client's headers it kept, the headers it set, and its body."""
+    authority = changes.get(":authority") or flow.request_headers.get("host", "")
+    host, _, port = authority.rpartition(":")
+    tls = changes.get(CLUSTER_HEADER) == UPSTREAM_CLUSTER_TLS
+    if not host or not port.isdigit():
+        host, port = authority, "443" if tls else "80"
+    headers = [
+        (name, value)
+        for name, value in call.headers
+        if name not in changes and name not in HOP_BY_HOP and not name.startswith("x-gatez-")
+    ]
+    headers.extend(
+        (name, value)
+        for name, value in changes.items()
+        if value is not None
+        and name[0] != ":"
+        and name not in HOP_BY_HOP
+        and name != CLUSTER_HEADER
+    )
+    headers.append(("host", authority))
+    return UpstreamCall(
+        scheme="https" if tls else "http",
+        host=host,
+        port=int(port),
+        method=call.method,
+        path=changes.get(":path") or flow.path,
+        headers=tuple(headers),
+        body=body if body is not None else flow.request_body,
+    )
+
+
+def _client_headers(
+    provider: list[tuple[str, str]], pending: Pending, flow: Flow
+) -> list[tuple[str, str]]:
+    """The provider's response headers as the client gets them: repeats kept, hop-by-hop ones
+    dropped (nginx frames the body itself), the pipeline's removals and settings applied."""
+    removed = {*pending.remove_headers, *pending.set_headers, REQUEST_ID_HEADER}
+    headers = [(n, v) for n, v in provider if n not in removed and n not in HOP_BY_HOP]
+    headers.extend((n, v) for n, v in pending.set_headers.items() if n not in HOP_BY_HOP)
+    headers.append((REQUEST_ID_HEADER, flow.request_id))
+    return headers
+
+
+def _replacement(verdict: Respond, flow: Flow) -> bytes:
+    """The plugin's instruction to answer with the gateway's own response."""
+    return plugin_wire.encode(
+        {
+            "body": BodyPlan.REPLACE.value,
+            "status": verdict.status,
+            "headers": _with_request_id(verdict.headers, flow),
+        },
+        verdict.body,
+    )
+
+
+_BODY_PLANS: Final = {
+    BodyMode.NONE: BodyPlan.NONE,
+    BodyMode.BUFFERED: BodyPlan.BUFFERED,
+    BodyMode.STREAMED: BodyPlan.STREAMED,
+}
+
+# What the plugin reports when it could not get an answer from the provider.
+_TIMEOUTS: Final = frozenset({"timeout"})
+
+
+def upstream_failure(error: str) -> UpstreamFailed:
+    """The client's answer when the plugin could not reach the provider (`error`: the plugin's
+    reason — connect, tls, timeout, send, read)."""
+    message = "the upstream could not be reached or did not answer in time"
+    failure = UpstreamTimeout(message) if error in _TIMEOUTS else UpstreamFailed(message)
+    failure.code = f"upstream_{error}" if error in _PLUGIN_ERRORS else "upstream_failed"
+    return failure
+
+
+_PLUGIN_ERRORS: Final = frozenset({"connect", "tls", "timeout", "send", "read", "resolve"})
 
 
 def _args_change(
