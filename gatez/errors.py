@@ -81,9 +81,10 @@ class Unavailable(GatewayError):
 
 
 class UpstreamFailed(GatewayError):
-    """The upstream could not be reached (connection, TLS verification) or broke off."""
+    """The upstream could not be reached (connection, TLS verification) or broke off before it
+    answered: 503, as Envoy answers the same failures."""
 
-    http_status = 502
+    http_status = 503
     grpc_code = grpc.StatusCode.UNAVAILABLE
     kind = "service_unavailable"
 
