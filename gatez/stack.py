@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-from gatez.envoy_config import EnvoyTracing, render
+from gatez.envoy_config import CA_BUNDLE, EnvoyTracing, render
 from gatez.processes import (
     redis_config,
     require_binary,
@@ -71,6 +71,9 @@ class StackConfig:
     # socket appended as `--port N --runner-socket PATH`).
     proxy: str = "envoy"
     apisix_command: tuple[str, ...] = ()
+    # The one file of CA certificates the proxy trusts for TLS to providers (tests: the system
+    # bundle plus their own CA).
+    ca_bundle: str = CA_BUNDLE
 
     @classmethod
     def ephemeral(cls, state_dir: Path) -> StackConfig:
@@ -250,6 +253,7 @@ class Stack:
                 listen_port=config.listen_port,
                 admin_port=config.envoy_admin_port,
                 extproc_socket=str(config.extproc_socket),
+                ca_bundle=config.ca_bundle,
                 # Traced when the data plane is (the same OTEL_* variables).
                 tracing=EnvoyTracing.from_env(config.environment()),
             )

@@ -21,6 +21,7 @@ from gatez.v1 import control_pb2, control_pb2_grpc, policy_pb2
 from tests.fakes.openai_upstream import UpstreamServer
 from tests.support.oidc import OidcIssuer
 from tests.support.redis_cluster import LocalRedisCluster
+from tests.support.tls import LocalCertificateAuthority
 
 UPSTREAM_KEY = "sk-upstream-secret-for-tests"
 PROVIDER = "fake-openai"
@@ -67,11 +68,18 @@ def oidc() -> Iterator[OidcIssuer]:
         yield issuer
 
 
+@pytest.fixture(scope="session")
+def provider_ca(tmp_path_factory: pytest.TempPathFactory) -> LocalCertificateAuthority:
+    """The CA of the tests' TLS providers; every stack trusts it beside the system CAs."""
+    return LocalCertificateAuthority(Path(tmp_path_factory.mktemp("provider-ca")))
+
+
 @pytest.fixture(scope="session", params=["envoy", "envoy-grpcio", "apisix", "envoy-cluster"])
 def stack(
     request: pytest.FixtureRequest,
     tmp_path_factory: pytest.TempPathFactory,
     upstream: UpstreamServer,
+    provider_ca: LocalCertificateAuthority,
 ) -> Iterator[Stack]:
     """The same suite runs through both adapters: Envoy + ext_proc (served by the lean HTTP/2
     server, and by the grpc.aio fallback), and the APISIX runner behind the harness that plays
@@ -84,6 +92,7 @@ def stack(
     )
     config = StackConfig.ephemeral(Path(tmp_path_factory.mktemp(f"stack-{request.param}")))
     config.proxy = proxy
+    config.ca_bundle = str(provider_ca.bundle())
     if cluster is not None:
         config.external_redis_url = cluster.seed_url
         config.redis_password = cluster.password
@@ -147,8 +156,10 @@ def provision(
     *,
     rate_limit: policy_pb2.RateLimit | None = None,
     models: dict[str, str] | None = None,
+    provider: str = PROVIDER,
 ) -> TenantAccess:
-    """A fresh tenant with one API key and its own model routes, applied on the data plane."""
+    """A fresh tenant with one API key and its own model routes (to `provider`), applied on
+    the data plane."""
     tenant_id = f"t-{uuid.uuid4().hex[:10]}"
     md = admin.metadata
     tenant = policy_pb2.Tenant(id=tenant_id, display_name=tenant_id)
@@ -163,7 +174,7 @@ def provision(
         route = admin.control.CreateModelRoute(
             control_pb2.CreateModelRouteRequest(
                 model_route=policy_pb2.ModelRoute(
-                    tenant_id=tenant_id, alias=alias, provider=PROVIDER, upstream_model=model
+                    tenant_id=tenant_id, alias=alias, provider=provider, upstream_model=model
                 )
             ),
             metadata=md,

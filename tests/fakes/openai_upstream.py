@@ -13,8 +13,9 @@ tokens are counted by the documented rule in `count_prompt_tokens` / `count_comp
 
 Every request is recorded (`RequestRecorder`), and tests can queue scripted failures
 (`ErrorReply`) for the next requests, exactly as OpenAI sends them. `UpstreamServer` runs all of it
-on a loopback port in a background thread; `python -m tests.fakes.openai_upstream` runs it in the
-foreground until SIGINT/SIGTERM.
+on a loopback port in a background thread, over plain HTTP or, given a certificate, over HTTPS
+(recording the SNI server name of each TLS handshake); `python -m tests.fakes.openai_upstream`
+runs it in the foreground until SIGINT/SIGTERM.
 
 Wire formats follow OpenAI's API reference (the chat completion and chunk objects,
 `stream_options.include_usage`, error codes) and api.openai.com responses captured in public
@@ -34,6 +35,7 @@ import re
 import secrets
 import signal
 import socket
+import ssl
 import string
 import sys
 import threading
@@ -42,6 +44,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from http import HTTPStatus
+from pathlib import Path
 from types import MappingProxyType, TracebackType
 from typing import Any, Final, Literal, Self
 
@@ -442,7 +445,8 @@ def record_of(
 
 
 class RequestRecorder:
-    """Every request the upstream received, and the failures scripted for the next ones.
+    """Every request the upstream received, the SNI server name of every TLS handshake (when it
+    serves HTTPS), and the failures scripted for the next requests.
 
     Thread-safe: the server records from its own thread while a test reads and scripts from
     another. `max_requests` bounds the history (oldest first out) for long-running demos.
@@ -451,17 +455,30 @@ class RequestRecorder:
     def __init__(self, *, max_requests: int | None = None) -> None:
         self._lock = threading.Lock()
         self._requests: deque[RecordedRequest] = deque(maxlen=max_requests)
+        self._server_names: deque[str | None] = deque(maxlen=max_requests)
         self._queued_errors: deque[tuple[ErrorReply, str | None]] = deque()
 
     def record(self, request: RecordedRequest) -> None:
         with self._lock:
             self._requests.append(request)
 
+    def record_server_name(self, server_name: str | None) -> None:
+        """A TLS client said hello with this SNI server name (None: it sent none)."""
+        with self._lock:
+            self._server_names.append(server_name)
+
     @property
     def requests(self) -> list[RecordedRequest]:
         """A snapshot of the recorded requests, oldest first."""
         with self._lock:
             return list(self._requests)
+
+    @property
+    def server_names(self) -> list[str | None]:
+        """The SNI server name of each TLS handshake begun, oldest first; the handshake may
+        then have failed (a client that rejects the certificate still said hello)."""
+        with self._lock:
+            return list(self._server_names)
 
     def queue_error(self, error: ErrorReply, *, times: int = 1, path: str | None = None) -> None:
         """Answer the next `times` requests with `error` (only requests to `path`, if given).
@@ -489,9 +506,10 @@ class RequestRecorder:
             return len(self._queued_errors)
 
     def clear(self) -> None:
-        """Forget the recorded requests and drop every queued error."""
+        """Forget the recorded requests and server names, and drop every queued error."""
         with self._lock:
             self._requests.clear()
+            self._server_names.clear()
             self._queued_errors.clear()
 
 
@@ -944,13 +962,14 @@ async def _serve(
     *,
     on_started: Callable[[], None],
     access_log: logging.Logger | None,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> None:
     """Serve `app` on the bound `sock` until `stop` is set, then shut down cleanly."""
     # A short shutdown timeout: a stream still open at stop is cut rather than awaited.
     runner = web.AppRunner(app, access_log=access_log, shutdown_timeout=0.25)
     await runner.setup()
     try:
-        site = web.SockSite(runner, sock)
+        site = web.SockSite(runner, sock, ssl_context=ssl_context)
         await site.start()
         on_started()
         await stop.wait()
@@ -962,7 +981,9 @@ class UpstreamServer:
     """The fake upstream on a loopback port, in a background thread with its own event loop.
 
     `port=0` (the default) binds a free port; the port is known as soon as `start()` returns.
-    Use as a context manager, or call `start()` and `stop()`.
+    With `certfile` and `keyfile` (PEM, as `ssl.SSLContext.load_cert_chain` takes them) it
+    serves HTTPS (HTTP/1.1) with that certificate and records each handshake's SNI server name
+    (`server_names`). Use as a context manager, or call `start()` and `stop()`.
     """
 
     def __init__(
@@ -974,7 +995,11 @@ class UpstreamServer:
         port: int = 0,
         chunk_delay_s: float = 0.0,
         clock: Clock = time.time,
+        certfile: str | Path | None = None,
+        keyfile: str | Path | None = None,
     ) -> None:
+        if (certfile is None) != (keyfile is None):
+            raise ValueError("HTTPS needs both a certfile and a keyfile")
         self.config = UpstreamConfig(
             api_key=api_key,
             models=tuple(models) if models is not None else None,
@@ -982,6 +1007,7 @@ class UpstreamServer:
         )
         self.host = host
         self.recorder = RequestRecorder()
+        self._tls_files = None if certfile is None or keyfile is None else (certfile, keyfile)
         self._requested_port = port
         self._clock = clock
         self._port: int | None = None
@@ -997,13 +1023,20 @@ class UpstreamServer:
 
     @property
     def base_url(self) -> str:
-        """The `base_url` to give an OpenAI client: `http://127.0.0.1:PORT/v1`."""
-        return f"http://{self.host}:{self.port}/v1"
+        """The `base_url` to give an OpenAI client: `http://127.0.0.1:PORT/v1` (`https://`
+        when serving TLS)."""
+        scheme = "http" if self._tls_files is None else "https"
+        return f"{scheme}://{self.host}:{self.port}/v1"
 
     @property
     def requests(self) -> list[RecordedRequest]:
         """A snapshot of every request received so far, oldest first."""
         return self.recorder.requests
+
+    @property
+    def server_names(self) -> list[str | None]:
+        """The SNI server name of every TLS handshake begun so far, oldest first."""
+        return self.recorder.server_names
 
     def queue_error(
         self,
@@ -1048,10 +1081,18 @@ class UpstreamServer:
         started = threading.Event()
         failures: list[BaseException] = []
         app = OpenAIUpstream(self.config, self.recorder, clock=self._clock).create_app()
+        ssl_context = self._ssl_context()
 
         async def serve() -> None:
             self._stop = asyncio.Event()
-            await _serve(app, sock, self._stop, on_started=started.set, access_log=None)
+            await _serve(
+                app,
+                sock,
+                self._stop,
+                on_started=started.set,
+                access_log=None,
+                ssl_context=ssl_context,
+            )
 
         def run() -> None:
             asyncio.set_event_loop(loop)
@@ -1075,6 +1116,23 @@ class UpstreamServer:
                 raise RuntimeError("the upstream failed to start") from failures[0]
             raise TimeoutError(f"the upstream did not start within {timeout_s}s")
         return self
+
+    def _ssl_context(self) -> ssl.SSLContext | None:
+        if self._tls_files is None:
+            return None
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(*self._tls_files)
+        # aiohttp serves HTTP/1.1 only: a client offering h2 must not get it.
+        context.set_alpn_protocols(["http/1.1"])
+        recorder = self.recorder
+
+        def record_server_name(
+            _connection: ssl.SSLObject, server_name: str | None, _context: ssl.SSLContext
+        ) -> None:
+            recorder.record_server_name(server_name)
+
+        context.sni_callback = record_server_name
+        return context
 
     def stop(self, timeout_s: float = 10.0) -> None:
         thread, loop, stop = self._thread, self._loop, self._stop
