@@ -444,6 +444,15 @@ def record_of(
     )
 
 
+@dataclass(frozen=True, slots=True)
+class StreamPause:
+    """A provider that thinks mid-stream: nothing is sent for `seconds` after the role chunk and
+    `after_chunks` content chunks (a proxy with a shorter read timeout cuts the stream there)."""
+
+    seconds: float
+    after_chunks: int = 1
+
+
 class RequestRecorder:
     """Every request the upstream received, the SNI server name of every TLS handshake (when it
     serves HTTPS), and the failures scripted for the next requests.
@@ -457,6 +466,7 @@ class RequestRecorder:
         self._requests: deque[RecordedRequest] = deque(maxlen=max_requests)
         self._server_names: deque[str | None] = deque(maxlen=max_requests)
         self._queued_errors: deque[tuple[ErrorReply, str | None]] = deque()
+        self._queued_pauses: deque[StreamPause] = deque()
 
     def record(self, request: RecordedRequest) -> None:
         with self._lock:
@@ -489,6 +499,16 @@ class RequestRecorder:
             raise ValueError(f"times must be at least 1, not {times}")
         with self._lock:
             self._queued_errors.extend([(error, path)] * times)
+
+    def queue_pause(self, pause: StreamPause) -> None:
+        """The next streamed chat completion stops for `pause.seconds` after
+        `pause.after_chunks` content chunks, then goes on."""
+        with self._lock:
+            self._queued_pauses.append(pause)
+
+    def take_pause(self) -> StreamPause | None:
+        with self._lock:
+            return self._queued_pauses.popleft() if self._queued_pauses else None
 
     def take_error(self, path: str) -> ErrorReply | None:
         """Remove and return the first queued error that applies to a request to `path`."""
@@ -928,10 +948,13 @@ class OpenAIUpstream:
         else:
             events = [sse_event(chunk) for chunk in chunks]
             events.append(SSE_DONE)
+        pause = self.recorder.take_pause()
         try:
             for index, event in enumerate(events):
                 if index and self.config.chunk_delay_s > 0:
                     await asyncio.sleep(self.config.chunk_delay_s)
+                if pause is not None and index == 1 + pause.after_chunks:
+                    await asyncio.sleep(pause.seconds)
                 # Each write goes out as its own HTTP chunk: real streaming, not one buffered body.
                 await response.write(event)
             await response.write_eof()
