@@ -208,6 +208,14 @@ class Runner:
             r for r in self.store.recent_request_logs("acme", 1000) if r.request_id == request_id
         ]
 
+    async def probe_done(self, count: int = 1) -> list[Flow]:
+        """The probe's finished flows, once `count` have finished (on_done runs as a task)."""
+        for _ in range(100):
+            if len(self.probe.done) >= count:
+                break
+            await asyncio.sleep(0.005)
+        return self.probe.done
+
     async def drain_logs(self) -> None:
         """Lets finished flows' on_done run, then writes the sink's rows."""
         for _ in range(50):

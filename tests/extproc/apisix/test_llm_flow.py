@@ -625,8 +625,7 @@ async def test_a_refusal_at_the_response_headers_replaces_the_answer(runner: Run
     assert (received.status, received.body) == (451, b'{"error":"withheld"}')
     assert received.headers == {"content-type": ["application/json"], "x-request-id": [key]}
     assert [rpc for rpc, _ in plugin.sent] == [PluginRpc.UPSTREAM_REQUEST, PluginRpc.RESPONSE_START]
-    await runner.drain_logs()
-    assert [(f.request_id, f.response_status, f.error) for f in runner.probe.done] == [
+    assert [(f.request_id, f.response_status, f.error) for f in await runner.probe_done()] == [
         (key, 451, "guard")
     ]
 
@@ -652,6 +651,5 @@ async def test_a_refusal_mid_stream_ends_the_stream_with_the_gateways_last_words
     # The status was sent with the first chunk; the refusal's body is the stream's end.
     assert (received.status, received.chunks, received.complete) == (200, [b"one", b"[cut]"], True)
     assert [meta.get("eos") for _, meta in plugin.sent[2:]] == [False, False]
-    await runner.drain_logs()
-    (done,) = runner.probe.done
+    (done,) = await runner.probe_done()
     assert done.error == "guard"
