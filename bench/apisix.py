@@ -1,13 +1,15 @@
-"""`python -m bench.apisix`: the APISIX runner's cost per call, measured with the harness.
+"""`python -m bench.apisix`: the APISIX runner's cost per request, measured on its socket.
 
 The runner runs in its own process (uvloop, like `python -m extproc.apisix`) with the real chat
 pipeline: API-key auth, a per-tenant rate limit (one Redis round trip), model routing with a
 body rewrite, usage metering of the buffered response, and log rows (written to a chDB store).
-The harness's runner client plays APISIX: per request one HTTPReqCall (answering the ExtraInfo
-frames for `$request_id` and the body) and one HTTPRespCall (`$request_id` and the response
-body), each timed from the first frame sent to the reply read. At 1 and 16 connections it
-prints calls/s, p50/p99 per call type, and the CPU time (user + system, from /proc) the runner
-process and the client spent per request, so the runner's own cost is not hidden by the client's.
+The client plays both of APISIX's sides on one connection (`tests.support.apisix`), in the order
+of one non-streamed LLM request: ext-plugin-pre-req's HTTPReqCall (answering the ExtraInfo frame
+for the body) and then the Gatez plugin's UPSTREAM_REQUEST, RESPONSE_START and the buffered
+RESPONSE_CHUNK (the provider call itself is not made). Each call is timed from its first frame
+sent to its answer read. At 1 and 16 connections it prints calls/s, p50/p99 per call type, and
+the CPU time (user + system, from /proc) the runner process and the client spent per request, so
+the runner's own cost is not hidden by the client's.
 """
 
 from __future__ import annotations
@@ -28,17 +30,17 @@ import uvloop
 
 from extproc.apisix.frames import (
     HttpRequestCall,
-    HttpResponseCall,
     Rewrite,
     RpcType,
     decode_http_request_call_reply,
     encode_http_request_call,
-    encode_http_response_call,
 )
+from extproc.apisix.plugin_wire import PluginRpc
+from extproc.apisix.runner import FLOW_HEADER
 from gatez import keys
 from gatez.policy import compile_policy
 from gatez.v1 import policy_pb2
-from tests.support.apisix import RequestContext, RunnerConnection
+from tests.support.apisix import PluginConnection, RequestContext, RunnerConnection
 from tests.support.redis import RedisServer
 
 API_KEY = "gz-bench-key-00000000000000000000"
@@ -53,6 +55,23 @@ REPLY = orjson.dumps(
         "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4},
     }
 )
+
+
+# What OpenAI sends with a chat completion (names as lua-resty-http gives them, lower-cased).
+REPLY_HEADERS = [
+    ["content-type", "application/json"],
+    ["content-length", str(len(REPLY))],
+    ["date", "Wed, 02 Dec 2026 04:22:08 GMT"],
+    ["connection", "keep-alive"],
+    ["openai-organization", "org-bench"],
+    ["openai-processing-ms", "312"],
+    ["openai-version", "2020-10-01"],
+    ["x-ratelimit-limit-requests", "10000"],
+    ["x-ratelimit-remaining-requests", "9999"],
+    ["x-ratelimit-limit-tokens", "10000000"],
+    ["x-ratelimit-remaining-tokens", "9999990"],
+    ["x-request-id", "req_0123456789abcdef0123456789abcdef"],
+]
 
 
 def snapshot() -> policy_pb2.PolicySnapshot:
@@ -106,7 +125,8 @@ async def serve(socket: Path, redis_url: str, clickhouse_dir: Path) -> None:
 
 
 async def client(socket: Path, requests: int, samples: dict[str, list[float]], n: int) -> None:
-    connection = await RunnerConnection.open(socket)
+    connection = await RunnerConnection.open(socket, read_timeout_s=None)
+    plugin = PluginConnection.sharing(connection)
     token = await connection.prepare_conf(LLM_CONF, "route#llm#ext-plugin-pre-req#1")
     headers = (
         ("authorization", f"Bearer {API_KEY}"),
@@ -119,25 +139,40 @@ async def client(socket: Path, requests: int, samples: dict[str, list[float]], n
     request_call = encode_http_request_call(
         HttpRequestCall(n, LOOPBACK, "POST", "/v1/chat/completions", (), headers, token)
     )
-    response_call = encode_http_response_call(
-        HttpResponseCall(n, 200, (("content-type", "application/json"),), token)
-    )
-    for i in range(requests):
-        context = RequestContext(vars={"request_id": f"{n}-{i}"}, request_body=BODY)
+    for _ in range(requests):
+        context = RequestContext(request_body=BODY)
         started = time.perf_counter()
         reply = await connection.call(RpcType.HTTP_REQ_CALL, request_call, context)
         samples["HTTPReqCall"].append(time.perf_counter() - started)
         action = decode_http_request_call_reply(reply).action
         assert isinstance(action, Rewrite), action
-        context.response_body = REPLY
+        flow = dict(action.headers)[FLOW_HEADER]
+
         started = time.perf_counter()
-        await connection.call(RpcType.HTTP_RESP_CALL, response_call, context)
-        samples["HTTPRespCall"].append(time.perf_counter() - started)
+        target = await plugin.ask(PluginRpc.UPSTREAM_REQUEST, {"flow": flow})
+        samples["UPSTREAM_REQUEST"].append(time.perf_counter() - started)
+        assert "error" not in target.meta, target.meta
+
+        started = time.perf_counter()
+        plan = await plugin.ask(
+            PluginRpc.RESPONSE_START, {"flow": flow, "status": 200, "headers": REPLY_HEADERS}
+        )
+        samples["RESPONSE_START"].append(time.perf_counter() - started)
+        assert plan.meta.get("body") == "buffered", plan.meta
+
+        started = time.perf_counter()
+        answer = await plugin.ask(PluginRpc.RESPONSE_CHUNK, {"flow": flow, "eos": True}, REPLY)
+        samples["RESPONSE_CHUNK"].append(time.perf_counter() - started)
+        assert answer.data == REPLY, answer.meta
+        plugin.sent.clear()
     await connection.close()
 
 
+CALLS = ("HTTPReqCall", "UPSTREAM_REQUEST", "RESPONSE_START", "RESPONSE_CHUNK")
+
+
 async def measure(socket: Path, connections: int, requests: int) -> dict[str, list[float]]:
-    samples: dict[str, list[float]] = {"HTTPReqCall": [], "HTTPRespCall": []}
+    samples: dict[str, list[float]] = {name: [] for name in CALLS}
     await asyncio.gather(*(client(socket, requests, samples, n) for n in range(connections)))
     return samples
 
@@ -182,11 +217,11 @@ def report(
     for name, values in samples.items():
         quantiles = statistics.quantiles(values, n=100)
         print(
-            f"{connections:>5} conn  {name:<13} {len(values) / elapsed_s:>9,.0f} calls/s"
+            f"{connections:>5} conn  {name:<16} {len(values) / elapsed_s:>9,.0f} calls/s"
             f"  p50 {quantiles[49] * 1000:6.2f} ms  p99 {quantiles[98] * 1000:6.2f} ms"
         )
-    total = sum(len(v) for v in samples.values()) // 2
-    print(f"{connections:>5} conn  {'request':<13} {total / elapsed_s:>9,.0f} req/s (both calls)")
+    total = len(samples[CALLS[0]])
+    print(f"{connections:>5} conn  {'request':<16} {total / elapsed_s:>9,.0f} req/s (all calls)")
     print(
         f"{connections:>5} conn  CPU per request: runner loop"
         f" {cpu.runner_loop_s / total * 1000:.3f} ms,"

@@ -100,6 +100,9 @@ def encode(meta: dict[str, Any], data: bytes = b"") -> bytes:
 
 def header_list(value: object) -> list[tuple[str, str]]:
     """`[[name, value]…]` from a frame's meta, names lower-cased; MalformedMessage otherwise."""
+    if value == {}:
+        # cjson encodes an empty Lua table as `{}`: a response with no headers at all.
+        return []
     if not isinstance(value, list):
         raise MalformedMessage("plugin frame headers are not a list")
     headers: list[tuple[str, str]] = []

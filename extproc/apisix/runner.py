@@ -470,7 +470,7 @@ class ExtPluginRunner:
             # The Gatez plugin makes the provider call: it gets the request from us, by key.
             key = flow.request_id
             self._park(key, flow, pipeline, _upstream_call(flow, call, changes, body))
-            return HttpRequestCallReply(call.id, _handover(changes, key))
+            return HttpRequestCallReply(call.id, _handover(changes, key, flow.request_headers))
         flow.finished_ns = time.monotonic_ns()
         self._finish(flow, pipeline)
         return HttpRequestCallReply(call.id, _rewrite(flow, call, changes, body))
@@ -715,12 +715,15 @@ def _rewrite(
     )
 
 
-def _handover(changes: dict[str, str | None], key: str) -> Rewrite:
+def _handover(changes: dict[str, str | None], key: str, client: Mapping[str, str]) -> Rewrite:
     """The pre-req answer for a request the Gatez plugin sends: the flow's key, and whatever the
-    pipeline removed (the client's credential) so no later APISIX plugin or log sees it. The
+    pipeline removed or replaced (the client's credential: its `authorization` is replaced by the
+    provider's) so no later APISIX plugin or log sees it; the replacement stays here too. The
     provider request itself is handed over by UPSTREAM_REQUEST."""
     headers: list[tuple[str, str | None]] = [
-        (name, None) for name, value in changes.items() if value is None and name[0] != ":"
+        (name, None)
+        for name, value in changes.items()
+        if name[0] != ":" and (value is None or (name in client and name not in HOP_BY_HOP))
     ]
     headers.append((FLOW_HEADER, key))
     return Rewrite(headers=tuple(headers))

@@ -1,48 +1,46 @@
-"""A harness that plays APISIX for the ext-plugin runner, byte for byte, where APISIX itself
-cannot be installed.
+"""APISIX's two sides of a runner connection, byte for byte, for wire-level tests and the runner
+benchmark. What a client sees through APISIX is tested with a real APISIX (`tests/e2e`); nothing
+here plays APISIX's HTTP side.
 
-- `RunnerConnection` is APISIX's side of one runner connection (`apisix/plugins/ext-plugin/
-  init.lua`): PrepareConf, HTTPReqCall and HTTPRespCall, answering the runner's ExtraInfo frames
-  from a `RequestContext` (nginx variables, the request body, the buffered response body), and
-  reporting short headers, truncated data and error frames as APISIX does.
-- `MiniApisix` is a small HTTP front with APISIX's request path for routes that carry
-  `ext-plugin-pre-req` and `ext-plugin-post-resp`: conf tokens cached per plugin and refreshed on
-  CONF_TOKEN_NOT_FOUND (3 tries), a pool of runner connections, Stop / Rewrite applied as APISIX
-  applies them, `traffic-split` on a request header, and under post-resp the upstream response
-  buffered whole before the runner sees it (so SSE reaches the client only at the end).
-  Any other runner error is a 503, or a pass-through with `allow_degradation`.
-- `ApisixHarness` runs a MiniApisix on a loopback port in a background thread, for synchronous
-  clients such as the `openai` SDK; `python -m tests.support.apisix` runs one in the foreground.
+- `RunnerConnection` is what `apisix/plugins/ext-plugin/init.lua` does on one runner connection:
+  PrepareConf, and HTTPReqCall answering the runner's ExtraInfo questions from a
+  `RequestContext` (nginx variables; the request body, none when it is empty; no response body,
+  which APISIX has only under `ext-plugin-post-resp`). Frames are read in full, an error frame
+  is reported as APISIX reports it, a frame not answered within APISIX's 60 s read timeout fails
+  the call, and — as APISIX's `rpc_call` does — a failed call closes the connection.
+- `stop_answer` and `apply_rewrite` are what init.lua makes of the runner's reply: a Stop's
+  status (0 is 200), headers (repeats kept) and body; a Rewrite's request headers, args, path and
+  body, and its `resp_headers` without the ones APISIX refuses to set (content-type, location…).
+- `PluginConnection` is what the Gatez plugin (`apisix/plugins/gatez.lua`) does on its runner
+  connection: the frames of `extproc.apisix.plugin_wire` with the same meta fields, encoded as
+  cjson encodes them, and `before_proxy` plays one request's whole exchange in the plugin's
+  order against a provider answer (scripted, or a real HTTP call with `provider_over_http`),
+  returning what the client received.
+
+APISIX keeps one keepalive pool per socket path (180 s, 32 connections) for ext-plugin and the
+Gatez plugin alike, so a connection may carry HTTPReqCalls and plugin frames in turn
+(`PluginConnection.sharing`).
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
-import ipaddress
-import logging
-import signal
-import threading
-import uuid
-from collections.abc import Coroutine, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Final, Self, TypeVar
-from urllib.parse import quote, unquote
+from typing import Any, Final
 
 import aiohttp
-from aiohttp import web
-from multidict import CIMultiDict
+import orjson
 
 from extproc.apisix.frames import (
+    Entry,
     ErrorCode,
     ExtraInfo,
     FrameError,
     HttpRequestCall,
     HttpRequestCallReply,
-    HttpResponseCall,
-    HttpResponseCallReply,
     PrepareConf,
     RequestBodyInfo,
     Rewrite,
@@ -52,28 +50,20 @@ from extproc.apisix.frames import (
     decode_error,
     decode_extra_info_request,
     decode_http_request_call_reply,
-    decode_http_response_call_reply,
     decode_prepare_conf_reply,
     encode_extra_info_reply,
     encode_frame,
     encode_http_request_call,
-    encode_http_response_call,
     encode_prepare_conf,
 )
+from extproc.apisix.plugin_wire import META_LENGTH, PluginRpc
 
-log = logging.getLogger("tests.support.apisix")
-
-PRE_REQ: Final = "ext-plugin-pre-req"
-POST_RESP: Final = "ext-plugin-post-resp"
-# APISIX's keepalive pool for runner connections.
-POOL_SIZE: Final = 32
-TRIES: Final = 3
-HOP_BY_HOP: Final = frozenset(
-    {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade", "content-length"}
-)
+# init.lua's `sock:settimeouts(1000, 60000, 60000)`: connect, send and read of each frame.
+CONNECT_TIMEOUT_S: Final = 1.0
+READ_TIMEOUT_S: Final = 60.0
+MAX_PAYLOAD: Final = (1 << 24) - 1
 
 Conf = tuple[tuple[str, str], ...]
-T = TypeVar("T")
 
 
 class RunnerError(Exception):
@@ -86,12 +76,10 @@ class RunnerError(Exception):
 
 @dataclass(slots=True)
 class RequestContext:
-    """What APISIX can tell the runner about one request through ExtraInfo."""
+    """What APISIX can tell the runner about one request through ExtraInfo (`handle_extra_info`)."""
 
     vars: dict[str, str] = field(default_factory=dict)
     request_body: bytes = b""
-    # Set under post-resp only: the upstream's body, buffered whole.
-    response_body: bytes | None = None
     asked: list[ExtraInfo] = field(default_factory=list)
 
     def answer(self, info: ExtraInfo) -> bytes | None:
@@ -100,26 +88,39 @@ class RequestContext:
             value = self.vars.get(info.name)
             return None if value is None else value.encode("latin-1")
         if isinstance(info, RequestBodyInfo):
-            return self.request_body
-        return self.response_body
+            # core.request.get_body() is nil for an empty body: the answer has no result.
+            return self.request_body or None
+        # RespBody: only ext-plugin-post-resp has a response (ctx.runner_ext_response); under
+        # pre-req APISIX logs "failed to read response body: not exits" and answers nothing.
+        return None
 
 
 class RunnerConnection:
     """APISIX's side of one runner connection: one call at a time, frames read in full."""
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def __init__(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        *,
+        read_timeout_s: float | None = READ_TIMEOUT_S,
+    ) -> None:
         self.reader = reader
         self.writer = writer
+        self.read_timeout_s = read_timeout_s
         self.frames_sent = 0
 
     @classmethod
-    async def open(cls, path: Path | str) -> RunnerConnection:
-        reader, writer = await asyncio.open_unix_connection(str(path))
-        return cls(reader, writer)
+    async def open(
+        cls, path: Path | str, *, read_timeout_s: float | None = READ_TIMEOUT_S
+    ) -> RunnerConnection:
+        async with asyncio.timeout(CONNECT_TIMEOUT_S):
+            reader, writer = await asyncio.open_unix_connection(str(path))
+        return cls(reader, writer, read_timeout_s=read_timeout_s)
 
     @property
     def usable(self) -> bool:
-        """False once the runner closed it (as nginx drops a closed idle keepalive socket)."""
+        """False once either side closed it (APISIX drops a closed socket from its pool)."""
         return not self.reader.at_eof() and not self.writer.is_closing()
 
     async def send(self, rpc_type: int, payload: bytes) -> None:
@@ -128,7 +129,52 @@ class RunnerConnection:
         await self.writer.drain()
 
     async def receive(self) -> tuple[int, bytes]:
-        """The next frame; raises RunnerError for an error frame, FrameError for a bad one."""
+        """The next frame; RunnerError for an error frame, FrameError for a broken one,
+        TimeoutError when none comes within the read timeout. Leaves the connection open."""
+        if self.read_timeout_s is None:
+            return await self._receive()
+        async with asyncio.timeout(self.read_timeout_s):
+            return await self._receive()
+
+    async def prepare_conf(self, conf: Conf, key: str) -> int:
+        """PrepareConf for `key` (`<conf type>#<conf id>#<plugin name>#<conf version>`)."""
+        async with self._call():
+            await self.send(RpcType.PREPARE_CONF, encode_prepare_conf(PrepareConf(conf, key)))
+            rpc_type, payload = await self.receive()
+            _expect(rpc_type, RpcType.PREPARE_CONF)
+            return decode_prepare_conf_reply(payload)
+
+    async def request_call(
+        self, call: HttpRequestCall, context: RequestContext
+    ) -> HttpRequestCallReply:
+        async with self._call():
+            await self.send(RpcType.HTTP_REQ_CALL, encode_http_request_call(call))
+            payload = await self._answer_extra_info(RpcType.HTTP_REQ_CALL, context)
+            return decode_http_request_call_reply(payload)
+
+    async def call(self, rpc_type: int, payload: bytes, context: RequestContext) -> bytes:
+        """Sends an already encoded call (a benchmark encodes its calls once) and answers the
+        runner's ExtraInfo frames; returns the reply's payload."""
+        async with self._call():
+            await self.send(rpc_type, payload)
+            return await self._answer_extra_info(rpc_type, context)
+
+    async def close(self) -> None:
+        self.writer.close()
+        with contextlib.suppress(Exception):
+            await self.writer.wait_closed()
+
+    @contextlib.asynccontextmanager
+    async def _call(self) -> AsyncIterator[None]:
+        """APISIX's `rpc_call`: a call that fails in any way (error frame, broken frame, wrong
+        type, timeout) closes its socket; only a call that succeeded goes back to the pool."""
+        try:
+            yield
+        except BaseException:
+            self.writer.close()
+            raise
+
+    async def _receive(self) -> tuple[int, bytes]:
         try:
             header = await self.reader.readexactly(4)
         except asyncio.IncompleteReadError as error:
@@ -143,37 +189,6 @@ class RunnerConnection:
         if header[0] == RpcType.ERROR:
             raise RunnerError(decode_error(payload))
         return header[0], payload
-
-    async def prepare_conf(self, conf: Conf, key: str) -> int:
-        await self.send(RpcType.PREPARE_CONF, encode_prepare_conf(PrepareConf(conf, key)))
-        rpc_type, payload = await self.receive()
-        _expect(rpc_type, RpcType.PREPARE_CONF)
-        return decode_prepare_conf_reply(payload)
-
-    async def request_call(
-        self, call: HttpRequestCall, context: RequestContext
-    ) -> HttpRequestCallReply:
-        await self.send(RpcType.HTTP_REQ_CALL, encode_http_request_call(call))
-        payload = await self._answer_extra_info(RpcType.HTTP_REQ_CALL, context)
-        return decode_http_request_call_reply(payload)
-
-    async def response_call(
-        self, call: HttpResponseCall, context: RequestContext
-    ) -> HttpResponseCallReply:
-        await self.send(RpcType.HTTP_RESP_CALL, encode_http_response_call(call))
-        payload = await self._answer_extra_info(RpcType.HTTP_RESP_CALL, context)
-        return decode_http_response_call_reply(payload)
-
-    async def call(self, rpc_type: int, payload: bytes, context: RequestContext) -> bytes:
-        """Sends an already encoded call (a benchmark encodes its calls once) and answers the
-        runner's ExtraInfo frames; returns the reply's payload."""
-        await self.send(rpc_type, payload)
-        return await self._answer_extra_info(rpc_type, context)
-
-    async def close(self) -> None:
-        self.writer.close()
-        with contextlib.suppress(Exception):
-            await self.writer.wait_closed()
 
     async def _answer_extra_info(self, expected: int, context: RequestContext) -> bytes:
         while True:
@@ -190,430 +205,501 @@ def _expect(got: int, expected: int) -> None:
         raise FrameError(f"unexpected type {got}, expected {expected}")
 
 
-# -- the HTTP front ----------------------------------------------------------------------------
+# -- what APISIX makes of the reply ------------------------------------------------------------
+
+# init.lua's `exclude_resp_header`: Rewrite resp_headers APISIX will not set.
+EXCLUDED_RESPONSE_HEADERS: Final = frozenset(
+    {
+        "connection",
+        "content-length",
+        "transfer-encoding",
+        "location",
+        "server",
+        "www-authenticate",
+        "content-encoding",
+        "content-type",
+        "content-location",
+        "content-language",
+    }
+)
 
 
 @dataclass(frozen=True, slots=True)
-class HarnessRoute:
-    """A route as `apisix.yaml` would hold it. A conf of None leaves that plugin off."""
+class ClientAnswer:
+    """An answer APISIX gives the client itself."""
 
-    id: str
-    prefix: str
-    upstream: str
-    pre_req: Conf | None = None
-    post_resp: Conf | None = None
-    allow_degradation: bool = False
-    # traffic-split: a request header's value picks the upstream (the runner sets it).
-    split_header: str = "x-gatez-provider"
-    split_upstreams: Mapping[str, str] = field(default_factory=dict)
+    status: int
+    headers: tuple[tuple[str, str], ...]
+    body: bytes
+
+
+def stop_answer(stop: Stop) -> ClientAnswer:
+    """A Stop as init.lua answers it: names lower-cased, the first entry of a name set and later
+    ones added (repeats kept, in order), status 0 answered as 200."""
+    return ClientAnswer(
+        stop.status or 200, tuple((name.lower(), value) for name, value in stop.headers), stop.body
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class ProxiedRequest:
+    """The request APISIX proxies after a Rewrite, and the headers it set on the client's
+    answer."""
+
+    path: str
+    args: tuple[Entry, ...]
+    headers: tuple[tuple[str, str], ...]
+    body: bytes
+    response_headers: tuple[tuple[str, str], ...]
+
+    def header(self, name: str) -> list[str]:
+        return [value for n, value in self.headers if n == name]
+
+
+def apply_rewrite(call: HttpRequestCall, body: bytes, rewrite: Rewrite | None) -> ProxiedRequest:
+    """A Rewrite as init.lua applies it: the path URI-escaped (`core.utils.uri_safe_encode`: a
+    '?' in it is no query); each header set with `core.request.set_header` (all values of the
+    name replaced; no value removes it); args edited in place (no value deletes, a name's first
+    value replaces and later ones append); the body replaced only by a non-empty one; resp_headers
+    lower-cased, excluded names dropped, repeats added."""
+    headers = list(call.headers)
+    args: dict[str, list[str | None]] = {}
+    for name, value in call.args:
+        args.setdefault(name, []).append(value)
+    if rewrite is None:
+        return ProxiedRequest(call.path, call.args, tuple(headers), body, ())
+    path = call.path if rewrite.path is None else uri_safe_encode(rewrite.path)
+    for name, header_value in rewrite.headers:
+        lower = name.lower()
+        headers = [(n, v) for n, v in headers if n != lower]
+        if header_value is not None:
+            headers.append((lower, header_value))
+    changed: set[str] = set()
+    for name, arg_value in rewrite.args:
+        if arg_value is None:
+            args.pop(name, None)
+        elif name in changed:
+            args[name].append(arg_value)
+        else:
+            args[name] = [arg_value]
+            changed.add(name)
+    response_headers = tuple(
+        (name.lower(), value)
+        for name, value in rewrite.resp_headers
+        if name.lower() not in EXCLUDED_RESPONSE_HEADERS
+    )
+    return ProxiedRequest(
+        path,
+        tuple((name, value) for name, values in args.items() for value in values),
+        tuple(headers),
+        rewrite.body if rewrite.body else body,
+        response_headers,
+    )
+
+
+# nginx's ngx_escape_uri(NGX_ESCAPE_URI): controls, space, '#', '%', '?', DEL and non-ASCII.
+_URI_ESCAPED: Final = frozenset({*range(0x21), 0x23, 0x25, 0x3F, *range(0x7F, 0x100)})
+
+
+def uri_safe_encode(path: str) -> str:
+    raw = path.encode("utf-8", "surrogateescape")
+    return "".join(f"%{byte:02X}" if byte in _URI_ESCAPED else chr(byte) for byte in raw)
+
+
+# -- the Gatez plugin's side -------------------------------------------------------------------
+
+# gatez.lua's defaults: a buffered body must leave room for its meta in one frame.
+META_ROOM: Final = 65536
+MAX_BUFFERED_BYTES: Final = MAX_PAYLOAD - META_ROOM
+# gatez.lua's HOP_BY_HOP: never set on the client's answer.
+PLUGIN_HOP_BY_HOP: Final = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "transfer-encoding",
+        "te",
+        "trailer",
+        "upgrade",
+        "content-length",
+    }
+)
+
+
+class PluginAnswerError(Exception):
+    """gatez.lua's `ask` failed: the runner's answer was not a plugin answer to the frame."""
+
+
+@dataclass(frozen=True, slots=True)
+class PluginAnswer:
+    """A runner's answer to a plugin frame: its meta object and data."""
+
+    meta: dict[str, Any]
+    data: bytes
+
+    def says(self, name: str) -> bool:
+        """Lua's truth of `answer[name]`: set, and not false (a JSON null is cjson.null, true)."""
+        return name in self.meta and self.meta[name] is not False
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderAnswer:
+    """What the plugin's provider call gave: status, headers (repeats kept) and the body as its
+    reader yields it; or `failure` (connect, tls, timeout, send, resolve) and no response;
+    `read_error_after`: the reader fails after that many chunks. `pause_s` comes before each
+    chunk (a provider generating tokens)."""
+
+    status: int = 200
+    headers: tuple[tuple[str, str], ...] = ()
+    chunks: tuple[bytes, ...] = ()
+    failure: str | None = None
+    read_error_after: int | None = None
+    pause_s: float = 0.0
+
+
+Provider = Callable[[PluginAnswer], Awaitable[ProviderAnswer]]
+
+
+def scripted(answer: ProviderAnswer, calls: list[PluginAnswer] | None = None) -> Provider:
+    """A provider that answers `answer`, recording each request it got in `calls`."""
+
+    async def provider(request: PluginAnswer) -> ProviderAnswer:
+        if calls is not None:
+            calls.append(request)
+        return answer
+
+    return provider
+
+
+def provider_over_http(session: aiohttp.ClientSession) -> Provider:
+    """The provider call made over HTTP, as the plugin makes it from UPSTREAM_REQUEST's answer
+    (with aiohttp, not lua-resty-http: TLS and SNI are the real APISIX suite's to test)."""
+
+    async def provider(request: PluginAnswer) -> ProviderAnswer:
+        meta = request.meta
+        url = f"{meta['scheme']}://{meta['host']}:{meta['port']}{meta['path']}"
+        try:
+            async with session.request(
+                meta["method"],
+                url,
+                headers=[(name, value) for name, value in meta["headers"]],
+                data=request.data or None,
+                allow_redirects=False,
+                auto_decompress=False,
+                skip_auto_headers=("user-agent", "accept-encoding", "content-type"),
+            ) as response:
+                chunks = tuple([chunk async for chunk in response.content.iter_any()])
+                headers = tuple(
+                    (name.decode("latin-1").lower(), value.decode("latin-1"))
+                    for name, value in response.raw_headers
+                )
+                return ProviderAnswer(response.status, headers, chunks)
+        except aiohttp.ClientConnectionError:
+            return ProviderAnswer(failure="connect")
+
+    return provider
 
 
 @dataclass(slots=True)
-class HarnessStats:
-    prepare_confs: int = 0
-    token_refreshes: int = 0
-    runner_failures: int = 0
-    degraded: int = 0
+class ClientReceived:
+    """What the client got from the plugin: status, headers (repeats kept), the body chunks it
+    received, and whether the answer ended as HTTP says (False: cut off, or the client left)."""
 
-
-class MiniApisix:
-    """APISIX's request path for ext-plugin routes, in front of real upstreams."""
-
-    def __init__(self, runner_socket: Path | str, routes: Sequence[HarnessRoute]) -> None:
-        self.runner_socket = Path(runner_socket)
-        self.routes = list(routes)
-        self.stats = HarnessStats()
-        self.last_context: RequestContext | None = None
-        self._tokens: dict[str, int] = {}
-        self._idle: list[RunnerConnection] = []
-        self._http: aiohttp.ClientSession | None = None
-        self._site_runner: web.AppRunner | None = None
-
-    async def start(self, host: str = "127.0.0.1", port: int = 0) -> int:
-        # Upstream connections are pooled like nginx's; no automatic decompression.
-        self._http = aiohttp.ClientSession(auto_decompress=False)
-        app = web.Application(client_max_size=64 * 1024 * 1024)
-        app.router.add_route("*", "/{tail:.*}", self._handle)
-        self._site_runner = web.AppRunner(app, access_log=None)
-        await self._site_runner.setup()
-        site = web.TCPSite(self._site_runner, host, port)
-        await site.start()
-        server = site._server
-        assert server is not None and isinstance(server, asyncio.Server)
-        bound: int = server.sockets[0].getsockname()[1]
-        return bound
-
-    async def stop(self) -> None:
-        if self._site_runner is not None:
-            await self._site_runner.cleanup()
-        for connection in self._idle:
-            await connection.close()
-        self._idle.clear()
-        if self._http is not None:
-            await self._http.close()
-
-    def flush_tokens(self) -> None:
-        """What APISIX does on CONF_TOKEN_NOT_FOUND and when the runner exits."""
-        self._tokens.clear()
-
-    # -- talking to the runner -----------------------------------------------------------------
-
-    async def _acquire(self) -> RunnerConnection:
-        while self._idle:
-            connection = self._idle.pop()
-            if connection.usable:
-                return connection
-            await connection.close()
-        return await RunnerConnection.open(self.runner_socket)
-
-    async def _token(self, connection: RunnerConnection, route: HarnessRoute, plugin: str) -> int:
-        key = f"route#{route.id}#{plugin}#1"
-        token = self._tokens.get(key)
-        if token is None:
-            conf = route.pre_req if plugin == PRE_REQ else route.post_resp
-            token = await connection.prepare_conf(conf or (), key)
-            self.stats.prepare_confs += 1
-            self._tokens[key] = token
-        return token
-
-    async def _communicate(
-        self,
-        route: HarnessRoute,
-        plugin: str,
-        call: HttpRequestCall | HttpResponseCall,
-        context: RequestContext,
-    ) -> HttpRequestCallReply | HttpResponseCallReply:
-        """APISIX's `communicate`: up to 3 tries, refreshing tokens on CONF_TOKEN_NOT_FOUND."""
-        last: Exception | None = None
-        for _ in range(TRIES):
-            try:
-                connection = await self._acquire()
-            except OSError as error:
-                raise ConnectionError(f"failed to connect to the unix socket: {error}") from None
-            try:
-                token = await self._token(connection, route, plugin)
-                if isinstance(call, HttpRequestCall):
-                    call = _with_token(call, token)
-                    reply: (
-                        HttpRequestCallReply | HttpResponseCallReply
-                    ) = await connection.request_call(call, context)
-                else:
-                    call = HttpResponseCall(call.id, call.status, call.headers, token)
-                    reply = await connection.response_call(call, context)
-            except RunnerError as error:
-                # The runner still speaks the protocol: the connection goes back to the pool.
-                self._release(connection)
-                if error.code != ErrorCode.CONF_TOKEN_NOT_FOUND:
-                    raise
-                self.stats.token_refreshes += 1
-                self.flush_tokens()
-                last = error
-                continue
-            except BaseException:
-                await connection.close()
-                raise
-            self._release(connection)
-            return reply
-        assert last is not None
-        raise last
-
-    def _release(self, connection: RunnerConnection) -> None:
-        if len(self._idle) < POOL_SIZE and connection.usable:
-            self._idle.append(connection)
-        else:
-            connection.writer.close()
-
-    # -- the request path ----------------------------------------------------------------------
-
-    async def _handle(self, request: web.Request) -> web.StreamResponse:
-        route = next((r for r in self.routes if request.path.startswith(r.prefix)), None)
-        if route is None:
-            return web.json_response({"error_msg": "404 Route Not Found"}, status=404)
-        body = await request.read()
-        headers: list[tuple[str, str]] = [(k.lower(), v) for k, v in request.headers.items()]
-        args = _parse_args(request.query_string)
-        peer = request.transport.get_extra_info("peername") if request.transport else None
-        client_ip = peer[0] if peer else "127.0.0.1"
-        context = RequestContext(
-            vars={
-                "request_id": uuid.uuid4().hex,
-                "remote_addr": client_ip,
-                "uri": request.path,
-                "request_method": request.method,
-                "host": request.host.partition(":")[0],
-                **{"http_" + k.replace("-", "_"): v for k, v in headers},
-            },
-            request_body=body,
-        )
-        self.last_context = context
-        path = request.path
-        resp_headers: list[tuple[str, str]] = []
-
-        if route.pre_req is not None:
-            call = HttpRequestCall(
-                id=0,
-                src_ip=ipaddress.ip_address(client_ip).packed,
-                method=request.method,
-                path=path,
-                args=tuple(args),
-                headers=tuple(headers),
-                conf_token=0,
-            )
-            try:
-                reply = await self._communicate(route, PRE_REQ, call, context)
-            except (RunnerError, FrameError, OSError) as error:
-                failed = self._runner_failed(route, error)
-                if failed is not None:
-                    return failed
-            else:
-                assert isinstance(reply, HttpRequestCallReply)
-                if isinstance(reply.action, Stop):
-                    return _stop_response(reply.action)
-                if isinstance(reply.action, Rewrite):
-                    path, headers, args, body = _apply_rewrite(
-                        reply.action, path, headers, args, body
-                    )
-                    resp_headers.extend(reply.action.resp_headers)
-
-        upstream = route.split_upstreams.get(_header(headers, route.split_header), route.upstream)
-        url = upstream.rstrip("/") + path + _query_string(args)
-        assert self._http is not None
-        out_headers = CIMultiDict((k, v) for k, v in headers if k not in HOP_BY_HOP)
-        if body or request.method in ("POST", "PUT", "PATCH"):
-            out_headers["content-length"] = str(len(body))
-        try:
-            upstream_response = await self._http.request(
-                request.method,
-                url,
-                headers=out_headers,
-                data=body or None,
-                allow_redirects=False,
-                skip_auto_headers=("content-type", "user-agent", "accept-encoding"),
-            )
-        except aiohttp.ClientError:
-            return web.Response(status=502, text="502 Bad Gateway")
-        async with upstream_response:
-            if route.post_resp is None:
-                return await self._stream(request, upstream_response, resp_headers)
-            return await self._post_resp(route, upstream_response, context, resp_headers)
-
-    def _runner_failed(self, route: HarnessRoute, error: Exception) -> web.Response | None:
-        self.stats.runner_failures += 1
-        log.warning("ext-plugin call failed: %s", error)
-        if route.allow_degradation:
-            self.stats.degraded += 1
-            return None
-        return web.Response(status=503, text="503 Service Temporarily Unavailable")
-
-    async def _stream(
-        self,
-        request: web.Request,
-        upstream: aiohttp.ClientResponse,
-        resp_headers: list[tuple[str, str]],
-    ) -> web.StreamResponse:
-        response = web.StreamResponse(status=upstream.status)
-        for name, value in upstream.headers.items():
-            if name.lower() not in HOP_BY_HOP:
-                response.headers.add(name, value)
-        for name, value in resp_headers:
-            response.headers[name] = value
-        await response.prepare(request)
-        async for chunk in upstream.content.iter_any():
-            await response.write(chunk)
-        await response.write_eof()
-        return response
-
-    async def _post_resp(
-        self,
-        route: HarnessRoute,
-        upstream: aiohttp.ClientResponse,
-        context: RequestContext,
-        resp_headers: list[tuple[str, str]],
-    ) -> web.Response:
-        # ext-plugin-post-resp fetches the whole response itself before calling the runner.
-        context.response_body = await upstream.read()
-        headers = CIMultiDict(
-            (k, v) for k, v in upstream.headers.items() if k.lower() not in HOP_BY_HOP
-        )
-        call = HttpResponseCall(
-            id=0,
-            status=upstream.status,
-            headers=tuple((k.lower(), v) for k, v in upstream.headers.items()),
-            conf_token=0,
-        )
-        status, body = upstream.status, context.response_body
-        try:
-            reply = await self._communicate(route, POST_RESP, call, context)
-        except (RunnerError, FrameError, OSError) as error:
-            failed = self._runner_failed(route, error)
-            if failed is not None:
-                return failed
-        else:
-            assert isinstance(reply, HttpResponseCallReply)
-            status = reply.status or status
-            for name, value in reply.headers:
-                if value is None:
-                    headers.popall(name, None)
-                else:
-                    headers[name] = value
-            if reply.body:
-                body = reply.body
-        for name, value in resp_headers:
-            headers[name] = value
-        return web.Response(status=status, body=body, headers=headers)
-
-
-def _with_token(call: HttpRequestCall, token: int) -> HttpRequestCall:
-    return HttpRequestCall(
-        call.id, call.src_ip, call.method, call.path, call.args, call.headers, token
-    )
-
-
-def _stop_response(stop: Stop) -> web.Response:
-    headers: CIMultiDict[str] = CIMultiDict()
-    for name, value in stop.headers:
-        # APISIX applies each entry with core.response.set_header: a repeated name keeps its
-        # last value (apisix/plugins/ext-plugin/init.lua).
-        headers[name] = value
-    # APISIX answers a Stop without status as 200.
-    return web.Response(status=stop.status or 200, body=stop.body, headers=headers)
-
-
-def _apply_rewrite(
-    rewrite: Rewrite,
-    path: str,
-    headers: list[tuple[str, str]],
-    args: list[tuple[str, str | None]],
-    body: bytes,
-) -> tuple[str, list[tuple[str, str]], list[tuple[str, str | None]], bytes]:
-    """Rewrite as init.lua applies it: the path is URI-safe-encoded (a '?' in it is not a query),
-    a header without value is deleted, an arg without value is deleted, the first value of an arg
-    name replaces and later ones append, and a body replaces the body."""
-    if rewrite.path is not None:
-        path = quote(rewrite.path, safe="/:@!$&'()*+,;=-._~%")
-    for name, value in rewrite.headers:
-        headers = [(k, v) for k, v in headers if k != name]
-        if value is not None:
-            headers.append((name, value))
-    if rewrite.args:
-        changed: set[str] = set()
-        for name, value in rewrite.args:
-            if value is None:
-                args = [(k, v) for k, v in args if k != name]
-            elif name in changed:
-                args.append((name, value))
-            else:
-                args = [(k, v) for k, v in args if k != name] + [(name, value)]
-                changed.add(name)
-    if rewrite.body is not None:
-        body = rewrite.body
-    return path, headers, args, body
-
-
-def _parse_args(query: str) -> list[tuple[str, str | None]]:
-    """Query args as nginx sees them: empty pieces skipped, a bare name is a flag (no value)."""
-    args: list[tuple[str, str | None]] = []
-    for piece in query.split("&"):
-        if not piece:
-            continue
-        name, equals, value = piece.partition("=")
-        args.append((unquote(name), unquote(value) if equals else None))
-    return args
-
-
-def _query_string(args: Sequence[tuple[str, str | None]]) -> str:
-    if not args:
-        return ""
-    return "?" + "&".join(
-        quote(k, safe="") if v is None else f"{quote(k, safe='')}={quote(v, safe='')}"
-        for k, v in args
-    )
-
-
-def _header(headers: Sequence[tuple[str, str]], name: str) -> str:
-    return next((v for k, v in headers if k == name), "")
-
-
-# -- running it --------------------------------------------------------------------------------
-
-
-class ApisixHarness:
-    """A MiniApisix on a loopback port, served from a background thread."""
-
-    def __init__(self, runner_socket: Path | str, routes: Sequence[HarnessRoute]) -> None:
-        self.apisix = MiniApisix(runner_socket, routes)
-        self.port = 0
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+    status: int = 200
+    headers: dict[str, list[str]] = field(default_factory=dict)
+    chunks: list[bytes] = field(default_factory=list)
+    complete: bool = True
 
     @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+    def body(self) -> bytes:
+        return b"".join(self.chunks)
 
-    def start(self) -> Self:
-        self._thread.start()
-        self.port = self.call(self.apisix.start())
+    def header(self, name: str) -> list[str]:
+        return self.headers.get(name, [])
+
+    def json(self) -> Any:
+        return orjson.loads(self.body)
+
+
+class PluginConnection:
+    """The Gatez plugin's side of a runner connection (`apisix/plugins/gatez.lua`): one frame,
+    then its answer. `sent` keeps every frame's type and meta, in order."""
+
+    def __init__(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        *,
+        timeout_s: float | None = READ_TIMEOUT_S,
+    ) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.timeout_s = timeout_s
+        self.sent: list[tuple[PluginRpc, dict[str, Any]]] = []
+
+    @classmethod
+    async def open(cls, path: Path | str) -> PluginConnection:
+        async with asyncio.timeout(CONNECT_TIMEOUT_S):
+            reader, writer = await asyncio.open_unix_connection(str(path))
+        return cls(reader, writer)
+
+    @classmethod
+    def sharing(cls, connection: RunnerConnection) -> PluginConnection:
+        """The plugin on a connection ext-plugin used (both take it from APISIX's one pool)."""
+        return cls(connection.reader, connection.writer, timeout_s=connection.read_timeout_s)
+
+    @property
+    def usable(self) -> bool:
+        return not self.reader.at_eof() and not self.writer.is_closing()
+
+    async def close(self) -> None:
+        self.writer.close()
+        with contextlib.suppress(Exception):
+            await self.writer.wait_closed()
+
+    async def ask(self, rpc: PluginRpc, meta: dict[str, Any], data: bytes = b"") -> PluginAnswer:
+        """gatez.lua's `ask`: sends one frame and reads the runner's answer, which must be of
+        the same type, hold its meta within its length, and that meta must be an object."""
+        encoded = orjson.dumps(_as_cjson(meta))
+        length = META_LENGTH.size + len(encoded) + len(data)
+        if length > MAX_PAYLOAD:
+            raise PluginAnswerError("frame too large")
+        self.sent.append((rpc, meta))
+        self.writer.write(
+            bytes([rpc]) + length.to_bytes(3, "big") + META_LENGTH.pack(len(encoded)) + encoded
+        )
+        if data:
+            self.writer.write(data)
+        try:
+            await self.writer.drain()
+            async with asyncio.timeout(self.timeout_s):
+                header = await self.reader.readexactly(4)
+                size = int.from_bytes(header[1:], "big")
+                payload = await self.reader.readexactly(size) if size else b""
+        except (OSError, asyncio.IncompleteReadError, TimeoutError) as error:
+            raise PluginAnswerError(f"receive: {error!r}") from None
+        if header[0] != rpc:
+            raise PluginAnswerError(f"unexpected answer type {header[0]}")
+        if size < META_LENGTH.size:
+            raise PluginAnswerError("short answer")
+        (meta_length,) = META_LENGTH.unpack_from(payload)
+        end = META_LENGTH.size + meta_length
+        if end > size:
+            raise PluginAnswerError("answer meta runs past its frame")
+        try:
+            answer = orjson.loads(payload[META_LENGTH.size : end])
+        except orjson.JSONDecodeError:
+            answer = None
+        if not isinstance(answer, dict):
+            raise PluginAnswerError("answer meta is not an object")
+        return PluginAnswer(answer, payload[end:])
+
+    async def before_proxy(
+        self,
+        key: str,
+        provider: Provider,
+        *,
+        client_leaves_after: int | None = None,
+        max_buffered_bytes: int = MAX_BUFFERED_BYTES,
+    ) -> ClientReceived:
+        """One request through the plugin, frame for frame as gatez.lua's `before_proxy` sends
+        them: UPSTREAM_REQUEST, the provider call, RESPONSE_START, then per body plan the chunks
+        and RESPONSE_END. `client_leaves_after`: the client takes that many body writes, then
+        the next one fails (it went away)."""
+        client = _Client(client_leaves_after)
+        try:
+            target = await self.ask(PluginRpc.UPSTREAM_REQUEST, {"flow": key})
+        except PluginAnswerError:
+            target = None
+        if target is None or target.says("error"):
+            await self.close()
+            return client.gateway_error(
+                503, "the gateway is restarting, retry", "runner_unavailable"
+            )
+
+        answer = await provider(target)
+        start: dict[str, Any] = {"flow": key}
+        if answer.failure is None:
+            start |= {
+                "status": answer.status,
+                "headers": [[n.lower(), v] for n, v in answer.headers],
+            }
+        else:
+            start["error"] = answer.failure
+        try:
+            plan: PluginAnswer | None = await self.ask(PluginRpc.RESPONSE_START, start)
+        except PluginAnswerError:
+            plan = None
+        if plan is None or plan.says("error"):
+            await self.close()
+            return client.gateway_error(
+                502, "the gateway could not process the upstream response", "runner_failed"
+            )
+        if plan.meta.get("body") == "replace":
+            client.set_headers(plan.meta.get("headers") or [])
+            return client.exit(plan.meta["status"], plan.data)
+        if answer.failure is not None:
+            raise PluginAnswerError("the runner did not replace the answer to a failed call")
+
+        read = _BodyReader(answer)
+        if plan.meta.get("body") == "buffered":
+            return await self._buffered(key, plan, read, client, max_buffered_bytes)
+        client.status = plan.meta["status"]
+        client.set_headers(plan.meta["headers"])
+        if await self._stream(key, read, plan.meta.get("body"), client):
+            return client
+        if not client.headers_sent:
+            return client.gateway_error(502, "the upstream's answer broke off", "upstream_read")
+        client.complete = False  # ngx.exit(ngx.ERROR): the client's connection is closed
+        return client
+
+    async def _buffered(
+        self,
+        key: str,
+        plan: PluginAnswer,
+        read: _BodyReader,
+        client: _Client,
+        max_buffered_bytes: int,
+    ) -> ClientReceived:
+        parts: list[bytes] = []
+        size = 0
+        while True:
+            chunk, failed = await read()
+            if failed:
+                await self._finish(key, "upstream_read_failed")
+                return client.gateway_error(502, "the upstream's answer broke off", "upstream_read")
+            if chunk is None:
+                break
+            size += len(chunk)
+            if size > max_buffered_bytes:
+                await self._finish(key, "upstream_response_too_large")
+                return client.gateway_error(
+                    502, "the upstream's answer is too large", "upstream_size"
+                )
+            parts.append(chunk)
+        try:
+            answer: PluginAnswer | None = await self.ask(
+                PluginRpc.RESPONSE_CHUNK, {"flow": key, "eos": True}, b"".join(parts)
+            )
+        except PluginAnswerError:
+            answer = None
+        if answer is None or answer.says("error"):
+            await self.close()
+            return client.gateway_error(
+                502, "the gateway could not process the upstream response", "runner_failed"
+            )
+        if answer.meta.get("body") == "replace":
+            client.set_headers(answer.meta.get("headers") or [])
+            return client.exit(answer.meta["status"], answer.data)
+        client.status = plan.meta["status"]
+        client.set_headers(plan.meta["headers"])
+        client.headers["content-length"] = [str(len(answer.data))]
+        client.print(answer.data)
+        return client
+
+    async def _stream(self, key: str, read: _BodyReader, plan: Any, client: _Client) -> bool:
+        eos = False
+        while not eos:
+            chunk, failed = await read()
+            if failed:
+                await self._finish(key, "upstream_read_failed")
+                return False
+            eos = chunk is None
+            out = chunk
+            if plan == "streamed":
+                try:
+                    answer: PluginAnswer | None = await self.ask(
+                        PluginRpc.RESPONSE_CHUNK, {"flow": key, "eos": eos}, chunk or b""
+                    )
+                except PluginAnswerError:
+                    answer = None
+                if answer is None or answer.says("error"):
+                    await self.close()
+                    return False
+                out = answer.data
+                if answer.meta.get("body") == "replace":
+                    eos = True
+            if out and not client.print(out):
+                # A streamed flow the runner saw end needs no word; any other does.
+                await self._finish(key, None if eos and plan == "streamed" else "client_closed")
+                return False
+        await self._finish(key, "" if plan == "none" else None)
+        return True
+
+    async def _finish(self, key: str, reason: str | None) -> None:
+        """gatez.lua's `finish`: RESPONSE_END when there is a reason (an empty one included:
+        Lua's "" is true), then the connection goes back to the pool."""
+        if reason is None:
+            return
+        try:
+            await self.ask(PluginRpc.RESPONSE_END, {"flow": key, "error": reason})
+        except PluginAnswerError:
+            await self.close()
+
+
+class _BodyReader:
+    """The plugin's body reader over a provider answer: a chunk, None at the end, or a failure."""
+
+    def __init__(self, answer: ProviderAnswer) -> None:
+        self._answer = answer
+        self._next = 0
+
+    async def __call__(self) -> tuple[bytes | None, bool]:
+        answer = self._answer
+        if answer.read_error_after is not None and self._next >= answer.read_error_after:
+            return None, True
+        if self._next >= len(answer.chunks):
+            return None, False
+        if answer.pause_s:
+            await asyncio.sleep(answer.pause_s)
+        self._next += 1
+        return answer.chunks[self._next - 1], False
+
+
+class _Client(ClientReceived):
+    """The client's side of nginx's response while the plugin writes it."""
+
+    def __init__(self, leaves_after: int | None) -> None:
+        super().__init__()
+        self.headers_sent = False
+        self._writes_left = leaves_after
+
+    def set_headers(self, entries: Sequence[Sequence[str]]) -> None:
+        """gatez.lua's `set_response_headers`: hop-by-hop dropped, repeats kept, each name's
+        values replacing what `ngx.header` held for it."""
+        grouped: dict[str, list[str]] = {}
+        for name, value in entries:
+            if name.lower() not in PLUGIN_HOP_BY_HOP:
+                grouped.setdefault(name.lower(), []).append(value)
+        self.headers.update(grouped)
+
+    def print(self, data: bytes) -> bool:
+        """`ngx.print` + `ngx.flush(true)`: False once the client went away."""
+        self.headers_sent = True
+        if self._writes_left is not None:
+            if self._writes_left <= 0:
+                self.complete = False
+                return False
+            self._writes_left -= 1
+        self.chunks.append(data)
+        return True
+
+    def exit(self, status: int, body: bytes) -> ClientReceived:
+        """`return status, body` from before_proxy: APISIX's `core.response.exit`."""
+        self.status = status
+        self.print(body)
         return self
 
-    def call(self, coroutine: Coroutine[object, object, T]) -> T:
-        """Runs a coroutine on the harness's loop and waits for its result."""
-        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(30)
-
-    def stop(self) -> None:
-        if self._thread.is_alive():
-            self.call(self.apisix.stop())
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(5)
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(self, *_: object) -> None:
-        self.stop()
+    def gateway_error(self, status: int, message: str, code: str) -> ClientReceived:
+        self.headers["content-type"] = ["application/json"]
+        error = {"message": message, "type": "service_unavailable", "param": None, "code": code}
+        return self.exit(status, orjson.dumps({"error": error}))
 
 
-def llm_routes(upstream: str, providers: Mapping[str, str] | None = None) -> list[HarnessRoute]:
-    """The routes of `apisix/apisix.yaml`: the LLM path (pre-req + post-resp), then plain REST."""
-    llm_conf: Conf = (("gatez", "{}"),)
-    return [
-        HarnessRoute(
-            id="llm",
-            prefix="/v1/",
-            upstream=upstream,
-            pre_req=llm_conf,
-            post_resp=llm_conf,
-            split_upstreams=dict(providers or {}),
-        ),
-        HarnessRoute(id="rest", prefix="/", upstream=upstream, pre_req=(("gatez", "{}"),)),
-    ]
-
-
-async def _serve(args: argparse.Namespace) -> None:
-    providers = dict(item.split("=", 1) for item in args.provider)
-    apisix = MiniApisix(args.runner_socket, llm_routes(args.upstream, providers))
-    await apisix.start(args.host, args.port)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
-    try:
-        await stop.wait()
-    finally:
-        await apisix.stop()
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description="An APISIX stand-in in front of the runner.")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=9080)
-    parser.add_argument("--runner-socket", required=True)
-    parser.add_argument("--upstream", required=True, help="the routes' default upstream URL")
-    parser.add_argument(
-        "--provider", action="append", default=[], help="NAME=URL: traffic-split upstreams"
-    )
-    logging.basicConfig(level=logging.WARNING)
-    asyncio.run(_serve(parser.parse_args()))
-
-
-if __name__ == "__main__":
-    main()
+def _as_cjson(value: Any) -> Any:
+    """A value as cjson encodes the Lua table it would be: an empty table is `{}`, not `[]`."""
+    if isinstance(value, dict):
+        return {k: _as_cjson(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_as_cjson(v) for v in value] if value else {}
+    return value

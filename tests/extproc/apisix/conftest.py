@@ -1,6 +1,7 @@
 """Fixtures for the APISIX adapter: the runner in-process on a Unix socket with the real pipeline
 (real Redis, chDB log store, the fake OpenAI upstream as provider), a probe route whose stage
-answers what a test scripts, and the harness that plays APISIX in front of it."""
+answers what a test scripts, and APISIX's two sides of a runner connection
+(`tests.support.apisix`: ext-plugin's and the Gatez plugin's)."""
 
 from __future__ import annotations
 
@@ -20,17 +21,22 @@ from extproc.logsink import ClickHouseLogWriter, LogSink
 from extproc.redis_pipe import PipelinedRedis
 from extproc.server import build_dispatcher
 from gatez import keys
+from gatez.logrows import AiLogRow, RequestLogRow
 from gatez.logstore import LogStore
 from gatez.pipeline import CONTINUE, Dispatcher, Flow, Pipeline, Stage, Verdict
 from gatez.policy import CompiledPolicy, compile_policy
 from gatez.v1 import policy_pb2
 from tests.fakes.openai_upstream import UpstreamServer
-from tests.support.apisix import RunnerConnection
+from tests.support.apisix import PluginConnection, RunnerConnection
 from tests.support.redis import RedisServer
 
 API_KEY = "gz-apisix-test-key-0000000000000"
 PROVIDER_KEY = "sk-provider-secret-apisix"
 PROVIDER = "openai"
+# A provider behind TLS, never called: its UPSTREAM_REQUEST target is what tests look at.
+SECURE_PROVIDER = "secure"
+SECURE_PROVIDER_KEY = "sk-provider-secret-secure"
+SECURE_BASE_URL = "https://llm.example.test:8443/openai/v1"
 
 
 def policy(base_url: str) -> CompiledPolicy:
@@ -44,13 +50,26 @@ def policy(base_url: str) -> CompiledPolicy:
             providers=[
                 policy_pb2.Provider(
                     name=PROVIDER, kind=policy_pb2.PROVIDER_KIND_OPENAI, base_url=base_url
-                )
+                ),
+                policy_pb2.Provider(
+                    name=SECURE_PROVIDER,
+                    kind=policy_pb2.PROVIDER_KIND_OPENAI,
+                    base_url=SECURE_BASE_URL,
+                ),
             ],
             provider_credentials=[
-                policy_pb2.ProviderCredential(provider=PROVIDER, api_key=PROVIDER_KEY)
+                policy_pb2.ProviderCredential(provider=PROVIDER, api_key=PROVIDER_KEY),
+                policy_pb2.ProviderCredential(
+                    provider=SECURE_PROVIDER, api_key=SECURE_PROVIDER_KEY
+                ),
             ],
             model_routes=[
-                policy_pb2.ModelRoute(alias="fast", provider=PROVIDER, upstream_model="gpt-4o-mini")
+                policy_pb2.ModelRoute(
+                    alias="fast", provider=PROVIDER, upstream_model="gpt-4o-mini"
+                ),
+                policy_pb2.ModelRoute(
+                    alias="secure", provider=SECURE_PROVIDER, upstream_model="gpt-4o"
+                ),
             ],
         )
     )
@@ -177,6 +196,25 @@ class Runner:
 
     async def connect(self) -> RunnerConnection:
         return await RunnerConnection.open(self.socket)
+
+    async def plugin(self) -> PluginConnection:
+        return await PluginConnection.open(self.socket)
+
+    def ai_rows(self, request_id: str) -> list[AiLogRow]:
+        return [r for r in self.store.recent_ai_logs("acme", 1000) if r.request_id == request_id]
+
+    def request_rows(self, request_id: str) -> list[RequestLogRow]:
+        return [
+            r for r in self.store.recent_request_logs("acme", 1000) if r.request_id == request_id
+        ]
+
+    async def probe_done(self, count: int = 1) -> list[Flow]:
+        """The probe's finished flows, once `count` have finished (on_done runs as a task)."""
+        for _ in range(100):
+            if len(self.probe.done) >= count:
+                break
+            await asyncio.sleep(0.005)
+        return self.probe.done
 
     async def drain_logs(self) -> None:
         """Lets finished flows' on_done run, then writes the sink's rows."""

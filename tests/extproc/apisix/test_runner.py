@@ -1,13 +1,19 @@
-"""The runner, driven frame by frame as APISIX drives it (`tests.support.apisix`'s client), with
-the cases of APISIX's own ext-plugin tests: input decoding, Stop, Rewrite, ExtraInfo, errors,
-dropped connections and tokens."""
+"""The runner's ext-plugin side, driven frame by frame as APISIX's `ext-plugin/init.lua` drives it
+(`tests.support.apisix.RunnerConnection`), with the cases of APISIX's own ext-plugin tests: input
+decoding, Stop, Rewrite, ExtraInfo, errors, dropped connections, conf tokens and held calls; and
+the runner process as APISIX starts and stops it. The LLM path is `test_llm_flow.py`."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
+import os
+import signal
+import stat
+import sys
+from pathlib import Path
 
-import orjson
 import pytest
 
 from extproc.apisix.frames import (
@@ -17,7 +23,6 @@ from extproc.apisix.frames import (
     HttpResponseCall,
     PrepareConf,
     RequestBodyInfo,
-    ResponseBodyInfo,
     Rewrite,
     RpcType,
     Stop,
@@ -25,18 +30,26 @@ from extproc.apisix.frames import (
     decode_http_request_call,
     encode_frame,
     encode_http_request_call,
+    encode_http_response_call,
     encode_prepare_conf,
 )
 from extproc.apisix.runner import ConfStore, RouteConf
 from gatez.pipeline import CONTINUE, BodyMode, Continue, Flow, Hold, Respond, Verdict
-from tests.extproc.apisix.conftest import API_KEY, PROVIDER, PROVIDER_KEY, Runner
-from tests.support.apisix import RequestContext, RunnerConnection, RunnerError
+from gatez.processes import free_port
+from gatez.secrets import new_secret_key
+from tests.extproc.apisix.conftest import Runner
+from tests.support.apisix import (
+    ProxiedRequest,
+    RequestContext,
+    RunnerConnection,
+    RunnerError,
+    apply_rewrite,
+    stop_answer,
+)
+from tests.support.redis import RedisServer
 
-# The route kind comes from the policy; these confs only tell the probe dispatcher whether the
-# probe acts on the response too (see ProbeDispatcher).
 PROBE = (("gatez", "{}"),)
-PROBE_RESPONSE = (("gatez", '{"probe": "response"}'),)
-LLM = (("gatez", ""),)
+PRE_REQ_KEY = "route#probe#ext-plugin-pre-req#1"
 
 # APISIX's "check input" request: PUT /hello?xx=y&xx=z&&y=&&z with repeated X-Req headers.
 CHECK_INPUT = HttpRequestCall(
@@ -63,18 +76,22 @@ def with_token(call: HttpRequestCall, token: int) -> HttpRequestCall:
 
 
 async def prepared(
-    runner: Runner, conf: tuple[tuple[str, str], ...] = PROBE
+    runner: Runner, conf: tuple[tuple[str, str], ...] = PROBE, key: str = PRE_REQ_KEY
 ) -> tuple[RunnerConnection, int]:
-    runner.dispatcher.respond = conf is PROBE_RESPONSE
     connection = await runner.connect()
-    return connection, await connection.prepare_conf(conf, f"route#{conf[0][1]}#pre-req#1")
+    return connection, await connection.prepare_conf(conf, key)
+
+
+def request_id_only(flow: Flow) -> Rewrite:
+    """A REST request the pipeline passes on unchanged: APISIX still names its log row."""
+    return Rewrite(resp_headers=(("x-request-id", flow.request_id),))
 
 
 async def test_check_input_reaches_the_flow_as_apisix_sent_it(runner: Runner) -> None:
     connection, token = await prepared(runner)
     reply = await connection.request_call(with_token(CHECK_INPUT, token), RequestContext())
-    assert reply.id == 0 and reply.action is None  # nothing to change: passed on
     (flow,) = runner.probe.flows
+    assert reply.id == 0 and reply.action == request_id_only(flow)
     assert flow.method == "PUT"
     assert flow.path == "/hello?xx=y&xx=z&y=&z"
     assert flow.request_headers == {
@@ -112,18 +129,25 @@ def test_check_input_ipv6_round_trips_sixteen_bytes() -> None:
     )
 
 
-async def test_stop_carries_status_body_and_duplicate_headers(runner: Runner) -> None:
+async def test_stop_carries_status_body_duplicate_headers_and_the_request_id(
+    runner: Runner,
+) -> None:
     runner.probe.headers_verdict = lambda flow: Respond(
-        405, b"cat", (("x-resp", "foo"), ("x-resp", "bar"), ("x-req", "bar")), reason="probe"
+        405,
+        b"cat",
+        (("x-resp", "foo"), ("x-resp", "bar"), ("x-request-id", "stage-chosen")),
+        reason="probe",
     )
     connection, token = await prepared(runner)
     reply = await connection.request_call(with_token(CHECK_INPUT, token), RequestContext())
+    (flow,) = runner.probe.flows
     assert reply.action == Stop(
-        405, (("x-resp", "foo"), ("x-resp", "bar"), ("x-req", "bar")), b"cat"
+        405, (("x-resp", "foo"), ("x-resp", "bar"), ("x-request-id", flow.request_id)), b"cat"
     )
-    await runner.drain_logs()
-    (flow,) = runner.probe.done
-    assert flow.response_status == 405 and flow.error == "probe"
+    # APISIX sets the first entry of a name and adds the others: both x-resp values arrive.
+    assert stop_answer(reply.action).headers == reply.action.headers
+    (done,) = await runner.probe_done()
+    assert (done.response_status, done.error) == (405, "probe")
 
 
 def rewrite_everything(flow: Flow) -> Verdict:
@@ -136,13 +160,22 @@ def rewrite_everything(flow: Flow) -> Verdict:
     return CONTINUE
 
 
-async def test_rewrite_carries_path_headers_host_args_and_body(runner: Runner) -> None:
+async def test_rewrite_carries_path_headers_host_args_body_and_the_request_id(
+    runner: Runner,
+) -> None:
     runner.probe.headers_verdict = rewrite_everything
     connection, token = await prepared(runner)
     call = HttpRequestCall(
-        7, bytes(4), "GET", "/hello", (("c", "foo"), ("d", "bar")), (("x-change", "foo"),), token
+        7,
+        bytes(4),
+        "GET",
+        "/hello",
+        (("c", "foo"), ("d", "bar")),
+        (("x-change", "foo"), ("x-delete", "foo"), ("host", "gateway.test")),
+        token,
     )
     reply = await connection.request_call(call, RequestContext())
+    (flow,) = runner.probe.flows
     assert reply.id == 7
     assert reply.action == Rewrite(
         path="/uri",
@@ -155,8 +188,36 @@ async def test_rewrite_carries_path_headers_host_args_and_body(runner: Runner) -
         ),
         # APISIX edits args: d goes, a is set then appended, c replaced.
         args=(("d", None), ("a", "foo"), ("a", "bar"), ("c", "bar")),
+        resp_headers=(("x-request-id", flow.request_id),),
         body=b'{"rewritten":true}',
     )
+    assert apply_rewrite(call, b"", reply.action) == ProxiedRequest(
+        path="/uri",
+        args=(("c", "bar"), ("a", "foo"), ("a", "bar")),
+        headers=(
+            ("x-change", "bar"),
+            ("x-add", "bar"),
+            ("host", "127.0.0.1:1980"),
+            ("content-length", "18"),
+        ),
+        body=b'{"rewritten":true}',
+        response_headers=(("x-request-id", flow.request_id),),
+    )
+
+
+async def test_a_clients_flow_header_never_reaches_a_rest_upstream(runner: Runner) -> None:
+    """Only the runner names flows to the Gatez plugin: a client's x-gatez-flow is removed."""
+    connection, token = await prepared(runner)
+    call = HttpRequestCall(
+        1, bytes(4), "GET", "/hello", (), (("x-gatez-flow", "someone-elses"), ("x-a", "1")), token
+    )
+    reply = await connection.request_call(call, RequestContext())
+    assert isinstance(reply.action, Rewrite)
+    assert reply.action.headers == (("x-gatez-flow", None),)
+    proxied = apply_rewrite(call, b"", reply.action)
+    assert proxied.headers == (("x-a", "1"),)
+    (flow,) = runner.probe.flows
+    assert proxied.response_headers == (("x-request-id", flow.request_id),)
 
 
 async def test_unchanged_query_sends_no_args(runner: Runner) -> None:
@@ -183,7 +244,14 @@ async def test_request_body_is_asked_for_only_when_a_stage_wants_it(runner: Runn
     context = RequestContext(request_body=b"hello")
     reply = await connection.request_call(call, context)
     assert context.asked == [RequestBodyInfo()]
-    assert reply.action == Stop(200, (("content-type", "application/json"),), b"olleh")
+    assert isinstance(reply.action, Stop)
+    assert (reply.action.status, reply.action.body) == (200, b"olleh")
+
+    # APISIX answers an empty body with no result at all.
+    context = RequestContext()
+    reply = await connection.request_call(call, context)
+    assert context.asked == [RequestBodyInfo()]
+    assert isinstance(reply.action, Stop) and reply.action.body == b""
 
     runner.probe.headers_verdict = lambda flow: CONTINUE
     context = RequestContext(request_body=b"hello")
@@ -191,69 +259,80 @@ async def test_request_body_is_asked_for_only_when_a_stage_wants_it(runner: Runn
     assert context.asked == []
 
 
-async def test_response_call_finds_the_flow_by_request_id_and_reads_the_body(
-    runner: Runner,
+@pytest.mark.parametrize(
+    ("stop", "status", "headers"),
+    [
+        (Stop(0, (("X-A", "1"),), b"body"), 200, (("x-a", "1"),)),
+        (
+            Stop(302, (("Location", "/a"), ("x-a", "1"), ("X-A", "2"))),
+            302,
+            (("location", "/a"), ("x-a", "1"), ("x-a", "2")),
+        ),
+    ],
+    ids=["without-status", "repeats"],
+)
+def test_apisix_answers_a_stop_with_its_status_headers_and_body(
+    stop: Stop, status: int, headers: tuple[tuple[str, str], ...]
 ) -> None:
-    def want_response_body(flow: Flow) -> Verdict:
-        flow.response_body_mode = BodyMode.BUFFERED
-        flow.set_upstream_header("x-upstream-status", str(flow.response_status))
-        return CONTINUE
-
-    def replace_body(flow: Flow) -> Verdict:
-        flow.replace_response_chunk(flow.response_chunk.upper())
-        return CONTINUE
-
-    runner.probe.response_verdict = want_response_body
-    runner.probe.response_body_verdict = replace_body
-    connection, token = await prepared(runner, PROBE_RESPONSE)
-    context = RequestContext(vars={"request_id": "abc123"})
-    await connection.request_call(with_token(CHECK_INPUT, token), context)
-    assert context.asked == [VarInfo("request_id")]
-    assert runner.runner is not None and runner.runner.waiting_flows == 1
-
-    context.response_body = b"upstream body"
-    post_token = await connection.prepare_conf(PROBE_RESPONSE, "route#1#post-resp#1")
-    reply = await connection.response_call(
-        HttpResponseCall(9, 201, (("content-type", "text/plain"),), post_token), context
-    )
-    assert context.asked[1:] == [VarInfo("request_id"), ResponseBodyInfo()]
-    assert reply.id == 9 and reply.status == 0
-    assert reply.headers == (("x-upstream-status", "201"),)
-    assert reply.body == b"UPSTREAM BODY"
-    assert runner.runner.waiting_flows == 0
-    await runner.drain_logs()
-    (flow,) = runner.probe.done
-    assert flow.upstream_reached and flow.response_status == 201
+    answer = stop_answer(stop)
+    assert (answer.status, answer.headers, answer.body) == (status, headers, stop.body)
 
 
-async def test_missing_request_id_var_ends_the_flow_at_the_request(runner: Runner) -> None:
-    connection, token = await prepared(runner, PROBE_RESPONSE)
-    context = RequestContext()  # APISIX answers a missing variable with no result
-    reply = await connection.request_call(with_token(CHECK_INPUT, token), context)
-    assert context.asked == [VarInfo("request_id")] and reply.action is None
-    assert runner.runner is not None and runner.runner.waiting_flows == 0
-    await runner.drain_logs()
-    assert len(runner.probe.done) == 1
-
-    # A response call for a request the runner never parked passes the response on unchanged.
-    reply_to_unknown = await connection.response_call(
-        HttpResponseCall(3, 200, (), token), RequestContext(vars={"request_id": "nope"})
-    )
-    assert (reply_to_unknown.status, reply_to_unknown.headers, reply_to_unknown.body) == (
+def test_apisix_applies_a_rewrite_as_init_lua_does() -> None:
+    call = HttpRequestCall(
         0,
-        (),
-        b"",
+        bytes(4),
+        "POST",
+        "/hello",
+        (("c", "foo"), ("d", "bar")),
+        (("x-change", "foo"), ("x-change", "foo2"), ("x-delete", "foo")),
+        0,
     )
+    rewrite = Rewrite(
+        path="/a b?c#d%2F",
+        headers=(("x-delete", None), ("X-Change", "bar")),
+        args=(("a", "foo"), ("d", None), ("c", "bar"), ("a", "bar")),
+        resp_headers=(("Content-Type", "text/plain"), ("x-r", "1"), ("x-r", "2"), ("server", "x")),
+        body=b"",
+    )
+    proxied = apply_rewrite(call, b"old", rewrite)
+    # A '?' in the path is no query; '%' is escaped too (APISIX sends the path as given).
+    assert proxied.path == "/a%20b%3Fc%23d%252F"
+    assert proxied.headers == (("x-change", "bar"),)
+    assert proxied.args == (("c", "bar"), ("a", "foo"), ("a", "bar"))
+    assert proxied.body == b"old"  # an empty body replaces nothing
+    assert proxied.response_headers == (("x-r", "1"), ("x-r", "2"))
 
 
-async def test_unknown_token_is_conf_token_not_found(runner: Runner) -> None:
+# -- errors and tokens -------------------------------------------------------------------------
+
+
+async def test_unknown_token_is_conf_token_not_found_and_apisix_retries(runner: Runner) -> None:
     connection = await runner.connect()
     with pytest.raises(RunnerError) as caught:
         await connection.request_call(with_token(CHECK_INPUT, 4242), RequestContext())
     assert caught.value.code is ErrorCode.CONF_TOKEN_NOT_FOUND
-    # The connection stays usable.
-    token = await connection.prepare_conf(PROBE, "k")
-    assert (await connection.request_call(with_token(CHECK_INPUT, token), RequestContext())).id == 0
+    assert not connection.usable  # APISIX closes a socket after any failed call
+    # Its retry: a new connection, PrepareConf again, the call again.
+    connection, token = await prepared(runner)
+    reply = await connection.request_call(with_token(CHECK_INPUT, token), RequestContext())
+    assert isinstance(reply.action, Rewrite)
+
+
+async def test_a_restarted_runner_never_takes_an_old_token_for_another_routes(
+    runner: Runner,
+) -> None:
+    """APISIX may still hold tokens of the last runner process; they must be not found, never
+    another route's conf (numbering from 1 again would hand route b route a's old number)."""
+    connection = await runner.connect()
+    old_a = await connection.prepare_conf((("gatez", '{"route": "a"}'),), "route#a#pre-req#1")
+    await runner.restart()
+    connection = await runner.connect()
+    new_b = await connection.prepare_conf((("gatez", '{"route": "b"}'),), "route#b#pre-req#1")
+    assert new_b != old_a
+    with pytest.raises(RunnerError) as caught:
+        await connection.request_call(with_token(CHECK_INPUT, old_a), RequestContext())
+    assert caught.value.code is ErrorCode.CONF_TOKEN_NOT_FOUND
 
 
 @pytest.mark.parametrize(
@@ -262,9 +341,10 @@ async def test_unknown_token_is_conf_token_not_found(runner: Runner) -> None:
         (RpcType.HTTP_REQ_CALL, b"\x01\x02\x03"),
         (RpcType.HTTP_REQ_CALL, b"\xff" * 64),
         (RpcType.PREPARE_CONF, b""),
+        (RpcType.HTTP_RESP_CALL, encode_http_response_call(HttpResponseCall(1, 200, (), 1))),
         (9, encode_prepare_conf(PrepareConf((), "k"))),
     ],
-    ids=["short", "garbage", "empty", "unknown-type"],
+    ids=["short", "garbage", "empty", "post-resp-call", "unknown-type"],
 )
 async def test_malformed_frame_is_bad_request_and_the_connection_goes_on(
     runner: Runner, rpc_type: int, payload: bytes
@@ -274,19 +354,32 @@ async def test_malformed_frame_is_bad_request_and_the_connection_goes_on(
     with pytest.raises(RunnerError) as caught:
         await connection.receive()
     assert caught.value.code is ErrorCode.BAD_REQUEST
+    # APISIX would close it; the runner still serves it.
     token = await connection.prepare_conf(PROBE, "k")
     assert token > 0
+
+
+async def test_a_post_resp_route_is_refused_at_prepare_conf(runner: Runner) -> None:
+    """ext-plugin-post-resp would make the provider call without SNI or a host-name check:
+    refused, so APISIX answers that route with 503 instead."""
+    connection = await runner.connect()
+    with pytest.raises(RunnerError) as caught:
+        await connection.prepare_conf(PROBE, "route#gatez-llm#ext-plugin-post-resp#1")
+    assert caught.value.code is ErrorCode.BAD_REQUEST
+    connection = await runner.connect()
+    assert await connection.prepare_conf(PROBE, "route#gatez-llm#ext-plugin-pre-req#1") > 0
 
 
 async def test_a_conf_that_is_not_a_json_object_is_refused_at_prepare_conf(
     runner: Runner,
 ) -> None:
-    connection = await runner.connect()
     for conf in ((("gatez", "not json"),), (("gatez", "[1]"),), (("gatez", '"llm"'),)):
+        connection = await runner.connect()
         with pytest.raises(RunnerError) as caught:
             await connection.prepare_conf(conf, "k")
         assert caught.value.code is ErrorCode.BAD_REQUEST
     # Entries for other runner plugins are ignored.
+    connection = await runner.connect()
     assert await connection.prepare_conf((("other", "{}"),), "k2") > 0
 
 
@@ -339,8 +432,7 @@ async def test_connection_dropped_during_extra_info_ends_the_flow(runner: Runner
     rpc_type, _ = await connection.receive()
     assert rpc_type == RpcType.EXTRA_INFO
     await connection.close()  # APISIX's request died while the runner waited for the body
-    await runner.drain_logs()
-    assert [flow.error for flow in runner.probe.done] == ["apisix_call_failed"]
+    assert [flow.error for flow in await runner.probe_done()] == ["apisix_call_failed"]
     # Other connections are served as before.
     other, token = await prepared(runner)
     runner.probe.headers_verdict = lambda flow: CONTINUE
@@ -361,52 +453,9 @@ async def test_many_connections_each_with_many_sequential_calls(runner: Runner) 
     assert results == [[n * 100 + i for i in range(10)] for n in range(20)]
 
 
-async def test_llm_call_end_to_end_on_the_wire(runner: Runner) -> None:
-    """The real pipeline: auth, model routing (with the provider as Rewrite), usage from the
-    buffered response body, and the AI log row."""
-    connection, token = await prepared(runner, LLM)
-    body = orjson.dumps({"model": "fast", "messages": [{"role": "user", "content": "hi"}]})
-    call = HttpRequestCall(
-        1,
-        bytes([127, 0, 0, 1]),
-        "POST",
-        "/v1/chat/completions",
-        (),
-        (
-            ("authorization", f"Bearer {API_KEY}"),
-            ("content-type", "application/json"),
-            ("content-length", str(len(body))),
-        ),
-        token,
-    )
-    context = RequestContext(vars={"request_id": "req-llm-1"}, request_body=body)
-    reply = await connection.request_call(call, context)
-    assert context.asked == [VarInfo("request_id"), RequestBodyInfo()]
-    action = reply.action
-    assert isinstance(action, Rewrite) and action.body is not None
-    headers = dict(action.headers)
-    assert action.path == "/v1/chat/completions"
-    assert headers["authorization"] == f"Bearer {PROVIDER_KEY}"
-    assert headers["x-api-key"] is None  # the client's credential headers are deleted
-    assert headers["x-gatez-provider"] == PROVIDER and "x-gatez-cluster" not in headers
-    assert str(headers["host"]).startswith("127.0.0.1:")
-    assert orjson.loads(action.body)["model"] == "gpt-4o-mini"
-
-    reply_body = {"id": "x", "choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 5}}
-    context.response_body = orjson.dumps(reply_body)
-    response = await connection.response_call(
-        HttpResponseCall(2, 200, (("content-type", "application/json"),), token), context
-    )
-    assert (response.status, response.body) == (0, b"")  # observed, not changed
-    await runner.drain_logs()
-    rows = [r for r in runner.store.recent_ai_logs("acme", 100) if r.request_id == "req-llm-1"]
-    assert [(r.input_tokens, r.output_tokens, r.status) for r in rows] == [(3, 5, 200)]
-
-
-async def test_frame_error_in_harness_for_short_runner_replies() -> None:
-    """APISIX's `header too short` / `data truncated`: the harness reports them, as APISIX does."""
-    replies = [b"\x02\x01", b"\x02\x00\x00\x03\x00"]
-    for raw in replies:
+async def test_frame_errors_for_short_runner_replies_are_reported_as_apisix_does() -> None:
+    """APISIX's `header too short` / `data truncated`, and the socket closed after them."""
+    for raw in (b"\x02\x01", b"\x02\x00\x00\x03\x00"):
 
         async def handle(
             reader: asyncio.StreamReader, writer: asyncio.StreamWriter, raw: bytes = raw
@@ -419,35 +468,94 @@ async def test_frame_error_in_harness_for_short_runner_replies() -> None:
         port = server.sockets[0].getsockname()[1]
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         connection = RunnerConnection(reader, writer)
-        await connection.send(RpcType.HTTP_REQ_CALL, b"")
         with pytest.raises(FrameError):
-            await connection.receive()
+            await connection.prepare_conf(PROBE, "k")
+        assert not connection.usable
         await connection.close()
         server.close()
     assert encode_frame(RpcType.ERROR, b"") == b"\x00\x00\x00\x00"
 
 
 async def test_a_held_call_keeps_apisix_reading_until_the_decision(runner: Runner) -> None:
-    """APISIX gives up on a frame after 60 s; a held call asks an ExtraInfo question every
-    `hold_keepalive_s` (30 s in production) so it waits as long as the hold does."""
+    """APISIX gives up on a frame after its read timeout (60 s; 0.2 s here); a held call asks an
+    ExtraInfo question every `hold_keepalive_s` (30 s in production; 0.04 s here), so APISIX
+    waits as long as the hold does (0.5 s here)."""
     loop = asyncio.get_running_loop()
     decision: asyncio.Future[Continue | Respond] = loop.create_future()
     runner.probe.headers_verdict = lambda flow: Hold(decision, timeout_s=60)
     connection, token = await prepared(runner)
+    connection.read_timeout_s = 0.2
     assert runner.runner is not None
-    runner.runner._hold_keepalive_s = 0.02
-    loop.call_later(0.2, decision.set_result, Respond(403, b'{"denied":true}', reason="denied"))
+    runner.runner._hold_keepalive_s = 0.04
+    loop.call_later(0.5, decision.set_result, Respond(403, b'{"denied":true}', reason="denied"))
     context = RequestContext(vars={"request_id": "held-1"})
 
-    reply = await asyncio.wait_for(
-        connection.request_call(with_token(CHECK_INPUT, token), context), 5
-    )
+    reply = await connection.request_call(with_token(CHECK_INPUT, token), context)
 
     assert isinstance(reply.action, Stop) and reply.action.status == 403
     # Questions while held (none of them left unanswered on the connection), then the reply.
-    assert len(context.asked) >= 3
+    assert len(context.asked) >= 5
     assert set(context.asked) == {VarInfo("request_id")}
     # The connection stays in step for the next call.
     runner.probe.headers_verdict = lambda flow: CONTINUE
     again = await connection.request_call(with_token(CHECK_INPUT, token), RequestContext())
-    assert again.action is None
+    assert isinstance(again.action, Rewrite)
+
+
+async def test_a_hold_without_keepalive_questions_times_apisix_out(runner: Runner) -> None:
+    """The other side of the case above: the read timeout is real."""
+    decision: asyncio.Future[Continue | Respond] = asyncio.get_running_loop().create_future()
+    runner.probe.headers_verdict = lambda flow: Hold(decision, timeout_s=60)
+    connection, token = await prepared(runner)
+    connection.read_timeout_s = 0.2
+    assert runner.runner is not None
+    runner.runner._hold_keepalive_s = 10
+    with pytest.raises(TimeoutError):
+        await connection.request_call(with_token(CHECK_INPUT, token), RequestContext())
+    assert not connection.usable
+    decision.set_result(CONTINUE)
+
+
+# -- the runner process as APISIX runs it ------------------------------------------------------
+
+
+async def test_runner_process_removes_a_stale_socket_and_exits_cleanly_on_sigterm(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    socket = tmp_path / "runner.sock"
+    stale = await asyncio.start_unix_server(lambda r, w: None, path=str(socket))
+    stale.close()  # a socket file left behind, as by a runner that was killed
+    assert socket.exists()
+    env = {
+        **os.environ,
+        "APISIX_LISTEN_ADDRESS": f"unix:{socket}",
+        "APISIX_CONF_EXPIRE_TIME": "10",
+        "GATEZ_STATE_DIR": str(tmp_path / "state"),
+        "GATEZ_REDIS_URL": redis_server.url,
+        "GATEZ_CLICKHOUSE_DSN": f"chdb://{tmp_path / 'ch'}",
+        # No control service: the runner serves (without a policy) and keeps trying to watch.
+        "GATEZ_CONTROL_ADDRESS": f"127.0.0.1:{free_port()}",
+        "GATEZ_DATAPLANE_TOKEN": "gzdp_test-token",
+        "GATEZ_SECRET_KEY": new_secret_key(),
+    }
+    process = await asyncio.create_subprocess_exec(sys.executable, "-m", "extproc.apisix", env=env)
+    try:
+        connection = None
+        for _ in range(600):
+            # The stale file refuses connections; the runner's own socket accepts them.
+            with contextlib.suppress(OSError):
+                connection = await RunnerConnection.open(socket)
+                break
+            await asyncio.sleep(0.05)
+        assert connection is not None, "the runner never listened"
+        # Owner and group only: not world-writable (APISIX's reference runners use 0766).
+        assert stat.S_IMODE(socket.stat().st_mode) == 0o660
+        assert await connection.prepare_conf((), "route#1#ext-plugin-pre-req#1") > 0
+        await connection.close()
+        process.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(process.wait(), 10) == 0
+        assert not socket.exists()
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
