@@ -26,8 +26,14 @@ def test_every_runner_conf_is_a_json_object() -> None:
     assert "ext-plugin-pre-req" in llm and "ext-plugin-post-resp" in llm
 
 
-def test_ext_plugin_cmd_runs_the_runner() -> None:
+def test_ext_plugin_cmd_runs_the_runner_with_an_absolute_state_dir() -> None:
     config = (APISIX / "config.yaml").read_text()
-    assert '"-m", "extproc.apisix"]' in config
+    cmd = re.search(r"^  cmd: (\[.*?\])", config, re.M | re.S)
+    assert cmd is not None
+    argv = orjson.loads(cmd.group(1))
+    assert argv[1:3] == ["-m", "extproc.apisix"]
+    # APISIX starts the runner in its own directory: a relative state dir would be refused.
+    state_dir = argv[argv.index("--state-dir") + 1]
+    assert Path(state_dir).is_absolute()
     for plugin in ("ext-plugin-pre-req", "ext-plugin-post-resp", "traffic-split"):
         assert f"  - {plugin}" in config
