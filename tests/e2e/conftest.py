@@ -6,7 +6,6 @@ a synchronous admin client — every test provisions its own tenants, so tests s
 from __future__ import annotations
 
 import contextlib
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -74,9 +73,10 @@ def stack(
     upstream: UpstreamServer,
 ) -> Iterator[Stack]:
     """The same suite runs through both adapters: Envoy + ext_proc (served by the lean HTTP/2
-    server, and by the grpc.aio fallback), and the APISIX runner behind the harness that plays
-    APISIX (routes sent to the fake upstream); and once with Redis as a 3-node Redis Cluster
-    instead of the stack's own redis-server."""
+    server, and by the grpc.aio fallback), and a real APISIX 3.18 (installed by `make apisix`
+    under $GATEZ_APISIX_PREFIX, default `.apisix` in the checkout) with the runner it spawns,
+    its routes sent to the fake upstream; and once with Redis as a 3-node Redis Cluster instead
+    of the stack's own redis-server. A missing APISIX fails the APISIX cases, never skips them."""
     proxy, _, variant = request.param.partition("-")
     # The cluster runs before the stack picks its free ports, so none of them collide.
     cluster: LocalRedisCluster | None = (
@@ -89,10 +89,8 @@ def stack(
         config.redis_password = cluster.password
     elif variant:
         config.extra_env["GATEZ_EXTPROC_SERVER"] = variant
-    config.apisix_command = (
-        sys.executable, "-m", "tests.support.apisix",
-        "--upstream", upstream.base_url.removesuffix("/v1"),
-    )  # fmt: skip
+    # Under APISIX, its routes' upstreams: the fake provider (LLM and REST alike).
+    config.apisix_provider_url = config.apisix_rest_upstream_url = upstream.base_url
     with running(Stack(config)) as started:
         yield started
 
@@ -129,6 +127,22 @@ def admin_of(stack: Stack, upstream: UpstreamServer) -> Iterator[Admin]:
         yield client
     finally:
         client.channel.close()
+
+
+# Under APISIX, LLM routes still run through `ext-plugin-post-resp`, where APISIX makes the
+# provider call itself with lua-resty-http: the client gets `text/plain` and no provider headers
+# on SSE, the stream arrives whole at its end, and the provider sees lua-resty-http's
+# user-agent. The Gatez Lua plugin (`apisix/plugins/gatez.lua`, issue 8) serves LLM routes
+# instead; until then these cases are expected failures, and strict: once they pass, the mark
+# must go.
+NEEDS_GATEZ_PLUGIN = "needs the gatez plugin"
+
+
+@pytest.fixture
+def needs_gatez_plugin(request: pytest.FixtureRequest, stack: Stack) -> None:
+    """Marks the test an expected failure (strict) behind APISIX, until the Gatez plugin."""
+    if stack.config.proxy == "apisix":
+        request.applymarker(pytest.mark.xfail(strict=True, reason=NEEDS_GATEZ_PLUGIN))
 
 
 @pytest.fixture(scope="session")
