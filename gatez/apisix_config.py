@@ -122,20 +122,30 @@ class Upstream:
         }
 
 
-def llm_route(provider_url: str) -> dict[str, object]:
-    """The LLM route `/v1/*`: the runner on the request (auth, rate limit, routing) and on the
-    response (usage and the AI log read it), APISIX proxying to the provider's upstream."""
-    return {
+def llm_route(provider_url: str, *, gatez_plugin: bool) -> dict[str, object]:
+    """The LLM route `/v1/*`, the runner (ext-plugin-pre-req) on its request: authentication,
+    rate limit, model routing.
+
+    With the Gatez plugin, the plugin makes the provider call and streams it through the
+    runner, and the route has no upstream: without the plugin APISIX has nowhere to send it, so
+    a provider key never leaves by another path. Without it (a checkout before the plugin), the
+    runner also reads the response (ext-plugin-post-resp) of APISIX's call to `provider_url`."""
+    route: dict[str, object] = {
         "id": "gatez-llm",
         "uris": ["/v1/*"],
         "priority": 10,
         "timeout": dict(LLM_TIMEOUT),
-        "upstream": Upstream.from_url(provider_url).as_config(),
-        "plugins": {
-            PRE_REQ: {"conf": _runner_conf(), "allow_degradation": False},
-            POST_RESP: {"conf": _runner_conf(), "allow_degradation": False},
-        },
     }
+    pre_req = {"conf": _runner_conf(), "allow_degradation": False}
+    if gatez_plugin:
+        route["plugins"] = {PRE_REQ: pre_req, "gatez": {}}
+    else:
+        route["upstream"] = Upstream.from_url(provider_url).as_config()
+        route["plugins"] = {
+            PRE_REQ: pre_req,
+            POST_RESP: {"conf": _runner_conf(), "allow_degradation": False},
+        }
+    return route
 
 
 def rest_route(upstream_url: str) -> dict[str, object]:
@@ -149,11 +159,19 @@ def rest_route(upstream_url: str) -> dict[str, object]:
     }
 
 
-def render_routes(*, provider_url: str, rest_upstream_url: str) -> str:
+def render_routes(
+    *,
+    provider_url: str,
+    rest_upstream_url: str,
+    checkout: Path = CHECKOUT,
+    gatez_plugin: bool | None = None,
+) -> str:
     """`conf/apisix.yaml`: the LLM route and the REST catch-all. Gatez's policy decides what
     each path is; a path no policy route knows is the runner's 404 JSON, whichever APISIX route
-    it came by."""
-    routes = [llm_route(provider_url), rest_route(rest_upstream_url)]
+    it came by. `gatez_plugin` as for `render_config` (default: when the checkout has it)."""
+    if gatez_plugin is None:
+        gatez_plugin = gatez_plugin_present(checkout)
+    routes = [llm_route(provider_url, gatez_plugin=gatez_plugin), rest_route(rest_upstream_url)]
     return _dump({"routes": routes}) + END_MARKER + "\n"
 
 

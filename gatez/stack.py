@@ -321,6 +321,8 @@ class Stack:
         python_path = os.pathsep.join(
             filter(None, [str(apisix_config.CHECKOUT), os.environ.get("PYTHONPATH")])
         )
+        # The Gatez Lua plugin serves LLM routes once the checkout has it (config and routes).
+        gatez_plugin = apisix_config.gatez_plugin_present()
         log = self.logs / "apisix.log"
         self.logs.mkdir(parents=True, exist_ok=True)
         log.touch()
@@ -332,6 +334,7 @@ class Stack:
                 ),
                 envs=[*settings, f"PYTHONPATH={python_path}"],
                 ca_bundle=config.ca_bundle,
+                gatez_plugin=gatez_plugin,
                 error_log=log.resolve(),
             )
         )
@@ -339,6 +342,7 @@ class Stack:
             apisix_config.render_routes(
                 provider_url=config.apisix_provider_url,
                 rest_upstream_url=config.apisix_rest_upstream_url,
+                gatez_plugin=gatez_plugin,
             )
         )
         # APISIX's own environment holds no setting the runner must not have (the admin token).

@@ -65,7 +65,9 @@ def test_the_gatez_plugin_is_loaded_once_the_checkout_has_it(tmp_path: Path) -> 
 
 def test_the_routes_end_with_the_end_marker_and_fail_closed() -> None:
     text = apisix_config.render_routes(
-        provider_url="https://api.example.com/v1", rest_upstream_url="http://[::1]:8080"
+        provider_url="https://api.example.com/v1",
+        rest_upstream_url="http://[::1]:8080",
+        gatez_plugin=False,
     )
     assert text.endswith("\n#END\n")
     llm, rest = yaml.safe_load(text)["routes"]
@@ -83,9 +85,30 @@ def test_the_routes_end_with_the_end_marker_and_fail_closed() -> None:
             }
 
 
+def test_with_the_gatez_plugin_the_llm_route_has_no_upstream_of_its_own() -> None:
+    routes = apisix_config.render_routes(
+        provider_url="https://api.example.com/v1",
+        rest_upstream_url="http://127.0.0.1:8080",
+        gatez_plugin=True,
+    )
+    llm, rest = yaml.safe_load(routes)["routes"]
+    assert "upstream" not in llm
+    assert llm["plugins"] == {
+        "ext-plugin-pre-req": {
+            "conf": [{"name": "gatez", "value": "{}"}],
+            "allow_degradation": False,
+        },
+        "gatez": {},
+    }
+    assert llm["timeout"] == {"connect": 5, "send": 600, "read": 600}
+    assert rest["upstream"]["nodes"] == {"127.0.0.1:8080": 1}
+
+
 def test_an_upstream_url_must_name_http_or_https_and_a_host() -> None:
     with pytest.raises(ValueError, match="http\\(s\\)://host\\[:port\\]"):
-        apisix_config.render_routes(provider_url="ftp://x", rest_upstream_url="http://x")
+        apisix_config.render_routes(
+            provider_url="ftp://x", rest_upstream_url="http://x", gatez_plugin=False
+        )
 
 
 def test_a_prefix_without_apisix_is_refused_with_what_to_do(tmp_path: Path) -> None:
