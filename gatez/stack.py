@@ -87,7 +87,8 @@ class StackConfig:
     # APISIX's upstreams: the LLM route's provider and the REST catch-all's (http(s)://host:port).
     apisix_provider_url: str = "http://127.0.0.1:18000"
     apisix_rest_upstream_url: str = "http://127.0.0.1:18000"
-    # The CA certificates the proxy trusts for TLS to upstreams (one PEM file).
+    # The one file of CA certificates the proxy trusts for TLS to providers (tests: the system
+    # bundle plus their own CA).
     ca_bundle: str = CA_BUNDLE
 
     @classmethod
