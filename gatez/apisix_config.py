@@ -15,8 +15,9 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from gatez.envoy_config import CA_BUNDLE
+
 CHECKOUT: Final = Path(__file__).resolve().parent.parent
-CA_BUNDLE: Final = "/etc/ssl/certs/ca-certificates.crt"
 # The Gatez Lua plugin, loaded as `apisix.plugins.gatez` through `extra_lua_path`.
 GATEZ_PLUGIN: Final = Path("apisix") / "plugins" / "gatez.lua"
 PRE_REQ: Final = "ext-plugin-pre-req"
@@ -62,8 +63,10 @@ def render_config(
     checkout has it)."""
     if gatez_plugin is None:
         gatez_plugin = gatez_plugin_present(checkout)
-    plugins = [PRE_REQ, POST_RESP, *(["gatez"] if gatez_plugin else []), "proxy-rewrite"]
-    plugins.append("request-id")
+    # post-resp stays loadable for the LLM route of a checkout without the Gatez plugin.
+    plugins = [PRE_REQ, POST_RESP, "proxy-rewrite", "request-id"]
+    if gatez_plugin:
+        plugins.insert(2, "gatez")
     nginx_config: dict[str, object] = {
         # This APISIX build runs with one worker only (see ../shared/apisix-runtime).
         "worker_processes": 1,
