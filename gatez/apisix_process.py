@@ -113,7 +113,13 @@ class ApisixInstall:
             text=True,
             timeout=timeout_s,
         )
+        # nginx's first process returns as soon as it has forked the master, which writes the
+        # pid file a moment later.
         master = self.running_master()
+        deadline = time.monotonic() + 10
+        while done.returncode == 0 and master is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+            master = self.running_master()
         if done.returncode != 0 or master is None:
             if master is not None:
                 RunningApisix(self, master).stop()
