@@ -5,17 +5,23 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-16)
 PROTOS := $(wildcard proto/gatez/v1/*.proto)
+# A real APISIX for the end-to-end suite's "apisix" cases, installed from the APISIX runtime
+# folder (relative paths are the checkout's) into APISIX_PREFIX; the tests find it there
+# through GATEZ_APISIX_PREFIX.
+APISIX_RUNTIME ?= ../shared/apisix-runtime
+APISIX_PREFIX ?= $(CURDIR)/.apisix
+APISIX_VERSION := 3.18.0
 
-.PHONY: run test setup system-deps proto flatbuffers lint bench clean
+.PHONY: run test setup system-deps apisix proto flatbuffers lint bench clean
 
 run: setup
 	$(PY) -m demo
 
-test: setup
+test: setup apisix
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
-	$(VENV)/bin/pytest
+	GATEZ_APISIX_PREFIX=$(APISIX_PREFIX) $(VENV)/bin/pytest
 
 bench: setup
 	@command -v wrk >/dev/null || { SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
@@ -38,6 +44,24 @@ system-deps:
 		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq flatbuffers-compiler >/dev/null; \
 	fi
 	@command -v flatc >/dev/null || { echo "flatc is missing and could not be installed" >&2; exit 1; }
+
+# APISIX 3.18 under APISIX_PREFIX, installed when `apisix version` there does not print it.
+# install.sh takes Debian packages with apt-get (as root: sudo when not root; the prefix is then
+# handed back to this user) and builds the rest from the runtime folder, offline.
+apisix:
+	@if [ "$$('$(APISIX_PREFIX)/bin/apisix' version 2>/dev/null)" != "$(APISIX_VERSION)" ]; then \
+		if [ ! -f '$(APISIX_RUNTIME)/install.sh' ]; then \
+			echo "APISIX $(APISIX_VERSION) is not installed in $(APISIX_PREFIX), and there is no" \
+				"$(APISIX_RUNTIME)/install.sh to install it: set APISIX_RUNTIME to the" \
+				"apisix-runtime folder (make APISIX_RUNTIME=/path/to/apisix-runtime test)" >&2; \
+			exit 1; \
+		fi; \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO bash '$(APISIX_RUNTIME)/install.sh' '$(APISIX_PREFIX)' || exit 1; \
+		[ -z "$$SUDO" ] || sudo chown -R "$$(id -u):$$(id -g)" '$(APISIX_PREFIX)'; \
+	fi
+	@[ "$$('$(APISIX_PREFIX)/bin/apisix' version 2>/dev/null)" = "$(APISIX_VERSION)" ] || \
+		{ echo "APISIX $(APISIX_VERSION) did not install in $(APISIX_PREFIX)" >&2; exit 1; }
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "$(PYTHON) is required" >&2; exit 1; }

@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
+from gatez import apisix_config
+from gatez.apisix_process import ApisixInstall, RunningApisix
 from gatez.envoy_config import CA_BUNDLE, EnvoyTracing, render
 from gatez.processes import (
     redis_config,
@@ -32,6 +34,18 @@ from gatez.settings import DEV_ADMIN_TOKEN
 
 # `make run` takes the Redis password from here when set (else it generates one).
 REDIS_PASSWORD_ENV = "GATEZ_REDIS_PASSWORD"
+# Where APISIX is installed (`make apisix`), when not in the checkout's `.apisix`.
+APISIX_PREFIX_ENV = "GATEZ_APISIX_PREFIX"
+# Settings of the launcher and the control service that the APISIX runner must not get.
+NOT_FOR_THE_RUNNER = frozenset(
+    {"GATEZ_ADMIN_TOKEN", "GATEZ_DEMO_KEY", "GATEZ_EXTPROC_ADDRESS", APISIX_PREFIX_ENV}
+)
+
+
+def default_apisix_prefix() -> Path:
+    """$GATEZ_APISIX_PREFIX, else `.apisix` in the checkout (where `make apisix` installs)."""
+    configured = os.environ.get(APISIX_PREFIX_ENV)
+    return Path(configured) if configured else apisix_config.CHECKOUT / ".apisix"
 
 
 def _dying_with_parent(argv: list[str]) -> list[str]:
@@ -66,11 +80,13 @@ class StackConfig:
     external_redis_url: str | None = None
     log_level: str = "INFO"
     extra_env: dict[str, str] = field(default_factory=dict)
-    # "envoy", or "apisix": the data plane as APISIX's ext-plugin runner, with
-    # `apisix_command` as the process in front of it (run with the listen port and the runner's
-    # socket appended as `--port N --runner-socket PATH`).
+    # "envoy", or "apisix": a real APISIX from `apisix_prefix`, which runs the data plane as its
+    # ext-plugin runner.
     proxy: str = "envoy"
-    apisix_command: tuple[str, ...] = ()
+    apisix_prefix: Path = field(default_factory=default_apisix_prefix)
+    # APISIX's upstreams: the LLM route's provider and the REST catch-all's (http(s)://host:port).
+    apisix_provider_url: str = "http://127.0.0.1:18000"
+    apisix_rest_upstream_url: str = "http://127.0.0.1:18000"
     # The one file of CA certificates the proxy trusts for TLS to providers (tests: the system
     # bundle plus their own CA).
     ca_bundle: str = CA_BUNDLE
@@ -119,8 +135,9 @@ class StackConfig:
         return self.state_dir / "dataplane" / "extproc.sock"
 
     @property
-    def apisix_socket(self) -> Path:
-        return self.state_dir / "dataplane" / "apisix.sock"
+    def data_plane_dir(self) -> Path:
+        """The data plane's state directory (its snapshot, spool and socket)."""
+        return self.state_dir / "dataplane"
 
     @property
     def gateway_url(self) -> str:
@@ -159,6 +176,19 @@ class StackConfig:
         env.pop(REDIS_PASSWORD_ENV, None)
         return env
 
+    def runner_settings(self) -> dict[str, str]:
+        """The APISIX runner's settings (GATEZ_* and OTEL_*), as its `--env-file` holds them."""
+        env = {
+            name: value
+            for name, value in self.environment().items()
+            if name.startswith(("GATEZ_", "OTEL_")) and name not in NOT_FOR_THE_RUNNER
+        }
+        env.update(
+            GATEZ_STATE_DIR=str(self.data_plane_dir.resolve()),
+            GATEZ_METRICS_ADDRESS=self.metrics_address(self.data_plane_metrics_port),
+        )
+        return env
+
 
 class Stack:
     """Starts and stops the stack's processes; each can be stopped and started on its own."""
@@ -168,6 +198,8 @@ class Stack:
         self.logs = config.state_dir / "logs"
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
         self._log_files: dict[str, IO[bytes]] = {}
+        # Under APISIX: the APISIX started (its runner is the data plane).
+        self.apisix: RunningApisix | None = None
 
     def start(self) -> Stack:
         self.logs.mkdir(parents=True, exist_ok=True)
@@ -175,9 +207,7 @@ class Stack:
             self.start_redis()
             self.start_control()
             self.start_data_plane()
-            if self.config.proxy == "apisix":
-                self.start_apisix()
-            else:
+            if self.config.proxy != "apisix":
                 self.start_envoy()
         except BaseException:
             self.stop()
@@ -230,8 +260,9 @@ class Stack:
         wait_for_port(self.config.control_port, timeout_s=60)
 
     def start_data_plane(self) -> None:
+        """The data plane; under APISIX, APISIX itself, which starts the runner."""
         if self.config.proxy == "apisix":
-            self.start_apisix_runner()
+            self.start_apisix()
             return
         socket = self.config.extproc_socket
         socket.parent.mkdir(parents=True, exist_ok=True)
@@ -270,36 +301,76 @@ class Stack:
         )  # fmt: skip
         wait_for_port(config.listen_port, timeout_s=30)
 
-    def start_apisix_runner(self) -> None:
-        """The data plane as APISIX's ext-plugin runner, started as APISIX starts it."""
-        socket = self.config.apisix_socket
-        socket.parent.mkdir(parents=True, exist_ok=True)
-        env = self.config.environment()
-        env.update(
-            GATEZ_STATE_DIR=str(socket.parent),
-            GATEZ_METRICS_ADDRESS=self.config.metrics_address(self.config.data_plane_metrics_port),
-            APISIX_LISTEN_ADDRESS=f"unix:{socket}",
-            APISIX_CONF_EXPIRE_TIME="3600",
-        )
-        self.spawn("dataplane", [sys.executable, "-m", "extproc.apisix"], env)
-        _wait_for_file(socket, timeout_s=60, process=self.processes["dataplane"])
-
     def start_apisix(self) -> None:
-        """The process in front of the runner (`apisix_command`)."""
+        """A real APISIX from `apisix_prefix` (config written into its `conf/`), which spawns
+        the data plane as its ext-plugin runner with an absolute state directory and the
+        runner's settings in a 0600 file; returns once the listener and the runner's socket
+        accept. Refuses while an APISIX from the same prefix runs."""
         config = self.config
-        if not config.apisix_command:
-            raise RuntimeError("StackConfig.apisix_command is not set: nothing to run as APISIX")
-        self.spawn(
-            "apisix",
-            [
-                *config.apisix_command,
-                "--port", str(config.listen_port),
-                "--runner-socket", str(config.apisix_socket),
-            ],
-        )  # fmt: skip
-        wait_for_port(config.listen_port, timeout_s=30)
+        install = ApisixInstall(config.apisix_prefix.resolve())
+        install.require()
+        # Before writing its config: a running APISIX re-reads apisix.yaml when it changes.
+        install.require_stopped()
+        state = config.data_plane_dir.resolve()
+        state.mkdir(parents=True, exist_ok=True)
+        settings = config.runner_settings()
+        env_file = state / "runner.env"
+        if any("\n" in value for value in settings.values()):
+            raise ValueError("a setting for the APISIX runner holds a line break")
+        write_private(env_file, "".join(f"{name}={value}\n" for name, value in settings.items()))
+        # The checkout first on the runner's import path: APISIX starts it in its own directory.
+        python_path = os.pathsep.join(
+            filter(None, [str(apisix_config.CHECKOUT), os.environ.get("PYTHONPATH")])
+        )
+        # The Gatez Lua plugin serves LLM routes once the checkout has it (config and routes).
+        gatez_plugin = apisix_config.gatez_plugin_present()
+        log = self.logs / "apisix.log"
+        self.logs.mkdir(parents=True, exist_ok=True)
+        log.touch()
+        (install.conf_dir / "config.yaml").write_text(
+            apisix_config.render_config(
+                listen_port=config.listen_port,
+                runner_command=apisix_config.runner_command(
+                    sys.executable, state_dir=state, env_file=env_file
+                ),
+                envs=[*settings, f"PYTHONPATH={python_path}"],
+                ca_bundle=config.ca_bundle,
+                gatez_plugin=gatez_plugin,
+                error_log=log.resolve(),
+            )
+        )
+        (install.conf_dir / "apisix.yaml").write_text(
+            apisix_config.render_routes(
+                provider_url=config.apisix_provider_url,
+                rest_upstream_url=config.apisix_rest_upstream_url,
+                gatez_plugin=gatez_plugin,
+            )
+        )
+        # APISIX's own environment holds no setting the runner must not have (the admin token).
+        env = {
+            **{k: v for k, v in config.environment().items() if k not in NOT_FOR_THE_RUNNER},
+            **settings,
+            "APISIX_WORKER_PROCESSES": "1",
+        }
+        start_offset = log.stat().st_size
+        self.apisix = install.start(
+            env,
+            listen_port=config.listen_port,
+            failed=lambda: _runner_refusal(log, start_offset),
+        )
+
+    def stop_apisix(self) -> None:
+        """`apisix stop`, waiting until APISIX and its runner are gone."""
+        apisix, self.apisix = self.apisix, None
+        if apisix is not None:
+            apisix.stop()
 
     def stop_process(self, name: str) -> None:
+        """Stops one process; under APISIX, "dataplane" (or "apisix") stops APISIX and its
+        runner together, and `start_data_plane()` starts them again."""
+        if name in ("dataplane", "apisix") and self.config.proxy == "apisix":
+            self.stop_apisix()
+            return
         process = self.processes.pop(name, None)
         if process is not None:
             stop_process(process)
@@ -308,6 +379,7 @@ class Stack:
             log_file.close()
 
     def stop(self) -> None:
+        self.stop_apisix()
         for name in reversed(list(self.processes)):
             self.stop_process(name)
 
@@ -337,6 +409,18 @@ def _free_ports(count: int) -> list[int]:
         for sock in sockets:
             sock.bind(("127.0.0.1", 0))
         return [int(sock.getsockname()[1]) for sock in sockets]
+
+
+def _runner_refusal(log: Path, offset: int) -> str | None:
+    """Why the runner refused to start, if APISIX's error log shows it since `offset` (the
+    runner's stderr, relayed line by line)."""
+    with log.open("rb") as lines:
+        lines.seek(offset)
+        tail = lines.read().decode(errors="replace")
+    _, found, reason = tail.partition(apisix_config.RUNNER_REFUSAL)
+    if not found:
+        return None
+    return f"APISIX's ext-plugin runner refused to start: {reason.strip().splitlines()[0]}"
 
 
 def _wait_for_file(path: Path, timeout_s: float, process: subprocess.Popen[bytes]) -> None:

@@ -44,7 +44,10 @@ def test_llm_routes_use_the_gatez_plugin_and_have_no_upstream_of_their_own() -> 
 
 def test_ext_plugin_cmd_runs_the_runner_and_the_plugin_is_loaded() -> None:
     config = yaml.safe_load((APISIX / "config.yaml").read_text())
-    assert config["ext-plugin"]["cmd"][-2:] == ["-m", "extproc.apisix"]
+    argv = config["ext-plugin"]["cmd"]
+    assert argv[1:3] == ["-m", "extproc.apisix"]
+    # APISIX starts the runner in its own directory: a relative state dir would be refused.
+    assert Path(argv[argv.index("--state-dir") + 1]).is_absolute()
     assert {"ext-plugin-pre-req", "gatez"} <= set(config["plugins"])
     assert "ext-plugin-post-resp" not in config["plugins"]
     assert config["apisix"]["extra_lua_path"].endswith("/?.lua")

@@ -12,9 +12,10 @@ APISIX's `ai-proxy` does, and talks to the runner on the same unix socket with t
   with the body as data. The key came in the pre-req Rewrite's `x-gatez-flow` header; the
   provider's credential exists only here, never in the request APISIX proxies.
 - `RESPONSE_START`: `{"flow", "status", "headers"}` when the provider's headers arrived, or
-  `{"flow", "error"}` when it could not be reached (connect, tls, timeout, send, resolve). The answer: `{"status",
-  "headers", "body": "none" | "buffered" | "streamed"}` — what the client gets and how the plugin
-  sends the body on — or a whole answer (`"body": "replace"`, status, headers, data).
+  `{"flow", "error"}` when it could not be reached (connect, tls, timeout, send, resolve). The
+  answer: `{"status", "headers", "body": "none" | "buffered" | "streamed"}` — what the client
+  gets and how the plugin sends the body on — or a whole answer (`"body": "replace"`, status,
+  headers, data).
 - `RESPONSE_CHUNK`: `{"flow", "eos"}` with a chunk as data (streamed), or the whole body with
   eos (buffered). The answer is the chunk to send (data), or a whole answer (`"body":
   "replace"`, status, headers, data) when a stage refused the body.

@@ -2,6 +2,10 @@
 `python -m extproc.apisix` with `APISIX_LISTEN_ADDRESS=unix:/path.sock` and
 `APISIX_CONF_EXPIRE_TIME` in the environment, restarts it 3 s after it exits, and stops it with
 SIGTERM (then SIGKILL 1 s later). The data-plane wiring is `extproc.server`'s, shared with Envoy.
+
+APISIX starts the runner in its own directory (`PREFIX/apisix`), so a relative path setting would
+silently point there: `runner_environment` applies `--state-dir` and `--env-file` and refuses a
+start by APISIX without an absolute state directory.
 """
 
 from __future__ import annotations
@@ -12,12 +16,15 @@ import logging
 import os
 import shutil
 import signal
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Final
 
 from extproc.apisix.runner import ExtPluginRunner
 from extproc.grpc_h2 import remove_stale_socket
 from extproc.server import DataPlaneCore, start_core
+from gatez.errors import quoted
 from gatez.settings import Settings
 from gatez.telemetry import ValueCollector
 
@@ -28,6 +35,76 @@ log = logging.getLogger("gatez.apisix")
 # Where APISIX's workers run as another user, give them the socket's group
 # (GATEZ_APISIX_SOCKET_GROUP).
 SOCKET_MODE = 0o660
+# APISIX sets this when it starts the runner (ext-plugin.cmd).
+LISTEN_ADDRESS_VARIABLE: Final = "APISIX_LISTEN_ADDRESS"
+STATE_DIR_VARIABLE: Final = "GATEZ_STATE_DIR"
+# What a settings file (`--env-file`) may set: Gatez's settings and OpenTelemetry's.
+ENV_FILE_PREFIXES: Final = ("GATEZ_", "OTEL_")
+
+
+class StartupError(Exception):
+    """The runner cannot start with what it was given; the message says what to set."""
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    """Settings from a file of `NAME=value` lines (blank lines and `#` comments skipped; the
+    value is taken as written, up to the end of the line: no quotes, no expansion). Only
+    `GATEZ_*` and `OTEL_*` names; a bad line is refused by number, its text never echoed (it
+    may hold a secret)."""
+    try:
+        text = path.read_text()
+    except OSError as error:
+        raise StartupError(f"cannot read the settings file {path}: {error.strerror}") from None
+    values: dict[str, str] = {}
+    for number, line in enumerate(text.splitlines(), start=1):
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        name, sep, value = stripped.partition("=")
+        name = name.strip()
+        if not sep or not name.isidentifier():
+            raise StartupError(f"{path}, line {number}: expected NAME=value")
+        if not name.startswith(ENV_FILE_PREFIXES):
+            raise StartupError(
+                f"{path}, line {number}: {quoted(name)} is not a setting of the runner "
+                f"(only {' and '.join(p + '*' for p in ENV_FILE_PREFIXES)})"
+            )
+        values[name] = value
+    return values
+
+
+def runner_environment(
+    environ: Mapping[str, str], *, state_dir: str | None = None, env_file: str | None = None
+) -> dict[str, str]:
+    """The environment the runner runs with: `environ`, then the settings file over it, then
+    `state_dir` (as GATEZ_STATE_DIR) over both — what ext-plugin.cmd says wins over what the
+    process that started APISIX happened to pass on.
+
+    Started by APISIX (APISIX_LISTEN_ADDRESS set), the state directory must be given and
+    absolute, and so must the settings file and every `GATEZ_*_FILE`: else they would resolve in
+    APISIX's own directory."""
+    by_apisix = LISTEN_ADDRESS_VARIABLE in environ
+    env = dict(environ)
+    if env_file is not None:
+        if by_apisix and not Path(env_file).is_absolute():
+            raise StartupError(f"--env-file must be an absolute path under APISIX, not {env_file}")
+        env.update(read_env_file(Path(env_file)))
+    if state_dir is not None:
+        env[STATE_DIR_VARIABLE] = state_dir
+    if not by_apisix:
+        return env
+    given = env.get(STATE_DIR_VARIABLE, "")
+    if not given or not Path(given).is_absolute():
+        raise StartupError(
+            f"started by APISIX ({LISTEN_ADDRESS_VARIABLE} is set) without an absolute state "
+            f"directory ({STATE_DIR_VARIABLE}={given!r}): it would be APISIX's working directory. "
+            "Add --state-dir /absolute/path to ext-plugin.cmd"
+        )
+    for name, value in sorted(env.items()):
+        path_setting = name.startswith("GATEZ_") and name.endswith("_FILE")
+        if path_setting and value and not Path(value).is_absolute():
+            raise StartupError(f"{name} must be an absolute path under APISIX, not {value}")
+    return env
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,7 +6,6 @@ a synchronous admin client — every test provisions its own tenants, so tests s
 from __future__ import annotations
 
 import contextlib
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -16,6 +15,7 @@ from pathlib import Path
 import grpc
 import pytest
 
+from gatez.apisix_config import gatez_plugin_present
 from gatez.stack import Stack, StackConfig
 from gatez.v1 import control_pb2, control_pb2_grpc, policy_pb2
 from tests.fakes.openai_upstream import UpstreamServer
@@ -82,9 +82,10 @@ def stack(
     provider_ca: LocalCertificateAuthority,
 ) -> Iterator[Stack]:
     """The same suite runs through both adapters: Envoy + ext_proc (served by the lean HTTP/2
-    server, and by the grpc.aio fallback), and the APISIX runner behind the harness that plays
-    APISIX (routes sent to the fake upstream); and once with Redis as a 3-node Redis Cluster
-    instead of the stack's own redis-server."""
+    server, and by the grpc.aio fallback), and a real APISIX 3.18 (installed by `make apisix`
+    under $GATEZ_APISIX_PREFIX, default `.apisix` in the checkout) with the runner it spawns,
+    its routes sent to the fake upstream; and once with Redis as a 3-node Redis Cluster instead
+    of the stack's own redis-server. A missing APISIX fails the APISIX cases, never skips them."""
     proxy, _, variant = request.param.partition("-")
     # The cluster runs before the stack picks its free ports, so none of them collide.
     cluster: LocalRedisCluster | None = (
@@ -98,10 +99,8 @@ def stack(
         config.redis_password = cluster.password
     elif variant:
         config.extra_env["GATEZ_EXTPROC_SERVER"] = variant
-    config.apisix_command = (
-        sys.executable, "-m", "tests.support.apisix",
-        "--upstream", upstream.base_url.removesuffix("/v1"),
-    )  # fmt: skip
+    # Under APISIX, its routes' upstreams: the fake provider (LLM and REST alike).
+    config.apisix_provider_url = config.apisix_rest_upstream_url = upstream.base_url
     with running(Stack(config)) as started:
         yield started
 
@@ -138,6 +137,21 @@ def admin_of(stack: Stack, upstream: UpstreamServer) -> Iterator[Admin]:
         yield client
     finally:
         client.channel.close()
+
+
+# Without the Gatez Lua plugin (`apisix/plugins/gatez.lua`, issue 8), LLM routes under APISIX
+# run through `ext-plugin-post-resp`, where APISIX makes the provider call itself with
+# lua-resty-http: the client gets `text/plain` and, on SSE, no provider headers; the stream
+# arrives whole at its end; the provider sees lua-resty-http's user-agent. Until the checkout
+# has the plugin these cases are expected failures under APISIX (strict: a pass is an error).
+NEEDS_GATEZ_PLUGIN = "needs the gatez plugin"
+
+
+@pytest.fixture
+def needs_gatez_plugin(request: pytest.FixtureRequest, stack: Stack) -> None:
+    """Marks the test an expected failure (strict) behind APISIX without the Gatez plugin."""
+    if stack.config.proxy == "apisix" and not gatez_plugin_present():
+        request.applymarker(pytest.mark.xfail(strict=True, reason=NEEDS_GATEZ_PLUGIN))
 
 
 @pytest.fixture(scope="session")

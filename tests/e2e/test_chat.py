@@ -12,7 +12,7 @@ import pytest
 
 from gatez.v1 import control_pb2, logs_pb2
 from tests.e2e.conftest import UPSTREAM_KEY, Admin, TenantAccess
-from tests.fakes.openai_upstream import UpstreamServer
+from tests.fakes.openai_upstream import DEMO_ORGANIZATION, RATE_LIMIT_REQUESTS, UpstreamServer
 
 MESSAGES: list[Any] = [{"role": "user", "content": "hello gateway world"}]
 
@@ -125,6 +125,7 @@ async def test_async_stream_with_usage_asked_by_the_client(
     assert (row.input_tokens, row.output_tokens) == (usage.prompt_tokens, usage.completion_tokens)
 
 
+@pytest.mark.usefixtures("needs_gatez_plugin")
 def test_raw_sse_without_usage_is_what_the_upstream_sends_without_it(
     gateway_url: str, tenant: TenantAccess, upstream: UpstreamServer
 ) -> None:
@@ -148,6 +149,24 @@ def test_raw_sse_without_usage_is_what_the_upstream_sends_without_it(
         return [*parsed, "[DONE]"]
 
     assert shape(through_gateway.text) == shape(direct.text)
+
+
+@pytest.mark.usefixtures("needs_gatez_plugin")
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "sse"])
+def test_the_providers_content_type_and_headers_reach_the_client(
+    gateway_url: str, tenant: TenantAccess, stream: bool
+) -> None:
+    response = httpx.post(
+        f"{gateway_url}/chat/completions",
+        json={"model": "gpt-test", "messages": MESSAGES, "stream": stream},
+        headers={"authorization": f"Bearer {tenant.api_key}"},
+    )
+    assert response.status_code == 200
+    expected = "text/event-stream" if stream else "application/json"
+    assert response.headers["content-type"].startswith(expected)
+    # What the fake provider sends on every answer (OpenAI's own headers).
+    assert response.headers.get("openai-organization") == DEMO_ORGANIZATION
+    assert response.headers.get("x-ratelimit-limit-requests") == str(RATE_LIMIT_REQUESTS)
 
 
 def test_models_list_shows_the_tenants_aliases(gateway_url: str, tenant: TenantAccess) -> None:

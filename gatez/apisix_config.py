@@ -1,0 +1,188 @@
+"""Renders APISIX 3.x's `config.yaml` and standalone `apisix.yaml` for one deployment with Gatez
+as its external-plugin runner (what `gatez/envoy_config.py` is for Envoy).
+
+The stack launcher writes both into `PREFIX/apisix/conf/` before `apisix start`; `apisix/` in the
+checkout holds the commented copies an operator starts from.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+from urllib.parse import urlsplit
+
+import yaml
+
+from gatez.envoy_config import CA_BUNDLE
+
+CHECKOUT: Final = Path(__file__).resolve().parent.parent
+# The Gatez Lua plugin, loaded as `apisix.plugins.gatez` through `extra_lua_path`.
+GATEZ_PLUGIN: Final = Path("apisix") / "plugins" / "gatez.lua"
+PRE_REQ: Final = "ext-plugin-pre-req"
+POST_RESP: Final = "ext-plugin-post-resp"
+# Long generations need long timeouts (seconds).
+LLM_TIMEOUT: Final = {"connect": 5, "send": 600, "read": 600}
+# APISIX loads a standalone routes file only when it ends with this line.
+END_MARKER: Final = "#END"
+# How the runner's refusal to start begins (on stderr, which APISIX copies into its error log).
+RUNNER_REFUSAL: Final = "gatez APISIX runner: not started:"
+
+
+def gatez_plugin_present(checkout: Path = CHECKOUT) -> bool:
+    """Whether the checkout ships the Gatez Lua plugin (`apisix/plugins/gatez.lua`)."""
+    return (checkout / GATEZ_PLUGIN).is_file()
+
+
+def runner_command(python: str, *, state_dir: Path, env_file: Path | None = None) -> list[str]:
+    """`ext-plugin.cmd`: the runner with its state directory (and settings file) given as
+    absolute paths, so nothing depends on the directory APISIX starts it in."""
+    command = [python, "-m", "extproc.apisix", "--state-dir", str(state_dir.resolve())]
+    if env_file is not None:
+        command += ["--env-file", str(env_file.resolve())]
+    return command
+
+
+def render_config(
+    *,
+    listen_port: int,
+    runner_command: Sequence[str],
+    envs: Sequence[str] = (),
+    listen_address: str = "127.0.0.1",
+    checkout: Path = CHECKOUT,
+    ca_bundle: str = CA_BUNDLE,
+    gatez_plugin: bool | None = None,
+    error_log: Path | None = None,
+) -> str:
+    """`conf/config.yaml`: standalone (routes from `conf/apisix.yaml`), one HTTP/1.1 listener,
+    no admin or control API, no TLS listener; APISIX's TLS clients trust `ca_bundle` only.
+
+    `envs` are the variables nginx passes on to the runner (`NAME`, or `NAME=value` to set
+    one); nginx drops every other. `gatez_plugin` loads the Gatez Lua plugin (default: when the
+    checkout has it)."""
+    if gatez_plugin is None:
+        gatez_plugin = gatez_plugin_present(checkout)
+    # post-resp stays loadable for the LLM route of a checkout without the Gatez plugin.
+    plugins = [PRE_REQ, POST_RESP, "proxy-rewrite", "request-id"]
+    if gatez_plugin:
+        plugins.insert(2, "gatez")
+    nginx_config: dict[str, object] = {
+        # This APISIX build runs with one worker only (see ../shared/apisix-runtime).
+        "worker_processes": 1,
+        "envs": list(envs),
+        # Gatez writes its own request logs; nginx's access log would be a second copy.
+        "http": {"enable_access_log": False},
+    }
+    if error_log is not None:
+        # Also where the runner's stdout and stderr land (APISIX relays them at `warn`).
+        nginx_config["error_log"] = str(error_log)
+    config = {
+        "deployment": {"role": "data_plane", "role_data_plane": {"config_provider": "yaml"}},
+        "apisix": {
+            "node_listen": [{"ip": listen_address, "port": listen_port}],
+            "enable_admin": False,
+            "enable_control": False,
+            # This nginx (1.22) has no `http2 on`.
+            "enable_http2": False,
+            "extra_lua_path": f"{checkout.resolve()}/?.lua",
+            "ssl": {"enable": False, "ssl_trusted_certificate": ca_bundle},
+        },
+        "nginx_config": nginx_config,
+        "ext-plugin": {"cmd": list(runner_command)},
+        "plugins": plugins,
+        "stream_plugins": [],
+    }
+    return _dump(config)
+
+
+@dataclass(frozen=True, slots=True)
+class Upstream:
+    """An APISIX upstream of one node, from a URL (its path is not used: APISIX proxies the
+    request's own path, as the runner rewrote it)."""
+
+    scheme: str
+    host: str
+    port: int
+
+    @classmethod
+    def from_url(cls, url: str) -> Upstream:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"an upstream URL is http(s)://host[:port], not {url!r}")
+        return cls(
+            parts.scheme, parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)
+        )
+
+    def as_config(self) -> dict[str, object]:
+        node = f"[{self.host}]" if ":" in self.host else self.host
+        return {
+            "type": "roundrobin",
+            "scheme": self.scheme,
+            # The Host header the upstream expects is its own, as with Envoy.
+            "pass_host": "node",
+            "nodes": {f"{node}:{self.port}": 1},
+        }
+
+
+def llm_route(provider_url: str, *, gatez_plugin: bool) -> dict[str, object]:
+    """The LLM route `/v1/*`, the runner (ext-plugin-pre-req) on its request: authentication,
+    rate limit, model routing.
+
+    With the Gatez plugin, the plugin makes the provider call and streams it through the
+    runner, and the route has no upstream: without the plugin APISIX has nowhere to send it, so
+    a provider key never leaves by another path. Without it (a checkout before the plugin), the
+    runner also reads the response (ext-plugin-post-resp) of APISIX's call to `provider_url`."""
+    route: dict[str, object] = {
+        "id": "gatez-llm",
+        "uris": ["/v1/*"],
+        "priority": 10,
+        "timeout": dict(LLM_TIMEOUT),
+    }
+    pre_req = {"conf": _runner_conf(), "allow_degradation": False}
+    if gatez_plugin:
+        route["plugins"] = {PRE_REQ: pre_req, "gatez": {}}
+    else:
+        route["upstream"] = Upstream.from_url(provider_url).as_config()
+        route["plugins"] = {
+            PRE_REQ: pre_req,
+            POST_RESP: {"conf": _runner_conf(), "allow_degradation": False},
+        }
+    return route
+
+
+def rest_route(upstream_url: str) -> dict[str, object]:
+    """The catch-all `/*`: the runner on the request only (authentication, rate limit, the
+    policy route's rewrite), then the APISIX route's own upstream."""
+    return {
+        "id": "gatez-rest",
+        "uris": ["/*"],
+        "upstream": Upstream.from_url(upstream_url).as_config(),
+        "plugins": {PRE_REQ: {"conf": _runner_conf(), "allow_degradation": False}},
+    }
+
+
+def render_routes(
+    *,
+    provider_url: str,
+    rest_upstream_url: str,
+    checkout: Path = CHECKOUT,
+    gatez_plugin: bool | None = None,
+) -> str:
+    """`conf/apisix.yaml`: the LLM route and the REST catch-all. Gatez's policy decides what
+    each path is; a path no policy route knows is the runner's 404 JSON, whichever APISIX route
+    it came by. `gatez_plugin` as for `render_config` (default: when the checkout has it)."""
+    if gatez_plugin is None:
+        gatez_plugin = gatez_plugin_present(checkout)
+    routes = [llm_route(provider_url, gatez_plugin=gatez_plugin), rest_route(rest_upstream_url)]
+    return _dump({"routes": routes}) + END_MARKER + "\n"
+
+
+def _runner_conf() -> list[dict[str, str]]:
+    """A route's runner conf: it only names us (the pipeline comes from Gatez's policy, by
+    path). A new list each time, so the YAML has no anchors."""
+    return [{"name": "gatez", "value": "{}"}]
+
+
+def _dump(document: dict[str, object]) -> str:
+    return yaml.safe_dump(document, sort_keys=False, default_flow_style=False)

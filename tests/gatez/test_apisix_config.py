@@ -1,0 +1,132 @@
+"""APISIX's config as the stack renders it (the end-to-end suite runs a real APISIX on it), and
+a prefix without APISIX refused with what to do."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from gatez import apisix_config
+from gatez.apisix_process import ApisixError, ApisixInstall
+from gatez.stack import Stack, StackConfig
+
+
+def rendered_config(tmp_path: Path, **overrides: Any) -> Any:
+    arguments: dict[str, Any] = {
+        "listen_port": 19380,
+        "runner_command": apisix_config.runner_command(
+            "/venv/bin/python", state_dir=tmp_path / "state", env_file=tmp_path / "runner.env"
+        ),
+        "envs": ["GATEZ_CONTROL_ADDRESS", "PYTHONPATH=/checkout"],
+        "checkout": tmp_path,
+        "ca_bundle": "/etc/gatez/ca.pem",
+        "error_log": tmp_path / "apisix.log",
+    }
+    return yaml.safe_load(apisix_config.render_config(**{**arguments, **overrides}))
+
+
+def test_the_config_serves_on_loopback_with_the_runner_given_absolute_paths(
+    tmp_path: Path,
+) -> None:
+    config = rendered_config(tmp_path)
+    assert config["deployment"]["role_data_plane"] == {"config_provider": "yaml"}
+    assert config["apisix"]["node_listen"] == [{"ip": "127.0.0.1", "port": 19380}]
+    for api in ("enable_admin", "enable_control", "enable_http2"):
+        assert config["apisix"][api] is False
+    # No TLS listener; APISIX's TLS clients trust the given bundle.
+    assert config["apisix"]["ssl"] == {
+        "enable": False,
+        "ssl_trusted_certificate": "/etc/gatez/ca.pem",
+    }
+    assert config["apisix"]["extra_lua_path"] == f"{tmp_path}/?.lua"
+    assert config["nginx_config"]["worker_processes"] == 1
+    assert config["nginx_config"]["envs"] == ["GATEZ_CONTROL_ADDRESS", "PYTHONPATH=/checkout"]
+    assert config["nginx_config"]["error_log"] == str(tmp_path / "apisix.log")
+    assert config["ext-plugin"]["cmd"] == [
+        "/venv/bin/python", "-m", "extproc.apisix",
+        "--state-dir", str(tmp_path / "state"), "--env-file", str(tmp_path / "runner.env"),
+    ]  # fmt: skip
+    assert config["stream_plugins"] == []
+
+
+def test_the_gatez_plugin_is_loaded_once_the_checkout_has_it(tmp_path: Path) -> None:
+    assert "gatez" not in rendered_config(tmp_path)["plugins"]
+    (tmp_path / "apisix" / "plugins").mkdir(parents=True)
+    (tmp_path / "apisix" / "plugins" / "gatez.lua").write_text("return {}\n")
+    plugins = rendered_config(tmp_path)["plugins"]
+    assert plugins == [
+        "ext-plugin-pre-req", "ext-plugin-post-resp", "gatez", "proxy-rewrite", "request-id",
+    ]  # fmt: skip
+    assert "gatez" not in rendered_config(tmp_path, gatez_plugin=False)["plugins"]
+
+
+def test_the_routes_end_with_the_end_marker_and_fail_closed() -> None:
+    text = apisix_config.render_routes(
+        provider_url="https://api.example.com/v1",
+        rest_upstream_url="http://[::1]:8080",
+        gatez_plugin=False,
+    )
+    assert text.endswith("\n#END\n")
+    llm, rest = yaml.safe_load(text)["routes"]
+    assert (llm["uris"], rest["uris"]) == (["/v1/*"], ["/*"])
+    assert llm["upstream"]["nodes"] == {"api.example.com:443": 1}
+    assert llm["upstream"]["scheme"] == "https"
+    assert rest["upstream"]["nodes"] == {"[::1]:8080": 1}
+    assert set(rest["plugins"]) == {"ext-plugin-pre-req"}
+    # Without the runner, no traffic (degradation would pass requests unchecked).
+    for route in (llm, rest):
+        for plugin in route["plugins"].values():
+            assert plugin == {
+                "conf": [{"name": "gatez", "value": "{}"}],
+                "allow_degradation": False,
+            }
+
+
+def test_with_the_gatez_plugin_the_llm_route_has_no_upstream_of_its_own() -> None:
+    routes = apisix_config.render_routes(
+        provider_url="https://api.example.com/v1",
+        rest_upstream_url="http://127.0.0.1:8080",
+        gatez_plugin=True,
+    )
+    llm, rest = yaml.safe_load(routes)["routes"]
+    assert "upstream" not in llm
+    assert llm["plugins"] == {
+        "ext-plugin-pre-req": {
+            "conf": [{"name": "gatez", "value": "{}"}],
+            "allow_degradation": False,
+        },
+        "gatez": {},
+    }
+    assert llm["timeout"] == {"connect": 5, "send": 600, "read": 600}
+    assert rest["upstream"]["nodes"] == {"127.0.0.1:8080": 1}
+
+
+def test_an_upstream_url_must_name_http_or_https_and_a_host() -> None:
+    with pytest.raises(ValueError, match="http\\(s\\)://host\\[:port\\]"):
+        apisix_config.render_routes(
+            provider_url="ftp://x", rest_upstream_url="http://x", gatez_plugin=False
+        )
+
+
+def test_a_prefix_without_apisix_is_refused_with_what_to_do(tmp_path: Path) -> None:
+    with pytest.raises(ApisixError) as refused:
+        ApisixInstall(tmp_path / "nowhere").require()
+    assert "APISIX is not installed in" in str(refused.value)
+    assert "make apisix" in str(refused.value) and "GATEZ_APISIX_PREFIX" in str(refused.value)
+
+    config = StackConfig.ephemeral(tmp_path / "stack")
+    config.proxy, config.apisix_prefix = "apisix", tmp_path / "nowhere"
+    with pytest.raises(ApisixError, match="make apisix"):
+        Stack(config).start_data_plane()
+
+
+def test_the_runner_gets_its_settings_but_not_the_admin_token(tmp_path: Path) -> None:
+    config = StackConfig.ephemeral(tmp_path / "stack")
+    settings = config.runner_settings()
+    assert "GATEZ_ADMIN_TOKEN" not in settings
+    assert settings["GATEZ_STATE_DIR"] == str((tmp_path / "stack" / "dataplane").resolve())
+    assert settings["GATEZ_METRICS_ADDRESS"] == f"127.0.0.1:{config.data_plane_metrics_port}"
+    assert settings["GATEZ_CONTROL_ADDRESS"] == config.control_address
