@@ -21,18 +21,12 @@ CHECKOUT: Final = Path(__file__).resolve().parent.parent
 # The Gatez Lua plugin, loaded as `apisix.plugins.gatez` through `extra_lua_path`.
 GATEZ_PLUGIN: Final = Path("apisix") / "plugins" / "gatez.lua"
 PRE_REQ: Final = "ext-plugin-pre-req"
-POST_RESP: Final = "ext-plugin-post-resp"
 # Long generations need long timeouts (seconds).
 LLM_TIMEOUT: Final = {"connect": 5, "send": 600, "read": 600}
 # APISIX loads a standalone routes file only when it ends with this line.
 END_MARKER: Final = "#END"
 # How the runner's refusal to start begins (on stderr, which APISIX copies into its error log).
 RUNNER_REFUSAL: Final = "gatez APISIX runner: not started:"
-
-
-def gatez_plugin_present(checkout: Path = CHECKOUT) -> bool:
-    """Whether the checkout ships the Gatez Lua plugin (`apisix/plugins/gatez.lua`)."""
-    return (checkout / GATEZ_PLUGIN).is_file()
 
 
 def runner_command(python: str, *, state_dir: Path, env_file: Path | None = None) -> list[str]:
@@ -52,21 +46,14 @@ def render_config(
     listen_address: str = "127.0.0.1",
     checkout: Path = CHECKOUT,
     ca_bundle: str = CA_BUNDLE,
-    gatez_plugin: bool | None = None,
     error_log: Path | None = None,
 ) -> str:
     """`conf/config.yaml`: standalone (routes from `conf/apisix.yaml`), one HTTP/1.1 listener,
     no admin or control API, no TLS listener; APISIX's TLS clients trust `ca_bundle` only.
 
     `envs` are the variables nginx passes on to the runner (`NAME`, or `NAME=value` to set
-    one); nginx drops every other. `gatez_plugin` loads the Gatez Lua plugin (default: when the
-    checkout has it)."""
-    if gatez_plugin is None:
-        gatez_plugin = gatez_plugin_present(checkout)
-    # post-resp stays loadable for the LLM route of a checkout without the Gatez plugin.
-    plugins = [PRE_REQ, POST_RESP, "proxy-rewrite", "request-id"]
-    if gatez_plugin:
-        plugins.insert(2, "gatez")
+    one); nginx drops every other. The Gatez Lua plugin comes from `checkout`."""
+    plugins = [PRE_REQ, "gatez", "proxy-rewrite", "request-id"]
     nginx_config: dict[str, object] = {
         # This APISIX build runs with one worker only (see ../shared/apisix-runtime).
         "worker_processes": 1,
@@ -125,30 +112,21 @@ class Upstream:
         }
 
 
-def llm_route(provider_url: str, *, gatez_plugin: bool) -> dict[str, object]:
-    """The LLM route `/v1/*`, the runner (ext-plugin-pre-req) on its request: authentication,
-    rate limit, model routing.
-
-    With the Gatez plugin, the plugin makes the provider call and streams it through the
-    runner, and the route has no upstream: without the plugin APISIX has nowhere to send it, so
-    a provider key never leaves by another path. Without it (a checkout before the plugin), the
-    runner also reads the response (ext-plugin-post-resp) of APISIX's call to `provider_url`."""
-    route: dict[str, object] = {
+def llm_route() -> dict[str, object]:
+    """The LLM route `/v1/*`: the runner (ext-plugin-pre-req) on its request — authentication,
+    rate limit, model routing — and the Gatez plugin, which makes the provider call and streams
+    it through the runner. No upstream: without the plugin APISIX has nowhere to send the
+    request, so a provider key never leaves by another path."""
+    return {
         "id": "gatez-llm",
         "uris": ["/v1/*"],
         "priority": 10,
         "timeout": dict(LLM_TIMEOUT),
+        "plugins": {
+            PRE_REQ: {"conf": _runner_conf(), "allow_degradation": False},
+            "gatez": {},
+        },
     }
-    pre_req = {"conf": _runner_conf(), "allow_degradation": False}
-    if gatez_plugin:
-        route["plugins"] = {PRE_REQ: pre_req, "gatez": {}}
-    else:
-        route["upstream"] = Upstream.from_url(provider_url).as_config()
-        route["plugins"] = {
-            PRE_REQ: pre_req,
-            POST_RESP: {"conf": _runner_conf(), "allow_degradation": False},
-        }
-    return route
 
 
 def rest_route(upstream_url: str) -> dict[str, object]:
@@ -162,19 +140,11 @@ def rest_route(upstream_url: str) -> dict[str, object]:
     }
 
 
-def render_routes(
-    *,
-    provider_url: str,
-    rest_upstream_url: str,
-    checkout: Path = CHECKOUT,
-    gatez_plugin: bool | None = None,
-) -> str:
+def render_routes(*, rest_upstream_url: str) -> str:
     """`conf/apisix.yaml`: the LLM route and the REST catch-all. Gatez's policy decides what
     each path is; a path no policy route knows is the runner's 404 JSON, whichever APISIX route
-    it came by. `gatez_plugin` as for `render_config` (default: when the checkout has it)."""
-    if gatez_plugin is None:
-        gatez_plugin = gatez_plugin_present(checkout)
-    routes = [llm_route(provider_url, gatez_plugin=gatez_plugin), rest_route(rest_upstream_url)]
+    it came by."""
+    routes = [llm_route(), rest_route(rest_upstream_url)]
     return _dump({"routes": routes}) + END_MARKER + "\n"
 
 

@@ -84,8 +84,8 @@ class StackConfig:
     # ext-plugin runner.
     proxy: str = "envoy"
     apisix_prefix: Path = field(default_factory=default_apisix_prefix)
-    # APISIX's upstreams: the LLM route's provider and the REST catch-all's (http(s)://host:port).
-    apisix_provider_url: str = "http://127.0.0.1:18000"
+    # The upstream of APISIX's REST catch-all route (http(s)://host:port); LLM routes reach the
+    # providers of Gatez's policy through the Gatez plugin.
     apisix_rest_upstream_url: str = "http://127.0.0.1:18000"
     # The one file of CA certificates the proxy trusts for TLS to providers (tests: the system
     # bundle plus their own CA).
@@ -322,8 +322,6 @@ class Stack:
         python_path = os.pathsep.join(
             filter(None, [str(apisix_config.CHECKOUT), os.environ.get("PYTHONPATH")])
         )
-        # The Gatez Lua plugin serves LLM routes once the checkout has it (config and routes).
-        gatez_plugin = apisix_config.gatez_plugin_present()
         log = self.logs / "apisix.log"
         self.logs.mkdir(parents=True, exist_ok=True)
         log.touch()
@@ -335,16 +333,11 @@ class Stack:
                 ),
                 envs=[*settings, f"PYTHONPATH={python_path}"],
                 ca_bundle=config.ca_bundle,
-                gatez_plugin=gatez_plugin,
                 error_log=log.resolve(),
             )
         )
         (install.conf_dir / "apisix.yaml").write_text(
-            apisix_config.render_routes(
-                provider_url=config.apisix_provider_url,
-                rest_upstream_url=config.apisix_rest_upstream_url,
-                gatez_plugin=gatez_plugin,
-            )
+            apisix_config.render_routes(rest_upstream_url=config.apisix_rest_upstream_url)
         )
         # APISIX's own environment holds no setting the runner must not have (the admin token).
         env = {

@@ -380,6 +380,8 @@ function _M.before_proxy(conf, ctx)
             path = target.path,
             headers = headers,
             body = body,
+            -- Exactly the headers Gatez chose: no user-agent of lua-resty-http's own.
+            use_default_user_agent = false,
         })
         if not res then
             reason = failure_reason("send", detail)

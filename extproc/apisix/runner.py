@@ -526,6 +526,9 @@ class ExtPluginRunner:
         if error is not None:
             # The plugin could not reach the provider: the client's answer is ours.
             failure = upstream_failure(str(error))
+            # The call was made and failed: its AI-log row records it, as behind Envoy (whose
+            # own 503 for an unreachable upstream reaches the data plane as response headers).
+            flow.upstream_reached = True
             flow.error = failure.reason
             flow.response_status = failure.http_status
             self._end(frame.flow, parked)

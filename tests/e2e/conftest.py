@@ -15,7 +15,6 @@ from pathlib import Path
 import grpc
 import pytest
 
-from gatez.apisix_config import gatez_plugin_present
 from gatez.stack import Stack, StackConfig
 from gatez.v1 import control_pb2, control_pb2_grpc, policy_pb2
 from tests.fakes.openai_upstream import UpstreamServer
@@ -100,7 +99,7 @@ def stack(
     elif variant:
         config.extra_env["GATEZ_EXTPROC_SERVER"] = variant
     # Under APISIX, its routes' upstreams: the fake provider (LLM and REST alike).
-    config.apisix_provider_url = config.apisix_rest_upstream_url = upstream.base_url
+    config.apisix_rest_upstream_url = upstream.base_url
     with running(Stack(config)) as started:
         yield started
 
@@ -137,21 +136,6 @@ def admin_of(stack: Stack, upstream: UpstreamServer) -> Iterator[Admin]:
         yield client
     finally:
         client.channel.close()
-
-
-# Without the Gatez Lua plugin (`apisix/plugins/gatez.lua`, issue 8), LLM routes under APISIX
-# run through `ext-plugin-post-resp`, where APISIX makes the provider call itself with
-# lua-resty-http: the client gets `text/plain` and, on SSE, no provider headers; the stream
-# arrives whole at its end; the provider sees lua-resty-http's user-agent. Until the checkout
-# has the plugin these cases are expected failures under APISIX (strict: a pass is an error).
-NEEDS_GATEZ_PLUGIN = "needs the gatez plugin"
-
-
-@pytest.fixture
-def needs_gatez_plugin(request: pytest.FixtureRequest, stack: Stack) -> None:
-    """Marks the test an expected failure (strict) behind APISIX without the Gatez plugin."""
-    if stack.config.proxy == "apisix" and not gatez_plugin_present():
-        request.applymarker(pytest.mark.xfail(strict=True, reason=NEEDS_GATEZ_PLUGIN))
 
 
 @pytest.fixture(scope="session")

@@ -205,7 +205,6 @@ CLIENT_EXTRAS = {
 }
 
 
-@pytest.mark.usefixtures("needs_gatez_plugin")
 def test_only_allowlisted_client_headers_reach_the_provider(
     stack: Stack, gateway_url: str, tenant: TenantAccess, upstream: UpstreamServer
 ) -> None:

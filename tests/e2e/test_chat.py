@@ -125,7 +125,6 @@ async def test_async_stream_with_usage_asked_by_the_client(
     assert (row.input_tokens, row.output_tokens) == (usage.prompt_tokens, usage.completion_tokens)
 
 
-@pytest.mark.usefixtures("needs_gatez_plugin")
 def test_raw_sse_without_usage_is_what_the_upstream_sends_without_it(
     gateway_url: str, tenant: TenantAccess, upstream: UpstreamServer
 ) -> None:
@@ -151,7 +150,6 @@ def test_raw_sse_without_usage_is_what_the_upstream_sends_without_it(
     assert shape(through_gateway.text) == shape(direct.text)
 
 
-@pytest.mark.usefixtures("needs_gatez_plugin")
 @pytest.mark.parametrize("stream", [False, True], ids=["plain", "sse"])
 def test_the_providers_content_type_and_headers_reach_the_client(
     gateway_url: str, tenant: TenantAccess, stream: bool

@@ -20,7 +20,6 @@ import openai
 import orjson
 import pytest
 
-from gatez.stack import Stack
 from gatez.v1 import control_pb2, policy_pb2
 from tests.e2e.conftest import Admin, TenantAccess, provision
 from tests.e2e.test_chat import wait_for_ai_logs, wait_for_request_logs
@@ -32,14 +31,6 @@ PROVIDER_KEY = "sk-tls-provider-secret-for-tests"
 MESSAGES: list[Any] = [{"role": "user", "content": "hello over tls"}]
 
 CertificateMaker = Callable[[LocalCertificateAuthority, Path], CertificateFiles]
-
-
-@pytest.fixture(autouse=True)
-def needs_the_gatez_plugin(request: pytest.FixtureRequest, stack: Stack) -> None:
-    """Under APISIX the provider call is made by the Gatez Lua plugin (SNI, chain and host
-    checks); until it lands, APISIX's post-resp call checks neither."""
-    if stack.config.proxy == "apisix":
-        request.applymarker(pytest.mark.xfail(strict=True, reason="needs the gatez plugin"))
 
 
 @dataclass(frozen=True)

@@ -52,63 +52,30 @@ def test_the_config_serves_on_loopback_with_the_runner_given_absolute_paths(
     assert config["stream_plugins"] == []
 
 
-def test_the_gatez_plugin_is_loaded_once_the_checkout_has_it(tmp_path: Path) -> None:
-    assert "gatez" not in rendered_config(tmp_path)["plugins"]
-    (tmp_path / "apisix" / "plugins").mkdir(parents=True)
-    (tmp_path / "apisix" / "plugins" / "gatez.lua").write_text("return {}\n")
+def test_the_plugins_are_the_runner_and_the_gatez_plugin_never_post_resp(tmp_path: Path) -> None:
     plugins = rendered_config(tmp_path)["plugins"]
-    assert plugins == [
-        "ext-plugin-pre-req", "ext-plugin-post-resp", "gatez", "proxy-rewrite", "request-id",
-    ]  # fmt: skip
-    assert "gatez" not in rendered_config(tmp_path, gatez_plugin=False)["plugins"]
+    assert plugins == ["ext-plugin-pre-req", "gatez", "proxy-rewrite", "request-id"]
 
 
 def test_the_routes_end_with_the_end_marker_and_fail_closed() -> None:
-    text = apisix_config.render_routes(
-        provider_url="https://api.example.com/v1",
-        rest_upstream_url="http://[::1]:8080",
-        gatez_plugin=False,
-    )
+    text = apisix_config.render_routes(rest_upstream_url="http://[::1]:8080")
     assert text.endswith("\n#END\n")
     llm, rest = yaml.safe_load(text)["routes"]
     assert (llm["uris"], rest["uris"]) == (["/v1/*"], ["/*"])
-    assert llm["upstream"]["nodes"] == {"api.example.com:443": 1}
-    assert llm["upstream"]["scheme"] == "https"
     assert rest["upstream"]["nodes"] == {"[::1]:8080": 1}
     assert set(rest["plugins"]) == {"ext-plugin-pre-req"}
     # Without the runner, no traffic (degradation would pass requests unchecked).
-    for route in (llm, rest):
-        for plugin in route["plugins"].values():
-            assert plugin == {
-                "conf": [{"name": "gatez", "value": "{}"}],
-                "allow_degradation": False,
-            }
-
-
-def test_with_the_gatez_plugin_the_llm_route_has_no_upstream_of_its_own() -> None:
-    routes = apisix_config.render_routes(
-        provider_url="https://api.example.com/v1",
-        rest_upstream_url="http://127.0.0.1:8080",
-        gatez_plugin=True,
-    )
-    llm, rest = yaml.safe_load(routes)["routes"]
+    runner = {"conf": [{"name": "gatez", "value": "{}"}], "allow_degradation": False}
+    assert rest["plugins"]["ext-plugin-pre-req"] == runner
+    # The provider comes from Gatez's policy through the plugin; without it, nowhere to go.
     assert "upstream" not in llm
-    assert llm["plugins"] == {
-        "ext-plugin-pre-req": {
-            "conf": [{"name": "gatez", "value": "{}"}],
-            "allow_degradation": False,
-        },
-        "gatez": {},
-    }
+    assert llm["plugins"] == {"ext-plugin-pre-req": runner, "gatez": {}}
     assert llm["timeout"] == {"connect": 5, "send": 600, "read": 600}
-    assert rest["upstream"]["nodes"] == {"127.0.0.1:8080": 1}
 
 
 def test_an_upstream_url_must_name_http_or_https_and_a_host() -> None:
     with pytest.raises(ValueError, match="http\\(s\\)://host\\[:port\\]"):
-        apisix_config.render_routes(
-            provider_url="ftp://x", rest_upstream_url="http://x", gatez_plugin=False
-        )
+        apisix_config.render_routes(rest_upstream_url="ftp://x")
 
 
 def test_a_prefix_without_apisix_is_refused_with_what_to_do(tmp_path: Path) -> None:
