@@ -136,15 +136,16 @@ def rest_route(upstream_url: str) -> dict[str, object]:
         "id": "gatez-rest",
         "uris": ["/*"],
         "upstream": Upstream.from_url(upstream_url).as_config(),
-        "plugins": {PRE_REQ: {"conf": _runner_conf(), "allow_degradation": False}},
+        # The gatez plugin makes APISIX's own refusals JSON (it leaves REST traffic to nginx).
+        "plugins": {PRE_REQ: {"conf": _runner_conf(), "allow_degradation": False}, "gatez": {}},
     }
 
 
-def render_routes(*, rest_upstream_url: str) -> str:
-    """`conf/apisix.yaml`: the LLM route and the REST catch-all. Gatez's policy decides what
-    each path is; a path no policy route knows is the runner's 404 JSON, whichever APISIX route
-    it came by."""
-    routes = [llm_route(), rest_route(rest_upstream_url)]
+def render_routes(*, rest_upstream_url: str, extra_routes: Sequence[dict[str, object]] = ()) -> str:
+    """`conf/apisix.yaml`: the LLM route and the REST catch-all (and `extra_routes`, such as a
+    benchmark's plain route). Gatez's policy decides what each path is; a path no policy route
+    knows is the runner's 404 JSON, whichever APISIX route it came by."""
+    routes = [llm_route(), rest_route(rest_upstream_url), *extra_routes]
     return _dump({"routes": routes}) + END_MARKER + "\n"
 
 

@@ -87,6 +87,8 @@ class StackConfig:
     # The upstream of APISIX's REST catch-all route (http(s)://host:port); LLM routes reach the
     # providers of Gatez's policy through the Gatez plugin.
     apisix_rest_upstream_url: str = "http://127.0.0.1:18000"
+    # More APISIX routes, as apisix.yaml holds them (the benchmark's route without plugins).
+    apisix_extra_routes: list[dict[str, object]] = field(default_factory=list)
     # The one file of CA certificates the proxy trusts for TLS to providers (tests: the system
     # bundle plus their own CA).
     ca_bundle: str = CA_BUNDLE
@@ -337,7 +339,10 @@ class Stack:
             )
         )
         (install.conf_dir / "apisix.yaml").write_text(
-            apisix_config.render_routes(rest_upstream_url=config.apisix_rest_upstream_url)
+            apisix_config.render_routes(
+                rest_upstream_url=config.apisix_rest_upstream_url,
+                extra_routes=config.apisix_extra_routes,
+            )
         )
         # APISIX's own environment holds no setting the runner must not have (the admin token).
         env = {

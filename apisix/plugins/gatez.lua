@@ -66,8 +66,9 @@ local schema = {
 
 local _M = {
     version = 0.1,
-    -- Access-phase order does not matter much: the runner ran in the rewrite phase already.
-    priority = -4100,
+    -- Just above ext-plugin-pre-req (12000), so the rewrite phase below runs before the runner
+    -- is asked; in the access phase the runner's rewrite phase is over anyway.
+    priority = 12005,
     name = "gatez",
     schema = schema,
 }
@@ -269,6 +270,25 @@ local function connect_provider(conf, ctx, target)
         return nil, failure_reason("connect", err), err
     end
     return httpc
+end
+
+
+-- APISIX's own refusals carry no body (ext-plugin-pre-req's 503 while the runner restarts):
+-- the client gets JSON like every other Gatez error instead of nginx's HTML page.
+local function json_refusal(code, body, headers)
+    if code and code >= 400 and (body == nil or body == "") then
+        headers["content-type"] = "application/json"
+        local message = code == 503 and "the gateway is not ready, retry"
+                        or "the gateway could not serve the request"
+        body = cjson.encode({error = {message = message, type = "service_unavailable",
+                                      param = cjson.null, code = "gateway_" .. code}})
+    end
+    return code, body, headers
+end
+
+
+function _M.rewrite(conf, ctx)
+    core.response.exit_insert_callback(json_refusal)
 end
 
 

@@ -360,6 +360,10 @@ class ExtPluginRunner:
             log.warning("closing an APISIX connection: %s", error)
         except (ConnectionError, asyncio.IncompleteReadError):
             log.info("APISIX dropped a connection mid-call")
+        except asyncio.CancelledError:
+            # close(): the runner is stopping. Ending normally keeps asyncio's server callback
+            # from logging every cancelled connection as an error.
+            pass
         finally:
             if task is not None:
                 self._connections.discard(task)

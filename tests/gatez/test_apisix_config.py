@@ -63,7 +63,7 @@ def test_the_routes_end_with_the_end_marker_and_fail_closed() -> None:
     llm, rest = yaml.safe_load(text)["routes"]
     assert (llm["uris"], rest["uris"]) == (["/v1/*"], ["/*"])
     assert rest["upstream"]["nodes"] == {"[::1]:8080": 1}
-    assert set(rest["plugins"]) == {"ext-plugin-pre-req"}
+    assert set(rest["plugins"]) == {"ext-plugin-pre-req", "gatez"}
     # Without the runner, no traffic (degradation would pass requests unchecked).
     runner = {"conf": [{"name": "gatez", "value": "{}"}], "allow_degradation": False}
     assert rest["plugins"]["ext-plugin-pre-req"] == runner

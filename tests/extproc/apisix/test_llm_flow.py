@@ -421,7 +421,7 @@ async def test_a_broken_provider_stream_is_reported_and_the_client_cut_off(
 
 @pytest.mark.parametrize(
     ("reason", "status"),
-    [("connect", 502), ("tls", 502), ("timeout", 504), ("resolve", 502)],
+    [("connect", 503), ("tls", 503), ("timeout", 504), ("resolve", 503)],
 )
 async def test_a_provider_that_cannot_be_reached_gets_the_gateways_answer(
     runner: Runner, reason: str, status: int
@@ -438,7 +438,9 @@ async def test_a_provider_that_cannot_be_reached_gets_the_gateways_answer(
     await runner.drain_logs()
     (row,) = runner.request_rows(key)
     assert (row.status, row.error) == (status, f"upstream_{reason}")
-    assert runner.ai_rows(key) == []  # as behind Envoy: no AI row for an unreached provider
+    # As behind Envoy (tests/e2e/test_provider_tls.py): the failed call has its AI row.
+    (ai_row,) = runner.ai_rows(key)
+    assert (ai_row.status, ai_row.input_tokens, ai_row.output_tokens) == (status, 0, 0)
 
 
 async def test_a_provider_answer_without_headers_is_taken(runner: Runner) -> None:
