@@ -45,6 +45,9 @@ class Outcomes:
 
     counts: collections.Counter[str] = field(default_factory=collections.Counter)
     wrong: list[str] = field(default_factory=list)
+    # When the first and the last 503 came (monotonic seconds).
+    unavailable_from: float = 0.0
+    unavailable_until: float = 0.0
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def add(self, kind: str, detail: str = "") -> None:
@@ -52,6 +55,10 @@ class Outcomes:
             self.counts[kind] += 1
             if kind == "wrong":
                 self.wrong.append(detail)
+            elif kind == "unavailable":
+                now = time.monotonic()
+                self.unavailable_from = self.unavailable_from or now
+                self.unavailable_until = now
 
 
 def _one_call(client: httpx.Client, url: str, key: str, stream: bool) -> tuple[str, str]:
@@ -65,16 +72,17 @@ def _one_call(client: httpx.Client, url: str, key: str, stream: bool) -> tuple[s
             raw = response.read()
     except (httpx.RemoteProtocolError, httpx.ReadError) as error:
         return "cut", repr(error)
-    if response.status_code == 503:
+    if response.status_code in (502, 503):
+        # 503: the runner is not there (yet); 502: it went away after the provider answered.
         try:
             answer = orjson.loads(raw)
         except orjson.JSONDecodeError:
-            return "wrong", f"503 without a JSON error: {raw[:200]!r}"
+            return "wrong", f"{response.status_code} without a JSON error: {raw[:200]!r}"
         if response.headers.get("content-type", "").startswith("application/json") and (
             isinstance(answer, dict) and answer.get("error")
         ):
-            return "unavailable", ""
-        return "wrong", f"503 without a JSON error: {raw[:200]!r}"
+            return ("unavailable" if response.status_code == 503 else "failed"), ""
+        return "wrong", f"{response.status_code} without a JSON error: {raw[:200]!r}"
     if response.status_code != 200:
         return "wrong", f"status {response.status_code}: {raw[:200]!r}"
     if not stream:
@@ -144,10 +152,13 @@ def _runner_pids(apisix: RunningApisix) -> list[int]:
 
 
 def _settled(outcomes: Outcomes, after: str) -> None:
-    print(f"\n{after}: {dict(outcomes.counts)}")
+    window = outcomes.unavailable_until - outcomes.unavailable_from
+    print(f"\n{after}: {dict(outcomes.counts)}; 503s during {window:.2f} s")
     assert outcomes.wrong == [], outcomes.wrong
-    # Most calls went through; the failures were the restart's few.
-    assert outcomes.counts["ok"] > 10 * (outcomes.counts["unavailable"] + outcomes.counts["cut"])
+    # Only calls in flight when the runner went away fail after admission (one per client).
+    assert outcomes.counts["failed"] + outcomes.counts["cut"] <= CLIENTS
+    # APISIX starts a new runner 3 s after the old one exited; it serves about a second later.
+    assert window < 8
 
 
 def test_a_runner_killed_under_load_restarts_without_a_wrong_answer(
