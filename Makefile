@@ -14,8 +14,11 @@ APISIX_VERSION := 3.18.0
 
 .PHONY: run test setup system-deps apisix proto flatbuffers lint bench clean
 
-run: setup
-	$(PY) -m demo
+# PROXY=apisix: a real APISIX 3.18 (installed by `make apisix`) in front instead of Envoy.
+PROXY ?= envoy
+
+run: setup $(if $(filter apisix,$(PROXY)),apisix)
+	GATEZ_PROXY=$(PROXY) GATEZ_APISIX_PREFIX=$(APISIX_PREFIX) $(PY) -m demo
 
 test: setup apisix
 	$(VENV)/bin/ruff check .
@@ -23,12 +26,13 @@ test: setup apisix
 	$(VENV)/bin/mypy
 	GATEZ_APISIX_PREFIX=$(APISIX_PREFIX) $(VENV)/bin/pytest
 
-bench: setup
+bench: setup apisix
 	@command -v wrk >/dev/null || { SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq wrk >/dev/null; }
 	$(PY) -m bench.chat
 	$(PY) -m bench.chat --connections 1 --tracing
 	$(PY) -m bench.dataplane
+	GATEZ_APISIX_PREFIX=$(APISIX_PREFIX) $(PY) -m bench.apisix_path
 
 setup: system-deps $(STAMP)
 

@@ -18,7 +18,7 @@ from gatez.stack import Stack, StackConfig
 QUICKSTART = """
 Gatez is up.
 
-  Gateway (Envoy)  {gateway}     point OpenAI SDKs at {gateway}/v1
+  Gateway ({proxy:<6}) {gateway}     point OpenAI SDKs at {gateway}/v1
   Control (gRPC)   {control}   admin token: $GATEZ_ADMIN_TOKEN ({token_note})
   Demo tenant key  {key_note}
   Demo upstream    {upstream}   an offline OpenAI-compatible echo model
@@ -46,10 +46,16 @@ def main() -> None:
     """`make run`: the whole stack on 127.0.0.1 in the foreground, with the demo seeded."""
     state_dir = Path(os.environ.get("GATEZ_STATE_DIR", ".gatez")).resolve()
     config = StackConfig(state_dir=state_dir)
+    # `make run PROXY=apisix`: a real APISIX (from `make apisix`) in front instead of Envoy.
+    config.proxy = os.environ.get("GATEZ_PROXY", "envoy")
+    if config.proxy not in ("envoy", "apisix"):
+        raise SystemExit(f"GATEZ_PROXY is envoy or apisix, not {config.proxy!r}")
     config.admin_token = os.environ.get("GATEZ_ADMIN_TOKEN", DEV_ADMIN_TOKEN)
     demo_key = os.environ.get("GATEZ_DEMO_KEY", DEV_DEMO_KEY)
     upstream_port = int(os.environ.get("GATEZ_DEMO_UPSTREAM_PORT", "18000"))
     upstream_key = "demo-upstream-key"
+    # Under APISIX, REST routes go to the APISIX route's upstream: the demo upstream here.
+    config.apisix_rest_upstream_url = f"http://127.0.0.1:{upstream_port}"
     stack = Stack(config)
     # Ctrl-C reaches every child (one process group); SIGTERM to the launcher stops them too.
     # SIGINT is set explicitly: a shell starting us in the background would have it ignored.
@@ -78,6 +84,7 @@ def main() -> None:
         asyncio.run(seed())
         print(
             QUICKSTART.format(
+                proxy="APISIX" if config.proxy == "apisix" else "Envoy",
                 gateway=config.gateway_url,
                 control=config.control_address,
                 token=config.admin_token,
@@ -93,6 +100,8 @@ def main() -> None:
             for name, process in stack.processes.items():
                 if process.poll() is not None:
                     raise SystemExit(f"{name} exited with {process.returncode}; see {stack.logs}")
+            if stack.apisix is not None and not stack.apisix.alive():
+                raise SystemExit(f"APISIX exited; see {stack.logs}/apisix.log")
             time.sleep(0.5)
     except KeyboardInterrupt:
         print("\nstopping…", flush=True)

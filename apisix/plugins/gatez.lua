@@ -31,6 +31,7 @@ local str_sub    = string.sub
 local str_lower  = string.lower
 local tbl_concat = table.concat
 local tostring   = tostring
+local tonumber   = tonumber
 local type       = type
 local ipairs     = ipairs
 local pairs      = pairs
@@ -221,6 +222,10 @@ end
 -- bodies delimited by the connection's end with receiveany (its own reader would wait for
 -- 64 KiB before yielding anything).
 local function body_reader(httpc, res)
+    if not res.has_body or not res.body_reader then
+        -- HEAD, 204, 304: nothing to read.
+        return function() return nil end
+    end
     local headers = res.headers
     if headers["Transfer-Encoding"] or headers["Content-Length"] then
         return res.body_reader
@@ -236,6 +241,20 @@ local function body_reader(httpc, res)
         end
         return data
     end
+end
+
+
+local function plain_answer(conf, res)
+    if not res.has_body then
+        return false
+    end
+    local length = tonumber(res.headers["Content-Length"])
+    if not length or length > conf.max_buffered_bytes then
+        return false
+    end
+    local content_type = res.headers["Content-Type"]
+    return not (type(content_type) == "string"
+                and content_type:find("text/event-stream", 1, true))
 end
 
 
@@ -410,14 +429,28 @@ function _M.before_proxy(conf, ctx)
     end
 
     local start
+    -- A plain answer of known length is read whole first and sent with its headers, so the
+    -- runner answers once (a stream goes chunk by chunk).
+    local whole
     if res then
         start = {flow = key, status = res.status, headers = provider_headers(res)}
-    else
+        if plain_answer(conf, res) then
+            whole, detail = res:read_body()
+            if whole then
+                start.eos = true
+            else
+                reason = failure_reason("read", detail)
+                httpc:close()
+                httpc, res = nil, nil
+            end
+        end
+    end
+    if not res then
         core.log.warn("gatez: provider call failed (", reason, "): ", detail)
         start = {flow = key, error = reason}
     end
     local plan, data
-    plan, data, err = ask(sock, RESPONSE_START, start)
+    plan, data, err = ask(sock, RESPONSE_START, start, whole)
     if not plan or plan.error then
         core.log.error("gatez: the runner did not take the response of flow ", key, ": ",
                        err or plan.error)
@@ -436,6 +469,18 @@ function _M.before_proxy(conf, ctx)
         sock:setkeepalive(180 * 1000, 32)
         set_response_headers(plan.headers or {})
         return plan.status, data
+    end
+
+    if whole then
+        -- The runner's answer is final: its body ("buffered"), or the provider's ("none").
+        httpc:set_keepalive(conf.keepalive_timeout_ms, conf.keepalive_pool)
+        sock:setkeepalive(180 * 1000, 32)
+        local out = plan.body == "none" and whole or data
+        ngx.status = plan.status
+        set_response_headers(plan.headers)
+        ngx.header["content-length"] = #out
+        ngx.print(out)
+        return ngx.exit(ngx.HTTP_OK)
     end
 
     local read = body_reader(httpc, res)

@@ -559,12 +559,53 @@ class ExtPluginRunner:
             flow.response_status = verdict.status
             self._end(frame.flow, parked)
             return _replacement(verdict, flow)
+        plan = _BODY_PLANS[flow.response_body_mode]
+        if frame.meta.get("eos") is True:
+            # A body the plugin read whole came along (a plain answer): one round trip less.
+            return await self._whole_response(frame, parked, provider_headers, pending, plan)
         return plugin_wire.encode(
             {
                 "status": status,
                 "headers": _client_headers(provider_headers, pending, flow),
-                "body": _BODY_PLANS[flow.response_body_mode].value,
+                "body": plan.value,
             }
+        )
+
+    async def _whole_response(
+        self,
+        frame: PluginFrame,
+        parked: _Parked,
+        provider_headers: list[tuple[str, str]],
+        pending: Pending,
+        plan: BodyPlan,
+    ) -> bytes:
+        """RESPONSE_START with the whole body: the body phase runs at once (unless no stage
+        reads the body), and the answer is final — `"body": "none"` sends the plugin's own
+        copy, `"buffered"` the data sent back."""
+        flow, pipeline = parked.flow, parked.pipeline
+        if plan is BodyPlan.NONE:
+            self._end(frame.flow, parked)
+            headers = _client_headers(provider_headers, pending, flow)
+            return plugin_wire.encode(
+                {"status": flow.response_status, "headers": headers, "body": "none"}
+            )
+        flow.response_chunk = frame.data
+        flow.end_of_stream = True
+        flow.first_byte_ns = flow.first_byte_ns or time.monotonic_ns()
+        verdict = pipeline.start_response_body(flow)
+        if not isinstance(verdict, Continue | Respond):
+            verdict = await verdict
+        body_pending = flow.take_pending()
+        self._end(frame.flow, parked)
+        if isinstance(verdict, Respond):
+            flow.response_status = verdict.status
+            return _replacement(verdict, flow)
+        pending.remove_headers.extend(body_pending.remove_headers)
+        pending.set_headers.update(body_pending.set_headers)
+        body = body_pending.body if body_pending.body is not None else frame.data
+        headers = _client_headers(provider_headers, pending, flow)
+        return plugin_wire.encode(
+            {"status": flow.response_status, "headers": headers, "body": "buffered"}, body
         )
 
     async def _response_chunk(self, frame: PluginFrame, parked: _Parked) -> bytes:

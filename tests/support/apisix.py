@@ -519,15 +519,27 @@ class PluginConnection:
 
         answer = await provider(target)
         start: dict[str, Any] = {"flow": key}
-        if answer.failure is None:
+        # gatez.lua's `plain_answer`: a body of known length, not SSE, is read whole first and
+        # sent with the headers.
+        whole: bytes | None = None
+        failure = answer.failure
+        if failure is None:
             start |= {
                 "status": answer.status,
                 "headers": [[n.lower(), v] for n, v in answer.headers],
             }
-        else:
-            start["error"] = answer.failure
+            if _plain_answer(answer, max_buffered_bytes):
+                whole = await _BodyReader(answer).read_all()
+                if whole is None:
+                    failure = "read"
+                else:
+                    start["eos"] = True
+        if failure is not None:
+            start = {"flow": key, "error": failure}
         try:
-            plan: PluginAnswer | None = await self.ask(PluginRpc.RESPONSE_START, start)
+            plan: PluginAnswer | None = await self.ask(
+                PluginRpc.RESPONSE_START, start, whole or b""
+            )
         except PluginAnswerError:
             plan = None
         if plan is None or plan.says("error"):
@@ -538,8 +550,16 @@ class PluginConnection:
         if plan.meta.get("body") == "replace":
             client.set_headers(plan.meta.get("headers") or [])
             return client.exit(plan.meta["status"], plan.data)
-        if answer.failure is not None:
+        if failure is not None:
             raise PluginAnswerError("the runner did not replace the answer to a failed call")
+        if whole is not None:
+            # The runner's answer is final: its body ("buffered"), or the provider's ("none").
+            out = whole if plan.meta.get("body") == "none" else plan.data
+            client.status = plan.meta["status"]
+            client.set_headers(plan.meta["headers"])
+            client.headers["content-length"] = [str(len(out))]
+            client.print(out)
+            return client
 
         read = _BodyReader(answer)
         if plan.meta.get("body") == "buffered":
@@ -637,12 +657,35 @@ class PluginConnection:
             await self.close()
 
 
+def _plain_answer(answer: ProviderAnswer, max_buffered_bytes: int) -> bool:
+    """gatez.lua's `plain_answer`: a body (not HEAD/204/304) of known length within the
+    buffer, and not an event stream."""
+    if answer.status in (204, 304):
+        return False
+    headers = {name.lower(): value for name, value in answer.headers}
+    length = headers.get("content-length", "")
+    if not length.isdigit() or int(length) > max_buffered_bytes:
+        return False
+    return "text/event-stream" not in headers.get("content-type", "")
+
+
 class _BodyReader:
     """The plugin's body reader over a provider answer: a chunk, None at the end, or a failure."""
 
     def __init__(self, answer: ProviderAnswer) -> None:
         self._answer = answer
         self._next = 0
+
+    async def read_all(self) -> bytes | None:
+        """lua-resty-http's `read_body`: the whole body, or None when reading failed."""
+        parts: list[bytes] = []
+        while True:
+            chunk, failed = await self()
+            if failed:
+                return None
+            if chunk is None:
+                return b"".join(parts)
+            parts.append(chunk)
 
     async def __call__(self) -> tuple[bytes | None, bool]:
         answer = self._answer

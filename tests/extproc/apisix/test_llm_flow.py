@@ -193,12 +193,12 @@ async def test_a_json_answer_is_buffered_metered_and_keeps_the_providers_headers
     plugin = await runner.plugin()
     received = await plugin.before_proxy(key, provider_over_http(http))
 
+    # The answer has a content-length: read whole, it goes with its headers (one round trip).
     assert [rpc for rpc, _ in plugin.sent] == [
         PluginRpc.UPSTREAM_REQUEST,
         PluginRpc.RESPONSE_START,
-        PluginRpc.RESPONSE_CHUNK,
     ]
-    assert plugin.sent[2][1] == {"flow": key, "eos": True}
+    assert plugin.sent[1][1]["eos"] is True
     seen = upstream.requests[-1]
     assert seen.headers["authorization"] == f"Bearer {PROVIDER_KEY}"
     assert received.status == 200 and received.complete
@@ -655,3 +655,30 @@ async def test_a_refusal_mid_stream_ends_the_stream_with_the_gateways_last_words
     assert [meta.get("eos") for _, meta in plugin.sent[2:]] == [False, False]
     (done,) = await runner.probe_done()
     assert done.error == "guard"
+
+
+async def test_a_json_answer_of_unknown_length_is_buffered_in_its_own_frame(runner: Runner) -> None:
+    key, _ = await handover(runner, chat())
+    plugin = await runner.plugin()
+    body = orjson.dumps(
+        {
+            "id": "chatcmpl-1",
+            "object": "chat.completion",
+            "model": "upstream-model-1",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"}}],
+            "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4},
+        }
+    )
+    headers = (("content-type", "application/json"), ("transfer-encoding", "chunked"))
+    answer = ProviderAnswer(200, headers, (body[:20], body[20:]))
+    received = await plugin.before_proxy(key, scripted(answer))
+    assert [rpc for rpc, _ in plugin.sent] == [
+        PluginRpc.UPSTREAM_REQUEST,
+        PluginRpc.RESPONSE_START,
+        PluginRpc.RESPONSE_CHUNK,
+    ]
+    assert plugin.sent[2][1] == {"flow": key, "eos": True}
+    assert received.body == body and received.header("content-length") == [str(len(body))]
+    await runner.drain_logs()
+    (row,) = runner.ai_rows(key)
+    assert (row.input_tokens, row.output_tokens) == (3, 1)
