@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import gc
 import logging
 import signal
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import partial
@@ -26,7 +28,7 @@ from extproc.jwks import JwksCache
 from extproc.logsink import ClickHouseLogWriter, ControlLogWriter, LogSink, LogWriter
 from extproc.policy_source import PolicyHolder, PolicyWatcher
 from extproc.redis_pipe import ScriptClient, hot_path_client
-from extproc.spool import Spool
+from extproc.spool import Spool, SpoolLocked
 from extproc.stages.access_log import AccessLog
 from extproc.stages.authenticate import Authenticate
 from extproc.stages.model_route import ModelRouting
@@ -45,6 +47,7 @@ from gatez.telemetry import (
     DataPlaneMetrics,
     DataPlaneTelemetry,
     FlowTracing,
+    LateMetricsServer,
     MetricsServer,
     StageCollector,
     Tracing,
@@ -185,14 +188,21 @@ async def start(settings: Settings) -> DataPlane:
     )
 
 
-async def start_core(settings: Settings, service_name: str = "gatez-dataplane") -> DataPlaneCore:
+async def start_core(
+    settings: Settings, service_name: str = "gatez-dataplane", *, takeover_wait_s: float = 0.0
+) -> DataPlaneCore:
     """Builds the clients and the pipeline, loads the persisted policy and starts watching.
-    `service_name` names the process in traces (OTEL_SERVICE_NAME overrides it)."""
+    `service_name` names the process in traces (OTEL_SERVICE_NAME overrides it).
+
+    The state directory belongs to one process at a time (its spool is locked). When another
+    still holds it, this one waits up to `takeover_wait_s` for it to stop (0: fails at once)."""
     settings.state_dir.mkdir(parents=True, exist_ok=True)
     # Read first: a data plane without its credential or the secret key fails at start, naming
     # what to set, rather than serving with a policy it could never update.
     token = dataplane_tokens(settings, create=False)[0]
     box = secret_box(settings, create=False)
+    # Before any client exists: nothing to close while waiting, nothing started twice.
+    spool, quarantine = await _take_spools(settings, takeover_wait_s)
     closers: list[Any] = []
     tracing = Tracing.from_env(service_name, instance_id=settings.node_id)
     if tracing is not None:
@@ -209,13 +219,6 @@ async def start_core(settings: Settings, service_name: str = "gatez-dataplane") 
     closers.append(http.close)
     control = grpc.aio.insecure_channel(settings.control_address, options=GRPC_OPTIONS)
     closers.append(control.close)
-    if settings.qdrant_path:
-        # Opened here, where the semantic cache will use it; local mode is single-process.
-        from qdrant_client import AsyncQdrantClient
-
-        qdrant = AsyncQdrantClient(path=settings.qdrant_path)
-        closers.append(qdrant.close)
-
     writer: LogWriter
     if settings.clickhouse_is_embedded:
         writer = ControlLogWriter(control, token)
@@ -223,9 +226,6 @@ async def start_core(settings: Settings, service_name: str = "gatez-dataplane") 
         store = LogStore(settings.clickhouse_dsn)
         closers.append(store.close)
         writer = ClickHouseLogWriter(store)
-    spool_dir = settings.state_dir / "spool"
-    spool = Spool(spool_dir, max_bytes=settings.spool_max_bytes)
-    quarantine = Spool(spool_dir / "quarantine", max_bytes=QUARANTINE_MAX_BYTES)
     sink = LogSink(writer, spool=spool, quarantine=quarantine)
     sink.start()
     tokens = TokenCounter()
@@ -251,11 +251,48 @@ async def start_core(settings: Settings, service_name: str = "gatez-dataplane") 
     registry.register(_data_plane_values(holder, sink, redis))
     metrics = None
     if settings.metrics_address:
-        metrics = MetricsServer.start(settings.metrics_address, registry)
-        closers.append(metrics.stop)
+        try:
+            metrics = MetricsServer.start(settings.metrics_address, registry)
+            closers.append(metrics.stop)
+        except OSError as error:
+            if error.errno != errno.EADDRINUSE:
+                raise
+            # Still held by the data plane this one replaces (APISIX starts the new runner on
+            # a reload before the old one stops): served as soon as it is free.
+            log.warning("metrics address %s in use; serving it once free", settings.metrics_address)
+            closers.append(LateMetricsServer(settings.metrics_address, registry).stop)
     return DataPlaneCore(
         settings, holder, watcher, sink, dispatcher, tasks, closers, telemetry, metrics
     )
+
+
+async def _take_spools(settings: Settings, wait_s: float) -> tuple[Spool, Spool]:
+    """The state directory's spools, locked for this process; waits up to `wait_s` while
+    another process holds them."""
+    spool_dir = settings.state_dir / "spool"
+    deadline = time.monotonic() + wait_s
+    next_word = 0.0
+    while True:
+        try:
+            spool = Spool(spool_dir, max_bytes=settings.spool_max_bytes)
+        except SpoolLocked:
+            now = time.monotonic()
+            if now >= deadline:
+                raise
+            if now >= next_word:
+                log.warning(
+                    "state directory %s is held by another data plane (the runner this one "
+                    "replaces, still finishing); waiting for it",
+                    settings.state_dir,
+                )
+                next_word = now + 10
+            await asyncio.sleep(0.1)
+            continue
+        try:
+            return spool, Spool(spool_dir / "quarantine", max_bytes=QUARANTINE_MAX_BYTES)
+        except BaseException:
+            spool.close()
+            raise
 
 
 def _data_plane_values(holder: PolicyHolder, sink: LogSink, redis: ScriptClient) -> ValueCollector:

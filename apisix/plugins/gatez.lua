@@ -336,8 +336,10 @@ local function finish(sock, key, reason)
 end
 
 
+-- Passes the provider's body on as the plan says; true when it all reached the client, and then
+-- whether the provider's body was read to its end (its connection can be reused).
 local function stream(conf, sock, key, read, plan)
-    local eos = false
+    local eos, drained = false, false
     while not eos do
         local chunk, err = read()
         if err then
@@ -346,6 +348,7 @@ local function stream(conf, sock, key, read, plan)
             return false
         end
         eos = chunk == nil
+        drained = eos
         local out = chunk
         if plan == "streamed" then
             local answer, data, ask_err = ask(sock, RESPONSE_CHUNK, {flow = key, eos = eos},
@@ -375,7 +378,7 @@ local function stream(conf, sock, key, read, plan)
         end
     end
     finish(sock, key, plan == "none" and "" or nil)
-    return true
+    return true, drained
 end
 
 
@@ -529,8 +532,13 @@ function _M.before_proxy(conf, ctx)
 
     ngx.status = plan.status
     set_response_headers(plan.headers)
-    if stream(conf, sock, key, read, plan.body) then
-        httpc:set_keepalive(conf.keepalive_timeout_ms, conf.keepalive_pool)
+    local sent, drained = stream(conf, sock, key, read, plan.body)
+    if sent then
+        if drained then
+            httpc:set_keepalive(conf.keepalive_timeout_ms, conf.keepalive_pool)
+        else
+            httpc:close()  -- the runner ended the stream early: the rest is never read
+        end
         -- Headers and body are out: end the request here (200 only finalizes it).
         return ngx.exit(ngx.HTTP_OK)
     end

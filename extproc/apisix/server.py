@@ -138,19 +138,33 @@ class RunnerPlane:
     runner: ExtPluginRunner
     server: asyncio.Server
     socket_path: Path
+    # The socket file this runner bound (device, inode): on an APISIX reload the new runner
+    # replaces it at the same path while this one still runs, and that one must stay.
+    socket_file: tuple[int, int]
 
     async def stop(self) -> None:
         # The socket goes first: APISIX sends SIGKILL 1 s after SIGTERM, and a new runner
         # must find no stale socket even if the rest is cut short.
         self.server.close()
         with contextlib.suppress(FileNotFoundError):
-            self.socket_path.unlink()
+            found = os.lstat(self.socket_path)
+            if (found.st_dev, found.st_ino) == self.socket_file:
+                self.socket_path.unlink()
         await self.runner.close()
         await self.core.close()
 
 
+# On `apisix reload` the new workers start a new runner while the old one still serves the old
+# workers' requests; it is stopped when its worker exits — at the latest after nginx's
+# worker_shutdown_timeout (APISIX's default: 240 s). The new runner waits that long for the
+# state directory, leaving the socket to the old one meanwhile, and takes over when it stops.
+TAKEOVER_WAIT_S = 300.0
+
+
 async def start(settings: Settings, runner_settings: RunnerSettings) -> RunnerPlane:
-    core = await start_core(settings, service_name="gatez-apisix-runner")
+    core = await start_core(
+        settings, service_name="gatez-apisix-runner", takeover_wait_s=TAKEOVER_WAIT_S
+    )
     runner = ExtPluginRunner(core.dispatcher, conf_expire_s=runner_settings.conf_expire_s)
     values = ValueCollector()
     values.gauge(
@@ -167,11 +181,12 @@ async def start(settings: Settings, runner_settings: RunnerSettings) -> RunnerPl
     except BaseException:
         await core.close()
         raise
+    bound = os.lstat(path)
     os.chmod(path, SOCKET_MODE)
     if runner_settings.socket_group:
         shutil.chown(path, group=runner_settings.socket_group)
     log.info("data plane %s serving APISIX ext-plugin on unix:%s", settings.node_id, path)
-    return RunnerPlane(core, runner, server, path)
+    return RunnerPlane(core, runner, server, path, (bound.st_dev, bound.st_ino))
 
 
 async def serve(settings: Settings, runner_settings: RunnerSettings) -> None:

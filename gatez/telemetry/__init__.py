@@ -11,6 +11,7 @@ from gatez.pipeline import Flow
 from gatez.telemetry.grpc_server import GrpcServerTelemetry
 from gatez.telemetry.metrics import (
     DataPlaneMetrics,
+    LateMetricsServer,
     MetricsServer,
     StageCollector,
     ValueCollector,
@@ -30,6 +31,7 @@ __all__ = [
     "DataPlaneTelemetry",
     "FlowTracing",
     "GrpcServerTelemetry",
+    "LateMetricsServer",
     "MetricsServer",
     "RequestTrace",
     "StageCollector",

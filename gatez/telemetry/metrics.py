@@ -81,6 +81,34 @@ class MetricsServer:
         self.server.server_close()
 
 
+class LateMetricsServer:
+    """`/metrics` on a port another process still holds: tried again every `retry_s` until it
+    is free. An APISIX reload starts the new runner before the old one has stopped (it stops
+    once its worker's requests are done), and both are told the same metrics address."""
+
+    def __init__(self, address: str, registry: CollectorRegistry, retry_s: float = 1.0) -> None:
+        self.server: MetricsServer | None = None
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(
+            target=self._retry, args=(address, registry, retry_s), daemon=True
+        )
+        self._thread.start()
+
+    def _retry(self, address: str, registry: CollectorRegistry, retry_s: float) -> None:
+        while not self._stopped.wait(retry_s):
+            try:
+                self.server = MetricsServer.start(address, registry)
+            except OSError:
+                continue
+            return
+
+    def stop(self) -> None:
+        self._stopped.set()
+        self._thread.join(timeout=5)
+        if self.server is not None:
+            self.server.stop()
+
+
 class DataPlaneMetrics:
     """The request-level metrics of a data plane, counted when each flow is finished."""
 
