@@ -23,6 +23,7 @@ GATEZ_PLUGIN: Final = Path("apisix") / "plugins" / "gatez.lua"
 PRE_REQ: Final = "ext-plugin-pre-req"
 # Long generations need long timeouts (seconds).
 LLM_TIMEOUT: Final = {"connect": 5, "send": 600, "read": 600}
+UPSTREAM_TLS_VERIFY: Final = "proxy_ssl_verify on;\nproxy_ssl_verify_depth 5;\n"
 # APISIX loads a standalone routes file only when it ends with this line.
 END_MARKER: Final = "#END"
 # How the runner's refusal to start begins (on stderr, which APISIX copies into its error log).
@@ -57,6 +58,10 @@ def render_config(
     nginx_config: dict[str, object] = {
         # This APISIX build runs with one worker only (see ../shared/apisix-runtime).
         "worker_processes": 1,
+        # nginx checks no upstream certificate unless told (APISIX's `tls.verify` needs its
+        # own nginx module): REST routes' https upstreams are verified like providers, against
+        # `ca_bundle`, with SNI and the name from `proxy_ssl_name` (the upstream's host).
+        "http_server_configuration_snippet": UPSTREAM_TLS_VERIFY,
         "envs": list(envs),
         # Gatez writes its own request logs; nginx's access log would be a second copy.
         "http": {"enable_access_log": False},

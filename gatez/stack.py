@@ -357,6 +357,37 @@ class Stack:
             failed=lambda: _runner_refusal(log, start_offset),
         )
 
+    def set_apisix_routes(
+        self, extra_routes: list[dict[str, object]], timeout_s: float = 10
+    ) -> None:
+        """Serves these extra routes (besides Gatez's two) from the running APISIX: rewrites
+        `apisix.yaml` and waits until APISIX logs that it read it again."""
+        if self.apisix is None:
+            raise RuntimeError("APISIX is not running")
+        self.config.apisix_extra_routes = list(extra_routes)
+        log = self.logs / "apisix.log"
+        marker = "apisix.yaml reloaded"
+        seen = log.read_text(errors="replace").count(marker)
+        routes = self.apisix.install.conf_dir / "apisix.yaml"
+        previous = routes.stat().st_mtime
+        routes.write_text(
+            apisix_config.render_routes(
+                rest_upstream_url=self.config.apisix_rest_upstream_url,
+                extra_routes=self.config.apisix_extra_routes,
+            )
+        )
+        # APISIX notices a change by the file's mtime, in whole seconds.
+        changed = max(time.time(), previous + 1)
+        os.utime(routes, (changed, changed))
+        deadline = time.monotonic() + timeout_s
+        while log.read_text(errors="replace").count(marker) <= seen:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"APISIX did not read the new routes within {timeout_s} s")
+            time.sleep(0.05)
+        # The routes module takes the new file up in its own loop, which sleeps 0.1 s between
+        # turns (apisix/core/config_yaml.lua); a few turns later the routes serve.
+        time.sleep(0.5)
+
     def stop_apisix(self) -> None:
         """`apisix stop`, waiting until APISIX and its runner are gone."""
         apisix, self.apisix = self.apisix, None

@@ -155,8 +155,9 @@ def _settled(outcomes: Outcomes, after: str) -> None:
     window = outcomes.unavailable_until - outcomes.unavailable_from
     print(f"\n{after}: {dict(outcomes.counts)}; 503s during {window:.2f} s")
     assert outcomes.wrong == [], outcomes.wrong
-    # Only calls in flight when the runner went away fail after admission (one per client).
-    assert outcomes.counts["failed"] + outcomes.counts["cut"] <= CLIENTS
+    # Only calls in flight when the runner went away fail after admission: one per client, or
+    # a second when APISIX reused a pooled connection to the runner that had just closed.
+    assert outcomes.counts["failed"] + outcomes.counts["cut"] <= 2 * CLIENTS
     # APISIX starts a new runner 3 s after the old one exited; it serves about a second later.
     assert window < 8
 

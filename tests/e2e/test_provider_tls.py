@@ -16,10 +16,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import openai
 import orjson
 import pytest
 
+from gatez.stack import Stack
 from gatez.v1 import control_pb2, policy_pb2
 from tests.e2e.conftest import Admin, TenantAccess, provision
 from tests.e2e.test_chat import wait_for_ai_logs, wait_for_request_logs
@@ -138,3 +140,76 @@ def test_unverifiable_provider_fails_closed(
     assert row.status == refused.value.status_code
     (request_row,) = wait_for_request_logs(admin, provider.tenant.tenant_id, 1)
     assert request_row.status == refused.value.status_code
+
+
+@pytest.mark.parametrize("verified", [True, False], ids=["right-host", "other-host"])
+def test_a_rest_routes_https_upstream_is_verified_too(
+    stack: Stack,
+    admin: Admin,
+    tenant: TenantAccess,
+    provider_ca: LocalCertificateAuthority,
+    verified: bool,
+) -> None:
+    """REST routes go through the proxy's own upstream path (Envoy's TLS cluster; APISIX's
+    nginx proxy, told to verify): SNI, chain and host name are checked there too."""
+    name = f"rest-tls-{uuid.uuid4().hex[:6]}"
+    certificate = provider_ca.issue(name, dns_names=["localhost" if verified else "other.example"])
+    with UpstreamServer(
+        api_key=PROVIDER_KEY, certfile=certificate.cert_file, keyfile=certificate.key_file
+    ) as upstream:
+        prefix = f"/{name}"
+        response = admin.control.CreateRoute(
+            control_pb2.CreateRouteRequest(
+                route=policy_pb2.Route(
+                    id=name,
+                    path_prefix=prefix,
+                    kind=policy_pb2.ROUTE_KIND_REST,
+                    upstream_url=f"https://localhost:{upstream.port}",
+                    strip_prefix=True,
+                )
+            ),
+            metadata=admin.metadata,
+        )
+        admin.wait_applied(response.policy_version)
+        if stack.config.proxy == "apisix":
+            # Under APISIX a REST route's upstream is the APISIX route's.
+            stack.set_apisix_routes([apisix_rest_route(prefix, upstream.port)])
+        try:
+            answer = httpx.get(
+                f"{stack.config.gateway_url}{prefix}/v1/models",
+                headers={"authorization": f"Bearer {tenant.api_key}"},
+                timeout=10,
+            )
+        finally:
+            if stack.config.proxy == "apisix":
+                stack.set_apisix_routes([])
+        assert upstream.server_names, (answer.status_code, answer.text[:300])
+        assert set(upstream.server_names) == {"localhost"}
+        if verified:
+            # Reached: the fake wants its own key, which a REST route does not add.
+            assert [seen.path for seen in upstream.requests] == ["/v1/models"]
+            assert answer.status_code == 401
+        else:
+            assert upstream.requests == []
+            assert answer.status_code in (502, 503)
+
+
+def apisix_rest_route(prefix: str, port: int) -> dict[str, object]:
+    return {
+        "id": prefix.removeprefix("/"),
+        "uris": [f"{prefix}/*"],
+        "priority": 20,
+        "upstream": {
+            "type": "roundrobin",
+            "scheme": "https",
+            "pass_host": "node",
+            "nodes": {f"localhost:{port}": 1},
+        },
+        "plugins": {
+            "ext-plugin-pre-req": {
+                "conf": [{"name": "gatez", "value": "{}"}],
+                "allow_degradation": False,
+            },
+            "gatez": {},
+        },
+    }
