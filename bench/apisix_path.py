@@ -17,14 +17,11 @@ of each Gatez path to its plain proxy.
 from __future__ import annotations
 
 import argparse
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
-from string import Template
 
-from bench.chat import HERE, Result, provision, wrk
-from gatez.processes import free_port, require_binary, stop_process, wait_for_port
+from bench.chat import Result, provision, start_plain, wrk
+from gatez.processes import stop_process
 from gatez.stack import Stack, StackConfig
 
 CHAT = "/v1/chat/completions"
@@ -61,22 +58,9 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="gatez-bench-") as tmp:
         work = Path(tmp)
-        upstream_port, plain_port = free_port(), free_port()
-        upstream = subprocess.Popen([sys.executable, str(HERE / "upstream.py"), str(upstream_port)])
-        plain_config = work / "plain.yaml"
-        plain_config.write_text(
-            Template((HERE / "plain-envoy.yaml").read_text()).substitute(
-                LISTEN_PORT=plain_port, ADMIN_PORT=free_port(), UPSTREAM_PORT=upstream_port
-            )
-        )
-        plain = subprocess.Popen(
-            [require_binary("envoy"), "-c", str(plain_config), "--log-level", "error",
-             "--concurrency", "1", "--base-id", str(plain_port)],
-        )  # fmt: skip
+        upstream_port, plain_port, (upstream, plain) = start_plain(work)
         results: dict[tuple[str, int], Result] = {}
         try:
-            wait_for_port(upstream_port)
-            wait_for_port(plain_port, timeout_s=30)
             # One proxy's stack at a time, so the other's processes take no CPU.
             for proxy in ("apisix", "envoy"):
                 config = StackConfig.ephemeral(work / f"stack-{proxy}")

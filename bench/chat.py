@@ -94,6 +94,31 @@ def _latency(output: str, percentile: str) -> float:
     return value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
 
 
+def start_plain(work: Path) -> tuple[int, int, tuple[subprocess.Popen[bytes], ...]]:
+    """The canned upstream and a plain Envoy in front of it, both ready: their ports, and the
+    processes to stop."""
+    upstream_port, plain_port = free_port(), free_port()
+    upstream = subprocess.Popen([sys.executable, str(HERE / "upstream.py"), str(upstream_port)])
+    plain_config = work / "plain.yaml"
+    plain_config.write_text(
+        Template((HERE / "plain-envoy.yaml").read_text()).substitute(
+            LISTEN_PORT=plain_port, ADMIN_PORT=free_port(), UPSTREAM_PORT=upstream_port
+        )
+    )
+    plain = subprocess.Popen(
+        [require_binary("envoy"), "-c", str(plain_config), "--log-level", "error",
+         "--concurrency", "1", "--base-id", str(plain_port)],
+    )  # fmt: skip
+    try:
+        wait_for_port(upstream_port)
+        wait_for_port(plain_port, timeout_s=30)
+    except BaseException:
+        stop_process(plain)
+        stop_process(upstream)
+        raise
+    return upstream_port, plain_port, (upstream, plain)
+
+
 def provision(stack: Stack, upstream_port: int) -> str:
     channel = grpc.insecure_channel(stack.config.control_address)
     control = control_pb2_grpc.ControlServiceStub(channel)
@@ -148,18 +173,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="gatez-bench-") as tmp, OtlpSink() as sink:
         work = Path(tmp)
-        upstream_port, plain_port = free_port(), free_port()
-        upstream = subprocess.Popen([sys.executable, str(HERE / "upstream.py"), str(upstream_port)])
-        plain_config = work / "plain.yaml"
-        plain_config.write_text(
-            Template((HERE / "plain-envoy.yaml").read_text()).substitute(
-                LISTEN_PORT=plain_port, ADMIN_PORT=free_port(), UPSTREAM_PORT=upstream_port
-            )
-        )
-        plain = subprocess.Popen(
-            [require_binary("envoy"), "-c", str(plain_config), "--log-level", "error",
-             "--concurrency", "1", "--base-id", str(plain_port)],
-        )  # fmt: skip
+        upstream_port, plain_port, (upstream, plain) = start_plain(work)
         config = StackConfig.ephemeral(work / "stack")
         config.log_level = "WARNING"
         if args.tracing:
@@ -171,8 +185,6 @@ def main() -> None:
             )
         stack = Stack(config)
         try:
-            wait_for_port(upstream_port)
-            wait_for_port(plain_port, timeout_s=30)
             stack.start()
             api_key = provision(stack, upstream_port)
             targets = {
