@@ -181,7 +181,7 @@ def decode_request(raw: bytes) -> ChatRequest:
         top_p=opt_number(body.get("top_p"), fail, "top_p"),
         stop=tuple(
             as_str(s, fail, "stop_sequences[]")
-            for s in as_list(body.get("stop_sequences") or [], fail, "stop_sequences")
+            for s in as_list(_none_empty(body.get("stop_sequences")), fail, "stop_sequences")
         ),
         stream=opt_bool(body.get("stream"), fail, "stream") or False,
         extras=Extras(
@@ -533,7 +533,9 @@ class StreamDecoder:
                 out.append(TextDelta(index, as_str(delta.get("text"), fail, "delta.text")))
             elif delta_kind == "input_json_delta":
                 partial = as_str(delta.get("partial_json"), fail, "delta.partial_json")
-                out.append(ToolCallDelta(index, partial))
+                # Anthropic opens with an empty piece; it says nothing.
+                if partial:
+                    out.append(ToolCallDelta(index, partial))
         elif kind == "content_block_start":
             index = self._index(body)
             block = as_object(body.get("content_block"), fail, "content_block")
@@ -732,3 +734,7 @@ def _error_body(error: ErrorInfo) -> dict[str, Any]:
 def encode_error(error: ErrorInfo) -> bytes:
     """ErrorInfo → an Anthropic error body (send it with `error.status`)."""
     return dumps(_error_body(error))
+
+
+def _none_empty(value: object) -> object:
+    return [] if value is None else value

@@ -119,7 +119,7 @@ class Extras:
     """
 
     schema: str
-    fields: Mapping[str, Any] = EMPTY
+    fields: Mapping[str, Any] = field(default_factory=lambda: EMPTY)
     essential: tuple[str, ...] = ()
 
     def refuse_in(self, schema: str, name: str) -> None:
@@ -308,7 +308,7 @@ class ErrorInfo:
     retry_after_s: float | None = None
     provider_type: str | None = None
     code: str | None = None
-    details: Mapping[str, Any] = field(default=EMPTY)
+    details: Mapping[str, Any] = field(default_factory=lambda: EMPTY)
 
 
 def kind_of_status(status: int) -> ErrorKind:

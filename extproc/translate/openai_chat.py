@@ -190,7 +190,9 @@ def decode_request(raw: bytes) -> ChatRequest:
         top_p=opt_number(body.get("top_p"), fail, "top_p"),
         stop=(stop,)
         if isinstance(stop, str)
-        else tuple(as_str(s, fail, "stop[]") for s in as_list(stop or [], fail, "stop")),
+        else tuple(
+            as_str(s, fail, "stop[]") for s in as_list([] if stop is None else stop, fail, "stop")
+        ),
         stream=opt_bool(body.get("stream"), fail, "stream") or False,
         extras=_extras(body),
     )
@@ -255,7 +257,9 @@ def _assistant_parts(message: dict[str, Any], where: str) -> tuple[Part, ...]:
         if text:
             parts.append(Text(text))
     calls = message.get("tool_calls")
-    for position, item in enumerate(as_list(calls or [], fail, f"{where}.tool_calls")):
+    for position, item in enumerate(
+        as_list([] if calls is None else calls, fail, f"{where}.tool_calls")
+    ):
         at = f"{where}.tool_calls[{position}]"
         call = as_object(item, fail, at)
         function = as_object(call.get("function"), fail, f"{at}.function")
@@ -455,7 +459,7 @@ def decode_response(raw: bytes) -> ChatResponse:
     refusal = opt_str(message.get("refusal"), fail, "choices[0].message.refusal")
     if refusal:
         content.append(Text(refusal))
-    for position, item in enumerate(as_list(message.get("tool_calls") or [], fail, "tool_calls")):
+    for position, item in enumerate(_list_or_none(message.get("tool_calls"), "tool_calls")):
         at = f"choices[0].message.tool_calls[{position}]"
         call = as_object(item, fail, at)
         function = as_object(call.get("function"), fail, f"{at}.function")
@@ -600,11 +604,11 @@ class StreamDecoder:
                     model=as_str(chunk.get("model"), fail, "model"),
                 )
             )
-        for item in as_list(chunk.get("choices") or [], fail, "choices"):
+        for item in _list_or_none(chunk.get("choices"), "choices"):
             choice = as_object(item, fail, "choices[]")
             if choice.get("index", 0) != 0:
                 raise Unsupported("a stream with several choices cannot be translated")
-            self._decode_delta(as_object(choice.get("delta") or {}, fail, "delta"), out)
+            self._decode_delta(as_object(_or_empty(choice.get("delta")), fail, "delta"), out)
             reason = choice.get("finish_reason")
             if reason is not None:
                 self._close(out)
@@ -621,10 +625,12 @@ class StreamDecoder:
                 self._close(out)
                 self._text_block = self._open = self._next_block()
             out.append(TextDelta(self._text_block, as_str(text, fail, "delta.content")))
-        for item in delta.get("tool_calls") or ():
+        for item in _list_or_none(delta.get("tool_calls"), "delta.tool_calls"):
             call = as_object(item, fail, "delta.tool_calls[]")
             position = opt_int(call.get("index"), fail, "delta.tool_calls[].index") or 0
-            function = as_object(call.get("function") or {}, fail, "delta.tool_calls[].function")
+            function = as_object(
+                _or_empty(call.get("function")), fail, "delta.tool_calls[].function"
+            )
             block = self._blocks.get(position)
             if block is None:
                 self._close(out)
@@ -647,6 +653,14 @@ class StreamDecoder:
         if self._open is not None:
             out.append(BlockStop(self._open))
             self._open = None
+
+
+def _list_or_none(value: object, where: str) -> list[Any]:
+    return [] if value is None else as_list(value, MalformedResponse, where)
+
+
+def _or_empty(value: object) -> object:
+    return {} if value is None else value
 
 
 class StreamEncoder:
