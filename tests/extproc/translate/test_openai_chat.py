@@ -20,6 +20,7 @@ from extproc.translate.model import (
     MessageStop,
     Role,
     StopReason,
+    StreamEvent,
     Text,
     TextDelta,
     ToolCall,
@@ -127,7 +128,7 @@ def test_a_response_decodes_and_encodes_back(name: str, expected: ChatResponse) 
     } == {k: original["usage"][k] for k in ("prompt_tokens", "completion_tokens", "total_tokens")}
 
 
-TEXT_EVENTS = [
+TEXT_EVENTS: list[StreamEvent] = [
     MessageStart("chatcmpl-B9MHDbslfkBeAs8l4bebGdFOJ6PeG", "gpt-4o-mini-2024-07-18"),
     TextDelta(0, "Hello"),
     TextDelta(0, "!"),
@@ -136,7 +137,7 @@ TEXT_EVENTS = [
     UsageUpdate(Usage(input_tokens=9, output_tokens=2)),
     MessageStop(),
 ]
-TOOL_EVENTS = [
+TOOL_EVENTS: list[StreamEvent] = [
     MessageStart("chatcmpl-B9MHDbslfkBeAs8l4bebGdFOJ6PeG", "gpt-4o-mini-2024-07-18"),
     ToolCallStart(0, "call_DdmO9pD3xa9XTPNJ32zg2hcA", "get_weather"),
     *(ToolCallDelta(0, p) for p in ['{"', "location", '":"', "Paris", ",", " France", '"}']),
@@ -151,7 +152,9 @@ TOOL_EVENTS = [
     ("name", "expected"),
     [("openai_stream_text.sse", TEXT_EVENTS), ("openai_stream_tools.sse", TOOL_EVENTS)],
 )
-def test_a_stream_decodes_to_events_and_encodes_back(name: str, expected: list[object]) -> None:
+def test_a_stream_decodes_to_events_and_encodes_back(
+    name: str, expected: list[StreamEvent]
+) -> None:
     stream = fixture(name)
     assert decode_all(openai_chat.StreamDecoder(), stream) == expected
     encoder = openai_chat.StreamEncoder(created=1741569952, include_usage=True)
