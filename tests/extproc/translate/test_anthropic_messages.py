@@ -148,7 +148,8 @@ def test_a_tool_stream_decodes_to_events_and_encodes_back() -> None:
 
 def test_an_error_inside_a_stream_becomes_a_stream_error() -> None:
     events = decode_all(anthropic_messages.StreamDecoder(), fixture("anthropic_stream_error.sse"))
-    assert isinstance(error := events[-1], StreamError)
+    error = events[-1]
+    assert isinstance(error, StreamError)
     assert (error.error.status, error.error.kind) == (529, ErrorKind.OVERLOADED)
     encoded = anthropic_messages.StreamEncoder().encode([error])
     assert encoded == (
