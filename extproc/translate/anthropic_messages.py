@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+from collections.abc import Iterable
 from typing import Any, Final
 
 import orjson
@@ -612,7 +613,8 @@ class StreamEncoder:
         self._delta: MessageDelta | None = None
         self._usage: Usage | None = None
 
-    def encode(self, events: list[StreamEvent]) -> bytes:
+    def encode(self, events: Iterable[StreamEvent]) -> bytes:
+        """The SSE bytes of several events, in order."""
         return b"".join(self.encode_one(event) for event in events)
 
     def encode_one(self, event: StreamEvent) -> bytes:

@@ -7,6 +7,7 @@ server (vLLM, Ollama's /v1, Azure OpenAI) speaks.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any, Final
 
 from extproc.translate._wire import (
@@ -681,7 +682,8 @@ class StreamEncoder:
         self._tool_positions: dict[int, int] = {}
         self._usage: Usage | None = None
 
-    def encode(self, events: list[StreamEvent]) -> bytes:
+    def encode(self, events: Iterable[StreamEvent]) -> bytes:
+        """The SSE bytes of several events, in order."""
         return b"".join(self.encode_one(event) for event in events)
 
     def encode_one(self, event: StreamEvent) -> bytes:
