@@ -258,10 +258,17 @@ CredentialOf = Callable[[RecordedRequest, Mapping[str, str]], str | None]
 
 
 def _anthropic_credential(request: RecordedRequest, _query: Mapping[str, str]) -> str | None:
-    # Anthropic refuses a call without `anthropic-version` before it looks at the key.
+    # Anthropic refuses a call without `anthropic-version` before it looks at the key. The key
+    # goes in `x-api-key` (the API reference) or as a bearer token (what the Python SDK 2.x
+    # sends for `api_key`).
     if request.header("anthropic-version") is None:
         return None
-    return request.header("x-api-key")
+    return request.header("x-api-key") or _bearer_token(request)
+
+
+def _bearer_token(request: RecordedRequest) -> str | None:
+    authorization = request.header("authorization") or ""
+    return authorization.removeprefix("Bearer ") if authorization.startswith("Bearer ") else None
 
 
 def _gemini_credential(request: RecordedRequest, query: Mapping[str, str]) -> str | None:
@@ -271,7 +278,7 @@ def _gemini_credential(request: RecordedRequest, query: Mapping[str, str]) -> st
 def _bedrock_credential(request: RecordedRequest, _query: Mapping[str, str]) -> str | None:
     authorization = request.header("authorization") or ""
     if authorization.startswith("Bearer "):
-        return authorization.removeprefix("Bearer ")
+        return _bearer_token(request)
     # SigV4 is not verified (out of scope): any signature stands for the expected key.
     if authorization.startswith("AWS4-HMAC-SHA256 "):
         return _SIGV4_ACCEPTED
