@@ -8,6 +8,7 @@ recording itself, so a recording an SDK misreads fails here before a gateway tes
 from __future__ import annotations
 
 import json
+import ssl
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -592,3 +593,78 @@ def test_unrecorded_request_is_a_plain_404(ollama_server: ReplayServer) -> None:
 def test_unknown_provider_is_refused() -> None:
     with pytest.raises(FileNotFoundError):
         ReplayServer("nonesuch")
+
+
+async def http_chunks(
+    url: str,
+    json_body: Any,
+    headers: dict[str, str],
+    ssl_context: ssl.SSLContext | None = None,
+) -> tuple[str, list[bytes]]:
+    """The response's content type and body, split exactly at its HTTP chunk boundaries."""
+    import aiohttp
+
+    chunks: list[bytes] = []
+    pending = b""
+    connector = aiohttp.TCPConnector(ssl=ssl_context if ssl_context is not None else True)
+    async with (
+        aiohttp.ClientSession(connector=connector) as session,
+        session.post(url, json=json_body, headers=headers) as response,
+    ):
+        async for data, end_of_http_chunk in response.content.iter_chunks():
+            pending += data
+            if end_of_http_chunk:
+                chunks.append(pending)
+                pending = b""
+        content_type = response.headers["content-type"]
+    assert pending == b""
+    return content_type, chunks
+
+
+async def test_each_stream_chunk_is_one_http_chunk(anthropic_server: ReplayServer) -> None:
+    content_type, chunks = await http_chunks(
+        f"{anthropic_server.base_url}/v1/messages",
+        {"model": ANTHROPIC_MODEL, "max_tokens": 8, "stream": True, "messages": []},
+        {"x-api-key": API_KEY, "anthropic-version": "2023-06-01"},
+    )
+    recorded = chunks_of("anthropic/messages_stream")
+    assert content_type == "text/event-stream; charset=utf-8"
+    assert len(chunks) == len(recorded)
+    assert chunks[0].startswith(b"event: message_start\ndata: {")
+    assert ANTHROPIC_MODEL.encode() in chunks[0]  # {{model}} substituted
+    assert all(chunk.endswith(b"\n\n") for chunk in chunks)
+
+
+async def test_event_stream_chunks_are_whole_frames(
+    bedrock_server: ReplayServer, certificate_authority: LocalCertificateAuthority
+) -> None:
+    content_type, chunks = await http_chunks(
+        f"{bedrock_server.base_url}/model/{BEDROCK_MODEL}/converse-stream",
+        {"messages": []},
+        {"authorization": f"Bearer {API_KEY}"},
+        ssl.create_default_context(cafile=str(certificate_authority.cert_file)),
+    )
+    assert content_type == "application/vnd.amazon.eventstream"
+    event_types = []
+    for chunk in chunks:
+        buffer = EventStreamBuffer()
+        buffer.add_data(chunk)
+        (message,) = list(buffer)  # exactly one whole frame per HTTP chunk
+        event_types.append(message.to_response_dict()["headers"][":event-type"])
+    assert event_types == [chunk["event"] for chunk in chunks_of("bedrock/converse_stream")]
+
+
+async def test_chunk_delay_paces_the_stream() -> None:
+    import time
+
+    delay_s = 0.02
+    with ReplayServer("ollama", chunk_delay_s=delay_s) as server:
+        client = ollama.AsyncClient(host=server.base_url)
+        started = time.monotonic()
+        arrivals = [
+            time.monotonic() - started
+            async for _ in await client.chat(model=OLLAMA_MODEL, messages=[], stream=True)
+        ]
+    assert len(arrivals) == 6
+    # No delay before the first chunk; one before each of the other five.
+    assert arrivals[-1] - arrivals[0] >= 5 * delay_s * 0.9
