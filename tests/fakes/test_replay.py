@@ -613,7 +613,8 @@ async def http_chunks(
     ):
         async for data, end_of_http_chunk in response.content.iter_chunks():
             pending += data
-            if end_of_http_chunk:
+            # The last-chunk (`0\r\n\r\n`) may come as an empty chunk of its own.
+            if end_of_http_chunk and pending:
                 chunks.append(pending)
                 pending = b""
         content_type = response.headers["content-type"]
