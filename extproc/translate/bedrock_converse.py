@@ -631,6 +631,18 @@ def _headers(raw: bytes) -> dict[str, str]:
 # --- streams -------------------------------------------------------------------------------
 
 
+_STREAM_EVENTS: Final = frozenset(
+    {
+        "messageStart",
+        "contentBlockStart",
+        "contentBlockDelta",
+        "contentBlockStop",
+        "messageStop",
+        "metadata",
+    }
+)
+
+
 class StreamDecoder:
     """ConverseStream event-stream bytes, cut anywhere → model events, incrementally.
 
@@ -678,6 +690,9 @@ class StreamDecoder:
             out.append(StreamError(info))
             return
         kind = headers.get(":event-type")
+        if kind not in _STREAM_EVENTS:
+            # New event types may be added; a client skips what it does not know.
+            return
         body = load_object(payload, fail, "a stream event")
         if kind == "contentBlockDelta":
             index = self._index(body)

@@ -4,6 +4,7 @@ decoder and the replay server's encoder; Bedrock ⇄ OpenAI / Anthropic across s
 
 from __future__ import annotations
 
+import binascii
 import struct
 from pathlib import Path
 from typing import Any
@@ -236,13 +237,12 @@ def _corrupt(stream: bytes, offset: int) -> bytes:
         (_corrupt(TEXT_STREAM, 9), "prelude CRC"),  # a prelude CRC byte
         (_corrupt(TEXT_STREAM, 40), "bad CRC"),  # a header byte
         (
-            struct.pack("!II", 8, 0)
-            + struct.pack("!I", __import__("binascii").crc32(struct.pack("!II", 8, 0))),
+            struct.pack("!II", 8, 0) + struct.pack("!I", binascii.crc32(struct.pack("!II", 8, 0))),
             "impossible length",
         ),
         (
             struct.pack("!II", 1 << 30, 0)
-            + struct.pack("!I", __import__("binascii").crc32(struct.pack("!II", 1 << 30, 0))),
+            + struct.pack("!I", binascii.crc32(struct.pack("!II", 1 << 30, 0))),
             "impossible length",
         ),
         (bedrock_converse.encode_frame({":event-type": "metadata"}, b"[1]"), "JSON object"),
@@ -261,6 +261,18 @@ def _corrupt(stream: bytes, offset: int) -> bytes:
 def test_a_malformed_stream_is_a_clear_502(stream: bytes, message: str) -> None:
     with pytest.raises(MalformedResponse, match=message):
         decode_all(bedrock_converse.StreamDecoder(), stream)
+
+
+def test_bad_headers_and_unknown_events() -> None:
+    good = bedrock_converse.encode_frame({":event-type": "x"}, b"")
+    # The header's value type byte (after the 1-byte name length and the 11-byte name) → 42.
+    bad = bytearray(good[:-4])
+    bad[12 + 1 + len(":event-type")] = 42
+    bad_frame = bytes(bad) + struct.pack("!I", binascii.crc32(bad))
+    with pytest.raises(MalformedResponse, match="unknown type 42"):
+        bedrock_converse.StreamDecoder().feed(bad_frame)
+    # An event type Bedrock may add later is skipped, even without a JSON payload.
+    assert decode_all(bedrock_converse.StreamDecoder(), good) == []
 
 
 def test_a_stream_ending_inside_a_message_is_malformed() -> None:
