@@ -274,3 +274,26 @@ def test_stop_reasons_map_both_ways() -> None:
         assert gemini.decode_response(body).stop_reason is expected
         chunk = orjson.loads(openai_chat.encode_response(gemini.decode_response(body), created=1))
         assert chunk["choices"][0]["finish_reason"] in {"stop", "length", "content_filter"}
+
+
+def test_the_google_genai_sdk_reads_a_translated_stream_and_response() -> None:
+    from google.genai import types
+
+    events = decode_all(openai_chat.StreamDecoder(), fixture("openai_stream_tools.sse"))
+    encoded = gemini.StreamEncoder().encode(events)
+    chunks = [
+        types.GenerateContentResponse.model_validate_json(e[6:])
+        for e in encoded.split(b"\r\n\r\n")[:-1]
+    ]
+    calls = [c.function_calls for c in chunks if c.function_calls]
+    assert calls[0][0].name == "get_weather"
+    assert calls[0][0].args == {"location": "Paris, France"}
+    assert chunks[-1].usage_metadata is not None
+    assert chunks[-1].usage_metadata.prompt_token_count == 65
+    assert chunks[-1].usage_metadata.candidates_token_count == 16
+    response = types.GenerateContentResponse.model_validate_json(
+        gemini.encode_response(
+            anthropic_messages.decode_response(fixture("anthropic_response_tools.json"))
+        )
+    )
+    assert response.text == "I'll check the current weather in San Francisco for you."
