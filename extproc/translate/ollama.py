@@ -13,6 +13,8 @@ completion", "Generate a completion", "Streaming responses") and the types of th
 - Images are bare base64 strings in a message's `images`, without a media type.
 - Sampling settings live in `options` (`num_predict` is the output token limit).
 - There is no tool choice, and a response has no id.
+- A reply's `thinking` (reasoning models) is not carried by the model and is skipped, as the
+  Anthropic module skips thinking blocks; `thinking` in a request's history is refused.
 """
 
 from __future__ import annotations
@@ -144,8 +146,11 @@ def decode_request(raw: bytes) -> ChatRequest:
         where = f"messages[{position}]"
         message = as_object(item, fail, where)
         role = message.get("role")
-        content = as_str(message.get("content", ""), fail, f"{where}.content")
+        content = opt_str(message.get("content"), fail, f"{where}.content") or ""
         images = _images(message.get("images"), f"{where}.images")
+        if opt_str(message.get("thinking"), fail, f"{where}.thinking"):
+            # The model has no reasoning blocks; dropping the history's would change the turn.
+            raise Unsupported(f"'{where}.thinking' cannot be translated")
         if role == "system":
             if images:
                 raise Unsupported(f"'{where}' is a system message with images")
@@ -233,9 +238,11 @@ def _extras(body: dict[str, Any], modelled: frozenset[str], options: dict[str, A
         fields["options"] = other_options
     essential = [k for k in fields if k not in _TAGS and k != "options"]
     essential += [f"options.{k}" for k in other_options if k not in _RUNNER_OPTIONS]
-    # `format: ""` is the API's default (free text); any other format constrains the answer.
-    if fields.get("format") == "":
-        essential.remove("format")
+    # The API's defaults: `format: ""` is free text, `think: false` no reasoning (what a
+    # provider of another schema does unless asked); any other value changes the answer.
+    for key, default in (("format", ""), ("think", False)):
+        if key in fields and type(fields[key]) is type(default) and fields[key] == default:
+            essential.remove(key)
     return Extras(schema=SCHEMA, fields=fields, essential=tuple(essential))
 
 

@@ -755,3 +755,59 @@ def test_garbage_never_escapes_as_another_exception() -> None:
                     with contextlib.suppress(TranslationError):
                         decode(piece)
         assert isinstance(ollama.decode_error(500, sample), ErrorInfo)
+
+
+def test_reasoning_is_skipped_in_replies_and_refused_in_history() -> None:
+    thinking = (
+        b'{"model":"m","created_at":"t","message":{"role":"assistant","content":"",'
+        b'"thinking":"Hmm"},"done":false}\n'
+        b'{"model":"m","created_at":"t","message":{"role":"assistant","content":"Hi"},'
+        b'"done":false}\n'
+    )
+    events = decode_all(ollama.StreamDecoder(), thinking)
+    assert [e for e in events if isinstance(e, TextDelta)] == [TextDelta(0, "Hi")]
+    history = b'{"model":"m","messages":[{"role":"assistant","content":"a","thinking":"b"}]}'
+    with pytest.raises(Unsupported, match="thinking"):
+        ollama.decode_request(history)
+    # think: false is the default of every other schema; think: true is not.
+    neutral = ollama.decode_request(b'{"model":"m","messages":[],"think":false}')
+    assert neutral.extras.essential == ()
+    with pytest.raises(Unsupported, match="'think'"):
+        openai_chat.encode_request(
+            ollama.decode_request(b'{"model":"m","messages":[],"think":true}')
+        )
+
+
+def test_crlf_lines_decode_the_same() -> None:
+    stream = fixture("ollama_stream_tools.ndjson")
+    assert decode_all(ollama.StreamDecoder(), stream.replace(b"\n", b"\r\n")) == TOOL_EVENTS
+
+
+def test_streamed_arguments_that_are_not_an_object_are_a_bad_gateway() -> None:
+    encoder = ollama.StreamEncoder(created_at="t")
+    encoder.encode([MessageStart("i", "m"), ToolCallStart(0, "c", "f"), ToolCallDelta(0, '{"a":')])
+    with pytest.raises(MalformedResponse, match="not a JSON object"):
+        encoder.encode_one(BlockStop(0))
+
+
+def test_decoding_and_encoding_a_typical_line_takes_a_few_microseconds() -> None:
+    import time
+
+    line = (
+        b'{"model":"llama3.2","created_at":"2023-08-04T08:52:19.385406455-07:00",'
+        b'"message":{"role":"assistant","content":" there anything I can help you with?"},'
+        b'"done":false}\n'
+    )
+    decoder = ollama.StreamDecoder()
+    decoder.feed(line)
+    openai = openai_chat.StreamEncoder(created=1, include_usage=True)
+    back = ollama.StreamEncoder(created_at="2023-08-04T08:52:19Z")
+    rounds = 5000
+    start = time.perf_counter()
+    for _ in range(rounds):
+        for event in decoder.feed(line):
+            openai.encode_one(event)
+            back.encode_one(event)
+    per_line_us = (time.perf_counter() - start) / rounds * 1e6
+    # Decode + two encodes measured at a few µs; the bound leaves room for a loaded machine.
+    assert per_line_us < 50, per_line_us
