@@ -196,7 +196,7 @@ def decode_request(raw: bytes) -> ChatRequest:
             _tool(t, i)
             for i, t in enumerate(as_list(_none_empty(body.get("tools")), fail, "tools"))
         ),
-        max_tokens=opt_int(options.get("num_predict"), fail, "options.num_predict"),
+        max_tokens=_max_tokens(options),
         temperature=opt_number(options.get("temperature"), fail, "options.temperature"),
         top_p=opt_number(options.get("top_p"), fail, "options.top_p"),
         stop=_stop(options.get("stop")),
@@ -233,17 +233,34 @@ def _stop(value: object) -> tuple[str, ...]:
 
 def _extras(body: dict[str, Any], modelled: frozenset[str], options: dict[str, Any]) -> Extras:
     fields = {k: v for k, v in body.items() if k not in modelled}
-    other_options = {k: v for k, v in options.items() if k not in _MODELLED_OPTIONS}
+    other_options = {
+        k: v for k, v in options.items() if k not in _MODELLED_OPTIONS or _no_limit(k, v)
+    }
     if other_options:
         fields["options"] = other_options
     essential = [k for k in fields if k not in _TAGS and k != "options"]
-    essential += [f"options.{k}" for k in other_options if k not in _RUNNER_OPTIONS]
+    essential += [
+        f"options.{k}"
+        for k, v in other_options.items()
+        # num_predict -1 is no limit, Ollama's default and every other schema's.
+        if k not in _RUNNER_OPTIONS and not (k == "num_predict" and v == -1)
+    ]
     # The API's defaults: `format: ""` is free text, `think: false` no reasoning (what a
     # provider of another schema does unless asked); any other value changes the answer.
     for key, default in (("format", ""), ("think", False)):
         if key in fields and type(fields[key]) is type(default) and fields[key] == default:
             essential.remove(key)
     return Extras(schema=SCHEMA, fields=fields, essential=tuple(essential))
+
+
+def _no_limit(key: str, value: object) -> bool:
+    """`num_predict` below zero: -1 generates without limit, -2 until the context is full."""
+    return key == "num_predict" and isinstance(value, int) and value < 0
+
+
+def _max_tokens(options: dict[str, Any]) -> int | None:
+    limit = opt_int(options.get("num_predict"), MalformedRequest, "options.num_predict")
+    return None if limit is None or limit < 0 else limit
 
 
 def _images(value: object, where: str) -> tuple[Image, ...]:
@@ -305,7 +322,8 @@ def _answered(message: dict[str, Any], pending: list[ToolCall], where: str) -> s
             return call.id
     if call_id is not None:
         return call_id
-    raise fail(f"'{where}' answers no tool call of the assistant message before it")
+    # Ollama only renders it into the prompt; the other schemas need the call it answers.
+    raise Unsupported(f"'{where}' answers no tool call of the assistant message before it")
 
 
 def _all_results(parts: tuple[Part, ...]) -> bool:
@@ -498,7 +516,7 @@ def decode_generate_request(raw: bytes) -> ChatRequest:
         model=model,
         messages=(Message(Role.USER, (*parts, *images)),) if parts or images else (),
         system=(system,) if system else (),
-        max_tokens=opt_int(options.get("num_predict"), fail, "options.num_predict"),
+        max_tokens=_max_tokens(options),
         temperature=opt_number(options.get("temperature"), fail, "options.temperature"),
         top_p=opt_number(options.get("top_p"), fail, "options.top_p"),
         stop=_stop(options.get("stop")),

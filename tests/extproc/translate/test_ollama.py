@@ -680,7 +680,6 @@ def test_what_others_cannot_express_from_ollama_is_refused() -> None:
             b'{"name":"f","arguments":"{}"}}]}]}',
             "arguments' must be an object",
         ),
-        (b'{"model":"m","messages":[{"role":"tool","content":"x"}]}', "answers no tool call"),
         (b'{"model":"m","messages":[],"options":[]}', "'options' must be an object"),
         (b'{"model":"m","messages":[],"options":{"num_predict":"9"}}', "num_predict"),
         (b'{"model":"m","messages":[],"stream":"yes"}', "'stream'"),
@@ -811,3 +810,23 @@ def test_decoding_and_encoding_a_typical_line_takes_a_few_microseconds() -> None
     per_line_us = (time.perf_counter() - start) / rounds * 1e6
     # Decode + two encodes measured at a few µs; the bound leaves room for a loaded machine.
     assert per_line_us < 50, per_line_us
+
+
+def test_a_tool_message_answering_no_call_cannot_be_translated() -> None:
+    for body in (
+        b'{"model":"m","messages":[{"role":"tool","content":"x"}]}',
+        b'{"model":"m","messages":[{"role":"assistant","tool_calls":[{"function":{"name":"a"}}]},'
+        b'{"role":"tool","content":"x","tool_name":"b"}]}',
+    ):
+        with pytest.raises(Unsupported, match="answers no tool call"):
+            ollama.decode_request(body)
+
+
+def test_a_negative_num_predict_is_no_limit() -> None:
+    unlimited = ollama.decode_request(b'{"model":"m","messages":[],"options":{"num_predict":-1}}')
+    assert (unlimited.max_tokens, unlimited.extras.essential) == (None, ())
+    assert "max_tokens" not in orjson.loads(openai_chat.encode_request(unlimited))
+    assert orjson.loads(ollama.encode_request(unlimited))["options"] == {"num_predict": -1}
+    fill = ollama.decode_request(b'{"model":"m","messages":[],"options":{"num_predict":-2}}')
+    with pytest.raises(Unsupported, match="num_predict"):
+        anthropic_messages.encode_request(fill)
