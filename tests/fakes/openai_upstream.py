@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import dataclasses
 import hmac
 import json
@@ -34,7 +33,6 @@ import logging
 import re
 import secrets
 import signal
-import socket
 import ssl
 import string
 import sys
@@ -45,11 +43,13 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from pathlib import Path
-from types import MappingProxyType, TracebackType
-from typing import Any, Final, Literal, Self
+from types import MappingProxyType
+from typing import Any, Final, Literal
 
 import orjson
 from aiohttp import web
+
+from tests.fakes.serving import BackgroundServer, bound_socket, serve
 
 logger = logging.getLogger(__name__)
 
@@ -967,40 +967,7 @@ class OpenAIUpstream:
 # -- running it --------------------------------------------------------------------------------
 
 
-def _bound_socket(host: str, port: int) -> socket.socket:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host, port))
-    except OSError:
-        sock.close()
-        raise
-    return sock
-
-
-async def _serve(
-    app: web.Application,
-    sock: socket.socket,
-    stop: asyncio.Event,
-    *,
-    on_started: Callable[[], None],
-    access_log: logging.Logger | None,
-    ssl_context: ssl.SSLContext | None = None,
-) -> None:
-    """Serve `app` on the bound `sock` until `stop` is set, then shut down cleanly."""
-    # A short shutdown timeout: a stream still open at stop is cut rather than awaited.
-    runner = web.AppRunner(app, access_log=access_log, shutdown_timeout=0.25)
-    await runner.setup()
-    try:
-        site = web.SockSite(runner, sock, ssl_context=ssl_context)
-        await site.start()
-        on_started()
-        await stop.wait()
-    finally:
-        await runner.cleanup()
-
-
-class UpstreamServer:
+class UpstreamServer(BackgroundServer):
     """The fake upstream on a loopback port, in a background thread with its own event loop.
 
     `port=0` (the default) binds a free port; the port is known as soon as `start()` returns.
@@ -1008,6 +975,8 @@ class UpstreamServer:
     serves HTTPS (HTTP/1.1) with that certificate and records each handshake's SNI server name
     (`server_names`). Use as a context manager, or call `start()` and `stop()`.
     """
+
+    kind = "upstream"
 
     def __init__(
         self,
@@ -1021,35 +990,20 @@ class UpstreamServer:
         certfile: str | Path | None = None,
         keyfile: str | Path | None = None,
     ) -> None:
-        if (certfile is None) != (keyfile is None):
-            raise ValueError("HTTPS needs both a certfile and a keyfile")
+        super().__init__(host=host, port=port, certfile=certfile, keyfile=keyfile)
         self.config = UpstreamConfig(
             api_key=api_key,
             models=tuple(models) if models is not None else None,
             chunk_delay_s=chunk_delay_s,
         )
-        self.host = host
         self.recorder = RequestRecorder()
-        self._tls_files = None if certfile is None or keyfile is None else (certfile, keyfile)
-        self._requested_port = port
         self._clock = clock
-        self._port: int | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stop: asyncio.Event | None = None
-        self._thread: threading.Thread | None = None
-
-    @property
-    def port(self) -> int:
-        if self._port is None:
-            raise RuntimeError("the upstream is not started")
-        return self._port
 
     @property
     def base_url(self) -> str:
         """The `base_url` to give an OpenAI client: `http://127.0.0.1:PORT/v1` (`https://`
         when serving TLS)."""
-        scheme = "http" if self._tls_files is None else "https"
-        return f"{scheme}://{self.host}:{self.port}/v1"
+        return f"{self.scheme}://{self.host}:{self.port}/v1"
 
     @property
     def requests(self) -> list[RecordedRequest]:
@@ -1095,58 +1049,10 @@ class UpstreamServer:
         """Forget recorded requests and drop queued errors."""
         self.recorder.clear()
 
-    def start(self, timeout_s: float = 10.0) -> Self:
-        if self._thread is not None:
-            raise RuntimeError("the upstream is already started")
-        sock = _bound_socket(self.host, self._requested_port)
-        self._port = sock.getsockname()[1]
-        loop = asyncio.new_event_loop()
-        started = threading.Event()
-        failures: list[BaseException] = []
-        app = OpenAIUpstream(self.config, self.recorder, clock=self._clock).create_app()
-        ssl_context = self._ssl_context()
+    def create_app(self) -> web.Application:
+        return OpenAIUpstream(self.config, self.recorder, clock=self._clock).create_app()
 
-        async def serve() -> None:
-            self._stop = asyncio.Event()
-            await _serve(
-                app,
-                sock,
-                self._stop,
-                on_started=started.set,
-                access_log=None,
-                ssl_context=ssl_context,
-            )
-
-        def run() -> None:
-            asyncio.set_event_loop(loop)
-            try:
-                loop.run_until_complete(serve())
-            except BaseException as error:  # reported to start(), which re-raises it
-                failures.append(error)
-            finally:
-                started.set()
-                sock.close()
-                loop.close()
-
-        self._loop = loop
-        self._thread = threading.Thread(
-            target=run, name=f"openai-upstream-{self._port}", daemon=True
-        )
-        self._thread.start()
-        if not started.wait(timeout_s) or failures:
-            self.stop()
-            if failures:
-                raise RuntimeError("the upstream failed to start") from failures[0]
-            raise TimeoutError(f"the upstream did not start within {timeout_s}s")
-        return self
-
-    def _ssl_context(self) -> ssl.SSLContext | None:
-        if self._tls_files is None:
-            return None
-        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        context.load_cert_chain(*self._tls_files)
-        # aiohttp serves HTTP/1.1 only: a client offering h2 must not get it.
-        context.set_alpn_protocols(["http/1.1"])
+    def configure_tls(self, context: ssl.SSLContext) -> None:
         recorder = self.recorder
 
         def record_server_name(
@@ -1155,37 +1061,13 @@ class UpstreamServer:
             recorder.record_server_name(server_name)
 
         context.sni_callback = record_server_name
-        return context
-
-    def stop(self, timeout_s: float = 10.0) -> None:
-        thread, loop, stop = self._thread, self._loop, self._stop
-        if thread is None or loop is None:
-            return
-        if stop is not None and thread.is_alive():
-            # The loop closes when serve() returns, so a late stop() can find it closed already.
-            with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(stop.set)
-        thread.join(timeout_s)
-        self._thread = self._loop = self._stop = None
-        self._port = None
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.stop()
 
 
 async def serve_in_foreground(config: UpstreamConfig, host: str, port: int) -> None:
     """Serve until SIGINT or SIGTERM. The history is bounded so a long demo does not grow."""
     recorder = RequestRecorder(max_requests=1000)
     app = OpenAIUpstream(config, recorder).create_app()
-    sock = _bound_socket(host, port)
+    sock = bound_socket(host, port)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -1196,7 +1078,7 @@ async def serve_in_foreground(config: UpstreamConfig, host: str, port: int) -> N
         logger.info("fake OpenAI upstream listening on http://%s:%s/v1", bound_host, bound_port)
 
     try:
-        await _serve(
+        await serve(
             app, sock, stop, on_started=announce, access_log=logging.getLogger("aiohttp.access")
         )
     finally:

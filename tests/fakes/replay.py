@@ -25,22 +25,20 @@ from __future__ import annotations
 
 import asyncio
 import binascii
-import contextlib
 import re
-import ssl
 import struct
 import threading
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Final, Literal, Self
+from typing import Any, Final, Literal
 
 import orjson
 from aiohttp import web
 
-from tests.fakes.openai_upstream import RecordedRequest, _bound_socket, _serve, record_of
+from tests.fakes.openai_upstream import RecordedRequest, record_of
+from tests.fakes.serving import BackgroundServer
 
 RECORDINGS_DIR: Final = Path(__file__).parent / "recordings"
 MODEL_PLACEHOLDER: Final = "{{model}}"
@@ -420,7 +418,7 @@ class ReplayApp:
         return response
 
 
-class ReplayServer:
+class ReplayServer(BackgroundServer):
     """A fake `provider` on a loopback port, in a background thread with its own event loop.
 
     It answers with `recordings` (default: every file in `recordings/<provider>/`). With
@@ -428,6 +426,8 @@ class ReplayServer:
     any credential is accepted but one must be present where the provider requires it. With
     `certfile` and `keyfile` it serves HTTPS. Use as a context manager.
     """
+
+    kind = "replay server"
 
     def __init__(
         self,
@@ -440,10 +440,8 @@ class ReplayServer:
         certfile: str | Path | None = None,
         keyfile: str | Path | None = None,
     ) -> None:
-        if (certfile is None) != (keyfile is None):
-            raise ValueError("HTTPS needs both a certfile and a keyfile")
+        super().__init__(host=host, certfile=certfile, keyfile=keyfile)
         self.provider = provider
-        self.host = host
         self.state = ReplayState()
         self._app = ReplayApp(
             provider,
@@ -452,23 +450,11 @@ class ReplayServer:
             api_key=api_key,
             chunk_delay_s=chunk_delay_s,
         )
-        self._tls_files = None if certfile is None or keyfile is None else (certfile, keyfile)
-        self._port: int | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stop: asyncio.Event | None = None
-        self._thread: threading.Thread | None = None
-
-    @property
-    def port(self) -> int:
-        if self._port is None:
-            raise RuntimeError("the replay server is not started")
-        return self._port
 
     @property
     def base_url(self) -> str:
         """`http://127.0.0.1:PORT` (`https://` with TLS), with no path: each SDK adds its own."""
-        scheme = "http" if self._tls_files is None else "https"
-        return f"{scheme}://{self.host}:{self.port}"
+        return f"{self.scheme}://{self.host}:{self.port}"
 
     @property
     def requests(self) -> list[RecordedRequest]:
@@ -487,78 +473,5 @@ class ReplayServer:
         """Forget recorded requests and drop queued errors."""
         self.state.clear()
 
-    def start(self, timeout_s: float = 10.0) -> Self:
-        if self._thread is not None:
-            raise RuntimeError("the replay server is already started")
-        sock = _bound_socket(self.host, 0)
-        self._port = sock.getsockname()[1]
-        loop = asyncio.new_event_loop()
-        started = threading.Event()
-        failures: list[BaseException] = []
-        app = self._app.create_app()
-        ssl_context = self._ssl_context()
-
-        async def serve() -> None:
-            self._stop = asyncio.Event()
-            await _serve(
-                app,
-                sock,
-                self._stop,
-                on_started=started.set,
-                access_log=None,
-                ssl_context=ssl_context,
-            )
-
-        def run() -> None:
-            asyncio.set_event_loop(loop)
-            try:
-                loop.run_until_complete(serve())
-            except BaseException as error:  # reported to start(), which re-raises it
-                failures.append(error)
-            finally:
-                started.set()
-                sock.close()
-                loop.close()
-
-        self._loop = loop
-        self._thread = threading.Thread(
-            target=run, name=f"replay-{self.provider}-{self._port}", daemon=True
-        )
-        self._thread.start()
-        if not started.wait(timeout_s) or failures:
-            self.stop()
-            if failures:
-                raise RuntimeError("the replay server failed to start") from failures[0]
-            raise TimeoutError(f"the replay server did not start within {timeout_s}s")
-        return self
-
-    def _ssl_context(self) -> ssl.SSLContext | None:
-        if self._tls_files is None:
-            return None
-        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        context.load_cert_chain(*self._tls_files)
-        # aiohttp serves HTTP/1.1 only: a client offering h2 must not get it.
-        context.set_alpn_protocols(["http/1.1"])
-        return context
-
-    def stop(self, timeout_s: float = 10.0) -> None:
-        thread, loop, stop = self._thread, self._loop, self._stop
-        if thread is None or loop is None:
-            return
-        if stop is not None and thread.is_alive():
-            with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(stop.set)
-        thread.join(timeout_s)
-        self._thread = self._loop = self._stop = None
-        self._port = None
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.stop()
+    def create_app(self) -> web.Application:
+        return self._app.create_app()
