@@ -103,3 +103,8 @@ def retry_after_seconds(header: str | None) -> float | None:
 
 def dumps(value: Any) -> bytes:
     return orjson.dumps(value)
+
+
+def or_empty(value: object) -> object:
+    """`{}` for a JSON null: an optional object read as if it were absent."""
+    return {} if value is None else value

@@ -38,6 +38,7 @@ from extproc.translate._wire import (
     opt_int,
     opt_number,
     opt_str,
+    or_empty,
     retry_after_seconds,
 )
 from extproc.translate.model import (
@@ -215,7 +216,7 @@ def decode_request(raw: bytes, *, model: str, stream: bool = False) -> ChatReque
             raise fail(f"'{where}.role' has an unknown value {quoted(str(role))}")
         parts = _parts(content.get("parts"), f"{where}.parts", fail, calls)
         messages.append(Message(message_role, parts))
-    config = as_object(_or_empty(body.get("generationConfig")), fail, "generationConfig")
+    config = as_object(or_empty(body.get("generationConfig")), fail, "generationConfig")
     tool_config = body.get("toolConfig")
     return ChatRequest(
         model=model,
@@ -585,7 +586,7 @@ def _only_candidate(body: dict[str, Any]) -> dict[str, Any] | None:
 def _candidate_parts(candidate: dict[str, Any]) -> list[dict[str, Any]]:
     """The candidate's parts, thought summaries left out (a translation never asks for them)."""
     fail = MalformedResponse
-    content = as_object(_or_empty(candidate.get("content")), fail, "candidates[0].content")
+    content = as_object(or_empty(candidate.get("content")), fail, "candidates[0].content")
     parts = []
     for item in as_list(_or_list(content.get("parts")), fail, "candidates[0].content.parts"):
         part = as_object(item, fail, "candidates[0].content.parts[]")
@@ -906,10 +907,6 @@ def encode_error(error: ErrorInfo) -> bytes:
     return dumps(
         {"error": {"code": status, "message": error.message, "status": _ERROR_STATUSES[error.kind]}}
     )
-
-
-def _or_empty(value: object) -> object:
-    return {} if value is None else value
 
 
 def _or_list(value: object) -> object:

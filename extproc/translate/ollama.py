@@ -38,6 +38,7 @@ from extproc.translate._wire import (
     opt_int,
     opt_number,
     opt_str,
+    or_empty,
     retry_after_seconds,
 )
 from extproc.translate.model import (
@@ -298,7 +299,7 @@ def _tool_calls(
                 id=call_id or default_id(position),
                 name=as_str(function.get("name"), fail, f"{at}.function.name"),
                 arguments=dumps(
-                    as_object(_or_empty(arguments), fail, f"{at}.function.arguments")
+                    as_object(or_empty(arguments), fail, f"{at}.function.arguments")
                 ).decode(),
             )
         )
@@ -745,7 +746,7 @@ class StreamDecoder:
             text = opt_str(body.get("response"), fail, "response")
             wire_calls: object = None
         else:
-            message = as_object(_or_empty(body.get("message")), fail, "message")
+            message = as_object(or_empty(body.get("message")), fail, "message")
             text = opt_str(message.get("content"), fail, "message.content")
             wire_calls = message.get("tool_calls")
         if text:
@@ -899,7 +900,3 @@ def encode_error(error: ErrorInfo) -> bytes:
 
 def _none_empty(value: object) -> object:
     return [] if value is None else value
-
-
-def _or_empty(value: object) -> object:
-    return {} if value is None else value

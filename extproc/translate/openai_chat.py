@@ -22,6 +22,7 @@ from extproc.translate._wire import (
     opt_int,
     opt_number,
     opt_str,
+    or_empty,
     retry_after_seconds,
 )
 from extproc.translate.model import (
@@ -609,7 +610,7 @@ class StreamDecoder:
             choice = as_object(item, fail, "choices[]")
             if choice.get("index", 0) != 0:
                 raise Unsupported("a stream with several choices cannot be translated")
-            self._decode_delta(as_object(_or_empty(choice.get("delta")), fail, "delta"), out)
+            self._decode_delta(as_object(or_empty(choice.get("delta")), fail, "delta"), out)
             reason = choice.get("finish_reason")
             if reason is not None:
                 self._close(out)
@@ -630,7 +631,7 @@ class StreamDecoder:
             call = as_object(item, fail, "delta.tool_calls[]")
             position = opt_int(call.get("index"), fail, "delta.tool_calls[].index") or 0
             function = as_object(
-                _or_empty(call.get("function")), fail, "delta.tool_calls[].function"
+                or_empty(call.get("function")), fail, "delta.tool_calls[].function"
             )
             block = self._blocks.get(position)
             if block is None:
@@ -658,10 +659,6 @@ class StreamDecoder:
 
 def _list_or_none(value: object, where: str) -> list[Any]:
     return [] if value is None else as_list(value, MalformedResponse, where)
-
-
-def _or_empty(value: object) -> object:
-    return {} if value is None else value
 
 
 class StreamEncoder:
