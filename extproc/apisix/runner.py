@@ -850,20 +850,17 @@ _BODY_PLANS: Final = {
     BodyMode.STREAMED: BodyPlan.STREAMED,
 }
 
-# What the plugin reports when it could not get an answer from the provider.
-_TIMEOUTS: Final = frozenset({"timeout"})
+# Why the plugin could not get an answer from the provider (gatez.lua's failure_reason).
+_PLUGIN_ERRORS: Final = frozenset({"connect", "tls", "timeout", "send", "read", "resolve"})
 
 
 def upstream_failure(error: str) -> UpstreamFailed:
     """The client's answer when the plugin could not reach the provider (`error`: the plugin's
-    reason — connect, tls, timeout, send, read)."""
+    reason); the reason is the error's code, a timeout a 504."""
     message = "the upstream could not be reached or did not answer in time"
-    failure = UpstreamTimeout(message) if error in _TIMEOUTS else UpstreamFailed(message)
+    failure = UpstreamTimeout(message) if error == "timeout" else UpstreamFailed(message)
     failure.code = f"upstream_{error}" if error in _PLUGIN_ERRORS else "upstream_failed"
     return failure
-
-
-_PLUGIN_ERRORS: Final = frozenset({"connect", "tls", "timeout", "send", "read", "resolve"})
 
 
 def _args_change(
