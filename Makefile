@@ -8,7 +8,11 @@ PROTOS := $(wildcard proto/gatez/v1/*.proto)
 # A real APISIX for the end-to-end suite's "apisix" cases, installed from the APISIX runtime
 # folder (relative paths are the checkout's) into APISIX_PREFIX; the tests find it there
 # through GATEZ_APISIX_PREFIX.
-APISIX_RUNTIME ?= ../shared/apisix-runtime
+# The runtime beside the checkout (../shared/apisix-runtime), else beside the repository a local
+# clone was made from (a clean clone in /tmp for CI, say).
+APISIX_RUNTIME ?= $(firstword $(wildcard ../shared/apisix-runtime \
+	$(shell git config --get remote.origin.url 2>/dev/null)/../shared/apisix-runtime) \
+	../shared/apisix-runtime)
 APISIX_PREFIX ?= $(CURDIR)/.apisix
 APISIX_VERSION := 3.18.0
 
