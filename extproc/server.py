@@ -31,9 +31,11 @@ from extproc.redis_pipe import ScriptClient, hot_path_client
 from extproc.spool import Spool, SpoolLocked
 from extproc.stages.access_log import AccessLog
 from extproc.stages.authenticate import Authenticate
+from extproc.stages.client_api import ClientApi
 from extproc.stages.model_route import ModelRouting
 from extproc.stages.provider_headers import ProviderHeaders
 from extproc.stages.rate_limit import RateLimit
+from extproc.stages.response import DecodeResponse, EncodeResponse
 from extproc.stages.rest_route import RestRouting
 from extproc.stages.usage import UsageMeter
 from extproc.token_count import TokenCounter
@@ -86,15 +88,22 @@ def build_dispatcher(
     access_log = AccessLog(sink, node_id)
     llm = Pipeline(
         [
+            # The client's API, from the path: where its SDK puts the key, and the error format
+            # of every answer the gateway makes itself from here on.
+            ClientApi(),
             authenticate,
             rate_limit,
             # Needs the tenant (routes are per tenant); asks for the body on LLM paths only.
             ModelRouting(),
             # Needs the provider model routing chose: only its allowlisted client headers go on.
             ProviderHeaders(),
-            # Response side: switches SSE to streamed mode and reads the provider's usage
-            # (estimating it, when it never comes, before the access log writes it).
+            # Response side: the provider's bytes read into the shared model (streams as
+            # events), which the stages after read, whatever the schemas...
+            DecodeResponse(),
+            # ... the usage (estimated when it never comes, before the access log writes it) ...
             UsageMeter(tokens),
+            # ... and the client's bytes written last: the provider's own, or translated.
+            EncodeResponse(),
             access_log,
         ]
     )

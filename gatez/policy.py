@@ -31,7 +31,9 @@ DEFAULT_TENANT_CLAIM: Final = "tenant_id"
 # out on purpose: the usage meter reads the provider's response, which must not come compressed.
 DEFAULT_FORWARD_HEADERS: Final = frozenset({"accept", "content-type", "x-request-id"})
 # Never forwardable, whatever a policy lists: the client's Gatez credential (and no x-gatez-*).
-UNFORWARDABLE_HEADERS: Final = frozenset({"authorization", "x-api-key"})
+UNFORWARDABLE_HEADERS: Final = frozenset(
+    {"authorization", "x-api-key", "x-goog-api-key", "api-key"}
+)
 _HEADER_NAME: Final = re.compile(r"[!#$%&'*+.^_`|~0-9a-z-]+")
 
 # Envoy clusters that reach any provider host (dynamic forward proxy), by URL scheme.

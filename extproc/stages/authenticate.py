@@ -1,8 +1,10 @@
 """L1 authentication: who is calling, and for which tenant. First stage of every route.
 
-A caller presents one credential, as `Authorization: Bearer <x>` or `x-api-key: <x>` (what
-Anthropic-style clients send). A value shaped like a JWT is verified against the identity
-providers the policy registers for its issuer; anything else is a Gatez API key, looked up by
+A caller presents one credential where its SDK puts it: `Authorization: Bearer <x>` (OpenAI,
+Ollama, boto3's Bedrock bearer token), `x-api-key` (Anthropic), `x-goog-api-key` or, on
+Gemini's paths only, the `?key=` query parameter (Gemini), `api-key` (Azure OpenAI). A value
+shaped like a JWT is verified against the identity providers the policy registers for its
+issuer; anything else is a Gatez API key, looked up by
 digest. Either way the result is a `Principal` bound to exactly one tenant, and the client's
 credential headers are stripped so they never reach an upstream provider.
 
@@ -14,6 +16,7 @@ from __future__ import annotations
 import re
 from collections.abc import Awaitable, Mapping, Sequence
 from typing import Any, Final
+from urllib.parse import parse_qs
 
 import jwt
 import orjson
@@ -25,7 +28,9 @@ from gatez.keys import digest
 from gatez.pipeline import CONTINUE, Flow, Principal, Stage, Verdict
 from gatez.policy import CompiledPolicy, IdentityProviderRule
 
-CREDENTIAL_HEADERS: Final = ("authorization", "x-api-key")
+CREDENTIAL_HEADERS: Final = ("authorization", "x-api-key", "x-goog-api-key", "api-key")
+# Headers that carry a key as they are (no scheme), in the order they are read.
+_KEY_HEADERS: Final = CREDENTIAL_HEADERS[1:]
 
 # Three base64url segments; the last may be empty, so `alg: none` tokens are recognised as
 # tokens (and refused as such) rather than looked up as API keys. API keys never hold a dot.
@@ -55,7 +60,7 @@ class Authenticate(Stage):
 
     def on_request_headers(self, flow: Flow) -> Verdict | Awaitable[Verdict]:
         policy = flow.policy
-        credential = _credential(flow.request_headers)
+        credential = _credential(flow)
         if _JWT_SHAPE.fullmatch(credential):
             candidates = _jwt_candidates(policy, credential)
             principal = self._verify_cached(policy, credential, candidates)
@@ -187,15 +192,24 @@ def _strip_credentials(flow: Flow) -> None:
         flow.remove_header(name)
 
 
-def _credential(headers: Mapping[str, str]) -> str:
+def _credential(flow: Flow) -> str:
+    headers = flow.request_headers
     authorization = headers.get("authorization", "").strip()
     scheme, _, value = authorization.partition(" ")
     is_bearer = scheme.lower() == "bearer"
     if is_bearer and value.strip():
         return value.strip()
-    api_key = headers.get("x-api-key", "").strip()
-    if api_key:
-        return api_key
+    for name in _KEY_HEADERS:
+        api_key = headers.get(name, "").strip()
+        if api_key:
+            return api_key
+    api = flow.api
+    if api is not None and api.credential_query and "?" in flow.path:
+        # Only on the APIs whose SDKs send it so (Gemini's ?key=); model routing keeps it
+        # out of the provider's URL.
+        for value in parse_qs(flow.path.partition("?")[2]).get(api.credential_query, ()):
+            if value.strip():
+                return value.strip()
     if authorization and not is_bearer:
         raise Unauthenticated("unsupported authorization scheme: use 'Bearer <key or token>'")
     raise Unauthenticated(MISSING_CREDENTIAL)

@@ -1,24 +1,46 @@
-"""Model routing: the model a client names → a provider, its upstream model and credential.
+"""Model routing: the model a client names → a provider, its upstream model and credential, and
+the client's request in the provider's schema.
 
-It asks for the request body only on LLM paths, parses it once into the Flow, rewrites the model
-name (and asks the provider for stream usage), forwards the body as it parsed it (re-serialised,
-so duplicate keys cannot reach the provider), and points the proxy at the provider: cluster by
-header + route cache clearing, `:authority`, `:path`, and the provider's key. The client's own
-credential was already stripped by authentication.
+It asks for the request body only on LLM API paths (`flow.api`, found by `ClientApi`), parses it
+once, and then either:
+- passes it through when the provider speaks the client's schema: only the model name is
+  rewritten (and an OpenAI stream asks for usage), the body re-serialised so duplicate keys
+  cannot reach the provider; or
+- translates it through the shared model (`gatez.translate`): the client's schema decoded,
+  the provider's encoded. A feature the provider's schema cannot express is a 400 in the
+  client's own error format, never a silent drop.
+Then it points the proxy at the provider: cluster by header + route cache clearing,
+`:authority`, `:path`, and the provider's credential where that provider wants it
+(`extproc.providers`). The client's own credential was already stripped by authentication.
 """
 
 from __future__ import annotations
 
 from typing import Any, Final
+from urllib.parse import parse_qsl, unquote, urlencode
 
 import orjson
 
+from extproc.providers import provider_request, provider_schema
+from extproc.stages.client_api import Endpoint, Operation
 from extproc.stages.upstream import route_to
 from gatez.errors import InvalidRequest, NotFound, quoted
 from gatez.pipeline import CONTINUE, BodyMode, Flow, LlmCall, Respond, Stage, Verdict
+from gatez.policy import ModelTarget
+from gatez.translate.model import Unsupported
+from gatez.translate.schemas import (
+    ANTHROPIC_MESSAGES,
+    GEMINI,
+    OLLAMA_CHAT,
+    OLLAMA_GENERATE,
+    OPENAI_CHAT,
+    WireSchema,
+    with_model,
+)
 
-CHAT_COMPLETIONS_PATH: Final = "/v1/chat/completions"
-MODELS_PATH: Final = "/v1/models"
+# Schemas whose body names the model (the others say it in the URL).
+_MODEL_IN_BODY: Final = frozenset({OPENAI_CHAT.id, ANTHROPIC_MESSAGES.id, OLLAMA_CHAT.id})
+MODEL_NAME_LIMIT: Final = 256
 
 
 class ModelNotFound(NotFound):
@@ -28,70 +50,201 @@ class ModelNotFound(NotFound):
 
 
 class ModelRouting(Stage):
-    """Routes OpenAI Chat Completions requests by model alias; answers `GET /v1/models`."""
+    """Routes LLM API requests by model alias, translating between schemas; answers the model
+    lists (`GET /v1/models`, Gemini's, Ollama's `/api/tags`)."""
 
     def on_request_headers(self, flow: Flow) -> Verdict:
+        api = flow.api
         path = flow.path.partition("?")[0]
-        if path == CHAT_COMPLETIONS_PATH:
-            if flow.method != "POST":
-                raise InvalidRequest(f"{path} accepts POST only")
-            if not flow.request_has_body:
-                raise InvalidRequest("the request has no body; expected a JSON object")
-            flow.request_body_mode = BodyMode.BUFFERED
-            return CONTINUE
-        if path == MODELS_PATH and flow.method == "GET":
-            return self._list_models(flow)
-        raise NotFound(f"no route for {flow.method} {quoted(path, 128)}")
+        if not isinstance(api, Endpoint):
+            raise NotFound(f"no route for {flow.method} {quoted(path, 128)}")
+        if api.operation is Operation.LIST_MODELS:
+            if flow.method != "GET":
+                raise InvalidRequest(f"{quoted(path, 128)} accepts GET only")
+            return _list_models(flow, api)
+        if flow.method != "POST":
+            raise InvalidRequest(f"{quoted(path, 128)} accepts POST only")
+        if not flow.request_has_body:
+            raise InvalidRequest("the request has no body; expected a JSON object")
+        flow.request_body_mode = BodyMode.BUFFERED
+        return CONTINUE
 
     def on_request_body(self, flow: Flow) -> Verdict:
+        api = flow.api
+        assert isinstance(api, Endpoint)
         body = _parse_object(flow.request_body)
         flow.request_json = body
-        model = body.get("model")
-        if not isinstance(model, str) or not model:
-            raise InvalidRequest("'model' must be a non-empty string")
-        if not isinstance(body.get("messages"), list):
-            raise InvalidRequest("'messages' must be an array")
+        model = _model(api, body)
         target = flow.policy.resolve_model(flow.caller.tenant_id, model)
         if target is None:
             raise ModelNotFound(
                 f"The model {quoted(model)} does not exist or you do not have access to it."
             )
-        stream = body.get("stream") is True
-        options = body.get("stream_options")
-        client_wants_usage = isinstance(options, dict) and options.get("include_usage") is True
-        flow.llm = LlmCall(target=target, stream=stream, client_wants_usage=client_wants_usage)
+        schema = provider_schema(target.provider)
+        if api.operation is not Operation.CHAT:
+            llm, encoded = _passthrough(api, schema, target, body)
+        elif schema is api.schema:
+            llm, encoded = _same_schema(api, target, body)
+        else:
+            llm, encoded = _translated(api, schema, target, flow.request_body)
+        flow.llm = llm
+        flow.replace_request_body(encoded)
 
+        provider = target.provider
+        call = provider_request(
+            provider,
+            model=target.upstream_model,
+            stream=llm.stream,
+            body=encoded,
+            query=_forwarded_query(flow.path, api),
+            operation=api.passthrough_path,
+        )
+        route_to(flow, cluster=provider.cluster, authority=provider.authority, path=call.path)
+        for name, value in call.headers:
+            flow.set_upstream_header(name, value)
+        return CONTINUE
+
+
+def _model(api: Endpoint, body: dict[str, Any]) -> str:
+    if api.path_model is not None:
+        model = unquote(api.path_model)
+        # Gemini's SDKs may send "models/<name>" in the path as in the body.
+        return model.removeprefix("models/")
+    named = body.get("model")
+    if not isinstance(named, str) or not named:
+        raise InvalidRequest("'model' must be a non-empty string")
+    return named
+
+
+def _same_schema(api: Endpoint, target: ModelTarget, body: dict[str, Any]) -> tuple[LlmCall, bytes]:
+    """The client's body for a provider of its own schema: the model renamed, nothing else
+    changed but what metering needs (an OpenAI stream's usage)."""
+    schema = api.schema
+    stream = _stream(api, body)
+    wants_usage = False
+    if schema.id in _MODEL_IN_BODY or schema is OLLAMA_GENERATE:
         body["model"] = target.upstream_model
-        if stream and not client_wants_usage:
+    if schema is OPENAI_CHAT:
+        if not isinstance(body.get("messages"), list):
+            raise InvalidRequest("'messages' must be an array")
+        options = body.get("stream_options")
+        wants_usage = isinstance(options, dict) and options.get("include_usage") is True
+        if stream and not wants_usage:
             # Usage only comes in a stream when asked for; the meter hides it from the client.
             body["stream_options"] = {
                 **(options if isinstance(options, dict) else {}),
                 "include_usage": True,
             }
-        # Always the body as parsed here, re-serialised: a key the client sent twice (orjson keeps
-        # the last) reaches the provider once, with the value routing and limits saw — a provider
-        # keeping the first could otherwise be sent another model than the one checked. Costs one
-        # orjson.dumps (a few µs for a chat body); the body is usually rewritten anyway (alias).
-        flow.replace_request_body(orjson.dumps(body))
+    # Always the body as parsed here, re-serialised: a key the client sent twice (orjson keeps
+    # the last) reaches the provider once, with the value routing and limits saw — a provider
+    # keeping the first could otherwise be sent another model than the one checked. Costs one
+    # orjson.dumps (a few µs for a chat body).
+    llm = LlmCall(target=target, stream=stream, client_wants_usage=wants_usage)
+    llm.client_schema = llm.provider_schema = schema
+    return llm, orjson.dumps(body)
 
-        provider = target.provider
-        query = flow.path.partition("?")[2]
-        upstream_path = provider.path_prefix + "/chat/completions"
-        route_to(
-            flow,
-            cluster=provider.cluster,
-            authority=provider.authority,
-            path=f"{upstream_path}?{query}" if query else upstream_path,
+
+def _translated(
+    api: Endpoint, schema: WireSchema, target: ModelTarget, raw: bytes
+) -> tuple[LlmCall, bytes]:
+    """The client's request decoded into the shared model and encoded in the provider's."""
+    request = api.schema.decode_request(raw, model=api.path_model or "", stream=api.path_stream)
+    encoded = schema.encode_request(with_model(request, target.upstream_model))
+    wants_usage = False
+    if api.schema is OPENAI_CHAT and request.extras.schema == OPENAI_CHAT.id:
+        options = request.extras.fields.get("stream_options")
+        wants_usage = isinstance(options, dict) and options.get("include_usage") is True
+    llm = LlmCall(target=target, stream=request.stream, client_wants_usage=wants_usage)
+    llm.client_schema = api.schema
+    llm.provider_schema = schema
+    return llm, encoded
+
+
+def _passthrough(
+    api: Endpoint, schema: WireSchema, target: ModelTarget, body: dict[str, Any]
+) -> tuple[LlmCall, bytes]:
+    """OpenAI's Responses and Embeddings APIs: only to providers that serve them."""
+    if schema is not OPENAI_CHAT:
+        raise Unsupported(
+            f"the model {quoted(target.alias)} is served by a {schema.name} provider, which "
+            f"has no {api.passthrough_path.strip('/')} API"
         )
-        if provider.api_key is not None:
-            flow.set_upstream_header("authorization", f"Bearer {provider.api_key}")
-        return CONTINUE
+    body["model"] = target.upstream_model
+    llm = LlmCall(target=target, stream=body.get("stream") is True, client_wants_usage=True)
+    llm.client_schema = llm.provider_schema = schema
+    llm.passthrough = api.operation.value
+    return llm, orjson.dumps(body)
 
-    @staticmethod
-    def _list_models(flow: Flow) -> Respond:
-        aliases = flow.policy.model_aliases(flow.caller.tenant_id)
-        models = [{"id": a, "object": "model", "created": 0, "owned_by": "gatez"} for a in aliases]
-        return Respond(200, orjson.dumps({"object": "list", "data": models}), reason="models_list")
+
+def _stream(api: Endpoint, body: dict[str, Any]) -> bool:
+    if api.path_model is not None:
+        return api.path_stream
+    value = body.get("stream")
+    if api.schema in (OLLAMA_CHAT, OLLAMA_GENERATE):
+        # Ollama streams unless told not to.
+        return value is not False
+    return value is True
+
+
+def _forwarded_query(path: str, api: Endpoint) -> str:
+    """The client's query string as the provider gets it: without the Gatez key some SDKs put
+    there (Gemini's `?key=`), and without what the provider request sets itself (`alt`)."""
+    query = path.partition("?")[2]
+    if not query or api.schema is not GEMINI:
+        return query
+    kept = [(k, v) for k, v in parse_qsl(query, keep_blank_values=True) if k not in ("key", "alt")]
+    return urlencode(kept)
+
+
+def _list_models(flow: Flow, api: Endpoint) -> Respond:
+    aliases = flow.policy.model_aliases(flow.caller.tenant_id)
+    schema = api.schema
+    body: dict[str, Any]
+    if schema is ANTHROPIC_MESSAGES:
+        models = [
+            {
+                "type": "model",
+                "id": a,
+                "display_name": a,
+                "created_at": "1970-01-01T00:00:00Z",
+            }
+            for a in aliases
+        ]
+        body = {
+            "data": models,
+            "has_more": False,
+            "first_id": aliases[0] if aliases else None,
+            "last_id": aliases[-1] if aliases else None,
+        }
+    elif schema is GEMINI:
+        body = {
+            "models": [
+                {
+                    "name": f"models/{a}",
+                    "displayName": a,
+                    "supportedGenerationMethods": ["generateContent", "streamGenerateContent"],
+                }
+                for a in aliases
+            ]
+        }
+    elif schema is OLLAMA_CHAT:
+        body = {
+            "models": [
+                {
+                    "name": a,
+                    "model": a,
+                    "modified_at": "1970-01-01T00:00:00Z",
+                    "size": 0,
+                    "digest": "",
+                    "details": {},
+                }
+                for a in aliases
+            ]
+        }
+    else:
+        listed = [{"id": a, "object": "model", "created": 0, "owned_by": "gatez"} for a in aliases]
+        body = {"object": "list", "data": listed}
+    return Respond(200, orjson.dumps(body), reason="models_list")
 
 
 def _parse_object(raw: bytes) -> dict[str, Any]:

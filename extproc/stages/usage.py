@@ -1,116 +1,125 @@
-"""Usage metering: token counts from the provider's own report, streamed or not.
+"""Usage metering: token counts from the provider's own report, streamed or not, any schema.
 
-Non-streaming responses are read once, buffered. Streams are switched to streamed body mode and
-scanned event by event; the usage arrives in the final chunk because model routing asked for it
-(`stream_options.include_usage`). When the client did not ask, the meter removes what asking
-added — the usage-only chunk and the `"usage":null` members — so the client sees what it
-would have seen without the gateway.
+It reads the shared model that `DecodeResponse` made of the provider's answer: a whole answer's
+`usage`, or a stream's usage events — OpenAI's final usage chunk (asked for by model routing),
+Anthropic's split `message_start` / `message_delta`, Gemini's `usageMetadata`, Bedrock's
+`metadata` event, Ollama's final line — merged as they come (reports are cumulative).
 
 When the provider's usage never comes — the client hung up mid-stream, the stream broke off, a
 provider that does not report it — the call is still metered: when the exchange is over, the
-meter counts the request's messages and the text streamed so far with OpenAI's tokenizer
-(`TokenCounter`), and marks the usage as estimated. Nothing is parsed for this on the way: the
-stream's first `STREAM_HEAD_BYTES` are kept as they came, and a longer stream is counted from
-them in proportion to its length (parsing 64 KiB at the end costs about 0.4 ms, once per call
-cut short).
+meter counts the request's prompt and the text generated so far with OpenAI's tokenizer
+(`TokenCounter`), and marks the usage as estimated. The generated text is kept as it streams, up
+to `KEPT_OUTPUT_CHARS`; a longer output is counted from that part in proportion to its length.
+
+OpenAI's Responses and Embeddings APIs pass through untranslated; their usage is read from the
+body (or the Responses stream's `response.completed` event).
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import Sequence
+from collections.abc import Iterable
 from typing import Any, Final, TypeGuard
 
 import orjson
 
 from extproc.token_count import TokenCounter
-from gatez.pipeline import CONTINUE, BodyMode, Flow, LlmCall, Stage, TokenUsage, Verdict
-from gatez.sse import SseSplitter, event_data
+from gatez.pipeline import CONTINUE, Flow, LlmCall, Stage, TokenUsage, Verdict
+from gatez.sse import event_data
+from gatez.translate.model import (
+    ChatResponse,
+    MessageDelta,
+    MessageStart,
+    StreamError,
+    Text,
+    TextDelta,
+    ToolCall,
+    ToolCallDelta,
+    ToolCallStart,
+    Usage,
+    UsageUpdate,
+    merge_usage,
+)
+from gatez.translate.schemas import OPENAI_CHAT
 
-# OpenAI's compact form, removed without parsing; anything else mentioning usage is parsed.
-NULL_USAGE: Final = b',"usage":null'
-USAGE: Final = b'"usage"'
-# The part of a stream kept to estimate from (about 250 chunks of OpenAI's).
-STREAM_HEAD_BYTES: Final = 64 * 1024
 # Token counts are uint32 columns; a provider's larger (or negative) figure is clamped.
 MAX_TOKENS: Final = 2**32 - 1
 MODEL_NAME_LIMIT: Final = 256
+# Generated text kept to estimate from (about 16k tokens).
+KEPT_OUTPUT_CHARS: Final = 64 * 1024
 
 
 class UsageMeter(Stage):
-    """Reads token usage from Chat Completions responses into `flow.llm.usage`, and estimates
-    it when the provider's report never comes."""
+    """Reads token usage into `flow.llm.usage`, and estimates it when the provider's report
+    never comes."""
 
     def __init__(self, tokens: TokenCounter | None = None) -> None:
         self._tokens = tokens or TokenCounter()
-
-    def on_response_headers(self, flow: Flow) -> Verdict:
-        llm = flow.llm
-        if llm is None:
-            return CONTINUE
-        content_type = flow.response_headers.get("content-type", "")
-        if content_type.startswith("text/event-stream"):
-            flow.response_body_mode = BodyMode.STREAMED
-            llm.events = SseSplitter()
-            if not llm.client_wants_usage:
-                # Chunks may shrink; a stale length would truncate the client's stream.
-                flow.remove_header("content-length")
-        elif 200 <= flow.response_status < 300:
-            flow.response_body_mode = BodyMode.BUFFERED
-            flow.first_byte_ns = time.monotonic_ns()
-        return CONTINUE
 
     def on_response_body(self, flow: Flow) -> Verdict:
         llm = flow.llm
         if llm is None:
             return CONTINUE
-        chunk = flow.response_chunk
-        if llm.events is None:
-            body = _loads(chunk)
-            llm.usage = _usage_of(body) or llm.usage
-            _read_model(llm, body)
-            if llm.usage is None and body is not None and _succeeded(flow):
-                llm.usage = self._estimate(flow, llm, _reply_texts(body))
+        if llm.passthrough or (llm.undecoded and llm.decoder is None and not llm.stream):
+            # Untranslated APIs, and an own-schema answer too odd to decode (OpenAI's n > 1):
+            # the usage is read from the body as it is.
+            _read_passthrough(flow, llm)
             return CONTINUE
-        if flow.first_byte_ns is None and chunk:
-            flow.first_byte_ns = time.monotonic_ns()
-        llm.stream_bytes += len(chunk)
-        if len(llm.stream_head) < STREAM_HEAD_BYTES:
-            llm.stream_head += chunk
-        events = llm.events.feed(chunk)
-        if flow.end_of_stream:
-            tail = llm.events.flush()
-            if tail:
-                events.append(tail)
-        if llm.client_wants_usage:
-            for event in events:
-                if USAGE in event and NULL_USAGE not in event:
-                    _read_usage(llm, _chunk_of(event))
+        if llm.decoder is not None:
+            self._read_events(flow, llm)
             return CONTINUE
-        flow.replace_response_chunk(b"".join(_strip_usage(llm, e) for e in events))
+        response = llm.response
+        if response is not None:
+            if response.model:
+                llm.response_model = response.model[:MODEL_NAME_LIMIT]
+            if response.usage is not None:
+                llm.usage = _token_usage(response.usage)
+            elif _succeeded(flow):
+                _keep(llm, _response_texts(response))
+                llm.usage = self._estimate(flow, llm)
         return CONTINUE
+
+    def _read_events(self, flow: Flow, llm: LlmCall) -> None:
+        reported: Usage | None = None
+        for event in llm.chunk_events:
+            if isinstance(event, TextDelta):
+                _keep(llm, (event.text,))
+            elif isinstance(event, ToolCallDelta):
+                _keep(llm, (event.partial_json,))
+            elif isinstance(event, ToolCallStart):
+                _keep(llm, (event.name,))
+            elif isinstance(event, UsageUpdate | MessageDelta):
+                reported = merge_usage(reported, event.usage)
+            elif isinstance(event, MessageStart):
+                reported = merge_usage(reported, event.usage)
+                if event.model:
+                    llm.response_model = event.model[:MODEL_NAME_LIMIT]
+            elif isinstance(event, StreamError):
+                flow.error = flow.error or "provider_stream_error"
+        if reported is not None:
+            merged = merge_usage(_model_usage(llm.usage), reported)
+            assert merged is not None
+            llm.usage = _token_usage(merged)
 
     def on_done(self, flow: Flow) -> None:
         """A call the provider answered but never reported usage for is estimated here."""
         llm = flow.llm
         if llm is None or llm.usage is not None or not _succeeded(flow):
             return
-        head = bytes(llm.stream_head)
-        # One text: a provider may cut its deltas anywhere, even inside a token.
-        output = self._tokens.count(llm.target.upstream_model, ["".join(streamed_texts(head))])
-        if len(head) < llm.stream_bytes and head:
-            output = round(output * llm.stream_bytes / len(head))
-        llm.usage = self._estimate(flow, llm, (), output)
+        llm.usage = self._estimate(flow, llm)
 
-    def _estimate(
-        self, flow: Flow, llm: LlmCall, output_texts: Sequence[str], output_tokens: int = 0
-    ) -> TokenUsage:
+    def _estimate(self, flow: Flow, llm: LlmCall) -> TokenUsage:
         model = llm.target.upstream_model
-        if output_texts:
-            output_tokens = self._tokens.count(model, ["".join(output_texts)])
+        # One text: a provider may cut its deltas anywhere, even inside a token.
+        output = self._tokens.count(model, ["".join(llm.output_texts)]) if llm.kept_chars else 0
+        if llm.kept_chars and llm.output_chars > llm.kept_chars:
+            output = round(output * llm.output_chars / llm.kept_chars)
+        if llm.client_schema is OPENAI_CHAT:
+            prompt = self._tokens.count_messages(model, flow.request_json)
+        else:
+            prompt = self._tokens.count(model, list(_strings(flow.request_json)))
         return TokenUsage(
-            input_tokens=min(self._tokens.count_messages(model, flow.request_json), MAX_TOKENS),
-            output_tokens=min(output_tokens, MAX_TOKENS),
+            input_tokens=min(prompt, MAX_TOKENS),
+            output_tokens=min(output, MAX_TOKENS),
             estimated=True,
         )
 
@@ -120,96 +129,110 @@ def _succeeded(flow: Flow) -> bool:
     return flow.upstream_reached and 200 <= flow.response_status < 300
 
 
-def streamed_texts(stream: bytes) -> list[str]:
-    """The text of the deltas in (the start of) an OpenAI chat stream; an event cut off at the
-    end is left out."""
-    if b"\r" in stream:
-        stream = stream.replace(b"\r\n", b"\n")
+def _keep(llm: LlmCall, texts: Iterable[str]) -> None:
+    for text in texts:
+        llm.output_chars += len(text)
+        room = KEPT_OUTPUT_CHARS - llm.kept_chars
+        if room > 0 and text:
+            kept = text[:room]
+            llm.output_texts.append(kept)
+            llm.kept_chars += len(kept)
+
+
+def _response_texts(response: ChatResponse) -> list[str]:
     texts: list[str] = []
-    for event in stream.split(b"\n\n"):
-        data = event_data(event)
-        chunk = _loads(data) if data is not None and data != b"[DONE]" else None
-        choices = chunk.get("choices") if chunk is not None else None
-        for choice in choices if isinstance(choices, list) else ():
-            if isinstance(choice, dict) and isinstance(delta := choice.get("delta"), dict):
-                texts.extend(_generated_texts(delta))
+    for part in response.content:
+        if isinstance(part, Text):
+            texts.append(part.text)
+        elif isinstance(part, ToolCall):
+            texts.extend((part.name, part.arguments))
     return texts
 
 
-def _reply_texts(body: dict[str, Any]) -> list[str]:
-    """The generated text of a (non-streamed) chat completion."""
-    texts: list[str] = []
-    choices = body.get("choices")
-    for choice in choices if isinstance(choices, list) else ():
-        if isinstance(choice, dict) and isinstance(message := choice.get("message"), dict):
-            texts.extend(_generated_texts(message))
-    return texts
+def _strings(value: object) -> Iterable[str]:
+    """Every string in a request body but the model's name: what its prompt tokens are
+    estimated from when its schema is not OpenAI's."""
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            if key != "model":
+                yield from _strings(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _strings(item)
 
 
-def _generated_texts(message: dict[str, Any]) -> list[str]:
-    """What a model generated in a message or a delta: content, refusal, reasoning, and the
-    names and arguments of tool calls (not the role, which the format adds)."""
-    texts = [
-        value
-        for key in ("content", "refusal", "reasoning_content")
-        if isinstance(value := message.get(key), str)
-    ]
-    calls = message.get("tool_calls")
-    for call in calls if isinstance(calls, list) else ():
-        function = call.get("function") if isinstance(call, dict) else None
-        if isinstance(function, dict):
-            texts.extend(v for k in ("name", "arguments") if isinstance(v := function.get(k), str))
-    return texts
+def _token_usage(usage: Usage) -> TokenUsage:
+    return TokenUsage(
+        input_tokens=min(usage.input_tokens, MAX_TOKENS),
+        output_tokens=min(usage.output_tokens, MAX_TOKENS),
+        cached_input_tokens=min(usage.cached_input_tokens, MAX_TOKENS),
+        cache_write_input_tokens=min(usage.cache_write_input_tokens, MAX_TOKENS),
+    )
 
 
-def _strip_usage(llm: LlmCall, event: bytes) -> bytes:
-    """The event as the client would have got it without include_usage."""
-    if NULL_USAGE in event:
-        return event.replace(NULL_USAGE, b"")
-    if USAGE not in event:
-        return event
-    chunk = _chunk_of(event)
-    if chunk is None or "usage" not in chunk:
-        return event
-    if _read_usage(llm, chunk) and chunk.get("choices") == []:
-        return b""
-    # Not the compact form: drop the member and re-serialise.
-    del chunk["usage"]
-    return b"data: " + orjson.dumps(chunk) + b"\n\n"
-
-
-def _chunk_of(event: bytes) -> dict[str, Any] | None:
-    data = event_data(event)
-    return _loads(data) if data is not None else None
-
-
-def _read_usage(llm: LlmCall, chunk: dict[str, Any] | None) -> bool:
-    """Records the usage a chunk reports; True when it reported one."""
-    usage = _usage_of(chunk)
+def _model_usage(usage: TokenUsage | None) -> Usage | None:
     if usage is None:
-        return False
-    llm.usage = usage
-    _read_model(llm, chunk)
-    return True
-
-
-def _read_model(llm: LlmCall, body: dict[str, Any] | None) -> None:
-    """Records the model the provider says answered (for traces), bounded."""
-    model = body.get("model") if body is not None else None
-    if isinstance(model, str):
-        llm.response_model = model[:MODEL_NAME_LIMIT]
-
-
-def _usage_of(body: dict[str, Any] | None) -> TokenUsage | None:
-    if body is None:
         return None
-    usage = body.get("usage")
+    return Usage(
+        usage.input_tokens,
+        usage.output_tokens,
+        usage.cached_input_tokens,
+        usage.cache_write_input_tokens,
+    )
+
+
+# --- passthrough APIs (OpenAI Responses, Embeddings) --------------------------------------
+
+
+def _read_passthrough(flow: Flow, llm: LlmCall) -> None:
+    if llm.events is None:
+        body = _loads(flow.response_chunk)
+        if body is not None:
+            chat = llm.passthrough != "embeddings"
+            llm.usage = _passthrough_usage(body.get("usage"), chat=chat) or llm.usage
+            _read_model(llm, body)
+        return
+    events = llm.events.feed(flow.response_chunk)
+    if flow.end_of_stream:
+        tail = llm.events.flush()
+        if tail:
+            events.append(tail)
+    for event in events:
+        if b"response.completed" not in event:
+            continue
+        data = event_data(event)
+        chunk = _loads(data) if data is not None else None
+        response = chunk.get("response") if chunk is not None else None
+        if isinstance(response, dict):
+            llm.usage = _passthrough_usage(response.get("usage")) or llm.usage
+            _read_model(llm, response)
+
+
+def _passthrough_usage(usage: object, *, chat: bool = True) -> TokenUsage | None:
+    """Responses' (and Anthropic's) `input_tokens`/`output_tokens`, or Chat Completions' and
+    Embeddings' `prompt_tokens`/`completion_tokens`."""
     if not isinstance(usage, dict):
         return None
-    prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
-    if not _is_count(prompt) or not _is_count(completion):
+    prompt = usage.get("input_tokens", usage.get("prompt_tokens"))
+    # Embeddings generate nothing: they report only their input.
+    output = usage.get("output_tokens", usage.get("completion_tokens", None if chat else 0))
+    if not _is_count(prompt) or not _is_count(output):
         return None
-    return TokenUsage(min(prompt, MAX_TOKENS), min(completion, MAX_TOKENS))
+    details = usage.get("input_tokens_details")
+    cached = details.get("cached_tokens") if isinstance(details, dict) else 0
+    return TokenUsage(
+        min(prompt, MAX_TOKENS),
+        min(output, MAX_TOKENS),
+        cached_input_tokens=min(cached, MAX_TOKENS) if _is_count(cached) else 0,
+    )
+
+
+def _read_model(llm: LlmCall, body: dict[str, Any]) -> None:
+    model = body.get("model")
+    if isinstance(model, str):
+        llm.response_model = model[:MODEL_NAME_LIMIT]
 
 
 def _is_count(value: object) -> TypeGuard[int]:

@@ -11,17 +11,19 @@ import asyncio
 import enum
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
-from gatez.errors import Unauthenticated
+from gatez.errors import GatewayError, Unauthenticated
 from gatez.pipeline.stage import REQUEST_PHASES, Phase
-from gatez.pipeline.verdicts import Decision
+from gatez.pipeline.verdicts import Decision, Respond
 from gatez.policy import CompiledPolicy, CompiledRoute, ModelTarget
 from gatez.sse import SseSplitter
 
 if TYPE_CHECKING:
     from gatez.pipeline.observe import FlowTrace
     from gatez.pipeline.stage import Stage
+    from gatez.translate.model import ChatResponse, ErrorInfo, StreamEvent
+    from gatez.translate.schemas import StreamDecoder, StreamEncoder, WireSchema
 
 
 class BodyMode(enum.Enum):
@@ -42,31 +44,69 @@ class Principal:
     subject: str
 
 
+class ClientEndpoint(Protocol):
+    """The provider API a client speaks (OpenAI Chat, Anthropic Messages…), as the stages
+    before model routing need it: where its SDK may put the credential besides the headers."""
+
+    # A query parameter that may carry the credential (Gemini's `key`), or "".
+    @property
+    def credential_query(self) -> str: ...
+
+
 @dataclass(slots=True)
 class TokenUsage:
     input_tokens: int
     output_tokens: int
     # Counted by the gateway: the provider's own report never came.
     estimated: bool = False
+    # The parts of input_tokens read from and written to a provider's prompt cache.
+    cached_input_tokens: int = 0
+    cache_write_input_tokens: int = 0
 
 
 @dataclass(slots=True)
 class LlmCall:
-    """What model routing decided for an LLM request, and what the response reported."""
+    """What model routing decided for an LLM request, and what the response reported.
+
+    The response side is read through the shared model (`gatez.translate`): the provider's
+    bytes are decoded into `chunk_events` (a stream) or `response` (a whole answer) or
+    `provider_error`, every stage reads those, and the last one writes the client's bytes —
+    the provider's own when both speak one schema, a translation when not.
+    """
 
     target: ModelTarget
     stream: bool
     # The client asked for stream usage itself (stream_options.include_usage).
     client_wants_usage: bool
+    # The schemas the client and the provider speak (the same object when they are one).
+    client_schema: WireSchema | None = None
+    provider_schema: WireSchema | None = None
+    # An API passed through as it is ("responses", "embeddings"), not chat: "" for chat.
+    passthrough: str = ""
     usage: TokenUsage | None = None
     # The model the provider says answered (its response's "model"), when it said.
     response_model: str = ""
-    # Set when the response turned out to be SSE: the events seen so far, cut at boundaries.
+    # Streams: the provider's decoder, the client's encoder when translating, and the events
+    # the current chunk completed.
+    decoder: StreamDecoder | None = None
+    encoder: StreamEncoder | None = None
+    chunk_events: list[StreamEvent] = field(default_factory=list)
+    # The provider's own-schema answer could not be decoded (passed on untouched, estimated).
+    undecoded: bool = False
+    # A whole answer, decoded; or the provider's error answer, decoded.
+    response: ChatResponse | None = None
+    provider_error: ErrorInfo | None = None
+    # OpenAI to OpenAI streams whose usage the gateway asked for: the raw events, to strip it.
     events: SseSplitter | None = None
-    # The stream as the provider sent it (its first bytes, up to a bound) and its full length:
-    # what usage is estimated from when the provider's own usage never arrives.
-    stream_head: bytearray = field(default_factory=bytearray)
-    stream_bytes: int = 0
+    # The generated text seen so far (up to a bound) and its full length in characters: what
+    # usage is estimated from when the provider's own usage never arrives.
+    output_texts: list[str] = field(default_factory=list)
+    output_chars: int = 0
+    kept_chars: int = 0
+
+    @property
+    def translated(self) -> bool:
+        return self.client_schema is not self.provider_schema
 
 
 @dataclass(slots=True)
@@ -108,6 +148,11 @@ class Flow:
     request_body_mode: BodyMode = BodyMode.NONE
     response_body_mode: BodyMode = BodyMode.NONE
     principal: Principal | None = None
+    # On LLM routes: the client's API, found from the path before authentication.
+    api: ClientEndpoint | None = None
+    # Renders the gateway's own errors in the client's API format (None: OpenAI's, the
+    # default); `Respond.error` answers are passed through it.
+    error_format: Callable[[GatewayError], Respond] | None = None
     llm: LlmCall | None = None
     # Set when upstream response headers arrived (the provider saw the request).
     upstream_reached: bool = False

@@ -432,6 +432,8 @@ def _from_error(stage: Stage, error: BaseException) -> Decision:
 
 
 def _answered(flow: Flow, verdict: Respond) -> Respond:
+    if verdict.error is not None and flow.error_format is not None:
+        verdict = flow.error_format(verdict.error)
     if not flow.error:
         flow.error = verdict.reason or "gateway_response"
     return verdict

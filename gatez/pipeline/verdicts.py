@@ -26,13 +26,15 @@ class Respond:
     headers: tuple[tuple[str, str], ...] = (("content-type", "application/json"),)
     # Why the gateway answered itself, for the request log ("rate_limited", "cache_hit", ...).
     reason: str = ""
+    # The error this answers, when it is one: rendered again in the client's API format.
+    error: GatewayError | None = None
 
     @classmethod
     def from_error(cls, error: GatewayError) -> Respond:
         headers: tuple[tuple[str, str], ...] = (("content-type", "application/json"),)
         if error.retry_after_s is not None:
             headers += (("retry-after", str(error.retry_after_s)),)
-        return cls(error.http_status, error.json_body(), headers, error.reason)
+        return cls(error.http_status, error.json_body(), headers, error.reason, error)
 
 
 # How a phase ends, once every wait in it is over.

@@ -117,13 +117,16 @@ def test_one_trace_holds_envoys_spans_and_the_data_planes(
     )
     assert stage_calls == [
         ("authenticate", "request_headers"),
+        ("client_api", "request_headers"),
+        ("decode_response", "response_body"),
+        ("decode_response", "response_headers"),
+        ("encode_response", "response_body"),
         ("model_routing", "request_body"),
         ("model_routing", "request_headers"),
         ("provider_headers", "request_body"),
         ("rate_limit", "request_headers"),
         ("rate_limit check", "request_headers"),
         ("usage_meter", "response_body"),
-        ("usage_meter", "response_headers"),
     ]
     for child in children:
         assert request.span.start_time_unix_nano <= child.span.start_time_unix_nano
@@ -172,8 +175,10 @@ def test_a_refused_request_is_traced_with_the_stage_that_answered(
     assert request.attributes["http.response.status_code"] == 401
     assert request.attributes["gatez.error"] == "authentication_error"
     assert "gatez.tenant.id" not in request.attributes
-    (authenticate,) = (s for s in trace if s.parent_id == request.span_id)
-    assert authenticate.name == "authenticate"
+    children = {s.name: s for s in trace if s.parent_id == request.span_id}
+    # The client's API is recognised first (so the 401 is in its format), then refused.
+    assert sorted(children) == ["authenticate", "client_api"]
+    authenticate = children["authenticate"]
     assert authenticate.attributes["gatez.outcome"] == "respond"
 
 

@@ -7,8 +7,9 @@ import time
 import uuid
 from collections.abc import Callable
 
+from extproc.stages.client_api import ClientApi
 from gatez.pipeline import Decision, Flow, Respond, StageResult, Verdict
-from gatez.policy import EMPTY_POLICY, CompiledPolicy
+from gatez.policy import EMPTY_POLICY, CompiledPolicy, RouteKind
 
 
 def make_flow(
@@ -34,6 +35,9 @@ def make_flow(
     )
     if body is not None:
         flow.request_body = body
+    if flow.route is not None and flow.route.kind is RouteKind.LLM:
+        # As the LLM pipeline's first stage does: the client's API, from the path.
+        ClientApi().on_request_headers(flow)
     return flow
 
 

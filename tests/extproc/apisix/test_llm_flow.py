@@ -16,8 +16,9 @@ import pytest
 
 from extproc.apisix.frames import HttpRequestCall, RequestBodyInfo, Rewrite
 from extproc.apisix.plugin_wire import META_LENGTH, PluginRpc
-from extproc.stages.usage import streamed_texts
 from gatez.pipeline import CONTINUE, BodyMode, Flow, Respond, Verdict
+from gatez.translate.model import TextDelta
+from gatez.translate.openai_chat import StreamDecoder
 from tests.extproc.apisix.conftest import (
     API_KEY,
     PROVIDER_KEY,
@@ -337,7 +338,8 @@ async def test_a_stream_passes_chunk_by_chunk_with_usage_hidden_and_metered(
     body = received.body
     assert b'"usage"' not in body and body.endswith(b"data: [DONE]\n\n")
     reply = "Echo: hello apisix"
-    assert "".join(streamed_texts(body)) == reply
+    events = StreamDecoder().feed(body)
+    assert "".join(e.text for e in events if isinstance(e, TextDelta)) == reply
     chunks = [meta for rpc, meta in plugin.sent if rpc is PluginRpc.RESPONSE_CHUNK]
     assert chunks[-1] == {"flow": key, "eos": True}
     assert all(meta == {"flow": key, "eos": False} for meta in chunks[:-1])

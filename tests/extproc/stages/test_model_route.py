@@ -111,7 +111,7 @@ async def test_chat_completions_asks_for_the_buffered_body(path: str) -> None:
         ("POST", "/v1/chat/completions", False, InvalidRequest, 400),
         ("POST", "/v1/models", True, NotFound, 404),
         ("POST", "/v1/completions", True, NotFound, 404),
-        ("POST", "/v1/embeddings", True, NotFound, 404),
+        ("POST", "/v1/audio/speech", True, NotFound, 404),
         ("POST", "/v1/chat/completions/", True, NotFound, 404),
         ("GET", "/", False, NotFound, 404),
     ],

@@ -1,4 +1,5 @@
-"""UsageMeter: token usage from the provider's own report, and a client stream left as it was.
+"""UsageMeter (behind DecodeResponse, before EncodeResponse): token usage from the provider's
+own report, and a client stream left as it was.
 
 The streams are OpenAI's wire format: compact JSON chunks, `"usage":null` on every chunk and a
 usage-only final chunk (`"choices":[]`) when include_usage was asked for, then `data: [DONE]`.
@@ -14,11 +15,13 @@ from typing import Any
 import orjson
 import pytest
 
-from extproc.stages.usage import STREAM_HEAD_BYTES, UsageMeter, streamed_texts
+from extproc.stages.response import DecodeResponse, EncodeResponse
+from extproc.stages.usage import KEPT_OUTPUT_CHARS, UsageMeter
 from extproc.token_count import TokenCounter
-from gatez.pipeline import CONTINUE, BodyMode, Flow, LlmCall, TokenUsage
+from gatez.pipeline import CONTINUE, BodyMode, Flow, LlmCall, Phase, TokenUsage, Verdict
 from gatez.policy import compile_policy
 from gatez.sse import SseSplitter
+from gatez.translate.schemas import OPENAI_CHAT
 from gatez.v1 import policy_pb2
 from tests.support.flows import make_flow
 
@@ -40,6 +43,29 @@ POLICY = compile_policy(
 )
 TARGET = POLICY.resolve_model("acme", "fast")
 assert TARGET is not None
+
+
+class ResponseStages:
+    """The response side as the LLM pipeline runs it: decode, meter, encode."""
+
+    def __init__(self, tokens: TokenCounter | None = None) -> None:
+        self.meter = UsageMeter(tokens)
+        self._stages = (DecodeResponse(), self.meter, EncodeResponse())
+
+    def on_response_headers(self, flow: Flow) -> Verdict:
+        for stage in self._stages:
+            if Phase.RESPONSE_HEADERS in stage.phases:
+                assert stage.on_response_headers(flow) is CONTINUE
+        return CONTINUE
+
+    def on_response_body(self, flow: Flow) -> Verdict:
+        for stage in self._stages:
+            assert stage.on_response_body(flow) is CONTINUE
+        return CONTINUE
+
+    def on_done(self, flow: Flow) -> None:
+        self.meter.on_done(flow)
+
 
 COMPLETION_ID = "chatcmpl-B9MHDbslfkBeAs8l4bebGdFOJ6PeG"
 USAGE: dict[str, Any] = {
@@ -141,18 +167,26 @@ def llm_flow(*, stream: bool, client_wants_usage: bool) -> Flow:
     flow = make_flow(POLICY, body=orjson.dumps(REQUEST))
     flow.request_json = {**REQUEST, "stream": stream}
     assert TARGET is not None
-    flow.llm = LlmCall(target=TARGET, stream=stream, client_wants_usage=client_wants_usage)
+    flow.llm = LlmCall(
+        target=TARGET,
+        stream=stream,
+        client_wants_usage=client_wants_usage,
+        client_schema=OPENAI_CHAT,
+        provider_schema=OPENAI_CHAT,
+    )
     return flow
 
 
-async def respond_headers(meter: UsageMeter, flow: Flow, status: int, content_type: str) -> None:
+async def respond_headers(
+    meter: ResponseStages, flow: Flow, status: int, content_type: str
+) -> None:
     flow.upstream_reached = True
     flow.response_status = status
     flow.response_headers = {"content-type": content_type, "content-length": "1234"}
     assert meter.on_response_headers(flow) is CONTINUE
 
 
-async def feed(meter: UsageMeter, flow: Flow, chunk: bytes, *, end: bool) -> bytes:
+async def feed(meter: ResponseStages, flow: Flow, chunk: bytes, *, end: bool) -> bytes:
     """One response body message as Envoy sends it; returns what the client gets for it."""
     flow.response_chunk = chunk
     flow.end_of_stream = end
@@ -161,14 +195,14 @@ async def feed(meter: UsageMeter, flow: Flow, chunk: bytes, *, end: bool) -> byt
     return chunk if pending.body is None else pending.body
 
 
-async def stream_body(meter: UsageMeter, flow: Flow, chunks: list[bytes]) -> bytes:
+async def stream_body(meter: ResponseStages, flow: Flow, chunks: list[bytes]) -> bytes:
     """Feeds chunks, the last with end_of_stream; returns what the client gets."""
     last = len(chunks) - 1
     return b"".join([await feed(meter, flow, c, end=i == last) for i, c in enumerate(chunks)])
 
 
 async def run_stream(chunks: list[bytes], *, client_wants_usage: bool) -> tuple[bytes, Flow]:
-    meter = UsageMeter()
+    meter = ResponseStages()
     flow = llm_flow(stream=True, client_wants_usage=client_wants_usage)
     await respond_headers(meter, flow, 200, "text/event-stream; charset=utf-8")
     flow.take_pending()
@@ -201,7 +235,7 @@ def cut(stream: bytes, offsets: list[int]) -> list[bytes]:
 async def test_response_headers_choose_the_body_mode(
     status: int, content_type: str, client_wants_usage: bool, mode: BodyMode, drops_length: bool
 ) -> None:
-    meter = UsageMeter()
+    meter = ResponseStages()
     flow = llm_flow(stream=mode is BodyMode.STREAMED, client_wants_usage=client_wants_usage)
     await respond_headers(meter, flow, status, content_type)
     assert flow.response_body_mode is mode
@@ -213,7 +247,7 @@ async def test_response_headers_choose_the_body_mode(
 
 
 async def test_a_flow_without_an_llm_call_is_left_alone() -> None:
-    meter = UsageMeter()
+    meter = ResponseStages()
     flow = make_flow(POLICY, method="GET", path="/v1/models")
     await respond_headers(meter, flow, 200, "text/event-stream")
     assert flow.response_body_mode is BodyMode.NONE
@@ -224,7 +258,7 @@ async def test_a_flow_without_an_llm_call_is_left_alone() -> None:
 
 
 async def test_an_error_response_is_not_metered() -> None:
-    meter = UsageMeter()
+    meter = ResponseStages()
     flow = llm_flow(stream=False, client_wants_usage=False)
     await respond_headers(meter, flow, 429, "application/json")
     # No body phase is asked for, so the error body never reaches the meter.
@@ -237,7 +271,7 @@ async def test_an_error_response_is_not_metered() -> None:
 
 
 async def test_a_buffered_completion_reports_its_usage_and_is_not_touched() -> None:
-    meter = UsageMeter()
+    meter = ResponseStages()
     flow = llm_flow(stream=False, client_wants_usage=False)
     await respond_headers(meter, flow, 200, "application/json")
     flow.take_pending()
@@ -262,7 +296,7 @@ async def test_a_buffered_completion_reports_its_usage_and_is_not_touched() -> N
 async def test_a_buffered_body_without_a_usable_usage_is_estimated(
     body: bytes, tokens: TokenCounter
 ) -> None:
-    meter = UsageMeter(tokens)
+    meter = ResponseStages(tokens)
     flow = llm_flow(stream=False, client_wants_usage=False)
     await respond_headers(meter, flow, 200, "application/json")
     assert await stream_body(meter, flow, [body]) == body
@@ -275,7 +309,7 @@ async def test_a_buffered_body_without_a_usable_usage_is_estimated(
 async def test_a_buffered_completion_without_usage_counts_its_message(
     tokens: TokenCounter,
 ) -> None:
-    meter = UsageMeter(tokens)
+    meter = ResponseStages(tokens)
     flow = llm_flow(stream=False, client_wants_usage=False)
     await respond_headers(meter, flow, 200, "application/json")
     body = orjson.loads(COMPLETION)
@@ -289,7 +323,7 @@ async def test_a_buffered_completion_without_usage_counts_its_message(
 
 
 async def test_a_provider_usage_over_the_column_range_is_clamped() -> None:
-    meter = UsageMeter()
+    meter = ResponseStages()
     flow = llm_flow(stream=False, client_wants_usage=False)
     await respond_headers(meter, flow, 200, "application/json")
     await stream_body(meter, flow, [b'{"usage":{"prompt_tokens":5e9,"completion_tokens":1}}'])
@@ -317,7 +351,7 @@ async def test_client_asked_for_usage_stream_cut_at_every_byte() -> None:
 
 
 async def test_client_asked_for_usage_no_chunk_is_rewritten() -> None:
-    meter = UsageMeter()
+    meter = ResponseStages()
     flow = llm_flow(stream=True, client_wants_usage=True)
     await respond_headers(meter, flow, 200, "text/event-stream")
     flow.take_pending()
@@ -442,7 +476,7 @@ async def test_non_compact_usage_chunk_is_metered(client_wants_usage: bool) -> N
 
 
 async def test_interleaved_streams_keep_their_own_state() -> None:
-    meter = UsageMeter()
+    meter = ResponseStages()
     asked = llm_flow(stream=True, client_wants_usage=True)
     not_asked = llm_flow(stream=True, client_wants_usage=False)
     for flow in (asked, not_asked):
@@ -461,7 +495,7 @@ async def test_interleaved_streams_keep_their_own_state() -> None:
 
 
 async def test_a_client_supplied_request_id_shared_by_two_streams_does_not_mix_them() -> None:
-    meter = UsageMeter()
+    meter = ResponseStages()
     first = llm_flow(stream=True, client_wants_usage=False)
     second = llm_flow(stream=True, client_wants_usage=False)
     second.request_id = first.request_id
@@ -488,7 +522,7 @@ STREAMED_TEXT = "".join(str(d.get("content", "")) for d, _ in DELTAS)
 async def test_a_stream_cut_before_its_usage_is_estimated_from_what_was_streamed(
     tokens: TokenCounter,
 ) -> None:
-    meter = UsageMeter(tokens)
+    meter = ResponseStages(tokens)
     flow = llm_flow(stream=True, client_wants_usage=False)
     await respond_headers(meter, flow, 200, "text/event-stream")
     flow.take_pending()
@@ -520,7 +554,7 @@ async def test_a_stream_that_ends_without_usage_is_estimated(
 ) -> None:
     received, flow = await run_stream([WITHOUT_USAGE], client_wants_usage=client_wants_usage)
     assert received == WITHOUT_USAGE
-    UsageMeter(tokens).on_done(flow)
+    ResponseStages(tokens).on_done(flow)
     assert flow.llm is not None and flow.llm.usage is not None
     assert flow.llm.usage.estimated
     assert flow.llm.usage.output_tokens == tokens.count("gpt-4o-mini", [STREAMED_TEXT])
@@ -528,7 +562,7 @@ async def test_a_stream_that_ends_without_usage_is_estimated(
 
 async def test_reported_usage_is_not_estimated_again(tokens: TokenCounter) -> None:
     _, flow = await run_stream([WITH_USAGE], client_wants_usage=False)
-    UsageMeter(tokens).on_done(flow)
+    ResponseStages(tokens).on_done(flow)
     assert flow.llm is not None and flow.llm.usage == EXPECTED_USAGE
     assert not flow.llm.usage.estimated
 
@@ -537,7 +571,7 @@ async def test_reported_usage_is_not_estimated_again(tokens: TokenCounter) -> No
 async def test_a_call_the_provider_did_not_take_is_not_estimated(
     tokens: TokenCounter, status: int, reached: bool
 ) -> None:
-    meter = UsageMeter(tokens)
+    meter = ResponseStages(tokens)
     flow = llm_flow(stream=True, client_wants_usage=False)
     flow.upstream_reached = reached
     flow.response_status = status
@@ -553,13 +587,13 @@ async def test_a_long_stream_is_counted_from_its_head_in_proportion(
     stream = b"".join(
         sse({**head, "choices": [{"index": 0, "delta": {"content": piece}}]}) for piece in pieces
     )
-    assert len(stream) > 3 * STREAM_HEAD_BYTES
+    assert len("".join(pieces)) > KEPT_OUTPUT_CHARS / 4
     _, flow = await run_stream(
         cut(stream, list(range(1000, len(stream), 1000))), client_wants_usage=True
     )
-    UsageMeter(tokens).on_done(flow)
+    ResponseStages(tokens).on_done(flow)
     assert flow.llm is not None and flow.llm.usage is not None
-    assert len(flow.llm.stream_head) < len(stream)
+    assert flow.llm.kept_chars <= KEPT_OUTPUT_CHARS
     exact = tokens.count("gpt-4o-mini", ["".join(pieces)])
     assert abs(flow.llm.usage.output_tokens - exact) <= exact * 0.02
 
@@ -577,12 +611,14 @@ async def test_tool_calls_and_refusals_are_output_too(tokens: TokenCounter) -> N
         b"".join(sse({**head, "choices": [{"index": 0, "delta": delta}]}) for delta in deltas)
         + b'data: {"choices": [{"index": 0, "delta": {"content": "cut of'
     )
-    assert streamed_texts(stream) == ["get_weather", '{"city": "Paris"}', "I can't"]
+    _, flow = await run_stream([stream[:-20], stream[-20:]], client_wants_usage=True)
+    assert flow.llm is not None
+    assert flow.llm.output_texts == ["get_weather", '{"city": "Paris"}', "I can't"]
 
 
 async def test_until_the_tokenizer_loads_the_estimate_uses_the_rule_of_thumb() -> None:
     _, flow = await run_stream([WITHOUT_USAGE], client_wants_usage=False)
-    UsageMeter(TokenCounter()).on_done(flow)
+    ResponseStages(TokenCounter()).on_done(flow)
     assert flow.llm is not None and flow.llm.usage is not None
     assert flow.llm.usage.estimated
     assert flow.llm.usage.output_tokens == -(-len(STREAMED_TEXT.encode()) // 4)  # bytes / 4

@@ -10,8 +10,8 @@ from typing import Any
 import orjson
 import pytest
 
-from extproc.translate import gemini
-from extproc.translate.model import (
+from gatez.translate import gemini
+from gatez.translate.model import (
     BlockStop,
     ChatResponse,
     ErrorKind,
@@ -37,7 +37,7 @@ from extproc.translate.model import (
     Usage,
     UsageUpdate,
 )
-from tests.extproc.translate.conftest import decode_all, fixture
+from tests.gatez.translate.conftest import decode_all, fixture
 
 RECORDINGS = Path(__file__).parents[2] / "fakes" / "recordings" / "gemini"
 MODEL = "gemini-2.0-flash"

@@ -13,7 +13,9 @@ from typing import Any, Final
 
 import orjson
 
-from extproc.translate._wire import (
+from gatez.errors import quoted
+from gatez.sse import SseSplitter, event_data
+from gatez.translate._wire import (
     Fail,
     as_list,
     as_object,
@@ -28,7 +30,7 @@ from extproc.translate._wire import (
     opt_str,
     retry_after_seconds,
 )
-from extproc.translate.model import (
+from gatez.translate.model import (
     BlockStop,
     ChatRequest,
     ChatResponse,
@@ -62,8 +64,6 @@ from extproc.translate.model import (
     kind_of_status,
     merge_usage,
 )
-from gatez.errors import quoted
-from gatez.sse import SseSplitter, event_data
 
 SCHEMA: Final = "anthropic_messages"
 NAME: Final = "Anthropic Messages"

@@ -27,7 +27,9 @@ from urllib.parse import parse_qs, unquote
 
 import orjson
 
-from extproc.translate._wire import (
+from gatez.errors import quoted
+from gatez.sse import SseSplitter, event_data
+from gatez.translate._wire import (
     Fail,
     as_list,
     as_object,
@@ -41,7 +43,7 @@ from extproc.translate._wire import (
     or_empty,
     retry_after_seconds,
 )
-from extproc.translate.model import (
+from gatez.translate.model import (
     BlockStop,
     ChatRequest,
     ChatResponse,
@@ -75,8 +77,6 @@ from extproc.translate.model import (
     kind_of_status,
     merge_usage,
 )
-from gatez.errors import quoted
-from gatez.sse import SseSplitter, event_data
 
 SCHEMA: Final = "gemini"
 NAME: Final = "Google Gemini"

@@ -6,8 +6,8 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from extproc.translate import openai_chat
-from extproc.translate.model import (
+from gatez.translate import openai_chat
+from gatez.translate.model import (
     BlockStop,
     ChatResponse,
     ErrorKind,
@@ -32,7 +32,7 @@ from extproc.translate.model import (
     Usage,
     UsageUpdate,
 )
-from tests.extproc.translate.conftest import decode_all, fixture
+from tests.gatez.translate.conftest import decode_all, fixture
 
 WEATHER_CALL = ToolCall("call_abc123", "get_current_weather", '{\n"location": "Boston, MA"\n}')
 

@@ -8,8 +8,8 @@ import time
 import orjson
 import pytest
 
-from extproc.translate import anthropic_messages, openai_chat
-from extproc.translate.model import (
+from gatez.translate import anthropic_messages, openai_chat
+from gatez.translate.model import (
     ChatRequest,
     Image,
     Message,
@@ -25,7 +25,7 @@ from extproc.translate.model import (
     Unsupported,
     Usage,
 )
-from tests.extproc.translate.conftest import decode_all, fixture
+from tests.gatez.translate.conftest import decode_all, fixture
 
 STREAMS = [
     (openai_chat.StreamDecoder, "openai_stream_text.sse"),

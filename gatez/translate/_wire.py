@@ -10,8 +10,8 @@ from typing import Any
 
 import orjson
 
-from extproc.translate.model import TranslationError
 from gatez.errors import quoted
+from gatez.translate.model import TranslationError
 
 Fail = type[TranslationError]
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from extproc.translate import anthropic_messages
-from extproc.translate.model import (
+from gatez.translate import anthropic_messages
+from gatez.translate.model import (
     BlockStop,
     ChatResponse,
     ErrorKind,
@@ -32,7 +32,7 @@ from extproc.translate.model import (
     Unsupported,
     Usage,
 )
-from tests.extproc.translate.conftest import decode_all, fixture
+from tests.gatez.translate.conftest import decode_all, fixture
 
 WEATHER_CALL = ToolCall(
     "toolu_01A09q90qw90lq917835lq9",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from extproc.translate.model import StreamEvent
+from gatez.translate.model import StreamEvent
 
 FIXTURES = Path(__file__).parent / "fixtures"
 

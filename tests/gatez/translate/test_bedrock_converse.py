@@ -13,8 +13,8 @@ import orjson
 import pytest
 from botocore.eventstream import EventStreamBuffer
 
-from extproc.translate import anthropic_messages, bedrock_converse, openai_chat
-from extproc.translate.model import (
+from gatez.translate import anthropic_messages, bedrock_converse, openai_chat
+from gatez.translate.model import (
     BlockStop,
     ChatRequest,
     ChatResponse,
@@ -43,8 +43,8 @@ from extproc.translate.model import (
     Usage,
     UsageUpdate,
 )
-from tests.extproc.translate.conftest import decode_all, fixture
 from tests.fakes.replay import encode_chunk
+from tests.gatez.translate.conftest import decode_all, fixture
 
 RECORDINGS = Path(__file__).parents[2] / "fakes" / "recordings" / "bedrock"
 MODEL = "anthropic.claude-3-5-sonnet-20240620-v1:0"

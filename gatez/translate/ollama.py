@@ -25,7 +25,8 @@ from typing import Any, Final
 
 import orjson
 
-from extproc.translate._wire import (
+from gatez.errors import quoted
+from gatez.translate._wire import (
     Fail,
     as_list,
     as_object,
@@ -41,7 +42,7 @@ from extproc.translate._wire import (
     or_empty,
     retry_after_seconds,
 )
-from extproc.translate.model import (
+from gatez.translate.model import (
     BlockStop,
     ChatRequest,
     ChatResponse,
@@ -73,7 +74,6 @@ from extproc.translate.model import (
     kind_of_status,
     merge_usage,
 )
-from gatez.errors import quoted
 
 SCHEMA: Final = "ollama"
 NAME: Final = "Ollama"

@@ -10,7 +10,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any, Final
 
-from extproc.translate._wire import (
+from gatez.errors import quoted
+from gatez.sse import SseSplitter, event_data
+from gatez.translate._wire import (
     as_list,
     as_object,
     as_str,
@@ -25,7 +27,7 @@ from extproc.translate._wire import (
     or_empty,
     retry_after_seconds,
 )
-from extproc.translate.model import (
+from gatez.translate.model import (
     BlockStop,
     ChatRequest,
     ChatResponse,
@@ -59,8 +61,6 @@ from extproc.translate.model import (
     kind_of_status,
     merge_usage,
 )
-from gatez.errors import quoted
-from gatez.sse import SseSplitter, event_data
 
 SCHEMA: Final = "openai_chat"
 NAME: Final = "OpenAI Chat Completions"
@@ -450,9 +450,10 @@ def decode_response(raw: bytes) -> ChatResponse:
     fail = MalformedResponse
     body = load_object(raw, fail, "the response body")
     choices = as_list(body.get("choices"), fail, "choices")
-    if len(choices) != 1:
+    if len(choices) > 1:
         raise Unsupported(f"a response with {len(choices)} choices cannot be translated")
-    choice = as_object(choices[0], fail, "choices[0]")
+    # No choice at all (a usage-only answer) is an empty reply.
+    choice = as_object(choices[0], fail, "choices[0]") if choices else {"message": {}}
     message = as_object(choice.get("message"), fail, "choices[0].message")
     content: list[Text | ToolCall] = []
     text = opt_str(message.get("content"), fail, "choices[0].message.content")
@@ -474,8 +475,8 @@ def decode_response(raw: bytes) -> ChatResponse:
         )
     usage = body.get("usage")
     return ChatResponse(
-        id=as_str(body.get("id"), fail, "id"),
-        model=as_str(body.get("model"), fail, "model"),
+        id=opt_str(body.get("id"), fail, "id") or "",
+        model=opt_str(body.get("model"), fail, "model") or "",
         content=tuple(content),
         stop_reason=_stop_reason(choice.get("finish_reason"), fail),
         usage=None if usage is None else usage_of(usage, fail),
@@ -602,8 +603,9 @@ class StreamDecoder:
             self._started = True
             out.append(
                 MessageStart(
-                    id=as_str(chunk.get("id"), fail, "id"),
-                    model=as_str(chunk.get("model"), fail, "model"),
+                    # OpenAI-compatible servers do not all send these: not needed to translate.
+                    id=opt_str(chunk.get("id"), fail, "id") or "",
+                    model=opt_str(chunk.get("model"), fail, "model") or "",
                 )
             )
         for item in _list_or_none(chunk.get("choices"), "choices"):

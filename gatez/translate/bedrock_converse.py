@@ -24,7 +24,8 @@ from urllib.parse import quote
 
 import orjson
 
-from extproc.translate._wire import (
+from gatez.errors import quoted
+from gatez.translate._wire import (
     Fail,
     as_list,
     as_object,
@@ -38,7 +39,7 @@ from extproc.translate._wire import (
     opt_str,
     retry_after_seconds,
 )
-from extproc.translate.model import (
+from gatez.translate.model import (
     BlockStop,
     ChatRequest,
     ChatResponse,
@@ -72,7 +73,6 @@ from extproc.translate.model import (
     kind_of_status,
     merge_usage,
 )
-from gatez.errors import quoted
 
 SCHEMA: Final = "bedrock_converse"
 NAME: Final = "Bedrock Converse"

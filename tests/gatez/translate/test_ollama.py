@@ -12,8 +12,8 @@ from typing import Any
 import orjson
 import pytest
 
-from extproc.translate import anthropic_messages, ollama, openai_chat
-from extproc.translate.model import (
+from gatez.translate import anthropic_messages, ollama, openai_chat
+from gatez.translate.model import (
     BlockStop,
     ChatRequest,
     ChatResponse,
@@ -43,7 +43,7 @@ from extproc.translate.model import (
     Unsupported,
     Usage,
 )
-from tests.extproc.translate.conftest import decode_all, fixture
+from tests.gatez.translate.conftest import decode_all, fixture
 
 RECORDINGS = Path(__file__).resolve().parents[2] / "fakes" / "recordings" / "ollama"
 MODEL = "llama3.2"

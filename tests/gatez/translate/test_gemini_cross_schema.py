@@ -6,8 +6,8 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from extproc.translate import anthropic_messages, gemini, openai_chat
-from extproc.translate.model import (
+from gatez.translate import anthropic_messages, gemini, openai_chat
+from gatez.translate.model import (
     ChatRequest,
     Image,
     Message,
@@ -22,7 +22,7 @@ from extproc.translate.model import (
     ToolResult,
     Unsupported,
 )
-from tests.extproc.translate.conftest import decode_all, fixture
+from tests.gatez.translate.conftest import decode_all, fixture
 
 MODEL = "gemini-2.0-flash"
 
