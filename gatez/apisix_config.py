@@ -124,7 +124,9 @@ def llm_route() -> dict[str, object]:
     request, so a provider key never leaves by another path."""
     return {
         "id": "gatez-llm",
-        "uris": ["/v1/*"],
+        # Gemini's /v1beta too; Ollama's /api/… and Bedrock's /model come by the catch-all, whose
+        # plugin takes over the same way (a policy may give those prefixes to REST routes).
+        "uris": ["/v1/*", "/v1beta/*"],
         "priority": 10,
         "timeout": dict(LLM_TIMEOUT),
         "plugins": {

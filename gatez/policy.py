@@ -125,6 +125,17 @@ ROUTE_KINDS: Final = {
 # Kinds a data plane serves today; MCP and A2A are the agent gateway's, still to come.
 SERVED_ROUTE_KINDS: Final = frozenset({RouteKind.LLM, RouteKind.REST})
 DEFAULT_LLM_PREFIX: Final = "/v1"
+# The built-in LLM routes, each unless a policy route claims its prefix: OpenAI's and
+# Anthropic's `/v1`, Gemini's `/v1beta`, Ollama's three (not all of `/api`, which REST APIs
+# use), Bedrock Runtime's `/model`.
+DEFAULT_LLM_PREFIXES: Final = {
+    DEFAULT_LLM_PREFIX: "default-llm",
+    "/v1beta": "default-llm-gemini",
+    "/api/chat": "default-llm-ollama-chat",
+    "/api/generate": "default-llm-ollama-generate",
+    "/api/tags": "default-llm-ollama-tags",
+    "/model": "default-llm-bedrock",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -288,8 +299,9 @@ def _routes(snapshot: policy_pb2.PolicySnapshot) -> RouteTable:
         ids.add(route.id)
         prefixes.add(prefix)
         routes.append(CompiledRoute(route.id, prefix, kind, upstream, route.strip_prefix))
-    if DEFAULT_LLM_PREFIX not in prefixes:
-        routes.append(CompiledRoute("default-llm", DEFAULT_LLM_PREFIX, RouteKind.LLM))
+    for prefix, route_id in DEFAULT_LLM_PREFIXES.items():
+        if prefix not in prefixes:
+            routes.append(CompiledRoute(route_id, prefix, RouteKind.LLM))
     return RouteTable(routes)
 
 

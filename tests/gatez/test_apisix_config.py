@@ -61,7 +61,7 @@ def test_the_routes_end_with_the_end_marker_and_fail_closed() -> None:
     text = apisix_config.render_routes(rest_upstream_url="http://[::1]:8080")
     assert text.endswith("\n#END\n")
     llm, rest = yaml.safe_load(text)["routes"]
-    assert (llm["uris"], rest["uris"]) == (["/v1/*"], ["/*"])
+    assert (llm["uris"], rest["uris"]) == (["/v1/*", "/v1beta/*"], ["/*"])
     assert rest["upstream"]["nodes"] == {"[::1]:8080": 1}
     assert set(rest["plugins"]) == {"ext-plugin-pre-req", "gatez"}
     # Without the runner, no traffic (degradation would pass requests unchecked).
