@@ -83,7 +83,7 @@ def test_the_https_listener_is_rendered_only_with_a_certificate(tmp_path: Path) 
     context = listeners[1]["filter_chains"][0]["transport_socket"]["typed_config"]
     assert context["common_tls_context"]["alpn_protocols"] == ["h2", "http/1.1"]
     assert context["common_tls_context"]["tls_params"]["tls_minimum_protocol_version"] == "TLSv1_2"
-    assert both.count("local_reply_config") == 1
+    assert both.count("local_reply_config:") == 1
     for name, text in (("plain", plain), ("both", both)):
         config = tmp_path / f"{name}.yaml"
         config.write_text(text)
