@@ -20,6 +20,7 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from gatez.processes import write_private
@@ -172,8 +173,19 @@ class CertificateAuthority(IssuedCertificate):
 
 
 def load_certificate(cert_file: Path, key_file: Path) -> IssuedCertificate:
-    """A PEM certificate (the first of its file's chain) and its ECDSA key, checked to belong
-    together; ValueError saying which file is wrong otherwise."""
+    """A certificate Gatez made (ECDSA) from its PEM files; ValueError saying which file is
+    wrong otherwise."""
+    certificate, key = check_certificate_files(cert_file, key_file)
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise ValueError(f"{key_file} is not an ECDSA key")
+    return IssuedCertificate(key, certificate)
+
+
+def check_certificate_files(
+    cert_file: Path, key_file: Path
+) -> tuple[x509.Certificate, PrivateKeyTypes]:
+    """A PEM certificate (the first of its file's chain) and its unencrypted private key (RSA,
+    ECDSA…), checked to belong together; ValueError saying which file is wrong otherwise."""
     try:
         certificate = x509.load_pem_x509_certificate(cert_file.read_bytes())
     except ValueError as error:
@@ -182,11 +194,9 @@ def load_certificate(cert_file: Path, key_file: Path) -> IssuedCertificate:
         key = serialization.load_pem_private_key(key_file.read_bytes(), password=None)
     except (ValueError, TypeError) as error:
         raise ValueError(f"{key_file} holds no unencrypted PEM private key: {error}") from None
-    if not isinstance(key, ec.EllipticCurvePrivateKey):
-        raise ValueError(f"{key_file} is not an ECDSA key")
     if key.public_key() != certificate.public_key():
         raise ValueError(f"{key_file} is not the key of {cert_file}")
-    return IssuedCertificate(key, certificate)
+    return certificate, key
 
 
 @dataclass(frozen=True, slots=True)
@@ -228,7 +238,7 @@ class TlsListenerSettings:
         or the local certificate kept in `local_directory`."""
         if self.cert_file is None or self.key_file is None:
             return local_server_tls(local_directory)
-        load_certificate(self.cert_file, self.key_file)
+        check_certificate_files(self.cert_file, self.key_file)
         return ServerTls(self.cert_file, self.key_file)
 
 

@@ -14,7 +14,9 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
-from cryptography.x509.oid import ExtendedKeyUsageOID
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from gatez.tls import (
     LOCAL_NAMES,
@@ -166,6 +168,30 @@ def test_settings_take_the_operators_certificate_and_check_it(tmp_path: Path) ->
         None,
     )
     assert not (tmp_path / "unused").exists()
+
+    # An RSA certificate (most public CAs' kind) is taken too.
+    rsa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "gateway.example.com")])
+    rsa_certificate = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(rsa_key.public_key())
+        .serial_number(1)
+        .not_valid_before(NOW)
+        .not_valid_after(NOW + datetime.timedelta(days=1))
+        .sign(rsa_key, hashes.SHA256())
+    )
+    (tmp_path / "rsa.pem").write_bytes(rsa_certificate.public_bytes(serialization.Encoding.PEM))
+    (tmp_path / "rsa-key.pem").write_bytes(
+        rsa_key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.TraditionalOpenSSL,
+            serialization.NoEncryption(),
+        )
+    )
+    rsa_settings = TlsListenerSettings(8443, tmp_path / "rsa.pem", tmp_path / "rsa-key.pem")
+    assert rsa_settings.server_tls(tmp_path / "unused").cert_file == tmp_path / "rsa.pem"
 
     # The key of another certificate stops the start, naming the file.
     authority.write(tmp_path / "ca.pem", tmp_path / "ca-key.pem")
