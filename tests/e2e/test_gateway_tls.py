@@ -24,6 +24,8 @@ from gatez.stack import Stack
 from gatez.tls import ServerTls
 from gatez.v1 import control_pb2, policy_pb2
 from tests.e2e.conftest import Admin, TenantAccess
+from tests.e2e.test_routes import create_rest_route
+from tests.fakes.openai_upstream import UpstreamServer
 
 MESSAGES: list[Any] = [{"role": "user", "content": "hello over tls"}]
 
@@ -193,3 +195,22 @@ def request_logs(admin: Admin, tenant_id: str) -> list[Any]:
         if rows or time.monotonic() > deadline:
             return list(rows)
         time.sleep(0.1)
+
+
+def test_a_rest_upstream_learns_the_client_came_over_https(
+    stack: Stack,
+    admin: Admin,
+    tenant: TenantAccess,
+    upstream: UpstreamServer,
+    trusting_client: openai.DefaultHttpxClient,
+) -> None:
+    prefix = create_rest_route(admin, upstream)
+    seen = []
+    for origin in (stack.config.gateway_tls_url, stack.config.gateway_url):
+        before = len(upstream.recorder.requests)
+        trusting_client.get(
+            f"{origin}{prefix}/models", headers={"authorization": f"Bearer {tenant.api_key}"}
+        )
+        (reached,) = upstream.recorder.requests[before:]
+        seen.append(reached.header("x-forwarded-proto"))
+    assert seen == ["https", "http"]
