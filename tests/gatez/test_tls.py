@@ -27,8 +27,6 @@ from gatez.tls import (
     local_server_tls,
 )
 
-NOW = datetime.datetime.now(datetime.UTC)
-
 
 def read(path: Path) -> x509.Certificate:
     return x509.load_pem_x509_certificate(path.read_bytes())
@@ -57,7 +55,8 @@ def test_the_local_certificate_names_the_local_addresses_and_serves_only_as_a_se
     server.verify_directly_issued_by(authority)
     lifetime = server.not_valid_after_utc - server.not_valid_before_utc
     assert SERVER_VALIDITY <= lifetime <= SERVER_VALIDITY + datetime.timedelta(minutes=10)
-    assert server.not_valid_before_utc <= NOW <= server.not_valid_after_utc
+    now = datetime.datetime.now(datetime.UTC)
+    assert server.not_valid_before_utc <= now <= server.not_valid_after_utc
     for key in (tls.key_file, tmp_path / "tls" / "ca-key.pem"):
         assert stat.S_IMODE(key.stat().st_mode) == 0o600
 
@@ -178,8 +177,8 @@ def test_settings_take_the_operators_certificate_and_check_it(tmp_path: Path) ->
         .issuer_name(subject)
         .public_key(rsa_key.public_key())
         .serial_number(1)
-        .not_valid_before(NOW)
-        .not_valid_after(NOW + datetime.timedelta(days=1))
+        .not_valid_before(datetime.datetime.now(datetime.UTC))
+        .not_valid_after(datetime.datetime.now(datetime.UTC) + datetime.timedelta(days=1))
         .sign(rsa_key, hashes.SHA256())
     )
     (tmp_path / "rsa.pem").write_bytes(rsa_certificate.public_bytes(serialization.Encoding.PEM))
