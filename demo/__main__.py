@@ -14,12 +14,13 @@ from demo.seed import AdminClient, seed_demo
 from gatez.processes import wait_for_port
 from gatez.settings import DEV_ADMIN_TOKEN, DEV_DEMO_KEY
 from gatez.stack import Stack, StackConfig
+from gatez.tls import TlsListenerSettings
 
 QUICKSTART = """
 Gatez is up.
 
   Gateway ({proxy:<6}) {gateway}     point OpenAI SDKs at {gateway}/v1
-  Control (gRPC)   {control}   admin token: $GATEZ_ADMIN_TOKEN ({token_note})
+{https}  Control (gRPC)   {control}   admin token: $GATEZ_ADMIN_TOKEN ({token_note})
   Demo tenant key  {key_note}
   Demo upstream    {upstream}   an offline OpenAI-compatible echo model
   Logs             {logs}/
@@ -51,6 +52,12 @@ def main() -> None:
     if config.proxy not in ("envoy", "apisix"):
         raise SystemExit(f"GATEZ_PROXY is envoy or apisix, not {config.proxy!r}")
     config.admin_token = os.environ.get("GATEZ_ADMIN_TOKEN", DEV_ADMIN_TOKEN)
+    # HTTPS on $GATEZ_TLS_PORT (default 9443, 0: none), with the operator's certificate or one
+    # made in .gatez/tls/ on the first start.
+    try:
+        config.tls = TlsListenerSettings.from_env()
+    except ValueError as error:
+        raise SystemExit(str(error)) from None
     demo_key = os.environ.get("GATEZ_DEMO_KEY", DEV_DEMO_KEY)
     upstream_port = int(os.environ.get("GATEZ_DEMO_UPSTREAM_PORT", "18000"))
     upstream_key = "demo-upstream-key"
@@ -93,6 +100,7 @@ def main() -> None:
                 key_note=f"$GATEZ_DEMO_KEY = {demo_key}",
                 upstream=f"http://127.0.0.1:{upstream_port}/v1",
                 logs=stack.logs,
+                https=https_lines(stack),
             ),
             flush=True,
         )
@@ -107,6 +115,23 @@ def main() -> None:
         print("\nstopping…", flush=True)
     finally:
         stack.stop()
+
+
+def https_lines(stack: Stack) -> str:
+    """The quick-start lines of the HTTPS listener: its URL and, with the local certificate,
+    the CA file clients trust it by."""
+    tls = stack.tls
+    if tls is None:
+        return ""
+    url = stack.config.gateway_tls_url
+    if tls.ca_file is None:
+        return f"  Gateway (HTTPS)  {url}    certificate {tls.cert_file}\n"
+    return (
+        f"  Gateway (HTTPS)  {url}    certificate from a local CA; trust it with\n"
+        f"                   SSL_CERT_FILE={tls.ca_file}\n"
+        f"                   (REQUESTS_CA_BUNDLE= for requests, AWS_CA_BUNDLE= for boto3, or\n"
+        f"                   httpx.Client(verify=ssl.create_default_context(cafile=...)))\n"
+    )
 
 
 if __name__ == "__main__":

@@ -10,12 +10,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import TYPE_CHECKING, Final
 from urllib.parse import urlsplit
 
 import yaml
 
 from gatez.envoy_config import CA_BUNDLE
+
+if TYPE_CHECKING:
+    from gatez.tls import ServerTls
 
 CHECKOUT: Final = Path(__file__).resolve().parent.parent
 # The Gatez Lua plugin, loaded as `apisix.plugins.gatez` through `extra_lua_path`.
@@ -26,6 +29,10 @@ LLM_TIMEOUT: Final = {"connect": 5, "send": 600, "read": 600}
 UPSTREAM_TLS_VERIFY: Final = "proxy_ssl_verify on;\nproxy_ssl_verify_depth 5;\n"
 # APISIX loads a standalone routes file only when it ends with this line.
 END_MARKER: Final = "#END"
+# The HTTPS listener's protocols (nginx's spelling), as Envoy's: TLS 1.2 and 1.3.
+TLS_PROTOCOLS: Final = "TLSv1.2 TLSv1.3"
+# The name APISIX matches a certificate by when the client sends no SNI.
+NO_SNI_NAME: Final = "localhost"
 # How the runner's refusal to start begins (on stderr, which APISIX copies into its error log).
 RUNNER_REFUSAL: Final = "gatez APISIX runner: not started:"
 
@@ -48,9 +55,12 @@ def render_config(
     checkout: Path = CHECKOUT,
     ca_bundle: str = CA_BUNDLE,
     error_log: Path | None = None,
+    tls_port: int = 0,
 ) -> str:
-    """`conf/config.yaml`: standalone (routes from `conf/apisix.yaml`), one HTTP/1.1 listener,
-    no admin or control API, no TLS listener; APISIX's TLS clients trust `ca_bundle` only.
+    """`conf/config.yaml`: standalone (routes from `conf/apisix.yaml`), one HTTP/1.1 listener
+    and, when `tls_port` is not 0, an HTTPS one (its certificate is an SSL object in
+    `apisix.yaml`, see `render_routes`); no admin or control API. APISIX's TLS clients trust
+    `ca_bundle` only.
 
     `envs` are the variables nginx passes on to the runner (`NAME`, or `NAME=value` to set
     one); nginx drops every other. The Gatez Lua plugin comes from `checkout`."""
@@ -78,7 +88,7 @@ def render_config(
             # This nginx (1.22) has no `http2 on`.
             "enable_http2": False,
             "extra_lua_path": f"{checkout.resolve()}/?.lua",
-            "ssl": {"enable": False, "ssl_trusted_certificate": ca_bundle},
+            "ssl": _ssl_config(listen_address, tls_port, ca_bundle),
         },
         "nginx_config": nginx_config,
         "ext-plugin": {"cmd": list(runner_command)},
@@ -86,6 +96,37 @@ def render_config(
         "stream_plugins": [],
     }
     return _dump(config)
+
+
+def _ssl_config(listen_address: str, tls_port: int, ca_bundle: str) -> dict[str, object]:
+    if not tls_port:
+        return {"enable": False, "ssl_trusted_certificate": ca_bundle}
+    return {
+        "enable": True,
+        "listen": [{"ip": listen_address, "port": tls_port}],
+        "ssl_protocols": TLS_PROTOCOLS,
+        # APISIX picks a certificate by the client's SNI only, and refuses the handshake of a
+        # client that sends none (one connecting by IP address, as SDKs pointed at
+        # https://127.0.0.1 do) unless this names one for it (apisix/ssl.lua, server_name).
+        # Gatez's SSL object serves every name (`sni: "*"`), so any name does here.
+        "fallback_sni": NO_SNI_NAME,
+        "ssl_trusted_certificate": ca_bundle,
+    }
+
+
+def gateway_ssl(tls: ServerTls) -> dict[str, object]:
+    """The SSL object of the gateway's HTTPS listener: its certificate (chain) and key, served
+    whatever name the client asks for, as Envoy's listener does (the client checks the name).
+    A single `sni` of "*" is APISIX's wildcard for every name (radixtree_sni.lua); an `snis`
+    list holding "*" would match only names without a dot."""
+    return {
+        "id": "gatez-tls",
+        "type": "server",
+        "sni": "*",
+        "cert": tls.cert_file.read_text(),
+        "key": tls.key_file.read_text(),
+        "ssl_protocols": TLS_PROTOCOLS.split(),
+    }
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,12 +189,21 @@ def rest_route(upstream_url: str) -> dict[str, object]:
     }
 
 
-def render_routes(*, rest_upstream_url: str, extra_routes: Sequence[dict[str, object]] = ()) -> str:
+def render_routes(
+    *,
+    rest_upstream_url: str,
+    extra_routes: Sequence[dict[str, object]] = (),
+    tls: ServerTls | None = None,
+) -> str:
     """`conf/apisix.yaml`: the LLM route and the REST catch-all (and `extra_routes`, such as a
-    benchmark's plain route). Gatez's policy decides what each path is; a path no policy route
-    knows is the runner's 404 JSON, whichever APISIX route it came by."""
+    benchmark's plain route), and with `tls` the HTTPS listener's SSL object (the file then
+    holds its private key: write it mode 0600). Gatez's policy decides what each path is; a
+    path no policy route knows is the runner's 404 JSON, whichever APISIX route it came by."""
     routes = [llm_route(), rest_route(rest_upstream_url), *extra_routes]
-    return _dump({"routes": routes}) + END_MARKER + "\n"
+    document: dict[str, object] = {"routes": routes}
+    if tls is not None:
+        document["ssls"] = [gateway_ssl(tls)]
+    return _dump(document) + END_MARKER + "\n"
 
 
 def _runner_conf() -> list[dict[str, str]]:

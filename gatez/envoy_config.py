@@ -1,4 +1,5 @@
-"""Renders `envoy/envoy.yaml` for one deployment (ports, the data plane's socket, tracing)."""
+"""Renders `envoy/envoy.yaml` for one deployment (ports, the data plane's socket, tracing, the
+HTTPS listener's certificate)."""
 
 from __future__ import annotations
 
@@ -8,15 +9,24 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from string import Template
-from typing import Final
+from typing import TYPE_CHECKING, Final
 from urllib.parse import urlsplit
+
+if TYPE_CHECKING:
+    from gatez.tls import ServerTls
 
 TEMPLATE = Path(__file__).resolve().parent.parent / "envoy" / "envoy.yaml"
 CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
-# The template's tracing blocks, each between its two marker comments (indentation included).
-TRACING_BLOCK: Final = re.compile(
-    r"^[ \t]*# @tracing-begin\n.*?^[ \t]*# @tracing-end\n", re.M | re.S
-)
+
+
+def _optional_block(name: str) -> re.Pattern[str]:
+    """The template's blocks `name`, each between its two marker comments (indentation
+    included)."""
+    return re.compile(rf"^[ \t]*# @{name}-begin\n.*?^[ \t]*# @{name}-end\n", re.M | re.S)
+
+
+TRACING_BLOCK: Final = _optional_block("tracing")
+TLS_BLOCK: Final = _optional_block("tls")
 OTLP_GRPC_PORT: Final = 4317
 
 
@@ -81,9 +91,12 @@ def render(
     ca_bundle: str = CA_BUNDLE,
     message_timeout: str = "5s",
     tracing: EnvoyTracing | None = None,
+    tls_port: int = 0,
+    tls: ServerTls | None = None,
 ) -> str:
     """The bootstrap YAML with every placeholder filled (a missing one is an error); the
-    tracing blocks only when `tracing` is given."""
+    tracing blocks only when `tracing` is given, the HTTPS listener on `tls_port` only when
+    `tls` (its certificate) is."""
     template = TEMPLATE.read_text()
     values: dict[str, object] = {
         "LISTEN_ADDRESS": listen_address,
@@ -93,6 +106,16 @@ def render(
         "CA_BUNDLE": ca_bundle,
         "MESSAGE_TIMEOUT": message_timeout,
     }
+    if tls is None:
+        template = TLS_BLOCK.sub("", template)
+    elif not 0 < tls_port < 65536:
+        raise ValueError(f"the HTTPS listener needs a port, not {tls_port}")
+    else:
+        values.update(
+            TLS_PORT=tls_port,
+            TLS_CERT_FILE=tls.cert_file.resolve(),
+            TLS_KEY_FILE=tls.key_file.resolve(),
+        )
     if tracing is None:
         template = TRACING_BLOCK.sub("", template)
     else:

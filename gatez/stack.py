@@ -31,6 +31,7 @@ from gatez.processes import (
 )
 from gatez.redis_client import read_password
 from gatez.settings import DEV_ADMIN_TOKEN
+from gatez.tls import ServerTls, TlsListenerSettings
 
 # `make run` takes the Redis password from here when set (else it generates one).
 REDIS_PASSWORD_ENV = "GATEZ_REDIS_PASSWORD"
@@ -92,12 +93,18 @@ class StackConfig:
     # The one file of CA certificates the proxy trusts for TLS to providers (tests: the system
     # bundle plus their own CA).
     ca_bundle: str = CA_BUNDLE
+    # The proxy's HTTPS listener (None: plain HTTP only); without the operator's certificate,
+    # one made in `tls_dir` (a local CA and a server certificate for localhost).
+    tls: TlsListenerSettings | None = None
 
     @classmethod
-    def ephemeral(cls, state_dir: Path) -> StackConfig:
-        """Free ports everywhere (six different ones), for tests and benchmarks."""
-        listen, admin, control, redis, control_metrics, data_plane_metrics = _free_ports(6)
+    def ephemeral(cls, state_dir: Path, *, tls: bool = False) -> StackConfig:
+        """Free ports everywhere (six different ones, seven `tls`), for tests and benchmarks."""
+        listen, admin, control, redis, control_metrics, data_plane_metrics, *https = _free_ports(
+            7 if tls else 6
+        )
         return cls(
+            tls=TlsListenerSettings(port=https[0]) if https else None,
             state_dir=state_dir,
             listen_port=listen,
             envoy_admin_port=admin,
@@ -144,6 +151,23 @@ class StackConfig:
     @property
     def gateway_url(self) -> str:
         return f"http://127.0.0.1:{self.listen_port}"
+
+    @property
+    def tls_port(self) -> int:
+        """The HTTPS listener's port (0: none)."""
+        return self.tls.port if self.tls else 0
+
+    @property
+    def gateway_tls_url(self) -> str:
+        """The HTTPS listener's URL (ValueError when there is none)."""
+        if not self.tls_port:
+            raise ValueError("this stack has no HTTPS listener")
+        return f"https://127.0.0.1:{self.tls_port}"
+
+    @property
+    def tls_dir(self) -> Path:
+        """Where the local CA and the gateway's own certificate are kept."""
+        return self.state_dir / "tls"
 
     @property
     def control_metrics_url(self) -> str:
@@ -202,6 +226,8 @@ class Stack:
         self._log_files: dict[str, IO[bytes]] = {}
         # Under APISIX: the APISIX started (its runner is the data plane).
         self.apisix: RunningApisix | None = None
+        # The HTTPS listener's certificate, as the proxy last started with it.
+        self.tls: ServerTls | None = None
 
     def start(self) -> Stack:
         self.logs.mkdir(parents=True, exist_ok=True)
@@ -278,9 +304,17 @@ class Stack:
         self.spawn("dataplane", [sys.executable, "-m", "extproc"], env)
         _wait_for_file(socket, timeout_s=60, process=self.processes["dataplane"])
 
+    def server_tls(self) -> ServerTls | None:
+        """The HTTPS listener's certificate (made or renewed now when it is the local one), or
+        None without an HTTPS listener; kept in `self.tls`."""
+        settings = self.config.tls
+        self.tls = settings.server_tls(self.config.tls_dir) if settings and settings.port else None
+        return self.tls
+
     def start_envoy(self) -> None:
         config = self.config
         path = config.state_dir / "envoy.yaml"
+        tls = self.server_tls()
         path.write_text(
             render(
                 listen_port=config.listen_port,
@@ -289,6 +323,8 @@ class Stack:
                 ca_bundle=config.ca_bundle,
                 # Traced when the data plane is (the same OTEL_* variables).
                 tracing=EnvoyTracing.from_env(config.environment()),
+                tls_port=config.tls_port,
+                tls=tls,
             )
         )
         self.spawn(
@@ -302,6 +338,8 @@ class Stack:
             ],
         )  # fmt: skip
         wait_for_port(config.listen_port, timeout_s=30)
+        if tls is not None:
+            wait_for_port(config.tls_port, timeout_s=30)
 
     def start_apisix(self) -> None:
         """A real APISIX from `apisix_prefix` (config written into its `conf/`), which spawns
@@ -313,6 +351,7 @@ class Stack:
         install.require()
         # Before writing its config: a running APISIX re-reads apisix.yaml when it changes.
         install.require_stopped()
+        tls = self.server_tls()
         state = config.data_plane_dir.resolve()
         state.mkdir(parents=True, exist_ok=True)
         settings = config.runner_settings()
@@ -336,13 +375,17 @@ class Stack:
                 envs=[*settings, f"PYTHONPATH={python_path}"],
                 ca_bundle=config.ca_bundle,
                 error_log=log.resolve(),
+                tls_port=config.tls_port,
             )
         )
-        (install.conf_dir / "apisix.yaml").write_text(
+        # Private: with an HTTPS listener it holds the certificate's key.
+        write_private(
+            install.conf_dir / "apisix.yaml",
             apisix_config.render_routes(
                 rest_upstream_url=config.apisix_rest_upstream_url,
                 extra_routes=config.apisix_extra_routes,
-            )
+                tls=tls,
+            ),
         )
         # APISIX's own environment holds no setting the runner must not have (the admin token).
         env = {
@@ -370,11 +413,13 @@ class Stack:
         seen = log.read_text(errors="replace").count(marker)
         routes = self.apisix.install.conf_dir / "apisix.yaml"
         previous = routes.stat().st_mtime
-        routes.write_text(
+        write_private(
+            routes,
             apisix_config.render_routes(
                 rest_upstream_url=self.config.apisix_rest_upstream_url,
                 extra_routes=self.config.apisix_extra_routes,
-            )
+                tls=self.tls,
+            ),
         )
         # APISIX notices a change by the file's mtime, in whole seconds.
         changed = max(time.time(), previous + 1)

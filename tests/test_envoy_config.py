@@ -5,8 +5,12 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
+import pytest
+import yaml
+
 from gatez.envoy_config import EnvoyTracing, render
 from gatez.processes import require_binary
+from gatez.tls import local_server_tls
 
 
 def test_rendered_bootstrap_validates(tmp_path: Path) -> None:
@@ -55,3 +59,34 @@ def test_tracing_blocks_are_rendered_only_when_traces_are_exported(tmp_path: Pat
         config.write_text(text)
         assert "${" not in text
         validate(config)
+
+
+def test_the_https_listener_is_rendered_only_with_a_certificate(tmp_path: Path) -> None:
+    socket = f"unix:{tmp_path}/x.sock"
+    plain = render(listen_port=19080, admin_port=19901, extproc_socket=socket)
+    tls = local_server_tls(tmp_path / "tls")
+    both = render(
+        listen_port=19080, admin_port=19901, extproc_socket=socket, tls_port=19443, tls=tls
+    )
+
+    assert "gatez_tls" not in plain and "DownstreamTlsContext" not in plain
+    assert "# @tls-begin" not in plain
+    assert "port_value: 19443" in both and str(tls.key_file) in both
+    # One connection manager, run by both listeners (a YAML alias, not a copy).
+    document = yaml.safe_load(both)
+    listeners = document["static_resources"]["listeners"]
+    assert [listener["name"] for listener in listeners] == ["gatez", "gatez_tls"]
+    managers = [
+        listener["filter_chains"][0]["filters"][0]["typed_config"] for listener in listeners
+    ]
+    assert managers[0] == managers[1] and managers[0]["stat_prefix"] == "gatez"
+    context = listeners[1]["filter_chains"][0]["transport_socket"]["typed_config"]
+    assert context["common_tls_context"]["alpn_protocols"] == ["h2", "http/1.1"]
+    assert context["common_tls_context"]["tls_params"]["tls_minimum_protocol_version"] == "TLSv1_2"
+    assert both.count("local_reply_config:") == 1
+    for name, text in (("plain", plain), ("both", both)):
+        config = tmp_path / f"{name}.yaml"
+        config.write_text(text)
+        validate(config)
+    with pytest.raises(ValueError, match="needs a port"):
+        render(listen_port=19080, admin_port=19901, extproc_socket=socket, tls=tls)

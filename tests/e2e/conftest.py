@@ -84,13 +84,16 @@ def stack(
     server, and by the grpc.aio fallback), and a real APISIX 3.18 (installed by `make apisix`
     under $GATEZ_APISIX_PREFIX, default `.apisix` in the checkout) with the runner it spawns,
     its routes sent to the fake upstream; and once with Redis as a 3-node Redis Cluster instead
-    of the stack's own redis-server. A missing APISIX fails the APISIX cases, never skips them."""
+    of the stack's own redis-server. A missing APISIX fails the APISIX cases, never skips them.
+    Each also serves HTTPS, with a certificate the stack makes (tests/e2e/test_gateway_tls.py)."""
     proxy, _, variant = request.param.partition("-")
     # The cluster runs before the stack picks its free ports, so none of them collide.
     cluster: LocalRedisCluster | None = (
         request.getfixturevalue("redis_cluster") if variant == "cluster" else None
     )
-    config = StackConfig.ephemeral(Path(tmp_path_factory.mktemp(f"stack-{request.param}")))
+    config = StackConfig.ephemeral(
+        Path(tmp_path_factory.mktemp(f"stack-{request.param}")), tls=True
+    )
     config.proxy = proxy
     config.ca_bundle = str(provider_ca.bundle())
     if cluster is not None:

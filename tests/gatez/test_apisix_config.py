@@ -12,6 +12,7 @@ import yaml
 from gatez import apisix_config
 from gatez.apisix_process import ApisixError, ApisixInstall
 from gatez.stack import Stack, StackConfig
+from gatez.tls import local_server_tls
 
 
 def rendered_config(tmp_path: Path, **overrides: Any) -> Any:
@@ -97,3 +98,23 @@ def test_the_runner_gets_its_settings_but_not_the_admin_token(tmp_path: Path) ->
     assert settings["GATEZ_STATE_DIR"] == str((tmp_path / "stack" / "dataplane").resolve())
     assert settings["GATEZ_METRICS_ADDRESS"] == f"127.0.0.1:{config.data_plane_metrics_port}"
     assert settings["GATEZ_CONTROL_ADDRESS"] == config.control_address
+
+
+def test_the_https_listener_serves_the_gateway_certificate_to_every_name(tmp_path: Path) -> None:
+    tls = local_server_tls(tmp_path / "tls")
+    ssl = rendered_config(tmp_path, tls_port=19443)["apisix"]["ssl"]
+    assert ssl["enable"] is True
+    assert ssl["listen"] == [{"ip": "127.0.0.1", "port": 19443}]
+    assert ssl["ssl_protocols"] == "TLSv1.2 TLSv1.3"
+    assert ssl["ssl_trusted_certificate"] == "/etc/gatez/ca.pem"
+    # A client connecting by IP address sends no SNI: APISIX refuses it without this.
+    assert ssl["fallback_sni"]
+
+    (entry,) = yaml.safe_load(
+        apisix_config.render_routes(rest_upstream_url="http://127.0.0.1:1", tls=tls)
+    )["ssls"]
+    # One name "*", not a list: APISIX's wildcard that also matches names with dots.
+    assert entry["sni"] == "*" and "snis" not in entry
+    assert entry["cert"] == tls.cert_file.read_text()
+    assert entry["key"] == tls.key_file.read_text()
+    assert "ssls" not in yaml.safe_load(apisix_config.render_routes(rest_upstream_url="http://x"))
