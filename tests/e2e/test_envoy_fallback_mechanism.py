@@ -32,6 +32,7 @@ from aiohttp import web
 from envoy.config.core.v3 import base_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ext_proc
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ext_proc_grpc
+from envoy.type.v3 import http_status_pb2
 from google.protobuf import json_format
 
 from gatez.processes import free_port, require_binary, wait_for_port
@@ -73,6 +74,8 @@ class PerAttemptTranslator(ext_proc_grpc.ExternalProcessorServicer):  # type: ig
     def __init__(self, *, buffered_body: bool) -> None:
         self.buffered_body = buffered_body
         self.attempts: list[SeenAttempt] = []
+        # Targets whose circuit is open: their attempts are answered here, not sent.
+        self.skip: set[str] = set()
 
     async def Process(
         self,
@@ -95,6 +98,18 @@ class PerAttemptTranslator(ext_proc_grpc.ExternalProcessorServicer):  # type: ig
                     sorted(name for name in headers if name in PER_TARGET_HEADERS),
                 )
                 self.attempts.append(seen)
+                if target in self.skip:
+                    yield ext_proc.ProcessingResponse(
+                        immediate_response=ext_proc.ImmediateResponse(
+                            status=http_status_pb2.HttpStatus(
+                                code=http_status_pb2.ServiceUnavailable
+                            ),
+                            headers=ext_proc.HeaderMutation(
+                                set_headers=[_header("x-gatez-skipped", target)]
+                            ),
+                        )
+                    )
+                    return
                 mutation = ext_proc.HeaderMutation(
                     remove_headers=[*PER_TARGET_HEADERS, "x-gatez-cluster"],
                     set_headers=[
@@ -509,3 +524,37 @@ async def test_a_failing_target_falls_over_to_the_next_with_a_translated_streame
         # buffered, not what an upstream filter made of it.
         assert backup_attempt.body is not None
         assert json.loads(backup_attempt.body) == {"model": "alias", "stream": True}
+
+
+async def test_an_upstream_filter_reply_ends_the_request_instead_of_moving_on(rig: Rig) -> None:
+    """A limit of Envoy 1.40, kept here so a change shows: an attempt answered by the upstream
+    ext_proc itself (an open circuit's target, passed over without a connection) is the final
+    answer; the router does not retry it. Open targets must be left out before the route
+    picks the cluster (docs/envoy-fallback.md)."""
+    skipped, backup = Provider(200), Provider(200)
+    skipped_runner, skipped_port = await serve(skipped)
+    backup_runner, backup_port = await serve(backup)
+    rig.translator.skip.add("primary")
+    targets = [Target("primary", skipped_port), Target("backup", backup_port)]
+    write_clusters(
+        rig.directory,
+        [chain_cluster(CHAIN, targets, rig.ca_bundle, buffered_body=rig.translator.buffered_body)],
+    )
+    await asyncio.to_thread(wait_for_cluster, rig.admin_port, CHAIN)
+    try:
+        async with (
+            aiohttp.ClientSession() as client,
+            client.post(
+                f"http://127.0.0.1:{rig.listen_port}/v1/chat/completions",
+                json={"model": "alias"},
+                headers={"x-gatez-cluster": CHAIN},
+            ) as answer,
+        ):
+            await answer.read()
+            status, skipped_header = answer.status, answer.headers.get("x-gatez-skipped")
+    finally:
+        await skipped_runner.cleanup()
+        await backup_runner.cleanup()
+    assert (status, skipped_header) == (503, "primary")
+    assert [attempt.target for attempt in rig.translator.attempts] == ["primary"]
+    assert skipped.received == [] and backup.received == []
