@@ -98,9 +98,13 @@ def cost_usd(usage: MeteredUsage, price: ModelPrice) -> float:
     ) / PER_MTOK
 
 
-_GEMINI_PREFIX: Final = re.compile(r"^(?:projects/[^/]+/locations/[^/]+/)?(?:publishers/[^/]+/)?models/")
+_GEMINI_PREFIX: Final = re.compile(
+    r"^(?:projects/[^/]+/locations/[^/]+/)?(?:publishers/[^/]+/)?models/"
+)
 _BEDROCK_GEOGRAPHY: Final = re.compile(r"^(?:us|us-gov|eu|apac|global|jp|au|ca)\.(?=[a-z]+\.)")
-_BEDROCK_MODEL: Final = re.compile(r"^(?:anthropic|amazon|meta|mistral|cohere|ai21)\.(.+?)(?:-v\d+(?::\d+)?)?$")
+_BEDROCK_MODEL: Final = re.compile(
+    r"^(?:anthropic|amazon|meta|mistral|cohere|ai21)\.(.+?)(?:-v\d+(?::\d+)?)?$"
+)
 _SNAPSHOT: Final = re.compile(r"-(?:\d{4}-\d{2}-\d{2}|\d{8}|latest)$")
 
 
@@ -148,7 +152,7 @@ _MISSING: Final = object()
 class PriceTable:
     """Prices by model name, with the lookup the module's docstring describes. Immutable."""
 
-    __slots__ = ("_prices", "_found")
+    __slots__ = ("_found", "_prices")
 
     def __init__(self, prices: Mapping[str, ModelPrice]) -> None:
         self._prices = MappingProxyType({name.lower(): price for name, price in prices.items()})
@@ -194,7 +198,7 @@ def model_name(value: str, where: str) -> str:
 
 
 def _rate(message: policy_pb2.ModelPrice, field: str, where: str) -> float | None:
-    if not message.HasField(field):  # type: ignore[arg-type]  # a field name, checked below
+    if not message.HasField(field):
         return None
     value = float(getattr(message, field))
     if not math.isfinite(value) or not 0.0 <= value <= MAX_USD_PER_MTOK:
@@ -275,7 +279,13 @@ _SONNET_4: Final = ModelPrice.of(3.00, 15.00, 0.30, 3.75)
 _ANTHROPIC: Final = {
     **_family(["claude-opus-4", "claude-opus-4-0", "claude-opus-4-1"], _OPUS_4),
     **_family(
-        ["claude-opus-4-5", "claude-opus-4-6", "claude-opus-4-7", "claude-opus-4-8", "claude-opus-5"],
+        [
+            "claude-opus-4-5",
+            "claude-opus-4-6",
+            "claude-opus-4-7",
+            "claude-opus-4-8",
+            "claude-opus-5",
+        ],
         _OPUS_4_5,
     ),
     **_family(

@@ -171,14 +171,18 @@ def test_rows_the_table_cannot_hold_are_refused(store: LogStore, tokens: int) ->
 
 
 # The AI log as earlier versions created it: first without usage_estimated, then without costs.
-_FIRST_AI_COLUMNS = """time DateTime64(3, 'UTC'), request_id String, tenant_id LowCardinality(String),
-        key_id String, provider LowCardinality(String), model_alias LowCardinality(String),
+_FIRST_AI_COLUMNS = """time DateTime64(3, 'UTC'), request_id String,
+        tenant_id LowCardinality(String), key_id String, provider LowCardinality(String),
+        model_alias LowCardinality(String),
         upstream_model LowCardinality(String), input_tokens UInt32, output_tokens UInt32,
         status UInt16, latency_ms Float64, ttft_ms Float64, streamed Bool,
         node_id LowCardinality(String)"""
 OLDER_AI_TABLES = {
     "without usage_estimated": (_FIRST_AI_COLUMNS, AI_LOG_COLUMNS[:14]),
-    "without costs": (_FIRST_AI_COLUMNS + ", usage_estimated Bool DEFAULT false", AI_LOG_COLUMNS[:15]),
+    "without costs": (
+        _FIRST_AI_COLUMNS + ", usage_estimated Bool DEFAULT false",
+        AI_LOG_COLUMNS[:15],
+    ),
 }
 
 
