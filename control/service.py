@@ -46,8 +46,9 @@ from gatez.logrows import (
     request_log_from_proto,
     request_log_to_proto,
 )
-from gatez.logstore import LogStore
+from gatez.logstore import LogStore, UsageCounts
 from gatez.policy import NAME_PATTERN, TENANT_ID_PATTERN
+from gatez.prices import DEFAULT_PRICES, model_name, parse_price, price_to_proto
 from gatez.secrets import SecretBox, seal_clear_credentials
 from gatez.v1 import control_pb2, control_pb2_grpc, policy_pb2
 
@@ -60,6 +61,10 @@ MAX_PUBLIC_MESSAGE: Final = 1000
 NODE_ID_PATTERN: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}")
 MAX_REPORTED_ERROR: Final = 2000
 LINEAGE_PATTERN: Final = re.compile(r"[0-9a-f]{32}")
+# GetUsage: the range when none is given, and the longest one asked for.
+DEFAULT_USAGE_DAYS: Final = 30
+MAX_USAGE_DAYS: Final = 366
+_DATE: Final = re.compile(r"\d{4}-\d{2}-\d{2}")
 
 log = logging.getLogger("gatez.control")
 
@@ -568,6 +573,112 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
             self._logs.recent_ai_logs, tenant_id, _log_limit(request.limit)
         )
         return control_pb2.ListAiLogsResponse(ai_logs=[ai_log_to_proto(r) for r in rows])
+
+    # Cost
+
+    @public_errors
+    async def SetModelPrice(
+        self, request: control_pb2.SetModelPriceRequest, context: Context
+    ) -> control_pb2.SetModelPriceResponse:
+        _require_message(request, "model_price")
+        name, price = parse_price(request.model_price)
+        stored = price_to_proto(name, price)
+
+        def change(snapshot: policy_pb2.PolicySnapshot) -> None:
+            _remove_where(snapshot.model_prices, lambda p: p.model.strip().lower() == name)
+            snapshot.model_prices.append(stored)
+
+        _, version = await self._update(change)
+        log.info("price of model %s set", name)
+        return control_pb2.SetModelPriceResponse(model_price=stored, policy_version=version)
+
+    @public_errors
+    async def ListModelPrices(
+        self, request: control_pb2.ListModelPricesRequest, context: Context
+    ) -> control_pb2.ListModelPricesResponse:
+        listed = {
+            name: control_pb2.ListedModelPrice(
+                model_price=price_to_proto(name, price), source=control_pb2.PRICE_SOURCE_DEFAULT
+            )
+            for name, price in DEFAULT_PRICES.items()
+        }
+        for message in self._store.current.model_prices:
+            name, price = parse_price(message)  # the stored policy compiled: it parses
+            entry = control_pb2.ListedModelPrice(
+                model_price=price_to_proto(name, price), source=control_pb2.PRICE_SOURCE_OVERRIDE
+            )
+            if (default := DEFAULT_PRICES.get(name)) is not None:
+                entry.default_price.CopyFrom(price_to_proto(name, default))
+            listed[name] = entry
+        return control_pb2.ListModelPricesResponse(
+            model_prices=[listed[name] for name in sorted(listed)]
+        )
+
+    @public_errors
+    async def DeleteModelPrice(
+        self, request: control_pb2.DeleteModelPriceRequest, context: Context
+    ) -> control_pb2.DeleteModelPriceResponse:
+        name = model_name(request.model, "DeleteModelPrice")
+
+        def change(snapshot: policy_pb2.PolicySnapshot) -> None:
+            if not _remove_where(snapshot.model_prices, lambda p: p.model.strip().lower() == name):
+                shipped = (
+                    " (its shipped default cannot be deleted)" if DEFAULT_PRICES.get(name) else ""
+                )
+                raise NotFound(f"model {quoted(name)} has no price set by policy{shipped}")
+
+        _, version = await self._update(change)
+        return control_pb2.DeleteModelPriceResponse(policy_version=version)
+
+    @public_errors
+    async def GetUsage(
+        self, request: control_pb2.GetUsageRequest, context: Context
+    ) -> control_pb2.GetUsageResponse:
+        tenant_id = _require(request.tenant_id, "tenant_id")
+        if not TENANT_ID_PATTERN.fullmatch(tenant_id):
+            raise InvalidRequest(f"tenant_id {quoted(tenant_id)} is not valid")
+        today = self._clock().astimezone(dt.UTC).date()
+        last = _date(request.end_date, "end_date") or today
+        first = _date(request.start_date, "start_date") or last - dt.timedelta(
+            days=DEFAULT_USAGE_DAYS - 1
+        )
+        if first > last:
+            raise InvalidRequest("start_date is after end_date")
+        if (last - first).days + 1 > MAX_USAGE_DAYS:
+            raise InvalidRequest(f"the range spans more than {MAX_USAGE_DAYS} days; ask for less")
+        report = await asyncio.to_thread(self._logs.usage, tenant_id, first, last)
+        return control_pb2.GetUsageResponse(
+            rows=[
+                control_pb2.UsageRow(
+                    day=group.day.isoformat(),
+                    provider=group.provider,
+                    upstream_model=group.upstream_model,
+                    model_alias=group.model_alias,
+                    **_usage_counts(group.counts),
+                )
+                for group in report.groups
+            ],
+            totals=control_pb2.UsageTotals(**_usage_counts(report.totals)),
+            start_date=first.isoformat(),
+            end_date=last.isoformat(),
+            truncated=report.truncated,
+        )
+
+
+def _date(value: str, field: str) -> dt.date | None:
+    """A YYYY-MM-DD date, None when empty; InvalidRequest otherwise."""
+    if not value:
+        return None
+    try:
+        if _DATE.fullmatch(value):
+            return dt.date.fromisoformat(value)
+    except ValueError:
+        pass
+    raise InvalidRequest(f"{field} {quoted(value)} is not a date: use YYYY-MM-DD")
+
+
+def _usage_counts(counts: UsageCounts) -> dict[str, Any]:
+    return dataclasses.asdict(counts)
 
 
 @dataclass(frozen=True, slots=True)

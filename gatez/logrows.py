@@ -49,6 +49,11 @@ class AiLogRow:
     node_id: str
     # Tokens counted by the gateway: the provider's usage never came (see AiLog in logs.proto).
     usage_estimated: bool = False
+    # Of input_tokens, those read from the provider's prompt cache.
+    cached_input_tokens: int = 0
+    # USD at the policy's price of upstream_model; 0 with price_known false when it had none.
+    cost_usd: float = 0.0
+    price_known: bool = False
 
 
 LogRow: TypeAlias = RequestLogRow | AiLogRow
@@ -100,6 +105,9 @@ def clip_row(row: LogRow) -> LogRow:
         streamed=row.streamed,
         node_id=clip(row.node_id),
         usage_estimated=row.usage_estimated,
+        cached_input_tokens=row.cached_input_tokens,
+        cost_usd=row.cost_usd,
+        price_known=row.price_known,
     )
 
 
@@ -109,9 +117,10 @@ def _text_size(text: str) -> int:
 
 
 # The fixed parts of an encoded row, as an element of a repeated field (tag + length, 4), with
-# every number at its widest: timestamp 14, uint32 6 each, double 9 each, bool 2 each.
+# every number at its widest: timestamp 14, uint32 6 each, double 9 each, bool 2 each; one byte
+# more each for fields numbered 16 and up (two-byte tags).
 _REQUEST_FIXED: Final = 4 + 14 + 6 + 9
-_AI_FIXED: Final = 4 + 14 + 3 * 6 + 2 * 9 + 2 * 2
+_AI_FIXED: Final = 4 + 14 + 3 * 6 + 2 * 9 + 2 * 2 + (7 + 10 + 3)
 
 
 def encoded_size(row: LogRow) -> int:
@@ -165,7 +174,9 @@ SCHEMA: Final = (
         key_id String, provider LowCardinality(String), model_alias LowCardinality(String),
         upstream_model LowCardinality(String), input_tokens UInt32, output_tokens UInt32,
         status UInt16, latency_ms Float64, ttft_ms Float64, streamed Bool,
-        node_id LowCardinality(String), usage_estimated Bool DEFAULT false
+        node_id LowCardinality(String), usage_estimated Bool DEFAULT false,
+        cached_input_tokens UInt32 DEFAULT 0, cost_usd Float64 DEFAULT 0,
+        price_known Bool DEFAULT false
     ) ENGINE = MergeTree ORDER BY (tenant_id, time)
     SETTINGS non_replicated_deduplication_window = {DEDUPLICATION_WINDOW}""",
 )
@@ -173,6 +184,10 @@ SCHEMA: Final = (
 # EXISTS leaves an existing table as it is).
 MIGRATIONS: Final = (
     f"ALTER TABLE {AI_LOG_TABLE} ADD COLUMN IF NOT EXISTS usage_estimated Bool DEFAULT false",
+    # Rows written before costs were logged keep cost 0 and read as unpriced.
+    f"ALTER TABLE {AI_LOG_TABLE} ADD COLUMN IF NOT EXISTS cached_input_tokens UInt32 DEFAULT 0",
+    f"ALTER TABLE {AI_LOG_TABLE} ADD COLUMN IF NOT EXISTS cost_usd Float64 DEFAULT 0",
+    f"ALTER TABLE {AI_LOG_TABLE} ADD COLUMN IF NOT EXISTS price_known Bool DEFAULT false",
     *(
         f"ALTER TABLE {table} MODIFY SETTING "
         f"non_replicated_deduplication_window = {DEDUPLICATION_WINDOW}"
@@ -246,6 +261,9 @@ def ai_log_to_proto(row: AiLogRow) -> logs_pb2.AiLog:
         streamed=row.streamed,
         node_id=row.node_id,
         usage_estimated=row.usage_estimated,
+        cost_usd=row.cost_usd,
+        cached_input_tokens=row.cached_input_tokens,
+        price_known=row.price_known,
     )
 
 
@@ -266,6 +284,9 @@ def ai_log_from_proto(message: logs_pb2.AiLog) -> AiLogRow:
         streamed=message.streamed,
         node_id=message.node_id,
         usage_estimated=message.usage_estimated,
+        cached_input_tokens=message.cached_input_tokens,
+        cost_usd=message.cost_usd,
+        price_known=message.price_known,
     )
 
 

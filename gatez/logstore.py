@@ -12,7 +12,8 @@ import datetime as dt
 import logging
 import threading
 from collections.abc import Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Final
 
 import clickhouse_connect
 from clickhouse_connect.driver.exceptions import DataError
@@ -31,6 +32,66 @@ from gatez.logrows import (
 )
 
 log = logging.getLogger("gatez.logstore")
+
+# The most usage groups one report carries (a response must stay well under gRPC's 4 MiB).
+MAX_USAGE_GROUPS: Final = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class UsageCounts:
+    """Sums over a set of AI-log rows."""
+
+    requests: int
+    input_tokens: int
+    output_tokens: int
+    cached_input_tokens: int
+    cost_usd: float
+    # Rows whose tokens the gateway counted itself, and rows whose model had no price.
+    estimated_requests: int
+    unpriced_requests: int
+
+
+@dataclass(frozen=True, slots=True)
+class UsageGroup:
+    """One tenant's calls of one day (UTC) to one upstream model under one alias."""
+
+    day: dt.date
+    provider: str
+    upstream_model: str
+    model_alias: str
+    counts: UsageCounts
+
+
+@dataclass(frozen=True, slots=True)
+class UsageReport:
+    groups: tuple[UsageGroup, ...]
+    # Over every row of the range, also those of groups cut off by MAX_USAGE_GROUPS.
+    totals: UsageCounts
+    truncated: bool
+
+
+_USAGE_SUMS: Final = (
+    "count(), sum(input_tokens), sum(output_tokens), sum(cached_input_tokens), sum(cost_usd), "
+    "countIf(usage_estimated), countIf(NOT price_known)"
+)
+# Bounds on time (not on toDate(time)), so the table's (tenant_id, time) order narrows the scan.
+_USAGE_RANGE: Final = (
+    "tenant_id = {tenant:String} AND time >= {start:DateTime64(3, 'UTC')} "
+    "AND time < {end:DateTime64(3, 'UTC')}"
+)
+
+
+def _counts(values: Sequence[Any]) -> UsageCounts:
+    requests, input_tokens, output_tokens, cached, cost, estimated, unpriced = values
+    return UsageCounts(
+        int(requests),
+        int(input_tokens),
+        int(output_tokens),
+        int(cached),
+        float(cost),
+        int(estimated),
+        int(unpriced),
+    )
 
 
 class RowsRefused(InvalidRequest):
@@ -107,6 +168,33 @@ class LogStore:
                 values[0] = time.replace(tzinfo=dt.UTC)
             rows.append(tuple(values))
         return rows
+
+    def usage(self, tenant_id: str, first_day: dt.date, last_day: dt.date) -> UsageReport:
+        """One tenant's AI-log rows from `first_day` to `last_day` (UTC, inclusive), summed by
+        day, provider, upstream model and alias, in that order."""
+        start = dt.datetime.combine(first_day, dt.time(), dt.UTC)
+        end = dt.datetime.combine(last_day + dt.timedelta(days=1), dt.time(), dt.UTC)
+        parameters = {
+            "tenant": tenant_id,
+            "start": start.strftime("%Y-%m-%d %H:%M:%S"),
+            "end": end.strftime("%Y-%m-%d %H:%M:%S"),
+            "limit": MAX_USAGE_GROUPS + 1,
+        }
+        groups_query = (
+            f"SELECT toDate(time) AS day, provider, upstream_model, model_alias, {_USAGE_SUMS} "
+            f"FROM {AI_LOG_TABLE} WHERE {_USAGE_RANGE} "
+            "GROUP BY day, provider, upstream_model, model_alias "
+            "ORDER BY day, provider, upstream_model, model_alias LIMIT {limit:UInt32}"
+        )
+        totals_query = f"SELECT {_USAGE_SUMS} FROM {AI_LOG_TABLE} WHERE {_USAGE_RANGE}"
+        with self._lock:
+            grouped = self._client.query(groups_query, parameters=parameters).result_rows
+            [totals] = self._client.query(totals_query, parameters=parameters).result_rows
+        groups = tuple(
+            UsageGroup(day, provider, model, alias, _counts(sums))
+            for day, provider, model, alias, *sums in grouped[:MAX_USAGE_GROUPS]
+        )
+        return UsageReport(groups, _counts(totals), len(grouped) > MAX_USAGE_GROUPS)
 
     def close(self) -> None:
         with self._lock:

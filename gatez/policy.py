@@ -15,6 +15,7 @@ from typing import Final, Protocol
 from urllib.parse import SplitResult, urlsplit
 
 from gatez.errors import InvalidPolicy, quoted
+from gatez.prices import DEFAULT_PRICES, PriceTable, compile_prices
 from gatez.v1 import policy_pb2
 
 TENANT_ID_PATTERN: Final = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
@@ -189,6 +190,8 @@ class CompiledPolicy:
     # (tenant_id, alias) → target; tenant_id "" holds the routes every tenant may use.
     model_routes: MappingProxyType[tuple[str, str], ModelTarget]
     routes: RouteTable
+    # What upstream models cost: the shipped defaults overlaid by the policy's prices.
+    prices: PriceTable = DEFAULT_PRICES
 
     def resolve_model(self, tenant_id: str, alias: str) -> ModelTarget | None:
         """The tenant's own route for `alias`, else the shared one, else None."""
@@ -266,6 +269,7 @@ def compile_policy(
         ),
         providers=MappingProxyType(providers),
         model_routes=MappingProxyType(routes),
+        prices=compile_prices(snapshot.model_prices),
     )
 
 

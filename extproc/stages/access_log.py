@@ -13,6 +13,7 @@ import time
 from extproc.logsink import LogSink
 from gatez.logrows import PATH_LIMIT, AiLogRow, RequestLogRow, clip
 from gatez.pipeline import Flow, Stage
+from gatez.prices import cost_usd
 
 
 class AccessLog(Stage):
@@ -50,6 +51,12 @@ class AccessLog(Stage):
         if llm is None or not flow.upstream_reached:
             return
         usage = llm.usage
+        prices = flow.policy.prices
+        # The provider's own name of the model answers for a deployment name it knows no
+        # price of (Azure deployments, say).
+        price = prices.lookup(llm.target.upstream_model) or (
+            prices.lookup(llm.response_model) if llm.response_model else None
+        )
         ttft_ms = (flow.first_byte_ns - flow.started_ns) / 1e6 if flow.first_byte_ns else 0.0
         self._sink.add_ai(
             AiLogRow(
@@ -68,5 +75,8 @@ class AccessLog(Stage):
                 streamed=llm.stream,
                 node_id=self._node_id,
                 usage_estimated=usage.estimated if usage else False,
+                cached_input_tokens=usage.cached_input_tokens if usage else 0,
+                cost_usd=cost_usd(usage, price) if usage and price else 0.0,
+                price_known=price is not None,
             )
         )

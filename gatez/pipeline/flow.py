@@ -55,11 +55,13 @@ class ClientEndpoint(Protocol):
 
 @dataclass(slots=True)
 class TokenUsage:
+    # In OpenAI's meaning: input_tokens includes the cached input and the cache writes.
     input_tokens: int
     output_tokens: int
     # Counted by the gateway: the provider's own report never came.
     estimated: bool = False
-    # The parts of input_tokens read from and written to a provider's prompt cache.
+    # Of input_tokens, those read from the provider's prompt cache, and those written to it
+    # (Anthropic's cache_creation_input_tokens); priced apart (`gatez.prices`).
     cached_input_tokens: int = 0
     cache_write_input_tokens: int = 0
 

@@ -4,12 +4,22 @@ from gatez.v1 import logs_pb2 as _logs_pb2
 from gatez.v1 import policy_pb2 as _policy_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class PriceSource(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    PRICE_SOURCE_UNSPECIFIED: _ClassVar[PriceSource]
+    PRICE_SOURCE_DEFAULT: _ClassVar[PriceSource]
+    PRICE_SOURCE_OVERRIDE: _ClassVar[PriceSource]
+PRICE_SOURCE_UNSPECIFIED: PriceSource
+PRICE_SOURCE_DEFAULT: PriceSource
+PRICE_SOURCE_OVERRIDE: PriceSource
 
 class CreateTenantRequest(_message.Message):
     __slots__ = ("tenant",)
@@ -412,3 +422,117 @@ class DeleteRouteResponse(_message.Message):
     POLICY_VERSION_FIELD_NUMBER: _ClassVar[int]
     policy_version: int
     def __init__(self, policy_version: _Optional[int] = ...) -> None: ...
+
+class SetModelPriceRequest(_message.Message):
+    __slots__ = ("model_price",)
+    MODEL_PRICE_FIELD_NUMBER: _ClassVar[int]
+    model_price: _policy_pb2.ModelPrice
+    def __init__(self, model_price: _Optional[_Union[_policy_pb2.ModelPrice, _Mapping]] = ...) -> None: ...
+
+class SetModelPriceResponse(_message.Message):
+    __slots__ = ("model_price", "policy_version")
+    MODEL_PRICE_FIELD_NUMBER: _ClassVar[int]
+    POLICY_VERSION_FIELD_NUMBER: _ClassVar[int]
+    model_price: _policy_pb2.ModelPrice
+    policy_version: int
+    def __init__(self, model_price: _Optional[_Union[_policy_pb2.ModelPrice, _Mapping]] = ..., policy_version: _Optional[int] = ...) -> None: ...
+
+class ListModelPricesRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListedModelPrice(_message.Message):
+    __slots__ = ("model_price", "source", "default_price")
+    MODEL_PRICE_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    DEFAULT_PRICE_FIELD_NUMBER: _ClassVar[int]
+    model_price: _policy_pb2.ModelPrice
+    source: PriceSource
+    default_price: _policy_pb2.ModelPrice
+    def __init__(self, model_price: _Optional[_Union[_policy_pb2.ModelPrice, _Mapping]] = ..., source: _Optional[_Union[PriceSource, str]] = ..., default_price: _Optional[_Union[_policy_pb2.ModelPrice, _Mapping]] = ...) -> None: ...
+
+class ListModelPricesResponse(_message.Message):
+    __slots__ = ("model_prices",)
+    MODEL_PRICES_FIELD_NUMBER: _ClassVar[int]
+    model_prices: _containers.RepeatedCompositeFieldContainer[ListedModelPrice]
+    def __init__(self, model_prices: _Optional[_Iterable[_Union[ListedModelPrice, _Mapping]]] = ...) -> None: ...
+
+class DeleteModelPriceRequest(_message.Message):
+    __slots__ = ("model",)
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    def __init__(self, model: _Optional[str] = ...) -> None: ...
+
+class DeleteModelPriceResponse(_message.Message):
+    __slots__ = ("policy_version",)
+    POLICY_VERSION_FIELD_NUMBER: _ClassVar[int]
+    policy_version: int
+    def __init__(self, policy_version: _Optional[int] = ...) -> None: ...
+
+class GetUsageRequest(_message.Message):
+    __slots__ = ("tenant_id", "start_date", "end_date")
+    TENANT_ID_FIELD_NUMBER: _ClassVar[int]
+    START_DATE_FIELD_NUMBER: _ClassVar[int]
+    END_DATE_FIELD_NUMBER: _ClassVar[int]
+    tenant_id: str
+    start_date: str
+    end_date: str
+    def __init__(self, tenant_id: _Optional[str] = ..., start_date: _Optional[str] = ..., end_date: _Optional[str] = ...) -> None: ...
+
+class UsageRow(_message.Message):
+    __slots__ = ("day", "provider", "upstream_model", "model_alias", "requests", "input_tokens", "output_tokens", "cached_input_tokens", "cost_usd", "estimated_requests", "unpriced_requests")
+    DAY_FIELD_NUMBER: _ClassVar[int]
+    PROVIDER_FIELD_NUMBER: _ClassVar[int]
+    UPSTREAM_MODEL_FIELD_NUMBER: _ClassVar[int]
+    MODEL_ALIAS_FIELD_NUMBER: _ClassVar[int]
+    REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    INPUT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    CACHED_INPUT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    COST_USD_FIELD_NUMBER: _ClassVar[int]
+    ESTIMATED_REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    UNPRICED_REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    day: str
+    provider: str
+    upstream_model: str
+    model_alias: str
+    requests: int
+    input_tokens: int
+    output_tokens: int
+    cached_input_tokens: int
+    cost_usd: float
+    estimated_requests: int
+    unpriced_requests: int
+    def __init__(self, day: _Optional[str] = ..., provider: _Optional[str] = ..., upstream_model: _Optional[str] = ..., model_alias: _Optional[str] = ..., requests: _Optional[int] = ..., input_tokens: _Optional[int] = ..., output_tokens: _Optional[int] = ..., cached_input_tokens: _Optional[int] = ..., cost_usd: _Optional[float] = ..., estimated_requests: _Optional[int] = ..., unpriced_requests: _Optional[int] = ...) -> None: ...
+
+class UsageTotals(_message.Message):
+    __slots__ = ("requests", "input_tokens", "output_tokens", "cached_input_tokens", "cost_usd", "estimated_requests", "unpriced_requests")
+    REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    INPUT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    CACHED_INPUT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    COST_USD_FIELD_NUMBER: _ClassVar[int]
+    ESTIMATED_REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    UNPRICED_REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    requests: int
+    input_tokens: int
+    output_tokens: int
+    cached_input_tokens: int
+    cost_usd: float
+    estimated_requests: int
+    unpriced_requests: int
+    def __init__(self, requests: _Optional[int] = ..., input_tokens: _Optional[int] = ..., output_tokens: _Optional[int] = ..., cached_input_tokens: _Optional[int] = ..., cost_usd: _Optional[float] = ..., estimated_requests: _Optional[int] = ..., unpriced_requests: _Optional[int] = ...) -> None: ...
+
+class GetUsageResponse(_message.Message):
+    __slots__ = ("rows", "totals", "start_date", "end_date", "truncated")
+    ROWS_FIELD_NUMBER: _ClassVar[int]
+    TOTALS_FIELD_NUMBER: _ClassVar[int]
+    START_DATE_FIELD_NUMBER: _ClassVar[int]
+    END_DATE_FIELD_NUMBER: _ClassVar[int]
+    TRUNCATED_FIELD_NUMBER: _ClassVar[int]
+    rows: _containers.RepeatedCompositeFieldContainer[UsageRow]
+    totals: UsageTotals
+    start_date: str
+    end_date: str
+    truncated: bool
+    def __init__(self, rows: _Optional[_Iterable[_Union[UsageRow, _Mapping]]] = ..., totals: _Optional[_Union[UsageTotals, _Mapping]] = ..., start_date: _Optional[str] = ..., end_date: _Optional[str] = ..., truncated: _Optional[bool] = ...) -> None: ...

@@ -167,6 +167,26 @@ class ControlServiceStub:
                 request_serializer=gatez_dot_v1_dot_control__pb2.DeleteRouteRequest.SerializeToString,
                 response_deserializer=gatez_dot_v1_dot_control__pb2.DeleteRouteResponse.FromString,
                 _registered_method=True)
+        self.SetModelPrice = channel.unary_unary(
+                '/gatez.v1.ControlService/SetModelPrice',
+                request_serializer=gatez_dot_v1_dot_control__pb2.SetModelPriceRequest.SerializeToString,
+                response_deserializer=gatez_dot_v1_dot_control__pb2.SetModelPriceResponse.FromString,
+                _registered_method=True)
+        self.ListModelPrices = channel.unary_unary(
+                '/gatez.v1.ControlService/ListModelPrices',
+                request_serializer=gatez_dot_v1_dot_control__pb2.ListModelPricesRequest.SerializeToString,
+                response_deserializer=gatez_dot_v1_dot_control__pb2.ListModelPricesResponse.FromString,
+                _registered_method=True)
+        self.DeleteModelPrice = channel.unary_unary(
+                '/gatez.v1.ControlService/DeleteModelPrice',
+                request_serializer=gatez_dot_v1_dot_control__pb2.DeleteModelPriceRequest.SerializeToString,
+                response_deserializer=gatez_dot_v1_dot_control__pb2.DeleteModelPriceResponse.FromString,
+                _registered_method=True)
+        self.GetUsage = channel.unary_unary(
+                '/gatez.v1.ControlService/GetUsage',
+                request_serializer=gatez_dot_v1_dot_control__pb2.GetUsageRequest.SerializeToString,
+                response_deserializer=gatez_dot_v1_dot_control__pb2.GetUsageResponse.FromString,
+                _registered_method=True)
 
 
 class ControlServiceServicer:
@@ -349,6 +369,35 @@ class ControlServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetModelPrice(self, request, context):
+        """Cost: what upstream models cost, and what each tenant spent.
+        Sets the price of a model, replacing the shipped default of that name (if any).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListModelPrices(self, request, context):
+        """Every price in force: the shipped defaults and the policy's overrides, each marked.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteModelPrice(self, request, context):
+        """Removes a policy's price; the shipped default of that name (if any) applies again.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetUsage(self, request, context):
+        """One tenant's LLM usage and cost by day (UTC) and model, from the AI log.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ControlServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -481,6 +530,26 @@ def add_ControlServiceServicer_to_server(servicer, server):
                     servicer.DeleteRoute,
                     request_deserializer=gatez_dot_v1_dot_control__pb2.DeleteRouteRequest.FromString,
                     response_serializer=gatez_dot_v1_dot_control__pb2.DeleteRouteResponse.SerializeToString,
+            ),
+            'SetModelPrice': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetModelPrice,
+                    request_deserializer=gatez_dot_v1_dot_control__pb2.SetModelPriceRequest.FromString,
+                    response_serializer=gatez_dot_v1_dot_control__pb2.SetModelPriceResponse.SerializeToString,
+            ),
+            'ListModelPrices': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListModelPrices,
+                    request_deserializer=gatez_dot_v1_dot_control__pb2.ListModelPricesRequest.FromString,
+                    response_serializer=gatez_dot_v1_dot_control__pb2.ListModelPricesResponse.SerializeToString,
+            ),
+            'DeleteModelPrice': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteModelPrice,
+                    request_deserializer=gatez_dot_v1_dot_control__pb2.DeleteModelPriceRequest.FromString,
+                    response_serializer=gatez_dot_v1_dot_control__pb2.DeleteModelPriceResponse.SerializeToString,
+            ),
+            'GetUsage': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetUsage,
+                    request_deserializer=gatez_dot_v1_dot_control__pb2.GetUsageRequest.FromString,
+                    response_serializer=gatez_dot_v1_dot_control__pb2.GetUsageResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1188,6 +1257,114 @@ class ControlService:
             '/gatez.v1.ControlService/DeleteRoute',
             gatez_dot_v1_dot_control__pb2.DeleteRouteRequest.SerializeToString,
             gatez_dot_v1_dot_control__pb2.DeleteRouteResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetModelPrice(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gatez.v1.ControlService/SetModelPrice',
+            gatez_dot_v1_dot_control__pb2.SetModelPriceRequest.SerializeToString,
+            gatez_dot_v1_dot_control__pb2.SetModelPriceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListModelPrices(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gatez.v1.ControlService/ListModelPrices',
+            gatez_dot_v1_dot_control__pb2.ListModelPricesRequest.SerializeToString,
+            gatez_dot_v1_dot_control__pb2.ListModelPricesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteModelPrice(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gatez.v1.ControlService/DeleteModelPrice',
+            gatez_dot_v1_dot_control__pb2.DeleteModelPriceRequest.SerializeToString,
+            gatez_dot_v1_dot_control__pb2.DeleteModelPriceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetUsage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gatez.v1.ControlService/GetUsage',
+            gatez_dot_v1_dot_control__pb2.GetUsageRequest.SerializeToString,
+            gatez_dot_v1_dot_control__pb2.GetUsageResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -140,8 +140,22 @@ class Route(_message.Message):
     strip_prefix: bool
     def __init__(self, id: _Optional[str] = ..., path_prefix: _Optional[str] = ..., kind: _Optional[_Union[RouteKind, str]] = ..., upstream_url: _Optional[str] = ..., strip_prefix: _Optional[bool] = ...) -> None: ...
 
+class ModelPrice(_message.Message):
+    __slots__ = ("model", "input_usd_per_mtok", "output_usd_per_mtok", "cached_input_usd_per_mtok", "cache_write_input_usd_per_mtok")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    INPUT_USD_PER_MTOK_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_USD_PER_MTOK_FIELD_NUMBER: _ClassVar[int]
+    CACHED_INPUT_USD_PER_MTOK_FIELD_NUMBER: _ClassVar[int]
+    CACHE_WRITE_INPUT_USD_PER_MTOK_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    input_usd_per_mtok: float
+    output_usd_per_mtok: float
+    cached_input_usd_per_mtok: float
+    cache_write_input_usd_per_mtok: float
+    def __init__(self, model: _Optional[str] = ..., input_usd_per_mtok: _Optional[float] = ..., output_usd_per_mtok: _Optional[float] = ..., cached_input_usd_per_mtok: _Optional[float] = ..., cache_write_input_usd_per_mtok: _Optional[float] = ...) -> None: ...
+
 class PolicySnapshot(_message.Message):
-    __slots__ = ("version", "create_time", "tenants", "api_keys", "identity_providers", "providers", "provider_credentials", "model_routes", "lineage", "routes")
+    __slots__ = ("version", "create_time", "tenants", "api_keys", "identity_providers", "providers", "provider_credentials", "model_routes", "lineage", "routes", "model_prices")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
     TENANTS_FIELD_NUMBER: _ClassVar[int]
@@ -152,6 +166,7 @@ class PolicySnapshot(_message.Message):
     MODEL_ROUTES_FIELD_NUMBER: _ClassVar[int]
     LINEAGE_FIELD_NUMBER: _ClassVar[int]
     ROUTES_FIELD_NUMBER: _ClassVar[int]
+    MODEL_PRICES_FIELD_NUMBER: _ClassVar[int]
     version: int
     create_time: _timestamp_pb2.Timestamp
     tenants: _containers.RepeatedCompositeFieldContainer[Tenant]
@@ -162,4 +177,5 @@ class PolicySnapshot(_message.Message):
     model_routes: _containers.RepeatedCompositeFieldContainer[ModelRoute]
     lineage: str
     routes: _containers.RepeatedCompositeFieldContainer[Route]
-    def __init__(self, version: _Optional[int] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., tenants: _Optional[_Iterable[_Union[Tenant, _Mapping]]] = ..., api_keys: _Optional[_Iterable[_Union[ApiKey, _Mapping]]] = ..., identity_providers: _Optional[_Iterable[_Union[IdentityProvider, _Mapping]]] = ..., providers: _Optional[_Iterable[_Union[Provider, _Mapping]]] = ..., provider_credentials: _Optional[_Iterable[_Union[ProviderCredential, _Mapping]]] = ..., model_routes: _Optional[_Iterable[_Union[ModelRoute, _Mapping]]] = ..., lineage: _Optional[str] = ..., routes: _Optional[_Iterable[_Union[Route, _Mapping]]] = ...) -> None: ...
+    model_prices: _containers.RepeatedCompositeFieldContainer[ModelPrice]
+    def __init__(self, version: _Optional[int] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., tenants: _Optional[_Iterable[_Union[Tenant, _Mapping]]] = ..., api_keys: _Optional[_Iterable[_Union[ApiKey, _Mapping]]] = ..., identity_providers: _Optional[_Iterable[_Union[IdentityProvider, _Mapping]]] = ..., providers: _Optional[_Iterable[_Union[Provider, _Mapping]]] = ..., provider_credentials: _Optional[_Iterable[_Union[ProviderCredential, _Mapping]]] = ..., model_routes: _Optional[_Iterable[_Union[ModelRoute, _Mapping]]] = ..., lineage: _Optional[str] = ..., routes: _Optional[_Iterable[_Union[Route, _Mapping]]] = ..., model_prices: _Optional[_Iterable[_Union[ModelPrice, _Mapping]]] = ...) -> None: ...

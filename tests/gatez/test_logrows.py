@@ -59,6 +59,9 @@ def ai_row(text: str = "", *, tokens: int = 19) -> AiLogRow:
         streamed=True,
         node_id="dataplane-1",
         usage_estimated=True,
+        cached_input_tokens=tokens,
+        cost_usd=1234.5678901,
+        price_known=True,
     )
 
 

@@ -170,33 +170,100 @@ def test_rows_the_table_cannot_hold_are_refused(store: LogStore, tokens: int) ->
     assert store.recent_ai_logs("acme", 10) == [ai_row(2)]
 
 
-def test_tables_of_an_older_version_are_brought_up_to_date(tmp_path: Path) -> None:
-    directory = tmp_path / "clickhouse"
-    directory.mkdir()
-    # The AI log as the previous version created it: no usage_estimated, no deduplication.
-    client = clickhouse_connect.get_client(dsn=f"chdb://{directory}")
-    client.command(
-        f"""CREATE TABLE {AI_LOG_TABLE} (
-        time DateTime64(3, 'UTC'), request_id String, tenant_id LowCardinality(String),
-        key_id String, provider LowCardinality(String), model_alias LowCardinality(String),
+# The AI log as earlier versions created it: first without usage_estimated, then without costs.
+_FIRST_AI_COLUMNS = """time DateTime64(3, 'UTC'), request_id String,
+        tenant_id LowCardinality(String), key_id String, provider LowCardinality(String),
+        model_alias LowCardinality(String),
         upstream_model LowCardinality(String), input_tokens UInt32, output_tokens UInt32,
         status UInt16, latency_ms Float64, ttft_ms Float64, streamed Bool,
-        node_id LowCardinality(String)
-    ) ENGINE = MergeTree ORDER BY (tenant_id, time)"""
+        node_id LowCardinality(String)"""
+OLDER_AI_TABLES = {
+    "without usage_estimated": (_FIRST_AI_COLUMNS, AI_LOG_COLUMNS[:14]),
+    "without costs": (
+        _FIRST_AI_COLUMNS + ", usage_estimated Bool DEFAULT false",
+        AI_LOG_COLUMNS[:15],
+    ),
+}
+
+
+@pytest.mark.parametrize("version", OLDER_AI_TABLES)
+def test_tables_of_an_older_version_are_brought_up_to_date(tmp_path: Path, version: str) -> None:
+    columns, names = OLDER_AI_TABLES[version]
+    directory = tmp_path / "clickhouse"
+    directory.mkdir()
+    client = clickhouse_connect.get_client(dsn=f"chdb://{directory}")
+    client.command(
+        f"CREATE TABLE {AI_LOG_TABLE} ({columns}) ENGINE = MergeTree ORDER BY (tenant_id, time)"
     )
     old = ai_row(1)
-    client.insert(
-        AI_LOG_TABLE,
-        [dataclasses.astuple(old)[:-1]],
-        column_names=[c for c in AI_LOG_COLUMNS if c != "usage_estimated"],
-    )
+    client.insert(AI_LOG_TABLE, [dataclasses.astuple(old)[: len(names)]], column_names=list(names))
     client.close()
 
     store = open_store(directory)
     try:
-        estimated = dataclasses.replace(ai_row(2), usage_estimated=True)
-        store.insert_ai_logs([estimated])
-        store.insert_ai_logs([estimated])
-        assert store.recent_ai_logs("acme", 10) == [estimated, old]
+        new = dataclasses.replace(
+            ai_row(2), usage_estimated=True, cached_input_tokens=7, cost_usd=0.5, price_known=True
+        )
+        store.insert_ai_logs([new])
+        store.insert_ai_logs([new])
+        # The old row reads back unpriced: cost 0, its price unknown.
+        assert store.recent_ai_logs("acme", 10) == [new, old]
+        assert (old.cost_usd, old.price_known) == (0.0, False)
     finally:
         store.close()
+
+
+def test_costs_round_trip(store: LogStore) -> None:
+    row = dataclasses.replace(ai_row(1), cached_input_tokens=1_800_000, cost_usd=0.123456789)
+    store.insert_ai_logs([dataclasses.replace(row, price_known=True)])
+    [back] = store.recent_ai_logs("acme", 1)
+    assert (back.cached_input_tokens, back.cost_usd, back.price_known) == (
+        1_800_000,
+        0.123456789,
+        True,
+    )
+
+
+def usage_row(tenant: str, day: int, hour: int, model: str, **changes: object) -> AiLogRow:
+    row = dataclasses.replace(
+        ai_row(day * 100 + hour, tenant),
+        time=dt.datetime(2025, 3, day, hour, 0, 0, tzinfo=dt.UTC),
+        upstream_model=model,
+        input_tokens=1000,
+        output_tokens=100,
+        cached_input_tokens=400,
+        cost_usd=0.01,
+        price_known=True,
+    )
+    return dataclasses.replace(row, **changes)  # type: ignore[arg-type]  # test data
+
+
+def test_usage_sums_by_day_and_model_for_one_tenant(store: LogStore) -> None:
+    store.insert_ai_logs(
+        [
+            usage_row("acme", 10, 0, "gpt-4o"),
+            usage_row("acme", 10, 23, "gpt-4o", usage_estimated=True),
+            usage_row("acme", 10, 12, "gpt-4o-mini", cost_usd=0.0, price_known=False),
+            usage_row("acme", 11, 0, "gpt-4o"),
+            usage_row("acme", 12, 9, "gpt-4o"),  # after the range
+            usage_row("acme", 9, 23, "gpt-4o"),  # before it
+            usage_row("globex", 10, 1, "gpt-4o", cost_usd=5.0),
+        ]
+    )
+    report = store.usage("acme", dt.date(2025, 3, 10), dt.date(2025, 3, 11))
+    assert [(g.day, g.upstream_model, g.counts.requests) for g in report.groups] == [
+        (dt.date(2025, 3, 10), "gpt-4o", 2),
+        (dt.date(2025, 3, 10), "gpt-4o-mini", 1),
+        (dt.date(2025, 3, 11), "gpt-4o", 1),
+    ]
+    first = report.groups[0].counts
+    assert (first.input_tokens, first.output_tokens, first.cached_input_tokens) == (2000, 200, 800)
+    assert first.cost_usd == pytest.approx(0.02)
+    assert (first.estimated_requests, first.unpriced_requests) == (1, 0)
+    assert report.groups[1].counts.unpriced_requests == 1
+    assert (report.totals.requests, report.totals.input_tokens) == (4, 4000)
+    assert report.totals.cost_usd == pytest.approx(0.03)
+    assert not report.truncated
+    assert store.usage("globex", dt.date(2025, 3, 10), dt.date(2025, 3, 10)).totals.cost_usd == 5.0
+    empty = store.usage("initech", dt.date(2025, 3, 10), dt.date(2025, 3, 11))
+    assert (empty.groups, empty.totals.requests, empty.totals.cost_usd) == ((), 0, 0.0)

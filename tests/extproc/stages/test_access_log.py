@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 
 import pytest
@@ -94,7 +95,9 @@ async def test_an_llm_call_writes_a_request_row_and_an_ai_row(stream: bool) -> N
         node_id="node-a",
     )
     [call] = ai
-    assert call == AiLogRow(
+    # gpt-4o-mini at its shipped price: $0.15 per million input tokens, $0.60 per million output.
+    assert call.cost_usd == pytest.approx((19 * 0.15 + 10 * 0.60) / 1e6)
+    assert dataclasses.replace(call, cost_usd=0.0) == AiLogRow(
         time=request.time,
         request_id=flow.request_id,
         tenant_id="acme",
@@ -109,6 +112,7 @@ async def test_an_llm_call_writes_a_request_row_and_an_ai_row(stream: bool) -> N
         ttft_ms=100.0,
         streamed=stream,
         node_id="node-a",
+        price_known=True,
     )
     # The row's time is the wall clock captured when the flow began.
     assert request.time.tzinfo is not None
@@ -176,3 +180,74 @@ async def test_text_a_client_controls_is_clipped_to_its_bound() -> None:
     [request], _ = await log_rows(flow)
     assert request.path == ("/v1/" + "p" * 60_000)[:PATH_LIMIT]
     assert len(request.request_id) == len(request.key_id) == len(request.method) == TEXT_LIMIT
+
+
+def priced_flow(*prices: policy_pb2.ModelPrice, upstream_model: str) -> tuple[Flow, LlmCall]:
+    """An LLM flow whose alias "fast" reaches `upstream_model`, under a policy with `prices`."""
+    snapshot = policy_pb2.PolicySnapshot(
+        version=2,
+        tenants=[policy_pb2.Tenant(id="acme")],
+        providers=[
+            policy_pb2.Provider(
+                name="openai",
+                kind=policy_pb2.PROVIDER_KIND_OPENAI,
+                base_url="https://api.openai.com/v1",
+            )
+        ],
+        model_routes=[
+            policy_pb2.ModelRoute(alias="fast", provider="openai", upstream_model=upstream_model)
+        ],
+        model_prices=list(prices),
+    )
+    policy = compile_policy(snapshot)
+    target = policy.resolve_model("acme", "fast")
+    assert target is not None
+    flow = make_flow(policy, path="/v1/chat/completions", body=b"{}")
+    flow.principal = PRINCIPAL
+    flow.llm = LlmCall(target=target, stream=False, client_wants_usage=False)
+    flow.upstream_reached = True
+    flow.response_status = 200
+    return flow, flow.llm
+
+
+async def test_cached_input_is_priced_at_its_own_rate() -> None:
+    flow, llm = priced_flow(upstream_model="gpt-4o-2024-08-06")
+    llm.usage = TokenUsage(input_tokens=10_000, output_tokens=1_000, cached_input_tokens=8_000)
+    _, [call] = await log_rows(flow)
+    # gpt-4o: 2,000 uncached at $2.50/M, 8,000 cached at $1.25/M, 1,000 out at $10/M.
+    assert call.cost_usd == pytest.approx((2_000 * 2.50 + 8_000 * 1.25 + 1_000 * 10.0) / 1e6)
+    assert (call.cached_input_tokens, call.price_known) == (8_000, True)
+
+
+async def test_a_policys_price_replaces_the_shipped_one() -> None:
+    override = policy_pb2.ModelPrice(
+        model="GPT-4o", input_usd_per_mtok=1.0, output_usd_per_mtok=2.0
+    )
+    flow, llm = priced_flow(override, upstream_model="gpt-4o")
+    llm.usage = TokenUsage(input_tokens=1_000_000, output_tokens=1_000_000, cached_input_tokens=1)
+    _, [call] = await log_rows(flow)
+    # Cached input unset in the override: charged as input.
+    assert call.cost_usd == pytest.approx(3.0)
+
+
+async def test_an_unknown_model_costs_nothing_and_says_so() -> None:
+    flow, llm = priced_flow(upstream_model="acme-internal-llm")
+    llm.usage = TokenUsage(input_tokens=500, output_tokens=500)
+    _, [call] = await log_rows(flow)
+    assert (call.cost_usd, call.price_known, call.input_tokens) == (0.0, False, 500)
+
+
+async def test_the_providers_name_of_the_model_prices_a_deployment_name() -> None:
+    # Azure OpenAI: the route names a deployment; the response names the model behind it.
+    flow, llm = priced_flow(upstream_model="prod-chat-deployment")
+    llm.usage = TokenUsage(input_tokens=1_000, output_tokens=0)
+    llm.response_model = "gpt-4o-mini-2024-07-18"
+    _, [call] = await log_rows(flow)
+    assert call.price_known
+    assert call.cost_usd == pytest.approx(1_000 * 0.15 / 1e6)
+
+
+async def test_a_call_without_usage_costs_nothing_but_keeps_its_price_known() -> None:
+    flow, _ = priced_flow(upstream_model="gpt-4o")
+    _, [call] = await log_rows(flow)
+    assert (call.cost_usd, call.price_known) == (0.0, True)
