@@ -61,7 +61,6 @@ from opentelemetry.util.types import AttributeValue
 
 from gatez.pipeline import CallOutcome, Flow, StageCall
 from gatez.pipeline.stage import REQUEST_PHASES
-from gatez.v1 import policy_pb2
 
 log = logging.getLogger("gatez.telemetry")
 
@@ -355,7 +354,7 @@ def gen_ai_attributes(flow: Flow) -> dict[str, AttributeValue]:
     assert llm is not None
     target = llm.target
     provider = target.provider
-    kind = policy_pb2.ProviderKind.Name(provider.kind).removeprefix("PROVIDER_KIND_")
+    kind = provider.kind.name
     provider_name = GEN_AI_PROVIDER_NAMES.get(kind, kind.lower())
     attributes: dict[str, AttributeValue] = {
         "gen_ai.operation.name": "chat",
