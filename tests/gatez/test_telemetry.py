@@ -29,6 +29,7 @@ from gatez.pipeline import (
 )
 from gatez.policy import (
     EMPTY_POLICY,
+    UPSTREAM_CLUSTER_TLS,
     ModelTarget,
     ProviderKind,
     ProviderTarget,
@@ -62,7 +63,7 @@ class Authenticates(Stage):
 class RoutesModel(Stage):
     def on_request_body(self, flow: Flow) -> Verdict:
         provider = ProviderTarget(
-            "openai-main", ProviderKind.OPENAI, "tls", "api.openai.com", "/v1", None
+            "openai-main", ProviderKind.OPENAI, UPSTREAM_CLUSTER_TLS, "api.openai.com", "/v1", None
         )
         flow.llm = LlmCall(ModelTarget("fast", provider, "gpt-4o-mini"), False, False)
         return CONTINUE
