@@ -47,7 +47,7 @@ from gatez.logrows import (
     request_log_to_proto,
 )
 from gatez.logstore import LogStore, UsageCounts
-from gatez.policy import NAME_PATTERN, TENANT_ID_PATTERN
+from gatez.policy import NAME_PATTERN, PROVIDER_KINDS, TENANT_ID_PATTERN
 from gatez.prices import DEFAULT_PRICES, model_name, parse_price, price_to_proto
 from gatez.secrets import SecretBox, seal_clear_credentials
 from gatez.v1 import control_pb2, control_pb2_grpc, policy_pb2
@@ -334,17 +334,13 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
         self, request: control_pb2.CreateProviderRequest, context: Context
     ) -> control_pb2.CreateProviderResponse:
         _require_message(request, "provider")
-        provider = policy_pb2.Provider()
-        provider.CopyFrom(request.provider)
-        name = _require(provider.name, "provider.name")
+        provider = _provider_settings(request.provider)
+        name = provider.name
         if not NAME_PATTERN.fullmatch(name):
             raise InvalidRequest(
                 f"provider.name {quoted(name)} is not valid: use lower-case letters, digits, '.', "
                 "'_' and '-', starting with a letter or digit"
             )
-        # Output-only fields: what the caller sent there means nothing.
-        provider.ClearField("has_credential")
-        provider.ClearField("credential_update_time")
         now = self._clock()
         sealed = self._box.seal(name, request.api_key) if request.api_key else None
 
@@ -386,6 +382,30 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
 
         _, version = await self._update(change)
         return control_pb2.DeleteProviderResponse(policy_version=version)
+
+    @public_errors
+    async def UpdateProvider(
+        self, request: control_pb2.UpdateProviderRequest, context: Context
+    ) -> control_pb2.UpdateProviderResponse:
+        _require_message(request, "provider")
+        settings = _provider_settings(request.provider)
+        name = settings.name
+        sealed = self._box.seal(name, request.api_key) if request.api_key else None
+        now = self._clock()
+
+        def change(snapshot: policy_pb2.PolicySnapshot) -> policy_pb2.Provider:
+            provider = _provider(snapshot, name)
+            # The credential's state is the provider's own, not a setting.
+            settings.has_credential = provider.has_credential
+            if provider.HasField("credential_update_time"):
+                settings.credential_update_time.CopyFrom(provider.credential_update_time)
+            provider.CopyFrom(settings)
+            if sealed is not None:
+                _set_credential(snapshot, provider, sealed, now)
+            return provider
+
+        updated, version = await self._update(change)
+        return control_pb2.UpdateProviderResponse(provider=updated, policy_version=version)
 
     @public_errors
     async def SetProviderCredential(
@@ -966,6 +986,24 @@ def _provider(snapshot: policy_pb2.PolicySnapshot, name: str) -> policy_pb2.Prov
     provider = _find(snapshot.providers, lambda p: p.name == name)
     if provider is None:
         raise NotFound(f"provider {quoted(name)} not found")
+    return provider
+
+
+def _provider_settings(given: policy_pb2.Provider) -> policy_pb2.Provider:
+    """A Provider as a caller may set it: named, of a known kind, output-only fields cleared.
+    Each kind's own rules (base_url forms, azure_api_version, aws_region, a SigV4 credential's
+    shape) are checked when the policy compiles, which every change goes through."""
+    provider = policy_pb2.Provider()
+    provider.CopyFrom(given)
+    _require(provider.name, "provider.name")
+    if provider.kind not in PROVIDER_KINDS:
+        known = ", ".join(policy_pb2.ProviderKind.Name(kind) for kind in sorted(PROVIDER_KINDS))
+        raise InvalidRequest(f"provider.kind is required: one of {known}")
+    if provider.auth not in policy_pb2.ProviderAuth.values():
+        raise InvalidRequest(f"provider.auth {provider.auth} is not a ProviderAuth value")
+    # Output-only fields: what the caller sent there means nothing.
+    provider.ClearField("has_credential")
+    provider.ClearField("credential_update_time")
     return provider
 
 

@@ -14,6 +14,9 @@ from types import MappingProxyType
 from typing import Final, Protocol
 from urllib.parse import SplitResult, urlsplit
 
+import orjson
+from botocore.credentials import Credentials
+
 from gatez.errors import InvalidPolicy, quoted
 from gatez.prices import DEFAULT_PRICES, PriceTable, compile_prices
 from gatez.v1 import policy_pb2
@@ -94,18 +97,67 @@ class Upstream:
     path_prefix: str
 
 
+class ProviderKind(enum.Enum):
+    """The wire schema a provider speaks, and so how the gateway reaches it
+    (`extproc.providers` builds each kind's request path and headers)."""
+
+    OPENAI = "openai"
+    AZURE_OPENAI = "azure_openai"
+    ANTHROPIC = "anthropic"
+    GEMINI = "gemini"
+    OLLAMA = "ollama"
+    BEDROCK = "bedrock"
+
+
+PROVIDER_KINDS: Final = {
+    policy_pb2.PROVIDER_KIND_OPENAI: ProviderKind.OPENAI,
+    policy_pb2.PROVIDER_KIND_AZURE_OPENAI: ProviderKind.AZURE_OPENAI,
+    policy_pb2.PROVIDER_KIND_ANTHROPIC: ProviderKind.ANTHROPIC,
+    policy_pb2.PROVIDER_KIND_GEMINI: ProviderKind.GEMINI,
+    policy_pb2.PROVIDER_KIND_OLLAMA: ProviderKind.OLLAMA,
+    policy_pb2.PROVIDER_KIND_BEDROCK: ProviderKind.BEDROCK,
+}
+# Azure OpenAI's `api-version`: a dated version (GA or preview), or "v1" for the v1 API.
+AZURE_V1_API: Final = "v1"
+_AZURE_API_VERSION: Final = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}(-preview)?|v1")
+# bedrock-runtime[-fips].<region>.amazonaws.com[.cn], also behind a VPC endpoint
+# (vpce-….bedrock-runtime.<region>.vpce.amazonaws.com).
+_BEDROCK_HOST: Final = re.compile(
+    r"(?:.+\.)?bedrock-runtime(?:-fips)?\.([a-z0-9-]+)\.(?:vpce\.)?amazonaws\.com(?:\.cn)?"
+)
+_AWS_REGION: Final = re.compile(r"[a-z]{2}(?:-[a-z]+)+-[0-9]{1,2}")
+# The fields of a SigV4 credential (a JSON object; see `policy.proto`, PROVIDER_AUTH_AWS_SIGV4).
+AWS_KEY_FIELDS: Final = ("access_key_id", "secret_access_key", "session_token")
+# Gemini API versions a base_url may end in; without one, Google's SDKs' default.
+_GEMINI_VERSIONS: Final = ("/v1beta", "/v1")
+GEMINI_DEFAULT_VERSION: Final = "/v1beta"
+
+
 @dataclass(frozen=True, slots=True)
 class ProviderTarget:
-    """Where and how to reach one provider, precomputed for header rewriting."""
+    """Where and how to reach one provider, compiled once per policy so that building a
+    request (`extproc.providers.build`) only joins strings, and for Bedrock signs."""
 
     name: str
-    kind: int
+    kind: ProviderKind
     cluster: str
+    # What the provider receives as `:authority` / Host — the port left out when it is the
+    # scheme's default, as HTTP clients send it (a SigV4 signature covers this exact value).
     authority: str
+    # The path each API's own path is joined to: the base URL's path, normalised per kind
+    # (OpenAI: as given, e.g. "/v1"; Azure: the resource root; Anthropic: ".../v1"; Gemini:
+    # ".../v1beta"; Ollama and Bedrock: the server root).
     path_prefix: str
+    # The API key (or Bedrock API key); None when there is none or the provider signs (SigV4).
     api_key: str | None
     # Lower-case names of the client headers this provider receives (defaults included).
     forward_headers: frozenset[str] = DEFAULT_FORWARD_HEADERS
+    # Azure OpenAI: the api-version ("v1": the v1 API).
+    azure_api_version: str = ""
+    # Bedrock: the region requests are signed for.
+    aws_region: str = ""
+    # Bedrock with SigV4: the key pair, built once per compiled policy.
+    aws_credentials: Credentials | None = None
 
 
 class RouteKind(enum.Enum):
@@ -314,12 +366,15 @@ def _upstream(value: str, where: str) -> Upstream:
     _check(not url.query and not url.fragment, f"{where} must not carry ?query or #")
     _check(not url.username, f"{where} must not carry credentials")
     tls = url.scheme == "https"
-    port = url.port or (443 if tls else 80)
     host = url.hostname or ""
     host = f"[{host}]" if ":" in host else host
+    # The default port left out, as every HTTP client sends Host (RFC 9110 7.2): what a
+    # provider receives is what a SigV4 signature covers (AWS signs "host", not "host:443").
+    # Envoy's dynamic forward proxy and the APISIX runner take 443/80 by the cluster's TLS.
+    port = url.port
     return Upstream(
         cluster=UPSTREAM_CLUSTER_TLS if tls else UPSTREAM_CLUSTER_PLAIN,
-        authority=f"{host}:{port}",
+        authority=host if port is None or port == (443 if tls else 80) else f"{host}:{port}",
         path_prefix=url.path.rstrip("/"),
     )
 
@@ -389,18 +444,132 @@ def _identity_provider(
     )
 
 
-def _provider(provider: policy_pb2.Provider, api_key: str | None) -> ProviderTarget:
+def _provider(provider: policy_pb2.Provider, credential: str | None) -> ProviderTarget:
     where = f"provider {quoted(provider.name)}"
-    _check(provider.kind == policy_pb2.PROVIDER_KIND_OPENAI, f"{where}: unsupported kind")
+    kind = PROVIDER_KINDS.get(provider.kind)
+    if kind is None:
+        raise InvalidPolicy(
+            f"{where}: kind is required (one of {', '.join(k.name for k in ProviderKind)})"
+        )
     upstream = _upstream(provider.base_url, f"{where}: base_url")
+    _check(
+        not provider.azure_api_version or kind is ProviderKind.AZURE_OPENAI,
+        f"{where}: azure_api_version is for AZURE_OPENAI providers only",
+    )
+    _check(
+        not provider.aws_region or kind is ProviderKind.BEDROCK,
+        f"{where}: aws_region is for BEDROCK providers only",
+    )
+    _check(
+        provider.auth != policy_pb2.PROVIDER_AUTH_AWS_SIGV4 or kind is ProviderKind.BEDROCK,
+        f"{where}: auth AWS_SIGV4 is for BEDROCK providers only",
+    )
+    _check(
+        provider.auth in policy_pb2.ProviderAuth.values(), f"{where}: auth {provider.auth} unknown"
+    )
+    prefix = upstream.path_prefix
+    api_key = credential
+    aws_region = ""
+    aws_credentials: Credentials | None = None
+    if kind is ProviderKind.AZURE_OPENAI:
+        prefix = _azure_root(provider, prefix, where)
+    elif kind is ProviderKind.ANTHROPIC:
+        prefix = prefix.removesuffix("/v1") + "/v1"
+    elif kind is ProviderKind.GEMINI:
+        if not prefix.endswith(_GEMINI_VERSIONS):
+            prefix += GEMINI_DEFAULT_VERSION
+    elif kind is ProviderKind.OLLAMA:
+        _check(
+            not prefix.endswith(("/api", "/v1")),
+            f"{where}: base_url is the Ollama server (e.g. http://localhost:11434), without "
+            "/api; Ollama's OpenAI-compatible /v1 is a provider of kind OPENAI",
+        )
+    elif kind is ProviderKind.BEDROCK:
+        aws_region = _aws_region(provider, upstream.authority, where)
+        if provider.auth != policy_pb2.PROVIDER_AUTH_API_KEY:
+            api_key = None
+            if credential is not None:
+                aws_credentials = _aws_credentials(credential, where)
     return ProviderTarget(
         name=provider.name,
-        kind=provider.kind,
+        kind=kind,
         cluster=upstream.cluster,
         authority=upstream.authority,
-        path_prefix=upstream.path_prefix,
+        path_prefix=prefix,
         api_key=api_key,
         forward_headers=DEFAULT_FORWARD_HEADERS | _forward_headers(provider, where),
+        azure_api_version=provider.azure_api_version,
+        aws_region=aws_region,
+        aws_credentials=aws_credentials,
+    )
+
+
+def _azure_root(provider: policy_pb2.Provider, path: str, where: str) -> str:
+    """The resource root under which Azure's `/openai/...` paths go."""
+    version = provider.azure_api_version
+    _check(
+        _AZURE_API_VERSION.fullmatch(version),
+        f'{where}: azure_api_version is required: a dated version such as "2024-10-21" '
+        f'(or "2025-04-01-preview"), or "v1" for the v1 API; not {quoted(version)}',
+    )
+    _check(
+        "/openai/deployments" not in path,
+        f"{where}: base_url is the resource endpoint (https://<resource>.openai.azure.com); the "
+        "deployment is the model route's upstream_model",
+    )
+    if path.endswith("/openai/v1"):
+        _check(
+            version == AZURE_V1_API,
+            f"{where}: base_url ends in /openai/v1 (the v1 API) but azure_api_version is "
+            f'{quoted(version)}; set it to "v1", or give the resource endpoint',
+        )
+        return path.removesuffix("/openai/v1")
+    return path.removesuffix("/openai")
+
+
+def _aws_region(provider: policy_pb2.Provider, authority: str, where: str) -> str:
+    """The region a Bedrock provider's requests are signed for: as given, else its host's."""
+    if provider.aws_region:
+        _check(
+            _AWS_REGION.fullmatch(provider.aws_region),
+            f"{where}: aws_region {quoted(provider.aws_region)} is not an AWS region name",
+        )
+        return provider.aws_region
+    host = authority.rpartition(":")[0] if authority.count(":") == 1 else authority
+    match = _BEDROCK_HOST.fullmatch(host)
+    _check(
+        match is not None and _AWS_REGION.fullmatch(match[1]),
+        f"{where}: aws_region is required (base_url's host is not "
+        "bedrock-runtime.<region>.amazonaws.com)",
+    )
+    assert match is not None
+    return match[1]
+
+
+def _aws_credentials(credential: str, where: str) -> Credentials:
+    """A SigV4 credential's key pair. Its content never appears in an error (it is a secret)."""
+    shape = (
+        'a JSON object {"access_key_id": ..., "secret_access_key": ...} with an optional '
+        '"session_token"'
+    )
+    try:
+        fields = orjson.loads(credential)
+    except orjson.JSONDecodeError:
+        raise InvalidPolicy(f"{where}: the credential for auth AWS_SIGV4 must be {shape}") from None
+    _check(isinstance(fields, dict), f"{where}: the credential for auth AWS_SIGV4 must be {shape}")
+    _check(
+        set(fields) <= set(AWS_KEY_FIELDS),
+        f"{where}: the AWS_SIGV4 credential has fields other than {', '.join(AWS_KEY_FIELDS)}",
+    )
+    for name in AWS_KEY_FIELDS:
+        value = fields.get(name, "")
+        _check(
+            isinstance(value, str) and (value or name == "session_token"),
+            f"{where}: the AWS_SIGV4 credential's {name} must be a "
+            + ("string" if name == "session_token" else "non-empty string"),
+        )
+    return Credentials(
+        fields["access_key_id"], fields["secret_access_key"], fields.get("session_token") or None
     )
 
 

@@ -61,7 +61,7 @@ from opentelemetry.util.types import AttributeValue
 
 from gatez.pipeline import CallOutcome, Flow, StageCall
 from gatez.pipeline.stage import REQUEST_PHASES
-from gatez.v1 import policy_pb2
+from gatez.policy import UPSTREAM_CLUSTER_TLS
 
 log = logging.getLogger("gatez.telemetry")
 
@@ -315,7 +315,7 @@ class RequestTrace:
             upstream = flow.route.upstream if flow.route is not None else None
             name = f"upstream {flow.route.id}" if flow.route is not None else "upstream"
             if upstream is not None:
-                attributes.update(_server_address(upstream.authority))
+                attributes.update(_server_address(upstream.authority, upstream.cluster))
         self._children.record(
             parent,
             name,
@@ -355,7 +355,7 @@ def gen_ai_attributes(flow: Flow) -> dict[str, AttributeValue]:
     assert llm is not None
     target = llm.target
     provider = target.provider
-    kind = policy_pb2.ProviderKind.Name(provider.kind).removeprefix("PROVIDER_KIND_")
+    kind = provider.kind.name
     provider_name = GEN_AI_PROVIDER_NAMES.get(kind, kind.lower())
     attributes: dict[str, AttributeValue] = {
         "gen_ai.operation.name": "chat",
@@ -366,7 +366,7 @@ def gen_ai_attributes(flow: Flow) -> dict[str, AttributeValue]:
         "gen_ai.request.stream": llm.stream,
         "gatez.model_alias": target.alias,
         "gatez.provider": provider.name,
-        **_server_address(provider.authority),
+        **_server_address(provider.authority, provider.cluster),
     }
     if llm.response_model:
         attributes["gen_ai.response.model"] = llm.response_model
@@ -378,8 +378,10 @@ def gen_ai_attributes(flow: Flow) -> dict[str, AttributeValue]:
     return attributes
 
 
-def _server_address(authority: str) -> dict[str, AttributeValue]:
+def _server_address(authority: str, cluster: str) -> dict[str, AttributeValue]:
     host, _, port = authority.rpartition(":")
     if host and port.isdigit():
         return {"server.address": host.strip("[]"), "server.port": int(port)}
-    return {"server.address": authority}
+    # The authority leaves out the scheme's default port (gatez.policy._upstream).
+    default_port = 443 if cluster == UPSTREAM_CLUSTER_TLS else 80
+    return {"server.address": authority.strip("[]"), "server.port": default_port}

@@ -205,6 +205,22 @@ class DeleteProviderResponse(_message.Message):
     policy_version: int
     def __init__(self, policy_version: _Optional[int] = ...) -> None: ...
 
+class UpdateProviderRequest(_message.Message):
+    __slots__ = ("provider", "api_key")
+    PROVIDER_FIELD_NUMBER: _ClassVar[int]
+    API_KEY_FIELD_NUMBER: _ClassVar[int]
+    provider: _policy_pb2.Provider
+    api_key: str
+    def __init__(self, provider: _Optional[_Union[_policy_pb2.Provider, _Mapping]] = ..., api_key: _Optional[str] = ...) -> None: ...
+
+class UpdateProviderResponse(_message.Message):
+    __slots__ = ("provider", "policy_version")
+    PROVIDER_FIELD_NUMBER: _ClassVar[int]
+    POLICY_VERSION_FIELD_NUMBER: _ClassVar[int]
+    provider: _policy_pb2.Provider
+    policy_version: int
+    def __init__(self, provider: _Optional[_Union[_policy_pb2.Provider, _Mapping]] = ..., policy_version: _Optional[int] = ...) -> None: ...
+
 class SetProviderCredentialRequest(_message.Message):
     __slots__ = ("provider", "api_key")
     PROVIDER_FIELD_NUMBER: _ClassVar[int]

@@ -107,6 +107,11 @@ class ControlServiceStub:
                 request_serializer=gatez_dot_v1_dot_control__pb2.DeleteProviderRequest.SerializeToString,
                 response_deserializer=gatez_dot_v1_dot_control__pb2.DeleteProviderResponse.FromString,
                 _registered_method=True)
+        self.UpdateProvider = channel.unary_unary(
+                '/gatez.v1.ControlService/UpdateProvider',
+                request_serializer=gatez_dot_v1_dot_control__pb2.UpdateProviderRequest.SerializeToString,
+                response_deserializer=gatez_dot_v1_dot_control__pb2.UpdateProviderResponse.FromString,
+                _registered_method=True)
         self.SetProviderCredential = channel.unary_unary(
                 '/gatez.v1.ControlService/SetProviderCredential',
                 request_serializer=gatez_dot_v1_dot_control__pb2.SetProviderCredentialRequest.SerializeToString,
@@ -278,6 +283,14 @@ class ControlServiceServicer:
 
     def DeleteProvider(self, request, context):
         """Deleting a provider that a model route uses is refused.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateProvider(self, request, context):
+        """Replaces a provider's settings (kind, base_url, forward_headers, azure_api_version,
+        aws_region, auth) with the ones given; its credential stays unless `api_key` is set.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -470,6 +483,11 @@ def add_ControlServiceServicer_to_server(servicer, server):
                     servicer.DeleteProvider,
                     request_deserializer=gatez_dot_v1_dot_control__pb2.DeleteProviderRequest.FromString,
                     response_serializer=gatez_dot_v1_dot_control__pb2.DeleteProviderResponse.SerializeToString,
+            ),
+            'UpdateProvider': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateProvider,
+                    request_deserializer=gatez_dot_v1_dot_control__pb2.UpdateProviderRequest.FromString,
+                    response_serializer=gatez_dot_v1_dot_control__pb2.UpdateProviderResponse.SerializeToString,
             ),
             'SetProviderCredential': grpc.unary_unary_rpc_method_handler(
                     servicer.SetProviderCredential,
@@ -933,6 +951,33 @@ class ControlService:
             '/gatez.v1.ControlService/DeleteProvider',
             gatez_dot_v1_dot_control__pb2.DeleteProviderRequest.SerializeToString,
             gatez_dot_v1_dot_control__pb2.DeleteProviderResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateProvider(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gatez.v1.ControlService/UpdateProvider',
+            gatez_dot_v1_dot_control__pb2.UpdateProviderRequest.SerializeToString,
+            gatez_dot_v1_dot_control__pb2.UpdateProviderResponse.FromString,
             options,
             channel_credentials,
             insecure,

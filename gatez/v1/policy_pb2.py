@@ -25,17 +25,19 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15gatez/v1/policy.proto\x12\x08gatez.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x84\x01\n\x06Tenant\x12\n\n\x02id\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12\'\n\nrate_limit\x18\x03 \x01(\x0b\x32\x13.gatez.v1.RateLimit\x12/\n\x0b\x63reate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"7\n\tRateLimit\x12\x1b\n\x13requests_per_minute\x18\x01 \x01(\r\x12\r\n\x05\x62urst\x18\x02 \x01(\r\"\x94\x01\n\x06\x41piKey\x12\n\n\x02id\x18\x01 \x01(\t\x12\x11\n\ttenant_id\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x15\n\rsecret_sha256\x18\x04 \x01(\t\x12\x15\n\rsecret_prefix\x18\x05 \x01(\t\x12/\n\x0b\x63reate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x8f\x01\n\x10IdentityProvider\x12\n\n\x02id\x18\x01 \x01(\t\x12\x11\n\ttenant_id\x18\x02 \x01(\t\x12\x0e\n\x06issuer\x18\x03 \x01(\t\x12\x10\n\x08jwks_url\x18\x04 \x01(\t\x12\x10\n\x08\x61udience\x18\x05 \x01(\t\x12\x14\n\x0ctenant_claim\x18\x06 \x01(\t\x12\x12\n\nalgorithms\x18\x07 \x03(\t\"\xbd\x01\n\x08Provider\x12\x0c\n\x04name\x18\x01 \x01(\t\x12$\n\x04kind\x18\x02 \x01(\x0e\x32\x16.gatez.v1.ProviderKind\x12\x10\n\x08\x62\x61se_url\x18\x03 \x01(\t\x12\x16\n\x0ehas_credential\x18\x04 \x01(\x08\x12:\n\x16\x63redential_update_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x17\n\x0f\x66orward_headers\x18\x1e \x03(\t\"_\n\x12ProviderCredential\x12\x10\n\x08provider\x18\x01 \x01(\t\x12\x0f\n\x07\x61pi_key\x18\x02 \x01(\t\x12\x16\n\x0esealed_api_key\x18\x03 \x01(\x0c\x12\x0e\n\x06key_id\x18\x04 \x01(\t\"d\n\nModelRoute\x12\n\n\x02id\x18\x01 \x01(\t\x12\x11\n\ttenant_id\x18\x02 \x01(\t\x12\r\n\x05\x61lias\x18\x03 \x01(\t\x12\x10\n\x08provider\x18\x04 \x01(\t\x12\x16\n\x0eupstream_model\x18\x05 \x01(\t\"w\n\x05Route\x12\n\n\x02id\x18\x01 \x01(\t\x12\x13\n\x0bpath_prefix\x18\x02 \x01(\t\x12!\n\x04kind\x18\x03 \x01(\x0e\x32\x13.gatez.v1.RouteKind\x12\x14\n\x0cupstream_url\x18\x04 \x01(\t\x12\x14\n\x0cstrip_prefix\x18\x05 \x01(\x08\"\xa3\x02\n\nModelPrice\x12\r\n\x05model\x18\x01 \x01(\t\x12\x1f\n\x12input_usd_per_mtok\x18\x02 \x01(\x01H\x00\x88\x01\x01\x12 \n\x13output_usd_per_mtok\x18\x03 \x01(\x01H\x01\x88\x01\x01\x12&\n\x19\x63\x61\x63hed_input_usd_per_mtok\x18\x04 \x01(\x01H\x02\x88\x01\x01\x12+\n\x1e\x63\x61\x63he_write_input_usd_per_mtok\x18\x05 \x01(\x01H\x03\x88\x01\x01\x42\x15\n\x13_input_usd_per_mtokB\x16\n\x14_output_usd_per_mtokB\x1c\n\x1a_cached_input_usd_per_mtokB!\n\x1f_cache_write_input_usd_per_mtok\"\xbe\x03\n\x0ePolicySnapshot\x12\x0f\n\x07version\x18\x01 \x01(\x04\x12/\n\x0b\x63reate_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12!\n\x07tenants\x18\x03 \x03(\x0b\x32\x10.gatez.v1.Tenant\x12\"\n\x08\x61pi_keys\x18\x04 \x03(\x0b\x32\x10.gatez.v1.ApiKey\x12\x36\n\x12identity_providers\x18\x05 \x03(\x0b\x32\x1a.gatez.v1.IdentityProvider\x12%\n\tproviders\x18\x06 \x03(\x0b\x32\x12.gatez.v1.Provider\x12:\n\x14provider_credentials\x18\x07 \x03(\x0b\x32\x1c.gatez.v1.ProviderCredential\x12*\n\x0cmodel_routes\x18\x08 \x03(\x0b\x32\x14.gatez.v1.ModelRoute\x12\x0f\n\x07lineage\x18\t \x01(\t\x12\x1f\n\x06routes\x18\x14 \x03(\x0b\x32\x0f.gatez.v1.Route\x12*\n\x0cmodel_prices\x18\x1e \x03(\x0b\x32\x14.gatez.v1.ModelPrice*G\n\x0cProviderKind\x12\x1d\n\x19PROVIDER_KIND_UNSPECIFIED\x10\x00\x12\x18\n\x14PROVIDER_KIND_OPENAI\x10\x01*x\n\tRouteKind\x12\x1a\n\x16ROUTE_KIND_UNSPECIFIED\x10\x00\x12\x12\n\x0eROUTE_KIND_LLM\x10\x01\x12\x13\n\x0fROUTE_KIND_REST\x10\x02\x12\x12\n\x0eROUTE_KIND_MCP\x10\x03\x12\x12\n\x0eROUTE_KIND_A2A\x10\x04\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15gatez/v1/policy.proto\x12\x08gatez.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x84\x01\n\x06Tenant\x12\n\n\x02id\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12\'\n\nrate_limit\x18\x03 \x01(\x0b\x32\x13.gatez.v1.RateLimit\x12/\n\x0b\x63reate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"7\n\tRateLimit\x12\x1b\n\x13requests_per_minute\x18\x01 \x01(\r\x12\r\n\x05\x62urst\x18\x02 \x01(\r\"\x94\x01\n\x06\x41piKey\x12\n\n\x02id\x18\x01 \x01(\t\x12\x11\n\ttenant_id\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x15\n\rsecret_sha256\x18\x04 \x01(\t\x12\x15\n\rsecret_prefix\x18\x05 \x01(\t\x12/\n\x0b\x63reate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x8f\x01\n\x10IdentityProvider\x12\n\n\x02id\x18\x01 \x01(\t\x12\x11\n\ttenant_id\x18\x02 \x01(\t\x12\x0e\n\x06issuer\x18\x03 \x01(\t\x12\x10\n\x08jwks_url\x18\x04 \x01(\t\x12\x10\n\x08\x61udience\x18\x05 \x01(\t\x12\x14\n\x0ctenant_claim\x18\x06 \x01(\t\x12\x12\n\nalgorithms\x18\x07 \x03(\t\"\x92\x02\n\x08Provider\x12\x0c\n\x04name\x18\x01 \x01(\t\x12$\n\x04kind\x18\x02 \x01(\x0e\x32\x16.gatez.v1.ProviderKind\x12\x10\n\x08\x62\x61se_url\x18\x03 \x01(\t\x12\x16\n\x0ehas_credential\x18\x04 \x01(\x08\x12:\n\x16\x63redential_update_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x17\n\x0f\x66orward_headers\x18\x1e \x03(\t\x12\x19\n\x11\x61zure_api_version\x18( \x01(\t\x12\x12\n\naws_region\x18) \x01(\t\x12$\n\x04\x61uth\x18* \x01(\x0e\x32\x16.gatez.v1.ProviderAuth\"_\n\x12ProviderCredential\x12\x10\n\x08provider\x18\x01 \x01(\t\x12\x0f\n\x07\x61pi_key\x18\x02 \x01(\t\x12\x16\n\x0esealed_api_key\x18\x03 \x01(\x0c\x12\x0e\n\x06key_id\x18\x04 \x01(\t\"d\n\nModelRoute\x12\n\n\x02id\x18\x01 \x01(\t\x12\x11\n\ttenant_id\x18\x02 \x01(\t\x12\r\n\x05\x61lias\x18\x03 \x01(\t\x12\x10\n\x08provider\x18\x04 \x01(\t\x12\x16\n\x0eupstream_model\x18\x05 \x01(\t\"w\n\x05Route\x12\n\n\x02id\x18\x01 \x01(\t\x12\x13\n\x0bpath_prefix\x18\x02 \x01(\t\x12!\n\x04kind\x18\x03 \x01(\x0e\x32\x13.gatez.v1.RouteKind\x12\x14\n\x0cupstream_url\x18\x04 \x01(\t\x12\x14\n\x0cstrip_prefix\x18\x05 \x01(\x08\"\xa3\x02\n\nModelPrice\x12\r\n\x05model\x18\x01 \x01(\t\x12\x1f\n\x12input_usd_per_mtok\x18\x02 \x01(\x01H\x00\x88\x01\x01\x12 \n\x13output_usd_per_mtok\x18\x03 \x01(\x01H\x01\x88\x01\x01\x12&\n\x19\x63\x61\x63hed_input_usd_per_mtok\x18\x04 \x01(\x01H\x02\x88\x01\x01\x12+\n\x1e\x63\x61\x63he_write_input_usd_per_mtok\x18\x05 \x01(\x01H\x03\x88\x01\x01\x42\x15\n\x13_input_usd_per_mtokB\x16\n\x14_output_usd_per_mtokB\x1c\n\x1a_cached_input_usd_per_mtokB!\n\x1f_cache_write_input_usd_per_mtok\"\xbe\x03\n\x0ePolicySnapshot\x12\x0f\n\x07version\x18\x01 \x01(\x04\x12/\n\x0b\x63reate_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12!\n\x07tenants\x18\x03 \x03(\x0b\x32\x10.gatez.v1.Tenant\x12\"\n\x08\x61pi_keys\x18\x04 \x03(\x0b\x32\x10.gatez.v1.ApiKey\x12\x36\n\x12identity_providers\x18\x05 \x03(\x0b\x32\x1a.gatez.v1.IdentityProvider\x12%\n\tproviders\x18\x06 \x03(\x0b\x32\x12.gatez.v1.Provider\x12:\n\x14provider_credentials\x18\x07 \x03(\x0b\x32\x1c.gatez.v1.ProviderCredential\x12*\n\x0cmodel_routes\x18\x08 \x03(\x0b\x32\x14.gatez.v1.ModelRoute\x12\x0f\n\x07lineage\x18\t \x01(\t\x12\x1f\n\x06routes\x18\x14 \x03(\x0b\x32\x0f.gatez.v1.Route\x12*\n\x0cmodel_prices\x18\x1e \x03(\x0b\x32\x14.gatez.v1.ModelPrice*\xd3\x01\n\x0cProviderKind\x12\x1d\n\x19PROVIDER_KIND_UNSPECIFIED\x10\x00\x12\x18\n\x14PROVIDER_KIND_OPENAI\x10\x01\x12\x1e\n\x1aPROVIDER_KIND_AZURE_OPENAI\x10\x02\x12\x1b\n\x17PROVIDER_KIND_ANTHROPIC\x10\x03\x12\x18\n\x14PROVIDER_KIND_GEMINI\x10\x04\x12\x18\n\x14PROVIDER_KIND_OLLAMA\x10\x05\x12\x19\n\x15PROVIDER_KIND_BEDROCK\x10\x06*e\n\x0cProviderAuth\x12\x1d\n\x19PROVIDER_AUTH_UNSPECIFIED\x10\x00\x12\x19\n\x15PROVIDER_AUTH_API_KEY\x10\x01\x12\x1b\n\x17PROVIDER_AUTH_AWS_SIGV4\x10\x02*x\n\tRouteKind\x12\x1a\n\x16ROUTE_KIND_UNSPECIFIED\x10\x00\x12\x12\n\x0eROUTE_KIND_LLM\x10\x01\x12\x13\n\x0fROUTE_KIND_REST\x10\x02\x12\x12\n\x0eROUTE_KIND_MCP\x10\x03\x12\x12\n\x0eROUTE_KIND_A2A\x10\x04\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'gatez.v1.policy_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_PROVIDERKIND']._serialized_start=1812
-  _globals['_PROVIDERKIND']._serialized_end=1883
-  _globals['_ROUTEKIND']._serialized_start=1885
-  _globals['_ROUTEKIND']._serialized_end=2005
+  _globals['_PROVIDERKIND']._serialized_start=1898
+  _globals['_PROVIDERKIND']._serialized_end=2109
+  _globals['_PROVIDERAUTH']._serialized_start=2111
+  _globals['_PROVIDERAUTH']._serialized_end=2212
+  _globals['_ROUTEKIND']._serialized_start=2214
+  _globals['_ROUTEKIND']._serialized_end=2334
   _globals['_TENANT']._serialized_start=69
   _globals['_TENANT']._serialized_end=201
   _globals['_RATELIMIT']._serialized_start=203
@@ -45,15 +47,15 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_IDENTITYPROVIDER']._serialized_start=412
   _globals['_IDENTITYPROVIDER']._serialized_end=555
   _globals['_PROVIDER']._serialized_start=558
-  _globals['_PROVIDER']._serialized_end=747
-  _globals['_PROVIDERCREDENTIAL']._serialized_start=749
-  _globals['_PROVIDERCREDENTIAL']._serialized_end=844
-  _globals['_MODELROUTE']._serialized_start=846
-  _globals['_MODELROUTE']._serialized_end=946
-  _globals['_ROUTE']._serialized_start=948
-  _globals['_ROUTE']._serialized_end=1067
-  _globals['_MODELPRICE']._serialized_start=1070
-  _globals['_MODELPRICE']._serialized_end=1361
-  _globals['_POLICYSNAPSHOT']._serialized_start=1364
-  _globals['_POLICYSNAPSHOT']._serialized_end=1810
+  _globals['_PROVIDER']._serialized_end=832
+  _globals['_PROVIDERCREDENTIAL']._serialized_start=834
+  _globals['_PROVIDERCREDENTIAL']._serialized_end=929
+  _globals['_MODELROUTE']._serialized_start=931
+  _globals['_MODELROUTE']._serialized_end=1031
+  _globals['_ROUTE']._serialized_start=1033
+  _globals['_ROUTE']._serialized_end=1152
+  _globals['_MODELPRICE']._serialized_start=1155
+  _globals['_MODELPRICE']._serialized_end=1446
+  _globals['_POLICYSNAPSHOT']._serialized_start=1449
+  _globals['_POLICYSNAPSHOT']._serialized_end=1895
 # @@protoc_insertion_point(module_scope)

@@ -14,6 +14,17 @@ class ProviderKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     PROVIDER_KIND_UNSPECIFIED: _ClassVar[ProviderKind]
     PROVIDER_KIND_OPENAI: _ClassVar[ProviderKind]
+    PROVIDER_KIND_AZURE_OPENAI: _ClassVar[ProviderKind]
+    PROVIDER_KIND_ANTHROPIC: _ClassVar[ProviderKind]
+    PROVIDER_KIND_GEMINI: _ClassVar[ProviderKind]
+    PROVIDER_KIND_OLLAMA: _ClassVar[ProviderKind]
+    PROVIDER_KIND_BEDROCK: _ClassVar[ProviderKind]
+
+class ProviderAuth(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    PROVIDER_AUTH_UNSPECIFIED: _ClassVar[ProviderAuth]
+    PROVIDER_AUTH_API_KEY: _ClassVar[ProviderAuth]
+    PROVIDER_AUTH_AWS_SIGV4: _ClassVar[ProviderAuth]
 
 class RouteKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -24,6 +35,14 @@ class RouteKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ROUTE_KIND_A2A: _ClassVar[RouteKind]
 PROVIDER_KIND_UNSPECIFIED: ProviderKind
 PROVIDER_KIND_OPENAI: ProviderKind
+PROVIDER_KIND_AZURE_OPENAI: ProviderKind
+PROVIDER_KIND_ANTHROPIC: ProviderKind
+PROVIDER_KIND_GEMINI: ProviderKind
+PROVIDER_KIND_OLLAMA: ProviderKind
+PROVIDER_KIND_BEDROCK: ProviderKind
+PROVIDER_AUTH_UNSPECIFIED: ProviderAuth
+PROVIDER_AUTH_API_KEY: ProviderAuth
+PROVIDER_AUTH_AWS_SIGV4: ProviderAuth
 ROUTE_KIND_UNSPECIFIED: RouteKind
 ROUTE_KIND_LLM: RouteKind
 ROUTE_KIND_REST: RouteKind
@@ -85,20 +104,26 @@ class IdentityProvider(_message.Message):
     def __init__(self, id: _Optional[str] = ..., tenant_id: _Optional[str] = ..., issuer: _Optional[str] = ..., jwks_url: _Optional[str] = ..., audience: _Optional[str] = ..., tenant_claim: _Optional[str] = ..., algorithms: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Provider(_message.Message):
-    __slots__ = ("name", "kind", "base_url", "has_credential", "credential_update_time", "forward_headers")
+    __slots__ = ("name", "kind", "base_url", "has_credential", "credential_update_time", "forward_headers", "azure_api_version", "aws_region", "auth")
     NAME_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     BASE_URL_FIELD_NUMBER: _ClassVar[int]
     HAS_CREDENTIAL_FIELD_NUMBER: _ClassVar[int]
     CREDENTIAL_UPDATE_TIME_FIELD_NUMBER: _ClassVar[int]
     FORWARD_HEADERS_FIELD_NUMBER: _ClassVar[int]
+    AZURE_API_VERSION_FIELD_NUMBER: _ClassVar[int]
+    AWS_REGION_FIELD_NUMBER: _ClassVar[int]
+    AUTH_FIELD_NUMBER: _ClassVar[int]
     name: str
     kind: ProviderKind
     base_url: str
     has_credential: bool
     credential_update_time: _timestamp_pb2.Timestamp
     forward_headers: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, name: _Optional[str] = ..., kind: _Optional[_Union[ProviderKind, str]] = ..., base_url: _Optional[str] = ..., has_credential: _Optional[bool] = ..., credential_update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., forward_headers: _Optional[_Iterable[str]] = ...) -> None: ...
+    azure_api_version: str
+    aws_region: str
+    auth: ProviderAuth
+    def __init__(self, name: _Optional[str] = ..., kind: _Optional[_Union[ProviderKind, str]] = ..., base_url: _Optional[str] = ..., has_credential: _Optional[bool] = ..., credential_update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., forward_headers: _Optional[_Iterable[str]] = ..., azure_api_version: _Optional[str] = ..., aws_region: _Optional[str] = ..., auth: _Optional[_Union[ProviderAuth, str]] = ...) -> None: ...
 
 class ProviderCredential(_message.Message):
     __slots__ = ("provider", "api_key", "sealed_api_key", "key_id")

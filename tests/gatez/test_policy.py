@@ -14,6 +14,7 @@ from gatez.policy import (
     UPSTREAM_CLUSTER_TLS,
     ApiKeyEntry,
     IdentityProviderRule,
+    ProviderKind,
     RateLimitRule,
     RouteKind,
     Upstream,
@@ -211,18 +212,20 @@ def test_model_aliases_are_the_shared_and_the_tenants_own(tenant: str, aliases: 
 @pytest.mark.parametrize(
     ("base_url", "cluster", "authority", "path_prefix"),
     [
-        ("https://api.openai.com/v1", UPSTREAM_CLUSTER_TLS, "api.openai.com:443", "/v1"),
-        ("https://api.openai.com/v1/", UPSTREAM_CLUSTER_TLS, "api.openai.com:443", "/v1"),
-        ("https://api.groq.com/openai/v1", UPSTREAM_CLUSTER_TLS, "api.groq.com:443", "/openai/v1"),
+        ("https://api.openai.com/v1", UPSTREAM_CLUSTER_TLS, "api.openai.com", "/v1"),
+        ("https://api.openai.com/v1/", UPSTREAM_CLUSTER_TLS, "api.openai.com", "/v1"),
+        ("https://api.groq.com/openai/v1", UPSTREAM_CLUSTER_TLS, "api.groq.com", "/openai/v1"),
         ("http://localhost:11434/v1", UPSTREAM_CLUSTER_PLAIN, "localhost:11434", "/v1"),
-        ("http://10.0.0.5", UPSTREAM_CLUSTER_PLAIN, "10.0.0.5:80", ""),
-        ("http://10.0.0.5/", UPSTREAM_CLUSTER_PLAIN, "10.0.0.5:80", ""),
+        ("http://10.0.0.5", UPSTREAM_CLUSTER_PLAIN, "10.0.0.5", ""),
+        ("http://10.0.0.5/", UPSTREAM_CLUSTER_PLAIN, "10.0.0.5", ""),
         ("https://llm.internal:8443/v1", UPSTREAM_CLUSTER_TLS, "llm.internal:8443", "/v1"),
-        ("http://vllm:80/v1", UPSTREAM_CLUSTER_PLAIN, "vllm:80", "/v1"),
-        ("https://LLM.Example.COM/v1", UPSTREAM_CLUSTER_TLS, "llm.example.com:443", "/v1"),
-        ("https://[2001:db8::1]/v1", UPSTREAM_CLUSTER_TLS, "[2001:db8::1]:443", "/v1"),
+        ("http://vllm:80/v1", UPSTREAM_CLUSTER_PLAIN, "vllm", "/v1"),
+        ("http://vllm:443/v1", UPSTREAM_CLUSTER_PLAIN, "vllm:443", "/v1"),
+        ("https://vllm:80/v1", UPSTREAM_CLUSTER_TLS, "vllm:80", "/v1"),
+        ("https://LLM.Example.COM/v1", UPSTREAM_CLUSTER_TLS, "llm.example.com", "/v1"),
+        ("https://[2001:db8::1]/v1", UPSTREAM_CLUSTER_TLS, "[2001:db8::1]", "/v1"),
         ("http://[::1]:8000/v1", UPSTREAM_CLUSTER_PLAIN, "[::1]:8000", "/v1"),
-        ("http://[fd00::7]", UPSTREAM_CLUSTER_PLAIN, "[fd00::7]:80", ""),
+        ("http://[fd00::7]", UPSTREAM_CLUSTER_PLAIN, "[fd00::7]", ""),
     ],
 )
 def test_a_providers_base_url_becomes_cluster_authority_and_path_prefix(
@@ -236,7 +239,7 @@ def test_a_providers_base_url_becomes_cluster_authority_and_path_prefix(
         authority,
         path_prefix,
     )
-    assert provider.kind == OPENAI
+    assert provider.kind is ProviderKind.OPENAI
 
 
 Mutation = Callable[[policy_pb2.PolicySnapshot], object]
@@ -378,7 +381,8 @@ INVALID: list[tuple[str, Mutation, str]] = [
     (
         "provider-kind-unspecified",
         lambda s: setattr(s.providers[1], "kind", policy_pb2.PROVIDER_KIND_UNSPECIFIED),
-        "provider 'ollama': unsupported kind",
+        "provider 'ollama': kind is required (one of OPENAI, AZURE_OPENAI, ANTHROPIC, GEMINI, "
+        "OLLAMA, BEDROCK)",
     ),
     ("base-url-empty", set_base_url(""), "provider 'openai': base_url must be a URL"),
     ("base-url-no-scheme", set_base_url("api.openai.com/v1"), "base_url must be a URL"),

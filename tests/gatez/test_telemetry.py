@@ -27,7 +27,15 @@ from gatez.pipeline import (
     TokenUsage,
     Verdict,
 )
-from gatez.policy import EMPTY_POLICY, ModelTarget, ProviderTarget, RouteKind, compile_policy
+from gatez.policy import (
+    EMPTY_POLICY,
+    UPSTREAM_CLUSTER_TLS,
+    ModelTarget,
+    ProviderKind,
+    ProviderTarget,
+    RouteKind,
+    compile_policy,
+)
 from gatez.telemetry import (
     DataPlaneMetrics,
     DataPlaneTelemetry,
@@ -55,7 +63,7 @@ class Authenticates(Stage):
 class RoutesModel(Stage):
     def on_request_body(self, flow: Flow) -> Verdict:
         provider = ProviderTarget(
-            "openai-main", policy_pb2.PROVIDER_KIND_OPENAI, "tls", "api.openai.com:443", "/v1", None
+            "openai-main", ProviderKind.OPENAI, UPSTREAM_CLUSTER_TLS, "api.openai.com", "/v1", None
         )
         flow.llm = LlmCall(ModelTarget("fast", provider, "gpt-4o-mini"), False, False)
         return CONTINUE

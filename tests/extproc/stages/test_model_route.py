@@ -155,7 +155,7 @@ async def test_alias_rewrites_the_model_and_points_the_proxy_at_the_provider() -
     assert pending.set_headers == {
         "content-length": str(len(pending.body)),
         CLUSTER_HEADER: UPSTREAM_CLUSTER_TLS,
-        ":authority": "api.openai.com:443",
+        ":authority": "api.openai.com",
         ":path": "/v1/chat/completions",
         "authorization": f"Bearer {OPENAI_KEY}",
     }
@@ -211,7 +211,7 @@ async def test_duplicate_keys_never_reach_the_provider(raw: bytes) -> None:
             "openai",
             "gpt-4o-mini",
             UPSTREAM_CLUSTER_TLS,
-            "api.openai.com:443",
+            "api.openai.com",
             "/v1",
         ),
         (
@@ -229,7 +229,7 @@ async def test_duplicate_keys_never_reach_the_provider(raw: bytes) -> None:
             "openai",
             "gpt-4o-mini",
             UPSTREAM_CLUSTER_TLS,
-            "api.openai.com:443",
+            "api.openai.com",
             "/v1",
         ),
     ],
