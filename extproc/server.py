@@ -20,6 +20,7 @@ from typing import Any
 import aiohttp
 import grpc
 
+from extproc.circuit import CircuitBreaker
 from extproc.envoy_access_log import EnvoyAccessLog
 from extproc.envoy_adapter import ExternalProcessor
 from extproc.grpc_h2 import GrpcServer
@@ -32,6 +33,7 @@ from extproc.spool import Spool, SpoolLocked
 from extproc.stages.access_log import AccessLog
 from extproc.stages.authenticate import Authenticate
 from extproc.stages.client_api import ClientApi
+from extproc.stages.fallback import FallbackOutcome
 from extproc.stages.model_route import ModelRouting
 from extproc.stages.provider_headers import ProviderHeaders
 from extproc.stages.rate_limit import RateLimit
@@ -86,6 +88,8 @@ def build_dispatcher(
     rate_limit = RateLimit(redis)
     # Last, so the rows see everything the stages before recorded.
     access_log = AccessLog(sink, node_id)
+    # Fallback chains' shared circuit state (a Redis round trip only for aliases with a chain).
+    circuits = CircuitBreaker(redis)
     llm = Pipeline(
         [
             # The client's API, from the path: where its SDK puts the key, and the error format
@@ -94,7 +98,7 @@ def build_dispatcher(
             authenticate,
             rate_limit,
             # Needs the tenant (routes are per tenant); asks for the body on LLM paths only.
-            ModelRouting(),
+            ModelRouting(circuits),
             # Needs the provider model routing chose: only its allowlisted client headers go on.
             ProviderHeaders(),
             # Response side: the provider's bytes read into the shared model (streams as
@@ -104,6 +108,8 @@ def build_dispatcher(
             UsageMeter(tokens),
             # ... and the client's bytes written last: the provider's own, or translated.
             EncodeResponse(),
+            # A chain's outcome told to its target's circuit, once the status is final.
+            FallbackOutcome(circuits),
             access_log,
         ]
     )

@@ -230,6 +230,18 @@ class ModelTarget:
     alias: str
     provider: ProviderTarget
     upstream_model: str
+    # The alias's fallback chain after this target, in order (empty on the fallbacks).
+    fallbacks: tuple[ModelTarget, ...] = ()
+
+    @property
+    def circuit(self) -> str:
+        """The name of this target's shared circuit state: one provider's model."""
+        return f"{self.provider.name}/{self.upstream_model}"
+
+    @property
+    def chain(self) -> tuple[ModelTarget, ...]:
+        """This target, then its fallbacks."""
+        return (self, *self.fallbacks)
 
 
 @dataclass(frozen=True, slots=True)
@@ -309,7 +321,23 @@ def compile_policy(
         _check(route.provider in providers, f"{where}: unknown provider {quoted(route.provider)}")
         key_ = (route.tenant_id, route.alias)
         _check(key_ not in routes, f"{where}: alias {quoted(route.alias)} is routed twice")
-        routes[key_] = ModelTarget(route.alias, providers[route.provider], route.upstream_model)
+        fallbacks: list[ModelTarget] = []
+        for position, fallback in enumerate(route.fallbacks):
+            at = f"{where}: fallbacks[{position}]"
+            _check(fallback.upstream_model != "", f"{at} has no upstream model")
+            _check(
+                fallback.provider in providers,
+                f"{at}: unknown provider {quoted(fallback.provider)}",
+            )
+            fallbacks.append(
+                ModelTarget(route.alias, providers[fallback.provider], fallback.upstream_model)
+            )
+        primary = ModelTarget(route.alias, providers[route.provider], route.upstream_model)
+        circuits = [t.circuit for t in (primary, *fallbacks)]
+        _check(len(set(circuits)) == len(circuits), f"{where}: a target appears twice in its chain")
+        routes[key_] = ModelTarget(
+            route.alias, primary.provider, route.upstream_model, tuple(fallbacks)
+        )
 
     return CompiledPolicy(
         version=snapshot.version,

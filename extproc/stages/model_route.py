@@ -16,15 +16,17 @@ Then it points the proxy at the provider: cluster by header + route cache cleari
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from typing import Any, Final
 from urllib.parse import parse_qsl, unquote, urlencode
 
 import orjson
 
+from extproc.circuit import CircuitBreaker
 from extproc.providers import provider_request, provider_schema
 from extproc.stages.client_api import Endpoint, Operation
 from extproc.stages.upstream import route_to
-from gatez.errors import InvalidRequest, NotFound, quoted
+from gatez.errors import InvalidRequest, NotFound, Unavailable, quoted
 from gatez.pipeline import CONTINUE, BodyMode, Flow, LlmCall, Respond, Stage, Verdict
 from gatez.policy import ModelTarget
 from gatez.translate.model import Unsupported
@@ -49,6 +51,12 @@ class ModelNotFound(NotFound):
     code = "model_not_found"
 
 
+class ProvidersCoolingDown(Unavailable):
+    """Every target of a fallback chain has an open circuit: 503 with Retry-After."""
+
+    code = "providers_cooling_down"
+
+
 class ModelRouting(Stage):
     """Routes LLM API requests by model alias, translating between schemas; answers the model
     lists (`GET /v1/models`, Gemini's, Ollama's `/api/tags`)."""
@@ -69,7 +77,11 @@ class ModelRouting(Stage):
         flow.request_body_mode = BodyMode.BUFFERED
         return CONTINUE
 
-    def on_request_body(self, flow: Flow) -> Verdict:
+    def __init__(self, circuits: CircuitBreaker | None = None) -> None:
+        # The shared circuit state that picks a fallback chain's target (None: the first).
+        self._circuits = circuits
+
+    def on_request_body(self, flow: Flow) -> Verdict | Awaitable[Verdict]:
         api = flow.api
         assert isinstance(api, Endpoint)
         body = _parse_object(flow.request_body)
@@ -80,29 +92,62 @@ class ModelRouting(Stage):
             raise ModelNotFound(
                 f"The model {quoted(model)} does not exist or you do not have access to it."
             )
-        schema = provider_schema(target.provider)
-        if api.operation is not Operation.CHAT:
-            llm, encoded = _passthrough(api, schema, target, body)
-        elif schema is api.schema:
-            llm, encoded = _same_schema(api, target, body)
-        else:
-            llm, encoded = _translated(api, schema, target, flow.request_body)
-        flow.llm = llm
-        flow.replace_request_body(encoded)
+        if target.fallbacks and self._circuits is not None:
+            # A chain: one Redis round trip picks the first target whose circuit is not open.
+            return self._pick_and_route(flow, api, body, target, self._circuits)
+        return _route(flow, api, body, target)
 
-        provider = target.provider
-        call = provider_request(
-            provider,
-            model=target.upstream_model,
-            stream=llm.stream,
-            body=encoded,
-            query=_forwarded_query(flow.path, api),
-            operation=api.passthrough_path,
-        )
-        route_to(flow, cluster=provider.cluster, authority=provider.authority, path=call.path)
-        for name, value in call.headers:
-            flow.set_upstream_header(name, value)
-        return CONTINUE
+    async def _pick_and_route(
+        self,
+        flow: Flow,
+        api: Endpoint,
+        body: dict[str, Any],
+        target: ModelTarget,
+        circuits: CircuitBreaker,
+    ) -> Verdict:
+        chain = target.chain
+        picked = await circuits.pick([t.circuit for t in chain])
+        if not picked.attempts:
+            raise ProvidersCoolingDown(
+                f"every provider of {quoted(target.alias)} is cooling down after failures",
+                retry_after_s=picked.retry_after_s,
+            )
+        attempt = picked.attempts[0]
+        chosen = next(t for t in chain if t.circuit == attempt.target)
+        verdict = _route(flow, api, body, chosen)
+        llm = flow.llm
+        assert llm is not None
+        llm.circuit, llm.probe, llm.counted = attempt.target, attempt.probe, attempt.counted
+        llm.skipped = picked.skipped
+        return verdict
+
+
+def _route(flow: Flow, api: Endpoint, body: dict[str, Any], target: ModelTarget) -> Verdict:
+    """Sends the request to `target`: the body in its provider's schema, the proxy pointed at
+    it with its credential."""
+    schema = provider_schema(target.provider)
+    if api.operation is not Operation.CHAT:
+        llm, encoded = _passthrough(api, schema, target, body)
+    elif schema is api.schema:
+        llm, encoded = _same_schema(api, target, body)
+    else:
+        llm, encoded = _translated(api, schema, target, flow.request_body)
+    flow.llm = llm
+    flow.replace_request_body(encoded)
+
+    provider = target.provider
+    call = provider_request(
+        provider,
+        model=target.upstream_model,
+        stream=llm.stream,
+        body=encoded,
+        query=_forwarded_query(flow.path, api),
+        operation=api.passthrough_path,
+    )
+    route_to(flow, cluster=provider.cluster, authority=provider.authority, path=call.path)
+    for name, value in call.headers:
+        flow.set_upstream_header(name, value)
+    return CONTINUE
 
 
 def _model(api: Endpoint, body: dict[str, Any]) -> str:

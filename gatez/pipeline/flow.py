@@ -85,6 +85,13 @@ class LlmCall:
     provider_schema: WireSchema | None = None
     # An API passed through as it is ("responses", "embeddings"), not chat: "" for chat.
     passthrough: str = ""
+    # A fallback chain's pick: the target's circuit ("provider/model"), whether this call is
+    # its half-open probe, whether its circuit had failures counted; the targets skipped
+    # because their circuits were open. "" when the alias has no chain.
+    circuit: str = ""
+    probe: bool = False
+    counted: bool = False
+    skipped: tuple[str, ...] = ()
     usage: TokenUsage | None = None
     # The model the provider says answered (its response's "model"), when it said.
     response_model: str = ""

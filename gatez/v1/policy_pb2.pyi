@@ -138,18 +138,28 @@ class ProviderCredential(_message.Message):
     def __init__(self, provider: _Optional[str] = ..., api_key: _Optional[str] = ..., sealed_api_key: _Optional[bytes] = ..., key_id: _Optional[str] = ...) -> None: ...
 
 class ModelRoute(_message.Message):
-    __slots__ = ("id", "tenant_id", "alias", "provider", "upstream_model")
+    __slots__ = ("id", "tenant_id", "alias", "provider", "upstream_model", "fallbacks")
     ID_FIELD_NUMBER: _ClassVar[int]
     TENANT_ID_FIELD_NUMBER: _ClassVar[int]
     ALIAS_FIELD_NUMBER: _ClassVar[int]
     PROVIDER_FIELD_NUMBER: _ClassVar[int]
     UPSTREAM_MODEL_FIELD_NUMBER: _ClassVar[int]
+    FALLBACKS_FIELD_NUMBER: _ClassVar[int]
     id: str
     tenant_id: str
     alias: str
     provider: str
     upstream_model: str
-    def __init__(self, id: _Optional[str] = ..., tenant_id: _Optional[str] = ..., alias: _Optional[str] = ..., provider: _Optional[str] = ..., upstream_model: _Optional[str] = ...) -> None: ...
+    fallbacks: _containers.RepeatedCompositeFieldContainer[FallbackTarget]
+    def __init__(self, id: _Optional[str] = ..., tenant_id: _Optional[str] = ..., alias: _Optional[str] = ..., provider: _Optional[str] = ..., upstream_model: _Optional[str] = ..., fallbacks: _Optional[_Iterable[_Union[FallbackTarget, _Mapping]]] = ...) -> None: ...
+
+class FallbackTarget(_message.Message):
+    __slots__ = ("provider", "upstream_model")
+    PROVIDER_FIELD_NUMBER: _ClassVar[int]
+    UPSTREAM_MODEL_FIELD_NUMBER: _ClassVar[int]
+    provider: str
+    upstream_model: str
+    def __init__(self, provider: _Optional[str] = ..., upstream_model: _Optional[str] = ...) -> None: ...
 
 class Route(_message.Message):
     __slots__ = ("id", "path_prefix", "kind", "upstream_url", "strip_prefix")

@@ -264,7 +264,9 @@ async def test_routes_per_tenant(
         ("/v1/chat/completions?", "/v1/chat/completions"),
     ],
 )
-async def test_the_clients_query_string_is_kept_but_what_the_gateway_sets(path: str, upstream_path: str) -> None:
+async def test_the_clients_query_string_is_kept_but_what_the_gateway_sets(
+    path: str, upstream_path: str
+) -> None:
     flow = await route(flow_for(request("gpt-4o-mini"), path=path))
     assert flow.take_pending().set_headers[":path"] == upstream_path
 
