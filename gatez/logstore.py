@@ -149,7 +149,9 @@ class LogStore:
         ]
 
     def recent_ai_logs(self, tenant_id: str, limit: int) -> list[AiLogRow]:
-        return [AiLogRow(*r) for r in self._recent(AI_LOG_TABLE, AI_LOG_COLUMNS, tenant_id, limit)]
+        rows = self._recent(AI_LOG_TABLE, AI_LOG_COLUMNS, tenant_id, limit)
+        # Arrays come back as lists; the row holds tuples (frozen, as written).
+        return [AiLogRow(*r[:-1], tuple(r[-1])) for r in rows]
 
     def _recent(
         self, table: str, columns: Sequence[str], tenant_id: str, limit: int

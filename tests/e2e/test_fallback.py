@@ -81,3 +81,11 @@ def test_a_failing_provider_is_skipped_once_its_circuit_opens(
     served = [row for row in rows if row.status == 200]
     assert len(served) == 2 and {row.provider for row in served} == {PROVIDER}
     assert {row.upstream_model for row in served} == {"upstream-model-1"}
+    # The rows say which target was skipped for them, and the failed ones were the first's.
+    assert {tuple(row.skipped_targets) for row in served} == {(f"{down_of(rows)}/m-down",)}
+    assert {row.upstream_model for row in rows if row.status != 200} == {"m-down"}
+
+
+def down_of(rows: list[Any]) -> str:
+    (name,) = {row.provider for row in rows if row.status != 200}
+    return str(name)
