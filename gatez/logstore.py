@@ -8,6 +8,7 @@ them would fail forever, so the caller sets them aside instead.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import logging
 import threading
@@ -151,7 +152,7 @@ class LogStore:
     def recent_ai_logs(self, tenant_id: str, limit: int) -> list[AiLogRow]:
         rows = self._recent(AI_LOG_TABLE, AI_LOG_COLUMNS, tenant_id, limit)
         # Arrays come back as lists; the row holds tuples (frozen, as written).
-        return [AiLogRow(*r[:-1], tuple(r[-1])) for r in rows]
+        return [_frozen(AiLogRow(*r)) for r in rows]
 
     def _recent(
         self, table: str, columns: Sequence[str], tenant_id: str, limit: int
@@ -201,3 +202,7 @@ class LogStore:
     def close(self) -> None:
         with self._lock:
             self._client.close()
+
+
+def _frozen(row: AiLogRow) -> AiLogRow:
+    return dataclasses.replace(row, skipped_targets=tuple(row.skipped_targets))
