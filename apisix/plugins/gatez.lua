@@ -28,6 +28,7 @@ local ngx        = ngx
 local str_byte   = string.byte
 local str_char   = string.char
 local str_sub    = string.sub
+local str_find   = string.find
 local str_lower  = string.lower
 local tbl_concat = table.concat
 local tostring   = tostring
@@ -417,9 +418,17 @@ function _M.before_proxy(conf, ctx)
                 headers[entry[1]] = entry[2]
             end
         end
+        -- lua-resty-http refuses a '?' in `path`: the query (Gemini's ?alt=sse, Azure's
+        -- ?api-version=) goes apart.
+        local path, query = target.path, nil
+        local mark = str_find(path, "?", 1, true)
+        if mark then
+            path, query = str_sub(path, 1, mark - 1), str_sub(path, mark + 1)
+        end
         res, detail = httpc:request({
             method = target.method,
-            path = target.path,
+            path = path,
+            query = query,
             headers = headers,
             body = body,
             -- Exactly the headers Gatez chose: no user-agent of lua-resty-http's own.

@@ -36,6 +36,7 @@ from gatez.translate.schemas import (
     OLLAMA_GENERATE,
     OPENAI_CHAT,
     WireSchema,
+    error_headers,
     error_info,
 )
 
@@ -67,7 +68,9 @@ class Endpoint:
         headers: tuple[tuple[str, str], ...] = (("content-type", JSON),)
         if error.retry_after_s is not None:
             headers += (("retry-after", str(error.retry_after_s)),)
-        body = self.schema.encode_error(error_info(error))
+        info = error_info(error)
+        headers += error_headers(self.schema, info)
+        body = self.schema.encode_error(info)
         return Respond(error.http_status, body, headers, error.reason, error)
 
 

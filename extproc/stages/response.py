@@ -24,8 +24,8 @@ import orjson
 
 from gatez.pipeline import CONTINUE, BodyMode, Flow, LlmCall, Stage, Verdict
 from gatez.sse import SseSplitter, event_data
-from gatez.translate.model import TranslationError
-from gatez.translate.schemas import JSON, OPENAI_CHAT
+from gatez.translate.model import ErrorInfo, TranslationError, kind_of_status
+from gatez.translate.schemas import JSON, OPENAI_CHAT, error_headers
 
 log = logging.getLogger("gatez.dataplane")
 
@@ -59,6 +59,11 @@ class DecodeResponse(Stage):
                 flow.response_body_mode = BodyMode.BUFFERED
                 flow.remove_header(CONTENT_LENGTH)
                 flow.set_upstream_header(CONTENT_TYPE, JSON)
+                # Headers go before the body is read: what the status says is all known yet.
+                assert llm.client_schema is not None
+                by_status = ErrorInfo(status, kind_of_status(status), "")
+                for name, value in error_headers(llm.client_schema, by_status):
+                    flow.set_upstream_header(name, value)
             return CONTINUE
         if _is_stream(content_type):
             flow.response_body_mode = BodyMode.STREAMED

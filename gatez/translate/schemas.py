@@ -256,6 +256,15 @@ OLLAMA_GENERATE: Final[WireSchema] = Ollama(generate=True)
 BEDROCK_CONVERSE: Final[WireSchema] = BedrockConverse()
 
 
+def error_headers(schema: WireSchema, error: ErrorInfo) -> tuple[tuple[str, str], ...]:
+    """The headers that go with `schema.encode_error(error)`: Bedrock names the error's type in
+    `x-amzn-ErrorType` (AWS SDKs raise e.g. `ThrottlingException` from it, and only a status
+    without it); the other schemas say everything in the body."""
+    if schema is BEDROCK_CONVERSE:
+        return (("x-amzn-errortype", bedrock_converse.error_type(error)),)
+    return ()
+
+
 def error_info(error: GatewayError) -> ErrorInfo:
     """The gateway's own error as the model's, so it can be answered in any schema."""
     return ErrorInfo(

@@ -21,7 +21,7 @@ from extproc.stages.client_api import (
     Operation,
     endpoint_of,
 )
-from gatez.errors import RateLimited, Unauthenticated
+from gatez.errors import GatewayError, NotFound, RateLimited, Unauthenticated
 from gatez.translate.schemas import BEDROCK_CONVERSE, GEMINI
 
 
@@ -122,3 +122,26 @@ def test_errors_come_in_each_apis_own_format() -> None:
     )
     ollama = OLLAMA_CHAT_API.error_response(Unauthenticated("invalid API key"))
     assert orjson.loads(ollama.body) == {"error": "invalid API key"}
+
+
+@pytest.mark.parametrize(
+    ("error", "error_type"),
+    [
+        (Unauthenticated("invalid API key"), "UnrecognizedClientException"),
+        (NotFound("no model 'x'"), "ResourceNotFoundException"),
+        (RateLimited("slow down", retry_after_s=3), "ThrottlingException"),
+    ],
+)
+def test_bedrock_errors_name_their_type_in_the_header_aws_sdks_read(
+    error: GatewayError, error_type: str
+) -> None:
+    api, _ = endpoint_of("POST", "/model/m/converse", {}, "")
+    assert api is not None
+    answer = api.error_response(error)
+    # boto3 raises client.exceptions.<type> from this header; without it, a bare status code.
+    assert ("x-amzn-errortype", error_type) in answer.headers
+    assert orjson.loads(answer.body) == {"message": error.public_message}
+    # No other schema sends it.
+    assert all(
+        name != "x-amzn-errortype" for name, _ in ANTHROPIC_API.error_response(error).headers
+    )
