@@ -14,6 +14,9 @@ Anthropic Messages, plain and streamed. Measured in one run, on one machine:
   latency, and reports what Gatez adds to plain Envoy's (p50) and what translation adds to the
   passthrough stream.
 
+`--rounds N` measures every target N times, alternating, and reports each figure's median: on a
+shared machine, a neighbour's load then weighs on each target alike.
+
 The data plane's CPU time (from /proc) over each Gatez run, divided by the requests (or the
 chunks) it served, is the cost per request (per chunk); translation's share is translated minus
 passthrough. A micro-benchmark of the translation functions alone (decode + encode of the
@@ -36,6 +39,7 @@ import timeit
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import aiohttp
 import grpc
@@ -144,6 +148,9 @@ def streams(url: str, body: str, api_key: str, count: int, chunks: int) -> Strea
     return asyncio.run(_streams(url, streamed.encode(), api_key, count, chunks))
 
 
+Measured = TypeVar("Measured", Result, StreamResult)
+
+
 # -- the translation alone ---------------------------------------------------------------------
 
 
@@ -178,6 +185,16 @@ def micro(calls: int) -> dict[str, float]:
     }
 
 
+def _median(rounds: list[Measured]) -> Measured:
+    """Each figure's (low) median over the rounds (the figures of one result need not be one
+    round's)."""
+    fields = {
+        field.name: statistics.median_low(getattr(r, field.name) for r in rounds)
+        for field in dataclasses.fields(rounds[0])
+    }
+    return dataclasses.replace(rounds[0], **fields)
+
+
 # -- the run -----------------------------------------------------------------------------------
 
 
@@ -189,6 +206,7 @@ def main() -> None:
     parser.add_argument("--streams", type=int, default=100, help="streams per target")
     parser.add_argument("--chunks", type=int, default=100, help="text deltas per stream")
     parser.add_argument("--interval-us", type=int, default=1000, help="between deltas")
+    parser.add_argument("--rounds", type=int, default=1, help="alternating; median reported")
     parser.add_argument("--micro-calls", type=int, default=20_000)
     args = parser.parse_args()
 
@@ -212,32 +230,40 @@ def main() -> None:
                 "gatez translated": (gatez + CHAT, TRANSLATED_BODY, True),
             }
             data_plane = stack.processes["dataplane"].pid
-            results: dict[tuple[str, int], Result] = {}
+            rounds: dict[tuple[str, int], list[Result]] = {}
             for connections in args.connections:
-                for name, (url, body, through_gatez) in targets.items():
+                for url, body, _ in targets.values():
                     wrk(url, api_key, connections, args.warmup, work, body)
-                    cpu_before = cpu_seconds(data_plane)
-                    result = wrk(url, api_key, connections, args.seconds, work, body)
-                    if through_gatez:
-                        spent = cpu_seconds(data_plane) - cpu_before
-                        requests = result.requests_per_s * args.seconds
-                        result = dataclasses.replace(
-                            result, data_plane_cpu_ms=spent / requests * 1000
-                        )
-                    results[name, connections] = result
-            streamed: dict[str, StreamResult] = {}
-            for name, (url, body, through_gatez) in targets.items():
+                # Rounds alternate the targets, so a neighbour's load drifting on a shared
+                # machine hits each of them alike; the median round is reported.
+                for _ in range(args.rounds):
+                    for name, (url, body, through_gatez) in targets.items():
+                        cpu_before = cpu_seconds(data_plane)
+                        result = wrk(url, api_key, connections, args.seconds, work, body)
+                        if through_gatez:
+                            spent = cpu_seconds(data_plane) - cpu_before
+                            requests = result.requests_per_s * args.seconds
+                            result = dataclasses.replace(
+                                result, data_plane_cpu_ms=spent / requests * 1000
+                            )
+                        rounds.setdefault((name, connections), []).append(result)
+            results = {key: _median(values) for key, values in rounds.items()}
+            stream_rounds: dict[str, list[StreamResult]] = {}
+            for url, body, _ in targets.values():
                 streams(url, body, api_key, max(args.streams // 10, 2), args.chunks)
-                cpu_before = cpu_seconds(data_plane)
-                result_stream = streams(url, body, api_key, args.streams, args.chunks)
-                if through_gatez:
-                    spent_ms = (cpu_seconds(data_plane) - cpu_before) * 1000
-                    result_stream = dataclasses.replace(
-                        result_stream,
-                        data_plane_cpu_ms=spent_ms / result_stream.streams,
-                        data_plane_cpu_per_chunk_us=spent_ms * 1000 / result_stream.chunks,
-                    )
-                streamed[name] = result_stream
+            for _ in range(args.rounds):
+                for name, (url, body, through_gatez) in targets.items():
+                    cpu_before = cpu_seconds(data_plane)
+                    result_stream = streams(url, body, api_key, args.streams, args.chunks)
+                    if through_gatez:
+                        spent_ms = (cpu_seconds(data_plane) - cpu_before) * 1000
+                        result_stream = dataclasses.replace(
+                            result_stream,
+                            data_plane_cpu_ms=spent_ms / result_stream.streams,
+                            data_plane_cpu_per_chunk_us=spent_ms * 1000 / result_stream.chunks,
+                        )
+                    stream_rounds.setdefault(name, []).append(result_stream)
+            streamed = {name: _median(values) for name, values in stream_rounds.items()}
         finally:
             stack.stop()
             stop_process(plain)
@@ -270,15 +296,15 @@ def report(
             print(
                 f"c={connections:<3} {gatez_name}/{plain_name}: "
                 f"throughput {gatez.requests_per_s / plain.requests_per_s:.2f}x, "
-                f"p50 {gatez.p50_ms / plain.p50_ms:.2f}x (+{gatez.p50_ms - plain.p50_ms:.3f} ms)"
+                f"p50 {gatez.p50_ms / plain.p50_ms:.2f}x ({gatez.p50_ms - plain.p50_ms:+.3f} ms)"
             )
     for connections in args.connections:
-        passthrough = results["gatez passthrough", connections].data_plane_cpu_ms
-        translated = results["gatez translated", connections].data_plane_cpu_ms
+        passthrough_ms = results["gatez passthrough", connections].data_plane_cpu_ms
+        translated_ms = results["gatez translated", connections].data_plane_cpu_ms
         print(
-            f"c={connections:<3} data-plane CPU per request: passthrough {passthrough:.3f} ms, "
-            f"translated {translated:.3f} ms: translation adds {translated - passthrough:+.3f} ms"
-            " (target <= 0.15)"
+            f"c={connections:<3} data-plane CPU per request: passthrough {passthrough_ms:.3f} ms,"
+            f" translated {translated_ms:.3f} ms: translation adds "
+            f"{translated_ms - passthrough_ms:+.3f} ms (target <= 0.15)"
         )
 
     print(
@@ -304,18 +330,20 @@ def report(
         ("envoy openai", "gatez passthrough"),
         ("envoy anthropic", "gatez translated"),
     ):
-        plain, gatez = streamed[plain_name], streamed[gatez_name]
+        base, through = streamed[plain_name], streamed[gatez_name]
         print(
-            f"{gatez_name}/{plain_name}: TTFT +{gatez.ttft_p50_ms - plain.ttft_p50_ms:.3f} ms, "
-            f"chunk p50 +{(gatez.chunk_p50_ms - plain.chunk_p50_ms) * 1000:.0f} µs"
+            f"{gatez_name}/{plain_name}: TTFT {through.ttft_p50_ms / base.ttft_p50_ms:.2f}x "
+            f"({through.ttft_p50_ms - base.ttft_p50_ms:+.3f} ms), chunk p50 "
+            f"{through.chunk_p50_ms / base.chunk_p50_ms:.2f}x "
+            f"({(through.chunk_p50_ms - base.chunk_p50_ms) * 1000:+.0f} µs)"
         )
-    passthrough, translated = streamed["gatez passthrough"], streamed["gatez translated"]
+    same, other = streamed["gatez passthrough"], streamed["gatez translated"]
     print(
         "translation (translated - passthrough stream): "
-        f"TTFT {(translated.ttft_p50_ms - passthrough.ttft_p50_ms) * 1000:+.0f} µs, "
-        f"chunk p50 {(translated.chunk_p50_ms - passthrough.chunk_p50_ms) * 1000:+.0f} µs, "
+        f"TTFT {(other.ttft_p50_ms - same.ttft_p50_ms) * 1000:+.0f} µs, "
+        f"chunk p50 {(other.chunk_p50_ms - same.chunk_p50_ms) * 1000:+.0f} µs, "
         "data-plane CPU per chunk "
-        f"{translated.data_plane_cpu_per_chunk_us - passthrough.data_plane_cpu_per_chunk_us:+.1f}"
+        f"{other.data_plane_cpu_per_chunk_us - same.data_plane_cpu_per_chunk_us:+.1f}"
         " µs (target <= 50)"
     )
 
