@@ -16,7 +16,7 @@ APISIX_RUNTIME ?= $(firstword $(wildcard ../shared/apisix-runtime \
 APISIX_PREFIX ?= $(CURDIR)/.apisix
 APISIX_VERSION := 3.18.0
 
-.PHONY: run test setup system-deps apisix proto flatbuffers lint bench clean
+.PHONY: run test setup system-deps apisix proto flatbuffers lint bench bench-translate clean
 
 # PROXY=apisix: a real APISIX 3.18 (installed by `make apisix`) in front instead of Envoy.
 PROXY ?= envoy
@@ -37,6 +37,13 @@ bench: setup apisix
 	$(PY) -m bench.chat --connections 1 --tracing
 	$(PY) -m bench.dataplane
 	GATEZ_APISIX_PREFIX=$(APISIX_PREFIX) $(PY) -m bench.apisix_path
+	$(PY) -m bench.translate
+
+# What schema translation costs (OpenAI client to an Anthropic provider), plain and streamed.
+bench-translate: setup
+	@command -v wrk >/dev/null || { SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq wrk >/dev/null; }
+	$(PY) -m bench.translate --rounds 3
 
 setup: system-deps $(STAMP)
 

@@ -51,11 +51,13 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def wrk(url: str, api_key: str, connections: int, seconds: int, script_dir: Path) -> Result:
+def wrk(
+    url: str, api_key: str, connections: int, seconds: int, script_dir: Path, body: str = BODY
+) -> Result:
     script = script_dir / "chat.lua"
     script.write_text(
         'wrk.method = "POST"\n'
-        f"wrk.body = '{BODY}'\n"
+        f"wrk.body = '{body}'\n"
         'wrk.headers["Content-Type"] = "application/json"\n'
         f'wrk.headers["Authorization"] = "Bearer {api_key}"\n'
     )
@@ -94,11 +96,15 @@ def _latency(output: str, percentile: str) -> float:
     return value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
 
 
-def start_plain(work: Path) -> tuple[int, int, tuple[subprocess.Popen[bytes], ...]]:
-    """The canned upstream and a plain Envoy in front of it, both ready: their ports, and the
-    processes to stop."""
+def start_plain(
+    work: Path, upstream_args: tuple[str, ...] = ()
+) -> tuple[int, int, tuple[subprocess.Popen[bytes], ...]]:
+    """The canned upstream (given `upstream_args`) and a plain Envoy in front of it, both
+    ready: their ports, and the processes to stop."""
     upstream_port, plain_port = free_port(), free_port()
-    upstream = subprocess.Popen([sys.executable, str(HERE / "upstream.py"), str(upstream_port)])
+    upstream = subprocess.Popen(
+        [sys.executable, str(HERE / "upstream.py"), str(upstream_port), *upstream_args]
+    )
     plain_config = work / "plain.yaml"
     plain_config.write_text(
         Template((HERE / "plain-envoy.yaml").read_text()).substitute(
