@@ -67,6 +67,13 @@ def replays() -> Iterator[dict[Kind, ReplayServer]]:
         }
 
 
+@pytest.fixture(autouse=True)
+def _fresh_replays(replays: dict[Kind, ReplayServer]) -> None:
+    """No error queued by a test that failed before its call is left for the next test."""
+    for server in replays.values():
+        server.clear()
+
+
 @pytest.fixture(scope="session")
 def fakes(upstream: UpstreamServer, replays: dict[Kind, ReplayServer]) -> Fakes:
     return Fakes(upstream, replays)
