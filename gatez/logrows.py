@@ -54,9 +54,9 @@ class AiLogRow:
     # USD at the policy's price of upstream_model; 0 with price_known false when it had none.
     cost_usd: float = 0.0
     price_known: bool = False
-    # A fallback chain's targets ("provider/model") skipped before this call because their
-    # circuits were open, in chain order; empty when none was (or the alias has no chain).
-    skipped_targets: tuple[str, ...] = ()
+    # A fallback chain's targets tried or skipped before the one that answered, in order:
+    # "provider/model=skipped" or "provider/model=<status or failure>" (see logs.proto).
+    attempts: tuple[str, ...] = ()
 
 
 LogRow: TypeAlias = RequestLogRow | AiLogRow
@@ -111,7 +111,7 @@ def clip_row(row: LogRow) -> LogRow:
         cached_input_tokens=row.cached_input_tokens,
         cost_usd=row.cost_usd,
         price_known=row.price_known,
-        skipped_targets=tuple(clip(target) for target in row.skipped_targets),
+        attempts=tuple(clip(target) for target in row.attempts),
     )
 
 
@@ -180,7 +180,7 @@ SCHEMA: Final = (
         status UInt16, latency_ms Float64, ttft_ms Float64, streamed Bool,
         node_id LowCardinality(String), usage_estimated Bool DEFAULT false,
         cached_input_tokens UInt32 DEFAULT 0, cost_usd Float64 DEFAULT 0,
-        price_known Bool DEFAULT false, skipped_targets Array(String) DEFAULT []
+        price_known Bool DEFAULT false, attempts Array(String) DEFAULT []
     ) ENGINE = MergeTree ORDER BY (tenant_id, time)
     SETTINGS non_replicated_deduplication_window = {DEDUPLICATION_WINDOW}""",
 )
@@ -192,7 +192,7 @@ MIGRATIONS: Final = (
     f"ALTER TABLE {AI_LOG_TABLE} ADD COLUMN IF NOT EXISTS cached_input_tokens UInt32 DEFAULT 0",
     f"ALTER TABLE {AI_LOG_TABLE} ADD COLUMN IF NOT EXISTS cost_usd Float64 DEFAULT 0",
     f"ALTER TABLE {AI_LOG_TABLE} ADD COLUMN IF NOT EXISTS price_known Bool DEFAULT false",
-    f"ALTER TABLE {AI_LOG_TABLE} ADD COLUMN IF NOT EXISTS skipped_targets Array(String) DEFAULT []",
+    f"ALTER TABLE {AI_LOG_TABLE} ADD COLUMN IF NOT EXISTS attempts Array(String) DEFAULT []",
     *(
         f"ALTER TABLE {table} MODIFY SETTING "
         f"non_replicated_deduplication_window = {DEDUPLICATION_WINDOW}"
@@ -269,7 +269,7 @@ def ai_log_to_proto(row: AiLogRow) -> logs_pb2.AiLog:
         cost_usd=row.cost_usd,
         cached_input_tokens=row.cached_input_tokens,
         price_known=row.price_known,
-        skipped_targets=row.skipped_targets,
+        attempts=row.attempts,
     )
 
 
@@ -293,7 +293,7 @@ def ai_log_from_proto(message: logs_pb2.AiLog) -> AiLogRow:
         cached_input_tokens=message.cached_input_tokens,
         cost_usd=message.cost_usd,
         price_known=message.price_known,
-        skipped_targets=tuple(message.skipped_targets),
+        attempts=tuple(message.attempts),
     )
 
 

@@ -205,4 +205,4 @@ class LogStore:
 
 
 def _frozen(row: AiLogRow) -> AiLogRow:
-    return dataclasses.replace(row, skipped_targets=tuple(row.skipped_targets))
+    return dataclasses.replace(row, attempts=tuple(row.attempts))

@@ -49,6 +49,8 @@ local FLOW_HEADER      = "x-gatez-flow"
 -- A frame carries at most 2^24 - 1 bytes; a buffered body must leave room for its meta.
 local MAX_PAYLOAD      = 16777215
 local META_ROOM        = 65536
+-- Provider calls one request may make: its fallback chain's targets, at most.
+local MAX_ATTEMPTS     = 8
 
 local schema = {
     type = "object",
@@ -383,25 +385,10 @@ local function stream(conf, sock, key, read, plan)
 end
 
 
-function _M.before_proxy(conf, ctx)
-    local key = ctx.gatez_flow
-    if not key then
-        return
-    end
-
-    local sock, err = runner_connect(conf)
-    if not sock then
-        core.log.error("gatez: cannot reach the runner: ", err)
-        return gateway_error(503, "the gateway is restarting, retry", "runner_unavailable")
-    end
-    local target, body
-    target, body, err = ask(sock, UPSTREAM_REQUEST, {flow = key})
-    if not target or target.error then
-        core.log.warn("gatez: no provider request for flow ", key, ": ", err or target.error)
-        sock:close()
-        return gateway_error(503, "the gateway is restarting, retry", "runner_unavailable")
-    end
-
+-- Calls the provider as the runner's `target` says; returns the connection, the response,
+-- its whole body when it is a plain answer of known length (read first, so the runner answers
+-- once), and the RESPONSE_START meta (the status and headers, or why there was no answer).
+local function call_provider(conf, ctx, key, target, body)
     local httpc, reason, detail = connect_provider(conf, ctx, target)
     local res
     if httpc then
@@ -461,8 +448,47 @@ function _M.before_proxy(conf, ctx)
         core.log.warn("gatez: provider call failed (", reason, "): ", detail)
         start = {flow = key, error = reason}
     end
-    local plan, data
-    plan, data, err = ask(sock, RESPONSE_START, start, whole)
+    return httpc, res, whole, start
+end
+
+
+function _M.before_proxy(conf, ctx)
+    local key = ctx.gatez_flow
+    if not key then
+        return
+    end
+
+    local sock, err = runner_connect(conf)
+    if not sock then
+        core.log.error("gatez: cannot reach the runner: ", err)
+        return gateway_error(503, "the gateway is restarting, retry", "runner_unavailable")
+    end
+    local target, body
+    target, body, err = ask(sock, UPSTREAM_REQUEST, {flow = key})
+    if not target or target.error then
+        core.log.warn("gatez: no provider request for flow ", key, ": ", err or target.error)
+        sock:close()
+        return gateway_error(503, "the gateway is restarting, retry", "runner_unavailable")
+    end
+
+    local httpc, res, whole, start, plan, data
+    for attempt = 1, MAX_ATTEMPTS do
+        httpc, res, whole, start = call_provider(conf, ctx, key, target, body)
+        plan, data, err = ask(sock, RESPONSE_START, start, whole)
+        if not plan or plan.error or plan.body ~= "retry" then
+            break
+        end
+        -- The provider failed before its body, and the alias's chain has another target:
+        -- the runner has routed the request to it (translated for it, with its credential).
+        if httpc then
+            httpc:close()
+        end
+        if attempt == MAX_ATTEMPTS then
+            plan = {error = "too many fallback attempts"}
+            break
+        end
+        target, body = plan.target, data
+    end
     if not plan or plan.error then
         core.log.error("gatez: the runner did not take the response of flow ", key, ": ",
                        err or plan.error)

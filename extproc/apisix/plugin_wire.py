@@ -61,6 +61,9 @@ class BodyPlan(enum.Enum):
     BUFFERED = "buffered"  # read whole, one RESPONSE_CHUNK with eos, then sent
     STREAMED = "streamed"  # each chunk through the runner, sent as it comes back
     REPLACE = "replace"  # the runner's own answer; the provider's body is dropped
+    # The provider failed before its body: call `target` (as UPSTREAM_REQUEST gives it) with
+    # the data as body instead, and send RESPONSE_START again (a fallback chain's next target).
+    RETRY = "retry"
 
 
 @dataclass(frozen=True, slots=True)

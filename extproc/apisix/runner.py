@@ -37,7 +37,7 @@ import secrets
 import time
 import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Final
 from urllib.parse import parse_qsl, quote
 
@@ -68,6 +68,8 @@ from extproc.apisix.frames import (
     read_frame,
 )
 from extproc.apisix.plugin_wire import PLUGIN_RPCS, BodyPlan, PluginFrame, PluginRpc
+from extproc.circuit import is_failure_status
+from extproc.stages.fallback import fail_over
 from extproc.stages.upstream import CLUSTER_HEADER
 from gatez.errors import (
     GatewayError,
@@ -230,6 +232,10 @@ class _Parked:
     # The original response headers, repeats kept, for the answer to RESPONSE_START.
     response_started: bool = False
     ended: bool = False
+    # The client's call and the changes its request-headers phase made: what a fallback
+    # attempt is built from again (the body phase's changes were the failed target's).
+    call: HttpRequestCall | None = None
+    header_changes: dict[str, str | None] = field(default_factory=dict)
 
 
 # Flows waiting for their response call, at most: APISIX skips the call when the upstream
@@ -452,6 +458,7 @@ class ExtPluginRunner:
                 verdict = await verdict  # a stage must wait (or hold): the rest of the phase
                 await held.stop()
             body = _merge(changes, flow.take_pending(), body)
+            header_changes = dict(changes)
             if isinstance(verdict, Continue) and flow.request_body_mode is not BodyMode.NONE:
                 flow.request_body = await exchange.ask(RequestBodyInfo()) or b""
                 verdict = pipeline.start_request_body(flow)
@@ -474,6 +481,8 @@ class ExtPluginRunner:
             # The Gatez plugin makes the provider call: it gets the request from us, by key.
             key = flow.request_id
             self._park(key, flow, pipeline, _upstream_call(flow, call, changes, body))
+            self._parked[key].call = call
+            self._parked[key].header_changes = header_changes
             return HttpRequestCallReply(call.id, _handover(changes, key, flow.request_headers))
         flow.finished_ns = time.monotonic_ns()
         self._finish(flow, pipeline)
@@ -527,6 +536,9 @@ class ExtPluginRunner:
             raise MalformedMessage("RESPONSE_START out of order")
         parked.response_started = True
         error = frame.meta.get("error")
+        retry = await self._fallback(frame, parked)
+        if retry is not None:
+            return retry
         if error is not None:
             # The plugin could not reach the provider: the client's answer is ours.
             failure = upstream_failure(str(error))
@@ -569,6 +581,40 @@ class ExtPluginRunner:
                 "headers": _client_headers(provider_headers, pending, flow),
                 "body": plan.value,
             }
+        )
+
+    async def _fallback(self, frame: PluginFrame, parked: _Parked) -> bytes | None:
+        """When the provider failed (429, 5xx, or no answer) and the alias's chain has another
+        target: the body phase runs again for it, and the plugin is told to call that one
+        instead (`"body": "retry"`, the new request as UPSTREAM_REQUEST gives it). None when
+        the answer stands."""
+        error, status = frame.meta.get("error"), frame.meta.get("status")
+        if error is not None:
+            outcome = str(error)[:32]
+        elif isinstance(status, int) and is_failure_status(status):
+            outcome = str(status)
+        else:
+            return None
+        headers = plugin_wire.header_list(frame.meta.get("headers", []))
+        retry_after = next((v for n, v in headers if n.lower() == "retry-after"), None)
+        flow, pipeline = parked.flow, parked.pipeline
+        if parked.call is None or not fail_over(flow, outcome, retry_after):
+            return None
+        verdict = pipeline.start_request_body(flow)
+        if not isinstance(verdict, Continue | Respond):
+            verdict = await verdict
+        changes = dict(parked.header_changes)
+        body = _merge(changes, flow.take_pending(), None)
+        if isinstance(verdict, Respond):
+            # The next target cannot take this request (its schema cannot express it): the
+            # gateway's answer ends the flow.
+            flow.response_status = verdict.status
+            self._end(frame.flow, parked)
+            return _replacement(verdict, flow)
+        upstream = _upstream_call(flow, parked.call, changes, body)
+        parked.response_started = False
+        return plugin_wire.encode(
+            {"body": BodyPlan.RETRY.value, "target": upstream.meta()}, upstream.body
         )
 
     async def _whole_response(

@@ -78,6 +78,6 @@ class AccessLog(Stage):
                 cached_input_tokens=usage.cached_input_tokens if usage else 0,
                 cost_usd=cost_usd(usage, price) if usage and price else 0.0,
                 price_known=price is not None,
-                skipped_targets=llm.skipped,
+                attempts=tuple(llm.tried),
             )
         )

@@ -84,6 +84,11 @@ class ModelRouting(Stage):
     def on_request_body(self, flow: Flow) -> Verdict | Awaitable[Verdict]:
         api = flow.api
         assert isinstance(api, Endpoint)
+        previous = flow.llm
+        if previous is not None and previous.plan:
+            # The call failed before its first byte reached the client, and the adapter runs
+            # this phase again (`fallback.fail_over`): the chain's next target.
+            return _route_next(flow, api, previous)
         body = _parse_object(flow.request_body)
         flow.request_json = body
         model = _model(api, body)
@@ -112,14 +117,32 @@ class ModelRouting(Stage):
                 f"every provider of {quoted(target.alias)} is cooling down after failures",
                 retry_after_s=picked.retry_after_s,
             )
-        attempt = picked.attempts[0]
-        chosen = next(t for t in chain if t.circuit == attempt.target)
+        by_circuit = {t.circuit: t for t in chain}
+        plan = tuple((by_circuit[a.target], a.probe, a.counted) for a in picked.attempts)
+        client_body = flow.request_body
+        (chosen, probe, counted), rest = plan[0], plan[1:]
         verdict = _route(flow, api, body, chosen)
         llm = flow.llm
         assert llm is not None
-        llm.circuit, llm.probe, llm.counted = attempt.target, attempt.probe, attempt.counted
-        llm.skipped = picked.skipped
+        llm.circuit, llm.probe, llm.counted, llm.plan = chosen.circuit, probe, counted, rest
+        llm.client_body = client_body
+        llm.tried = [f"{name}=skipped" for name in picked.skipped]
         return verdict
+
+
+def _route_next(flow: Flow, api: Endpoint, previous: LlmCall) -> Verdict:
+    """Routes the request to the next target of its chain's plan, carrying the chain's record
+    over to the new call."""
+    (target, probe, counted), rest = previous.plan[0], previous.plan[1:]
+    body = _parse_object(previous.client_body)
+    flow.request_json = body
+    verdict = _route(flow, api, body, target)
+    llm = flow.llm
+    assert llm is not None
+    llm.circuit, llm.probe, llm.counted, llm.plan = target.circuit, probe, counted, rest
+    llm.client_body = previous.client_body
+    llm.tried, llm.failed = previous.tried, previous.failed
+    return verdict
 
 
 def _route(flow: Flow, api: Endpoint, body: dict[str, Any], target: ModelTarget) -> Verdict:

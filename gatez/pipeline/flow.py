@@ -86,12 +86,18 @@ class LlmCall:
     # An API passed through as it is ("responses", "embeddings"), not chat: "" for chat.
     passthrough: str = ""
     # A fallback chain's pick: the target's circuit ("provider/model"), whether this call is
-    # its half-open probe, whether its circuit had failures counted; the targets skipped
-    # because their circuits were open. "" when the alias has no chain.
+    # its half-open probe, whether its circuit had failures counted ("" when the alias has no
+    # chain); the targets still to try when this one fails, with the same two flags; the
+    # client's own request body, to route again; the targets tried or skipped so far
+    # ("provider/model=skipped|<status>") and the failed ones' circuit reports (circuit,
+    # probe, counted, Retry-After seconds), told to the circuits when the exchange ends.
     circuit: str = ""
     probe: bool = False
     counted: bool = False
-    skipped: tuple[str, ...] = ()
+    plan: tuple[tuple[ModelTarget, bool, bool], ...] = ()
+    client_body: bytes = b""
+    tried: list[str] = field(default_factory=list)
+    failed: list[tuple[str, bool, bool, float | None]] = field(default_factory=list)
     usage: TokenUsage | None = None
     # The model the provider says answered (its response's "model"), when it said.
     response_model: str = ""

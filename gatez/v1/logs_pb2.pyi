@@ -34,7 +34,7 @@ class RequestLog(_message.Message):
     def __init__(self, request_id: _Optional[str] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., tenant_id: _Optional[str] = ..., key_id: _Optional[str] = ..., method: _Optional[str] = ..., path: _Optional[str] = ..., status: _Optional[int] = ..., latency_ms: _Optional[float] = ..., error: _Optional[str] = ..., node_id: _Optional[str] = ...) -> None: ...
 
 class AiLog(_message.Message):
-    __slots__ = ("request_id", "time", "tenant_id", "key_id", "provider", "model_alias", "upstream_model", "input_tokens", "output_tokens", "status", "latency_ms", "ttft_ms", "streamed", "node_id", "usage_estimated", "cost_usd", "cached_input_tokens", "price_known", "skipped_targets")
+    __slots__ = ("request_id", "time", "tenant_id", "key_id", "provider", "model_alias", "upstream_model", "input_tokens", "output_tokens", "status", "latency_ms", "ttft_ms", "streamed", "node_id", "usage_estimated", "cost_usd", "cached_input_tokens", "price_known", "attempts")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     TIME_FIELD_NUMBER: _ClassVar[int]
     TENANT_ID_FIELD_NUMBER: _ClassVar[int]
@@ -53,7 +53,7 @@ class AiLog(_message.Message):
     COST_USD_FIELD_NUMBER: _ClassVar[int]
     CACHED_INPUT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     PRICE_KNOWN_FIELD_NUMBER: _ClassVar[int]
-    SKIPPED_TARGETS_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     time: _timestamp_pb2.Timestamp
     tenant_id: str
@@ -72,8 +72,8 @@ class AiLog(_message.Message):
     cost_usd: float
     cached_input_tokens: int
     price_known: bool
-    skipped_targets: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, request_id: _Optional[str] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., tenant_id: _Optional[str] = ..., key_id: _Optional[str] = ..., provider: _Optional[str] = ..., model_alias: _Optional[str] = ..., upstream_model: _Optional[str] = ..., input_tokens: _Optional[int] = ..., output_tokens: _Optional[int] = ..., status: _Optional[int] = ..., latency_ms: _Optional[float] = ..., ttft_ms: _Optional[float] = ..., streamed: _Optional[bool] = ..., node_id: _Optional[str] = ..., usage_estimated: _Optional[bool] = ..., cost_usd: _Optional[float] = ..., cached_input_tokens: _Optional[int] = ..., price_known: _Optional[bool] = ..., skipped_targets: _Optional[_Iterable[str]] = ...) -> None: ...
+    attempts: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, request_id: _Optional[str] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., tenant_id: _Optional[str] = ..., key_id: _Optional[str] = ..., provider: _Optional[str] = ..., model_alias: _Optional[str] = ..., upstream_model: _Optional[str] = ..., input_tokens: _Optional[int] = ..., output_tokens: _Optional[int] = ..., status: _Optional[int] = ..., latency_ms: _Optional[float] = ..., ttft_ms: _Optional[float] = ..., streamed: _Optional[bool] = ..., node_id: _Optional[str] = ..., usage_estimated: _Optional[bool] = ..., cost_usd: _Optional[float] = ..., cached_input_tokens: _Optional[int] = ..., price_known: _Optional[bool] = ..., attempts: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class LogBatch(_message.Message):
     __slots__ = ("request_logs", "ai_logs")
