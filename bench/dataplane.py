@@ -75,8 +75,9 @@ def headers(*pairs: tuple[str, str], end_of_stream: bool = False) -> ext_proc.Ht
     )
 
 
-def messages(api_key: str) -> list[bytes]:
-    """The chat path's four ext_proc messages, each as a gRPC length-prefixed message."""
+def messages(api_key: str, body: str = BODY, reply: bytes = REPLY) -> list[bytes]:
+    """The chat path's four ext_proc messages, each as a gRPC length-prefixed message: the
+    request `body`, answered with the JSON `reply`."""
     requests = [
         ext_proc.ProcessingRequest(
             request_headers=headers(
@@ -87,20 +88,20 @@ def messages(api_key: str) -> list[bytes]:
                 ("x-request-id", "bench-request"),
                 ("content-type", "application/json"),
                 ("authorization", f"Bearer {api_key}"),
-                ("content-length", str(len(BODY))),
+                ("content-length", str(len(body))),
             )
         ),
         ext_proc.ProcessingRequest(
-            request_body=ext_proc.HttpBody(body=BODY.encode(), end_of_stream=True)
+            request_body=ext_proc.HttpBody(body=body.encode(), end_of_stream=True)
         ),
         ext_proc.ProcessingRequest(
             response_headers=headers(
                 (":status", "200"),
                 ("content-type", "application/json"),
-                ("content-length", str(len(REPLY))),
+                ("content-length", str(len(reply))),
             )
         ),
-        ext_proc.ProcessingRequest(response_body=ext_proc.HttpBody(body=REPLY, end_of_stream=True)),
+        ext_proc.ProcessingRequest(response_body=ext_proc.HttpBody(body=reply, end_of_stream=True)),
     ]
     out = []
     for request in requests:
@@ -197,9 +198,11 @@ async def drive(
     streams: int,
     seconds: float,
     sampled_percent: float | None = None,
+    body: str = BODY,
+    reply: bytes = REPLY,
 ) -> int:
     """Requests done in `seconds`; with `sampled_percent`, each stream carries a traceparent."""
-    parts = messages(api_key)
+    parts = messages(api_key, body, reply)
     loop = asyncio.get_running_loop()
     clients = [
         (await loop.create_unix_connection(ExtProcClient, socket))[1] for _ in range(connections)

@@ -19,8 +19,10 @@ shared machine, a neighbour's load then weighs on each target alike.
 
 The data plane's CPU time (from /proc) over each Gatez run, divided by the requests (or the
 chunks) it served, is the cost per request (per chunk); translation's share is translated minus
-passthrough. A micro-benchmark of the translation functions alone (decode + encode of the
-request, the answer, and one streamed delta) cross-checks it.
+passthrough. Two cross-checks: the data plane driven directly over its ext_proc socket with each
+path's messages (`bench.dataplane`'s client: no Envoy, wrk or upstream competing for the cores),
+and a micro-benchmark of the translation functions alone (decode + encode of the request, the
+answer, and one streamed delta).
 
 Targets (issue 9): translation adds <= 0.15 ms of data-plane CPU per request and <= 50 µs per
 streamed chunk.
@@ -43,9 +45,12 @@ from typing import TypeVar
 
 import aiohttp
 import grpc
+import uvloop
 
 from bench.chat import BODY, Result, cpu_seconds, provision, start_plain, wrk
+from bench.dataplane import drive
 from bench.upstream import ANTHROPIC_RESPONSE, ANTHROPIC_STREAM
+from bench.upstream import BODY as OPENAI_ANSWER
 from gatez.processes import stop_process
 from gatez.stack import Stack, StackConfig
 from gatez.translate.schemas import ANTHROPIC_MESSAGES, OPENAI_CHAT, with_model
@@ -148,6 +153,28 @@ def streams(url: str, body: str, api_key: str, count: int, chunks: int) -> Strea
     return asyncio.run(_streams(url, streamed.encode(), api_key, count, chunks))
 
 
+def direct_cpu(stack: Stack, api_key: str, args: argparse.Namespace) -> tuple[float, float]:
+    """Data-plane CPU µs per request, passthrough and translated, with no Envoy, wrk or
+    upstream beside it: `bench.dataplane`'s client plays Envoy over the ext_proc socket, with
+    each path's request and the upstream's answer."""
+    socket = str(stack.config.extproc_socket)
+    pid = stack.processes["dataplane"].pid
+    paths = {
+        "passthrough": (BODY, OPENAI_ANSWER),
+        "translated": (TRANSLATED_BODY, ANTHROPIC_RESPONSE.split(b"\r\n\r\n", 1)[1]),
+    }
+    spent: dict[str, list[float]] = {}
+    for body, reply in paths.values():
+        uvloop.run(drive(socket, api_key, 1, 8, 1.0, body=body, reply=reply))
+    for _ in range(args.rounds):
+        for name, (body, reply) in paths.items():
+            cpu_before = cpu_seconds(pid)
+            done = uvloop.run(drive(socket, api_key, 1, 8, args.direct_seconds, body=body,
+                                    reply=reply))  # fmt: skip
+            spent.setdefault(name, []).append((cpu_seconds(pid) - cpu_before) / done * 1e6)
+    return statistics.median(spent["passthrough"]), statistics.median(spent["translated"])
+
+
 Measured = TypeVar("Measured", Result, StreamResult)
 
 
@@ -207,6 +234,7 @@ def main() -> None:
     parser.add_argument("--chunks", type=int, default=100, help="text deltas per stream")
     parser.add_argument("--interval-us", type=int, default=1000, help="between deltas")
     parser.add_argument("--rounds", type=int, default=1, help="alternating; median reported")
+    parser.add_argument("--direct-seconds", type=float, default=5)
     parser.add_argument("--micro-calls", type=int, default=20_000)
     args = parser.parse_args()
 
@@ -264,11 +292,19 @@ def main() -> None:
                         )
                     stream_rounds.setdefault(name, []).append(result_stream)
             streamed = {name: _median(values) for name, values in stream_rounds.items()}
+            direct = direct_cpu(stack, api_key, args)
         finally:
             stack.stop()
             stop_process(plain)
             stop_process(upstream)
     report(results, streamed, args)
+    passthrough_us, translated_us = direct
+    print(
+        f"\ndata plane driven directly (bench.dataplane's client, 1 connection x 8 streams, "
+        f"{args.rounds} x {args.direct_seconds} s alternating, median): CPU per request "
+        f"passthrough {passthrough_us:.0f} µs, translated {translated_us:.0f} µs: "
+        f"translation adds {translated_us - passthrough_us:+.0f} µs (target <= 150)"
+    )
     print(f"\ntranslation alone, µs per call (best of 5, {args.micro_calls} calls):")
     for what, micros in micro(args.micro_calls).items():
         print(f"  {what:36}{micros:8.1f}")
