@@ -10,6 +10,7 @@ round's p50 and the median of the differences.
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import tempfile
 import time
@@ -71,7 +72,7 @@ def main() -> None:
             add_chain(stack)
             url = f"{config.gateway_url}/v1/chat/completions"
             bodies = {
-                alias: '{"model":"%s","messages":[{"role":"user","content":"hello"}]}' % alias
+                alias: json.dumps({"model": alias, "messages": [{"role": "user", "content": "hi"}]})
                 for alias in ("bench", "bench-chain")
             }
             for body in bodies.values():
