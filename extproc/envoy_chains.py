@@ -42,8 +42,9 @@ from urllib.parse import urlsplit
 
 from envoy.config.core.v3 import base_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ext_proc
+from google.protobuf.message import DecodeError
 
-from extproc.grpc_h2 import CallStream
+from extproc.grpc_h2 import GRPC_INTERNAL, CallStream
 from extproc.stages.fallback import fail_over
 from extproc.stages.upstream import CLUSTER_HEADER
 from gatez.envoy_config import CDS_FILE, CHAIN_CLUSTER_PREFIX
@@ -450,7 +451,12 @@ class AttemptStream:
         self._task: asyncio.Future[Any] | None = None
 
     def on_message(self, message: bytes) -> None:
-        request = ext_proc.ProcessingRequest.FromString(message)
+        try:
+            request = ext_proc.ProcessingRequest.FromString(message)
+        except DecodeError:
+            log.warning("ext_proc: undecodable ProcessingRequest on an attempt's stream")
+            self._stream.finish(GRPC_INTERNAL, "undecodable ProcessingRequest")
+            return
         phase = request.WhichOneof("request")
         if phase == "request_headers":
             self._request_headers(request)

@@ -217,3 +217,45 @@ def _flow(policy: CompiledPolicy) -> Flow:
         request_headers={},
         request_has_body=True,
     )
+
+
+class RecordingStream:
+    """A CallStream that keeps what is sent."""
+
+    def __init__(self) -> None:
+        self.headers = {ATTEMPT_STREAM_HEADER: "1"}
+        self.remote_closed = False
+        self.sent: list[ext_proc.ProcessingResponse] = []
+        self.finished: tuple[int, str] | None = None
+
+    def send_message(self, message: bytes) -> None:
+        self.sent.append(ext_proc.ProcessingResponse.FromString(message))
+
+    def finish(self, code: int = 0, message: str = "") -> None:
+        self.finished = (code, message)
+
+
+def _attempt_headers(request_id: str, target: str) -> bytes:
+    request = ext_proc.ProcessingRequest()
+    headers = request.request_headers.headers.headers
+    headers.add(key=":path", raw_value=b"/v1/messages")
+    headers.add(key="x-api-key", raw_value=b"key-of-claude")
+    headers.add(key="x-request-id", raw_value=request_id.encode())
+    request.attributes["envoy.filters.http.ext_proc"].fields[TARGET_ATTRIBUTE].string_value = target
+    wire: bytes = request.SerializeToString()
+    return wire
+
+
+def test_an_attempt_of_a_call_this_process_does_not_hold_is_refused_not_sent(
+    tmp_path: Path,
+) -> None:
+    chains = EnvoyChains(tmp_path, CA)
+    stream = RecordingStream()
+    attempt = chains.open(stream)
+    attempt.on_message(_attempt_headers("unknown-request", "openai/gpt-x"))
+    (answer,) = stream.sent
+    assert answer.WhichOneof("response") == "immediate_response"
+    assert answer.immediate_response.status.code == 503
+    assert b"fallback_lost" in answer.immediate_response.body
+    attempt.on_message(b"\xff\xff not protobuf")
+    assert stream.finished is not None and stream.finished[0] != 0
