@@ -17,6 +17,8 @@ from gatez.stack import Stack
 from gatez.v1 import control_pb2, policy_pb2
 from tests.e2e.conftest import PROVIDER, Admin, TenantAccess, provision
 from tests.e2e.test_chat import wait_for_ai_logs
+from tests.fakes.openai_upstream import UpstreamServer
+from tests.support.tls import LocalCertificateAuthority
 
 MESSAGES: list[Any] = [{"role": "user", "content": "hello fallback"}]
 # CircuitConfig's default: failures in a row that open a circuit.
@@ -101,3 +103,51 @@ def test_a_failing_provider_is_skipped_once_its_circuit_opens(
     tried = attempts.count((f"{down}/m-down=connect",))
     assert THRESHOLD <= tried <= THRESHOLD + 1
     assert attempts.count((f"{down}/m-down=skipped",)) == THRESHOLD + 2 - tried
+
+
+def test_a_call_moves_on_to_a_tls_target_with_its_own_sni_and_key(
+    stack: Stack, admin: Admin, gateway_url: str, provider_ca: LocalCertificateAuthority
+) -> None:
+    """The next target over TLS: reached with its SNI and its certificate checked (Envoy: the
+    chain cluster's transport socket for that target), given its own key only."""
+    access, down = chained_tenant(admin)
+    certificate = provider_ca.issue(f"chain-{uuid.uuid4().hex[:6]}", dns_names=["localhost"])
+    key = "sk-tls-chain-target"
+    with UpstreamServer(
+        api_key=key, certfile=certificate.cert_file, keyfile=certificate.key_file
+    ) as secure:
+        name = f"tls-{uuid.uuid4().hex[:8]}"
+        admin.control.CreateProvider(
+            control_pb2.CreateProviderRequest(
+                provider=policy_pb2.Provider(
+                    name=name,
+                    kind=policy_pb2.PROVIDER_KIND_OPENAI,
+                    base_url=f"https://localhost:{secure.port}/v1",
+                ),
+                api_key=key,
+            ),
+            metadata=admin.metadata,
+        )
+        route = admin.control.CreateModelRoute(
+            control_pb2.CreateModelRouteRequest(
+                model_route=policy_pb2.ModelRoute(
+                    tenant_id=access.tenant_id,
+                    alias="chain-tls",
+                    provider=down,
+                    upstream_model="m-down-tls",
+                    fallbacks=[policy_pb2.FallbackTarget(provider=name, upstream_model="secure")],
+                )
+            ),
+            metadata=admin.metadata,
+        )
+        admin.wait_applied(route.policy_version)
+        wait_for_chain_clusters(stack)
+        client = openai.OpenAI(base_url=gateway_url, api_key=access.api_key, max_retries=0)
+        stream = client.chat.completions.create(model="chain-tls", messages=MESSAGES, stream=True)
+        text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+        assert text == "Echo: hello fallback"
+        assert set(secure.server_names) == {"localhost"}
+        assert [seen.header("authorization") for seen in secure.requests] == [f"Bearer {key}"]
+    (row,) = wait_for_ai_logs(admin, access.tenant_id, 1)
+    assert (row.provider, row.status) == (name, 200)
+    assert list(row.attempts) == [f"{down}/m-down-tls=connect"]
