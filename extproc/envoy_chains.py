@@ -34,6 +34,7 @@ import hashlib
 import json
 import logging
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,6 +81,11 @@ _ROUTING_HEADERS: Final = frozenset({CLUSTER_HEADER, MAX_RETRIES_HEADER})
 OVERWRITE: Final = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
 # A connection failure or reset, as the AI-log row's attempts list says it.
 NO_ANSWER: Final = "connect"
+# Envoy reads the clusters file a moment after it is replaced (a directory watch): a cluster
+# new in it is routed to only this long after the write. A request naming a cluster Envoy has
+# not loaded would get Envoy's 503 (and count against the chain's first target); in the
+# meantime the chain's first target is called alone, as without a chain cluster.
+NEW_CLUSTER_SETTLE_S: Final = 0.25
 
 
 def cluster_name(circuits: tuple[str, ...]) -> str:
@@ -227,8 +233,9 @@ class EnvoyChains:
         self.directory = directory
         self.ca_bundle = ca_bundle
         self.body_phase: Callable[[Flow], Outcome] | None = None
-        # The clusters in the file Envoy was last given, by their targets' circuits.
-        self._names: dict[tuple[str, ...], str] = {}
+        # The clusters in the file Envoy was last given, by their targets' circuits, with the
+        # monotonic time from which they are routed to.
+        self._names: dict[tuple[str, ...], tuple[str, float]] = {}
         self._flows: dict[str, ChainFlow] = {}
 
     @property
@@ -243,14 +250,22 @@ class EnvoyChains:
         scratch = self.directory / f".{CDS_FILE}.new"
         scratch.write_text(json.dumps({"resources": list(clusters.values())}))
         os.replace(scratch, self.path)
-        self._names = {circuits: cluster["name"] for circuits, cluster in clusters.items()}
+        settled = time.monotonic() + NEW_CLUSTER_SETTLE_S
+        known = {name: since for name, since in self._names.values()}
+        self._names = {
+            circuits: (cluster["name"], known.get(cluster["name"], settled))
+            for circuits, cluster in clusters.items()
+        }
 
     def route_chain(self, flow: Flow, targets: tuple[ModelTarget, ...]) -> None:
         """Model routing's hook for a chain call with `targets` to try in order (the first
         routed already): sent to their cluster, kept here until it ends. Left as routed (to
         the first target alone) when the cluster is not written."""
-        name = self._names.get(tuple(target.circuit for target in targets))
-        if name is None:
+        cluster = self._names.get(tuple(target.circuit for target in targets))
+        if cluster is None:
+            return
+        name, since = cluster
+        if since > time.monotonic():
             return
         flow.set_upstream_header(CLUSTER_HEADER, name)
         flow.set_upstream_header(MAX_RETRIES_HEADER, str(len(targets) - 1))

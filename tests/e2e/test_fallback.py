@@ -13,6 +13,7 @@ from typing import Any
 
 import openai
 
+from extproc.envoy_chains import NEW_CLUSTER_SETTLE_S
 from gatez.stack import Stack
 from gatez.v1 import control_pb2, policy_pb2
 from tests.e2e.conftest import PROVIDER, Admin, TenantAccess, provision
@@ -27,7 +28,8 @@ THRESHOLD = 5
 
 def wait_for_chain_clusters(stack: Stack, timeout_s: float = 10.0) -> None:
     """Behind Envoy: until Envoy has loaded every chain cluster the data plane wrote for the
-    policy applied (Envoy reads the file as it changes, a moment after the data plane ACKs)."""
+    policy applied (Envoy reads the file as it changes, a moment after the data plane ACKs),
+    and the data plane routes to new ones (`NEW_CLUSTER_SETTLE_S` after writing them)."""
     if stack.config.proxy == "apisix":
         return
     path = stack.config.envoy_cds_dir / "cds.json"
@@ -38,6 +40,7 @@ def wait_for_chain_clusters(stack: Stack, timeout_s: float = 10.0) -> None:
         with urllib.request.urlopen(admin) as answer:
             loaded = answer.read().decode()
         if all(f"{name}::" in loaded for name in names):
+            time.sleep(max(0.0, path.stat().st_mtime + NEW_CLUSTER_SETTLE_S - time.time()))
             return
         if time.monotonic() > deadline:
             raise TimeoutError(f"Envoy did not load the chain clusters in {timeout_s}s")

@@ -5,6 +5,7 @@ Envoy: tests/e2e/providers/test_failover.py and tests/e2e/test_fallback.py."""
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as ext_proc
 
 from extproc.envoy_chains import (
     ATTEMPT_STREAM_HEADER,
+    NEW_CLUSTER_SETTLE_S,
     PER_PROVIDER_HEADERS,
     TARGET_ATTRIBUTE,
     EnvoyChains,
@@ -133,6 +135,13 @@ def test_the_clusters_file_is_replaced_whole_and_named_clusters_are_routed(
 
     smart = policy.resolve_model("t", "smart")
     assert smart is not None
+    # Envoy reads the file a moment later: a new cluster is routed to only after a while.
+    early = _flow(policy)
+    chains.route_chain(early, smart.chain[1:])
+    assert not early.pending.set_headers
+    time.sleep(NEW_CLUSTER_SETTLE_S)
+    # Rewriting the file keeps the clusters it held routable.
+    chains.write(policy)
     flow = _flow(policy)
     chains.route_chain(flow, smart.chain[1:])
     assert flow.pending.set_headers == {
