@@ -31,6 +31,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as ext_proc
 from google.protobuf.message import DecodeError
 
 from extproc.envoy_access_log import EnvoyAccessLog
+from extproc.envoy_chains import ATTEMPT_STREAM_HEADER, AttemptStream, EnvoyChains
 from extproc.grpc_h2 import GRPC_INTERNAL, CallStream, MethodFactory
 from gatez.logrows import RequestLogRow
 from gatez.pipeline import (
@@ -125,12 +126,20 @@ class ExternalProcessor:
 
     With `access_log` (the data plane's Envoy access-log service), a flow Envoy reset before it
     applied the first answer waits for Envoy's own entry of the request and takes its status
-    and reason, so the request has one row (see `extproc.envoy_access_log`).
+    and reason, so the request has one row (see `extproc.envoy_access_log`). With `chains`,
+    the streams of fallback chains' upstream attempts (marked by their gRPC metadata) are
+    theirs (`extproc.envoy_chains`).
     """
 
-    def __init__(self, dispatcher: Dispatcher, access_log: EnvoyAccessLog | None = None) -> None:
+    def __init__(
+        self,
+        dispatcher: Dispatcher,
+        access_log: EnvoyAccessLog | None = None,
+        chains: EnvoyChains | None = None,
+    ) -> None:
         self._dispatcher = dispatcher
         self._access_log = access_log
+        self._chains = chains
         # Finished flows whose on_done is still running; kept so the tasks are not collected.
         self.finishing: set[asyncio.Task[None]] = set()
 
@@ -138,7 +147,9 @@ class ExternalProcessor:
         """What to serve on a `GrpcServer`."""
         return {PROCESS_METHOD: self.open}
 
-    def open(self, stream: CallStream) -> ExtProcStream:
+    def open(self, stream: CallStream) -> ExtProcStream | AttemptStream:
+        if self._chains is not None and ATTEMPT_STREAM_HEADER in stream.headers:
+            return self._chains.open(stream)
         return ExtProcStream(self, stream)
 
     def step(
@@ -179,6 +190,8 @@ class ExternalProcessor:
 
     def done(self, flow: Flow, pipeline: Pipeline) -> None:
         """The exchange is over: the pipeline's on_done hooks run, in a task only if one waits."""
+        if self._chains is not None and flow.llm is not None and flow.llm.circuit:
+            self._chains.forget(flow.request_id)
         if not pipeline.done_waits:
             pipeline.done_now(flow)
             return

@@ -20,7 +20,7 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -86,6 +86,9 @@ class PolicyHolder:
         # data plane that cannot serve its old policy still refuses another history.
         self.position: PolicyPosition | None = None
         self.changed = asyncio.Event()
+        # Called with each policy applied (Envoy's chain clusters follow it); a failing one is
+        # logged, and the policy stays applied.
+        self.on_applied: list[Callable[[CompiledPolicy], None]] = []
 
     def get(self) -> CompiledPolicy | None:
         return self.current
@@ -135,6 +138,11 @@ class PolicyHolder:
         self._persist(snapshot)
         self.current = compiled
         self.position = PolicyPosition.of(snapshot)
+        for hook in self.on_applied:
+            try:
+                hook(compiled)
+            except Exception:
+                log.exception("applying policy version %d: a follower failed", snapshot.version)
         self.changed.set()
         self.changed.clear()
         return compiled

@@ -23,6 +23,7 @@ import grpc
 from extproc.circuit import CircuitBreaker
 from extproc.envoy_access_log import EnvoyAccessLog
 from extproc.envoy_adapter import ExternalProcessor
+from extproc.envoy_chains import EnvoyChains
 from extproc.grpc_h2 import GrpcServer
 from extproc.grpcio_server import GRPC_OPTIONS, serve_grpcio
 from extproc.jwks import JwksCache
@@ -78,10 +79,12 @@ def build_dispatcher(
     node_id: str,
     tokens: TokenCounter | None = None,
     observer: FlowObserver | None = None,
+    chains: EnvoyChains | None = None,
 ) -> Dispatcher:
     """Every pipeline a data plane runs, one per route kind, with the stages in policy order;
     each position has a reason. Stage instances are shared between pipelines (a tenant has one
-    rate-limit lease, whatever route it calls)."""
+    rate-limit lease, whatever route it calls). `chains`: behind Envoy, fallback chains' later
+    targets are reached by Envoy's retries (their attempts routed by the LLM pipeline)."""
     # Nothing runs for a caller we do not know; the tenant found here scopes all after.
     authenticate = Authenticate(jwks)
     # Before any body is buffered: a limited tenant costs one Redis round trip, no more.
@@ -98,7 +101,7 @@ def build_dispatcher(
             authenticate,
             rate_limit,
             # Needs the tenant (routes are per tenant); asks for the body on LLM paths only.
-            ModelRouting(circuits),
+            ModelRouting(circuits, chains),
             # Needs the provider model routing chose: only its allowlisted client headers go on.
             ProviderHeaders(),
             # Response side: the provider's bytes read into the shared model (streams as
@@ -113,6 +116,9 @@ def build_dispatcher(
             access_log,
         ]
     )
+    if chains is not None:
+        # An attempt of a chain call is routed by this pipeline's body phase, run again.
+        chains.body_phase = llm.start_request_body
     rest = Pipeline([authenticate, rate_limit, RestRouting(), access_log])
     return Dispatcher(
         policy,
@@ -179,11 +185,18 @@ async def _release(tasks: list[asyncio.Task[None]], sink: LogSink, closers: list
 
 async def start(settings: Settings) -> DataPlane:
     """Builds the clients, loads the persisted policy, starts serving and watching."""
-    core = await start_core(settings)
+    chains = None
+    if settings.envoy_cds_dir is not None:
+        chains = EnvoyChains(settings.envoy_cds_dir, settings.upstream_ca_bundle)
+    core = await start_core(settings, chains=chains)
+    if chains is not None:
+        # Written before Envoy starts (it loads the file at start), then with every policy.
+        core.holder.on_applied.append(chains.write)
+        chains.write(core.holder.current)
     # ext_proc, and Envoy's access log for the requests it answered without us.
     access_log = EnvoyAccessLog(core.sink, settings.node_id)
     methods = {
-        **ExternalProcessor(core.dispatcher, access_log).methods(),
+        **ExternalProcessor(core.dispatcher, access_log, chains).methods(),
         **access_log.methods(),
     }
     server: GrpcServer | grpc.aio.Server
@@ -204,10 +217,15 @@ async def start(settings: Settings) -> DataPlane:
 
 
 async def start_core(
-    settings: Settings, service_name: str = "gatez-dataplane", *, takeover_wait_s: float = 0.0
+    settings: Settings,
+    service_name: str = "gatez-dataplane",
+    *,
+    takeover_wait_s: float = 0.0,
+    chains: EnvoyChains | None = None,
 ) -> DataPlaneCore:
     """Builds the clients and the pipeline, loads the persisted policy and starts watching.
-    `service_name` names the process in traces (OTEL_SERVICE_NAME overrides it).
+    `service_name` names the process in traces (OTEL_SERVICE_NAME overrides it); `chains`:
+    Envoy's fallback chains (extproc.envoy_chains).
 
     The state directory belongs to one process at a time (its spool is locked). When another
     still holds it, this one waits up to `takeover_wait_s` for it to stop (0: fails at once)."""
@@ -259,6 +277,7 @@ async def start_core(
         node_id=settings.node_id,
         tokens=tokens,
         observer=telemetry,
+        chains=chains,
     )
     # Closed in reverse order: the stages (giving back held rate-limit tokens) before Redis.
     closers.append(dispatcher.close)

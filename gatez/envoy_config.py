@@ -1,5 +1,5 @@
 """Renders `envoy/envoy.yaml` for one deployment (ports, the data plane's socket, tracing, the
-HTTPS listener's certificate)."""
+HTTPS listener's certificate, the directory of the fallback chains' clusters)."""
 
 from __future__ import annotations
 
@@ -27,6 +27,14 @@ def _optional_block(name: str) -> re.Pattern[str]:
 
 TRACING_BLOCK: Final = _optional_block("tracing")
 TLS_BLOCK: Final = _optional_block("tls")
+CHAINS_BLOCK: Final = _optional_block("chains")
+# The clusters of fallback chains: named with this prefix (the routes that retry match it), in
+# this file of the directory the data plane writes them to (extproc.envoy_chains).
+CHAIN_CLUSTER_PREFIX: Final = "gatez-chain-"
+CDS_FILE: Final = "cds.json"
+# Retries of a chain call when the data plane does not say (it sets x-envoy-max-retries to the
+# chain's targets left): the longest chain retried.
+CHAIN_MAX_RETRIES: Final = 7
 OTLP_GRPC_PORT: Final = 4317
 
 
@@ -93,10 +101,12 @@ def render(
     tracing: EnvoyTracing | None = None,
     tls_port: int = 0,
     tls: ServerTls | None = None,
+    cds_dir: Path | None = None,
 ) -> str:
     """The bootstrap YAML with every placeholder filled (a missing one is an error); the
     tracing blocks only when `tracing` is given, the HTTPS listener on `tls_port` only when
-    `tls` (its certificate) is."""
+    `tls` (its certificate) is, the fallback chains' clusters and routes only when `cds_dir`
+    (where the data plane writes them) is."""
     template = TEMPLATE.read_text()
     values: dict[str, object] = {
         "LISTEN_ADDRESS": listen_address,
@@ -115,6 +125,16 @@ def render(
             TLS_PORT=tls_port,
             TLS_CERT_FILE=tls.cert_file.resolve(),
             TLS_KEY_FILE=tls.key_file.resolve(),
+        )
+    if cds_dir is None:
+        template = CHAINS_BLOCK.sub("", template)
+    else:
+        cds_dir = cds_dir.resolve()
+        values.update(
+            CDS_DIR=cds_dir,
+            CDS_PATH=cds_dir / CDS_FILE,
+            CHAIN_CLUSTER_PREFIX=CHAIN_CLUSTER_PREFIX,
+            CHAIN_MAX_RETRIES=CHAIN_MAX_RETRIES,
         )
     if tracing is None:
         template = TRACING_BLOCK.sub("", template)

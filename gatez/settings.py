@@ -11,6 +11,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from gatez.envoy_config import CA_BUNDLE
+
 DEV_ADMIN_TOKEN = "gatez-dev-admin-token"
 DEV_DEMO_KEY = "gz-demo-key-0123456789abcdef"
 
@@ -47,6 +49,11 @@ class Settings:
     metrics_address: str = ""
     # A stage call that went on at once is a span of its own from this long (µs; 0: all).
     trace_stage_min_us: float = 100.0
+    # Behind Envoy: the directory Envoy watches for fallback chains' clusters, which the data
+    # plane writes (None: not written, and a chain's failed call is answered, not moved on).
+    envoy_cds_dir: Path | None = None
+    # The CA certificates the chain clusters check providers' certificates against (Envoy's).
+    upstream_ca_bundle: str = CA_BUNDLE
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
@@ -73,6 +80,8 @@ class Settings:
             spool_max_bytes=int(env.get("GATEZ_SPOOL_MAX_MB", "1024")) * 1024 * 1024,
             metrics_address=env.get("GATEZ_METRICS_ADDRESS", ""),
             trace_stage_min_us=float(env.get("GATEZ_TRACE_STAGE_MIN_US", "100")),
+            envoy_cds_dir=_optional_path(env.get("GATEZ_ENVOY_CDS_DIR")),
+            upstream_ca_bundle=env.get("GATEZ_UPSTREAM_CA_BUNDLE", CA_BUNDLE),
         )
 
     @property

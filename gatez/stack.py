@@ -39,7 +39,13 @@ REDIS_PASSWORD_ENV = "GATEZ_REDIS_PASSWORD"
 APISIX_PREFIX_ENV = "GATEZ_APISIX_PREFIX"
 # Settings of the launcher and the control service that the APISIX runner must not get.
 NOT_FOR_THE_RUNNER = frozenset(
-    {"GATEZ_ADMIN_TOKEN", "GATEZ_DEMO_KEY", "GATEZ_EXTPROC_ADDRESS", APISIX_PREFIX_ENV}
+    {
+        "GATEZ_ADMIN_TOKEN",
+        "GATEZ_DEMO_KEY",
+        "GATEZ_EXTPROC_ADDRESS",
+        "GATEZ_ENVOY_CDS_DIR",
+        APISIX_PREFIX_ENV,
+    }
 )
 
 
@@ -144,6 +150,11 @@ class StackConfig:
         return self.state_dir / "dataplane" / "extproc.sock"
 
     @property
+    def envoy_cds_dir(self) -> Path:
+        """Where the data plane writes fallback chains' clusters for Envoy, which watches it."""
+        return (self.state_dir / "envoy-cds").resolve()
+
+    @property
     def data_plane_dir(self) -> Path:
         """The data plane's state directory (its snapshot, spool and socket)."""
         return self.state_dir / "dataplane"
@@ -195,6 +206,9 @@ class StackConfig:
             GATEZ_CLICKHOUSE_DSN=f"chdb://{self.state_dir / 'clickhouse'}",
             GATEZ_QDRANT_PATH=str(self.state_dir / "qdrant"),
             GATEZ_EXTPROC_ADDRESS=f"unix:{self.extproc_socket}",
+            # Behind Envoy: the chain clusters, checking providers' certificates as Envoy does.
+            GATEZ_ENVOY_CDS_DIR=str(self.envoy_cds_dir),
+            GATEZ_UPSTREAM_CA_BUNDLE=self.ca_bundle,
             GATEZ_NODE_ID=self.node_id,
             GATEZ_LOG_LEVEL=self.log_level,
         )
@@ -325,6 +339,8 @@ class Stack:
                 tracing=EnvoyTracing.from_env(config.environment()),
                 tls_port=config.tls_port,
                 tls=tls,
+                # The data plane writes them there (GATEZ_ENVOY_CDS_DIR).
+                cds_dir=config.envoy_cds_dir,
             )
         )
         self.spawn(

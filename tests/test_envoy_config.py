@@ -90,3 +90,38 @@ def test_the_https_listener_is_rendered_only_with_a_certificate(tmp_path: Path) 
         validate(config)
     with pytest.raises(ValueError, match="needs a port"):
         render(listen_port=19080, admin_port=19901, extproc_socket=socket, tls=tls)
+
+
+def test_chain_clusters_and_their_retrying_routes_are_rendered_only_with_their_directory(
+    tmp_path: Path,
+) -> None:
+    socket = f"unix:{tmp_path}/x.sock"
+    off = render(listen_port=19080, admin_port=19901, extproc_socket=socket)
+    cds = tmp_path / "cds"
+    on = render(listen_port=19080, admin_port=19901, extproc_socket=socket, cds_dir=cds)
+    assert "dynamic_resources" not in off and "retry_policy" not in off
+    assert "# @chains-begin" not in off
+    loaded = yaml.safe_load(on)
+    assert loaded["dynamic_resources"]["cds_config"]["path_config_source"] == {
+        "path": str(cds.resolve() / "cds.json"),
+        "watched_directory": {"path": str(cds.resolve())},
+    }
+    routes = loaded["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0][
+        "typed_config"
+    ]["route_config"]["virtual_hosts"][0]["routes"]
+    chain_routes = [r for r in routes if "retry_policy" in r["route"]]
+    assert len(chain_routes) == 2
+    for route in chain_routes:
+        retry = route["route"]["retry_policy"]
+        assert retry["retry_on"] == "5xx,reset,connect-failure,retriable-status-codes"
+        assert retry["retriable_status_codes"] == [429]
+        assert "rate_limited_retry_back_off" not in retry
+        assert retry["retry_back_off"]["base_interval"] == "0.001s"
+    # Only the chain routes retry, and they come before the catch-all routes.
+    assert [("retry_policy" in r["route"]) for r in routes] == [True, True, False, False]
+    cds.mkdir()
+    (cds / "cds.json").write_text('{"resources": []}')
+    config = tmp_path / "on.yaml"
+    config.write_text(on)
+    assert "${" not in on
+    validate(config)

@@ -2,11 +2,11 @@
 
 Model routing picks a chain's targets whose circuits are not open (`CircuitBreaker.pick`, one
 Redis round trip, only for aliases with fallbacks) and routes to the first. When that target
-answers 429 or 5xx, or cannot be reached, before anything reached the client, an adapter that can
-send the request again (APISIX's plugin makes the provider call itself) calls `fail_over` and
-runs the request-body phase once more: model routing routes to the next target of the plan,
-translated for its schema. Envoy cannot resend from ext_proc; there the failure is answered (see
-README, fallback chains).
+answers 429 or 5xx, or cannot be reached, before anything reached the client, the adapter calls
+`fail_over` and runs the request-body phase once more: model routing routes to the next target of
+the plan, translated for its schema. APISIX's plugin makes the provider call itself and is told
+to call that target; behind Envoy the route's retries move the call through the chain's cluster,
+and its upstream ext_proc routes each attempt this way (`extproc.envoy_chains`).
 
 When the exchange is over, `FallbackOutcome` reports to the circuits: every failed attempt, and
 the final one — a 429, a 5xx (the proxy's own 502/503/504 for a provider it could not reach or

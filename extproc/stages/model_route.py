@@ -17,7 +17,7 @@ Then it points the proxy at the provider: cluster by header + route cache cleari
 from __future__ import annotations
 
 from collections.abc import Awaitable
-from typing import Any, Final
+from typing import Any, Final, Protocol
 from urllib.parse import parse_qsl, unquote, urlencode
 
 import orjson
@@ -57,6 +57,15 @@ class ProvidersCoolingDown(Unavailable):
     code = "providers_cooling_down"
 
 
+class ChainRetries(Protocol):
+    """A proxy that moves a failed call on to the chain's next target itself (Envoy's retries,
+    `extproc.envoy_chains`): told of each chain call with targets left to try."""
+
+    def route_chain(self, flow: Flow, targets: tuple[ModelTarget, ...]) -> None:
+        """`flow` was routed to `targets[0]`; the others follow it in order on failure."""
+        ...
+
+
 class ModelRouting(Stage):
     """Routes LLM API requests by model alias, translating between schemas; answers the model
     lists (`GET /v1/models`, Gemini's, Ollama's `/api/tags`)."""
@@ -77,9 +86,13 @@ class ModelRouting(Stage):
         flow.request_body_mode = BodyMode.BUFFERED
         return CONTINUE
 
-    def __init__(self, circuits: CircuitBreaker | None = None) -> None:
+    def __init__(
+        self, circuits: CircuitBreaker | None = None, chains: ChainRetries | None = None
+    ) -> None:
         # The shared circuit state that picks a fallback chain's target (None: the first).
         self._circuits = circuits
+        # Behind Envoy: the chain's later targets reached by the proxy's retries.
+        self._chains = chains
 
     def on_request_body(self, flow: Flow) -> Verdict | Awaitable[Verdict]:
         api = flow.api
@@ -127,6 +140,9 @@ class ModelRouting(Stage):
         llm.circuit, llm.probe, llm.counted, llm.plan = chosen.circuit, probe, counted, rest
         llm.client_body = client_body
         llm.tried = [f"{name}=skipped" for name in picked.skipped]
+        if rest and self._chains is not None:
+            # The chain from the chosen target on, for the proxy to move through.
+            self._chains.route_chain(flow, chain[chain.index(chosen) :])
         return verdict
 
 
