@@ -298,6 +298,8 @@ class EnvoyChains:
         circuits = [t.circuit for t in chain.targets]
         if target == llm.circuit:
             return None
+        if llm.circuit not in circuits or target not in circuits:
+            raise LookupError(f"attempt to {target} after {llm.circuit or 'a refused target'}")
         at, to = circuits.index(llm.circuit), circuits.index(target)
         if to < at:
             raise LookupError(f"attempt to {target} after {llm.circuit}")

@@ -30,6 +30,9 @@ def fail_over(flow: Flow, outcome: str, retry_after: str | None) -> bool:
         return False
     llm.failed.append((llm.circuit, llm.probe, llm.counted, parse_retry_after(retry_after)))
     llm.tried.append(f"{llm.circuit}={outcome}")
+    # Reported as failed; until routing names the next target, no final outcome is this one's
+    # (a next target that cannot take the request answers 400: not this target's success).
+    llm.circuit = ""
     flow.request_body = llm.client_body
     flow.upstream_reached = False
     flow.response_status = 0
@@ -48,14 +51,14 @@ class FallbackOutcome(Stage):
 
     def on_done(self, flow: Flow) -> None:
         llm = flow.llm
-        if llm is None or not llm.circuit:
+        if llm is None:
             return
         for circuit, probe, counted, retry_after_s in llm.failed:
             self._circuits.record(
                 Attempt(circuit, probe, counted), success=False, retry_after_s=retry_after_s
             )
         status = flow.response_status
-        if status == 0:
+        if not llm.circuit or status == 0:
             return  # the exchange ended before any answer: nothing is known of the provider
         failed = is_failure_status(status)
         self._circuits.record(

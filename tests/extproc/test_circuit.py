@@ -24,8 +24,13 @@ from extproc.circuit import (
     parse_retry_after,
 )
 from extproc.redis_pipe import ScriptClient, hot_path_client
+from extproc.stages.fallback import FallbackOutcome, fail_over
+from gatez.pipeline import LlmCall
+from gatez.policy import compile_policy
 from gatez.processes import free_port
 from gatez.redis_client import RedisTarget
+from gatez.v1 import policy_pb2
+from tests.support.flows import make_flow
 from tests.support.redis import RedisServer
 from tests.support.redis_cluster import LocalRedisCluster
 
@@ -385,3 +390,37 @@ def test_failure_statuses(status: int, failure: bool) -> None:
 def test_bad_config_is_refused(settings: dict[str, float]) -> None:
     with pytest.raises(ValueError, match="must be"):
         CircuitConfig(**settings)  # type: ignore[arg-type]
+
+
+async def test_a_moved_on_call_answered_by_the_gateway_reports_only_its_failure(
+    breaker: CircuitBreaker,
+) -> None:
+    """A failed attempt whose next target could not take the request (the gateway answered
+    400): the failure counts, and the 400 is no success of the failed target."""
+    policy = compile_policy(
+        policy_pb2.PolicySnapshot(
+            tenants=[policy_pb2.Tenant(id="acme")],
+            providers=[
+                policy_pb2.Provider(
+                    name="p", kind=policy_pb2.PROVIDER_KIND_OPENAI, base_url="http://p.test/v1"
+                )
+            ],
+            model_routes=[policy_pb2.ModelRoute(alias="fast", provider="p", upstream_model="m")],
+        )
+    )
+    target = policy.resolve_model("acme", "fast")
+    assert target is not None
+    for _ in range(FAST.failure_threshold - 2):
+        assert await fail(breaker, Attempt(target.circuit)) is False
+    flow = make_flow(policy)
+    flow.llm = LlmCall(target=target, stream=False, client_wants_usage=False)
+    flow.llm.circuit, flow.llm.counted = target.circuit, True
+    flow.llm.plan = ((target, False, True),)
+    assert fail_over(flow, "503", "30")
+    # Routing the next target refused the request: the gateway's 400 ends the exchange.
+    flow.response_status = 400
+    FallbackOutcome(breaker).on_done(flow)
+    assert flow.llm.tried == [f"{target.circuit}=503"]
+    # The failures add up (a success would have reset them): one more opens the circuit.
+    await asyncio.sleep(0.1)
+    assert await fail(breaker, Attempt(target.circuit)) is True
