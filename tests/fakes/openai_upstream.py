@@ -4,6 +4,10 @@
 put it behind Envoy and the gateway and drive it with the official `openai` SDK. It serves:
 
 - `POST /v1/chat/completions`, plain and streamed (SSE), with OpenAI's fields, headers and errors;
+- `POST /v1/responses`, plain and streamed (OpenAI's named SSE events, `response.created` to
+  `response.completed`), with the same deterministic reply;
+- `POST /v1/embeddings`, one deterministic vector per input, as floats or (OpenAI's SDK asks for
+  this by default) base64 of little-endian float32s;
 - `GET /v1/models`;
 - anything else: OpenAI's `Invalid URL (METHOD /path)` 404.
 
@@ -26,7 +30,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import dataclasses
+import hashlib
 import hmac
 import json
 import logging
@@ -35,6 +41,7 @@ import secrets
 import signal
 import ssl
 import string
+import struct
 import sys
 import threading
 import time
@@ -59,6 +66,8 @@ FinishReason = Literal["stop", "length"]
 
 CHAT_COMPLETIONS_PATH: Final = "/v1/chat/completions"
 MODELS_PATH: Final = "/v1/models"
+RESPONSES_PATH: Final = "/v1/responses"
+EMBEDDINGS_PATH: Final = "/v1/embeddings"
 
 #: Models listed by `GET /v1/models` when the server is not given a model list (any model is then
 #: accepted).
@@ -777,9 +786,366 @@ def models_list_object(models: Sequence[str]) -> JSONObject:
     }
 
 
+# -- the Responses API -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ResponsesRequest:
+    """The parts of a `POST /v1/responses` body the fake model uses.
+
+    `messages` is the input as chat-like messages (`instructions` first, as a system message),
+    so the Chat Completions rules for the reply and the token counts apply unchanged.
+    """
+
+    model: str
+    messages: tuple[Mapping[str, Any], ...]
+    instructions: str | None
+    stream: bool
+    max_output_tokens: int | None
+    service_tier: str
+
+
+def _input_item_text(content: Any) -> str:
+    """The text of a Responses input item's `content`: a string, or its text parts joined."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "\n".join(
+            part["text"]
+            for part in content
+            if isinstance(part, Mapping)
+            and part.get("type") in ("input_text", "output_text", "text")
+            and isinstance(part.get("text"), str)
+        )
+    return ""
+
+
+def responses_messages(input_value: Any, instructions: str | None) -> tuple[JSONObject, ...]:
+    """A Responses `input` as chat messages: a string is one user message; each list item with a
+    `role` (an "easy" message or a `"type": "message"` item) is a message of its text parts.
+    Other items (function calls and their outputs, reasoning) count as nothing."""
+    messages: list[JSONObject] = []
+    if instructions:
+        messages.append({"role": "system", "content": instructions})
+    if isinstance(input_value, str):
+        messages.append({"role": "user", "content": input_value})
+    elif isinstance(input_value, list):
+        messages.extend(
+            {"role": item["role"], "content": _input_item_text(item.get("content"))}
+            for item in input_value
+            if isinstance(item, Mapping) and isinstance(item.get("role"), str)
+        )
+    return tuple(messages)
+
+
+def parse_responses_request(
+    body: bytes, models: tuple[str, ...] | None
+) -> ResponsesRequest | ErrorReply:
+    """Validate a Responses body: a JSON object with a model the server serves, an `input`
+    string or array. Other parameters are accepted and ignored."""
+    try:
+        payload: Any = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return ErrorReply.unparseable_json()
+    if not isinstance(payload, dict):
+        return ErrorReply.unparseable_json()
+    model = payload.get("model")
+    if not isinstance(model, str) or not model:
+        return ErrorReply.invalid_request(
+            "Missing required parameter: 'model'.",
+            param="model",
+            code="missing_required_parameter",
+        )
+    input_value = payload.get("input")
+    if input_value is not None and not isinstance(input_value, str | list):
+        return ErrorReply.invalid_request(
+            f"Invalid type for 'input': expected one of a string or array of input items, but "
+            f"got {_json_type_name(input_value)} instead.",
+            param="input",
+            code="invalid_type",
+        )
+    if models is not None and model not in models:
+        return ErrorReply.model_not_found(model)
+    instructions = payload.get("instructions")
+    instructions = instructions if isinstance(instructions, str) else None
+    return ResponsesRequest(
+        model=model,
+        messages=responses_messages(input_value, instructions),
+        instructions=instructions,
+        stream=payload.get("stream") is True,
+        max_output_tokens=_positive_int(payload.get("max_output_tokens")),
+        service_tier=_served_tier(payload.get("service_tier")),
+    )
+
+
+def responses_usage_object(input_tokens: int, output_tokens: int) -> JSONObject:
+    """The Responses `usage`: input and output tokens with their details, and the total."""
+    return {
+        "input_tokens": input_tokens,
+        "input_tokens_details": {"cached_tokens": 0},
+        "output_tokens": output_tokens,
+        "output_tokens_details": {"reasoning_tokens": 0},
+        "total_tokens": input_tokens + output_tokens,
+    }
+
+
+def output_text_part(text: str) -> JSONObject:
+    """An `output_text` content part."""
+    return {"type": "output_text", "annotations": [], "logprobs": [], "text": text}
+
+
+def output_message_item(message_id: str, text: str | None) -> JSONObject:
+    """The assistant's output message item: in progress and empty while `text` is None."""
+    return {
+        "id": message_id,
+        "type": "message",
+        "status": "in_progress" if text is None else "completed",
+        "content": [] if text is None else [output_text_part(text)],
+        "role": "assistant",
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseIds:
+    """The ids and creation time of one Responses call."""
+
+    response_id: str
+    message_id: str
+    created_at: int
+
+
+def response_object(
+    request: ResponsesRequest, reply: Reply, ids: ResponseIds, *, done: bool = True
+) -> JSONObject:
+    """A `response` object, with the fields of OpenAI's API reference in its order. Not `done`:
+    the in-progress response that `response.created` carries (no output, null usage)."""
+    cut = reply.finish_reason == "length"
+    status = "in_progress" if not done else "incomplete" if cut else "completed"
+    return {
+        "id": ids.response_id,
+        "object": "response",
+        "created_at": ids.created_at,
+        "status": status,
+        "background": False,
+        "error": None,
+        "incomplete_details": {"reason": "max_output_tokens"} if done and cut else None,
+        "instructions": request.instructions,
+        "max_output_tokens": request.max_output_tokens,
+        "max_tool_calls": None,
+        "model": request.model,
+        "output": [output_message_item(ids.message_id, reply.text)] if done else [],
+        "parallel_tool_calls": True,
+        "previous_response_id": None,
+        "prompt_cache_key": None,
+        "reasoning": {"effort": None, "summary": None},
+        "safety_identifier": None,
+        "service_tier": request.service_tier if done else "auto",
+        "store": True,
+        "temperature": 1.0,
+        "text": {"format": {"type": "text"}, "verbosity": "medium"},
+        "tool_choice": "auto",
+        "tools": [],
+        "top_logprobs": 0,
+        "top_p": 1.0,
+        "truncation": "disabled",
+        "usage": responses_usage_object(reply.prompt_tokens, reply.completion_tokens)
+        if done
+        else None,
+        "user": None,
+        "metadata": {},
+    }
+
+
+def response_stream_events(
+    request: ResponsesRequest, reply: Reply, ids: ResponseIds
+) -> list[JSONObject]:
+    """The events of a streamed Responses call, in OpenAI's order, numbered from 0:
+    `response.created`, `response.in_progress`, `response.output_item.added`,
+    `response.content_part.added`, one `response.output_text.delta` per word,
+    `response.output_text.done`, `response.content_part.done`, `response.output_item.done`, and
+    `response.completed` (`response.incomplete` when `max_output_tokens` cut the reply), whose
+    response carries the usage. Responses streams end there: no `[DONE]`."""
+    item = {"item_id": ids.message_id, "output_index": 0}
+    part = item | {"content_index": 0}
+    started = response_object(request, reply, ids, done=False)
+    finished = response_object(request, reply, ids)
+    last = "response.incomplete" if finished["status"] == "incomplete" else "response.completed"
+    bodies: list[tuple[str, JSONObject]] = [
+        ("response.created", {"response": started}),
+        ("response.in_progress", {"response": started}),
+        (
+            "response.output_item.added",
+            {"output_index": 0, "item": output_message_item(ids.message_id, None)},
+        ),
+        ("response.content_part.added", part | {"part": output_text_part("")}),
+    ]
+    bodies.extend(
+        (
+            "response.output_text.delta",
+            part | {"delta": delta, "logprobs": [], "obfuscation": _obfuscation(delta)},
+        )
+        for delta in reply.deltas
+    )
+    bodies += [
+        ("response.output_text.done", part | {"text": reply.text, "logprobs": []}),
+        ("response.content_part.done", part | {"part": output_text_part(reply.text)}),
+        (
+            "response.output_item.done",
+            {"output_index": 0, "item": output_message_item(ids.message_id, reply.text)},
+        ),
+        (last, {"response": finished}),
+    ]
+    return [
+        {"type": event_type, "sequence_number": number} | fields
+        for number, (event_type, fields) in enumerate(bodies)
+    ]
+
+
+def named_sse_event(data: JSONObject) -> bytes:
+    """One SSE event as the Responses API frames it: `event: <type>`, then `data: <JSON>`."""
+    return b"event: " + str(data["type"]).encode() + b"\n" + sse_event(data)
+
+
+# -- the Embeddings API ------------------------------------------------------------------------
+
+#: The length of the fake's vectors when the request sets no `dimensions`.
+DEFAULT_EMBEDDING_DIMENSIONS: Final = 8
+
+
+@dataclass(frozen=True, slots=True)
+class EmbeddingsRequest:
+    """The parts of a `POST /v1/embeddings` body the fake model uses."""
+
+    model: str
+    inputs: tuple[str | tuple[int, ...], ...]
+    dimensions: int
+    base64: bool
+
+
+def _embedding_inputs(value: Any) -> tuple[str | tuple[int, ...], ...] | None:
+    """The inputs of an embeddings request (a string, an array of strings, an array of token
+    ids, or an array of such arrays), or None when `value` is none of those."""
+    if isinstance(value, str):
+        return (value,)
+    if not isinstance(value, list) or not value:
+        return None
+    if all(isinstance(item, str) for item in value):
+        return tuple(value)
+    if all(_is_token(item) for item in value):
+        return (tuple(value),)
+    if all(isinstance(item, list) and item and all(map(_is_token, item)) for item in value):
+        return tuple(tuple(item) for item in value)
+    return None
+
+
+def _is_token(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def parse_embeddings_request(
+    body: bytes, models: tuple[str, ...] | None
+) -> EmbeddingsRequest | ErrorReply:
+    """Validate an embeddings body the way OpenAI does: a model, an `input` of a non-empty
+    string, array of strings or token arrays, and an `encoding_format` of "float" or "base64"."""
+    try:
+        payload: Any = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return ErrorReply.unparseable_json()
+    if not isinstance(payload, dict):
+        return ErrorReply.unparseable_json()
+    model = payload.get("model")
+    if not isinstance(model, str) or not model:
+        return ErrorReply.invalid_request("you must provide a model parameter")
+    if "input" not in payload:
+        return ErrorReply.invalid_request(
+            "Missing required parameter: 'input'.",
+            param="input",
+            code="missing_required_parameter",
+        )
+    inputs = _embedding_inputs(payload["input"])
+    if inputs is None or "" in inputs:
+        # OpenAI's answer to an empty string or array, or an input of the wrong type.
+        return ErrorReply.invalid_request(
+            "'$.input' is invalid. Please check the API reference: "
+            "https://platform.openai.com/docs/api-reference."
+        )
+    encoding = payload.get("encoding_format", "float")
+    if encoding not in ("float", "base64"):
+        return ErrorReply.invalid_request(
+            f"Invalid value for 'encoding_format': expected one of 'float' or 'base64', but "
+            f"got {quoted_value(encoding)} instead.",
+            param="encoding_format",
+            code="invalid_value",
+        )
+    if models is not None and model not in models:
+        return ErrorReply.model_not_found(model)
+    return EmbeddingsRequest(
+        model=model,
+        inputs=inputs,
+        dimensions=_positive_int(payload.get("dimensions")) or DEFAULT_EMBEDDING_DIMENSIONS,
+        base64=encoding == "base64",
+    )
+
+
+def quoted_value(value: Any) -> str:
+    """A client value in a validation message, cut short so a message stays bounded."""
+    text = orjson.dumps(value).decode() if not isinstance(value, str) else f"'{value}'"
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def count_embedding_tokens(item: str | tuple[int, ...]) -> int:
+    """The fake tokenizer's count for one embeddings input: words of a string, or the length of
+    a token array. `["hello world", "hi"]` is 3 tokens."""
+    return len(item) if isinstance(item, tuple) else len(item.split())
+
+
+def embedding_vector(item: str | tuple[int, ...], dimensions: int) -> list[float]:
+    """The fake model's vector for one input: SHA-256 bytes of the input (its UTF-8 text, or its
+    token ids as JSON) mapped to multiples of 1/128 in [-1, 1). Exact in float32, so the base64
+    encoding decodes to the very same values."""
+    seed = item.encode() if isinstance(item, str) else orjson.dumps(list(item))
+    digest = b""
+    counter = 0
+    while len(digest) < dimensions:
+        digest += hashlib.sha256(seed + counter.to_bytes(4, "big")).digest()
+        counter += 1
+    return [(byte - 128) / 128 for byte in digest[:dimensions]]
+
+
+def encoded_embedding(vector: Sequence[float]) -> str:
+    """A vector as `encoding_format: "base64"` sends it: base64 of little-endian float32s."""
+    return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
+
+
+def embeddings_object(request: EmbeddingsRequest) -> JSONObject:
+    """The embeddings `list` object: one `embedding` per input, in order, and the usage."""
+    data: list[JSONObject] = []
+    for index, item in enumerate(request.inputs):
+        vector = embedding_vector(item, request.dimensions)
+        data.append(
+            {
+                "object": "embedding",
+                "index": index,
+                "embedding": encoded_embedding(vector) if request.base64 else vector,
+            }
+        )
+    tokens = sum(count_embedding_tokens(item) for item in request.inputs)
+    return {
+        "object": "list",
+        "data": data,
+        "model": request.model,
+        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+    }
+
+
 def new_completion_id() -> str:
     """`chatcmpl-` and 29 random letters and digits, the shape of OpenAI's ids."""
     return "chatcmpl-" + "".join(secrets.choice(_ID_ALPHABET) for _ in range(29))
+
+
+def new_response_ids(created_at: int) -> ResponseIds:
+    """`resp_` and `msg_` ids of 48 random hex digits, the shape of OpenAI's."""
+    return ResponseIds("resp_" + secrets.token_hex(24), "msg_" + secrets.token_hex(24), created_at)
 
 
 def new_request_id() -> str:
@@ -820,6 +1186,8 @@ class OpenAIUpstream:
         self._routes: dict[tuple[str, str], Handler] = {
             ("POST", CHAT_COMPLETIONS_PATH): self.chat_completions,
             ("GET", MODELS_PATH): self.list_models,
+            ("POST", RESPONSES_PATH): self.responses,
+            ("POST", EMBEDDINGS_PATH): self.embeddings,
         }
 
     def create_app(self) -> web.Application:
@@ -884,6 +1252,35 @@ class OpenAIUpstream:
         )
         return self._json_response(exchange, completion, rate_headers)
 
+    async def responses(self, exchange: Exchange) -> web.StreamResponse:
+        """`POST /v1/responses`: the deterministic reply as a `response` object, or streamed as
+        OpenAI's named SSE events."""
+        denied = self._authenticate(exchange.request)
+        if denied is not None:
+            return self._error_response(exchange, denied)
+        parsed = parse_responses_request(exchange.body, self.config.models)
+        if isinstance(parsed, ErrorReply):
+            return self._error_response(exchange, parsed)
+        reply = deterministic_reply(parsed.messages, parsed.max_output_tokens)
+        ids = new_response_ids(int(self._clock()))
+        rate_headers = self._rate_limit_headers(reply.prompt_tokens)
+        if parsed.stream:
+            events = [named_sse_event(e) for e in response_stream_events(parsed, reply, ids)]
+            return await self._send_events(exchange, events, rate_headers, pause=None)
+        return self._json_response(exchange, response_object(parsed, reply, ids), rate_headers)
+
+    async def embeddings(self, exchange: Exchange) -> web.StreamResponse:
+        """`POST /v1/embeddings`: one deterministic vector per input, floats or base64."""
+        denied = self._authenticate(exchange.request)
+        if denied is not None:
+            return self._error_response(exchange, denied)
+        parsed = parse_embeddings_request(exchange.body, self.config.models)
+        if isinstance(parsed, ErrorReply):
+            return self._error_response(exchange, parsed)
+        answer = embeddings_object(parsed)
+        rate_headers = self._rate_limit_headers(answer["usage"]["prompt_tokens"])
+        return self._json_response(exchange, answer, rate_headers)
+
     def _authenticate(self, request: web.Request) -> ErrorReply | None:
         if self.config.api_key is None:
             return None
@@ -936,10 +1333,6 @@ class OpenAIUpstream:
     async def _stream(
         self, exchange: Exchange, chunks: list[JSONObject], rate_headers: Mapping[str, str]
     ) -> web.StreamResponse:
-        headers = self._common_headers(exchange) | dict(rate_headers)
-        headers["content-type"] = "text/event-stream; charset=utf-8"
-        response = web.StreamResponse(status=200, headers=headers)
-        await response.prepare(exchange.request)
         failure = exchange.mid_stream_error
         if failure is not None and failure.after_chunks is not None:
             # The role chunk, then `after_chunks` content chunks, then the error; never [DONE].
@@ -949,6 +1342,20 @@ class OpenAIUpstream:
             events = [sse_event(chunk) for chunk in chunks]
             events.append(SSE_DONE)
         pause = self.recorder.take_pause()
+        return await self._send_events(exchange, events, rate_headers, pause=pause)
+
+    async def _send_events(
+        self,
+        exchange: Exchange,
+        events: list[bytes],
+        rate_headers: Mapping[str, str],
+        *,
+        pause: StreamPause | None,
+    ) -> web.StreamResponse:
+        headers = self._common_headers(exchange) | dict(rate_headers)
+        headers["content-type"] = "text/event-stream; charset=utf-8"
+        response = web.StreamResponse(status=200, headers=headers)
+        await response.prepare(exchange.request)
         try:
             for index, event in enumerate(events):
                 if index and self.config.chunk_delay_s > 0:

@@ -6,7 +6,9 @@ The SDK proves the fake parses exactly as OpenAI does; the raw client checks wha
 
 from __future__ import annotations
 
+import base64
 import signal
+import struct
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
@@ -26,6 +28,7 @@ from tests.fakes.openai_upstream import (
     count_completion_tokens,
     count_prompt_tokens,
     deterministic_reply,
+    embedding_vector,
     mask_api_key,
     reply_text,
 )
@@ -33,7 +36,8 @@ from tests.fakes.openai_upstream import (
 API_KEY = "sk-test-4yNZzQ8mK2pL7vR9xW3cJ5bH1dF6mjw"
 MODELS = ("gpt-4o-mini", "gpt-4o")
 MODEL = MODELS[0]
-HELLO: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hello there world"}]
+HELLO_TEXT = "hello there world"
+HELLO: list[ChatCompletionMessageParam] = [{"role": "user", "content": HELLO_TEXT}]
 
 
 @pytest.fixture(scope="module")
@@ -390,6 +394,180 @@ async def test_stream_arrives_in_separate_body_chunks() -> None:
     assert response.body_chunks >= 5
 
 
+# -- the Responses API -------------------------------------------------------------------------
+
+RESPONSE_EVENTS = [
+    "response.created",
+    "response.in_progress",
+    "response.output_item.added",
+    "response.content_part.added",
+    *["response.output_text.delta"] * 4,
+    "response.output_text.done",
+    "response.content_part.done",
+    "response.output_item.done",
+    "response.completed",
+]
+
+
+def test_response_echoes_the_input_with_exact_usage(
+    client: openai.OpenAI, upstream: UpstreamServer
+) -> None:
+    response = client.responses.create(
+        model=MODEL, input="hello there world", instructions="Be brief."
+    )
+
+    assert response.output_text == "Echo: hello there world"
+    assert (response.object, response.status, response.model) == ("response", "completed", MODEL)
+    assert response.id.startswith("resp_")
+    assert (response.output[0].id or "").startswith("msg_")
+    assert response.instructions == "Be brief."
+    # Instructions count as a message: (2 + 1) + (3 + 1) input tokens, four words out.
+    assert response.usage is not None
+    assert (response.usage.input_tokens, response.usage.output_tokens) == (7, 4)
+    assert response.usage.total_tokens == 11
+    assert response.usage.input_tokens_details.cached_tokens == 0
+    (seen,) = upstream.requests
+    assert (seen.method, seen.path, seen.json["input"]) == ("POST", "/v1/responses", HELLO_TEXT)
+
+
+def test_response_input_items_and_a_token_limit(client: openai.OpenAI) -> None:
+    response = client.responses.create(
+        model=MODEL,
+        input=[
+            {"role": "user", "content": "first question"},
+            {"role": "assistant", "content": "an answer"},
+            {
+                "type": "message",
+                "role": "user",
+                "content": [{"type": "input_text", "text": "one two three"}],
+            },
+        ],
+        max_output_tokens=2,
+    )
+
+    assert response.output_text == "Echo: one"
+    assert response.status == "incomplete"
+    assert response.incomplete_details is not None
+    assert response.incomplete_details.reason == "max_output_tokens"
+    assert response.usage is not None
+    assert (response.usage.input_tokens, response.usage.output_tokens) == (10, 2)
+
+
+def test_response_stream_sends_openais_events_in_order(client: openai.OpenAI) -> None:
+    events = list(client.responses.create(model=MODEL, input=HELLO_TEXT, stream=True))
+
+    assert [event.type for event in events] == RESPONSE_EVENTS
+    assert [event.sequence_number for event in events] == list(range(len(events)))
+    deltas = [event.delta for event in events if event.type == "response.output_text.delta"]
+    assert "".join(deltas) == "Echo: hello there world"
+    created, completed = events[0], events[-1]
+    assert created.type == "response.created" and completed.type == "response.completed"
+    assert created.response.status == "in_progress" and created.response.usage is None
+    assert completed.response.id == created.response.id
+    assert completed.response.output_text == "Echo: hello there world"
+    assert completed.response.usage is not None
+    assert (completed.response.usage.input_tokens, completed.response.usage.output_tokens) == (4, 4)
+
+
+async def test_async_response_plain_and_streamed(async_client: openai.AsyncOpenAI) -> None:
+    response = await async_client.responses.create(model=MODEL, input=HELLO_TEXT)
+    stream = await async_client.responses.create(model=MODEL, input=HELLO_TEXT, stream=True)
+    events = [event async for event in stream]
+
+    assert response.output_text == "Echo: hello there world"
+    assert events[-1].type == "response.completed"
+    assert events[-1].response.output_text == response.output_text
+    assert events[-1].response.usage == response.usage
+
+
+async def test_response_stream_on_the_wire(upstream: UpstreamServer) -> None:
+    body = orjson.dumps({"model": MODEL, "input": HELLO_TEXT, "stream": True})
+    response = await raw_request("POST", f"{upstream.base_url}/responses", body=body)
+
+    assert response.status == 200
+    assert response.headers["content-type"] == "text/event-stream; charset=utf-8"
+    events = response.body.decode().split("\n\n")
+    assert events[-1] == "", "the body must end with a blank line"
+    types = []
+    for event in events[:-1]:
+        event_line, data_line = event.split("\n")
+        data = orjson.loads(data_line.removeprefix("data: "))
+        # Each event names its type twice: on the `event:` line and in the data's `type`.
+        assert event_line == f"event: {data['type']}"
+        assert list(data)[:2] == ["type", "sequence_number"]
+        types.append(data["type"])
+    assert types == RESPONSE_EVENTS, "a Responses stream ends with its last event: no [DONE]"
+
+
+def test_response_refuses_an_unknown_model_and_a_bad_input(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.NotFoundError) as not_found:
+        client.responses.create(model="gpt-nope", input=HELLO_TEXT)
+    with pytest.raises(openai.BadRequestError) as bad_input:
+        client.responses.create(model=MODEL, input=42)  # type: ignore[call-overload]
+
+    assert not_found.value.code == "model_not_found"
+    assert (bad_input.value.code, bad_input.value.param) == ("invalid_type", "input")
+
+
+# -- the Embeddings API ------------------------------------------------------------------------
+
+
+def test_embeddings_decode_from_base64_as_the_sdk_asks(
+    client: openai.OpenAI, upstream: UpstreamServer
+) -> None:
+    result = client.embeddings.create(model=MODEL, input=["hello world", "hi"])
+
+    assert upstream.requests[-1].json["encoding_format"] == "base64"
+    assert [item.index for item in result.data] == [0, 1]
+    assert result.data[0].embedding == embedding_vector("hello world", 8)
+    assert result.data[1].embedding == embedding_vector("hi", 8)
+    assert result.data[0].embedding != result.data[1].embedding
+    assert (result.usage.prompt_tokens, result.usage.total_tokens) == (3, 3)
+    assert result.model == MODEL and result.object == "list"
+
+
+async def test_embeddings_as_floats_with_dimensions_and_token_input(
+    async_client: openai.AsyncOpenAI,
+) -> None:
+    floats = await async_client.embeddings.create(
+        model=MODEL, input="hello world", encoding_format="float", dimensions=40
+    )
+    tokens = await async_client.embeddings.create(model=MODEL, input=[[1, 2, 3], [4]])
+
+    assert floats.data[0].embedding == embedding_vector("hello world", 40)
+    assert len(floats.data[0].embedding) == 40
+    assert floats.usage.prompt_tokens == 2
+    assert [len(item.embedding) for item in tokens.data] == [8, 8]
+    assert tokens.usage.prompt_tokens == 4
+
+
+async def test_embeddings_base64_is_little_endian_float32(upstream: UpstreamServer) -> None:
+    body = orjson.dumps({"model": MODEL, "input": "hi", "encoding_format": "base64"})
+    response = await raw_request("POST", f"{upstream.base_url}/embeddings", body=body)
+
+    assert response.status == 200
+    (item,) = response.json()["data"]
+    assert item["object"] == "embedding"
+    vector = struct.unpack("<8f", base64.b64decode(item["embedding"]))
+    assert list(vector) == embedding_vector("hi", 8)
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [{"input": ""}, {"input": []}, {"input": [1, "a"]}, {}, {"encoding_format": "int8"}],
+)
+async def test_embeddings_refuse_bad_input(
+    upstream: UpstreamServer, fields: dict[str, Any]
+) -> None:
+    body = orjson.dumps({"model": MODEL, "input": "hi"} | fields)
+    if not fields:
+        body = orjson.dumps({"model": MODEL})
+    response = await raw_request("POST", f"{upstream.base_url}/embeddings", body=body)
+
+    assert response.status == 400
+    assert response.json()["error"]["type"] == "invalid_request_error"
+
+
 # -- errors ------------------------------------------------------------------------------------
 
 
@@ -625,7 +803,7 @@ def test_unknown_model_is_a_not_found_error(client: openai.OpenAI) -> None:
 
 
 @pytest.mark.parametrize(
-    ("method", "path"), [("GET", "/v1/chat/completions"), ("POST", "/v1/embeddings")]
+    ("method", "path"), [("GET", "/v1/chat/completions"), ("POST", "/v1/audio/speech")]
 )
 async def test_unknown_routes_are_openais_invalid_url(
     upstream: UpstreamServer, method: str, path: str
