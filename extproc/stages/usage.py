@@ -12,7 +12,8 @@ meter counts the request's prompt and the text generated so far with OpenAI's to
 to `KEPT_OUTPUT_CHARS`; a longer output is counted from that part in proportion to its length.
 
 OpenAI's Responses and Embeddings APIs pass through untranslated; their usage is read from the
-body (or the Responses stream's `response.completed` event).
+body (or the event that ends a Responses stream: `response.completed`, or `response.incomplete`
+when `max_output_tokens` cut it, or `response.failed`).
 """
 
 from __future__ import annotations
@@ -46,6 +47,11 @@ MAX_TOKENS: Final = 2**32 - 1
 MODEL_NAME_LIMIT: Final = 256
 # Generated text kept to estimate from (about 16k tokens).
 KEPT_OUTPUT_CHARS: Final = 64 * 1024
+# The events that end a Responses stream; each carries the final response with its usage.
+RESPONSES_LAST_EVENTS: Final = frozenset(
+    {"response.completed", "response.incomplete", "response.failed"}
+)
+_LAST_EVENT_MARKERS: Final = tuple(name.encode() for name in RESPONSES_LAST_EVENTS)
 
 
 class UsageMeter(Stage):
@@ -200,11 +206,14 @@ def _read_passthrough(flow: Flow, llm: LlmCall) -> None:
         if tail:
             events.append(tail)
     for event in events:
-        if b"response.completed" not in event:
+        # Only the last event is parsed: a cheap look for its name first.
+        if not any(marker in event for marker in _LAST_EVENT_MARKERS):
             continue
         data = event_data(event)
         chunk = _loads(data) if data is not None else None
-        response = chunk.get("response") if chunk is not None else None
+        if chunk is None or chunk.get("type") not in RESPONSES_LAST_EVENTS:
+            continue
+        response = chunk.get("response")
         if isinstance(response, dict):
             llm.usage = _passthrough_usage(response.get("usage")) or llm.usage
             _read_model(llm, response)
