@@ -18,7 +18,7 @@ from pathlib import Path
 
 import grpc
 
-from bench.chat import provision, start_plain, wrk
+from bench.chat import provision, start_plain, wait_applied, wrk
 from gatez.processes import stop_process
 from gatez.stack import Stack, StackConfig
 from gatez.v1 import control_pb2, control_pb2_grpc, policy_pb2
@@ -44,12 +44,7 @@ def add_chain(stack: Stack) -> None:
         ),
         metadata=md,
     )
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        status = control.GetPolicyStatus(control_pb2.GetPolicyStatusRequest(), metadata=md)
-        if any(p.applied_version >= route.policy_version for p in status.data_planes):
-            break
-        time.sleep(0.05)
+    wait_applied(control, md, route.policy_version)
     channel.close()
     # Envoy reads the chain clusters' file a moment after the data plane writes it.
     time.sleep(1)

@@ -125,6 +125,18 @@ def start_plain(
     return upstream_port, plain_port, (upstream, plain)
 
 
+def wait_applied(
+    control: control_pb2_grpc.ControlServiceStub, md: tuple[tuple[str, str], ...], version: int
+) -> None:
+    """Waits (up to 30 s) until a data plane has applied policy `version`."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        status = control.GetPolicyStatus(control_pb2.GetPolicyStatusRequest(), metadata=md)
+        if any(p.applied_version >= version for p in status.data_planes):
+            return
+        time.sleep(0.05)
+
+
 def provision(stack: Stack, upstream_port: int) -> str:
     channel = grpc.insecure_channel(stack.config.control_address)
     control = control_pb2_grpc.ControlServiceStub(channel)
@@ -158,12 +170,7 @@ def provision(stack: Stack, upstream_port: int) -> str:
         ),
         metadata=md,
     )
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        status = control.GetPolicyStatus(control_pb2.GetPolicyStatusRequest(), metadata=md)
-        if any(p.applied_version >= route.policy_version for p in status.data_planes):
-            break
-        time.sleep(0.05)
+    wait_applied(control, md, route.policy_version)
     channel.close()
     return str(key.secret)
 

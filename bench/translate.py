@@ -47,7 +47,7 @@ import aiohttp
 import grpc
 import uvloop
 
-from bench.chat import BODY, Result, cpu_seconds, provision, start_plain, wrk
+from bench.chat import BODY, Result, cpu_seconds, provision, start_plain, wait_applied, wrk
 from bench.dataplane import drive
 from bench.upstream import ANTHROPIC_RESPONSE, ANTHROPIC_STREAM
 from bench.upstream import BODY as OPENAI_ANSWER
@@ -87,12 +87,7 @@ def provision_anthropic(stack: Stack, upstream_port: int) -> None:
         ),
         metadata=md,
     )
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        status = control.GetPolicyStatus(control_pb2.GetPolicyStatusRequest(), metadata=md)
-        if any(p.applied_version >= route.policy_version for p in status.data_planes):
-            break
-        time.sleep(0.05)
+    wait_applied(control, md, route.policy_version)
     channel.close()
 
 
