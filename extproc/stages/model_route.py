@@ -70,6 +70,14 @@ class ModelRouting(Stage):
     """Routes LLM API requests by model alias, translating between schemas; answers the model
     lists (`GET /v1/models`, Gemini's, Ollama's `/api/tags`)."""
 
+    def __init__(
+        self, circuits: CircuitBreaker | None = None, chains: ChainRetries | None = None
+    ) -> None:
+        # The shared circuit state that picks a fallback chain's target (None: the first).
+        self._circuits = circuits
+        # Behind Envoy: the chain's later targets reached by the proxy's retries.
+        self._chains = chains
+
     def on_request_headers(self, flow: Flow) -> Verdict:
         api = flow.api
         path = flow.path.partition("?")[0]
@@ -85,14 +93,6 @@ class ModelRouting(Stage):
             raise InvalidRequest("the request has no body; expected a JSON object")
         flow.request_body_mode = BodyMode.BUFFERED
         return CONTINUE
-
-    def __init__(
-        self, circuits: CircuitBreaker | None = None, chains: ChainRetries | None = None
-    ) -> None:
-        # The shared circuit state that picks a fallback chain's target (None: the first).
-        self._circuits = circuits
-        # Behind Envoy: the chain's later targets reached by the proxy's retries.
-        self._chains = chains
 
     def on_request_body(self, flow: Flow) -> Verdict | Awaitable[Verdict]:
         api = flow.api
