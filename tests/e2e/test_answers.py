@@ -74,6 +74,20 @@ def unauthenticated_rows(admin: Admin) -> list[logs_pb2.RequestLog]:
     )
 
 
+def settled_unauthenticated_ids(admin: Admin, timeout_s: float = 10.0) -> set[str]:
+    """The request ids of the rows that reached no tenant, once earlier tests' rows have all
+    landed (two reads a flush apart agree: Envoy's log flushes every 0.5 s, the sink's 1 s)."""
+    deadline = time.monotonic() + timeout_s
+    seen = {row.request_id for row in unauthenticated_rows(admin)}
+    while time.monotonic() < deadline:
+        time.sleep(1.5)
+        now = {row.request_id for row in unauthenticated_rows(admin)}
+        if now == seen:
+            return now
+        seen = now
+    raise AssertionError("rows kept arriving")
+
+
 def wait_until(probe: Callable[[], Any], timeout_s: float = 10.0) -> Any:
     deadline = time.monotonic() + timeout_s
     while not (value := probe()):
@@ -116,7 +130,8 @@ LOCAL_REPLIES: list[tuple[str, bytes, int, str]] = [
 def test_replies_envoy_makes_itself_are_json_4xx_and_logged_once(
     stack: Stack, admin: Admin
 ) -> None:
-    before = {row.request_id for row in unauthenticated_rows(admin)}
+    # Other tests' refusals may still be on their way to the log store.
+    before = settled_unauthenticated_ids(admin)
     answered: dict[str, str] = {}
     for case, raw, status, code in LOCAL_REPLIES:
         got, headers, body = exchange(stack.config.listen_port, raw)
