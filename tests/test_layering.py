@@ -16,6 +16,7 @@ FORBIDDEN = {
     "gatez": {"extproc", "control", "agent", *UNSHIPPED},
     "extproc": {"control", *UNSHIPPED},
     "control": {"extproc", "agent", *UNSHIPPED},
+    "agent": {"control", *UNSHIPPED},
 }
 
 
