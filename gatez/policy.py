@@ -9,7 +9,7 @@ from __future__ import annotations
 import enum
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Final, Protocol
 from urllib.parse import SplitResult, urlsplit
@@ -17,6 +17,16 @@ from urllib.parse import SplitResult, urlsplit
 import orjson
 from botocore.credentials import Credentials
 
+from gatez.agent_policy import (
+    DEFAULT_MCP_PREFIX,
+    MCP_CREDENTIAL_PREFIX,
+    NO_AGENT_POLICIES,
+    PROTECTED_RESOURCE_PREFIX,
+    McpServerTarget,
+    TenantAgentPolicies,
+    compile_agent_policies,
+    compile_mcp_servers,
+)
 from gatez.errors import InvalidPolicy, quoted
 from gatez.prices import DEFAULT_PRICES, PriceTable, compile_prices
 from gatez.v1 import policy_pb2
@@ -28,6 +38,7 @@ ASYMMETRIC_ALGORITHMS: Final = frozenset(
 )
 DEFAULT_ALGORITHMS: Final = ("RS256",)
 DEFAULT_TENANT_CLAIM: Final = "tenant_id"
+DEFAULT_GROUPS_CLAIM: Final = "groups"
 
 # Client request headers every LLM provider receives; a provider's `forward_headers` adds to
 # them, and the data plane removes every other client header before the request leaves.
@@ -85,6 +96,8 @@ class IdentityProviderRule:
     audience: str
     tenant_claim: str
     algorithms: tuple[str, ...]
+    # The claim listing the caller's groups (they pick an agent policy).
+    groups_claim: str = DEFAULT_GROUPS_CLAIM
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,8 +188,8 @@ ROUTE_KINDS: Final = {
     policy_pb2.ROUTE_KIND_MCP: RouteKind.MCP,
     policy_pb2.ROUTE_KIND_A2A: RouteKind.A2A,
 }
-# Kinds a data plane serves today; MCP and A2A are the agent gateway's, still to come.
-SERVED_ROUTE_KINDS: Final = frozenset({RouteKind.LLM, RouteKind.REST})
+# Kinds a data plane serves today; A2A is the agent gateway's, still to come.
+SERVED_ROUTE_KINDS: Final = frozenset({RouteKind.LLM, RouteKind.REST, RouteKind.MCP})
 DEFAULT_LLM_PREFIX: Final = "/v1"
 # The built-in LLM routes, each unless a policy route claims its prefix: OpenAI's and
 # Anthropic's `/v1`, Gemini's `/v1beta`, Ollama's three (not all of `/api`, which REST APIs
@@ -188,6 +201,11 @@ DEFAULT_LLM_PREFIXES: Final = {
     "/api/generate": "default-llm-ollama-generate",
     "/api/tags": "default-llm-ollama-tags",
     "/model": "default-llm-bedrock",
+}
+# The built-in MCP routes, likewise: the servers, and their OAuth protected-resource metadata.
+DEFAULT_MCP_PREFIXES: Final = {
+    DEFAULT_MCP_PREFIX: "default-mcp",
+    PROTECTED_RESOURCE_PREFIX: "default-mcp-metadata",
 }
 
 
@@ -256,6 +274,16 @@ class CompiledPolicy:
     routes: RouteTable
     # What upstream models cost: the shipped defaults overlaid by the policy's prices.
     prices: PriceTable = DEFAULT_PRICES
+    # The agent gateway: MCP servers by (tenant, name), and each tenant's agent policies.
+    mcp_servers: MappingProxyType[tuple[str, str], McpServerTarget] = field(
+        default_factory=lambda: MappingProxyType({})
+    )
+    agent_policies: MappingProxyType[str, TenantAgentPolicies] = field(
+        default_factory=lambda: MappingProxyType({})
+    )
+
+    def agent_policies_of(self, tenant_id: str) -> TenantAgentPolicies:
+        return self.agent_policies.get(tenant_id, NO_AGENT_POLICIES)
 
     def resolve_model(self, tenant_id: str, alias: str) -> ModelTarget | None:
         """The tenant's own route for `alias`, else the shared one, else None."""
@@ -339,6 +367,18 @@ def compile_policy(
             route.alias, primary.provider, route.upstream_model, tuple(fallbacks)
         )
 
+    mcp_credentials: dict[str, str] = {}
+    for credential in snapshot.mcp_server_credentials:
+        _check(
+            credential.provider.startswith(MCP_CREDENTIAL_PREFIX),
+            f"MCP server credential {quoted(credential.provider)} is not named mcp:<tenant>/<server>",
+        )
+        mcp_credentials[credential.provider] = _credential(credential, cipher)
+    mcp_servers = compile_mcp_servers(snapshot.mcp_servers, mcp_credentials, tenants, _upstream)
+    agent_policies = compile_agent_policies(
+        snapshot.agent_policies, tenants, {key.id: key.tenant_id for key in snapshot.api_keys}
+    )
+
     return CompiledPolicy(
         version=snapshot.version,
         routes=_routes(snapshot),
@@ -350,6 +390,8 @@ def compile_policy(
         providers=MappingProxyType(providers),
         model_routes=MappingProxyType(routes),
         prices=compile_prices(snapshot.model_prices),
+        mcp_servers=mcp_servers,
+        agent_policies=agent_policies,
     )
 
 
@@ -386,6 +428,9 @@ def _routes(snapshot: policy_pb2.PolicySnapshot) -> RouteTable:
     for prefix, route_id in DEFAULT_LLM_PREFIXES.items():
         if prefix not in prefixes:
             routes.append(CompiledRoute(route_id, prefix, RouteKind.LLM))
+    for prefix, route_id in DEFAULT_MCP_PREFIXES.items():
+        if prefix not in prefixes:
+            routes.append(CompiledRoute(route_id, prefix, RouteKind.MCP))
     return RouteTable(routes)
 
 
@@ -469,6 +514,7 @@ def _identity_provider(
         audience=idp.audience,
         tenant_claim=idp.tenant_claim or DEFAULT_TENANT_CLAIM,
         algorithms=algorithms,
+        groups_claim=idp.groups_claim or DEFAULT_GROUPS_CLAIM,
     )
 
 

@@ -17,9 +17,37 @@ class PriceSource(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     PRICE_SOURCE_UNSPECIFIED: _ClassVar[PriceSource]
     PRICE_SOURCE_DEFAULT: _ClassVar[PriceSource]
     PRICE_SOURCE_OVERRIDE: _ClassVar[PriceSource]
+
+class ApprovalState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    APPROVAL_STATE_UNSPECIFIED: _ClassVar[ApprovalState]
+    APPROVAL_STATE_PENDING: _ClassVar[ApprovalState]
+    APPROVAL_STATE_APPROVED: _ClassVar[ApprovalState]
+    APPROVAL_STATE_DENIED: _ClassVar[ApprovalState]
+    APPROVAL_STATE_TIMED_OUT: _ClassVar[ApprovalState]
+    APPROVAL_STATE_ABANDONED: _ClassVar[ApprovalState]
+
+class ToolPinState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    TOOL_PIN_STATE_UNSPECIFIED: _ClassVar[ToolPinState]
+    TOOL_PIN_STATE_PINNED: _ClassVar[ToolPinState]
+    TOOL_PIN_STATE_CHANGED: _ClassVar[ToolPinState]
+    TOOL_PIN_STATE_POISONED: _ClassVar[ToolPinState]
+    TOOL_PIN_STATE_COLLISION: _ClassVar[ToolPinState]
 PRICE_SOURCE_UNSPECIFIED: PriceSource
 PRICE_SOURCE_DEFAULT: PriceSource
 PRICE_SOURCE_OVERRIDE: PriceSource
+APPROVAL_STATE_UNSPECIFIED: ApprovalState
+APPROVAL_STATE_PENDING: ApprovalState
+APPROVAL_STATE_APPROVED: ApprovalState
+APPROVAL_STATE_DENIED: ApprovalState
+APPROVAL_STATE_TIMED_OUT: ApprovalState
+APPROVAL_STATE_ABANDONED: ApprovalState
+TOOL_PIN_STATE_UNSPECIFIED: ToolPinState
+TOOL_PIN_STATE_PINNED: ToolPinState
+TOOL_PIN_STATE_CHANGED: ToolPinState
+TOOL_PIN_STATE_POISONED: ToolPinState
+TOOL_PIN_STATE_COLLISION: ToolPinState
 
 class CreateTenantRequest(_message.Message):
     __slots__ = ("tenant",)
@@ -392,12 +420,14 @@ class WatchResponse(_message.Message):
     def __init__(self, snapshot: _Optional[_Union[_policy_pb2.PolicySnapshot, _Mapping]] = ...) -> None: ...
 
 class IngestLogsRequest(_message.Message):
-    __slots__ = ("request_logs", "ai_logs")
+    __slots__ = ("request_logs", "ai_logs", "agent_logs")
     REQUEST_LOGS_FIELD_NUMBER: _ClassVar[int]
     AI_LOGS_FIELD_NUMBER: _ClassVar[int]
+    AGENT_LOGS_FIELD_NUMBER: _ClassVar[int]
     request_logs: _containers.RepeatedCompositeFieldContainer[_logs_pb2.RequestLog]
     ai_logs: _containers.RepeatedCompositeFieldContainer[_logs_pb2.AiLog]
-    def __init__(self, request_logs: _Optional[_Iterable[_Union[_logs_pb2.RequestLog, _Mapping]]] = ..., ai_logs: _Optional[_Iterable[_Union[_logs_pb2.AiLog, _Mapping]]] = ...) -> None: ...
+    agent_logs: _containers.RepeatedCompositeFieldContainer[_logs_pb2.AgentLog]
+    def __init__(self, request_logs: _Optional[_Iterable[_Union[_logs_pb2.RequestLog, _Mapping]]] = ..., ai_logs: _Optional[_Iterable[_Union[_logs_pb2.AiLog, _Mapping]]] = ..., agent_logs: _Optional[_Iterable[_Union[_logs_pb2.AgentLog, _Mapping]]] = ...) -> None: ...
 
 class IngestLogsResponse(_message.Message):
     __slots__ = ()
@@ -552,3 +582,261 @@ class GetUsageResponse(_message.Message):
     end_date: str
     truncated: bool
     def __init__(self, rows: _Optional[_Iterable[_Union[UsageRow, _Mapping]]] = ..., totals: _Optional[_Union[UsageTotals, _Mapping]] = ..., start_date: _Optional[str] = ..., end_date: _Optional[str] = ..., truncated: _Optional[bool] = ...) -> None: ...
+
+class CreateMcpServerRequest(_message.Message):
+    __slots__ = ("mcp_server", "credential")
+    MCP_SERVER_FIELD_NUMBER: _ClassVar[int]
+    CREDENTIAL_FIELD_NUMBER: _ClassVar[int]
+    mcp_server: _policy_pb2.McpServer
+    credential: str
+    def __init__(self, mcp_server: _Optional[_Union[_policy_pb2.McpServer, _Mapping]] = ..., credential: _Optional[str] = ...) -> None: ...
+
+class CreateMcpServerResponse(_message.Message):
+    __slots__ = ("mcp_server", "policy_version")
+    MCP_SERVER_FIELD_NUMBER: _ClassVar[int]
+    POLICY_VERSION_FIELD_NUMBER: _ClassVar[int]
+    mcp_server: _policy_pb2.McpServer
+    policy_version: int
+    def __init__(self, mcp_server: _Optional[_Union[_policy_pb2.McpServer, _Mapping]] = ..., policy_version: _Optional[int] = ...) -> None: ...
+
+class ListMcpServersRequest(_message.Message):
+    __slots__ = ("tenant_id",)
+    TENANT_ID_FIELD_NUMBER: _ClassVar[int]
+    tenant_id: str
+    def __init__(self, tenant_id: _Optional[str] = ...) -> None: ...
+
+class ListMcpServersResponse(_message.Message):
+    __slots__ = ("mcp_servers",)
+    MCP_SERVERS_FIELD_NUMBER: _ClassVar[int]
+    mcp_servers: _containers.RepeatedCompositeFieldContainer[_policy_pb2.McpServer]
+    def __init__(self, mcp_servers: _Optional[_Iterable[_Union[_policy_pb2.McpServer, _Mapping]]] = ...) -> None: ...
+
+class DeleteMcpServerRequest(_message.Message):
+    __slots__ = ("tenant_id", "name")
+    TENANT_ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    tenant_id: str
+    name: str
+    def __init__(self, tenant_id: _Optional[str] = ..., name: _Optional[str] = ...) -> None: ...
+
+class DeleteMcpServerResponse(_message.Message):
+    __slots__ = ("policy_version",)
+    POLICY_VERSION_FIELD_NUMBER: _ClassVar[int]
+    policy_version: int
+    def __init__(self, policy_version: _Optional[int] = ...) -> None: ...
+
+class SetMcpServerCredentialRequest(_message.Message):
+    __slots__ = ("tenant_id", "name", "credential")
+    TENANT_ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    CREDENTIAL_FIELD_NUMBER: _ClassVar[int]
+    tenant_id: str
+    name: str
+    credential: str
+    def __init__(self, tenant_id: _Optional[str] = ..., name: _Optional[str] = ..., credential: _Optional[str] = ...) -> None: ...
+
+class SetMcpServerCredentialResponse(_message.Message):
+    __slots__ = ("mcp_server", "policy_version")
+    MCP_SERVER_FIELD_NUMBER: _ClassVar[int]
+    POLICY_VERSION_FIELD_NUMBER: _ClassVar[int]
+    mcp_server: _policy_pb2.McpServer
+    policy_version: int
+    def __init__(self, mcp_server: _Optional[_Union[_policy_pb2.McpServer, _Mapping]] = ..., policy_version: _Optional[int] = ...) -> None: ...
+
+class SetAgentPolicyRequest(_message.Message):
+    __slots__ = ("agent_policy",)
+    AGENT_POLICY_FIELD_NUMBER: _ClassVar[int]
+    agent_policy: _policy_pb2.AgentPolicy
+    def __init__(self, agent_policy: _Optional[_Union[_policy_pb2.AgentPolicy, _Mapping]] = ...) -> None: ...
+
+class SetAgentPolicyResponse(_message.Message):
+    __slots__ = ("agent_policy", "policy_version")
+    AGENT_POLICY_FIELD_NUMBER: _ClassVar[int]
+    POLICY_VERSION_FIELD_NUMBER: _ClassVar[int]
+    agent_policy: _policy_pb2.AgentPolicy
+    policy_version: int
+    def __init__(self, agent_policy: _Optional[_Union[_policy_pb2.AgentPolicy, _Mapping]] = ..., policy_version: _Optional[int] = ...) -> None: ...
+
+class ListAgentPoliciesRequest(_message.Message):
+    __slots__ = ("tenant_id",)
+    TENANT_ID_FIELD_NUMBER: _ClassVar[int]
+    tenant_id: str
+    def __init__(self, tenant_id: _Optional[str] = ...) -> None: ...
+
+class ListAgentPoliciesResponse(_message.Message):
+    __slots__ = ("agent_policies",)
+    AGENT_POLICIES_FIELD_NUMBER: _ClassVar[int]
+    agent_policies: _containers.RepeatedCompositeFieldContainer[_policy_pb2.AgentPolicy]
+    def __init__(self, agent_policies: _Optional[_Iterable[_Union[_policy_pb2.AgentPolicy, _Mapping]]] = ...) -> None: ...
+
+class DeleteAgentPolicyRequest(_message.Message):
+    __slots__ = ("id",)
+    ID_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    def __init__(self, id: _Optional[str] = ...) -> None: ...
+
+class DeleteAgentPolicyResponse(_message.Message):
+    __slots__ = ("policy_version",)
+    POLICY_VERSION_FIELD_NUMBER: _ClassVar[int]
+    policy_version: int
+    def __init__(self, policy_version: _Optional[int] = ...) -> None: ...
+
+class Approval(_message.Message):
+    __slots__ = ("id", "tenant_id", "caller", "server", "tool", "arguments_json", "session_id_digest", "state", "create_time", "expire_time", "decide_time", "approver", "reason", "held_because")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    TENANT_ID_FIELD_NUMBER: _ClassVar[int]
+    CALLER_FIELD_NUMBER: _ClassVar[int]
+    SERVER_FIELD_NUMBER: _ClassVar[int]
+    TOOL_FIELD_NUMBER: _ClassVar[int]
+    ARGUMENTS_JSON_FIELD_NUMBER: _ClassVar[int]
+    SESSION_ID_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    EXPIRE_TIME_FIELD_NUMBER: _ClassVar[int]
+    DECIDE_TIME_FIELD_NUMBER: _ClassVar[int]
+    APPROVER_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    HELD_BECAUSE_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    tenant_id: str
+    caller: str
+    server: str
+    tool: str
+    arguments_json: str
+    session_id_digest: str
+    state: ApprovalState
+    create_time: _timestamp_pb2.Timestamp
+    expire_time: _timestamp_pb2.Timestamp
+    decide_time: _timestamp_pb2.Timestamp
+    approver: str
+    reason: str
+    held_because: str
+    def __init__(self, id: _Optional[str] = ..., tenant_id: _Optional[str] = ..., caller: _Optional[str] = ..., server: _Optional[str] = ..., tool: _Optional[str] = ..., arguments_json: _Optional[str] = ..., session_id_digest: _Optional[str] = ..., state: _Optional[_Union[ApprovalState, str]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., expire_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., decide_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., approver: _Optional[str] = ..., reason: _Optional[str] = ..., held_because: _Optional[str] = ...) -> None: ...
+
+class ListApprovalsRequest(_message.Message):
+    __slots__ = ("tenant_id", "state")
+    TENANT_ID_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    tenant_id: str
+    state: ApprovalState
+    def __init__(self, tenant_id: _Optional[str] = ..., state: _Optional[_Union[ApprovalState, str]] = ...) -> None: ...
+
+class ListApprovalsResponse(_message.Message):
+    __slots__ = ("approvals",)
+    APPROVALS_FIELD_NUMBER: _ClassVar[int]
+    approvals: _containers.RepeatedCompositeFieldContainer[Approval]
+    def __init__(self, approvals: _Optional[_Iterable[_Union[Approval, _Mapping]]] = ...) -> None: ...
+
+class DecideApprovalRequest(_message.Message):
+    __slots__ = ("tenant_id", "approval_id", "approve", "approver", "reason")
+    TENANT_ID_FIELD_NUMBER: _ClassVar[int]
+    APPROVAL_ID_FIELD_NUMBER: _ClassVar[int]
+    APPROVE_FIELD_NUMBER: _ClassVar[int]
+    APPROVER_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    tenant_id: str
+    approval_id: str
+    approve: bool
+    approver: str
+    reason: str
+    def __init__(self, tenant_id: _Optional[str] = ..., approval_id: _Optional[str] = ..., approve: _Optional[bool] = ..., approver: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class DecideApprovalResponse(_message.Message):
+    __slots__ = ("approval",)
+    APPROVAL_FIELD_NUMBER: _ClassVar[int]
+    approval: Approval
+    def __init__(self, approval: _Optional[_Union[Approval, _Mapping]] = ...) -> None: ...
+
+class WatchApprovalsRequest(_message.Message):
+    __slots__ = ("tenant_id",)
+    TENANT_ID_FIELD_NUMBER: _ClassVar[int]
+    tenant_id: str
+    def __init__(self, tenant_id: _Optional[str] = ...) -> None: ...
+
+class WatchApprovalsResponse(_message.Message):
+    __slots__ = ("approval",)
+    APPROVAL_FIELD_NUMBER: _ClassVar[int]
+    approval: Approval
+    def __init__(self, approval: _Optional[_Union[Approval, _Mapping]] = ...) -> None: ...
+
+class ToolPin(_message.Message):
+    __slots__ = ("tenant_id", "server", "tool", "state", "pinned_digest", "observed_digest", "pinned_definition_json", "observed_definition_json", "changes", "findings", "pin_time", "observe_time")
+    TENANT_ID_FIELD_NUMBER: _ClassVar[int]
+    SERVER_FIELD_NUMBER: _ClassVar[int]
+    TOOL_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    PINNED_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    OBSERVED_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    PINNED_DEFINITION_JSON_FIELD_NUMBER: _ClassVar[int]
+    OBSERVED_DEFINITION_JSON_FIELD_NUMBER: _ClassVar[int]
+    CHANGES_FIELD_NUMBER: _ClassVar[int]
+    FINDINGS_FIELD_NUMBER: _ClassVar[int]
+    PIN_TIME_FIELD_NUMBER: _ClassVar[int]
+    OBSERVE_TIME_FIELD_NUMBER: _ClassVar[int]
+    tenant_id: str
+    server: str
+    tool: str
+    state: ToolPinState
+    pinned_digest: str
+    observed_digest: str
+    pinned_definition_json: str
+    observed_definition_json: str
+    changes: _containers.RepeatedScalarFieldContainer[str]
+    findings: _containers.RepeatedScalarFieldContainer[str]
+    pin_time: _timestamp_pb2.Timestamp
+    observe_time: _timestamp_pb2.Timestamp
+    def __init__(self, tenant_id: _Optional[str] = ..., server: _Optional[str] = ..., tool: _Optional[str] = ..., state: _Optional[_Union[ToolPinState, str]] = ..., pinned_digest: _Optional[str] = ..., observed_digest: _Optional[str] = ..., pinned_definition_json: _Optional[str] = ..., observed_definition_json: _Optional[str] = ..., changes: _Optional[_Iterable[str]] = ..., findings: _Optional[_Iterable[str]] = ..., pin_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., observe_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class ListToolPinsRequest(_message.Message):
+    __slots__ = ("tenant_id", "server")
+    TENANT_ID_FIELD_NUMBER: _ClassVar[int]
+    SERVER_FIELD_NUMBER: _ClassVar[int]
+    tenant_id: str
+    server: str
+    def __init__(self, tenant_id: _Optional[str] = ..., server: _Optional[str] = ...) -> None: ...
+
+class ListToolPinsResponse(_message.Message):
+    __slots__ = ("tool_pins",)
+    TOOL_PINS_FIELD_NUMBER: _ClassVar[int]
+    tool_pins: _containers.RepeatedCompositeFieldContainer[ToolPin]
+    def __init__(self, tool_pins: _Optional[_Iterable[_Union[ToolPin, _Mapping]]] = ...) -> None: ...
+
+class ApproveToolDefinitionRequest(_message.Message):
+    __slots__ = ("tenant_id", "server", "tool", "digest", "approver")
+    TENANT_ID_FIELD_NUMBER: _ClassVar[int]
+    SERVER_FIELD_NUMBER: _ClassVar[int]
+    TOOL_FIELD_NUMBER: _ClassVar[int]
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
+    APPROVER_FIELD_NUMBER: _ClassVar[int]
+    tenant_id: str
+    server: str
+    tool: str
+    digest: str
+    approver: str
+    def __init__(self, tenant_id: _Optional[str] = ..., server: _Optional[str] = ..., tool: _Optional[str] = ..., digest: _Optional[str] = ..., approver: _Optional[str] = ...) -> None: ...
+
+class ApproveToolDefinitionResponse(_message.Message):
+    __slots__ = ("tool_pin",)
+    TOOL_PIN_FIELD_NUMBER: _ClassVar[int]
+    tool_pin: ToolPin
+    def __init__(self, tool_pin: _Optional[_Union[ToolPin, _Mapping]] = ...) -> None: ...
+
+class ListAgentAuditRequest(_message.Message):
+    __slots__ = ("tenant_id", "limit", "server", "session_id_digest", "decision")
+    TENANT_ID_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    SERVER_FIELD_NUMBER: _ClassVar[int]
+    SESSION_ID_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    DECISION_FIELD_NUMBER: _ClassVar[int]
+    tenant_id: str
+    limit: int
+    server: str
+    session_id_digest: str
+    decision: str
+    def __init__(self, tenant_id: _Optional[str] = ..., limit: _Optional[int] = ..., server: _Optional[str] = ..., session_id_digest: _Optional[str] = ..., decision: _Optional[str] = ...) -> None: ...
+
+class ListAgentAuditResponse(_message.Message):
+    __slots__ = ("agent_logs",)
+    AGENT_LOGS_FIELD_NUMBER: _ClassVar[int]
+    agent_logs: _containers.RepeatedCompositeFieldContainer[_logs_pb2.AgentLog]
+    def __init__(self, agent_logs: _Optional[_Iterable[_Union[_logs_pb2.AgentLog, _Mapping]]] = ...) -> None: ...

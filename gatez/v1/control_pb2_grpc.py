@@ -192,6 +192,71 @@ class ControlServiceStub:
                 request_serializer=gatez_dot_v1_dot_control__pb2.GetUsageRequest.SerializeToString,
                 response_deserializer=gatez_dot_v1_dot_control__pb2.GetUsageResponse.FromString,
                 _registered_method=True)
+        self.CreateMcpServer = channel.unary_unary(
+                '/gatez.v1.ControlService/CreateMcpServer',
+                request_serializer=gatez_dot_v1_dot_control__pb2.CreateMcpServerRequest.SerializeToString,
+                response_deserializer=gatez_dot_v1_dot_control__pb2.CreateMcpServerResponse.FromString,
+                _registered_method=True)
+        self.ListMcpServers = channel.unary_unary(
+                '/gatez.v1.ControlService/ListMcpServers',
+                request_serializer=gatez_dot_v1_dot_control__pb2.ListMcpServersRequest.SerializeToString,
+                response_deserializer=gatez_dot_v1_dot_control__pb2.ListMcpServersResponse.FromString,
+                _registered_method=True)
+        self.DeleteMcpServer = channel.unary_unary(
+                '/gatez.v1.ControlService/DeleteMcpServer',
+                request_serializer=gatez_dot_v1_dot_control__pb2.DeleteMcpServerRequest.SerializeToString,
+                response_deserializer=gatez_dot_v1_dot_control__pb2.DeleteMcpServerResponse.FromString,
+                _registered_method=True)
+        self.SetMcpServerCredential = channel.unary_unary(
+                '/gatez.v1.ControlService/SetMcpServerCredential',
+                request_serializer=gatez_dot_v1_dot_control__pb2.SetMcpServerCredentialRequest.SerializeToString,
+                response_deserializer=gatez_dot_v1_dot_control__pb2.SetMcpServerCredentialResponse.FromString,
+                _registered_method=True)
+        self.SetAgentPolicy = channel.unary_unary(
+                '/gatez.v1.ControlService/SetAgentPolicy',
+                request_serializer=gatez_dot_v1_dot_control__pb2.SetAgentPolicyRequest.SerializeToString,
+                response_deserializer=gatez_dot_v1_dot_control__pb2.SetAgentPolicyResponse.FromString,
+                _registered_method=True)
+        self.ListAgentPolicies = channel.unary_unary(
+                '/gatez.v1.ControlService/ListAgentPolicies',
+                request_serializer=gatez_dot_v1_dot_control__pb2.ListAgentPoliciesRequest.SerializeToString,
+                response_deserializer=gatez_dot_v1_dot_control__pb2.ListAgentPoliciesResponse.FromString,
+                _registered_method=True)
+        self.DeleteAgentPolicy = channel.unary_unary(
+                '/gatez.v1.ControlService/DeleteAgentPolicy',
+                request_serializer=gatez_dot_v1_dot_control__pb2.DeleteAgentPolicyRequest.SerializeToString,
+                response_deserializer=gatez_dot_v1_dot_control__pb2.DeleteAgentPolicyResponse.FromString,
+                _registered_method=True)
+        self.ListApprovals = channel.unary_unary(
+                '/gatez.v1.ControlService/ListApprovals',
+                request_serializer=gatez_dot_v1_dot_control__pb2.ListApprovalsRequest.SerializeToString,
+                response_deserializer=gatez_dot_v1_dot_control__pb2.ListApprovalsResponse.FromString,
+                _registered_method=True)
+        self.DecideApproval = channel.unary_unary(
+                '/gatez.v1.ControlService/DecideApproval',
+                request_serializer=gatez_dot_v1_dot_control__pb2.DecideApprovalRequest.SerializeToString,
+                response_deserializer=gatez_dot_v1_dot_control__pb2.DecideApprovalResponse.FromString,
+                _registered_method=True)
+        self.WatchApprovals = channel.unary_stream(
+                '/gatez.v1.ControlService/WatchApprovals',
+                request_serializer=gatez_dot_v1_dot_control__pb2.WatchApprovalsRequest.SerializeToString,
+                response_deserializer=gatez_dot_v1_dot_control__pb2.WatchApprovalsResponse.FromString,
+                _registered_method=True)
+        self.ListToolPins = channel.unary_unary(
+                '/gatez.v1.ControlService/ListToolPins',
+                request_serializer=gatez_dot_v1_dot_control__pb2.ListToolPinsRequest.SerializeToString,
+                response_deserializer=gatez_dot_v1_dot_control__pb2.ListToolPinsResponse.FromString,
+                _registered_method=True)
+        self.ApproveToolDefinition = channel.unary_unary(
+                '/gatez.v1.ControlService/ApproveToolDefinition',
+                request_serializer=gatez_dot_v1_dot_control__pb2.ApproveToolDefinitionRequest.SerializeToString,
+                response_deserializer=gatez_dot_v1_dot_control__pb2.ApproveToolDefinitionResponse.FromString,
+                _registered_method=True)
+        self.ListAgentAudit = channel.unary_unary(
+                '/gatez.v1.ControlService/ListAgentAudit',
+                request_serializer=gatez_dot_v1_dot_control__pb2.ListAgentAuditRequest.SerializeToString,
+                response_deserializer=gatez_dot_v1_dot_control__pb2.ListAgentAuditResponse.FromString,
+                _registered_method=True)
 
 
 class ControlServiceServicer:
@@ -411,6 +476,94 @@ class ControlServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateMcpServer(self, request, context):
+        """The agent gateway. MCP servers a tenant's agents reach at /mcp/{tenant_id}/{name}.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListMcpServers(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteMcpServer(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetMcpServerCredential(self, request, context):
+        """Sets the credential Gatez sends to an MCP server. Write-only, stored sealed (AES-GCM).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetAgentPolicy(self, request, context):
+        """Creates or replaces (by id) an agent policy: tool rules, limits, destinations, paths.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListAgentPolicies(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteAgentPolicy(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListApprovals(self, request, context):
+        """Human approval gates: tool calls held until an operator decides.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DecideApproval(self, request, context):
+        """Approves or denies a pending call; the held call goes on (or is refused) at once.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WatchApprovals(self, request, context):
+        """The tenant's pending calls now, then every new one and every decision, as they happen.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListToolPins(self, request, context):
+        """Tool definitions pinned by hash the first time the tenant saw them, and the changed
+        definitions blocked until re-approved ("rug pulls"), with what changed.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ApproveToolDefinition(self, request, context):
+        """Pins a tool's current definition (its `observed_digest`), unblocking it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListAgentAudit(self, request, context):
+        """The agent audit log: one row per agent action, newest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ControlServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -568,6 +721,71 @@ def add_ControlServiceServicer_to_server(servicer, server):
                     servicer.GetUsage,
                     request_deserializer=gatez_dot_v1_dot_control__pb2.GetUsageRequest.FromString,
                     response_serializer=gatez_dot_v1_dot_control__pb2.GetUsageResponse.SerializeToString,
+            ),
+            'CreateMcpServer': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateMcpServer,
+                    request_deserializer=gatez_dot_v1_dot_control__pb2.CreateMcpServerRequest.FromString,
+                    response_serializer=gatez_dot_v1_dot_control__pb2.CreateMcpServerResponse.SerializeToString,
+            ),
+            'ListMcpServers': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListMcpServers,
+                    request_deserializer=gatez_dot_v1_dot_control__pb2.ListMcpServersRequest.FromString,
+                    response_serializer=gatez_dot_v1_dot_control__pb2.ListMcpServersResponse.SerializeToString,
+            ),
+            'DeleteMcpServer': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteMcpServer,
+                    request_deserializer=gatez_dot_v1_dot_control__pb2.DeleteMcpServerRequest.FromString,
+                    response_serializer=gatez_dot_v1_dot_control__pb2.DeleteMcpServerResponse.SerializeToString,
+            ),
+            'SetMcpServerCredential': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetMcpServerCredential,
+                    request_deserializer=gatez_dot_v1_dot_control__pb2.SetMcpServerCredentialRequest.FromString,
+                    response_serializer=gatez_dot_v1_dot_control__pb2.SetMcpServerCredentialResponse.SerializeToString,
+            ),
+            'SetAgentPolicy': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetAgentPolicy,
+                    request_deserializer=gatez_dot_v1_dot_control__pb2.SetAgentPolicyRequest.FromString,
+                    response_serializer=gatez_dot_v1_dot_control__pb2.SetAgentPolicyResponse.SerializeToString,
+            ),
+            'ListAgentPolicies': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAgentPolicies,
+                    request_deserializer=gatez_dot_v1_dot_control__pb2.ListAgentPoliciesRequest.FromString,
+                    response_serializer=gatez_dot_v1_dot_control__pb2.ListAgentPoliciesResponse.SerializeToString,
+            ),
+            'DeleteAgentPolicy': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteAgentPolicy,
+                    request_deserializer=gatez_dot_v1_dot_control__pb2.DeleteAgentPolicyRequest.FromString,
+                    response_serializer=gatez_dot_v1_dot_control__pb2.DeleteAgentPolicyResponse.SerializeToString,
+            ),
+            'ListApprovals': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListApprovals,
+                    request_deserializer=gatez_dot_v1_dot_control__pb2.ListApprovalsRequest.FromString,
+                    response_serializer=gatez_dot_v1_dot_control__pb2.ListApprovalsResponse.SerializeToString,
+            ),
+            'DecideApproval': grpc.unary_unary_rpc_method_handler(
+                    servicer.DecideApproval,
+                    request_deserializer=gatez_dot_v1_dot_control__pb2.DecideApprovalRequest.FromString,
+                    response_serializer=gatez_dot_v1_dot_control__pb2.DecideApprovalResponse.SerializeToString,
+            ),
+            'WatchApprovals': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchApprovals,
+                    request_deserializer=gatez_dot_v1_dot_control__pb2.WatchApprovalsRequest.FromString,
+                    response_serializer=gatez_dot_v1_dot_control__pb2.WatchApprovalsResponse.SerializeToString,
+            ),
+            'ListToolPins': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListToolPins,
+                    request_deserializer=gatez_dot_v1_dot_control__pb2.ListToolPinsRequest.FromString,
+                    response_serializer=gatez_dot_v1_dot_control__pb2.ListToolPinsResponse.SerializeToString,
+            ),
+            'ApproveToolDefinition': grpc.unary_unary_rpc_method_handler(
+                    servicer.ApproveToolDefinition,
+                    request_deserializer=gatez_dot_v1_dot_control__pb2.ApproveToolDefinitionRequest.FromString,
+                    response_serializer=gatez_dot_v1_dot_control__pb2.ApproveToolDefinitionResponse.SerializeToString,
+            ),
+            'ListAgentAudit': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAgentAudit,
+                    request_deserializer=gatez_dot_v1_dot_control__pb2.ListAgentAuditRequest.FromString,
+                    response_serializer=gatez_dot_v1_dot_control__pb2.ListAgentAuditResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1410,6 +1628,357 @@ class ControlService:
             '/gatez.v1.ControlService/GetUsage',
             gatez_dot_v1_dot_control__pb2.GetUsageRequest.SerializeToString,
             gatez_dot_v1_dot_control__pb2.GetUsageResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateMcpServer(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gatez.v1.ControlService/CreateMcpServer',
+            gatez_dot_v1_dot_control__pb2.CreateMcpServerRequest.SerializeToString,
+            gatez_dot_v1_dot_control__pb2.CreateMcpServerResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListMcpServers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gatez.v1.ControlService/ListMcpServers',
+            gatez_dot_v1_dot_control__pb2.ListMcpServersRequest.SerializeToString,
+            gatez_dot_v1_dot_control__pb2.ListMcpServersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteMcpServer(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gatez.v1.ControlService/DeleteMcpServer',
+            gatez_dot_v1_dot_control__pb2.DeleteMcpServerRequest.SerializeToString,
+            gatez_dot_v1_dot_control__pb2.DeleteMcpServerResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetMcpServerCredential(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gatez.v1.ControlService/SetMcpServerCredential',
+            gatez_dot_v1_dot_control__pb2.SetMcpServerCredentialRequest.SerializeToString,
+            gatez_dot_v1_dot_control__pb2.SetMcpServerCredentialResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetAgentPolicy(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gatez.v1.ControlService/SetAgentPolicy',
+            gatez_dot_v1_dot_control__pb2.SetAgentPolicyRequest.SerializeToString,
+            gatez_dot_v1_dot_control__pb2.SetAgentPolicyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAgentPolicies(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gatez.v1.ControlService/ListAgentPolicies',
+            gatez_dot_v1_dot_control__pb2.ListAgentPoliciesRequest.SerializeToString,
+            gatez_dot_v1_dot_control__pb2.ListAgentPoliciesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteAgentPolicy(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gatez.v1.ControlService/DeleteAgentPolicy',
+            gatez_dot_v1_dot_control__pb2.DeleteAgentPolicyRequest.SerializeToString,
+            gatez_dot_v1_dot_control__pb2.DeleteAgentPolicyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListApprovals(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gatez.v1.ControlService/ListApprovals',
+            gatez_dot_v1_dot_control__pb2.ListApprovalsRequest.SerializeToString,
+            gatez_dot_v1_dot_control__pb2.ListApprovalsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DecideApproval(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gatez.v1.ControlService/DecideApproval',
+            gatez_dot_v1_dot_control__pb2.DecideApprovalRequest.SerializeToString,
+            gatez_dot_v1_dot_control__pb2.DecideApprovalResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchApprovals(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/gatez.v1.ControlService/WatchApprovals',
+            gatez_dot_v1_dot_control__pb2.WatchApprovalsRequest.SerializeToString,
+            gatez_dot_v1_dot_control__pb2.WatchApprovalsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListToolPins(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gatez.v1.ControlService/ListToolPins',
+            gatez_dot_v1_dot_control__pb2.ListToolPinsRequest.SerializeToString,
+            gatez_dot_v1_dot_control__pb2.ListToolPinsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ApproveToolDefinition(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gatez.v1.ControlService/ApproveToolDefinition',
+            gatez_dot_v1_dot_control__pb2.ApproveToolDefinitionRequest.SerializeToString,
+            gatez_dot_v1_dot_control__pb2.ApproveToolDefinitionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAgentAudit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gatez.v1.ControlService/ListAgentAudit',
+            gatez_dot_v1_dot_control__pb2.ListAgentAuditRequest.SerializeToString,
+            gatez_dot_v1_dot_control__pb2.ListAgentAuditResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -25,19 +25,25 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15gatez/v1/policy.proto\x12\x08gatez.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x84\x01\n\x06Tenant\x12\n\n\x02id\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12\'\n\nrate_limit\x18\x03 \x01(\x0b\x32\x13.gatez.v1.RateLimit\x12/\n\x0b\x63reate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"7\n\tRateLimit\x12\x1b\n\x13requests_per_minute\x18\x01 \x01(\r\x12\r\n\x05\x62urst\x18\x02 \x01(\r\"\x94\x01\n\x06\x41piKey\x12\n\n\x02id\x18\x01 \x01(\t\x12\x11\n\ttenant_id\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x15\n\rsecret_sha256\x18\x04 \x01(\t\x12\x15\n\rsecret_prefix\x18\x05 \x01(\t\x12/\n\x0b\x63reate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x8f\x01\n\x10IdentityProvider\x12\n\n\x02id\x18\x01 \x01(\t\x12\x11\n\ttenant_id\x18\x02 \x01(\t\x12\x0e\n\x06issuer\x18\x03 \x01(\t\x12\x10\n\x08jwks_url\x18\x04 \x01(\t\x12\x10\n\x08\x61udience\x18\x05 \x01(\t\x12\x14\n\x0ctenant_claim\x18\x06 \x01(\t\x12\x12\n\nalgorithms\x18\x07 \x03(\t\"\x92\x02\n\x08Provider\x12\x0c\n\x04name\x18\x01 \x01(\t\x12$\n\x04kind\x18\x02 \x01(\x0e\x32\x16.gatez.v1.ProviderKind\x12\x10\n\x08\x62\x61se_url\x18\x03 \x01(\t\x12\x16\n\x0ehas_credential\x18\x04 \x01(\x08\x12:\n\x16\x63redential_update_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x17\n\x0f\x66orward_headers\x18\x1e \x03(\t\x12\x19\n\x11\x61zure_api_version\x18( \x01(\t\x12\x12\n\naws_region\x18) \x01(\t\x12$\n\x04\x61uth\x18* \x01(\x0e\x32\x16.gatez.v1.ProviderAuth\"_\n\x12ProviderCredential\x12\x10\n\x08provider\x18\x01 \x01(\t\x12\x0f\n\x07\x61pi_key\x18\x02 \x01(\t\x12\x16\n\x0esealed_api_key\x18\x03 \x01(\x0c\x12\x0e\n\x06key_id\x18\x04 \x01(\t\"\x91\x01\n\nModelRoute\x12\n\n\x02id\x18\x01 \x01(\t\x12\x11\n\ttenant_id\x18\x02 \x01(\t\x12\r\n\x05\x61lias\x18\x03 \x01(\t\x12\x10\n\x08provider\x18\x04 \x01(\t\x12\x16\n\x0eupstream_model\x18\x05 \x01(\t\x12+\n\tfallbacks\x18\n \x03(\x0b\x32\x18.gatez.v1.FallbackTarget\":\n\x0e\x46\x61llbackTarget\x12\x10\n\x08provider\x18\x01 \x01(\t\x12\x16\n\x0eupstream_model\x18\x02 \x01(\t\"w\n\x05Route\x12\n\n\x02id\x18\x01 \x01(\t\x12\x13\n\x0bpath_prefix\x18\x02 \x01(\t\x12!\n\x04kind\x18\x03 \x01(\x0e\x32\x13.gatez.v1.RouteKind\x12\x14\n\x0cupstream_url\x18\x04 \x01(\t\x12\x14\n\x0cstrip_prefix\x18\x05 \x01(\x08\"\xa3\x02\n\nModelPrice\x12\r\n\x05model\x18\x01 \x01(\t\x12\x1f\n\x12input_usd_per_mtok\x18\x02 \x01(\x01H\x00\x88\x01\x01\x12 \n\x13output_usd_per_mtok\x18\x03 \x01(\x01H\x01\x88\x01\x01\x12&\n\x19\x63\x61\x63hed_input_usd_per_mtok\x18\x04 \x01(\x01H\x02\x88\x01\x01\x12+\n\x1e\x63\x61\x63he_write_input_usd_per_mtok\x18\x05 \x01(\x01H\x03\x88\x01\x01\x42\x15\n\x13_input_usd_per_mtokB\x16\n\x14_output_usd_per_mtokB\x1c\n\x1a_cached_input_usd_per_mtokB!\n\x1f_cache_write_input_usd_per_mtok\"\xbe\x03\n\x0ePolicySnapshot\x12\x0f\n\x07version\x18\x01 \x01(\x04\x12/\n\x0b\x63reate_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12!\n\x07tenants\x18\x03 \x03(\x0b\x32\x10.gatez.v1.Tenant\x12\"\n\x08\x61pi_keys\x18\x04 \x03(\x0b\x32\x10.gatez.v1.ApiKey\x12\x36\n\x12identity_providers\x18\x05 \x03(\x0b\x32\x1a.gatez.v1.IdentityProvider\x12%\n\tproviders\x18\x06 \x03(\x0b\x32\x12.gatez.v1.Provider\x12:\n\x14provider_credentials\x18\x07 \x03(\x0b\x32\x1c.gatez.v1.ProviderCredential\x12*\n\x0cmodel_routes\x18\x08 \x03(\x0b\x32\x14.gatez.v1.ModelRoute\x12\x0f\n\x07lineage\x18\t \x01(\t\x12\x1f\n\x06routes\x18\x14 \x03(\x0b\x32\x0f.gatez.v1.Route\x12*\n\x0cmodel_prices\x18\x1e \x03(\x0b\x32\x14.gatez.v1.ModelPrice*\xd3\x01\n\x0cProviderKind\x12\x1d\n\x19PROVIDER_KIND_UNSPECIFIED\x10\x00\x12\x18\n\x14PROVIDER_KIND_OPENAI\x10\x01\x12\x1e\n\x1aPROVIDER_KIND_AZURE_OPENAI\x10\x02\x12\x1b\n\x17PROVIDER_KIND_ANTHROPIC\x10\x03\x12\x18\n\x14PROVIDER_KIND_GEMINI\x10\x04\x12\x18\n\x14PROVIDER_KIND_OLLAMA\x10\x05\x12\x19\n\x15PROVIDER_KIND_BEDROCK\x10\x06*e\n\x0cProviderAuth\x12\x1d\n\x19PROVIDER_AUTH_UNSPECIFIED\x10\x00\x12\x19\n\x15PROVIDER_AUTH_API_KEY\x10\x01\x12\x1b\n\x17PROVIDER_AUTH_AWS_SIGV4\x10\x02*x\n\tRouteKind\x12\x1a\n\x16ROUTE_KIND_UNSPECIFIED\x10\x00\x12\x12\n\x0eROUTE_KIND_LLM\x10\x01\x12\x13\n\x0fROUTE_KIND_REST\x10\x02\x12\x12\n\x0eROUTE_KIND_MCP\x10\x03\x12\x12\n\x0eROUTE_KIND_A2A\x10\x04\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15gatez/v1/policy.proto\x12\x08gatez.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x84\x01\n\x06Tenant\x12\n\n\x02id\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12\'\n\nrate_limit\x18\x03 \x01(\x0b\x32\x13.gatez.v1.RateLimit\x12/\n\x0b\x63reate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"7\n\tRateLimit\x12\x1b\n\x13requests_per_minute\x18\x01 \x01(\r\x12\r\n\x05\x62urst\x18\x02 \x01(\r\"\x94\x01\n\x06\x41piKey\x12\n\n\x02id\x18\x01 \x01(\t\x12\x11\n\ttenant_id\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x15\n\rsecret_sha256\x18\x04 \x01(\t\x12\x15\n\rsecret_prefix\x18\x05 \x01(\t\x12/\n\x0b\x63reate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xa5\x01\n\x10IdentityProvider\x12\n\n\x02id\x18\x01 \x01(\t\x12\x11\n\ttenant_id\x18\x02 \x01(\t\x12\x0e\n\x06issuer\x18\x03 \x01(\t\x12\x10\n\x08jwks_url\x18\x04 \x01(\t\x12\x10\n\x08\x61udience\x18\x05 \x01(\t\x12\x14\n\x0ctenant_claim\x18\x06 \x01(\t\x12\x12\n\nalgorithms\x18\x07 \x03(\t\x12\x14\n\x0cgroups_claim\x18\x08 \x01(\t\"\x92\x02\n\x08Provider\x12\x0c\n\x04name\x18\x01 \x01(\t\x12$\n\x04kind\x18\x02 \x01(\x0e\x32\x16.gatez.v1.ProviderKind\x12\x10\n\x08\x62\x61se_url\x18\x03 \x01(\t\x12\x16\n\x0ehas_credential\x18\x04 \x01(\x08\x12:\n\x16\x63redential_update_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x17\n\x0f\x66orward_headers\x18\x1e \x03(\t\x12\x19\n\x11\x61zure_api_version\x18( \x01(\t\x12\x12\n\naws_region\x18) \x01(\t\x12$\n\x04\x61uth\x18* \x01(\x0e\x32\x16.gatez.v1.ProviderAuth\"_\n\x12ProviderCredential\x12\x10\n\x08provider\x18\x01 \x01(\t\x12\x0f\n\x07\x61pi_key\x18\x02 \x01(\t\x12\x16\n\x0esealed_api_key\x18\x03 \x01(\x0c\x12\x0e\n\x06key_id\x18\x04 \x01(\t\"\x91\x01\n\nModelRoute\x12\n\n\x02id\x18\x01 \x01(\t\x12\x11\n\ttenant_id\x18\x02 \x01(\t\x12\r\n\x05\x61lias\x18\x03 \x01(\t\x12\x10\n\x08provider\x18\x04 \x01(\t\x12\x16\n\x0eupstream_model\x18\x05 \x01(\t\x12+\n\tfallbacks\x18\n \x03(\x0b\x32\x18.gatez.v1.FallbackTarget\":\n\x0e\x46\x61llbackTarget\x12\x10\n\x08provider\x18\x01 \x01(\t\x12\x16\n\x0eupstream_model\x18\x02 \x01(\t\"w\n\x05Route\x12\n\n\x02id\x18\x01 \x01(\t\x12\x13\n\x0bpath_prefix\x18\x02 \x01(\t\x12!\n\x04kind\x18\x03 \x01(\x0e\x32\x13.gatez.v1.RouteKind\x12\x14\n\x0cupstream_url\x18\x04 \x01(\t\x12\x14\n\x0cstrip_prefix\x18\x05 \x01(\x08\"\xa3\x02\n\nModelPrice\x12\r\n\x05model\x18\x01 \x01(\t\x12\x1f\n\x12input_usd_per_mtok\x18\x02 \x01(\x01H\x00\x88\x01\x01\x12 \n\x13output_usd_per_mtok\x18\x03 \x01(\x01H\x01\x88\x01\x01\x12&\n\x19\x63\x61\x63hed_input_usd_per_mtok\x18\x04 \x01(\x01H\x02\x88\x01\x01\x12+\n\x1e\x63\x61\x63he_write_input_usd_per_mtok\x18\x05 \x01(\x01H\x03\x88\x01\x01\x42\x15\n\x13_input_usd_per_mtokB\x16\n\x14_output_usd_per_mtokB\x1c\n\x1a_cached_input_usd_per_mtokB!\n\x1f_cache_write_input_usd_per_mtok\"\xd5\x04\n\x0ePolicySnapshot\x12\x0f\n\x07version\x18\x01 \x01(\x04\x12/\n\x0b\x63reate_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12!\n\x07tenants\x18\x03 \x03(\x0b\x32\x10.gatez.v1.Tenant\x12\"\n\x08\x61pi_keys\x18\x04 \x03(\x0b\x32\x10.gatez.v1.ApiKey\x12\x36\n\x12identity_providers\x18\x05 \x03(\x0b\x32\x1a.gatez.v1.IdentityProvider\x12%\n\tproviders\x18\x06 \x03(\x0b\x32\x12.gatez.v1.Provider\x12:\n\x14provider_credentials\x18\x07 \x03(\x0b\x32\x1c.gatez.v1.ProviderCredential\x12*\n\x0cmodel_routes\x18\x08 \x03(\x0b\x32\x14.gatez.v1.ModelRoute\x12\x0f\n\x07lineage\x18\t \x01(\t\x12\x1f\n\x06routes\x18\x14 \x03(\x0b\x32\x0f.gatez.v1.Route\x12*\n\x0cmodel_prices\x18\x1e \x03(\x0b\x32\x14.gatez.v1.ModelPrice\x12(\n\x0bmcp_servers\x18( \x03(\x0b\x32\x13.gatez.v1.McpServer\x12<\n\x16mcp_server_credentials\x18) \x03(\x0b\x32\x1c.gatez.v1.ProviderCredential\x12-\n\x0e\x61gent_policies\x18* \x03(\x0b\x32\x15.gatez.v1.AgentPolicy\"\xa8\x01\n\tMcpServer\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0b\n\x03url\x18\x03 \x01(\t\x12\x19\n\x11\x63redential_header\x18\x04 \x01(\t\x12\x16\n\x0ehas_credential\x18\x05 \x01(\x08\x12:\n\x16\x63redential_update_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xbb\x01\n\x12\x41rgumentConstraint\x12\x16\n\x0e\x61llowed_values\x18\x01 \x03(\t\x12\x0f\n\x07pattern\x18\x02 \x01(\t\x12\x17\n\nmax_length\x18\x03 \x01(\rH\x00\x88\x01\x01\x12\x14\n\x07minimum\x18\x04 \x01(\x01H\x01\x88\x01\x01\x12\x14\n\x07maximum\x18\x05 \x01(\x01H\x02\x88\x01\x01\x12\x10\n\x08required\x18\x06 \x01(\x08\x42\r\n\x0b_max_lengthB\n\n\x08_minimumB\n\n\x08_maximum\"2\n\rArgumentMatch\x12\x10\n\x08\x61rgument\x18\x01 \x01(\t\x12\x0f\n\x07pattern\x18\x02 \x01(\t\"\x83\x02\n\x08ToolRule\x12\x0e\n\x06server\x18\x01 \x01(\t\x12\x0c\n\x04tool\x18\x02 \x01(\t\x12$\n\x06\x61\x63tion\x18\x03 \x01(\x0e\x32\x14.gatez.v1.ToolAction\x12\x34\n\targuments\x18\x04 \x03(\x0b\x32!.gatez.v1.ToolRule.ArgumentsEntry\x12-\n\x0c\x61pprove_when\x18\x05 \x03(\x0b\x32\x17.gatez.v1.ArgumentMatch\x1aN\n\x0e\x41rgumentsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12+\n\x05value\x18\x02 \x01(\x0b\x32\x1c.gatez.v1.ArgumentConstraint:\x02\x38\x01\"\xc5\x02\n\x0b\x41gentLimits\x12\x1e\n\x11\x63\x61lls_per_session\x18\x01 \x01(\rH\x00\x88\x01\x01\x12)\n\x1c\x63oncurrent_calls_per_session\x18\x02 \x01(\rH\x01\x88\x01\x01\x12(\n\x1b\x63oncurrent_calls_per_tenant\x18\x03 \x01(\rH\x02\x88\x01\x01\x12\x1f\n\x12max_argument_bytes\x18\x04 \x01(\rH\x03\x88\x01\x01\x12\x1d\n\x10max_result_bytes\x18\x05 \x01(\rH\x04\x88\x01\x01\x42\x14\n\x12_calls_per_sessionB\x1f\n\x1d_concurrent_calls_per_sessionB\x1e\n\x1c_concurrent_calls_per_tenantB\x15\n\x13_max_argument_bytesB\x13\n\x11_max_result_bytes\"\xf6\x02\n\x0b\x41gentPolicy\x12\n\n\x02id\x18\x01 \x01(\t\x12\x11\n\ttenant_id\x18\x02 \x01(\t\x12\x13\n\x0b\x61pi_key_ids\x18\x03 \x03(\t\x12\x0e\n\x06groups\x18\x04 \x03(\t\x12!\n\x05tools\x18\n \x03(\x0b\x32\x12.gatez.v1.ToolRule\x12\x0f\n\x07prompts\x18\x0b \x03(\t\x12\x11\n\tresources\x18\x0c \x03(\t\x12%\n\x06limits\x18\r \x01(\x0b\x32\x15.gatez.v1.AgentLimits\x12\x15\n\rallowed_hosts\x18\x0e \x03(\t\x12\x18\n\x10\x61llowed_networks\x18\x0f \x03(\t\x12\x1a\n\x12\x61llowed_path_roots\x18\x10 \x03(\t\x12/\n\x0bresult_scan\x18\x11 \x01(\x0e\x32\x1a.gatez.v1.ResultScanAction\x12\x1a\n\x12\x61pproval_timeout_s\x18\x12 \x01(\r\x12\x1b\n\x13\x61udit_raw_arguments\x18\x13 \x01(\x08*\xd3\x01\n\x0cProviderKind\x12\x1d\n\x19PROVIDER_KIND_UNSPECIFIED\x10\x00\x12\x18\n\x14PROVIDER_KIND_OPENAI\x10\x01\x12\x1e\n\x1aPROVIDER_KIND_AZURE_OPENAI\x10\x02\x12\x1b\n\x17PROVIDER_KIND_ANTHROPIC\x10\x03\x12\x18\n\x14PROVIDER_KIND_GEMINI\x10\x04\x12\x18\n\x14PROVIDER_KIND_OLLAMA\x10\x05\x12\x19\n\x15PROVIDER_KIND_BEDROCK\x10\x06*e\n\x0cProviderAuth\x12\x1d\n\x19PROVIDER_AUTH_UNSPECIFIED\x10\x00\x12\x19\n\x15PROVIDER_AUTH_API_KEY\x10\x01\x12\x1b\n\x17PROVIDER_AUTH_AWS_SIGV4\x10\x02*x\n\tRouteKind\x12\x1a\n\x16ROUTE_KIND_UNSPECIFIED\x10\x00\x12\x12\n\x0eROUTE_KIND_LLM\x10\x01\x12\x13\n\x0fROUTE_KIND_REST\x10\x02\x12\x12\n\x0eROUTE_KIND_MCP\x10\x03\x12\x12\n\x0eROUTE_KIND_A2A\x10\x04*x\n\nToolAction\x12\x1b\n\x17TOOL_ACTION_UNSPECIFIED\x10\x00\x12\x15\n\x11TOOL_ACTION_ALLOW\x10\x01\x12\x14\n\x10TOOL_ACTION_DENY\x10\x02\x12 \n\x1cTOOL_ACTION_REQUIRE_APPROVAL\x10\x03*\xab\x01\n\x10ResultScanAction\x12\"\n\x1eRESULT_SCAN_ACTION_UNSPECIFIED\x10\x00\x12\x1b\n\x17RESULT_SCAN_ACTION_FLAG\x10\x01\x12\x1c\n\x18RESULT_SCAN_ACTION_STRIP\x10\x02\x12\x1c\n\x18RESULT_SCAN_ACTION_BLOCK\x10\x03\x12\x1a\n\x16RESULT_SCAN_ACTION_OFF\x10\x04\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'gatez.v1.policy_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_PROVIDERKIND']._serialized_start=2004
-  _globals['_PROVIDERKIND']._serialized_end=2215
-  _globals['_PROVIDERAUTH']._serialized_start=2217
-  _globals['_PROVIDERAUTH']._serialized_end=2318
-  _globals['_ROUTEKIND']._serialized_start=2320
-  _globals['_ROUTEKIND']._serialized_end=2440
+  _globals['_TOOLRULE_ARGUMENTSENTRY']._loaded_options = None
+  _globals['_TOOLRULE_ARGUMENTSENTRY']._serialized_options = b'8\001'
+  _globals['_PROVIDERKIND']._serialized_start=3557
+  _globals['_PROVIDERKIND']._serialized_end=3768
+  _globals['_PROVIDERAUTH']._serialized_start=3770
+  _globals['_PROVIDERAUTH']._serialized_end=3871
+  _globals['_ROUTEKIND']._serialized_start=3873
+  _globals['_ROUTEKIND']._serialized_end=3993
+  _globals['_TOOLACTION']._serialized_start=3995
+  _globals['_TOOLACTION']._serialized_end=4115
+  _globals['_RESULTSCANACTION']._serialized_start=4118
+  _globals['_RESULTSCANACTION']._serialized_end=4289
   _globals['_TENANT']._serialized_start=69
   _globals['_TENANT']._serialized_end=201
   _globals['_RATELIMIT']._serialized_start=203
@@ -45,19 +51,33 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_APIKEY']._serialized_start=261
   _globals['_APIKEY']._serialized_end=409
   _globals['_IDENTITYPROVIDER']._serialized_start=412
-  _globals['_IDENTITYPROVIDER']._serialized_end=555
-  _globals['_PROVIDER']._serialized_start=558
-  _globals['_PROVIDER']._serialized_end=832
-  _globals['_PROVIDERCREDENTIAL']._serialized_start=834
-  _globals['_PROVIDERCREDENTIAL']._serialized_end=929
-  _globals['_MODELROUTE']._serialized_start=932
-  _globals['_MODELROUTE']._serialized_end=1077
-  _globals['_FALLBACKTARGET']._serialized_start=1079
-  _globals['_FALLBACKTARGET']._serialized_end=1137
-  _globals['_ROUTE']._serialized_start=1139
-  _globals['_ROUTE']._serialized_end=1258
-  _globals['_MODELPRICE']._serialized_start=1261
-  _globals['_MODELPRICE']._serialized_end=1552
-  _globals['_POLICYSNAPSHOT']._serialized_start=1555
-  _globals['_POLICYSNAPSHOT']._serialized_end=2001
+  _globals['_IDENTITYPROVIDER']._serialized_end=577
+  _globals['_PROVIDER']._serialized_start=580
+  _globals['_PROVIDER']._serialized_end=854
+  _globals['_PROVIDERCREDENTIAL']._serialized_start=856
+  _globals['_PROVIDERCREDENTIAL']._serialized_end=951
+  _globals['_MODELROUTE']._serialized_start=954
+  _globals['_MODELROUTE']._serialized_end=1099
+  _globals['_FALLBACKTARGET']._serialized_start=1101
+  _globals['_FALLBACKTARGET']._serialized_end=1159
+  _globals['_ROUTE']._serialized_start=1161
+  _globals['_ROUTE']._serialized_end=1280
+  _globals['_MODELPRICE']._serialized_start=1283
+  _globals['_MODELPRICE']._serialized_end=1574
+  _globals['_POLICYSNAPSHOT']._serialized_start=1577
+  _globals['_POLICYSNAPSHOT']._serialized_end=2174
+  _globals['_MCPSERVER']._serialized_start=2177
+  _globals['_MCPSERVER']._serialized_end=2345
+  _globals['_ARGUMENTCONSTRAINT']._serialized_start=2348
+  _globals['_ARGUMENTCONSTRAINT']._serialized_end=2535
+  _globals['_ARGUMENTMATCH']._serialized_start=2537
+  _globals['_ARGUMENTMATCH']._serialized_end=2587
+  _globals['_TOOLRULE']._serialized_start=2590
+  _globals['_TOOLRULE']._serialized_end=2849
+  _globals['_TOOLRULE_ARGUMENTSENTRY']._serialized_start=2771
+  _globals['_TOOLRULE_ARGUMENTSENTRY']._serialized_end=2849
+  _globals['_AGENTLIMITS']._serialized_start=2852
+  _globals['_AGENTLIMITS']._serialized_end=3177
+  _globals['_AGENTPOLICY']._serialized_start=3180
+  _globals['_AGENTPOLICY']._serialized_end=3554
 # @@protoc_insertion_point(module_scope)

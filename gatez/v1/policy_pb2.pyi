@@ -33,6 +33,21 @@ class RouteKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ROUTE_KIND_REST: _ClassVar[RouteKind]
     ROUTE_KIND_MCP: _ClassVar[RouteKind]
     ROUTE_KIND_A2A: _ClassVar[RouteKind]
+
+class ToolAction(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    TOOL_ACTION_UNSPECIFIED: _ClassVar[ToolAction]
+    TOOL_ACTION_ALLOW: _ClassVar[ToolAction]
+    TOOL_ACTION_DENY: _ClassVar[ToolAction]
+    TOOL_ACTION_REQUIRE_APPROVAL: _ClassVar[ToolAction]
+
+class ResultScanAction(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    RESULT_SCAN_ACTION_UNSPECIFIED: _ClassVar[ResultScanAction]
+    RESULT_SCAN_ACTION_FLAG: _ClassVar[ResultScanAction]
+    RESULT_SCAN_ACTION_STRIP: _ClassVar[ResultScanAction]
+    RESULT_SCAN_ACTION_BLOCK: _ClassVar[ResultScanAction]
+    RESULT_SCAN_ACTION_OFF: _ClassVar[ResultScanAction]
 PROVIDER_KIND_UNSPECIFIED: ProviderKind
 PROVIDER_KIND_OPENAI: ProviderKind
 PROVIDER_KIND_AZURE_OPENAI: ProviderKind
@@ -48,6 +63,15 @@ ROUTE_KIND_LLM: RouteKind
 ROUTE_KIND_REST: RouteKind
 ROUTE_KIND_MCP: RouteKind
 ROUTE_KIND_A2A: RouteKind
+TOOL_ACTION_UNSPECIFIED: ToolAction
+TOOL_ACTION_ALLOW: ToolAction
+TOOL_ACTION_DENY: ToolAction
+TOOL_ACTION_REQUIRE_APPROVAL: ToolAction
+RESULT_SCAN_ACTION_UNSPECIFIED: ResultScanAction
+RESULT_SCAN_ACTION_FLAG: ResultScanAction
+RESULT_SCAN_ACTION_STRIP: ResultScanAction
+RESULT_SCAN_ACTION_BLOCK: ResultScanAction
+RESULT_SCAN_ACTION_OFF: ResultScanAction
 
 class Tenant(_message.Message):
     __slots__ = ("id", "display_name", "rate_limit", "create_time")
@@ -86,7 +110,7 @@ class ApiKey(_message.Message):
     def __init__(self, id: _Optional[str] = ..., tenant_id: _Optional[str] = ..., name: _Optional[str] = ..., secret_sha256: _Optional[str] = ..., secret_prefix: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class IdentityProvider(_message.Message):
-    __slots__ = ("id", "tenant_id", "issuer", "jwks_url", "audience", "tenant_claim", "algorithms")
+    __slots__ = ("id", "tenant_id", "issuer", "jwks_url", "audience", "tenant_claim", "algorithms", "groups_claim")
     ID_FIELD_NUMBER: _ClassVar[int]
     TENANT_ID_FIELD_NUMBER: _ClassVar[int]
     ISSUER_FIELD_NUMBER: _ClassVar[int]
@@ -94,6 +118,7 @@ class IdentityProvider(_message.Message):
     AUDIENCE_FIELD_NUMBER: _ClassVar[int]
     TENANT_CLAIM_FIELD_NUMBER: _ClassVar[int]
     ALGORITHMS_FIELD_NUMBER: _ClassVar[int]
+    GROUPS_CLAIM_FIELD_NUMBER: _ClassVar[int]
     id: str
     tenant_id: str
     issuer: str
@@ -101,7 +126,8 @@ class IdentityProvider(_message.Message):
     audience: str
     tenant_claim: str
     algorithms: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, id: _Optional[str] = ..., tenant_id: _Optional[str] = ..., issuer: _Optional[str] = ..., jwks_url: _Optional[str] = ..., audience: _Optional[str] = ..., tenant_claim: _Optional[str] = ..., algorithms: _Optional[_Iterable[str]] = ...) -> None: ...
+    groups_claim: str
+    def __init__(self, id: _Optional[str] = ..., tenant_id: _Optional[str] = ..., issuer: _Optional[str] = ..., jwks_url: _Optional[str] = ..., audience: _Optional[str] = ..., tenant_claim: _Optional[str] = ..., algorithms: _Optional[_Iterable[str]] = ..., groups_claim: _Optional[str] = ...) -> None: ...
 
 class Provider(_message.Message):
     __slots__ = ("name", "kind", "base_url", "has_credential", "credential_update_time", "forward_headers", "azure_api_version", "aws_region", "auth")
@@ -190,7 +216,7 @@ class ModelPrice(_message.Message):
     def __init__(self, model: _Optional[str] = ..., input_usd_per_mtok: _Optional[float] = ..., output_usd_per_mtok: _Optional[float] = ..., cached_input_usd_per_mtok: _Optional[float] = ..., cache_write_input_usd_per_mtok: _Optional[float] = ...) -> None: ...
 
 class PolicySnapshot(_message.Message):
-    __slots__ = ("version", "create_time", "tenants", "api_keys", "identity_providers", "providers", "provider_credentials", "model_routes", "lineage", "routes", "model_prices")
+    __slots__ = ("version", "create_time", "tenants", "api_keys", "identity_providers", "providers", "provider_credentials", "model_routes", "lineage", "routes", "model_prices", "mcp_servers", "mcp_server_credentials", "agent_policies")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
     TENANTS_FIELD_NUMBER: _ClassVar[int]
@@ -202,6 +228,9 @@ class PolicySnapshot(_message.Message):
     LINEAGE_FIELD_NUMBER: _ClassVar[int]
     ROUTES_FIELD_NUMBER: _ClassVar[int]
     MODEL_PRICES_FIELD_NUMBER: _ClassVar[int]
+    MCP_SERVERS_FIELD_NUMBER: _ClassVar[int]
+    MCP_SERVER_CREDENTIALS_FIELD_NUMBER: _ClassVar[int]
+    AGENT_POLICIES_FIELD_NUMBER: _ClassVar[int]
     version: int
     create_time: _timestamp_pb2.Timestamp
     tenants: _containers.RepeatedCompositeFieldContainer[Tenant]
@@ -213,4 +242,114 @@ class PolicySnapshot(_message.Message):
     lineage: str
     routes: _containers.RepeatedCompositeFieldContainer[Route]
     model_prices: _containers.RepeatedCompositeFieldContainer[ModelPrice]
-    def __init__(self, version: _Optional[int] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., tenants: _Optional[_Iterable[_Union[Tenant, _Mapping]]] = ..., api_keys: _Optional[_Iterable[_Union[ApiKey, _Mapping]]] = ..., identity_providers: _Optional[_Iterable[_Union[IdentityProvider, _Mapping]]] = ..., providers: _Optional[_Iterable[_Union[Provider, _Mapping]]] = ..., provider_credentials: _Optional[_Iterable[_Union[ProviderCredential, _Mapping]]] = ..., model_routes: _Optional[_Iterable[_Union[ModelRoute, _Mapping]]] = ..., lineage: _Optional[str] = ..., routes: _Optional[_Iterable[_Union[Route, _Mapping]]] = ..., model_prices: _Optional[_Iterable[_Union[ModelPrice, _Mapping]]] = ...) -> None: ...
+    mcp_servers: _containers.RepeatedCompositeFieldContainer[McpServer]
+    mcp_server_credentials: _containers.RepeatedCompositeFieldContainer[ProviderCredential]
+    agent_policies: _containers.RepeatedCompositeFieldContainer[AgentPolicy]
+    def __init__(self, version: _Optional[int] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., tenants: _Optional[_Iterable[_Union[Tenant, _Mapping]]] = ..., api_keys: _Optional[_Iterable[_Union[ApiKey, _Mapping]]] = ..., identity_providers: _Optional[_Iterable[_Union[IdentityProvider, _Mapping]]] = ..., providers: _Optional[_Iterable[_Union[Provider, _Mapping]]] = ..., provider_credentials: _Optional[_Iterable[_Union[ProviderCredential, _Mapping]]] = ..., model_routes: _Optional[_Iterable[_Union[ModelRoute, _Mapping]]] = ..., lineage: _Optional[str] = ..., routes: _Optional[_Iterable[_Union[Route, _Mapping]]] = ..., model_prices: _Optional[_Iterable[_Union[ModelPrice, _Mapping]]] = ..., mcp_servers: _Optional[_Iterable[_Union[McpServer, _Mapping]]] = ..., mcp_server_credentials: _Optional[_Iterable[_Union[ProviderCredential, _Mapping]]] = ..., agent_policies: _Optional[_Iterable[_Union[AgentPolicy, _Mapping]]] = ...) -> None: ...
+
+class McpServer(_message.Message):
+    __slots__ = ("tenant_id", "name", "url", "credential_header", "has_credential", "credential_update_time")
+    TENANT_ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    URL_FIELD_NUMBER: _ClassVar[int]
+    CREDENTIAL_HEADER_FIELD_NUMBER: _ClassVar[int]
+    HAS_CREDENTIAL_FIELD_NUMBER: _ClassVar[int]
+    CREDENTIAL_UPDATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    tenant_id: str
+    name: str
+    url: str
+    credential_header: str
+    has_credential: bool
+    credential_update_time: _timestamp_pb2.Timestamp
+    def __init__(self, tenant_id: _Optional[str] = ..., name: _Optional[str] = ..., url: _Optional[str] = ..., credential_header: _Optional[str] = ..., has_credential: _Optional[bool] = ..., credential_update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class ArgumentConstraint(_message.Message):
+    __slots__ = ("allowed_values", "pattern", "max_length", "minimum", "maximum", "required")
+    ALLOWED_VALUES_FIELD_NUMBER: _ClassVar[int]
+    PATTERN_FIELD_NUMBER: _ClassVar[int]
+    MAX_LENGTH_FIELD_NUMBER: _ClassVar[int]
+    MINIMUM_FIELD_NUMBER: _ClassVar[int]
+    MAXIMUM_FIELD_NUMBER: _ClassVar[int]
+    REQUIRED_FIELD_NUMBER: _ClassVar[int]
+    allowed_values: _containers.RepeatedScalarFieldContainer[str]
+    pattern: str
+    max_length: int
+    minimum: float
+    maximum: float
+    required: bool
+    def __init__(self, allowed_values: _Optional[_Iterable[str]] = ..., pattern: _Optional[str] = ..., max_length: _Optional[int] = ..., minimum: _Optional[float] = ..., maximum: _Optional[float] = ..., required: _Optional[bool] = ...) -> None: ...
+
+class ArgumentMatch(_message.Message):
+    __slots__ = ("argument", "pattern")
+    ARGUMENT_FIELD_NUMBER: _ClassVar[int]
+    PATTERN_FIELD_NUMBER: _ClassVar[int]
+    argument: str
+    pattern: str
+    def __init__(self, argument: _Optional[str] = ..., pattern: _Optional[str] = ...) -> None: ...
+
+class ToolRule(_message.Message):
+    __slots__ = ("server", "tool", "action", "arguments", "approve_when")
+    class ArgumentsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: ArgumentConstraint
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[ArgumentConstraint, _Mapping]] = ...) -> None: ...
+    SERVER_FIELD_NUMBER: _ClassVar[int]
+    TOOL_FIELD_NUMBER: _ClassVar[int]
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    ARGUMENTS_FIELD_NUMBER: _ClassVar[int]
+    APPROVE_WHEN_FIELD_NUMBER: _ClassVar[int]
+    server: str
+    tool: str
+    action: ToolAction
+    arguments: _containers.MessageMap[str, ArgumentConstraint]
+    approve_when: _containers.RepeatedCompositeFieldContainer[ArgumentMatch]
+    def __init__(self, server: _Optional[str] = ..., tool: _Optional[str] = ..., action: _Optional[_Union[ToolAction, str]] = ..., arguments: _Optional[_Mapping[str, ArgumentConstraint]] = ..., approve_when: _Optional[_Iterable[_Union[ArgumentMatch, _Mapping]]] = ...) -> None: ...
+
+class AgentLimits(_message.Message):
+    __slots__ = ("calls_per_session", "concurrent_calls_per_session", "concurrent_calls_per_tenant", "max_argument_bytes", "max_result_bytes")
+    CALLS_PER_SESSION_FIELD_NUMBER: _ClassVar[int]
+    CONCURRENT_CALLS_PER_SESSION_FIELD_NUMBER: _ClassVar[int]
+    CONCURRENT_CALLS_PER_TENANT_FIELD_NUMBER: _ClassVar[int]
+    MAX_ARGUMENT_BYTES_FIELD_NUMBER: _ClassVar[int]
+    MAX_RESULT_BYTES_FIELD_NUMBER: _ClassVar[int]
+    calls_per_session: int
+    concurrent_calls_per_session: int
+    concurrent_calls_per_tenant: int
+    max_argument_bytes: int
+    max_result_bytes: int
+    def __init__(self, calls_per_session: _Optional[int] = ..., concurrent_calls_per_session: _Optional[int] = ..., concurrent_calls_per_tenant: _Optional[int] = ..., max_argument_bytes: _Optional[int] = ..., max_result_bytes: _Optional[int] = ...) -> None: ...
+
+class AgentPolicy(_message.Message):
+    __slots__ = ("id", "tenant_id", "api_key_ids", "groups", "tools", "prompts", "resources", "limits", "allowed_hosts", "allowed_networks", "allowed_path_roots", "result_scan", "approval_timeout_s", "audit_raw_arguments")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    TENANT_ID_FIELD_NUMBER: _ClassVar[int]
+    API_KEY_IDS_FIELD_NUMBER: _ClassVar[int]
+    GROUPS_FIELD_NUMBER: _ClassVar[int]
+    TOOLS_FIELD_NUMBER: _ClassVar[int]
+    PROMPTS_FIELD_NUMBER: _ClassVar[int]
+    RESOURCES_FIELD_NUMBER: _ClassVar[int]
+    LIMITS_FIELD_NUMBER: _ClassVar[int]
+    ALLOWED_HOSTS_FIELD_NUMBER: _ClassVar[int]
+    ALLOWED_NETWORKS_FIELD_NUMBER: _ClassVar[int]
+    ALLOWED_PATH_ROOTS_FIELD_NUMBER: _ClassVar[int]
+    RESULT_SCAN_FIELD_NUMBER: _ClassVar[int]
+    APPROVAL_TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
+    AUDIT_RAW_ARGUMENTS_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    tenant_id: str
+    api_key_ids: _containers.RepeatedScalarFieldContainer[str]
+    groups: _containers.RepeatedScalarFieldContainer[str]
+    tools: _containers.RepeatedCompositeFieldContainer[ToolRule]
+    prompts: _containers.RepeatedScalarFieldContainer[str]
+    resources: _containers.RepeatedScalarFieldContainer[str]
+    limits: AgentLimits
+    allowed_hosts: _containers.RepeatedScalarFieldContainer[str]
+    allowed_networks: _containers.RepeatedScalarFieldContainer[str]
+    allowed_path_roots: _containers.RepeatedScalarFieldContainer[str]
+    result_scan: ResultScanAction
+    approval_timeout_s: int
+    audit_raw_arguments: bool
+    def __init__(self, id: _Optional[str] = ..., tenant_id: _Optional[str] = ..., api_key_ids: _Optional[_Iterable[str]] = ..., groups: _Optional[_Iterable[str]] = ..., tools: _Optional[_Iterable[_Union[ToolRule, _Mapping]]] = ..., prompts: _Optional[_Iterable[str]] = ..., resources: _Optional[_Iterable[str]] = ..., limits: _Optional[_Union[AgentLimits, _Mapping]] = ..., allowed_hosts: _Optional[_Iterable[str]] = ..., allowed_networks: _Optional[_Iterable[str]] = ..., allowed_path_roots: _Optional[_Iterable[str]] = ..., result_scan: _Optional[_Union[ResultScanAction, str]] = ..., approval_timeout_s: _Optional[int] = ..., audit_raw_arguments: _Optional[bool] = ...) -> None: ...

@@ -45,12 +45,12 @@ async def test_refused_routes_name_the_problem_and_save_nothing(api: Api) -> Non
     same_prefix = policy_pb2.Route()
     same_prefix.CopyFrom(ORDERS)
     same_prefix.id = "orders-2"
-    mcp = policy_pb2.Route(id="tools", path_prefix="/mcp", kind=policy_pb2.ROUTE_KIND_MCP)
+    a2a = policy_pb2.Route(id="agents", path_prefix="/a2a", kind=policy_pb2.ROUTE_KIND_A2A)
     no_upstream = policy_pb2.Route(id="x", path_prefix="/x", kind=policy_pb2.ROUTE_KIND_REST)
     cases = [
         (ORDERS, grpc.StatusCode.ALREADY_EXISTS, "route 'orders' already exists"),
         (same_prefix, grpc.StatusCode.ALREADY_EXISTS, "'/api/orders' is already routed"),
-        (mcp, grpc.StatusCode.INVALID_ARGUMENT, "mcp routes are not served yet"),
+        (a2a, grpc.StatusCode.INVALID_ARGUMENT, "a2a routes are not served yet"),
         (no_upstream, grpc.StatusCode.INVALID_ARGUMENT, "upstream_url must be a URL"),
         (policy_pb2.Route(id="y"), grpc.StatusCode.INVALID_ARGUMENT, "path_prefix is required"),
     ]

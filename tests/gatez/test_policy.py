@@ -458,9 +458,9 @@ INVALID: list[tuple[str, Mutation, str]] = [
         "route 'o2': kind is required",
     ),
     (
-        "route-mcp-not-served",
-        lambda s: s.routes.add(id="o2", path_prefix="/mcp", kind=policy_pb2.ROUTE_KIND_MCP),
-        "route 'o2': mcp routes are not served yet",
+        "route-a2a-not-served",
+        lambda s: s.routes.add(id="o2", path_prefix="/a2a", kind=policy_pb2.ROUTE_KIND_A2A),
+        "route 'o2': a2a routes are not served yet",
     ),
     (
         "route-rest-without-upstream",
