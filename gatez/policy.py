@@ -371,7 +371,8 @@ def compile_policy(
     for credential in snapshot.mcp_server_credentials:
         _check(
             credential.provider.startswith(MCP_CREDENTIAL_PREFIX),
-            f"MCP server credential {quoted(credential.provider)} is not named mcp:<tenant>/<server>",
+            f"MCP server credential {quoted(credential.provider)} is not named "
+            "mcp:<tenant>/<server>",
         )
         mcp_credentials[credential.provider] = _credential(credential, cipher)
     mcp_servers = compile_mcp_servers(snapshot.mcp_servers, mcp_credentials, tenants, _upstream)
