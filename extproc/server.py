@@ -20,6 +20,11 @@ from typing import Any
 import aiohttp
 import grpc
 
+from agent.stages.endpoint import McpEndpoint
+from agent.stages.limits import BlastRadius
+from agent.stages.routing import McpMessage, McpRouting
+from agent.stages.session import McpSessions
+from agent.stages.tools import ToolPolicy
 from extproc.circuit import CircuitBreaker
 from extproc.envoy_access_log import EnvoyAccessLog
 from extproc.envoy_adapter import ExternalProcessor
@@ -120,9 +125,30 @@ def build_dispatcher(
         # An attempt of a chain call is routed by this pipeline's body phase, run again.
         chains.body_phase = llm.start_request_body
     rest = Pipeline([authenticate, rate_limit, RestRouting(), access_log])
+    mcp = Pipeline(
+        [
+            # Before authentication: every answer from here on is JSON-RPC, and a 401 tells
+            # the client where to log in (protected-resource metadata, also served here).
+            McpEndpoint(),
+            authenticate,
+            rate_limit,
+            # The caller's own server (another tenant's is a 404), its agent policy (none:
+            # no access), the upstream request with the server's credential.
+            McpRouting(),
+            # A session id is checked against who bound it before anything else reads it.
+            McpSessions(redis),
+            # The body: size, JSON-RPC, protocol revision, 2026-07-28 headers against it.
+            McpMessage(),
+            # Deny by default: the tool, prompt or resource, and the call's arguments...
+            ToolPolicy(),
+            # ... then the limits, counted only for calls the policy lets through.
+            BlastRadius(redis),
+            access_log,
+        ]
+    )
     return Dispatcher(
         policy,
-        {RouteKind.LLM: llm, RouteKind.REST: rest},
+        {RouteKind.LLM: llm, RouteKind.REST: rest, RouteKind.MCP: mcp},
         unrouted=Pipeline([NoRoute(), access_log]),
         unavailable=Pipeline([NoPolicy(), access_log]),
         observer=observer,

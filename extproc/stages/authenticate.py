@@ -159,7 +159,25 @@ class Authenticate(Stage):
             raise Unauthenticated("token tenant is not allowed for this issuer")
         if provider.tenant_id not in policy.tenants:
             raise Unauthenticated("token tenant is not allowed for this issuer")
-        return Principal(tenant_id=provider.tenant_id, key_id=f"jwt:{subject}", subject=subject)
+        return Principal(
+            tenant_id=provider.tenant_id,
+            key_id=f"jwt:{subject}",
+            subject=subject,
+            groups=_groups(verified.get(provider.groups_claim)),
+        )
+
+
+# Groups read from one token, at most (a token listing thousands is cut, not refused).
+GROUPS_LIMIT: Final = 256
+
+
+def _groups(claim: object) -> tuple[str, ...]:
+    """A groups claim: a list of strings, or one space-separated string (as `scope` is)."""
+    if isinstance(claim, str):
+        return tuple(claim.split()[:GROUPS_LIMIT])
+    if isinstance(claim, list):
+        return tuple(g for g in claim[:GROUPS_LIMIT] if isinstance(g, str) and g)
+    return ()
 
 
 def _jwt_candidates(policy: CompiledPolicy, token: str) -> JwtCandidates:

@@ -6,7 +6,15 @@ build on it, never the other way round.
 """
 
 from gatez.pipeline.dispatch import Dispatcher, NoPolicy, NoRoute
-from gatez.pipeline.flow import BodyMode, Flow, LlmCall, Pending, Principal, TokenUsage
+from gatez.pipeline.flow import (
+    BodyMode,
+    Flow,
+    LlmCall,
+    McpCall,
+    Pending,
+    Principal,
+    TokenUsage,
+)
 from gatez.pipeline.observe import CallOutcome, FlowObserver, FlowTrace, StageCall, StageStats
 from gatez.pipeline.runner import INTERNAL_ERROR, DecisionTimeout, Outcome, Pipeline, settle
 from gatez.pipeline.stage import FailureMode, Phase, Stage, StageResult
@@ -36,6 +44,7 @@ __all__ = [
     "FlowTrace",
     "Hold",
     "LlmCall",
+    "McpCall",
     "NoPolicy",
     "NoRoute",
     "Outcome",

@@ -20,6 +20,7 @@ from gatez.policy import CompiledPolicy, CompiledRoute, ModelTarget
 from gatez.sse import SseSplitter
 
 if TYPE_CHECKING:
+    from gatez.agent_policy import AgentRules, McpServerTarget, ToolRule
     from gatez.pipeline.observe import FlowTrace
     from gatez.pipeline.stage import Stage
     from gatez.translate.model import ChatResponse, ErrorInfo, StreamEvent
@@ -42,6 +43,8 @@ class Principal:
     # The API key id, or "jwt:<subject>" for a JWT caller.
     key_id: str
     subject: str
+    # A JWT caller's groups (its identity provider's groups claim); they pick an agent policy.
+    groups: tuple[str, ...] = ()
 
 
 class ClientEndpoint(Protocol):
@@ -125,6 +128,44 @@ class LlmCall:
 
 
 @dataclass(slots=True)
+class McpCall:
+    """What the agent stages learned of an MCP exchange (`agent/`), and what its audit row
+    records. One HTTP exchange carries at most one JSON-RPC message (batches are refused)."""
+
+    server: McpServerTarget
+    # The revision the request speaks; stateless for 2026-07-28 (no sessions).
+    protocol_version: str = ""
+    stateless: bool = False
+    # The client's Mcp-Session-Id, and its digest (what Redis keys and logs hold).
+    session_id: str = ""
+    session_digest: str = ""
+    # The JSON-RPC message: kind ("request", "notification", "response"; "" for GET and
+    # DELETE), method (or the HTTP method), id, and the tool, prompt or resource it names.
+    kind: str = ""
+    method: str = ""
+    rpc_id: str | int | None = None
+    name: str = ""
+    arguments_digest: str = ""
+    arguments_json: str = ""
+    # The agent policy that applies to the caller, and the tool rule that decided the call.
+    rules: AgentRules | None = None
+    rule: ToolRule | None = None
+    # The gateway's decision and why, and who approved or denied a held call.
+    decision: str = ""
+    reason: str = ""
+    approver: str = ""
+    # Bytes of the upstream's answer passed on, and the response body read so far (JSON
+    # answers are judged whole) or the SSE events being split.
+    result_bytes: int = 0
+    buffered: bytearray = field(default_factory=bytearray)
+    events: SseSplitter | None = None
+    # Concurrency slots taken in Redis (released when the exchange ends), under this scope
+    # (the session's digest, or the sessionless caller's hourly one).
+    slots_taken: bool = False
+    limits_scope: str = ""
+
+
+@dataclass(slots=True)
 class Pending:
     """Changes for the proxy, collected during one phase and drained by the adapter after it."""
 
@@ -169,6 +210,8 @@ class Flow:
     # default); `Respond.error` answers are passed through it.
     error_format: Callable[[GatewayError], Respond] | None = None
     llm: LlmCall | None = None
+    # On MCP routes: the agent gateway's view of the exchange.
+    mcp: McpCall | None = None
     # Set when upstream response headers arrived (the provider saw the request).
     upstream_reached: bool = False
     response_status: int = 0

@@ -1,0 +1,1 @@
+"""The agent gateway's pipeline stages for MCP routes, one module per concern."""

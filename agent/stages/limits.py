@@ -1,0 +1,166 @@
+"""Blast-radius limits on tool calls, shared by every data plane through Redis.
+
+Per `tools/call`, one script (one round trip, one hash slot: the tenant's tag) counts the call
+against the session's budget (`calls_per_session`; for the sessionless 2026-07-28 revision the
+budget is the caller's on that server per hour) and takes a slot in two in-flight sets, the
+session's and the tenant's, each bounded by the policy. A call over any limit is refused with a
+JSON-RPC error and counts for nothing. Slots are sorted-set members scored by when they lapse,
+so a slot a dying data plane never gave back frees itself after `SLOT_LEASE_S` (longer than any
+call may be held and run); the slot is given back when the exchange ends.
+
+The sizes of arguments and results are checked where the bodies are read (`McpMessage`, and
+the answers stage).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable
+from typing import Final
+
+from agent.jsonrpc import LimitExceeded
+from agent.stages.routing import digest
+from extproc.redis_pipe import Script, ScriptClient
+from gatez.errors import Unavailable
+from gatez.pipeline import CONTINUE, Flow, McpCall, Stage, Verdict
+
+# Longer than the longest approval wait (900 s) plus a long tool call.
+SLOT_LEASE_S: Final = 1800
+# How long a session's call count is kept (a session idle this long starts afresh anyway).
+CALLS_TTL_S: Final = 24 * 3600
+STATELESS_WINDOW_S: Final = 3600
+
+# 0: admitted; 1: calls per session spent; 2: session concurrency; 3: tenant concurrency.
+ADMIT: Final = Script(
+    """
+local calls = redis.call('INCR', KEYS[1])
+if calls == 1 then redis.call('EXPIRE', KEYS[1], ARGV[6]) end
+if calls > tonumber(ARGV[1]) then
+  redis.call('DECR', KEYS[1])
+  return 1
+end
+local now = redis.call('TIME')
+local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now_ms)
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now_ms)
+if redis.call('ZCARD', KEYS[2]) >= tonumber(ARGV[2]) then
+  redis.call('DECR', KEYS[1])
+  return 2
+end
+if redis.call('ZCARD', KEYS[3]) >= tonumber(ARGV[3]) then
+  redis.call('DECR', KEYS[1])
+  return 3
+end
+local lapse = now_ms + tonumber(ARGV[5]) * 1000
+redis.call('ZADD', KEYS[2], lapse, ARGV[4])
+redis.call('ZADD', KEYS[3], lapse, ARGV[4])
+redis.call('EXPIRE', KEYS[2], ARGV[5])
+redis.call('EXPIRE', KEYS[3], ARGV[5])
+return 0
+"""
+)
+RELEASE: Final = Script(
+    """
+redis.call('ZREM', KEYS[1], ARGV[1])
+redis.call('ZREM', KEYS[2], ARGV[1])
+return 1
+"""
+)
+
+# By the script's answer: the limit's name, its AgentLimits field, the message.
+_REFUSALS: Final = {
+    1: (
+        "calls_per_session",
+        "calls_per_session",
+        "this session has used all its tool calls ({limit})",
+    ),
+    2: (
+        "concurrent_calls_per_session",
+        "concurrent_per_session",
+        "too many tool calls at once in this session ({limit})",
+    ),
+    3: (
+        "concurrent_calls_per_tenant",
+        "concurrent_per_tenant",
+        "too many tool calls at once for this tenant ({limit})",
+    ),
+}
+
+
+class BlastRadius(Stage):
+    """Counts tool calls and holds their in-flight slots (see the module doc)."""
+
+    def __init__(self, redis: ScriptClient) -> None:
+        self._redis = redis
+
+    def on_request_body(self, flow: Flow) -> Verdict | Awaitable[Verdict]:
+        mcp = flow.mcp
+        if mcp is None or mcp.method != "tools/call" or mcp.kind != "request":
+            return CONTINUE
+        return self._admit(flow, mcp)
+
+    async def _admit(self, flow: Flow, mcp: McpCall) -> Verdict:
+        rules = mcp.rules
+        assert rules is not None
+        limits = rules.limits
+        tenant = flow.caller.tenant_id
+        session = mcp.limits_scope = _session_scope(flow, mcp)
+        try:
+            refused = await self._redis.submit_script(
+                ADMIT,
+                [
+                    f"{{{tenant}}}:mcp:calls:{session}",
+                    f"{{{tenant}}}:mcp:inflight:{session}",
+                    f"{{{tenant}}}:mcp:inflight",
+                ],
+                [
+                    limits.calls_per_session,
+                    limits.concurrent_per_session,
+                    limits.concurrent_per_tenant,
+                    flow.request_id,
+                    SLOT_LEASE_S,
+                    CALLS_TTL_S if not mcp.stateless else STATELESS_WINDOW_S,
+                ],
+            )
+        except Exception:
+            # Fail closed: an uncounted call is an unbounded one.
+            raise Unavailable("tool-call limits unavailable, try again") from None
+        if refused:
+            name, field, message = _REFUSALS[int(refused)]
+            limit = getattr(limits, field)
+            mcp.decision = "denied"
+            mcp.reason = f"limit {name}"
+            raise LimitExceeded(message.format(limit=limit))
+        mcp.slots_taken = True
+        return CONTINUE
+
+    def on_done(self, flow: Flow) -> Awaitable[None] | None:
+        mcp = flow.mcp
+        if mcp is None or not mcp.slots_taken:
+            return None
+        mcp.slots_taken = False
+        tenant = flow.caller.tenant_id
+        session = mcp.limits_scope
+        released = self._redis.submit_script(
+            RELEASE,
+            [f"{{{tenant}}}:mcp:inflight:{session}", f"{{{tenant}}}:mcp:inflight"],
+            [flow.request_id],
+        )
+        # The slot lapses by itself should this fail; nothing to wait for.
+        released.add_done_callback(_ignore)
+        return None
+
+
+def _session_scope(flow: Flow, mcp: McpCall) -> str:
+    """What a session's limits count under: the session, or (sessionless) the caller on the
+    server in this hour."""
+    if mcp.session_digest:
+        return mcp.session_digest
+    hour = int(time.time() // STATELESS_WINDOW_S)
+    return digest(f"{flow.caller.key_id}\n{mcp.server.name}\n{hour}")
+
+
+def _ignore(future: asyncio.Future[object]) -> None:
+    if not future.cancelled():
+        future.exception()  # retrieved, so asyncio does not report it as never seen
