@@ -33,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import json
 import socket
 import threading
 import time
@@ -302,14 +303,14 @@ class ReceivedRequest:
     @property
     def json(self) -> Any:
         """The body, parsed (None when empty)."""
-        return orjson.loads(self.body) if self.body else None
+        return json.loads(self.body) if self.body else None
 
     @property
     def jsonrpc_method(self) -> str | None:
         """The body's JSON-RPC method, when it is one well-formed message."""
         try:
             message = self.json
-        except orjson.JSONDecodeError:
+        except ValueError:
             return None
         method = message.get("method") if isinstance(message, dict) else None
         return method if isinstance(method, str) else None
@@ -531,8 +532,6 @@ class McpUpstream:
             log_level="warning",
             access_log=False,
             lifespan="on",
-            # Open SSE streams are cut at stop rather than awaited.
-            timeout_graceful_shutdown=1,
         )
         server = uvicorn.Server(config)
         loop = asyncio.new_event_loop()
@@ -542,6 +541,9 @@ class McpUpstream:
             asyncio.set_event_loop(loop)
             try:
                 loop.run_until_complete(server.serve(sockets=[sock]))
+                # `force_exit` (open streams are cut, not awaited) skips the app's shutdown.
+                if server.started:
+                    loop.run_until_complete(server.lifespan.shutdown())
             except BaseException as error:  # reported to start(), which re-raises it
                 failures.append(error)
             finally:
@@ -868,6 +870,11 @@ class RawReply:
         return error.get("code") if isinstance(error, dict) else None
 
 
+def _loads(text: str | bytes) -> Any:
+    # Not orjson: it reads an integer beyond 64 bits as a float, and huge ids must survive.
+    return json.loads(text)
+
+
 def _parse_reply(response: httpx.Response) -> RawReply:
     body = response.content
     content_type = response.headers.get("content-type", "")
@@ -875,11 +882,11 @@ def _parse_reply(response: httpx.Response) -> RawReply:
     messages: list[Any] = []
     if content_type.startswith("text/event-stream"):
         events = parse_sse(body)
-        messages = [orjson.loads(e.data) for e in events if e.data]
+        messages = [_loads(e.data) for e in events if e.data]
     elif body:
         try:
-            messages = [orjson.loads(body)]
-        except orjson.JSONDecodeError:
+            messages = [_loads(body)]
+        except ValueError:
             messages = []
     return RawReply(response.status_code, response.headers, body, tuple(events), tuple(messages))
 
@@ -913,12 +920,19 @@ async def post_jsonrpc(
     if session_id is not None:
         all_headers["mcp-session-id"] = session_id
     all_headers.update({k.lower(): v for k, v in (headers or {}).items()})
-    content = body if isinstance(body, bytes) or body is None else orjson.dumps(body)
+    content = body if isinstance(body, bytes) or body is None else _dumps(body)
     async with contextlib.AsyncExitStack() as stack:
         if http is None:
             http = await stack.enter_async_context(httpx.AsyncClient(timeout=timeout_s))
         response = await http.request(method, url, content=content, headers=all_headers)
         return _parse_reply(response)
+
+
+def _dumps(message: Any) -> bytes:
+    try:
+        return orjson.dumps(message)
+    except TypeError:  # integers beyond 64 bits (huge ids), which orjson refuses
+        return json.dumps(message, separators=(",", ":")).encode()
 
 
 CLIENT_INFO = {"name": "gatez-tests", "version": "1.0"}
