@@ -198,8 +198,12 @@ async def test_raw_progress_is_an_sse_stream_of_notifications_then_the_response(
 async def test_resumable_sse_events_carry_ids(mcp_upstreams: McpUpstreams) -> None:
     upstream = mcp_upstreams.workbench(resumable=True)
     session = await open_raw_session(upstream.url)
-    call = {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "echo"}}
-    call["params"]["arguments"] = {"text": "a"}
+    call = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "tools/call",
+        "params": {"name": "echo", "arguments": {"text": "a"}},
+    }
     reply = await post_jsonrpc(upstream.url, call, headers=session.headers())
     assert reply.is_sse
     assert all(event.id for event in reply.events)
