@@ -39,3 +39,21 @@ def build_destination_policy(hosts: Sequence[str], networks: Sequence[str]) -> D
 
 def build_path_policy(roots: Sequence[str]) -> PathPolicy:
     return PathPolicy(tuple(roots))
+
+
+@dataclass(frozen=True, slots=True)
+class Violation:
+    argument: str
+    reason: str
+
+
+def check_arguments(arguments: object, constraints: object) -> Violation | None:
+    return None
+
+
+def check_destinations(arguments: object, policy: DestinationPolicy) -> Violation | None:
+    return None
+
+
+def check_paths(arguments: object, policy: PathPolicy) -> Violation | None:
+    return None

@@ -1,0 +1,255 @@
+"""What an MCP server answers, judged before the client sees it.
+
+- `tools/list`: a tool the caller's policy does not allow is left out; every other one is
+  scanned for hidden instructions (`agent.poisoning`) and checked against its pin (the
+  definition the tenant first saw, `gatez.tool_pins`): a changed ("rug pull"), poisoned or
+  colliding tool is left out too until an operator approves it (`ListToolPins`,
+  `ApproveToolDefinition`). `prompts/list`, `resources/list` and `resources/templates/list` are
+  filtered by the policy's prompt names and resource prefixes.
+- `tools/call`: the result is scanned for injected instructions and, by policy, passed on and
+  flagged, stripped of the offending text, or replaced by an error. A 2026-07-28
+  `input_required` result is passed on untouched (its `requestState` is the server's, sealed).
+- Every judged answer is bounded by the policy's `max_result_bytes`: beyond it the client gets
+  a JSON-RPC error instead.
+
+JSON answers are read whole (they are one message); SSE answers are read event by event, the
+response to the request judged when it comes and every other event (progress, logging, a
+server's own requests) passed on as it came.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Mapping, Sequence
+from typing import Any, Final, Protocol
+
+import orjson
+
+from agent.jsonrpc import LIMIT_EXCEEDED, error_body
+from agent.poisoning import definition_diff, scan_result, scan_tool, strip_result, tool_digest
+from gatez.agent_policy import AgentRules, ResultScan
+from gatez.pipeline import CONTINUE, BodyMode, Flow, McpCall, Stage, Verdict
+from gatez.sse import SseSplitter, event_data
+
+log = logging.getLogger("gatez.agent")
+
+CONTENT_TYPE: Final = "content-type"
+CONTENT_LENGTH: Final = "content-length"
+LIST_METHODS: Final = frozenset(
+    {"tools/list", "prompts/list", "resources/list", "resources/templates/list"}
+)
+JUDGED_METHODS: Final = LIST_METHODS | {"tools/call"}
+BLOCKED_RESULT: Final = "the tool's result was withheld: it carried what looks like injected instructions"
+
+
+class PinStore(Protocol):
+    """The tenant's pinned tool definitions (`gatez.tool_pins.ToolPinStore`)."""
+
+    async def observe_tools(
+        self, tenant_id: str, server: str, tools: Sequence[ObservedTool]
+    ) -> Mapping[str, bool]:
+        """Records what a server's tools/list said; answers, per tool name, whether the tool
+        may be shown and called (pinned, unchanged, clean, not colliding)."""
+        ...
+
+
+class ObservedTool(Protocol):
+    name: str
+
+
+class McpAnswers(Stage):
+    """Filters lists, scans results, bounds sizes (see the module doc)."""
+
+    def __init__(self, pins: PinStore) -> None:
+        self._pins = pins
+
+    def on_response_headers(self, flow: Flow) -> Verdict:
+        mcp = flow.mcp
+        if mcp is None or mcp.kind != "request" or mcp.method not in JUDGED_METHODS:
+            return CONTINUE
+        if not 200 <= flow.response_status < 300:
+            return CONTINUE
+        content_type = flow.response_headers.get(CONTENT_TYPE, "")
+        if content_type.startswith("text/event-stream"):
+            flow.response_body_mode = BodyMode.STREAMED
+            mcp.events = SseSplitter()
+        elif content_type.startswith("application/json"):
+            flow.response_body_mode = BodyMode.BUFFERED
+        else:
+            return CONTINUE
+        flow.remove_header(CONTENT_LENGTH)
+        return CONTINUE
+
+    def on_response_body(self, flow: Flow) -> Verdict | Awaitable[Verdict]:
+        mcp = flow.mcp
+        if mcp is None or flow.response_body_mode is BodyMode.NONE:
+            return CONTINUE
+        if mcp.method not in JUDGED_METHODS or mcp.kind != "request":
+            return CONTINUE
+        rules = mcp.rules
+        assert rules is not None
+        chunk = flow.response_chunk
+        if mcp.decision == "cut":
+            # Over the size limit already: the rest of the stream is dropped.
+            flow.replace_response_chunk(b"")
+            return CONTINUE
+        mcp.result_bytes += len(chunk)
+        limit = rules.limits.max_result_bytes
+        if mcp.result_bytes > limit:
+            mcp.decision, mcp.reason = "cut", f"result over {limit} bytes"
+            error = error_body(
+                mcp.rpc_id, LIMIT_EXCEEDED, f"the server's answer is over {limit} bytes"
+            )
+            flow.replace_response_chunk(
+                b"event: message\ndata: " + error + b"\n\n" if mcp.events is not None else error
+            )
+            return CONTINUE
+        if mcp.events is None:
+            return self._judge_json(flow, mcp, rules, chunk)
+        return self._judge_events(flow, mcp, rules, chunk)
+
+    async def _judge_json(
+        self, flow: Flow, mcp: McpCall, rules: AgentRules, body: bytes
+    ) -> Verdict:
+        judged = await self._judge_message(flow, mcp, rules, body)
+        if judged is not None:
+            flow.replace_response_chunk(judged)
+        return CONTINUE
+
+    async def _judge_events(
+        self, flow: Flow, mcp: McpCall, rules: AgentRules, chunk: bytes
+    ) -> Verdict:
+        assert mcp.events is not None
+        events = mcp.events.feed(chunk)
+        if flow.end_of_stream:
+            tail = mcp.events.flush()
+            if tail:
+                events.append(tail)
+        out = bytearray()
+        for event in events:
+            data = event_data(event)
+            judged = None
+            if data is not None and b'"result"' in data:
+                judged = await self._judge_message(flow, mcp, rules, data)
+            if judged is None:
+                out += event
+            else:
+                out += _with_data(event, judged)
+        flow.replace_response_chunk(bytes(out))
+        return CONTINUE
+
+    async def _judge_message(
+        self, flow: Flow, mcp: McpCall, rules: AgentRules, data: bytes
+    ) -> bytes | None:
+        """The message re-encoded when the gateway changed it; None to pass it as it is."""
+        try:
+            message = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            return None
+        if not isinstance(message, dict) or message.get("id") != mcp.rpc_id:
+            return None
+        result = message.get("result")
+        if not isinstance(result, dict):
+            return None
+        if mcp.method == "tools/call":
+            return _judge_result(mcp, rules, message, result)
+        if mcp.method == "tools/list":
+            kept = await self._visible_tools(flow, mcp, rules, result.get("tools"))
+            result["tools"] = kept
+        elif mcp.method == "prompts/list":
+            result["prompts"] = [
+                p
+                for p in _entries(result.get("prompts"))
+                if rules.allows_prompt(str(p.get("name", "")))
+            ]
+        elif mcp.method == "resources/list":
+            result["resources"] = [
+                r
+                for r in _entries(result.get("resources"))
+                if rules.allows_resource(str(r.get("uri", "")))
+            ]
+        else:
+            result["resourceTemplates"] = [
+                r
+                for r in _entries(result.get("resourceTemplates"))
+                if rules.allows_resource(str(r.get("uriTemplate", "")))
+            ]
+        return orjson.dumps(message)
+
+    async def _visible_tools(
+        self, flow: Flow, mcp: McpCall, rules: AgentRules, tools: object
+    ) -> list[dict[str, Any]]:
+        server = mcp.server.name
+        allowed = [
+            t for t in _entries(tools) if rules.allows_tool(server, str(t.get("name", "")))
+        ]
+        if not allowed:
+            return []
+        observed = [_Observed.of(tool) for tool in allowed]
+        visible = await self._pins.observe_tools(flow.caller.tenant_id, server, observed)
+        kept = [t for t in allowed if visible.get(str(t.get("name")), False)]
+        hidden = len(_entries(tools)) - len(kept)
+        if hidden:
+            mcp.reason = f"{hidden} tools hidden"
+        return kept
+
+
+class _Observed:
+    """A tool as the pin store records it: name, digest, definition, scan findings."""
+
+    __slots__ = ("definition", "definition_json", "digest", "findings", "name")
+
+    def __init__(
+        self, name: str, digest: str, definition: dict[str, Any], findings: tuple[str, ...]
+    ) -> None:
+        self.name = name
+        self.digest = digest
+        self.definition = definition
+        self.definition_json = orjson.dumps(definition, option=orjson.OPT_SORT_KEYS).decode()
+        self.findings = findings
+
+    @classmethod
+    def of(cls, tool: dict[str, Any]) -> _Observed:
+        findings = tuple(
+            f"{finding.kind.value} at {finding.where}: {finding.excerpt}"
+            for finding in scan_tool(tool)
+        )
+        return cls(str(tool.get("name", "")), tool_digest(tool), tool, findings)
+
+    def changes_from(self, pinned: Mapping[str, Any]) -> list[str]:
+        """What changed from the pinned definition, one readable line per JSON path."""
+        return [
+            f"{change['path']} {change['op']}: {change.get('old')!r} -> {change.get('new')!r}"
+            for change in definition_diff(pinned, self.definition)
+        ]
+
+
+def _judge_result(
+    mcp: McpCall, rules: AgentRules, message: dict[str, Any], result: dict[str, Any]
+) -> bytes | None:
+    if rules.result_scan is ResultScan.OFF:
+        return None
+    findings = scan_result(result)
+    if not findings:
+        return None
+    kinds = sorted({f.kind.value for f in findings})
+    if rules.result_scan is ResultScan.FLAG:
+        mcp.decision, mcp.reason = "flagged", f"result: {', '.join(kinds)}"
+        return None
+    if rules.result_scan is ResultScan.STRIP:
+        mcp.decision, mcp.reason = "stripped", f"result: {', '.join(kinds)}"
+        message["result"] = strip_result(result, findings)
+        return orjson.dumps(message)
+    mcp.decision, mcp.reason = "blocked", f"result: {', '.join(kinds)}"
+    return error_body(mcp.rpc_id, -32001, BLOCKED_RESULT)
+
+
+def _entries(value: object) -> list[dict[str, Any]]:
+    return [entry for entry in value if isinstance(entry, dict)] if isinstance(value, list) else []
+
+
+def _with_data(event: bytes, data: bytes) -> bytes:
+    """The SSE event with its data replaced, its other fields (id, event) kept."""
+    lines = [line for line in event.rstrip(b"\n").split(b"\n") if not line.startswith(b"data:")]
+    lines.append(b"data: " + data)
+    return b"\n".join(lines) + b"\n\n"
