@@ -34,6 +34,7 @@ are checked for injection, invisible characters and exfiltration URLs only.
 
 from __future__ import annotations
 
+import bisect
 import enum
 import hashlib
 import re
@@ -119,7 +120,16 @@ def _char_class(ranges: list[tuple[int, int]]) -> str:
     return "".join(f"\\U{lo:08x}" if lo == hi else f"\\U{lo:08x}-\\U{hi:08x}" for lo, hi in ranges)
 
 
-_INVISIBLE: Final = re.compile(f"[{_char_class(_invisible_ranges())}]")
+# A class holding code points above U+FFFF compiles to a list of ranges tried one by one (1 ms
+# per 64 KB); the BMP part alone compiles to a bitmap (0.2 ms). So the two are apart, and the
+# astral one only runs on text that has an astral character at all.
+_INVISIBLE_BMP: Final = re.compile(
+    f"[{_char_class([r for r in _invisible_ranges() if r[1] <= 0xFFFF])}]"
+)
+_INVISIBLE_ASTRAL: Final = re.compile(
+    f"[{_char_class([r for r in _invisible_ranges() if r[0] > 0xFFFF])}]"
+)
+_ASTRAL: Final = re.compile("[\U00010000-\U0010ffff]")
 _ASCII_CONTROL: Final = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 _ZWJ: Final = "\u200d"
 _VS16: Final = "\ufe0f"
@@ -131,123 +141,319 @@ def _emoji_part(ch: str) -> bool:
     return ch == _VS16 or unicodedata.category(ch) in ("So", "Sk")
 
 
+def _is_invisible(ch: str) -> bool:
+    return (_INVISIBLE_BMP if ch <= "\uffff" else _INVISIBLE_ASTRAL).match(ch) is not None
+
+
 def _first_invisible(text: str) -> re.Match[str] | None:
-    """The first invisible character that is not a joiner inside an emoji sequence."""
-    for match in _INVISIBLE.finditer(text):
+    """The first invisible character in non-ASCII `text` that is not a joiner inside an emoji
+    sequence."""
+    first: re.Match[str] | None = None
+    for match in _INVISIBLE_BMP.finditer(text):
         i = match.start()
-        if (
+        if not (
             match.group() == _ZWJ
             and 0 < i < len(text) - 1
             and _emoji_part(text[i - 1])
             and _emoji_part(text[i + 1])
         ):
-            continue
-        return match
-    return None
+            first = match
+            break
+    if _ASTRAL.search(text) is not None:
+        astral = _INVISIBLE_ASTRAL.search(text, 0, len(text) if first is None else first.start())
+        if astral is not None:
+            first = astral
+    return first
 
 
 # Look-alikes from Cyrillic and Greek that NFKC leaves alone, folded to Latin so "ignore" spelt
 # with a Cyrillic i and o still reads "ignore".
+_CONFUSABLES_FROM: Final = "аеорсухіјѕԁһӏԛԝАВЕКМНОРСТХІЈЅαεικνορτυχΑΒΕΖΗΙΚΜΝΟΡΤΥΧ"
 _CONFUSABLES: Final = str.maketrans(
-    "аеорсухіјѕԁһӏԛԝАВЕКМНОРСТХІЈЅαεικνορτυχΑΒΕΖΗΙΚΜΝΟΡΤΥΧ",
+    _CONFUSABLES_FROM,
     "aeopcyxijsdhlqwABEKMHOPCTXIJSaeiknoptuxABEZHIKMNOPTYX",
 )
+_CONFUSABLE: Final = re.compile(f"[{_CONFUSABLES_FROM}]")
 
 # -- Rules --------------------------------------------------------------------------------------
-# One alternation of named groups per kind: one regex pass per kind and string, and the group
-# that matched names the rule. `\x00` is kept out of the gap classes so the patterns never run
-# across a NUL (there is none after normalisation, but it costs nothing to be sure).
+# CPython's `re` has no multi-pattern search: an alternation of twenty phrases costs about 0.3 µs
+# per character of text (20 ms for 64 KB), paid on every tools/call. So each rule names anchors:
+# literal pieces every match of it contains, found with `str.find` (a fast C search), and the
+# rule's regex only runs in a small window around an anchor. `back` bounds how far before the
+# anchor a match can start, `span` how far after it it can end; both are bounded because the
+# text is whitespace-collapsed first. The regexes then run case-insensitively on that window only.
 
-_INJECTION_RULES: Final = {
-    "ignore_instructions": r"\b(?:ignore|disregard|forget|override|bypass)\s+"
-    r"(?:(?:all|any|the|your|of|my|these|those)\s+)*"
-    r"(?:previous|prior|above|earlier|preceding|former|system|original|existing|other)\s+"
-    r"(?:instructions?|prompts?|rules|directions|directives|guidelines|guidance|commands)\b",
-    "supersede_instructions": r"\b(?:these|this|the\s+following|new)\s+instructions?\s+"
-    r"(?:override|overrides|supersedes?|takes?\s+precedence)\b",
-    "hide_from_user": r"\b(?:do\s+not|don'?t|never)\s+"
-    r"(?:tell|inform|mention|notify|alert|warn|let)\b[^.!?\n\x00]{0,40}?\buser\b",
-    "hide_from_user_2": r"\b(?:hide|conceal)\s+(?:this|it|these|that|them)\s+from\s+the\s+user\b"
-    r"|\bkeep\s+(?:this|it|these|that)\s+(?:secret|hidden|private)\s+from\b",
-    "user_must_not_know": r"\bthe\s+user\s+(?:must|should|need|may)\s+not\s+"
-    r"(?:know|see|notice|find\s+out|be\s+(?:told|informed|aware|shown))\b",
-    "before_using_tool": r"\bbefore\s+(?:using|calling|invoking|running|executing)\s+"
-    r"(?:this|the|any|any\s+other)\s+tools?\b",
-    "when_tool_available": r"\b(?:when|while|if)\s+this\s+tool\s+is\s+"
-    r"(?:available|present|installed|loaded|enabled)\b",
-    "must_first": r"\byou\s+(?:must|need\s+to|have\s+to|should)\s+(?:first|always|also\s+first)\s+"
-    r"(?:read|open|fetch|load|cat|access|send|call|include|pass|provide|upload|copy)\b",
-    "new_instructions": r"\b(?:new|updated|real|true|actual|hidden|secret)\s+"
-    r"(?:system\s+)?instructions?\s*:",
-    "role_override": r"\byou\s+are\s+now\s+(?:in\s+)?(?:an?\s+)?"
-    r"(?:developer|admin|administrator|god|unrestricted|jailbroken|dan)\b",
-    "system_prompt_leak": r"\b(?:reveal|print|output|repeat|leak|disclose|send)\s+"
-    r"(?:\w+\s+){0,2}(?:system\s+prompt|initial\s+instructions|hidden\s+instructions)\b",
-    "pseudo_tag": r"<\s*/?\s*(?:important|system|system[-_ ]?prompt|instructions?|secret|"
-    r"hidden|admin|sudo|override|critical|assistant)\s*>",
-    "chat_template": r"<\|(?:im_start|im_end|system|endoftext|start_header_id|end_header_id|"
-    r"eot_id)\|>|\[/?INST\]|<<\s*/?SYS\s*>>",
-}
 
-_SENSITIVE_PATH_RULES: Final = {
-    "ssh_dir": r"(?<![\w-])\.ssh\b",
-    "ssh_key": r"\bid_(?:rsa|dsa|ecdsa|ed25519)\b|\bauthorized_keys\b",
-    "dotenv": r"(?<![\w.$-])\.env(?:\.[\w-]+)?\b(?!-)",
-    "etc_secrets": r"/etc/(?:passwd|shadow|gshadow|sudoers)\b",
-    "cloud_credentials": r"\.aws[/\\](?:credentials|config)\b|\.config[/\\]gcloud\b"
-    r"|\.azure[/\\]|\.kube[/\\]config\b|\.docker[/\\]config\.json\b"
-    r"|\bapplication_default_credentials\.json\b",
-    "credential_file": r"(?<![\w-])\.(?:git-credentials|netrc|npmrc|pypirc|pgpass|gnupg)\b"
-    r"|\bcredentials\.json\b",
-    "mcp_client_config": r"\.cursor[/\\]mcp\.json\b|\bclaude_desktop_config\.json\b"
-    r"|\.vscode[/\\]mcp\.json\b",
-}
+@dataclass(frozen=True, slots=True)
+class _Rule:
+    kind: FindingKind
+    name: str
+    anchors: tuple[str, ...]
+    pattern: re.Pattern[str]
+    back: int = 0
+    span: int = 256
+    # URL rules end their window at the URL's end (the next space) instead of after `span`.
+    to_space: bool = False
+
+
+def _rule(
+    kind: FindingKind,
+    name: str,
+    anchors: tuple[str, ...],
+    pattern: str,
+    *,
+    back: int = 0,
+    span: int = 256,
+    to_space: bool = False,
+) -> _Rule:
+    return _Rule(kind, name, anchors, re.compile(pattern, re.I), back, span, to_space)
+
+
+_I = FindingKind.INJECTION
+_P = FindingKind.SENSITIVE_PATH
+_X = FindingKind.EXFILTRATION
+
+_INJECTION_RULES: Final = (
+    _rule(
+        _I,
+        "ignore-instructions",
+        ("ignore", "disregard", "forget", "override", "bypass"),
+        r"\b(?:ignore|disregard|forget|override|bypass) "
+        r"(?:(?:all|any|the|your|of|my|these|those) )*"
+        r"(?:previous|prior|above|earlier|preceding|former|system|original|existing|other) "
+        r"(?:instructions?|prompts?|rules|directions|directives|guidelines|guidance|commands)\b",
+    ),
+    _rule(
+        _I,
+        "supersede-instructions",
+        ("instruction",),
+        r"\b(?:these|this|the following|new) instructions? "
+        r"(?:override|overrides|supersedes?|takes? precedence)\b",
+        back=16,
+        span=24,
+    ),
+    _rule(
+        _I,
+        "hide-from-user",
+        ("user",),
+        r"\b(?:do not|don['\u2019]?t|never) (?:tell|inform|mention|notify|alert|warn|let)\b"
+        r"[^.!?\n]{0,40}?\buser\b",
+        back=64,
+        span=0,
+    ),
+    _rule(
+        _I,
+        "hide-from-user",
+        ("hide", "conceal", "keep"),
+        r"\b(?:hide|conceal) (?:this|it|these|that|them) from the user\b"
+        r"|\bkeep (?:this|it|these|that) (?:secret|hidden|private) from\b",
+    ),
+    _rule(
+        _I,
+        "user-must-not-know",
+        ("user",),
+        r"\bthe user (?:must|should|need|may) not "
+        r"(?:know|see|notice|find out|be (?:told|informed|aware|shown))\b",
+        back=4,
+        span=40,
+    ),
+    _rule(
+        _I,
+        "before-using-tool",
+        ("before",),
+        r"\bbefore (?:using|calling|invoking|running|executing) "
+        r"(?:this|the|any|any other) tools?\b",
+    ),
+    _rule(
+        _I,
+        "when-tool-available",
+        ("this tool",),
+        r"\b(?:when|while|if) this tool is (?:available|present|installed|loaded|enabled)\b",
+        back=6,
+        span=16,
+    ),
+    _rule(
+        _I,
+        "must-first",
+        ("you ",),
+        r"\byou (?:must|need to|have to|should) (?:first|always|also first) "
+        r"(?:read|open|fetch|load|cat|access|send|call|include|pass|provide|upload|copy)\b",
+    ),
+    _rule(
+        _I,
+        "new-instructions",
+        ("instruction",),
+        r"\b(?:new|updated|real|true|actual|hidden|secret) (?:system )?instructions? ?:",
+        back=16,
+        span=3,
+    ),
+    _rule(
+        _I,
+        "role-override",
+        ("you are now",),
+        r"\byou are now (?:in )?(?:an? )?"
+        r"(?:developer|admin|administrator|god|unrestricted|jailbroken|dan)\b",
+    ),
+    _rule(
+        _I,
+        "system-prompt-leak",
+        ("system prompt", "initial instructions", "hidden instructions"),
+        r"\b(?:reveal|print|output|repeat|leak|disclose|send) (?:\w{1,20} ){0,2}"
+        r"(?:system prompt|initial instructions|hidden instructions)\b",
+        back=56,
+        span=0,
+    ),
+    _rule(
+        _I,
+        "pseudo-tag",
+        ("<",),
+        r"< ?/? ?(?:important|system|system[-_ ]?prompt|instructions?|secret|hidden|admin|sudo|"
+        r"override|critical|assistant) ?>",
+    ),
+    _rule(
+        _I,
+        "chat-template",
+        ("<|", "[inst", "[/inst", "<<"),
+        r"<\|(?:im_start|im_end|system|endoftext|start_header_id|end_header_id|eot_id)\|>"
+        r"|\[/?inst\]|<< ?/?sys ?>>",
+    ),
+)
+
+_SENSITIVE_PATH_RULES: Final = (
+    _rule(_P, "ssh-dir", (".ssh",), r"(?<![\w-])\.ssh\b"),
+    _rule(
+        _P,
+        "ssh-key",
+        ("id_", "authorized_keys"),
+        r"\bid_(?:rsa|dsa|ecdsa|ed25519)\b|\bauthorized_keys\b",
+    ),
+    _rule(_P, "dotenv", (".env",), r"(?<![\w.$-])\.env(?:\.[\w-]+)?\b(?!-)"),
+    _rule(_P, "etc-secrets", ("/etc/",), r"/etc/(?:passwd|shadow|gshadow|sudoers)\b"),
+    _rule(
+        _P,
+        "cloud-credentials",
+        (".aws", ".config", ".azure", ".kube", ".docker"),
+        r"\.aws[/\\](?:credentials|config)\b|\.config[/\\]gcloud\b|\.azure[/\\]"
+        r"|\.kube[/\\]config\b|\.docker[/\\]config\.json\b",
+    ),
+    _rule(
+        _P,
+        "credential-file",
+        (
+            "credentials.json",
+            ".git-credentials",
+            ".netrc",
+            ".npmrc",
+            ".pypirc",
+            ".pgpass",
+            ".gnupg",
+        ),
+        r"credentials\.json\b|(?<![\w-])\.(?:git-credentials|netrc|npmrc|pypirc|pgpass|gnupg)\b",
+    ),
+    _rule(
+        _P,
+        "mcp-client-config",
+        (".cursor", "claude_desktop_config", ".vscode"),
+        r"\.cursor[/\\]mcp\.json\b|\bclaude_desktop_config\.json\b|\.vscode[/\\]mcp\.json\b",
+    ),
+)
 
 # Placeholders a model is asked to fill with data: {x}, {{x}}, ${x}, $X, <x>, %s, [X].
 _PLACEHOLDER: Final = (
-    r"(?:\{\{?[^{}\s\x00]{1,60}\}\}?|\$\{?[A-Za-z_]\w*\}?|<[^<>\s\x00]{1,60}>|%s|\[[\w ]{1,40}\])"
+    r"(?:\{\{?[^{}\s]{1,60}\}\}?|\$\{?[A-Za-z_]\w*\}?|<[^<>\s]{1,60}>|%s|\[[\w ]{1,40}\])"
 )
-_EXFILTRATION_URL_RULES: Final = {
-    "url_placeholder": r"\b(?:https?|wss?|ftp)://[^\s\"'<>\x00]*?[?&][\w.\-\[\]]+=" + _PLACEHOLDER,
-    "send_data_to_url": r"\b(?:send|post|upload|forward|transmit|exfiltrate|leak|beacon)"
-    r"(?:s|ed|ing)?\b[^.!?\n\x00]{0,60}?"
-    r"\b(?:contents?|data|conversation|chat|history|messages?|keys?|tokens?|secrets?|"
-    r"credentials?|passwords?|files?|results?|output|everything|it|them|this)\b"
-    r"[^.!?\n\x00]{0,40}?\bto\s+(?:https?|wss?|ftp)://",
-    "webhook_host": r"\bhooks\.slack\.com/(?:services|workflows)/"
-    r"|\bdiscord(?:app)?\.com/api/webhooks/|\bwebhook\.site\b"
-    r"|\brequestbin\.(?:com|net)\b|\.pipedream\.net\b"
-    r"|\bngrok(?:-free)?\.(?:io|app|dev)\b|\bburpcollaborator\.net\b"
-    r"|\boast(?:ify)?\.(?:fun|live|me|pro|site|online)\b|\binteract\.sh\b|\bbeeceptor\.com\b",
-}
-_EXFILTRATION_SHELL_RULES: Final = {
-    "pipe_to_shell": r"\b(?:curl|wget|iwr|invoke-webrequest)\b[^|\n\x00]{0,200}\|\s*(?:sudo\s+)?"
-    r"(?:(?:ba|z|da|k|fi)?sh|python3?|perl|ruby|node|iex)\b",
-    "upload_file": r"\bcurl\b[^|\n\x00]{0,200}?\s(?:-d|--data(?:-binary|-raw|-urlencode)?|-F|"
-    r"--form)[\s=]+['\"]?(?:[\w.\-]+=)?@|\bcurl\b[^|\n\x00]{0,200}?\s(?:-T|--upload-file)\s"
-    r"|\bwget\b[^|\n\x00]{0,200}?\s--post-file\b",
-    "reverse_shell": r"/dev/tcp/|\bnc(?:at)?\s+(?:-\w+\s+)*-e\s|\bbash\s+-i\s+>&",
-}
 
-
-def _compile(rules: Mapping[str, str]) -> re.Pattern[str]:
-    return re.compile("|".join(f"(?P<{name}>{body})" for name, body in rules.items()), re.I)
-
-
-_Detectors = tuple[tuple[FindingKind, re.Pattern[str]], ...]
-
-_DEFINITION_DETECTORS: Final[_Detectors] = (
-    (FindingKind.INJECTION, _compile(_INJECTION_RULES)),
-    (FindingKind.SENSITIVE_PATH, _compile(_SENSITIVE_PATH_RULES)),
-    (
-        FindingKind.EXFILTRATION,
-        _compile({**_EXFILTRATION_URL_RULES, **_EXFILTRATION_SHELL_RULES}),
+_EXFILTRATION_URL_RULES: Final = (
+    _rule(
+        _X,
+        "url-placeholder",
+        ("://",),
+        r"\b(?:https?|wss?|ftp)://[^\s\"'<>]*?[?&][\w.\-\[\]]+=" + _PLACEHOLDER,
+        back=5,
+        span=64,
+        to_space=True,
+    ),
+    _rule(
+        _X,
+        "send-data-to-url",
+        ("://",),
+        r"\b(?:send|post|upload|forward|transmit|exfiltrate|leak|beacon)(?:s|ed|ing)?\b"
+        r"[^.!?\n]{0,60}?"
+        r"\b(?:contents?|data|conversation|chat|history|messages?|keys?|tokens?|secrets?|"
+        r"credentials?|passwords?|files?|results?|output|everything|it|them|this)\b"
+        r"[^.!?\n]{0,40}?\bto (?:https?|wss?|ftp)://",
+        back=140,
+        span=3,
+    ),
+    _rule(
+        _X,
+        "webhook-host",
+        (
+            "hooks.slack.com",
+            "discord",
+            "webhook.site",
+            "requestbin.",
+            ".pipedream.net",
+            "ngrok",
+            "burpcollaborator.net",
+            "oast",
+            "interact.sh",
+            "beeceptor.com",
+        ),
+        r"\bhooks\.slack\.com/(?:services|workflows)/"
+        r"|\bdiscord(?:app)?\.com/api/webhooks/|\bwebhook\.site\b"
+        r"|\brequestbin\.(?:com|net)\b|\.pipedream\.net\b"
+        r"|\bngrok(?:-free)?\.(?:io|app|dev)\b|\bburpcollaborator\.net\b"
+        r"|\boast(?:ify)?\.(?:fun|live|me|pro|site|online)\b|\binteract\.sh\b|\bbeeceptor\.com\b",
     ),
 )
-_RESULT_DETECTORS: Final[_Detectors] = (
-    (FindingKind.INJECTION, _DEFINITION_DETECTORS[0][1]),
-    (FindingKind.EXFILTRATION, _compile(_EXFILTRATION_URL_RULES)),
+_EXFILTRATION_SHELL_RULES: Final = (
+    _rule(
+        _X,
+        "pipe-to-shell",
+        ("curl", "wget", "iwr", "invoke-webrequest"),
+        r"\b(?:curl|wget|iwr|invoke-webrequest)\b[^|\n]{0,200}\| ?(?:sudo )?"
+        r"(?:(?:ba|z|da|k|fi)?sh|python3?|perl|ruby|node|iex)\b",
+    ),
+    _rule(
+        _X,
+        "upload-file",
+        ("curl", "wget"),
+        r"\bcurl\b[^|\n]{0,200}? (?:-d|--data(?:-binary|-raw|-urlencode)?|-F|--form)[ =]+"
+        r"['\"]?(?:[\w.\-]+=)?@|\bcurl\b[^|\n]{0,200}? (?:-T|--upload-file) "
+        r"|\bwget\b[^|\n]{0,200}? --post-file\b",
+    ),
+    _rule(
+        _X,
+        "reverse-shell",
+        ("/dev/tcp/", "nc ", "ncat", "bash"),
+        r"/dev/tcp/|\bnc(?:at)? (?:-\w+ )*-e |\bbash -i ?>&",
+    ),
 )
+
+
+@dataclass(frozen=True, slots=True)
+class _RuleSet:
+    """Rules grouped by anchor, so each anchor is searched for once per text."""
+
+    by_anchor: tuple[tuple[str, tuple[_Rule, ...]], ...]
+
+    @classmethod
+    def of(cls, *rules: _Rule) -> _RuleSet:
+        by_anchor: dict[str, list[_Rule]] = {}
+        for rule in rules:
+            for anchor in rule.anchors:
+                by_anchor.setdefault(anchor, []).append(rule)
+        return cls(tuple((a, tuple(r)) for a, r in by_anchor.items()))
+
+
+_DEFINITION_RULES: Final = _RuleSet.of(
+    *_INJECTION_RULES,
+    *_SENSITIVE_PATH_RULES,
+    *_EXFILTRATION_URL_RULES,
+    *_EXFILTRATION_SHELL_RULES,
+)
+_RESULT_RULES: Final = _RuleSet.of(*_INJECTION_RULES, *_EXFILTRATION_URL_RULES)
 
 # -- Excerpts -----------------------------------------------------------------------------------
 
@@ -261,8 +467,7 @@ def _escape(text: str) -> str:
     if text.isascii() and text.isprintable():
         return text
     return "".join(
-        ch if ch.isprintable() and _INVISIBLE.match(ch) is None else f"\\u{{{ord(ch):x}}}"
-        for ch in text
+        ch if ch.isprintable() and not _is_invisible(ch) else f"\\u{{{ord(ch):x}}}" for ch in text
     )
 
 
@@ -289,40 +494,105 @@ def _unpointer(pointer: str) -> list[str]:
     return [p.replace("~1", "/").replace("~0", "~") for p in pointer.split("/")[1:]]
 
 
-def _scan_text(text: str, where: str, detectors: _Detectors, out: list[Finding]) -> None:
-    """Append the findings in one string: at most one per kind (the first match), which is what
-    a block or strip decision needs, and bounds the output for adversarial input."""
+# The pieces of one scan are joined with NUL, which normalisation has removed from every piece
+# and which is not whitespace, so it survives the collapsing and marks where each piece starts.
+_SEPARATOR: Final = "\x00"
+# How far past its nominal end a window may reach to finish the word it cut, and how long a URL
+# may run before its window is cut anyway.
+_WORD_SLACK: Final = 64
+_URL_MAX: Final = 4096
+
+
+def _normalise(text: str, hidden: bool) -> str:
+    """`text` without invisible characters (if it has any: `hidden`), in NFKC, with look-alike
+    letters folded to Latin."""
     if text.isascii():
-        control = _ASCII_CONTROL.search(text)
-        if control is None:
-            normal = text
-        else:
-            out.append(
-                Finding(
-                    FindingKind.INVISIBLE_UNICODE,
-                    where,
-                    "control",
-                    _excerpt(text, control.start(), control.end()),
-                )
-            )
-            normal = _ASCII_CONTROL.sub("", text)
+        return _ASCII_CONTROL.sub("", text) if hidden else text
+    if hidden:
+        text = _INVISIBLE_BMP.sub("", text)
+        if _ASTRAL.search(text) is not None:
+            text = _INVISIBLE_ASTRAL.sub("", text)
+    text = unicodedata.normalize("NFKC", text)
+    # str.translate with a dict costs 50 ns a character: only when there is a look-alike.
+    return text.translate(_CONFUSABLES) if _CONFUSABLE.search(text) is not None else text
+
+
+def _scan_texts(pieces: list[tuple[str, str]], rules: _RuleSet) -> list[Finding]:
+    """The findings in `pieces` ((pointer, string) pairs): at most one per kind and piece (the
+    first a rule reports), which is what a block or strip decision needs and bounds the output
+    for adversarial input. All pieces are normalised and searched as one text, so a tool's two
+    hundred short schema strings cost one pass per anchor, not two hundred."""
+    out: list[tuple[int, int, Finding]] = []
+    texts = [text for _, text in pieces]
+    probe = "\n".join(texts)
+    if probe.isascii() and _ASCII_CONTROL.search(probe) is None:
+        normal = texts
     else:
-        hidden = _first_invisible(text)
-        if hidden is not None:
-            out.append(
-                Finding(
-                    FindingKind.INVISIBLE_UNICODE,
-                    where,
-                    _invisible_rule(hidden.group()),
-                    _excerpt(text, hidden.start(), hidden.end()),
+        normal = []
+        for i, (where, text) in enumerate(pieces):
+            hidden = _ASCII_CONTROL.search(text) if text.isascii() else _first_invisible(text)
+            if hidden is not None:
+                excerpt = _excerpt(text, hidden.start(), hidden.end())
+                finding = Finding(
+                    FindingKind.INVISIBLE_UNICODE, where, _invisible_rule(hidden.group()), excerpt
                 )
-            )
-        normal = unicodedata.normalize("NFKC", _INVISIBLE.sub("", text)).translate(_CONFUSABLES)
-    for kind, pattern in detectors:
-        match = pattern.search(normal)
-        if match is not None:
-            rule = (match.lastgroup or kind.value).replace("_", "-")
-            out.append(Finding(kind, where, rule, _excerpt(normal, match.start(), match.end())))
+                out.append((i, 0, finding))
+            normal.append(_normalise(text, hidden is not None))
+    joined = " ".join(_SEPARATOR.join(normal).split())
+    lowered = joined.lower()
+    # Lower-casing can lengthen a few non-ASCII letters; excerpts then come from the lowered text.
+    shown = joined if len(lowered) == len(joined) else lowered
+    bounds: list[tuple[int, int]] = []
+    start = 0
+    while (end := lowered.find(_SEPARATOR, start)) >= 0:
+        bounds.append((start, end))
+        start = end + 1
+    bounds.append((start, len(lowered)))
+    ends = [end for _, end in bounds]
+    done: set[tuple[FindingKind, int]] = set()
+    for anchor, anchored in rules.by_anchor:
+        at = lowered.find(anchor)
+        while at >= 0:
+            i = bisect.bisect_left(ends, at)
+            first, last = bounds[i]
+            for rule in anchored:
+                if (rule.kind, i) in done:
+                    continue
+                if rule.back == 0:
+                    # The anchor starts every match of the rule: one match() at the anchor.
+                    match = rule.pattern.match(lowered, at, last)
+                else:
+                    match = rule.pattern.search(
+                        lowered, *_window(rule, lowered, at, anchor, first, last)
+                    )
+                if match is not None:
+                    done.add((rule.kind, i))
+                    excerpt = _excerpt(
+                        shown[first:last], match.start() - first, match.end() - first
+                    )
+                    finding = Finding(rule.kind, pieces[i][0], rule.name, excerpt)
+                    out.append((i, _KIND_ORDER[rule.kind], finding))
+            at = lowered.find(anchor, at + 1)
+    out.sort(key=lambda entry: (entry[0], entry[1]))
+    return [finding for _, _, finding in out]
+
+
+_KIND_ORDER: Final = {kind: order for order, kind in enumerate(FindingKind)}
+
+
+def _window(
+    rule: _Rule, lowered: str, at: int, anchor: str, first: int, last: int
+) -> tuple[int, int]:
+    """Where a rule whose matches may start before its anchor is searched: from `back` before
+    the anchor to `span` after it, the end moved on to finish a word it cut (a window ending in
+    the middle of "username" must not match `user\\b`), all inside the piece."""
+    lo = max(first, at - rule.back)
+    if rule.to_space:
+        space = lowered.find(" ", at, min(last, at + _URL_MAX))
+        return lo, min(last, (at + _URL_MAX if space < 0 else space) + rule.span)
+    hi = at + len(anchor) + rule.span
+    space = lowered.find(" ", hi, min(last, hi + _WORD_SLACK))
+    return lo, min(last, hi + _WORD_SLACK if space < 0 else space)
 
 
 def _invisible_rule(ch: str) -> str:
@@ -381,11 +651,12 @@ def scan_tool(tool: Mapping[str, Any]) -> tuple[Finding, ...]:
         out.append(
             Finding(FindingKind.BAD_NAME, "/name", "tool-name", _excerpt(shown, 0, len(shown)))
         )
+    pieces: list[tuple[str, str]] = []
     for member, value in tool.items():
         if member in _UNSCANNED_TOOL_MEMBERS:
             continue
-        for where, text in _walk(value, _pointer("", member), keys=True):
-            _scan_text(text, where, _DEFINITION_DETECTORS, out)
+        pieces.extend(_walk(value, _pointer("", member), keys=True))
+    out.extend(_scan_texts(pieces, _DEFINITION_RULES))
     return tuple(out)
 
 
@@ -426,10 +697,7 @@ def scan_result(result: Mapping[str, Any]) -> tuple[Finding, ...]:
     A 2026-07-28 `input_required` result is not scanned at all."""
     if _is_input_required(result):
         return ()
-    out: list[Finding] = []
-    for where, text in _result_strings(result):
-        _scan_text(text, where, _RESULT_DETECTORS, out)
-    return tuple(out)
+    return tuple(_scan_texts(list(_result_strings(result)), _RESULT_RULES))
 
 
 _MARKERS: Final = {
@@ -501,8 +769,16 @@ def tool_digest(tool: Mapping[str, Any]) -> str:
     """Hex SHA-256 of a tool definition's canonical form: the pinned view (see `_pinned_view`)
     as JSON with sorted keys and no whitespace, so key order and formatting on the wire do not
     matter while any changed string, number, enum value, default or annotation does. Strings are
-    not Unicode-normalised: an added invisible character is a change."""
-    return hashlib.sha256(orjson.dumps(_pinned_view(tool), option=orjson.OPT_SORT_KEYS)).hexdigest()
+    not Unicode-normalised: an added invisible character is a change.
+
+    Raises ValueError for a definition orjson cannot serialise, above all one nested deeper
+    than its limit of 254 levels (orjson parses up to 1024): the caller refuses such a tool.
+    """
+    try:
+        canonical = orjson.dumps(_pinned_view(tool), option=orjson.OPT_SORT_KEYS)
+    except orjson.JSONEncodeError as exc:
+        raise ValueError(f"tool definition cannot be pinned: {exc}") from exc
+    return hashlib.sha256(canonical).hexdigest()
 
 
 _DIFF_VALUE_MAX: Final = 200
