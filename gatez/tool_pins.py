@@ -29,6 +29,14 @@ definition recorded); observed with the pinned digest again → PINNED. A name a
 the tenant showed first → COLLISION. `approve` turns the observed definition of a CHANGED or
 POISONED tool into the pin; a COLLISION cannot be approved: the operator removes or renames one
 of the servers (`forget_server` releases a removed server's names).
+
+For the data plane: `verdict` is None for a tool no tools/list answer showed through Gatez (or
+one refused as out of bounds): refuse its calls. REFUSED verdicts are never stored. The store
+computes the diff of a newly changed definition itself, with the `diff` it was given (JSON texts
+in: adapt `agent.poisoning.definition_diff` to that), once per new observed digest.
+Bounds: definitions stored clipped to 64 KiB (the digest is the caller's, of the whole one), at
+most 1000 tools per server, names of 1 to 128 characters, 32 findings and 200 change lines of at
+most 1000 characters each.
 """
 
 from __future__ import annotations
