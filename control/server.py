@@ -32,6 +32,7 @@ from gatez.telemetry import (
     ValueCollector,
     new_registry,
 )
+from gatez.tool_pins import RedisPyScripts, ToolPinStore
 from gatez.v1 import control_pb2, control_pb2_grpc, policy_pb2
 
 CONTROL_SERVICE: Final = control_pb2.DESCRIPTOR.services_by_name["ControlService"].full_name
@@ -101,7 +102,10 @@ async def start(settings: Settings) -> ControlServer:
             options=[("grpc.so_reuseport", 0)],
         )
         control_pb2_grpc.add_ControlServiceServicer_to_server(
-            ControlServicer(store, logs, data_planes, box), server
+            ControlServicer(
+                store, logs, data_planes, box, tool_pins=ToolPinStore(RedisPyScripts(redis))
+            ),
+            server,
         )
         control_pb2_grpc.add_DataPlaneServiceServicer_to_server(
             DataPlaneServicer(store, logs, data_planes), server

@@ -50,6 +50,7 @@ from gatez.logstore import LogStore, UsageCounts
 from gatez.policy import NAME_PATTERN, PROVIDER_KINDS, TENANT_ID_PATTERN
 from gatez.prices import DEFAULT_PRICES, model_name, parse_price, price_to_proto
 from gatez.secrets import SecretBox, seal_clear_credentials
+from gatez.tool_pins import MAX_TOOL_NAME, PinState, ToolPin, ToolPinStore
 from gatez.v1 import control_pb2, control_pb2_grpc, policy_pb2
 
 DEFAULT_LOG_LIMIT: Final = 100
@@ -125,10 +126,12 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
         data_planes: DataPlaneRegistry,
         secret_box: SecretBox,
         *,
+        tool_pins: ToolPinStore,
         clock: Clock = utc_now,
         new_id: IdGenerator = random_id,
     ) -> None:
         self._store = store
+        self._tool_pins = tool_pins
         self._logs = logs
         self._data_planes = data_planes
         self._box = secret_box
@@ -683,6 +686,67 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
             end_date=last.isoformat(),
             truncated=report.truncated,
         )
+
+    # Tool pins: the data plane pins MCP tool definitions; operators review and approve here.
+
+    @public_errors
+    async def ListToolPins(
+        self, request: control_pb2.ListToolPinsRequest, context: Context
+    ) -> control_pb2.ListToolPinsResponse:
+        tenant_id = _pinned_tenant(request.tenant_id)
+        server = _valid_id(request.server, "server")
+        pins = await self._tool_pins.list_pins(tenant_id, server)
+        return control_pb2.ListToolPinsResponse(tool_pins=[_tool_pin_to_proto(p) for p in pins])
+
+    @public_errors
+    async def ApproveToolDefinition(
+        self, request: control_pb2.ApproveToolDefinitionRequest, context: Context
+    ) -> control_pb2.ApproveToolDefinitionResponse:
+        tenant_id = _pinned_tenant(request.tenant_id)
+        server = _valid_id(_require(request.server, "server"), "server")
+        tool = _require(request.tool, "tool")
+        if len(tool) > MAX_TOOL_NAME:
+            raise InvalidRequest(f"tool is longer than {MAX_TOOL_NAME} characters")
+        digest = _require(request.digest, "digest")
+        approver = _require(request.approver, "approver")
+        pin = await self._tool_pins.approve(tenant_id, server, tool, digest, approver)
+        log.info("tool %r of %s/%s approved by %r", tool, tenant_id, server, approver)
+        return control_pb2.ApproveToolDefinitionResponse(tool_pin=_tool_pin_to_proto(pin))
+
+
+def _pinned_tenant(tenant_id: str) -> str:
+    # Not looked up in the policy: a deleted tenant's pins stay readable until forgotten.
+    if not TENANT_ID_PATTERN.fullmatch(_require(tenant_id, "tenant_id")):
+        raise InvalidRequest(f"tenant_id {quoted(tenant_id)} is not valid")
+    return tenant_id
+
+
+_PIN_STATES: Final = {
+    PinState.PINNED: control_pb2.TOOL_PIN_STATE_PINNED,
+    PinState.CHANGED: control_pb2.TOOL_PIN_STATE_CHANGED,
+    PinState.POISONED: control_pb2.TOOL_PIN_STATE_POISONED,
+    PinState.COLLISION: control_pb2.TOOL_PIN_STATE_COLLISION,
+}
+
+
+def _tool_pin_to_proto(pin: ToolPin) -> control_pb2.ToolPin:
+    message = control_pb2.ToolPin(
+        tenant_id=pin.tenant_id,
+        server=pin.server,
+        tool=pin.tool,
+        state=_PIN_STATES.get(pin.state, control_pb2.TOOL_PIN_STATE_UNSPECIFIED),
+        pinned_digest=pin.pinned_digest,
+        observed_digest=pin.observed_digest,
+        pinned_definition_json=pin.pinned_definition,
+        observed_definition_json=pin.observed_definition,
+        changes=pin.changes,
+        findings=pin.findings,
+    )
+    if pin.pin_time is not None:
+        message.pin_time.FromDatetime(pin.pin_time)
+    if pin.observe_time is not None:
+        message.observe_time.FromDatetime(pin.observe_time)
+    return message
 
 
 def _date(value: str, field: str) -> dt.date | None:
