@@ -20,16 +20,17 @@ server's own requests) passed on as it came.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Mapping, Sequence
-from typing import Any, Final, Protocol
+from collections.abc import Awaitable
+from typing import Any, Final
 
 import orjson
 
 from agent.jsonrpc import LIMIT_EXCEEDED, error_body
-from agent.poisoning import definition_diff, scan_result, scan_tool, strip_result, tool_digest
+from agent.poisoning import scan_result, scan_tool, strip_result, tool_digest
 from gatez.agent_policy import AgentRules, ResultScan
 from gatez.pipeline import CONTINUE, BodyMode, Flow, McpCall, Stage, Verdict
 from gatez.sse import SseSplitter, event_data
+from gatez.tool_pins import ObservedTool, ToolPinStore
 
 log = logging.getLogger("gatez.agent")
 
@@ -42,25 +43,10 @@ JUDGED_METHODS: Final = LIST_METHODS | {"tools/call"}
 BLOCKED_RESULT: Final = "the tool's result was withheld: it carried what looks like injected instructions"
 
 
-class PinStore(Protocol):
-    """The tenant's pinned tool definitions (`gatez.tool_pins.ToolPinStore`)."""
-
-    async def observe_tools(
-        self, tenant_id: str, server: str, tools: Sequence[ObservedTool]
-    ) -> Mapping[str, bool]:
-        """Records what a server's tools/list said; answers, per tool name, whether the tool
-        may be shown and called (pinned, unchanged, clean, not colliding)."""
-        ...
-
-
-class ObservedTool(Protocol):
-    name: str
-
-
 class McpAnswers(Stage):
     """Filters lists, scans results, bounds sizes (see the module doc)."""
 
-    def __init__(self, pins: PinStore) -> None:
+    def __init__(self, pins: ToolPinStore) -> None:
         self._pins = pins
 
     def on_response_headers(self, flow: Flow) -> Verdict:
@@ -185,43 +171,30 @@ class McpAnswers(Stage):
         ]
         if not allowed:
             return []
-        observed = [_Observed.of(tool) for tool in allowed]
-        visible = await self._pins.observe_tools(flow.caller.tenant_id, server, observed)
-        kept = [t for t in allowed if visible.get(str(t.get("name")), False)]
+        observed = [_observed(tool) for tool in allowed]
+        verdicts = await self._pins.observe(flow.caller.tenant_id, server, observed)
+        kept = [
+            tool
+            for tool, seen in zip(allowed, observed, strict=True)
+            if (verdict := verdicts.get(seen.name)) is not None and verdict.allowed
+        ]
         hidden = len(_entries(tools)) - len(kept)
         if hidden:
             mcp.reason = f"{hidden} tools hidden"
         return kept
 
 
-class _Observed:
-    """A tool as the pin store records it: name, digest, definition, scan findings."""
-
-    __slots__ = ("definition", "definition_json", "digest", "findings", "name")
-
-    def __init__(
-        self, name: str, digest: str, definition: dict[str, Any], findings: tuple[str, ...]
-    ) -> None:
-        self.name = name
-        self.digest = digest
-        self.definition = definition
-        self.definition_json = orjson.dumps(definition, option=orjson.OPT_SORT_KEYS).decode()
-        self.findings = findings
-
-    @classmethod
-    def of(cls, tool: dict[str, Any]) -> _Observed:
-        findings = tuple(
-            f"{finding.kind.value} at {finding.where}: {finding.excerpt}"
-            for finding in scan_tool(tool)
-        )
-        return cls(str(tool.get("name", "")), tool_digest(tool), tool, findings)
-
-    def changes_from(self, pinned: Mapping[str, Any]) -> list[str]:
-        """What changed from the pinned definition, one readable line per JSON path."""
-        return [
-            f"{change['path']} {change['op']}: {change.get('old')!r} -> {change.get('new')!r}"
-            for change in definition_diff(pinned, self.definition)
-        ]
+def _observed(tool: dict[str, Any]) -> ObservedTool:
+    """A listed tool as the pin store records it: its digest, its definition, its findings."""
+    findings = tuple(
+        f"{finding.kind.value} at {finding.where}: {finding.excerpt}" for finding in scan_tool(tool)
+    )
+    return ObservedTool(
+        name=str(tool.get("name", "")),
+        digest=tool_digest(tool),
+        definition=orjson.dumps(tool, option=orjson.OPT_SORT_KEYS).decode(),
+        findings=findings,
+    )
 
 
 def _judge_result(
