@@ -15,7 +15,15 @@ import pytest
 
 from extproc.logsink import Batch, ClickHouseLogWriter, LogSink
 from extproc.spool import Spool, parse_segment
-from gatez.logrows import PATH_LIMIT, AiLogRow, RequestLogRow, batch_from_proto, encoded_size
+from gatez.logrows import (
+    ARGUMENTS_LIMIT,
+    PATH_LIMIT,
+    AgentLogRow,
+    AiLogRow,
+    RequestLogRow,
+    batch_from_proto,
+    encoded_size,
+)
 from gatez.logstore import LogStore, RowsRefused
 from gatez.v1 import control_pb2, logs_pb2
 
@@ -57,7 +65,32 @@ def ai_row(n: int, tenant: str = "acme") -> AiLogRow:
     )
 
 
-def ids(rows: Sequence[RequestLogRow | AiLogRow]) -> list[str]:
+def agent_row(
+    n: int, tenant: str = "acme", arguments: str = '{"repo": "acme/site"}'
+) -> AgentLogRow:
+    return AgentLogRow(
+        time=T0 + dt.timedelta(milliseconds=n),
+        request_id=f"req-{n}",
+        tenant_id=tenant,
+        caller="key-1",
+        session_id_digest="5d41402abc4b2a76b9719d911017c592",
+        server="github",
+        method="tools/call",
+        tool="create_issue",
+        decision="allowed" if n % 2 else "denied",
+        reason="" if n % 2 else "no rule allows tool create_issue",
+        approver="",
+        arguments_digest="9b" * 32,
+        arguments_json=arguments,
+        status=200,
+        latency_ms=12.5,
+        result_bytes=100 + n,
+        protocol_version="2025-11-25",
+        node_id="node-a",
+    )
+
+
+def ids(rows: Sequence[RequestLogRow | AiLogRow | AgentLogRow]) -> list[str]:
     return [r.request_id for r in rows]
 
 
@@ -77,24 +110,31 @@ class RecordingWriter:
         self.batches: list[tuple[list[str], list[str]]] = []
         self.requests: list[RequestLogRow] = []
         self.ai: list[AiLogRow] = []
+        self.agents: list[AgentLogRow] = []
+        # Request ids of each batch of agent rows (`batches` has the two other tables').
+        self.agent_batches: list[list[str]] = []
         self.wrote = asyncio.Event()
 
     async def write(self, batch: Batch) -> None:
         self.attempts += 1
         if self.broken or self.attempts <= self.failures:
             raise ConnectionError("clickhouse is away")
-        requests, ai = batch.rows()
-        if self.poison & set(ids(requests) + ids(ai)):
+        requests, ai, agents = batch.rows()
+        if self.poison & set(ids(requests) + ids(ai) + ids(agents)):
             raise RowsRefused()
-        self.batches.append((ids(requests), ids(ai)))
+        if agents:
+            self.agent_batches.append(ids(agents))
+        else:
+            self.batches.append((ids(requests), ids(ai)))
         self.requests.extend(requests)
         self.ai.extend(ai)
+        self.agents.extend(agents)
         self.wrote.set()
 
 
 async def wait_for_rows(writer: RecordingWriter, rows: int) -> None:
     async with asyncio.timeout(5):
-        while len(writer.requests) + len(writer.ai) < rows:
+        while len(writer.requests) + len(writer.ai) + len(writer.agents) < rows:
             writer.wrote.clear()
             await writer.wrote.wait()
 
@@ -119,8 +159,8 @@ def spooled_ids(directory: Path) -> list[str]:
     found: list[str] = []
     for path in sorted(directory.glob("*.seg")):
         for record in parse_segment(path.read_bytes()).records:
-            requests, ai = batch_from_proto(logs_pb2.LogBatch.FromString(record))
-            found += ids(requests) + ids(ai)
+            requests, ai, agents = batch_from_proto(logs_pb2.LogBatch.FromString(record))
+            found += ids(requests) + ids(ai) + ids(agents)
     return found
 
 
