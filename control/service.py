@@ -39,8 +39,11 @@ from gatez.errors import (
     quoted,
 )
 from gatez.logrows import (
+    AgentLogRow,
     AiLogRow,
     RequestLogRow,
+    agent_log_from_proto,
+    agent_log_to_proto,
     ai_log_from_proto,
     ai_log_to_proto,
     request_log_from_proto,
@@ -597,6 +600,23 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
         )
         return control_pb2.ListAiLogsResponse(ai_logs=[ai_log_to_proto(r) for r in rows])
 
+    @public_errors
+    async def ListAgentAudit(
+        self, request: control_pb2.ListAgentAuditRequest, context: Context
+    ) -> control_pb2.ListAgentAuditResponse:
+        tenant_id = _require(request.tenant_id, "tenant_id")
+        rows = await asyncio.to_thread(
+            functools.partial(
+                self._logs.recent_agent_logs,
+                tenant_id,
+                _log_limit(request.limit),
+                server=request.server,
+                session_id_digest=request.session_id_digest,
+                decision=request.decision,
+            )
+        )
+        return control_pb2.ListAgentAuditResponse(agent_logs=[agent_log_to_proto(r) for r in rows])
+
     # Cost
 
     @public_errors
@@ -968,12 +988,19 @@ class DataPlaneServicer(control_pb2_grpc.DataPlaneServiceServicer):
     ) -> control_pb2.IngestLogsResponse:
         request_rows = [request_log_from_proto(m) for m in request.request_logs]
         ai_rows = [ai_log_from_proto(m) for m in request.ai_logs]
-        await asyncio.to_thread(self._insert, request_rows, ai_rows)
+        agent_rows = [agent_log_from_proto(m) for m in request.agent_logs]
+        await asyncio.to_thread(self._insert, request_rows, ai_rows, agent_rows)
         return control_pb2.IngestLogsResponse()
 
-    def _insert(self, request_rows: list[RequestLogRow], ai_rows: list[AiLogRow]) -> None:
+    def _insert(
+        self,
+        request_rows: list[RequestLogRow],
+        ai_rows: list[AiLogRow],
+        agent_rows: list[AgentLogRow],
+    ) -> None:
         self._logs.insert_request_logs(request_rows)
         self._logs.insert_ai_logs(ai_rows)
+        self._logs.insert_agent_logs(agent_rows)
 
 
 def _listed(names: list[str], limit: int = 10) -> str:

@@ -37,8 +37,11 @@ import grpc
 
 from extproc.spool import Segment, Spool
 from gatez.logrows import (
+    AgentLogRow,
     AiLogRow,
     RequestLogRow,
+    agent_log_from_proto,
+    agent_log_to_proto,
     ai_log_from_proto,
     ai_log_to_proto,
     clip_row,
@@ -77,42 +80,54 @@ class Batch:
 
     requests: Sequence[RequestLogRow] = ()
     ai: Sequence[AiLogRow] = ()
+    agents: Sequence[AgentLogRow] = ()
     spooled: logs_pb2.LogBatch | None = field(default=None, compare=False)
 
     def __len__(self) -> int:
         if self.spooled is not None:
-            return len(self.spooled.request_logs) + len(self.spooled.ai_logs)
-        return len(self.requests) + len(self.ai)
+            message = self.spooled
+            return len(message.request_logs) + len(message.ai_logs) + len(message.agent_logs)
+        return len(self.requests) + len(self.ai) + len(self.agents)
 
-    def rows(self) -> tuple[Sequence[RequestLogRow], Sequence[AiLogRow]]:
+    def rows(
+        self,
+    ) -> tuple[Sequence[RequestLogRow], Sequence[AiLogRow], Sequence[AgentLogRow]]:
         """The batch as row dataclasses (converting a spooled batch)."""
         if self.spooled is None:
-            return self.requests, self.ai
+            return self.requests, self.ai, self.agents
         return (
             [request_log_from_proto(m) for m in self.spooled.request_logs],
             [ai_log_from_proto(m) for m in self.spooled.ai_logs],
+            [agent_log_from_proto(m) for m in self.spooled.agent_logs],
         )
 
     def halves(self) -> tuple[Batch, Batch]:
         if self.spooled is not None:
             message = self.spooled
             requests, ai = list(message.request_logs), list(message.ai_logs)
-            cut_requests, cut_ai = len(requests) // 2, len(ai) // 2
+            agents = list(message.agent_logs)
+            cut_requests, cut_ai, cut_agents = len(requests) // 2, len(ai) // 2, len(agents) // 2
             return (
-                Batch(spooled=_spooled(requests[:cut_requests], ai[:cut_ai])),
-                Batch(spooled=_spooled(requests[cut_requests:], ai[cut_ai:])),
+                Batch(spooled=_spooled(requests[:cut_requests], ai[:cut_ai], agents[:cut_agents])),
+                Batch(spooled=_spooled(requests[cut_requests:], ai[cut_ai:], agents[cut_agents:])),
             )
         cut_requests, cut_ai = len(self.requests) // 2, len(self.ai) // 2
+        cut_agents = len(self.agents) // 2
         return (
-            Batch(self.requests[:cut_requests], self.ai[:cut_ai]),
-            Batch(self.requests[cut_requests:], self.ai[cut_ai:]),
+            Batch(self.requests[:cut_requests], self.ai[:cut_ai], self.agents[:cut_agents]),
+            Batch(self.requests[cut_requests:], self.ai[cut_ai:], self.agents[cut_agents:]),
         )
 
 
-def _spooled(requests: list[logs_pb2.RequestLog], ai: list[logs_pb2.AiLog]) -> logs_pb2.LogBatch:
+def _spooled(
+    requests: list[logs_pb2.RequestLog],
+    ai: list[logs_pb2.AiLog],
+    agents: list[logs_pb2.AgentLog],
+) -> logs_pb2.LogBatch:
     message = logs_pb2.LogBatch()
     message.request_logs.extend(requests)
     message.ai_logs.extend(ai)
+    message.agent_logs.extend(agents)
     return message
 
 
@@ -133,8 +148,9 @@ async def fill(message: logs_pb2.LogBatch | control_pb2.IngestLogsRequest, batch
         if batch.spooled is not None:
             message.request_logs.extend(batch.spooled.request_logs)
             message.ai_logs.extend(batch.spooled.ai_logs)
+            message.agent_logs.extend(batch.spooled.agent_logs)
             return
-        requests, ai = batch.requests, batch.ai
+        requests, ai, agents = batch.requests, batch.ai, batch.agents
         for start in range(0, len(requests), CONVERT_SLICE):
             message.request_logs.extend(
                 request_log_to_proto(r) for r in requests[start : start + CONVERT_SLICE]
@@ -142,6 +158,11 @@ async def fill(message: logs_pb2.LogBatch | control_pb2.IngestLogsRequest, batch
             await asyncio.sleep(0)
         for start in range(0, len(ai), CONVERT_SLICE):
             message.ai_logs.extend(ai_log_to_proto(r) for r in ai[start : start + CONVERT_SLICE])
+            await asyncio.sleep(0)
+        for start in range(0, len(agents), CONVERT_SLICE):
+            message.agent_logs.extend(
+                agent_log_to_proto(r) for r in agents[start : start + CONVERT_SLICE]
+            )
             await asyncio.sleep(0)
     except (ValueError, TypeError) as error:
         raise RowsRefused(f"rows that cannot be encoded: {error}") from error
@@ -164,11 +185,13 @@ class ClickHouseLogWriter:
         await asyncio.to_thread(self._insert, batch)
 
     def _insert(self, batch: Batch) -> None:
-        requests, ai = batch.rows()
+        requests, ai, agents = batch.rows()
         if requests:
             self._store.insert_request_logs(requests)
         if ai:
             self._store.insert_ai_logs(ai)
+        if agents:
+            self._store.insert_agent_logs(agents)
 
 
 class ControlLogWriter:
@@ -192,7 +215,7 @@ class ControlLogWriter:
             raise
 
 
-T = TypeVar("T", RequestLogRow, AiLogRow)
+T = TypeVar("T", RequestLogRow, AiLogRow, AgentLogRow)
 
 
 class LogSink:
@@ -227,12 +250,13 @@ class LogSink:
         self._max_rows = max_rows
         self._requests: deque[RequestLogRow] = deque(maxlen=max_rows)
         self._ai: deque[AiLogRow] = deque(maxlen=max_rows)
+        self._agents: deque[AgentLogRow] = deque(maxlen=max_rows)
         # Batches cut from the queues and not yet stored; each is written (or spooled) whole.
         self._pending: deque[Batch] = deque()
         # The batch being written; back to the front of `_pending` if the write fails.
         self._writing: Batch | None = None
         # Rows being cut into a batch (between two slices of the work).
-        self._cutting: list[RequestLogRow] | list[AiLogRow] = []
+        self._cutting: list[RequestLogRow] | list[AiLogRow] | list[AgentLogRow] = []
         self._cut_lock = asyncio.Lock()
         # The spool segment being replayed and its batches not yet stored.
         self._replay: tuple[Segment, deque[Batch]] | None = None
@@ -266,6 +290,11 @@ class LogSink:
 
     def add_ai(self, row: AiLogRow) -> None:
         self._add(self._ai, row)
+
+    def add_agent(self, row: AgentLogRow) -> None:
+        """Queues one agent action's row, its text clipped to its bounds (`logrows.clip_row`:
+        the row itself when it fits, as it almost always does)."""
+        self._add(self._agents, clip_row(row))
 
     def _add(self, queue: deque[T], row: T) -> None:
         if len(queue) == self._max_rows:
@@ -461,12 +490,14 @@ class LogSink:
     # -- cutting batches ----------------------------------------------------------------------
 
     async def _cut_next(self, rows_left: int | None = None) -> bool:
-        """Cuts the next batch from the queues into `_pending`; False when both are empty.
+        """Cuts the next batch from the queues into `_pending`; False when all are empty.
         Callers hold `_cut_lock`."""
         if self._requests:
             batch = Batch(requests=await self._cut(self._requests, rows_left))
         elif self._ai:
             batch = Batch(ai=await self._cut(self._ai, rows_left))
+        elif self._agents:
+            batch = Batch(agents=await self._cut(self._agents, rows_left))
         else:
             return False
         self._pending.append(batch)
@@ -555,13 +586,15 @@ class LogSink:
         return (
             len(self._requests)
             + len(self._ai)
+            + len(self._agents)
             + len(self._cutting)
             + sum(len(b) for b in self._pending)
         )
 
 
-def _batch_of(rows: list[RequestLogRow] | list[AiLogRow]) -> Batch:
+def _batch_of(rows: list[RequestLogRow] | list[AiLogRow] | list[AgentLogRow]) -> Batch:
     return Batch(
         [r for r in rows if isinstance(r, RequestLogRow)],
         [r for r in rows if isinstance(r, AiLogRow)],
+        [r for r in rows if isinstance(r, AgentLogRow)],
     )

@@ -1,8 +1,12 @@
-"""Log rows: the request log (one row per request) and the AI log (one row per LLM call).
+"""Log rows: the request log (one row per request), the AI log (one row per LLM call) and the
+agent log (one row per agent action: an MCP message the gateway allowed, refused, held or
+changed).
 
 The same dataclasses are written by data planes, shipped over gRPC, spooled to disk, and stored
 in ClickHouse. A row's text is bounded where the row is made (`clip`), so one row can never
 outgrow a batch, and `encoded_size` bounds what a row costs in a batch before it is encoded.
+Agent rows are bounded as they enter the sink (`LogSink.add_agent` applies `clip_row`), so no
+stage can forget it; their raw arguments to `ARGUMENTS_LIMIT` bytes.
 """
 
 from __future__ import annotations
@@ -59,12 +63,51 @@ class AiLogRow:
     attempts: tuple[str, ...] = ()
 
 
-LogRow: TypeAlias = RequestLogRow | AiLogRow
+@dataclass(frozen=True, slots=True)
+class AgentLogRow:
+    """One agent action (see AgentLog in logs.proto); the sink clips its text (`clip_row`)."""
+
+    time: dt.datetime
+    request_id: str
+    tenant_id: str
+    # The API key id, or "jwt:<subject>".
+    caller: str
+    # SHA-256 (hex, first 32 digits) of the Mcp-Session-Id; empty for sessionless revisions.
+    session_id_digest: str
+    server: str
+    # The JSON-RPC method ("tools/call"), or the HTTP method for GET streams and DELETE.
+    method: str
+    # The tool, prompt or resource the message names.
+    tool: str
+    # "allowed", "denied", "approved", "approval_denied", "approval_timeout", "error",
+    # "flagged", "stripped", "blocked".
+    decision: str
+    reason: str
+    # Who approved or denied a held call.
+    approver: str
+    # SHA-256 (hex) of the call's arguments as JSON.
+    arguments_digest: str
+    # The raw arguments, only when the policy says so; at most ARGUMENTS_LIMIT bytes.
+    arguments_json: str
+    status: int
+    latency_ms: float
+    # Bytes of the upstream's answer passed to the client.
+    result_bytes: int
+    # The MCP protocol revision the client spoke.
+    protocol_version: str
+    node_id: str
+
+
+LogRow: TypeAlias = RequestLogRow | AiLogRow | AgentLogRow
 
 # Bounds on the text a client can put in a row (characters; at most 4 UTF-8 bytes each): a path
 # can be as long as the proxy's header limit (60 KiB in Envoy), which no log reader needs.
 PATH_LIMIT: Final = 2048
 TEXT_LIMIT: Final = 256
+# An agent row's reason may quote what was refused (an argument, a changed definition's part).
+REASON_LIMIT: Final = 1024
+# UTF-8 bytes of an agent row's raw arguments (logs.proto: "clipped to 16 KiB").
+ARGUMENTS_LIMIT: Final = 16 * 1024
 
 
 def clip(text: str, limit: int = TEXT_LIMIT) -> str:
@@ -72,13 +115,76 @@ def clip(text: str, limit: int = TEXT_LIMIT) -> str:
     return text if len(text) <= limit else text[:limit]
 
 
+def clip_utf8(text: str, limit: int) -> str:
+    """`text` cut to at most `limit` UTF-8 bytes, on a character boundary (unchanged, and not
+    copied, when it fits)."""
+    if _fits_utf8(text, limit):
+        return text
+    if text.isascii():
+        return text[:limit]
+    # A character cut in two leaves a partial sequence at the end, which "ignore" drops.
+    return text.encode()[:limit].decode(errors="ignore")
+
+
+def _fits_utf8(text: str, limit: int) -> bool:
+    # Cheapest test first: no character takes more than 4 bytes.
+    return len(text) * 4 <= limit or (
+        len(text) <= limit and (text.isascii() or len(text.encode()) <= limit)
+    )
+
+
+def _agent_row_fits(row: AgentLogRow) -> bool:
+    return (
+        len(row.request_id) <= TEXT_LIMIT
+        and len(row.tenant_id) <= TEXT_LIMIT
+        and len(row.caller) <= TEXT_LIMIT
+        and len(row.session_id_digest) <= TEXT_LIMIT
+        and len(row.server) <= TEXT_LIMIT
+        and len(row.method) <= TEXT_LIMIT
+        and len(row.tool) <= TEXT_LIMIT
+        and len(row.decision) <= TEXT_LIMIT
+        and len(row.reason) <= REASON_LIMIT
+        and len(row.approver) <= TEXT_LIMIT
+        and len(row.arguments_digest) <= TEXT_LIMIT
+        and _fits_utf8(row.arguments_json, ARGUMENTS_LIMIT)
+        and len(row.protocol_version) <= TEXT_LIMIT
+        and len(row.node_id) <= TEXT_LIMIT
+    )
+
+
 @overload
 def clip_row(row: RequestLogRow) -> RequestLogRow: ...
 @overload
 def clip_row(row: AiLogRow) -> AiLogRow: ...
+@overload
+def clip_row(row: AgentLogRow) -> AgentLogRow: ...
 def clip_row(row: LogRow) -> LogRow:
     """The row with every text field cut to its bound; for rows made elsewhere than the access
-    log (the sink applies it to a row that would not fit a batch on its own)."""
+    log (the sink applies it to a row that would not fit a batch on its own, and to every agent
+    row as it arrives). An agent row that fits is returned as it is."""
+    if isinstance(row, AgentLogRow):
+        if _agent_row_fits(row):
+            return row
+        return AgentLogRow(
+            time=row.time,
+            request_id=clip(row.request_id),
+            tenant_id=clip(row.tenant_id),
+            caller=clip(row.caller),
+            session_id_digest=clip(row.session_id_digest),
+            server=clip(row.server),
+            method=clip(row.method),
+            tool=clip(row.tool),
+            decision=clip(row.decision),
+            reason=clip(row.reason, REASON_LIMIT),
+            approver=clip(row.approver),
+            arguments_digest=clip(row.arguments_digest),
+            arguments_json=clip_utf8(row.arguments_json, ARGUMENTS_LIMIT),
+            status=row.status,
+            latency_ms=row.latency_ms,
+            result_bytes=row.result_bytes,
+            protocol_version=clip(row.protocol_version),
+            node_id=clip(row.node_id),
+        )
     if isinstance(row, RequestLogRow):
         return RequestLogRow(
             time=row.time,
@@ -125,6 +231,9 @@ def _text_size(text: str) -> int:
 # more each for fields numbered 16 and up (two-byte tags).
 _REQUEST_FIXED: Final = 4 + 14 + 6 + 9
 _AI_FIXED: Final = 4 + 14 + 3 * 6 + 2 * 9 + 2 * 2 + (7 + 10 + 3)
+# status (uint32), latency_ms (double), result_bytes (uint64, field 16: 2 + 10), and the
+# two-byte tags of protocol_version (17) and node_id (18).
+_AGENT_FIXED: Final = 4 + 14 + 6 + 9 + 12 + 2
 
 
 def encoded_size(row: LogRow) -> int:
@@ -143,6 +252,24 @@ def encoded_size(row: LogRow) -> int:
             + _text_size(row.error)
             + _text_size(row.node_id)
         )
+    if isinstance(row, AgentLogRow):
+        return (
+            _AGENT_FIXED
+            + _text_size(row.request_id)
+            + _text_size(row.tenant_id)
+            + _text_size(row.caller)
+            + _text_size(row.session_id_digest)
+            + _text_size(row.server)
+            + _text_size(row.method)
+            + _text_size(row.tool)
+            + _text_size(row.decision)
+            + _text_size(row.reason)
+            + _text_size(row.approver)
+            + _text_size(row.arguments_digest)
+            + _text_size(row.arguments_json)
+            + _text_size(row.protocol_version)
+            + _text_size(row.node_id)
+        )
     return (
         _AI_FIXED
         + _text_size(row.request_id)
@@ -157,15 +284,18 @@ def encoded_size(row: LogRow) -> int:
 
 REQUEST_LOG_TABLE: Final = "request_log"
 AI_LOG_TABLE: Final = "ai_log"
+AGENT_LOG_TABLE: Final = "agent_log"
 REQUEST_LOG_COLUMNS: Final = tuple(f.name for f in fields(RequestLogRow))
 AI_LOG_COLUMNS: Final = tuple(f.name for f in fields(AiLogRow))
+AGENT_LOG_COLUMNS: Final = tuple(f.name for f in fields(AgentLogRow))
 
 # Blocks whose hashes a table remembers: a batch inserted again (a retry after a timeout whose
 # insert went through, a spool segment replayed again after a crash) is the same block, and is
 # dropped rather than stored twice. ReplicatedMergeTree deduplicates on its own.
 DEDUPLICATION_WINDOW: Final = 10_000
 
-# Ordered by tenant first: every query filters on tenant_id.
+# Ordered by tenant first: every query filters on tenant_id. SCHEMA runs at every start, so a
+# table added here is created on a database made by an older version too.
 SCHEMA: Final = (
     f"""CREATE TABLE IF NOT EXISTS {REQUEST_LOG_TABLE} (
         time DateTime64(3, 'UTC'), request_id String, tenant_id LowCardinality(String),
@@ -181,6 +311,20 @@ SCHEMA: Final = (
         node_id LowCardinality(String), usage_estimated Bool DEFAULT false,
         cached_input_tokens UInt32 DEFAULT 0, cost_usd Float64 DEFAULT 0,
         price_known Bool DEFAULT false, attempts Array(String) DEFAULT []
+    ) ENGINE = MergeTree ORDER BY (tenant_id, time)
+    SETTINGS non_replicated_deduplication_window = {DEDUPLICATION_WINDOW}""",
+    # status is UInt32 as in AgentLog: a JSON-RPC exchange's status is the gateway's to choose,
+    # and a value the proto holds must never make the row unstorable. The bloom filter lets
+    # ListAgentAudit's session filter skip granules within a tenant's range.
+    f"""CREATE TABLE IF NOT EXISTS {AGENT_LOG_TABLE} (
+        time DateTime64(3, 'UTC'), request_id String, tenant_id LowCardinality(String),
+        caller String, session_id_digest String, server LowCardinality(String),
+        method LowCardinality(String), tool LowCardinality(String),
+        decision LowCardinality(String), reason String, approver String,
+        arguments_digest String, arguments_json String CODEC(ZSTD), status UInt32,
+        latency_ms Float64, result_bytes UInt64, protocol_version LowCardinality(String),
+        node_id LowCardinality(String),
+        INDEX session_id_digest_index session_id_digest TYPE bloom_filter GRANULARITY 4
     ) ENGINE = MergeTree ORDER BY (tenant_id, time)
     SETTINGS non_replicated_deduplication_window = {DEDUPLICATION_WINDOW}""",
 )
@@ -201,7 +345,7 @@ MIGRATIONS: Final = (
 )
 
 
-def as_tuple(row: RequestLogRow | AiLogRow) -> tuple[object, ...]:
+def as_tuple(row: LogRow) -> tuple[object, ...]:
     return astuple(row)
 
 
@@ -297,15 +441,69 @@ def ai_log_from_proto(message: logs_pb2.AiLog) -> AiLogRow:
     )
 
 
-def batch_to_proto(requests: Sequence[RequestLogRow], ai: Sequence[AiLogRow]) -> logs_pb2.LogBatch:
+def agent_log_to_proto(row: AgentLogRow) -> logs_pb2.AgentLog:
+    return logs_pb2.AgentLog(
+        request_id=row.request_id,
+        time=_timestamp(row.time),
+        tenant_id=row.tenant_id,
+        caller=row.caller,
+        session_id_digest=row.session_id_digest,
+        server=row.server,
+        method=row.method,
+        tool=row.tool,
+        decision=row.decision,
+        reason=row.reason,
+        approver=row.approver,
+        arguments_digest=row.arguments_digest,
+        arguments_json=row.arguments_json,
+        status=row.status,
+        latency_ms=row.latency_ms,
+        result_bytes=row.result_bytes,
+        protocol_version=row.protocol_version,
+        node_id=row.node_id,
+    )
+
+
+def agent_log_from_proto(message: logs_pb2.AgentLog) -> AgentLogRow:
+    return AgentLogRow(
+        time=_datetime(message.time),
+        request_id=message.request_id,
+        tenant_id=message.tenant_id,
+        caller=message.caller,
+        session_id_digest=message.session_id_digest,
+        server=message.server,
+        method=message.method,
+        tool=message.tool,
+        decision=message.decision,
+        reason=message.reason,
+        approver=message.approver,
+        arguments_digest=message.arguments_digest,
+        arguments_json=message.arguments_json,
+        status=message.status,
+        latency_ms=message.latency_ms,
+        result_bytes=message.result_bytes,
+        protocol_version=message.protocol_version,
+        node_id=message.node_id,
+    )
+
+
+def batch_to_proto(
+    requests: Sequence[RequestLogRow],
+    ai: Sequence[AiLogRow],
+    agents: Sequence[AgentLogRow] = (),
+) -> logs_pb2.LogBatch:
     batch = logs_pb2.LogBatch()
     batch.request_logs.extend(request_log_to_proto(r) for r in requests)
     batch.ai_logs.extend(ai_log_to_proto(r) for r in ai)
+    batch.agent_logs.extend(agent_log_to_proto(r) for r in agents)
     return batch
 
 
-def batch_from_proto(batch: logs_pb2.LogBatch) -> tuple[list[RequestLogRow], list[AiLogRow]]:
+def batch_from_proto(
+    batch: logs_pb2.LogBatch,
+) -> tuple[list[RequestLogRow], list[AiLogRow], list[AgentLogRow]]:
     return (
         [request_log_from_proto(m) for m in batch.request_logs],
         [ai_log_from_proto(m) for m in batch.ai_logs],
+        [agent_log_from_proto(m) for m in batch.agent_logs],
     )

@@ -21,13 +21,17 @@ from clickhouse_connect.driver.exceptions import DataError
 
 from gatez.errors import InvalidRequest
 from gatez.logrows import (
+    AGENT_LOG_COLUMNS,
+    AGENT_LOG_TABLE,
     AI_LOG_COLUMNS,
     AI_LOG_TABLE,
     MIGRATIONS,
     REQUEST_LOG_COLUMNS,
     REQUEST_LOG_TABLE,
     SCHEMA,
+    AgentLogRow,
     AiLogRow,
+    LogRow,
     RequestLogRow,
     as_tuple,
 )
@@ -129,9 +133,11 @@ class LogStore:
         """Inserts the rows as one block; raises RowsRefused for rows the table cannot hold."""
         self._insert(AI_LOG_TABLE, AI_LOG_COLUMNS, rows)
 
-    def _insert(
-        self, table: str, columns: Sequence[str], rows: Sequence[RequestLogRow | AiLogRow]
-    ) -> None:
+    def insert_agent_logs(self, rows: Sequence[AgentLogRow]) -> None:
+        """Inserts the rows as one block; raises RowsRefused for rows the table cannot hold."""
+        self._insert(AGENT_LOG_TABLE, AGENT_LOG_COLUMNS, rows)
+
+    def _insert(self, table: str, columns: Sequence[str], rows: Sequence[LogRow]) -> None:
         if not rows:
             return
         try:
@@ -154,15 +160,51 @@ class LogStore:
         # Arrays come back as lists; the row holds tuples (frozen, as written).
         return [_frozen(AiLogRow(*r)) for r in rows]
 
+    def recent_agent_logs(
+        self,
+        tenant_id: str,
+        limit: int,
+        *,
+        server: str = "",
+        session_id_digest: str = "",
+        decision: str = "",
+    ) -> list[AgentLogRow]:
+        """One tenant's agent rows, newest first; each filter applies when not empty."""
+        filters = {
+            "server": server,
+            "session_id_digest": session_id_digest,
+            "decision": decision,
+        }
+        rows = self._recent(
+            AGENT_LOG_TABLE,
+            AGENT_LOG_COLUMNS,
+            tenant_id,
+            limit,
+            {column: value for column, value in filters.items() if value},
+        )
+        return [AgentLogRow(*r) for r in rows]
+
     def _recent(
-        self, table: str, columns: Sequence[str], tenant_id: str, limit: int
+        self,
+        table: str,
+        columns: Sequence[str],
+        tenant_id: str,
+        limit: int,
+        equal: dict[str, str] | None = None,
     ) -> list[tuple[Any, ...]]:
+        """Rows of `tenant_id` (and whose `equal` columns hold the given values), newest first.
+        Column names come from this module, never from a caller; values are parameters."""
+        conditions = ["tenant_id = {tenant:String}"]
+        parameters: dict[str, Any] = {"tenant": tenant_id, "limit": limit}
+        for column, value in (equal or {}).items():
+            conditions.append(f"{column} = {{{column}:String}}")
+            parameters[column] = value
         query = (
-            f"SELECT {', '.join(columns)} FROM {table} WHERE tenant_id = {{tenant:String}} "
+            f"SELECT {', '.join(columns)} FROM {table} WHERE {' AND '.join(conditions)} "
             "ORDER BY time DESC LIMIT {limit:UInt32}"
         )
         with self._lock:
-            result = self._client.query(query, parameters={"tenant": tenant_id, "limit": limit})
+            result = self._client.query(query, parameters=parameters)
         rows = []
         for row in result.result_rows:
             values = list(row)

@@ -15,7 +15,15 @@ import pytest
 
 from extproc.logsink import Batch, ClickHouseLogWriter, LogSink
 from extproc.spool import Spool, parse_segment
-from gatez.logrows import PATH_LIMIT, AiLogRow, RequestLogRow, batch_from_proto, encoded_size
+from gatez.logrows import (
+    ARGUMENTS_LIMIT,
+    PATH_LIMIT,
+    AgentLogRow,
+    AiLogRow,
+    RequestLogRow,
+    batch_from_proto,
+    encoded_size,
+)
 from gatez.logstore import LogStore, RowsRefused
 from gatez.v1 import control_pb2, logs_pb2
 
@@ -57,7 +65,30 @@ def ai_row(n: int, tenant: str = "acme") -> AiLogRow:
     )
 
 
-def ids(rows: Sequence[RequestLogRow | AiLogRow]) -> list[str]:
+def agent_row(n: int, tenant: str = "acme", arguments: str = '{"title": "t"}') -> AgentLogRow:
+    return AgentLogRow(
+        time=T0 + dt.timedelta(milliseconds=n),
+        request_id=f"req-{n}",
+        tenant_id=tenant,
+        caller="key-1",
+        session_id_digest="5d41402abc4b2a76b9719d911017c592",
+        server="github",
+        method="tools/call",
+        tool="create_issue",
+        decision="allowed" if n % 2 else "denied",
+        reason="" if n % 2 else "no rule allows tool create_issue",
+        approver="",
+        arguments_digest="9b" * 32,
+        arguments_json=arguments,
+        status=200,
+        latency_ms=12.5,
+        result_bytes=100 + n,
+        protocol_version="2025-11-25",
+        node_id="node-a",
+    )
+
+
+def ids(rows: Sequence[RequestLogRow | AiLogRow | AgentLogRow]) -> list[str]:
     return [r.request_id for r in rows]
 
 
@@ -77,24 +108,31 @@ class RecordingWriter:
         self.batches: list[tuple[list[str], list[str]]] = []
         self.requests: list[RequestLogRow] = []
         self.ai: list[AiLogRow] = []
+        self.agents: list[AgentLogRow] = []
+        # Request ids of each batch of agent rows (`batches` has the two other tables').
+        self.agent_batches: list[list[str]] = []
         self.wrote = asyncio.Event()
 
     async def write(self, batch: Batch) -> None:
         self.attempts += 1
         if self.broken or self.attempts <= self.failures:
             raise ConnectionError("clickhouse is away")
-        requests, ai = batch.rows()
-        if self.poison & set(ids(requests) + ids(ai)):
+        requests, ai, agents = batch.rows()
+        if self.poison & set(ids(requests) + ids(ai) + ids(agents)):
             raise RowsRefused()
-        self.batches.append((ids(requests), ids(ai)))
+        if agents:
+            self.agent_batches.append(ids(agents))
+        else:
+            self.batches.append((ids(requests), ids(ai)))
         self.requests.extend(requests)
         self.ai.extend(ai)
+        self.agents.extend(agents)
         self.wrote.set()
 
 
 async def wait_for_rows(writer: RecordingWriter, rows: int) -> None:
     async with asyncio.timeout(5):
-        while len(writer.requests) + len(writer.ai) < rows:
+        while len(writer.requests) + len(writer.ai) + len(writer.agents) < rows:
             writer.wrote.clear()
             await writer.wrote.wait()
 
@@ -119,8 +157,8 @@ def spooled_ids(directory: Path) -> list[str]:
     found: list[str] = []
     for path in sorted(directory.glob("*.seg")):
         for record in parse_segment(path.read_bytes()).records:
-            requests, ai = batch_from_proto(logs_pb2.LogBatch.FromString(record))
-            found += ids(requests) + ids(ai)
+            requests, ai, agents = batch_from_proto(logs_pb2.LogBatch.FromString(record))
+            found += ids(requests) + ids(ai) + ids(agents)
     return found
 
 
@@ -181,6 +219,32 @@ async def test_a_row_too_large_for_any_batch_is_clipped_to_fit() -> None:
     await sink.flush()
     assert ids(writer.requests) == numbered(2)
     assert len(writer.requests[0].path) == PATH_LIMIT
+
+
+async def test_agent_rows_are_batched_apart_from_the_other_tables() -> None:
+    writer = RecordingWriter()
+    sink = LogSink(writer, batch_rows=3)
+    sink.add_request(request_row(0))
+    for n in range(4):
+        sink.add_agent(agent_row(n))
+    sink.add_ai(ai_row(0))
+    await sink.flush()
+    assert writer.batches == [(["req-0"], []), ([], ["req-0"])]
+    assert writer.agent_batches == [numbered(3), ["req-3"]]
+    assert writer.agents == [agent_row(n) for n in range(4)]
+    assert (sink.rows_written, sink.rows_dropped) == (6, 0)
+
+
+async def test_an_agent_row_is_clipped_as_it_enters_the_sink() -> None:
+    writer = RecordingWriter()
+    sink = LogSink(writer)
+    # Arguments of 1 MiB, far below a batch's limit: clipped all the same.
+    sink.add_agent(agent_row(0, arguments='{"body": "' + "x" * (1 << 20) + '"}'))
+    sink.add_agent(agent_row(1))
+    await sink.flush()
+    clipped, whole = writer.agents
+    assert clipped.arguments_json == '{"body": "' + "x" * (ARGUMENTS_LIMIT - 10)
+    assert whole == agent_row(1)
 
 
 # --- failures that pass ------------------------------------------------------------------
@@ -442,6 +506,75 @@ async def test_the_spool_bound_drops_the_oldest_rows_and_the_sink_counts_them(
     assert kept == numbered(len(kept), start=100 - len(kept))
 
 
+async def test_agent_rows_spill_while_the_store_is_away_and_replay_in_order(
+    spool: Spool, tmp_path: Path
+) -> None:
+    writer = RecordingWriter()
+    writer.broken = True
+    sink = LogSink(writer, spool=spool, batch_rows=4, interval_s=0.01)
+    sink.start()
+    try:
+        for n in range(10):
+            sink.add_agent(agent_row(n))
+        sink.add_request(request_row(0))
+        await until(lambda: sink.rows_spooled >= 11)
+        assert sorted(spooled_ids(tmp_path / "spool")) == sorted([*numbered(10), "req-0"])
+        assert sink.queued_rows == 0
+        writer.broken = False
+        await wait_for_rows(writer, 11)
+    finally:
+        await sink.close()
+    # Every field back as it was, through the spool's protobuf.
+    assert writer.agents == [agent_row(n) for n in range(10)]
+    assert ids(writer.requests) == ["req-0"]
+    assert (sink.rows_spooled, sink.rows_replayed, sink.rows_written) == (11, 11, 11)
+    assert not spool and spooled_ids(tmp_path / "spool") == []
+
+
+async def test_agent_rows_spooled_on_close_are_replayed_by_the_next_sink(tmp_path: Path) -> None:
+    writer = RecordingWriter()
+    writer.broken = True
+    first = LogSink(writer, spool=Spool(tmp_path / "spool", max_bytes=1 << 20), interval_s=60)
+    first.start()
+    for n in range(5):
+        first.add_agent(agent_row(n))
+    await asyncio.wait_for(first.close(timeout_s=0.5), 5)
+    assert (first.rows_spooled, first.rows_written, first.queued_rows) == (5, 0, 0)
+    assert spooled_ids(tmp_path / "spool") == numbered(5)
+
+    writer.broken = False
+    second = LogSink(writer, spool=Spool(tmp_path / "spool", max_bytes=1 << 20), interval_s=60)
+    second.add_agent(agent_row(5))
+    second.start()
+    await wait_for_rows(writer, 6)
+    await second.close()
+    assert writer.agents == [agent_row(n) for n in range(6)]
+    assert second.rows_replayed == 5
+
+
+async def test_a_refused_spooled_agent_row_is_quarantined_and_the_rest_replayed(
+    tmp_path: Path,
+) -> None:
+    writer = RecordingWriter()
+    writer.broken = True
+    sink = LogSink(writer, spool=Spool(tmp_path / "spool", max_bytes=1 << 20), interval_s=60)
+    for n in range(6):
+        sink.add_agent(agent_row(n))
+    await sink.close(timeout_s=0.5)
+    writer.broken = False
+    writer.poison = {"req-4"}
+    quarantine = Spool(tmp_path / "quarantine", max_bytes=1 << 20)
+    sink = LogSink(
+        writer, spool=Spool(tmp_path / "spool", max_bytes=1 << 20), quarantine=quarantine
+    )
+    await sink.flush()
+    await sink.close()
+    # Halved until the refused row is alone: the spooled batch's agent rows split too.
+    assert ids(writer.agents) == ["req-0", "req-1", "req-2", "req-3", "req-5"]
+    assert (sink.rows_replayed, sink.rows_quarantined) == (5, 1)
+    assert spooled_ids(tmp_path / "quarantine") == ["req-4"]
+
+
 # --- ClickHouseLogWriter, real embedded ClickHouse ---------------------------------------
 
 
@@ -469,6 +602,53 @@ async def test_rows_land_in_clickhouse_and_read_back_per_tenant(store: LogStore)
     assert globex == [request_row(104, "globex"), request_row(103, "globex")]
     assert store.recent_ai_logs("acme", 100) == [ai_row(n, "acme") for n in reversed(range(5))]
     assert store.recent_ai_logs("globex", 100) == []
+
+
+async def test_agent_rows_land_in_clickhouse_and_read_back_per_tenant(store: LogStore) -> None:
+    sink = LogSink(ClickHouseLogWriter(store), batch_rows=3, interval_s=60)
+    sink.start()
+    for n in range(5):
+        sink.add_agent(agent_row(n, "acme"))
+        sink.add_agent(agent_row(100 + n, "globex"))
+    await sink.close()
+    assert (sink.rows_written, sink.rows_dropped) == (10, 0)
+    assert store.recent_agent_logs("acme", 100) == [agent_row(n) for n in reversed(range(5))]
+    assert store.recent_agent_logs("globex", 1) == [agent_row(104, "globex")]
+    assert store.recent_agent_logs("initech", 100) == []
+
+
+async def test_agent_rows_spooled_while_clickhouse_failed_are_stored_once(
+    tmp_path: Path,
+) -> None:
+    """Inserts fail after storing (the answer lost), the sink spools on close, and the next
+    sink replays: the agent rows are in ClickHouse once."""
+
+    class StoresThenFails(LogStore):
+        failures = 2
+
+        def insert_agent_logs(self, rows: Sequence[AgentLogRow]) -> None:
+            super().insert_agent_logs(rows)
+            if self.failures:
+                self.failures -= 1
+                raise ConnectionError("connection reset by peer")
+
+    store = StoresThenFails(f"chdb://{tmp_path / 'clickhouse'}")
+    try:
+        sink = LogSink(ClickHouseLogWriter(store), spool=Spool(tmp_path / "s", max_bytes=1 << 20))
+        for n in range(3):
+            sink.add_agent(agent_row(n))
+        for _ in range(2):
+            with pytest.raises(ConnectionError):
+                await sink.flush()
+        await sink.close(timeout_s=1)
+        assert sink.rows_spooled == 3
+        sink = LogSink(ClickHouseLogWriter(store), spool=Spool(tmp_path / "s", max_bytes=1 << 20))
+        await sink.flush()
+        await sink.close()
+        assert sink.rows_replayed == 3
+        assert store.recent_agent_logs("acme", 10) == [agent_row(n) for n in reversed(range(3))]
+    finally:
+        store.close()
 
 
 async def test_a_write_that_failed_after_storing_is_not_stored_twice(tmp_path: Path) -> None:

@@ -10,15 +10,21 @@ import random
 import pytest
 
 from gatez.logrows import (
+    ARGUMENTS_LIMIT,
     PATH_LIMIT,
+    REASON_LIMIT,
     TEXT_LIMIT,
+    AgentLogRow,
     AiLogRow,
     RequestLogRow,
+    agent_log_from_proto,
+    agent_log_to_proto,
     ai_log_to_proto,
     batch_from_proto,
     batch_to_proto,
     clip,
     clip_row,
+    clip_utf8,
     encoded_size,
     request_log_to_proto,
 )
@@ -65,6 +71,29 @@ def ai_row(text: str = "", *, tokens: int = 19) -> AiLogRow:
     )
 
 
+def agent_row(text: str = "", *, size: int = 2_000_000) -> AgentLogRow:
+    return AgentLogRow(
+        time=T0,
+        request_id="9f1c2d3e" + text,
+        tenant_id="acme",
+        caller="jwt:alice" + text,
+        session_id_digest="5d41402abc4b2a76b9719d911017c592",
+        server="github" + text,
+        method="tools/call",
+        tool="delete_repo" + text,
+        decision="approved",
+        reason="tool delete_repo needs approval" + text,
+        approver="ops@example.com" + text,
+        arguments_digest="9b" * 32,
+        arguments_json='{"repo": "acme/site"}' + text,
+        status=200,
+        latency_ms=30_512.25,
+        result_bytes=size,
+        protocol_version="2025-11-25",
+        node_id="dataplane-1" + text,
+    )
+
+
 def random_text(rng: random.Random, length: int) -> str:
     alphabet = "abc/?%é€𝄞\n\t\"'\\"
     return "".join(rng.choice(alphabet) for _ in range(length))
@@ -81,6 +110,15 @@ def test_encoded_size_bounds_what_protobuf_encodes(seed: int) -> None:
     one_ai = control_pb2.IngestLogsRequest(ai_logs=[ai_log_to_proto(ai)])
     assert one_request.ByteSize() <= encoded_size(requests) <= one_request.ByteSize() + 64
     assert one_ai.ByteSize() <= encoded_size(ai) <= one_ai.ByteSize() + 64
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_encoded_size_bounds_what_protobuf_encodes_for_agent_rows(seed: int) -> None:
+    rng = random.Random(seed)
+    text = random_text(rng, rng.choice([0, 1, 100, 5000, 70_000]))
+    row = agent_row(text, size=rng.choice([0, 1, 2**64 - 1]))
+    one = control_pb2.IngestLogsRequest(agent_logs=[agent_log_to_proto(row)])
+    assert one.ByteSize() <= encoded_size(row) <= one.ByteSize() + 64
 
 
 def test_clip_cuts_only_what_is_too_long() -> None:
@@ -100,8 +138,63 @@ def test_a_clipped_row_is_small_whatever_went_in() -> None:
     assert clip_row(request_row()) == request_row() and clip_row(ai_row()) == ai_row()
 
 
+def test_a_clipped_agent_row_keeps_its_arguments_under_16_kib_of_utf8() -> None:
+    huge = "€" * 100_000  # 3 bytes each
+    row = clip_row(agent_row(huge))
+    assert len(row.arguments_json.encode()) <= ARGUMENTS_LIMIT == 16 * 1024
+    # Cut on a character boundary: as many whole characters as fit, none broken.
+    assert row.arguments_json == ('{"repo": "acme/site"}' + huge).encode()[:ARGUMENTS_LIMIT].decode(
+        errors="ignore"
+    )
+    assert len(row.arguments_json.encode()) > ARGUMENTS_LIMIT - 3
+    assert len(row.reason) == REASON_LIMIT
+    for text in (row.request_id, row.caller, row.server, row.tool, row.approver, row.node_id):
+        assert len(text) == TEXT_LIMIT
+    # Numbers and short text untouched.
+    assert (row.status, row.result_bytes, row.decision) == (200, 2_000_000, "approved")
+    assert encoded_size(row) < 32 * 1024
+
+
+def test_an_agent_row_that_fits_is_not_copied() -> None:
+    row = agent_row()
+    assert clip_row(row) is row
+    # ASCII arguments up to the limit fit whole; one byte more is cut.
+    ascii_arguments = dataclasses.replace(row, arguments_json="a" * ARGUMENTS_LIMIT)
+    assert clip_row(ascii_arguments) is ascii_arguments
+    longer = clip_row(dataclasses.replace(row, arguments_json="a" * (ARGUMENTS_LIMIT + 1)))
+    assert longer.arguments_json == "a" * ARGUMENTS_LIMIT
+
+
+@pytest.mark.parametrize(
+    ("text", "limit", "expected"),
+    [
+        ("abc", 3, "abc"),
+        ("abcd", 3, "abc"),
+        ("é" * 4, 8, "é" * 4),  # 8 bytes: fits exactly
+        ("é" * 4, 7, "é" * 3),  # the fourth would be cut in two: dropped whole
+        ("a𝄞b", 4, "a"),  # a 4-byte character does not fit in the 3 bytes left
+        ("a𝄞b", 5, "a𝄞"),
+        ("", 0, ""),
+    ],
+)
+def test_clip_utf8_cuts_on_a_character_boundary(text: str, limit: int, expected: str) -> None:
+    assert clip_utf8(text, limit) == expected
+    assert len(clip_utf8(text, limit).encode()) <= limit
+
+
+def test_an_agent_row_survives_a_trip_through_protobuf() -> None:
+    row = agent_row("é𝄞")
+    assert agent_log_from_proto(agent_log_to_proto(row)) == row
+    empty = dataclasses.replace(
+        row, session_id_digest="", approver="", arguments_json="", reason="", status=0
+    )
+    wire = agent_log_to_proto(empty).SerializeToString()
+    assert agent_log_from_proto(logs_pb2.AgentLog.FromString(wire)) == empty
+
+
 def test_rows_survive_a_batch_trip_through_protobuf() -> None:
     requests = [request_row(), dataclasses.replace(request_row("é"), status=200, error="")]
     ai = [ai_row(), dataclasses.replace(ai_row("x"), usage_estimated=False, streamed=False)]
-    wire = batch_to_proto(requests, ai).SerializeToString()
-    assert batch_from_proto(logs_pb2.LogBatch.FromString(wire)) == (requests, ai)
+    agents = [agent_row(), dataclasses.replace(agent_row("x"), decision="denied", approver="")]
+    wire = batch_to_proto(requests, ai, agents).SerializeToString()
+    assert batch_from_proto(logs_pb2.LogBatch.FromString(wire)) == (requests, ai, agents)

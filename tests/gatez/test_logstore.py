@@ -1,5 +1,6 @@
 """LogStore on the real embedded ClickHouse (chDB): rows in, rows back out, per tenant; a batch
-inserted twice stored once; rows it cannot hold refused; older tables migrated."""
+inserted twice stored once; rows it cannot hold refused; older tables migrated. The agent log
+filtered by server, session and decision, never across tenants."""
 
 from __future__ import annotations
 
@@ -12,7 +13,14 @@ import clickhouse_connect
 import grpc
 import pytest
 
-from gatez.logrows import AI_LOG_COLUMNS, AI_LOG_TABLE, AiLogRow, RequestLogRow
+from gatez.logrows import (
+    AGENT_LOG_TABLE,
+    AI_LOG_COLUMNS,
+    AI_LOG_TABLE,
+    AgentLogRow,
+    AiLogRow,
+    RequestLogRow,
+)
 from gatez.logstore import LogStore, RowsRefused
 
 T0 = dt.datetime(2025, 3, 10, 9, 30, 15, 123000, tzinfo=dt.UTC)
@@ -267,3 +275,133 @@ def test_usage_sums_by_day_and_model_for_one_tenant(store: LogStore) -> None:
     assert store.usage("globex", dt.date(2025, 3, 10), dt.date(2025, 3, 10)).totals.cost_usd == 5.0
     empty = store.usage("initech", dt.date(2025, 3, 10), dt.date(2025, 3, 11))
     assert (empty.groups, empty.totals.requests, empty.totals.cost_usd) == ((), 0, 0.0)
+
+
+# --- the agent log -------------------------------------------------------------------------
+
+
+def agent_row(
+    n: int,
+    tenant: str = "acme",
+    *,
+    server: str = "github",
+    session: str = "5d41402abc4b2a76b9719d911017c592",
+    decision: str = "allowed",
+) -> AgentLogRow:
+    return AgentLogRow(
+        time=T0 + dt.timedelta(seconds=n),
+        request_id=f"9f1c2d3e-{n:04d}",
+        tenant_id=tenant,
+        caller="jwt:alice",
+        session_id_digest=session,
+        server=server,
+        method="tools/call",
+        tool="delete_repo",
+        decision=decision,
+        reason="" if decision == "allowed" else f"{decision}: tool delete_repo",
+        approver="ops@example.com" if decision == "approved" else "",
+        arguments_digest="9b" * 32,
+        arguments_json='{"repo": "acme/site"}',
+        status=200,
+        latency_ms=30_512.25,
+        result_bytes=2**40 + n,
+        protocol_version="2025-11-25",
+        node_id="node-a",
+    )
+
+
+# Two tenants with the same servers, sessions and decisions: filters never cross tenants.
+AGENT_ROWS = [
+    agent_row(0),
+    agent_row(1, decision="denied"),
+    agent_row(2, server="jira", session="1" * 32),
+    agent_row(3, decision="approved"),
+    agent_row(4, server="jira", session="1" * 32, decision="denied"),
+    agent_row(5, session=""),
+    agent_row(10, "globex"),
+    agent_row(11, "globex", decision="denied"),
+    agent_row(12, "globex", server="jira", session="1" * 32, decision="denied"),
+]
+
+
+@pytest.mark.parametrize(
+    ("filters", "expected"),
+    [
+        ({}, [5, 4, 3, 2, 1, 0]),
+        ({"server": "jira"}, [4, 2]),
+        ({"session_id_digest": "1" * 32}, [4, 2]),
+        ({"decision": "denied"}, [4, 1]),
+        ({"server": "github", "decision": "denied"}, [1]),
+        ({"server": "jira", "session_id_digest": "1" * 32, "decision": "denied"}, [4]),
+        ({"server": "gitlab"}, []),
+        ({"decision": "allowed' OR '1'='1"}, []),
+        ({"server": "{server:String}"}, []),
+    ],
+)
+def test_agent_rows_read_back_newest_first_filtered_within_their_tenant(
+    store: LogStore, filters: dict[str, str], expected: list[int]
+) -> None:
+    store.insert_agent_logs(AGENT_ROWS)
+    assert store.recent_agent_logs("acme", 100, **filters) == [agent_row_of(n) for n in expected]
+    # The other tenant's rows, under the same filters, are its own only.
+    for row in store.recent_agent_logs("globex", 100, **filters):
+        assert row.tenant_id == "globex"
+
+
+def agent_row_of(n: int) -> AgentLogRow:
+    return next(row for row in AGENT_ROWS if row.time == T0 + dt.timedelta(seconds=n))
+
+
+@pytest.mark.parametrize("tenant", ["acme' OR '1'='1", "{tenant:String}", "ACME", ""])
+def test_the_agent_log_tenant_filter_is_a_parameter_not_sql(store: LogStore, tenant: str) -> None:
+    store.insert_agent_logs(AGENT_ROWS)
+    assert store.recent_agent_logs(tenant, 100) == []
+    assert store.recent_agent_logs(tenant, 100, decision="denied") == []
+
+
+def test_agent_rows_keep_the_limit_and_their_whole_text(store: LogStore) -> None:
+    arguments = '{"body": "' + "ünïcødé 'q' \"d\"\t" * 1000 + '"}'
+    rows = [dataclasses.replace(agent_row(n), arguments_json=arguments) for n in range(5)]
+    store.insert_agent_logs(rows)
+    assert store.recent_agent_logs("acme", 2) == [rows[4], rows[3]]
+    [back] = store.recent_agent_logs("acme", 1)
+    assert isinstance(back.result_bytes, int) and back.time.utcoffset() == dt.timedelta(0)
+
+
+def test_the_same_agent_batch_inserted_twice_is_stored_once(store: LogStore) -> None:
+    batch = [agent_row(n) for n in range(3)]
+    store.insert_agent_logs(batch)
+    store.insert_agent_logs(batch)
+    store.insert_agent_logs([])
+    assert len(store.recent_agent_logs("acme", 100)) == 3
+
+
+@pytest.mark.parametrize("changes", [{"status": -1}, {"result_bytes": 2**64}])
+def test_agent_rows_the_table_cannot_hold_are_refused(
+    store: LogStore, changes: dict[str, int]
+) -> None:
+    with pytest.raises(RowsRefused):
+        store.insert_agent_logs([dataclasses.replace(agent_row(1), **changes)])  # type: ignore[arg-type]
+    store.insert_agent_logs([agent_row(2)])
+    assert store.recent_agent_logs("acme", 10) == [agent_row(2)]
+
+
+def test_a_database_of_an_older_version_gets_the_agent_log(tmp_path: Path) -> None:
+    """An existing database without the agent_log table (as every version before it made one):
+    opening the store creates the table, and the older tables' rows stay."""
+    directory = tmp_path / "clickhouse"
+    first = open_store(directory)
+    first.insert_request_logs([request_row(1)])
+    first.close()
+    client = clickhouse_connect.get_client(dsn=f"chdb://{directory}")
+    client.command(f"DROP TABLE {AGENT_LOG_TABLE}")
+    assert AGENT_LOG_TABLE not in client.query("SHOW TABLES").result_columns[0]
+    client.close()
+
+    store = open_store(directory)
+    try:
+        assert store.recent_request_logs("acme", 10) == [request_row(1)]
+        store.insert_agent_logs([agent_row(1)])
+        assert store.recent_agent_logs("acme", 10) == [agent_row(1)]
+    finally:
+        store.close()

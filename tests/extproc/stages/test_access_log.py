@@ -45,7 +45,7 @@ class RecordingWriter:
         self.ai: list[AiLogRow] = []
 
     async def write(self, batch: Batch) -> None:
-        requests, ai = batch.rows()
+        requests, ai, _ = batch.rows()
         self.requests.extend(requests)
         self.ai.extend(ai)
 
