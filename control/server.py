@@ -23,7 +23,13 @@ from control.store import PolicyStore
 from gatez.errors import InvalidPolicy
 from gatez.logstore import LogStore
 from gatez.redis_client import RedisTarget, connect
-from gatez.secrets import SecretBox, SecretConfigError, dataplane_tokens, secret_box
+from gatez.secrets import (
+    SecretBox,
+    SecretConfigError,
+    all_credentials,
+    dataplane_tokens,
+    secret_box,
+)
 from gatez.settings import Settings
 from gatez.telemetry import (
     GrpcServerTelemetry,
@@ -135,7 +141,7 @@ async def start(settings: Settings) -> ControlServer:
 def _check_opens(snapshot: policy_pb2.PolicySnapshot, box: SecretBox) -> None:
     """Refuses to start with a secret key that cannot open the stored credentials: every change
     would fail, and a data plane given the same key would refuse every snapshot."""
-    for credential in snapshot.provider_credentials:
+    for credential in all_credentials(snapshot):
         if credential.sealed_api_key:
             try:
                 box.open_credential(credential)

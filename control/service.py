@@ -3,8 +3,9 @@
 Every change goes through `PolicyStore.update`, which validates the whole resulting policy, so the
 checks here are only those that give a clearer message or a more precise status code (a missing
 field, an unknown or repeated id). Secrets leave this module only inside snapshots sent to data
-planes: admin reads drop key digests, and provider credentials are write-only and sealed before
-they are saved. A message that quotes what a client sent quotes it with `quoted()`, bounded.
+planes: admin reads drop key digests, and provider and MCP server credentials are write-only and
+sealed before they are saved. A message that quotes what a client sent quotes it with
+`quoted()`, bounded.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from redis.exceptions import RedisError
 
 from control.store import Change, Clock, PolicyStore, utc_now
 from gatez import keys
+from gatez.agent_policy import MCP_SERVER_NAME, mcp_credential_name
 from gatez.errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -52,7 +54,7 @@ from gatez.logrows import (
 from gatez.logstore import LogStore, UsageCounts
 from gatez.policy import NAME_PATTERN, PROVIDER_KINDS, TENANT_ID_PATTERN
 from gatez.prices import DEFAULT_PRICES, model_name, parse_price, price_to_proto
-from gatez.secrets import SecretBox, seal_clear_credentials
+from gatez.secrets import SecretBox, all_credentials, seal_clear_credentials
 from gatez.tool_pins import MAX_TOOL_NAME, PinState, ToolPin, ToolPinStore
 from gatez.v1 import control_pb2, control_pb2_grpc, policy_pb2
 
@@ -215,9 +217,16 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
                 snapshot.api_keys,
                 snapshot.identity_providers,
                 snapshot.model_routes,
+                snapshot.mcp_servers,
+                snapshot.agent_policies,
             )
             for items in owned:
                 _remove_where(items, lambda item: item.tenant_id == tenant_id)
+            # "mcp:<tenant>/": the '/' keeps tenant "acme" from taking "acme2"'s.
+            sealed_as = mcp_credential_name(tenant_id, "")
+            _remove_where(
+                snapshot.mcp_server_credentials, lambda c: c.provider.startswith(sealed_as)
+            )
 
         _, version = await self._update(change)
         return control_pb2.DeleteTenantResponse(policy_version=version)
@@ -287,9 +296,22 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
         self, request: control_pb2.RevokeApiKeyRequest, context: Context
     ) -> control_pb2.RevokeApiKeyResponse:
         key_id = _require(request.api_key_id, "api_key_id")
-        _, version = await self._update(
-            lambda snapshot: _remove_one(snapshot.api_keys, "api key", key_id)
-        )
+
+        def change(snapshot: policy_pb2.PolicySnapshot) -> None:
+            _remove_one(snapshot.api_keys, "api key", key_id)
+            # Agent policies stop naming the key. One that named it and is left naming no key
+            # and no group is deleted: it would otherwise become a policy for every caller.
+            emptied: set[str] = set()
+            for policy in snapshot.agent_policies:
+                if key_id in policy.api_key_ids:
+                    kept = [k for k in policy.api_key_ids if k != key_id]
+                    del policy.api_key_ids[:]
+                    policy.api_key_ids.extend(kept)
+                    if not kept and not policy.groups:
+                        emptied.add(policy.id)
+            _remove_where(snapshot.agent_policies, lambda p: p.id in emptied)
+
+        _, version = await self._update(change)
         return control_pb2.RevokeApiKeyResponse(policy_version=version)
 
     # Identity providers
@@ -508,6 +530,137 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
         )
         return control_pb2.DeleteRouteResponse(policy_version=version)
 
+    # MCP servers and agent policies
+
+    @public_errors
+    async def CreateMcpServer(
+        self, request: control_pb2.CreateMcpServerRequest, context: Context
+    ) -> control_pb2.CreateMcpServerResponse:
+        _require_message(request, "mcp_server")
+        server = _mcp_server_settings(request.mcp_server)
+        tenant_id, name = server.tenant_id, server.name
+        sealed = (
+            self._box.seal(mcp_credential_name(tenant_id, name), request.credential)
+            if request.credential
+            else None
+        )
+        now = self._clock()
+
+        def change(snapshot: policy_pb2.PolicySnapshot) -> policy_pb2.McpServer:
+            _tenant(snapshot, tenant_id)
+            if _find_mcp_server(snapshot, tenant_id, name) is not None:
+                raise AlreadyExists(
+                    f"MCP server {quoted(name)} of tenant {quoted(tenant_id)} already exists"
+                )
+            added = snapshot.mcp_servers.add()
+            added.CopyFrom(server)
+            if sealed is not None:
+                _set_mcp_credential(snapshot, added, sealed, now)
+            return added
+
+        created, version = await self._update(change)
+        return control_pb2.CreateMcpServerResponse(mcp_server=created, policy_version=version)
+
+    @public_errors
+    async def ListMcpServers(
+        self, request: control_pb2.ListMcpServersRequest, context: Context
+    ) -> control_pb2.ListMcpServersResponse:
+        tenant_id = _require(request.tenant_id, "tenant_id")
+        snapshot = self._store.current
+        _tenant(snapshot, tenant_id)
+        # Credentials live in `mcp_server_credentials`, never inside a McpServer.
+        servers = sorted(
+            (s for s in snapshot.mcp_servers if s.tenant_id == tenant_id), key=lambda s: s.name
+        )
+        return control_pb2.ListMcpServersResponse(mcp_servers=servers)
+
+    @public_errors
+    async def DeleteMcpServer(
+        self, request: control_pb2.DeleteMcpServerRequest, context: Context
+    ) -> control_pb2.DeleteMcpServerResponse:
+        tenant_id = _require(request.tenant_id, "tenant_id")
+        name = _require(request.name, "name")
+        sealed_as = mcp_credential_name(tenant_id, name)
+
+        def change(snapshot: policy_pb2.PolicySnapshot) -> None:
+            _mcp_server(snapshot, tenant_id, name)
+            _remove_where(
+                snapshot.mcp_servers, lambda s: s.tenant_id == tenant_id and s.name == name
+            )
+            _remove_where(snapshot.mcp_server_credentials, lambda c: c.provider == sealed_as)
+
+        _, version = await self._update(change)
+        return control_pb2.DeleteMcpServerResponse(policy_version=version)
+
+    @public_errors
+    async def SetMcpServerCredential(
+        self, request: control_pb2.SetMcpServerCredentialRequest, context: Context
+    ) -> control_pb2.SetMcpServerCredentialResponse:
+        tenant_id = _require(request.tenant_id, "tenant_id")
+        name = _require(request.name, "name")
+        credential = _require(request.credential, "credential")
+        sealed = self._box.seal(mcp_credential_name(tenant_id, name), credential)
+        now = self._clock()
+
+        def change(snapshot: policy_pb2.PolicySnapshot) -> policy_pb2.McpServer:
+            server = _mcp_server(snapshot, tenant_id, name)
+            _set_mcp_credential(snapshot, server, sealed, now)
+            return server
+
+        server, version = await self._update(change)
+        log.info("credential of MCP server %s/%s replaced", tenant_id, name)
+        return control_pb2.SetMcpServerCredentialResponse(mcp_server=server, policy_version=version)
+
+    @public_errors
+    async def SetAgentPolicy(
+        self, request: control_pb2.SetAgentPolicyRequest, context: Context
+    ) -> control_pb2.SetAgentPolicyResponse:
+        _require_message(request, "agent_policy")
+        policy = policy_pb2.AgentPolicy()
+        policy.CopyFrom(request.agent_policy)
+        tenant_id = _require(policy.tenant_id, "agent_policy.tenant_id")
+        policy.id = _valid_id(policy.id, "agent_policy.id") or self._new_id("agent")
+
+        # The rules themselves (tools, keys, limits, destinations, paths) are checked when the
+        # policy compiles, which every change goes through.
+        def change(snapshot: policy_pb2.PolicySnapshot) -> None:
+            _tenant(snapshot, tenant_id)
+            existing = _find(snapshot.agent_policies, lambda p: p.id == policy.id)
+            if existing is None:
+                snapshot.agent_policies.append(policy)
+            elif existing.tenant_id != tenant_id:
+                # Ids are global; replacing would move the policy to another tenant.
+                raise AlreadyExists(
+                    f"agent policy {quoted(policy.id)} already exists for another tenant"
+                )
+            else:
+                existing.CopyFrom(policy)
+
+        _, version = await self._update(change)
+        return control_pb2.SetAgentPolicyResponse(agent_policy=policy, policy_version=version)
+
+    @public_errors
+    async def ListAgentPolicies(
+        self, request: control_pb2.ListAgentPoliciesRequest, context: Context
+    ) -> control_pb2.ListAgentPoliciesResponse:
+        tenant_id = _require(request.tenant_id, "tenant_id")
+        snapshot = self._store.current
+        _tenant(snapshot, tenant_id)
+        policies = sorted(
+            (p for p in snapshot.agent_policies if p.tenant_id == tenant_id), key=lambda p: p.id
+        )
+        return control_pb2.ListAgentPoliciesResponse(agent_policies=policies)
+
+    @public_errors
+    async def DeleteAgentPolicy(
+        self, request: control_pb2.DeleteAgentPolicyRequest, context: Context
+    ) -> control_pb2.DeleteAgentPolicyResponse:
+        policy_id = _require(request.id, "id")
+        _, version = await self._update(
+            lambda snapshot: _remove_one(snapshot.agent_policies, "agent policy", policy_id)
+        )
+        return control_pb2.DeleteAgentPolicyResponse(policy_version=version)
+
     # Status, usage and audit
 
     @public_errors
@@ -554,12 +707,11 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
 
         def change(snapshot: policy_pb2.PolicySnapshot) -> int:
             stale = [
-                index
-                for index, credential in enumerate(snapshot.provider_credentials)
+                credential
+                for credential in all_credentials(snapshot)
                 if credential.key_id != box.key_id or credential.api_key
             ]
-            for index in stale:
-                credential = snapshot.provider_credentials[index]
+            for credential in stale:
                 try:
                     credential.CopyFrom(box.reseal(credential))
                 except InvalidPolicy as error:
@@ -567,7 +719,11 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
             return len(stale)
 
         resealed, version = await self._update(change)
-        log.info("%d provider credentials re-sealed with secret key %s", resealed, box.key_id)
+        log.info(
+            "%d provider and MCP server credentials re-sealed with secret key %s",
+            resealed,
+            box.key_id,
+        )
         return control_pb2.RotateSecretKeyResponse(
             key_id=box.key_id, resealed=resealed, policy_version=version
         )
@@ -1108,6 +1264,52 @@ def _set_credential(
     snapshot.provider_credentials.append(sealed)
     provider.has_credential = True
     provider.credential_update_time.FromDatetime(now)
+
+
+def _mcp_server_settings(given: policy_pb2.McpServer) -> policy_pb2.McpServer:
+    """A McpServer as a caller may set it: owned, named, with a URL, output-only fields
+    cleared. The URL's form and the credential header are checked when the policy compiles."""
+    server = policy_pb2.McpServer()
+    server.CopyFrom(given)
+    _require(server.tenant_id, "mcp_server.tenant_id")
+    _require(server.name, "mcp_server.name")
+    if not MCP_SERVER_NAME.fullmatch(server.name):
+        raise InvalidRequest(
+            f"mcp_server.name {quoted(server.name)} is not valid: use 1 to 63 lower-case letters, "
+            "digits, '.', '_' and '-', starting with a letter or digit"
+        )
+    _require(server.url, "mcp_server.url")
+    server.ClearField("has_credential")
+    server.ClearField("credential_update_time")
+    return server
+
+
+def _find_mcp_server(
+    snapshot: policy_pb2.PolicySnapshot, tenant_id: str, name: str
+) -> policy_pb2.McpServer | None:
+    return _find(snapshot.mcp_servers, lambda s: s.tenant_id == tenant_id and s.name == name)
+
+
+def _mcp_server(
+    snapshot: policy_pb2.PolicySnapshot, tenant_id: str, name: str
+) -> policy_pb2.McpServer:
+    _tenant(snapshot, tenant_id)
+    server = _find_mcp_server(snapshot, tenant_id, name)
+    if server is None:
+        raise NotFound(f"MCP server {quoted(name)} of tenant {quoted(tenant_id)} not found")
+    return server
+
+
+def _set_mcp_credential(
+    snapshot: policy_pb2.PolicySnapshot,
+    server: policy_pb2.McpServer,
+    sealed: policy_pb2.ProviderCredential,
+    now: dt.datetime,
+) -> None:
+    _remove_where(snapshot.mcp_server_credentials, lambda c: c.provider == sealed.provider)
+    snapshot.mcp_server_credentials.append(sealed)
+    server.has_credential = True
+    server.credential_update_time.FromDatetime(now)
 
 
 def _public_api_key(key: policy_pb2.ApiKey) -> policy_pb2.ApiKey:

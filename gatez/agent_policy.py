@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Final
+from urllib.parse import urlsplit
 
 from gatez.agent_rules import (
     ArgumentConstraint,
@@ -35,13 +36,20 @@ PROTECTED_RESOURCE_PREFIX: Final = "/.well-known/oauth-protected-resource"
 MCP_SERVER_NAME: Final = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
 POLICY_ID: Final = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
 _HEADER_NAME: Final = re.compile(r"[!#$%&'*+.^_`|~0-9a-z-]+")
-# Headers a server credential may not go in: the proxy's own, or the MCP protocol's.
+# Headers a server credential may not go in: the proxy's own (hop-by-hop ones included: a
+# proxy never forwards them), or the MCP protocol's; nor any x-gatez-* (the gateway's).
 _RESERVED_CREDENTIAL_HEADERS: Final = frozenset(
     {
         "host",
         "content-length",
         "content-type",
         "transfer-encoding",
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "upgrade",
         "accept",
         "mcp-session-id",
         "mcp-protocol-version",
@@ -50,6 +58,7 @@ _RESERVED_CREDENTIAL_HEADERS: Final = frozenset(
         "last-event-id",
     }
 )
+_GATEWAY_HEADER_PREFIX: Final = "x-gatez-"
 # The MCP credential's associated data names the server (see policy.proto, PolicySnapshot).
 MCP_CREDENTIAL_PREFIX: Final = "mcp:"
 DEFAULT_CREDENTIAL_HEADER: Final = "authorization"
@@ -76,7 +85,7 @@ class McpServerTarget:
 
     tenant_id: str
     name: str
-    # The proxy's cluster (plain or TLS), `:authority`, and the endpoint's path (query kept).
+    # The proxy's cluster (plain or TLS), `:authority`, and the endpoint's path as registered.
     cluster: str
     authority: str
     path: str
@@ -223,12 +232,20 @@ def compile_mcp_servers(
         _check(MCP_SERVER_NAME.fullmatch(server.name), f"{where}: name is not valid")
         key = (server.tenant_id, server.name)
         _check(key not in compiled, f"{where} appears twice")
+        # `upstream` refuses a query, a fragment and user info in the URL.
         target = upstream(server.url, f"{where}: url")
-        query = server.url.partition("?")[2]
-        _check(not query, f"{where}: url must not carry a query")
+        # The endpoint exactly as registered: `Upstream.path_prefix` drops a trailing '/', and
+        # a server mounted at "/mcp/" answers "/mcp" with a redirect (and vice versa).
+        path = urlsplit(server.url).path or "/"
+        _check(
+            all(c.isprintable() and not c.isspace() for c in path),
+            f"{where}: url's path may not hold spaces or control characters",
+        )
         header = (server.credential_header or DEFAULT_CREDENTIAL_HEADER).lower()
         _check(
-            _HEADER_NAME.fullmatch(header) and header not in _RESERVED_CREDENTIAL_HEADERS,
+            _HEADER_NAME.fullmatch(header)
+            and header not in _RESERVED_CREDENTIAL_HEADERS
+            and not header.startswith(_GATEWAY_HEADER_PREFIX),
             f"{where}: credential_header {quoted(header)} is not allowed",
         )
         secret = credentials.get(mcp_credential_name(server.tenant_id, server.name))
@@ -244,17 +261,13 @@ def compile_mcp_servers(
             name=server.name,
             cluster=target.cluster,
             authority=target.authority,
-            path=target.path_prefix or "/",
+            path=path,
             credential_header=header,
             credential_value=value,
         )
-    unknown = {
-        name
-        for name in credentials
-        if name.removeprefix(MCP_CREDENTIAL_PREFIX).partition("/")[::2]
-        not in {(t, n) for (t, n) in compiled}
-    }
-    _check(not unknown, f"credentials for unknown MCP servers: {sorted(unknown)}")
+    known = {mcp_credential_name(tenant, name) for tenant, name in compiled}
+    unknown = sorted(set(credentials) - known)
+    _check(not unknown, f"credentials for unknown MCP servers: {_names(unknown)}")
     return MappingProxyType(compiled)
 
 
@@ -406,6 +419,11 @@ def _pattern(pattern: str, where: str) -> re.Pattern[str]:
         return re.compile(pattern)
     except re.error as error:
         raise InvalidPolicy(f"{where}: pattern {quoted(pattern)} is not valid: {error}") from None
+
+
+def _names(names: Sequence[str], limit: int = 5) -> str:
+    shown = ", ".join(quoted(name) for name in names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
 
 
 def _check(condition: object, message: str) -> None:

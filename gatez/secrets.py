@@ -21,7 +21,7 @@ import os
 import re
 import secrets
 import stat
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Final
 
@@ -219,16 +219,26 @@ def _associated_data(provider: str) -> bytes:
     return ASSOCIATED_DATA_PREFIX + provider.encode()
 
 
+def all_credentials(
+    snapshot: policy_pb2.PolicySnapshot,
+) -> Iterator[policy_pb2.ProviderCredential]:
+    """Every secret `snapshot` carries: the providers' and the MCP servers' (mutable in place)."""
+    yield from snapshot.provider_credentials
+    yield from snapshot.mcp_server_credentials
+
+
 def seal_clear_credentials(snapshot: policy_pb2.PolicySnapshot, box: SecretBox) -> int:
-    """Seals, in place, every credential of `snapshot` that is still in clear; returns how many."""
+    """Seals, in place, every credential of `snapshot` that is still in clear (the providers'
+    and the MCP servers'); returns how many."""
     count = 0
-    for index, credential in enumerate(snapshot.provider_credentials):
+    for credential in all_credentials(snapshot):
         if credential.api_key:
-            snapshot.provider_credentials[index].CopyFrom(box.reseal(credential))
+            credential.CopyFrom(box.reseal(credential))
             count += 1
     return count
 
 
 def clear_credential_providers(snapshot: policy_pb2.PolicySnapshot) -> list[str]:
-    """The providers whose credential `snapshot` carries in clear."""
-    return [c.provider for c in snapshot.provider_credentials if c.api_key]
+    """The names (providers, and "mcp:<tenant>/<server>") whose credential `snapshot` carries
+    in clear."""
+    return [c.provider for c in all_credentials(snapshot) if c.api_key]

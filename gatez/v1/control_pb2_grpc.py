@@ -284,7 +284,8 @@ class ControlServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def DeleteTenant(self, request, context):
-        """Deletes a tenant with its keys, identity providers, model routes and limits.
+        """Deletes a tenant with its keys, identity providers, model routes, limits, MCP servers (and
+        their credentials) and agent policies.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -311,7 +312,9 @@ class ControlServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def RevokeApiKey(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Agent policies stop naming the key; one that named it and is left naming no key and no
+        group is deleted with it (it would otherwise apply to every caller of the tenant).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -369,9 +372,9 @@ class ControlServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def RotateSecretKey(self, request, context):
-        """Re-seals every provider secret with the current secret key (the first of GATEZ_SECRET_KEY /
-        its key file); older keys listed after it are only used to open. See the README's key
-        rotation steps.
+        """Re-seals every provider and MCP server secret with the current secret key (the first of
+        GATEZ_SECRET_KEY / its key file); older keys listed after it are only used to open. See the
+        README's key rotation steps.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -484,13 +487,15 @@ class ControlServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListMcpServers(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """One tenant's servers, by name.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def DeleteMcpServer(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Deletes a server and its credential (agent policies' rules naming it then match nothing).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -504,13 +509,16 @@ class ControlServiceServicer:
 
     def SetAgentPolicy(self, request, context):
         """Creates or replaces (by id) an agent policy: tool rules, limits, destinations, paths.
+        An empty id draws a new one ("agent-" and 12 hex digits); an id another tenant's policy has
+        is refused (ALREADY_EXISTS).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListAgentPolicies(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """One tenant's policies, by id.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
