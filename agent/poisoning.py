@@ -276,8 +276,9 @@ _INJECTION_RULES: Final = (
         _I,
         "must-first",
         ("you ",),
-        r"\byou (?:must|need to|have to|should) (?:first|always|also first) "
-        r"(?:read|open|fetch|load|cat|access|send|call|include|pass|provide|upload|copy)\b",
+        # Not "should always pass/call ...": ordinary usage advice says that.
+        r"\byou (?:must|need to|have to) (?:first|always|also first) "
+        r"(?:read|open|cat|access|send|upload|copy)\b",
     ),
     _rule(
         _I,
