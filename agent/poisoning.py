@@ -23,9 +23,8 @@ What a scan looks for (`FindingKind`):
 Before the phrase patterns run, a string is normalised: invisible characters removed (so
 "ig\\u200bnore previous instructions" still matches, and the invisible character is reported on
 its own), NFKC applied (fullwidth and compatibility forms fold to ASCII), and common Cyrillic and
-Greek look-alikes of Latin letters folded. Patterns are case-insensitive and accept any run of
-whitespace between words, which serves the same end as collapsing whitespace without copying the
-string. Pure printable ASCII, the common case, skips the Unicode work entirely.
+Greek look-alikes of Latin letters folded, every run of whitespace collapsed to one space, and
+the text lower-cased. Pure printable ASCII, the common case, skips the Unicode work entirely.
 
 Tool results are scanned with fewer rules than definitions: paths like `.env` and shell one-liners
 like `curl ... | sh` appear legitimately in file listings and READMEs a tool returns, so results
@@ -179,13 +178,17 @@ _CONFUSABLE: Final = re.compile(f"[{_CONFUSABLES_FROM}]")
 # CPython's `re` has no multi-pattern search: an alternation of twenty phrases costs about 0.3 µs
 # per character of text (20 ms for 64 KB), paid on every tools/call. So each rule names anchors:
 # literal pieces every match of it contains, found with `str.find` (a fast C search), and the
-# rule's regex only runs in a small window around an anchor. `back` bounds how far before the
-# anchor a match can start, `span` how far after it it can end; both are bounded because the
-# text is whitespace-collapsed first. The regexes then run case-insensitively on that window only.
+# rule's regex only runs at or around an anchor. With `back` 0 the anchor starts every match
+# and the regex is matched right there; otherwise `back` bounds how far before the anchor a match
+# can start and `span` how far after it it can end (bounded because whitespace is collapsed
+# first). One phrase per kind and string is enough, so a kind stops being looked for once found.
 
 
 @dataclass(frozen=True, slots=True)
 class _Rule:
+    """One pattern of one kind and the lower-case literals (anchors) that gate it; anchors must
+    be found in every match, within `back` characters of its start."""
+
     kind: FindingKind
     name: str
     anchors: tuple[str, ...]
@@ -276,8 +279,9 @@ _INJECTION_RULES: Final = (
         _I,
         "must-first",
         ("you ",),
-        r"\byou (?:must|need to|have to|should) (?:first|always|also first) "
-        r"(?:read|open|fetch|load|cat|access|send|call|include|pass|provide|upload|copy)\b",
+        # Not "should always pass/call ...": ordinary usage advice says that.
+        r"\byou (?:must|need to|have to) (?:first|always|also first) "
+        r"(?:read|open|cat|access|send|upload|copy)\b",
     ),
     _rule(
         _I,

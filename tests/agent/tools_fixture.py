@@ -79,7 +79,9 @@ def _code_host() -> list[dict[str, Any]]:
                 "repo": _REPO,
                 "state": _STATE,
                 "labels": {"type": "array", "items": _s("Label name"), "description": "Labels"},
-                "since": _s("Only issues updated after this ISO 8601 timestamp", format="date-time"),
+                "since": _s(
+                    "Only issues updated after this ISO 8601 timestamp", format="date-time"
+                ),
                 "after": _s("Cursor returned with the previous page"),
                 "perPage": _PER_PAGE,
             },
@@ -141,9 +143,7 @@ def _code_host() -> list[dict[str, Any]]:
             "`repo:owner/name is:open label:bug`.",
             {
                 "query": _s("Search query"),
-                "sort": _s(
-                    "Sort field", enum=["comments", "reactions", "created", "updated"]
-                ),
+                "sort": _s("Sort field", enum=["comments", "reactions", "created", "updated"]),
                 "order": _s("Sort order", enum=["asc", "desc"], default="desc"),
                 "page": _PAGE,
                 "perPage": _PER_PAGE,
@@ -289,7 +289,9 @@ def _code_host() -> list[dict[str, Any]]:
                 "owner": _OWNER,
                 "repo": _REPO,
                 "state": _s("Alert state", enum=["open", "resolved"]),
-                "secret_type": _s("Comma-separated secret types, e.g. github_personal_access_token"),
+                "secret_type": _s(
+                    "Comma-separated secret types, e.g. github_personal_access_token"
+                ),
             },
             ("owner", "repo"),
         ),
