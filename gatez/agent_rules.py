@@ -386,6 +386,8 @@ _URL = re.compile(r"(?<![a-z0-9+.\-])([a-z][a-z0-9+.\-]{0,31}):(?=([/\\]*)([^\s\
 # WHATWG's special schemes take the authority after any number of slashes, even none.
 _SPECIAL_SCHEMES: Final = frozenset({"http", "https", "ws", "wss", "ftp", "file"})
 _AUTHORITY_END = re.compile(r"[/\\?#]")
+# A scheme-relative URL (//host/x) or a UNC name (\\\\host\\share) at the start of a token.
+_SCHEME_RELATIVE = re.compile(r"(?<![\w:/\\.])[/\\]{2}(?=([^\s\"'<>`/\\]+))")
 _HOST_PORT = re.compile(
     r"(?<![\w.\-:\[])(\[[^\]\s/]{1,100}\]|[\w\-]+(?:\.[\w\-]+)*\.?):[0-9]{1,5}(?!\w)"
 )
@@ -401,6 +403,7 @@ _DENIED_NAME_TEXT = re.compile(
     r"\.*(?![\w\-]|\.[\w\-])"
 )
 _HEX_NUMBER = re.compile(r"0x[0-9a-f]*")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -606,6 +609,11 @@ def _scan_destinations(text: str) -> list[tuple[str, str, str]]:
             if bare is not None and sum(1 for group in re.split(r"[:.]", bare) if group) < 2:
                 continue
             found.append((match.group(0), bracketed or bare, _TEXT))
+    if "//" in text or "\\\\" in text:
+        for match in _SCHEME_RELATIVE.finditer(text):
+            for host in _authority_hosts(match.group(1)):
+                if host:
+                    found.append((match.group(0) + match.group(1), host, _URL_HOST))
     if "." in text:
         for match in _IPV4_TEXT.finditer(text):
             literal = match.group(0)
@@ -648,6 +656,10 @@ def _judge_host(host: str, context: str, policy: DestinationPolicy) -> str | Non
     is denied (parsers disagree on it); in free text it is just not an address."""
     if "%" in host and not host.startswith("["):
         host = _fold(_percent_decoded(host))
+    host = host.strip()
+    if _CONTROL.search(host):
+        # A resolver written in C stops at a NUL: localhost%00.good.com is localhost to it.
+        return "malformed host name" if context == _URL_HOST else None
     if host.startswith("["):
         inner = _fold(_percent_decoded(host[1:].removesuffix("]")))
         address = _parse_ipv6(inner)
@@ -778,6 +790,8 @@ _DOTDOT_SEGMENT = re.compile(r"(?:^|/)\.\.(?:/|$)")
 _HOME = re.compile(r"~(?:[a-z_][\w.\-]*)?(?:/|$)", re.IGNORECASE)
 _DRIVE = re.compile(r"[a-z]:(?:/|$)", re.IGNORECASE)
 _WHITESPACE = re.compile(r"\s")
+# Windows reads a name of dots and spaces ("...", ".. ") as a parent or current directory.
+_DOTS_AND_SPACES = re.compile(r"[. ]+")
 # Overlong UTF-8 (the classic %c0%ae for '.' and %c0%af for '/'): no honest encoder emits it.
 _OVERLONG = re.compile(rb"[\xc0\xc1]|\xe0[\x80-\x9f]|\xf0[\x80-\x8f]")
 _PATH_MARKERS: Final = ("/", "\\", "~", "%", "..")
@@ -799,9 +813,11 @@ class PathPolicy:
 
     Denied: `~` (the home is the server's, unknown here), Windows and UNC paths, file URLs naming
     a remote host, NUL bytes, overlong or invalid UTF-8 in a percent-decoded path, relative paths
-    with `..` (their base is unknown), and absolute paths not inside a root. An absolute path
-    must enter its root without any `..` and never climb above it (`/data/x/../y` is inside
-    /data; `/data/../data/x` and `/tmp/../data/x` are not: a lexical `..` after a symlink lies).
+    with `..` (their base is unknown), components of only dots and spaces other than `.` and
+    `..` (Windows reads `...` and `.. ` as a parent), and absolute paths not inside a root.
+    An absolute path must enter its root without any `..` and never climb above it
+    (`/data/x/../y` is inside /data; `/data/../data/x` and `/tmp/../data/x` are not: a lexical
+    `..` after a symlink lies).
     The root check is component-wise, so `/data2` is not inside `/data`. Both the string as sent
     and its decoded/NFKC forms must pass (a server may decode or not).
 
@@ -962,6 +978,9 @@ def _absolute_problem(path: str, policy: PathPolicy) -> str | None:
     if not policy._root_parts:
         return "path outside the allowed roots (none are configured)"
     parts = [part for part in path.split("/") if part and part != "."]
+    for part in parts:
+        if part != ".." and _DOTS_AND_SPACES.fullmatch(part):
+            return "path component of only dots and spaces"
     climbed = False
     for root in policy._root_parts:
         size = len(root)
