@@ -20,8 +20,12 @@ from typing import Any
 import aiohttp
 import grpc
 
+from agent.pins import pin_store
+from agent.stages.answers import McpAnswers
+from agent.stages.audit import AgentAudit
 from agent.stages.endpoint import McpEndpoint
 from agent.stages.limits import BlastRadius
+from agent.stages.pins import PinnedTools
 from agent.stages.routing import McpMessage, McpRouting
 from agent.stages.session import McpSessions
 from agent.stages.tools import ToolPolicy
@@ -125,6 +129,8 @@ def build_dispatcher(
         # An attempt of a chain call is routed by this pipeline's body phase, run again.
         chains.body_phase = llm.start_request_body
     rest = Pipeline([authenticate, rate_limit, RestRouting(), access_log])
+    # The tenants' tool pins, on the hot-path Redis client.
+    pins = pin_store(redis)
     mcp = Pipeline(
         [
             # Before authentication: every answer from here on is JSON-RPC, and a 401 tells
@@ -141,8 +147,14 @@ def build_dispatcher(
             McpMessage(),
             # Deny by default: the tool, prompt or resource, and the call's arguments...
             ToolPolicy(),
+            # ... only tools whose definition is pinned (no rug pull, no poison, no collision)...
+            PinnedTools(pins),
             # ... then the limits, counted only for calls the policy lets through.
             BlastRadius(redis),
+            # Answers: lists filtered (and pinned), results scanned, sizes bounded.
+            McpAnswers(pins),
+            # One audit row per agent action, before the request log row.
+            AgentAudit(sink, node_id),
             access_log,
         ]
     )

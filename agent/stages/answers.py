@@ -40,7 +40,9 @@ LIST_METHODS: Final = frozenset(
     {"tools/list", "prompts/list", "resources/list", "resources/templates/list"}
 )
 JUDGED_METHODS: Final = LIST_METHODS | {"tools/call"}
-BLOCKED_RESULT: Final = "the tool's result was withheld: it carried what looks like injected instructions"
+BLOCKED_RESULT: Final = (
+    "the tool's result was withheld: it carried what looks like injected instructions"
+)
 
 
 class McpAnswers(Stage):
@@ -166,9 +168,7 @@ class McpAnswers(Stage):
         self, flow: Flow, mcp: McpCall, rules: AgentRules, tools: object
     ) -> list[dict[str, Any]]:
         server = mcp.server.name
-        allowed = [
-            t for t in _entries(tools) if rules.allows_tool(server, str(t.get("name", "")))
-        ]
+        allowed = [t for t in _entries(tools) if rules.allows_tool(server, str(t.get("name", "")))]
         if not allowed:
             return []
         observed = [_observed(tool) for tool in allowed]

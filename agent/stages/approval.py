@@ -22,11 +22,11 @@ from collections.abc import Awaitable
 from typing import Any, Final
 
 import orjson
+from gatez.approvals import Approval, ApprovalState, ApprovalStore
 
 from agent.approvals import ApprovalGate
 from agent.jsonrpc import Refused
 from gatez.agent_policy import ToolAction
-from gatez.approvals import Approval, ApprovalState, ApprovalStore
 from gatez.errors import Unavailable, quoted
 from gatez.pipeline import CONTINUE, MAX_HOLD_S, Decision, Flow, Hold, McpCall, Stage, Verdict
 

@@ -1,8 +1,14 @@
-"""Only pinned tools run: a `tools/call` to a tool whose definition the tenant has not seen, or
-whose definition changed ("rug pull"), carries hidden instructions, or collides with another
-server's tool of the same name, is refused until an operator approves it (`ListToolPins`,
+"""Blocked tool definitions stay blocked: a `tools/call` to a tool whose definition changed since
+it was pinned ("rug pull"), carries hidden instructions, or collides with another server's tool
+of the same name, is refused until an operator approves it (`ListToolPins`,
 `ApproveToolDefinition`). What the tenant has seen comes from `tools/list` answers
-(`agent.stages.answers`), so a client lists the tools before it calls them, as MCP clients do.
+(`agent.stages.answers`).
+
+A tool no `tools/list` answer has shown yet may be called (as the policy allows): a model only
+learns a tool's description from a list, and every list passes through the answers stage, which
+scans, pins and hides; so a definition the tenant never saw through the gateway has reached no
+model through it. Clients that call tools by a name they know (an SDK's `call_tool` without
+listing) keep working, and the next list pins the definition.
 """
 
 from __future__ import annotations
@@ -41,13 +47,7 @@ class PinnedTools(Stage):
             verdict = await self._pins.verdict(flow.caller.tenant_id, mcp.server.name, mcp.name)
         except Exception:
             raise Unavailable("the tool pin store is unavailable, try again") from None
-        if verdict is None:
-            mcp.decision, mcp.reason = "denied", "tool definition never listed"
-            raise Refused(
-                f"tool {quoted(mcp.name)} has not been listed through this gateway yet: "
-                "call tools/list first"
-            )
-        if not verdict.allowed:
+        if verdict is not None and not verdict.allowed:
             mcp.decision, mcp.reason = "denied", f"tool definition {verdict.state.value}"
             raise Refused(f"tool {quoted(mcp.name)} is blocked: {_WHY[verdict.state]}")
         return CONTINUE

@@ -161,7 +161,5 @@ class McpMessage(Stage):
                 encoded = orjson.dumps(arguments or {}, option=orjson.OPT_SORT_KEYS)
                 mcp.arguments_digest = hashlib.sha256(encoded).hexdigest()
                 if mcp.rules.audit_raw_arguments:
-                    mcp.arguments_json = encoded[:ARGUMENTS_JSON_LIMIT].decode(
-                        "utf-8", "replace"
-                    )
+                    mcp.arguments_json = encoded[:ARGUMENTS_JSON_LIMIT].decode("utf-8", "replace")
         return CONTINUE

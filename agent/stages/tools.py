@@ -30,7 +30,7 @@ class ToolPolicy(Stage):
 
     def on_request_body(self, flow: Flow) -> Verdict:
         mcp = flow.mcp
-        if mcp is None or mcp.kind != "request" and mcp.kind != "notification":
+        if mcp is None or (mcp.kind != "request" and mcp.kind != "notification"):
             return CONTINUE
         rules = mcp.rules
         assert rules is not None

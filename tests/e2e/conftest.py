@@ -18,9 +18,12 @@ import pytest
 from gatez.stack import Stack, StackConfig
 from gatez.v1 import control_pb2, control_pb2_grpc, policy_pb2
 from tests.fakes.openai_upstream import UpstreamServer
+from tests.support.mcp_servers import mcp_upstreams
 from tests.support.oidc import OidcIssuer
 from tests.support.redis_cluster import LocalRedisCluster
 from tests.support.tls import LocalCertificateAuthority
+
+__all__ = ["mcp_upstreams"]
 
 UPSTREAM_KEY = "sk-upstream-secret-for-tests"
 PROVIDER = "fake-openai"
