@@ -20,6 +20,7 @@ from grpc_reflection.v1alpha import reflection
 from control.auth import CredentialInterceptor, Role
 from control.service import ControlServicer, DataPlaneRegistry, DataPlaneServicer
 from control.store import PolicyStore
+from gatez.approvals import ApprovalStore
 from gatez.errors import InvalidPolicy
 from gatez.logstore import LogStore
 from gatez.redis_client import RedisTarget, connect
@@ -101,7 +102,8 @@ async def start(settings: Settings) -> ControlServer:
             options=[("grpc.so_reuseport", 0)],
         )
         control_pb2_grpc.add_ControlServiceServicer_to_server(
-            ControlServicer(store, logs, data_planes, box), server
+            ControlServicer(store, logs, data_planes, box, approvals=ApprovalStore(redis)),
+            server,
         )
         control_pb2_grpc.add_DataPlaneServiceServicer_to_server(
             DataPlaneServicer(store, logs, data_planes), server
