@@ -222,3 +222,19 @@ async def test_an_approval_lost_by_redis_is_abandoned(
         assert result.state is ApprovalState.ABANDONED
     finally:
         await gate.close()
+
+
+async def test_the_gate_works_on_a_redis_cluster(
+    redis_cluster_client: aioredis.RedisCluster,
+) -> None:
+    store = ApprovalStore(redis_cluster_client)
+    gate = await gate_of(store, NO_POLL_S)
+    try:
+        record = await held(store)
+        waiting = asyncio.create_task(gate.wait(record))
+        await asyncio.sleep(0.05)
+        await store.decide("acme", record.id, approve=True, approver="alice")
+        result = await asyncio.wait_for(waiting, 1.0)
+        assert result.state is ApprovalState.APPROVED
+    finally:
+        await gate.close()
