@@ -36,6 +36,8 @@ from gatez.approvals import (
 
 POLL_S: Final = 1.0
 RESUBSCRIBE_DELAY_S: Final = 1.0
+# How long the listener blocks on the socket before it looks whether the gate is closing.
+LISTEN_TIMEOUT_S: Final = 0.5
 # How long the pipeline's Hold should outlast the gate's deadline, for the TIMED_OUT write.
 HOLD_MARGIN_S: Final = 5.0
 # How long `close` waits for waiters to record that they were abandoned.
@@ -193,9 +195,10 @@ class ApprovalGate:
             try:
                 await pubsub.psubscribe(CHANNEL_PATTERN)
                 self._subscribed.set()
-                while True:
+                # redis-py can swallow a cancellation landing in a blocking read: look up too.
+                while not self._closing:
                     message = await pubsub.get_message(
-                        ignore_subscribe_messages=True, timeout=self._poll_s
+                        ignore_subscribe_messages=True, timeout=LISTEN_TIMEOUT_S
                     )
                     if message is None or message.get("type") != "pmessage":
                         continue
@@ -209,4 +212,6 @@ class ApprovalGate:
             finally:
                 self._subscribed.clear()
                 await pubsub.aclose()  # type: ignore[no-untyped-call]  # untyped in redis-py
+            if self._closing:
+                return
             await asyncio.sleep(RESUBSCRIBE_DELAY_S)

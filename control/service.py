@@ -737,8 +737,10 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
     async def WatchApprovals(
         self, request: control_pb2.WatchApprovalsRequest, context: Context
     ) -> None:
-        """The tenant's PENDING approvals, then each new one and each end of one. Pub/Sub may
-        lose a message, so the pending set is also re-read every APPROVALS_CATCH_UP_S."""
+        """The tenant's PENDING approvals, then each new one and each end of one (also of one
+        that was created and ended between two looks). Pub/Sub may lose a message, so the
+        pending set is also re-read every APPROVALS_CATCH_UP_S. Ends when the client cancels
+        (or the server stops)."""
         tenant_id = _require(request.tenant_id, "tenant_id")
         _tenant(self._store.current, tenant_id)
         approvals = self._approval_store()

@@ -11,7 +11,12 @@ from collections.abc import AsyncIterator
 import pytest
 import redis.asyncio as aioredis
 
-from agent.approvals import CLIENT_LEFT_REASON, STOPPING_REASON, ApprovalGate
+from agent.approvals import (
+    CLIENT_LEFT_REASON,
+    RESUBSCRIBE_DELAY_S,
+    STOPPING_REASON,
+    ApprovalGate,
+)
 from gatez.approvals import Approval, ApprovalState, ApprovalStore, record_key
 
 # Longer than any test: only the announcement (or an explicit poll interval) can wake a waiter.
@@ -238,3 +243,17 @@ async def test_the_gate_works_on_a_redis_cluster(
         assert result.state is ApprovalState.APPROVED
     finally:
         await gate.close()
+
+
+async def test_the_gate_resubscribes_after_losing_its_connection(
+    store: ApprovalStore, gate: ApprovalGate, redis_client: aioredis.Redis
+) -> None:
+    await redis_client.execute_command("CLIENT", "KILL", "TYPE", "pubsub")
+    await asyncio.sleep(RESUBSCRIBE_DELAY_S + 0.5)
+    await asyncio.wait_for(gate.wait_subscribed(), 1.0)
+    record = await held(store)
+    waiting = asyncio.create_task(gate.wait(record))
+    await asyncio.sleep(0.05)
+    await store.decide("acme", record.id, approve=True, approver="alice")
+    result = await asyncio.wait_for(waiting, 0.5)
+    assert result.state is ApprovalState.APPROVED
