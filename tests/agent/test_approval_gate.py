@@ -248,7 +248,7 @@ async def test_the_gate_works_on_a_redis_cluster(
 async def test_the_gate_resubscribes_after_losing_its_connection(
     store: ApprovalStore, gate: ApprovalGate, redis_client: aioredis.Redis
 ) -> None:
-    await redis_client.execute_command("CLIENT", "KILL", "TYPE", "pubsub")
+    await redis_client.client_kill_filter(_type="pubsub")
     await asyncio.sleep(RESUBSCRIBE_DELAY_S + 0.5)
     await asyncio.wait_for(gate.wait_subscribed(), 1.0)
     record = await held(store)
