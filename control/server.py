@@ -20,6 +20,7 @@ from grpc_reflection.v1alpha import reflection
 from control.auth import CredentialInterceptor, Role
 from control.service import ControlServicer, DataPlaneRegistry, DataPlaneServicer
 from control.store import PolicyStore
+from gatez.approvals import ApprovalStore
 from gatez.errors import InvalidPolicy
 from gatez.logstore import LogStore
 from gatez.redis_client import RedisTarget, connect
@@ -109,7 +110,12 @@ async def start(settings: Settings) -> ControlServer:
         )
         control_pb2_grpc.add_ControlServiceServicer_to_server(
             ControlServicer(
-                store, logs, data_planes, box, tool_pins=ToolPinStore(RedisPyScripts(redis))
+                store,
+                logs,
+                data_planes,
+                box,
+                tool_pins=ToolPinStore(RedisPyScripts(redis)),
+                approvals=ApprovalStore(redis),
             ),
             server,
         )

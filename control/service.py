@@ -31,6 +31,8 @@ from redis.exceptions import RedisError
 from control.store import Change, Clock, PolicyStore, utc_now
 from gatez import keys
 from gatez.agent_policy import MCP_SERVER_NAME, mcp_credential_name
+from gatez.approvals import Approval, ApprovalState, ApprovalStore, parse_event
+from gatez.approvals import channel as approvals_channel
 from gatez.errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -134,12 +136,14 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
         tool_pins: ToolPinStore,
         clock: Clock = utc_now,
         new_id: IdGenerator = random_id,
+        approvals: ApprovalStore | None = None,
     ) -> None:
         self._store = store
         self._tool_pins = tool_pins
         self._logs = logs
         self._data_planes = data_planes
         self._box = secret_box
+        self._approvals = approvals
         self._clock = clock
         self._new_id = new_id
 
@@ -889,6 +893,119 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
         log.info("tool %r of %s/%s approved by %r", tool, tenant_id, server, approver)
         return control_pb2.ApproveToolDefinitionResponse(tool_pin=_tool_pin_to_proto(pin))
 
+    # Approvals: tool calls held for a human decision (gatez.approvals; the data planes hold the
+    # calls, this only lists, decides and watches them).
+
+    def _approval_store(self) -> ApprovalStore:
+        if self._approvals is None:
+            raise FailedPrecondition("approvals are not enabled on this control service")
+        return self._approvals
+
+    @public_errors
+    async def ListApprovals(
+        self, request: control_pb2.ListApprovalsRequest, context: Context
+    ) -> control_pb2.ListApprovalsResponse:
+        tenant_id = _require(request.tenant_id, "tenant_id")
+        _tenant(self._store.current, tenant_id)
+        state = None
+        if request.state != control_pb2.APPROVAL_STATE_UNSPECIFIED:
+            state = _APPROVAL_STATES.get(request.state)
+            if state is None:
+                raise InvalidRequest(f"state {request.state} is not an approval state")
+        records = await self._approval_store().list(tenant_id, state)
+        return control_pb2.ListApprovalsResponse(approvals=[_approval(r) for r in records])
+
+    @public_errors
+    async def DecideApproval(
+        self, request: control_pb2.DecideApprovalRequest, context: Context
+    ) -> control_pb2.DecideApprovalResponse:
+        tenant_id = _require(request.tenant_id, "tenant_id")
+        approval_id = _require(request.approval_id, "approval_id")
+        approver = _require(request.approver.strip(), "approver")
+        record = await self._approval_store().decide(
+            tenant_id,
+            approval_id,
+            approve=request.approve,
+            approver=approver,
+            reason=request.reason,
+        )
+        log.info(
+            "approval %s of tenant %s %s by %s",
+            record.id,
+            tenant_id,
+            record.state.value,
+            quoted(approver),
+        )
+        return control_pb2.DecideApprovalResponse(approval=_approval(record))
+
+    @public_errors
+    async def WatchApprovals(
+        self, request: control_pb2.WatchApprovalsRequest, context: Context
+    ) -> None:
+        """The tenant's PENDING approvals, then each new one and each end of one (also of one
+        that was created and ended between two looks). Pub/Sub may lose a message, so the
+        pending set is also re-read every APPROVALS_CATCH_UP_S. Ends when the client cancels
+        (or the server stops)."""
+        tenant_id = _require(request.tenant_id, "tenant_id")
+        _tenant(self._store.current, tenant_id)
+        approvals = self._approval_store()
+        # What the watcher was last sent of each approval it saw PENDING.
+        sent: dict[str, ApprovalState] = {}
+
+        async def send(record: Approval) -> None:
+            if sent.get(record.id) is record.state:
+                return
+            await context.write(control_pb2.WatchApprovalsResponse(approval=_approval(record)))
+            if record.state.final:
+                sent.pop(record.id, None)
+            else:
+                sent[record.id] = record.state
+
+        async def catch_up() -> None:
+            pending = await approvals.list(tenant_id, ApprovalState.PENDING)
+            for record in reversed(pending):  # oldest first, as they came
+                await send(record)
+            still = {r.id for r in pending}
+            for approval_id in [i for i in sent if i not in still]:
+                current = await approvals.get(tenant_id, approval_id)
+                if current is None:
+                    sent.pop(approval_id, None)
+                else:
+                    await send(current)
+
+        # Subscribed before the first listing, so nothing lands unseen in between.
+        pubsub = approvals.redis.pubsub(ignore_subscribe_messages=True)
+        try:
+            await pubsub.subscribe(approvals_channel(tenant_id))
+            await catch_up()
+            caught_up = asyncio.get_running_loop().time()
+            # redis-py can swallow a cancellation landing in a blocking read: look up too.
+            while not context.done():
+                message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.5)
+                if message is not None and message.get("type") == "message":
+                    event = parse_event(message["channel"], message["data"])
+                    if event is not None and event.tenant_id == tenant_id:
+                        current = await approvals.get(tenant_id, event.approval_id)
+                        if current is not None:
+                            await send(current)
+                now = asyncio.get_running_loop().time()
+                if now - caught_up >= APPROVALS_CATCH_UP_S:
+                    caught_up = now
+                    await catch_up()
+        finally:
+            await pubsub.aclose()  # type: ignore[no-untyped-call]  # untyped in redis-py
+
+
+APPROVALS_CATCH_UP_S: Final = 5.0
+_APPROVAL_STATES: Final = {
+    control_pb2.APPROVAL_STATE_PENDING: ApprovalState.PENDING,
+    control_pb2.APPROVAL_STATE_APPROVED: ApprovalState.APPROVED,
+    control_pb2.APPROVAL_STATE_DENIED: ApprovalState.DENIED,
+    control_pb2.APPROVAL_STATE_TIMED_OUT: ApprovalState.TIMED_OUT,
+    control_pb2.APPROVAL_STATE_ABANDONED: ApprovalState.ABANDONED,
+}
+_APPROVAL_STATE_PROTOS: Final = {state: proto for proto, state in _APPROVAL_STATES.items()}
+
 
 def _pinned_tenant(tenant_id: str) -> str:
     # Not looked up in the policy: a deleted tenant's pins stay readable until forgotten.
@@ -922,6 +1039,27 @@ def _tool_pin_to_proto(pin: ToolPin) -> control_pb2.ToolPin:
         message.pin_time.FromDatetime(pin.pin_time)
     if pin.observe_time is not None:
         message.observe_time.FromDatetime(pin.observe_time)
+    return message
+
+
+def _approval(record: Approval) -> control_pb2.Approval:
+    message = control_pb2.Approval(
+        id=record.id,
+        tenant_id=record.tenant_id,
+        caller=record.caller,
+        server=record.server,
+        tool=record.tool,
+        arguments_json=record.arguments_json,
+        session_id_digest=record.session_digest,
+        state=_APPROVAL_STATE_PROTOS[record.state],
+        approver=record.approver,
+        reason=record.reason,
+        held_because=record.held_because,
+    )
+    message.create_time.FromDatetime(record.create_time)
+    message.expire_time.FromDatetime(record.expire_time)
+    if record.decide_time is not None:
+        message.decide_time.FromDatetime(record.decide_time)
     return message
 
 
