@@ -20,8 +20,10 @@ from typing import Any
 import aiohttp
 import grpc
 
+from agent.approvals import ApprovalGate
 from agent.pins import pin_store
 from agent.stages.answers import McpAnswers
+from agent.stages.approval import ApprovalGateStage, NoApprovals
 from agent.stages.audit import AgentAudit
 from agent.stages.endpoint import McpEndpoint
 from agent.stages.limits import BlastRadius
@@ -51,10 +53,11 @@ from extproc.stages.response import DecodeResponse, EncodeResponse
 from extproc.stages.rest_route import RestRouting
 from extproc.stages.usage import UsageMeter
 from extproc.token_count import TokenCounter
+from gatez.approvals import ApprovalStore
 from gatez.logstore import LogStore
 from gatez.pipeline import Dispatcher, FlowObserver, NoPolicy, NoRoute, Pipeline
 from gatez.policy import CompiledPolicy, RouteKind
-from gatez.redis_client import RedisTarget
+from gatez.redis_client import RedisTarget, connect
 from gatez.secrets import dataplane_tokens, secret_box
 from gatez.settings import Settings
 from gatez.telemetry import (
@@ -89,11 +92,14 @@ def build_dispatcher(
     tokens: TokenCounter | None = None,
     observer: FlowObserver | None = None,
     chains: EnvoyChains | None = None,
+    approvals: tuple[ApprovalStore, ApprovalGate] | None = None,
 ) -> Dispatcher:
     """Every pipeline a data plane runs, one per route kind, with the stages in policy order;
     each position has a reason. Stage instances are shared between pipelines (a tenant has one
     rate-limit lease, whatever route it calls). `chains`: behind Envoy, fallback chains' later
-    targets are reached by Envoy's retries (their attempts routed by the LLM pipeline)."""
+    targets are reached by Envoy's retries (their attempts routed by the LLM pipeline).
+    `approvals`: the store and gate that hold tool calls for a human decision (without them, a
+    call a policy marks for approval is refused)."""
     # Nothing runs for a caller we do not know; the tenant found here scopes all after.
     authenticate = Authenticate(jwks)
     # Before any body is buffered: a limited tenant costs one Redis round trip, no more.
@@ -149,8 +155,12 @@ def build_dispatcher(
             ToolPolicy(),
             # ... only tools whose definition is pinned (no rug pull, no poison, no collision)...
             PinnedTools(pins),
-            # ... then the limits, counted only for calls the policy lets through.
+            # ... then the limits, counted only for calls the policy lets through (a held call
+            # holds its slot: it is in flight)...
             BlastRadius(redis),
+            # ... and last before the server, the human decision, asked only for calls that
+            # passed every other check.
+            ApprovalGateStage(*approvals) if approvals is not None else NoApprovals(),
             # Answers: lists filtered (and pinned), results scanned, sizes bounded.
             McpAnswers(pins),
             # One audit row per agent action, before the request log row.
@@ -179,8 +189,12 @@ class DataPlane:
     tasks: list[asyncio.Task[None]]
     closers: list[Any]
     access_log: EnvoyAccessLog
+    approvals: ApprovalGate | None = None
 
     async def stop(self) -> None:
+        if self.approvals is not None:
+            # Held calls answered while Envoy's streams are still open.
+            await self.approvals.close()
         await self.server.stop(2)
         # Reset flows still waiting for Envoy's entry are logged before the sink's last flush.
         self.access_log.close()
@@ -204,6 +218,9 @@ class DataPlaneCore:
     telemetry: DataPlaneTelemetry
     # Serving /metrics when settings.metrics_address asks for it.
     metrics: MetricsServer | None = None
+    # Holds tool calls for a human decision; closed first on the way out, so every held call
+    # is answered ("gateway stopping") while the proxy still listens.
+    approvals: ApprovalGate | None = None
 
     async def close(self) -> None:
         await _release(self.tasks, self.sink, self.closers)
@@ -284,8 +301,14 @@ async def start_core(
     if tracing is not None:
         flow_tracing = FlowTracing(tracing, stage_min_us=settings.trace_stage_min_us)
     telemetry = DataPlaneTelemetry(DataPlaneMetrics(registry), flow_tracing)
-    redis = hot_path_client(RedisTarget.from_settings(settings))
+    target = RedisTarget.from_settings(settings)
+    redis = hot_path_client(target)
     closers.append(redis.close)
+    # Off the hot path (held tool calls): redis-py, for its Pub/Sub.
+    approval_redis = await connect(target)
+    closers.append(approval_redis.aclose)
+    approval_store = ApprovalStore(approval_redis)
+    gate = ApprovalGate(approval_store)
     http = aiohttp.ClientSession()
     closers.append(http.close)
     control = grpc.aio.insecure_channel(settings.control_address, options=GRPC_OPTIONS)
@@ -316,7 +339,11 @@ async def start_core(
         tokens=tokens,
         observer=telemetry,
         chains=chains,
+        approvals=(approval_store, gate),
     )
+    # Also closed by the transports before they stop serving (see `DataPlane.stop`); again
+    # here in case a start-up failed half-way.
+    closers.append(gate.close)
     # Closed in reverse order: the stages (giving back held rate-limit tokens) before Redis.
     closers.append(dispatcher.close)
     registry.register(StageCollector(dispatcher.named_pipelines()))
@@ -334,7 +361,7 @@ async def start_core(
             log.warning("metrics address %s in use; serving it once free", settings.metrics_address)
             closers.append(LateMetricsServer(settings.metrics_address, registry).stop)
     return DataPlaneCore(
-        settings, holder, watcher, sink, dispatcher, tasks, closers, telemetry, metrics
+        settings, holder, watcher, sink, dispatcher, tasks, closers, telemetry, metrics, gate
     )
 
 

@@ -22,11 +22,11 @@ from collections.abc import Awaitable
 from typing import Any, Final
 
 import orjson
-from gatez.approvals import Approval, ApprovalState, ApprovalStore
 
 from agent.approvals import ApprovalGate
 from agent.jsonrpc import Refused
 from gatez.agent_policy import ToolAction
+from gatez.approvals import Approval, ApprovalState, ApprovalStore
 from gatez.errors import Unavailable, quoted
 from gatez.pipeline import CONTINUE, MAX_HOLD_S, Decision, Flow, Hold, McpCall, Stage, Verdict
 
@@ -99,6 +99,21 @@ class ApprovalGateStage(Stage):
         verdict = _decided(mcp, final)
         assert not isinstance(verdict, Hold)
         return verdict
+
+
+class NoApprovals(Stage):
+    """Without an approval store (a data plane built without one, as some tests are): a call
+    the policy holds for a decision is refused, never run unapproved."""
+
+    name = "approval_gate"
+
+    def on_request_body(self, flow: Flow) -> Verdict:
+        mcp = flow.mcp
+        rule = mcp.rule if mcp is not None else None
+        if mcp is None or rule is None or rule.action is not ToolAction.REQUIRE_APPROVAL:
+            return CONTINUE
+        mcp.decision, mcp.reason = "denied", "approvals unavailable"
+        raise Unavailable("tool calls that need approval cannot be held by this gateway")
 
 
 def _decided(mcp: McpCall, record: Approval) -> Verdict:

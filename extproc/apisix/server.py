@@ -150,6 +150,9 @@ class RunnerPlane:
             found = os.lstat(self.socket_path)
             if (found.st_dev, found.st_ino) == self.socket_file:
                 self.socket_path.unlink()
+        if self.core.approvals is not None:
+            # Held calls answered while APISIX still waits on them.
+            await self.core.approvals.close()
         await self.runner.close()
         await self.core.close()
 

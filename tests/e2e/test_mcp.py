@@ -45,14 +45,14 @@ def add_mcp_server(
         ),
         metadata=admin.metadata,
     )
-    return response.policy_version
+    return int(response.policy_version)
 
 
 def set_agent_policy(admin: Admin, policy: policy_pb2.AgentPolicy) -> int:
     response = admin.control.SetAgentPolicy(
         control_pb2.SetAgentPolicyRequest(agent_policy=policy), metadata=admin.metadata
     )
-    return response.policy_version
+    return int(response.policy_version)
 
 
 @pytest.fixture
