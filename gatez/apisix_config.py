@@ -26,6 +26,8 @@ GATEZ_PLUGIN: Final = Path("apisix") / "plugins" / "gatez.lua"
 PRE_REQ: Final = "ext-plugin-pre-req"
 # Long generations need long timeouts (seconds).
 LLM_TIMEOUT: Final = {"connect": 5, "send": 600, "read": 600}
+# MCP: a GET stream may carry nothing for long stretches.
+MCP_TIMEOUT: Final = {"connect": 5, "send": 600, "read": 3600}
 UPSTREAM_TLS_VERIFY: Final = "proxy_ssl_verify on;\nproxy_ssl_verify_depth 5;\n"
 # APISIX loads a standalone routes file only when it ends with this line.
 END_MARKER: Final = "#END"
@@ -177,6 +179,23 @@ def llm_route() -> dict[str, object]:
     }
 
 
+def mcp_route() -> dict[str, object]:
+    """The built-in MCP routes, `/mcp/*` and the protected-resource metadata: like the LLM
+    route (the runner, then the Gatez plugin making the server call), with a read timeout long
+    enough for a server's GET stream to stay quiet for an hour (a held tool call waits in the
+    runner's request phase, kept alive there)."""
+    return {
+        "id": "gatez-mcp",
+        "uris": ["/mcp/*", "/.well-known/oauth-protected-resource/*"],
+        "priority": 10,
+        "timeout": dict(MCP_TIMEOUT),
+        "plugins": {
+            PRE_REQ: {"conf": _runner_conf(), "allow_degradation": False},
+            "gatez": {},
+        },
+    }
+
+
 def rest_route(upstream_url: str) -> dict[str, object]:
     """The catch-all `/*`: the runner on the request only (authentication, rate limit, the
     policy route's rewrite), then the APISIX route's own upstream."""
@@ -199,7 +218,7 @@ def render_routes(
     benchmark's plain route), and with `tls` the HTTPS listener's SSL object (the file then
     holds its private key: write it mode 0600). Gatez's policy decides what each path is; a
     path no policy route knows is the runner's 404 JSON, whichever APISIX route it came by."""
-    routes = [llm_route(), rest_route(rest_upstream_url), *extra_routes]
+    routes = [llm_route(), mcp_route(), rest_route(rest_upstream_url), *extra_routes]
     document: dict[str, object] = {"routes": routes}
     if tls is not None:
         document["ssls"] = [gateway_ssl(tls)]
