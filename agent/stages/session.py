@@ -21,9 +21,10 @@ from typing import Final
 from agent.jsonrpc import RpcError
 from agent.protocol import SESSION_HEADER
 from agent.stages.routing import digest
+from extproc.deferred import defer_script
 from extproc.redis_pipe import Script, ScriptClient
 from gatez.errors import InvalidRequest, Unavailable
-from gatez.pipeline import CONTINUE, Flow, McpCall, Stage, Verdict
+from gatez.pipeline import CONTINUE, Decision, Flow, McpCall, Stage, Verdict
 
 # How long a session lives unused; each use extends it.
 SESSION_TTL_S: Final = 24 * 3600
@@ -83,19 +84,17 @@ class McpSessions(Stage):
             return CONTINUE
         if len(mcp.session_id) > SESSION_ID_LIMIT or not mcp.session_id.isascii():
             raise SessionNotFound("session not found")
-        return self._check(flow, mcp)
-
-    async def _check(self, flow: Flow, mcp: McpCall) -> Verdict:
-        try:
-            owned = await self._redis.submit_script(
-                CHECK,
-                [session_key(flow.caller.tenant_id, mcp.session_digest)],
-                [_owner(flow, mcp), self._ttl_s],
-            )
-        except Exception:
-            raise Unavailable("session store unavailable, try again") from None
-        if owned != 1:
-            raise SessionNotFound("session not found")
+        # Checked while the proxy sends the body; settled before anything reaches the server.
+        defer_script(
+            flow,
+            self,
+            self._redis,
+            CHECK,
+            [session_key(flow.caller.tenant_id, mcp.session_digest)],
+            [_owner(flow, mcp), self._ttl_s],
+            _owned,
+            _store_unavailable,
+        )
         return CONTINUE
 
     def on_response_headers(self, flow: Flow) -> Verdict | Awaitable[Verdict]:
@@ -130,6 +129,16 @@ class McpSessions(Stage):
             # A server that hands out an id already bound to someone else: never pass it on.
             raise Unavailable("the MCP server reused another caller's session id")
         return CONTINUE
+
+
+def _owned(reply: object) -> Decision:
+    if reply != 1:
+        raise SessionNotFound("session not found")
+    return CONTINUE
+
+
+def _store_unavailable() -> Unavailable:
+    return Unavailable("session store unavailable, try again")
 
 
 def _owner(flow: Flow, mcp: McpCall) -> str:

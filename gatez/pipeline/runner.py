@@ -390,8 +390,9 @@ class Pipeline:
                 refusal = checked
         if refusal is None:
             return CONTINUE
-        flow.error = refusal.reason or "gateway_response"
-        return refusal
+        # In the client's own format, as every other answer the gateway makes.
+        flow.error = ""
+        return _answered(flow, refusal)
 
     async def close(self) -> None:
         """Lets every stage give back what it holds outside the process; errors are logged."""
