@@ -378,26 +378,37 @@ _DENIED_SUFFIXES: Final = (
 _IGNORABLE = re.compile(
     "[\u00ad\u034f\u180b-\u180f\u200b-\u200f\u202a-\u202e\u2060-\u2064\ufe00-\ufe0f\ufeff]"
 )
-_IDEOGRAPHIC_DOTS = str.maketrans({"\u3002": ".", "\uff61": ".", "\uff0e": "."})
 _TAB_NEWLINE = str.maketrans({"\t": None, "\n": None, "\r": None})
+_PERCENT_ESCAPE = re.compile(r"%[0-9a-fA-F]{2}")
+_DESTINATION_HINT = re.compile(r"[.:/\\%\[]")
 
-# Any scheme; the lookahead keeps the match short so URLs nested in a URL are found too.
-_URL = re.compile(r"(?<![a-z0-9+.\-])([a-z][a-z0-9+.\-]{0,31}):(?=([/\\]*)([^\s\"'<>`]+))")
-# WHATWG's special schemes take the authority after any number of slashes, even none.
-_SPECIAL_SCHEMES: Final = frozenset({"http", "https", "ws", "wss", "ftp", "file"})
+# The scans below start with a literal or a character class, never a lookbehind, so that the
+# regex engine skips ahead to candidates at C speed (a 16 KB argument is mostly prose); the
+# token boundaries are checked in Python on the few matches, and runs to the left of a match
+# are found by matching the reversed window (`_left_run`).
+_DELIMITERS: Final = frozenset(" \t\r\n\"'<>`")
+# "scheme://authority" with any scheme (the authority is judged whatever the scheme is, which
+# also covers "1http://"); the lookahead keeps the match short, so URLs nested in one are found.
+_URL_AUTHORITY = re.compile(r":[/\\]{2,}+(?=([^\s\"'<>`]+))")
+# WHATWG's special schemes take the authority after any number of slashes, even none or one.
+_URL_SPECIAL = re.compile(r"(?:https?|wss?|ftp|file):[/\\]?+(?=([^\s\"'<>`/\\][^\s\"'<>`]*))")
+_SCHEME_CHARS: Final = frozenset("abcdefghijklmnopqrstuvwxyz0123456789+.-")
+_SCHEME_REVERSED = re.compile(r"[a-z0-9+.\-]{1,32}")
 _AUTHORITY_END = re.compile(r"[/\\?#]")
-# A scheme-relative URL (//host/x) or a UNC name (\\\\host\\share) at the start of a token.
-_SCHEME_RELATIVE = re.compile(r"(?<![\w:/\\.])[/\\]{2}(?=([^\s\"'<>`/\\]+))")
-_HOST_PORT = re.compile(
-    r"(?<![\w.\-:\[])(\[[^\]\s/]{1,100}\]|[\w\-]+(?:\.[\w\-]+)*\.?):[0-9]{1,5}(?!\w)"
-)
+# A scheme-relative URL (//host/x) or a UNC name (\\host\share) at the start of a token.
+_SCHEME_RELATIVE = re.compile(r"[/\\]{2}(?=([^\s\"'<>`/\\]+))")
+_PORT = re.compile(r":[0-9]{1,5}+(?!\w)")
+_HOST_REVERSED = re.compile(r"[\w.\-]{1,253}")
 _IPV4_PART = r"(?:0x[0-9a-f]*|[0-9]+)"
-_IPV4_TEXT = re.compile(rf"(?<![\w.]){_IPV4_PART}(?:\.{_IPV4_PART}){{1,3}}(?!\w|\.[0-9])")
-_IPV6_CORE = r"(?:[0-9a-f]{0,4}:){2,7}(?:[0-9a-f]{1,4}|[0-9]{1,3}(?:\.[0-9]{1,3}){3})?"
-_IPV6_TEXT = re.compile(
-    rf"(?<![\w\])])\[({_IPV6_CORE})(?:%[^\]\s]*)?\]"
-    rf"|(?<![\w:.%\[])({_IPV6_CORE})(?:%[\w.\-~]+)?(?![\w:.\]])"
-)
+# A dotted quad in any base; shorter dotted forms only where a hex part ("0x") is in the text.
+_IPV4_QUAD = re.compile(rf"[0-9](?:x[0-9a-f]*|[0-9]*)(?:\.{_IPV4_PART}){{3}}(?!\w|\.[0-9])")
+_IPV4_TEXT = re.compile(rf"[0-9](?:x[0-9a-f]*|[0-9]*)(?:\.{_IPV4_PART}){{1,3}}(?!\w|\.[0-9])")
+_IPV6_BRACKETED = re.compile(r"\[([0-9a-f:.]{2,45})(?:%[^\]\s]{0,64})?\]")
+# Two colons with at most one hex group between them: in every bare IPv6 literal.
+_IPV6_ANCHOR = re.compile(r":[0-9a-f]{0,4}:")
+_IPV6_RUN = re.compile(r"[0-9a-f:.]{1,45}")
+_IPV6_ZONE = re.compile(r"%[\w.\-~]{1,64}")
+_IPV6_GROUP = re.compile(r"[0-9a-f]+")
 _DENIED_NAME_TEXT = re.compile(
     r"(?<![\w.\-/\\])((?:[\w\-]+\.)*localhost|(?:[\w\-]+\.)+(?:internal|local|home\.arpa))"
     r"\.*(?![\w\-]|\.[\w\-])"
@@ -512,8 +523,8 @@ def find_destinations(value: Any) -> list[str]:
         raise ValueError("value is too deeply nested or too large to inspect") from None
     found: dict[str, None] = {}
     for text in strings:
-        for variant in _destination_variants(text):
-            for token, _host, _context in _scan_destinations(variant):
+        for variant, urls_only in _destination_variants(text):
+            for token, _host, _context in _scan_destinations(variant, urls_only):
                 found[token] = None
     return list(found)
 
@@ -538,8 +549,13 @@ def check_destinations(
 
 
 def _denied_destination(text: str, policy: DestinationPolicy) -> str | None:
-    for variant in _destination_variants(text):
-        for _token, host, context in _scan_destinations(variant):
+    if text.isascii() and _DESTINATION_HINT.search(text) is None:
+        # No dot, colon, slash, bracket or escape: at most a bare name (most strings, keys).
+        folded = text.lower()
+        if "localhost" not in folded and folded.strip() not in _DENIED_NAMES:
+            return None
+    for variant, urls_only in _destination_variants(text):
+        for _token, host, context in _scan_destinations(variant, urls_only):
             label = _judge_host(host, context, policy)
             if label is not None:
                 return label
@@ -550,7 +566,11 @@ def _fold(text: str) -> str:
     """Text as host names compare: IDNA's mapping (ignorables dropped, NFKC, ideographic dots
     as dots), lower case."""
     if not text.isascii():
-        text = unicodedata.normalize("NFKC", _IGNORABLE.sub("", text)).translate(_IDEOGRAPHIC_DOTS)
+        if _IGNORABLE.search(text):
+            text = _IGNORABLE.sub("", text)
+        text = unicodedata.normalize("NFKC", text)
+        if "\u3002" in text:  # NFKC already made U+FF0E a dot and U+FF61 this one
+            text = text.replace("\u3002", ".")
     return text.lower()
 
 
@@ -564,16 +584,18 @@ def _percent_decoded(text: str) -> str:
     return text
 
 
-def _destination_variants(text: str) -> list[str]:
-    """The readings of one string to scan: as sent and percent-decoded, each also without the
-    tabs and newlines WHATWG URL parsing deletes (`http://loc<TAB>alhost`)."""
-    variants = [_fold(text)]
-    if "%" in text:
+def _destination_variants(text: str) -> list[tuple[str, bool]]:
+    """The readings of one string to scan, with whether only URLs are to be looked for: as sent
+    and percent-decoded, each also without the tabs and newlines WHATWG URL parsing deletes
+    (`http://loc<TAB>alhost`; only URLs, as the deletion glues words together)."""
+    folded = _fold(text)
+    variants = [(folded, False)]
+    if "%" in text and _PERCENT_ESCAPE.search(text):
         decoded = _fold(_percent_decoded(text))
-        if decoded != variants[0]:
-            variants.append(decoded)
+        if decoded != folded:
+            variants.append((decoded, False))
     if "\t" in text or "\n" in text or "\r" in text:
-        variants += [variant.translate(_TAB_NEWLINE) for variant in variants]
+        variants += [(variant.translate(_TAB_NEWLINE), True) for variant, _ in variants]
     return variants
 
 
@@ -583,48 +605,116 @@ _URL_HOST: Final = "url"
 _TEXT: Final = "text"
 
 
-def _scan_destinations(text: str) -> list[tuple[str, str, str]]:
+def _left_run(text: str, end: int, reversed_run: re.Pattern[str], limit: int) -> int:
+    """Where the run of `reversed_run`'s characters that ends at `end` starts."""
+    match = reversed_run.match(text[max(0, end - limit) : end][::-1])
+    return end - match.end() if match else end
+
+
+def _word_before(text: str, index: int) -> bool:
+    """Whether a word character (or one of `.-`) touches `index` from the left."""
+    if index == 0:
+        return False
+    before = text[index - 1]
+    return before.isalnum() or before in "_.-"
+
+
+def _scan_destinations(text: str, urls_only: bool = False) -> list[tuple[str, str, str]]:
     """(token, host, context) for every destination in one folded string."""
     found: list[tuple[str, str, str]] = []
-    if ":" in text:
-        for match in _URL.finditer(text):
-            scheme, slashes, rest = match.group(1), match.group(2), match.group(3)
-            if len(slashes) < 2 and scheme not in _SPECIAL_SCHEMES:
-                continue
-            token = f"{scheme}:{slashes}{rest}"
+    if "//" in text or "\\" in text:
+        for match in _URL_AUTHORITY.finditer(text):
+            colon, rest = match.start(), match.group(1)
+            scheme_start = _left_run(text, colon, _SCHEME_REVERSED, 32)
+            scheme = text[scheme_start:colon]
+            token = text[scheme_start : match.end()] + rest
             for host in _authority_hosts(rest):
                 if scheme == "file" and host in ("", "localhost"):
                     continue  # a local file: the path check's business
                 if host:
                     found.append((token, host, _URL_HOST))
-        for match in _HOST_PORT.finditer(text):
-            host = match.group(1)
+        for match in (
+            _SCHEME_RELATIVE.finditer(text)
+            if "\\\\" in text or text.count("//") != text.count("://")
+            else ()
+        ):
+            start = match.start()
+            if start > 0 and (_word_before(text, start) or text[start - 1] in ":/\\"):
+                continue
+            for host in _authority_hosts(match.group(1)):
+                if host:
+                    found.append((match.group(0) + match.group(1), host, _URL_HOST))
+    if ":" not in text:
+        if urls_only:
+            return found
+    else:
+        for match in _URL_SPECIAL.finditer(text):
+            start = match.start()
+            if start > 0 and text[start - 1] in _SCHEME_CHARS:
+                continue  # "xhttp:" is another scheme
+            for host in _authority_hosts(match.group(1)):
+                if host and not (match.group(0).startswith("file") and host == "localhost"):
+                    found.append((match.group(0) + match.group(1), host, _URL_HOST))
+        if urls_only:
+            return found
+        for match in _PORT.finditer(text):
+            colon = match.start()
+            if colon > 0 and text[colon - 1] == "]":
+                start = text.rfind("[", max(0, colon - 64), colon)
+                if start < 0:
+                    continue
+            else:
+                start = _left_run(text, colon, _HOST_REVERSED, 253)
+            host = text[start:colon]
+            if not host or (start > 0 and text[start - 1] in ":["):
+                continue
             # "12:30" and "1024:768" are times and ratios; a lone number below 2**24 would be
             # an address in 0.0.0.0/8, which no stack connects to but 0 itself.
             if host.isdigit() and host.strip("0") and int(host) < 1 << 24:
                 continue
-            found.append((match.group(0), host, _URL_HOST))
-        for match in _IPV6_TEXT.finditer(text):
-            bracketed, bare = match.group(1), match.group(2)
-            if bare is not None and sum(1 for group in re.split(r"[:.]", bare) if group) < 2:
+            found.append((text[start : match.end()], host, _URL_HOST))
+        if "[" in text:
+            for match in _IPV6_BRACKETED.finditer(text):
+                start = match.start()
+                if ":" in match.group(1) and not (
+                    _word_before(text, start) or text[start - 1 : start] in ("]", ")")
+                ):
+                    found.append((match.group(0), match.group(1), _TEXT))
+        done = 0
+        for match in _IPV6_ANCHOR.finditer(text):
+            if match.start() < done:
                 continue
-            found.append((match.group(0), bracketed or bare, _TEXT))
-    if "//" in text or "\\\\" in text:
-        for match in _SCHEME_RELATIVE.finditer(text):
-            for host in _authority_hosts(match.group(1)):
-                if host:
-                    found.append((match.group(0) + match.group(1), host, _URL_HOST))
-    if "." in text:
-        for match in _IPV4_TEXT.finditer(text):
-            literal = match.group(0)
-            if literal.count(".") == 3 or "0x" in literal:
+            start = _left_run(text, match.start(), _IPV6_RUN, 45)
+            run = _IPV6_RUN.match(text, match.start())
+            end = run.end() if run else match.end()
+            done = end
+            zone = _IPV6_ZONE.match(text, end)
+            after = zone.end() if zone else end
+            if (start > 0 and (_word_before(text, start) or text[start - 1] in "%[")) or (
+                after < len(text) and (text[after].isalnum() or text[after] in "_]")
+            ):
+                continue
+            literal = text[start:end].rstrip(".")
+            # Python slices (a[::2]) have one group at most; an address worth writing has two.
+            if len(_IPV6_GROUP.findall(literal)) >= 2:
                 found.append((literal, literal, _TEXT))
-    if "localhost" in text or ".internal" in text or ".local" in text or ".home.arpa" in text:
+    if "." in text:
+        for match in (_IPV4_TEXT if "0x" in text else _IPV4_QUAD).finditer(text):
+            literal = match.group(0)
+            if (literal.count(".") == 3 or "0x" in literal) and not _word_before(
+                text, match.start()
+            ):
+                found.append((literal, literal, _TEXT))
+        if "localhost" in text or ".internal" in text or ".local" in text or ".home.arpa" in text:
+            for match in _DENIED_NAME_TEXT.finditer(text):
+                found.append((match.group(1), match.group(1), _URL_HOST))
+    elif "localhost" in text:
         for match in _DENIED_NAME_TEXT.finditer(text):
             found.append((match.group(1), match.group(1), _URL_HOST))
-    whole = text.strip().rstrip(".")
-    if whole in _DENIED_NAMES or (":" in whole and _parse_ipv6(whole) is not None):
-        found.append((whole, whole, _URL_HOST))
+    if len(text) <= 255:
+        whole = text.strip().rstrip(".")
+        if whole in _DENIED_NAMES or (whole.count(":") >= 2 and _parse_ipv6(whole) is not None):
+            found.append((whole, whole, _URL_HOST))
     return found
 
 
@@ -794,7 +884,7 @@ _WHITESPACE = re.compile(r"\s")
 _DOTS_AND_SPACES = re.compile(r"[. ]+")
 # Overlong UTF-8 (the classic %c0%ae for '.' and %c0%af for '/'): no honest encoder emits it.
 _OVERLONG = re.compile(rb"[\xc0\xc1]|\xe0[\x80-\x9f]|\xf0[\x80-\x8f]")
-_PATH_MARKERS: Final = ("/", "\\", "~", "%", "..")
+_PATH_HINT = re.compile(r"[/\\~%]|\.\.")
 
 
 @dataclass(frozen=True, slots=True)
@@ -882,10 +972,10 @@ def check_paths(arguments: Mapping[str, Any] | None, policy: PathPolicy) -> Viol
 
 
 def _path_problem(text: str, policy: PathPolicy) -> str | None:
-    if text.isascii() and not any(marker in text for marker in _PATH_MARKERS):
+    if text.isascii() and _PATH_HINT.search(text) is None:
         return None
     forms = [text]
-    if "%" in text:
+    if "%" in text and _PERCENT_ESCAPE.search(text):
         try:
             data = unquote_to_bytes(text)
         except UnicodeEncodeError:
@@ -931,7 +1021,7 @@ def _path_kind(form: str) -> str | None:
         return "unc"
     if path.startswith("/"):
         return "absolute"
-    if _DOTDOT_SEGMENT.search(path) and not _WHITESPACE.search(trimmed):
+    if ".." in path and _DOTDOT_SEGMENT.search(path) and not _WHITESPACE.search(trimmed):
         return "relative"
     return None
 
