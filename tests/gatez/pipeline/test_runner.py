@@ -705,3 +705,22 @@ async def test_a_hold_longer_than_the_longest_wait_is_cut_to_it(calls: list[str]
     pipeline = Pipeline([EveryPhase(calls, "approval", hold(decided(CONTINUE), timeout_s=1e9))])
     assert await pipeline.request_body(flow) is CONTINUE
     assert announced == [MAX_HOLD_S]
+
+
+async def test_a_deferred_refusal_is_answered_in_the_clients_format(calls: list[str]) -> None:
+    async def rate_limited() -> Respond:
+        await asyncio.sleep(0.01)
+        raise RateLimited("slow down", retry_after_s=2)
+
+    flow = new_flow()
+    flow.error_format = lambda error: Respond(
+        error.http_status, b'{"client": "format"}', reason=error.reason
+    )
+    pipeline = Pipeline([Deferring(calls, rate_limited()), Plain(calls, "routing")])
+
+    assert pipeline.start_request_headers(flow) is CONTINUE
+    verdict = await pipeline.request_body(flow)
+
+    assert isinstance(verdict, Respond)
+    assert (verdict.status, verdict.body) == (429, b'{"client": "format"}')
+    assert flow.error == "rate_limit_error"
