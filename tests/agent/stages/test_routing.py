@@ -231,7 +231,9 @@ def test_a_post_without_a_body_is_refused() -> None:
 # McpMessage
 
 
-def read(body: bytes, policy: CompiledPolicy = POLICY, **headers: str) -> Flow:
+def read(
+    body: bytes, policy: CompiledPolicy = POLICY, *, headers: dict[str, str] | None = None
+) -> Flow:
     flow = request_flow(policy, headers=headers, body=body)
     McpRouting().on_request_headers(flow)
     assert McpMessage().on_request_body(flow) is CONTINUE
@@ -335,7 +337,7 @@ def stateless_call(name: str, header_name: str) -> tuple[bytes, dict[str, str]]:
 
 def test_stateless_headers_are_checked_against_the_body() -> None:
     body, headers = stateless_call("echo", "echo")
-    flow = read(body, **headers)
+    flow = read(body, headers=headers)
     assert flow.mcp is not None
     assert flow.mcp.name == "echo"
 
