@@ -95,7 +95,7 @@ def rpc(method: str, request_id: str | int | None = 1, **params: Any) -> bytes:
     return orjson.dumps(message)
 
 
-def call(tool: str, request_id: str | int = 1, **arguments: Any) -> bytes:
+def call(tool: str, request_id: str | int = 1, /, **arguments: Any) -> bytes:
     return rpc("tools/call", request_id, name=tool, arguments=arguments)
 
 

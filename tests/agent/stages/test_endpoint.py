@@ -129,8 +129,8 @@ def test_a_401_carries_the_challenge_to_the_servers_metadata(
     ("body", "error", "status", "rpc_id"),
     [
         # A refused request is the call's error: HTTP 200 with the request's id.
-        (call("echo", request_id=42), Refused("no"), 200, 42),
-        (call("echo", request_id="r-1"), LimitExceeded("no"), 200, "r-1"),
+        (call("echo", 42), Refused("no"), 200, 42),
+        (call("echo", "r-1"), LimitExceeded("no"), 200, "r-1"),
         # A refused notification has no response to carry it: 403.
         (rpc("notifications/cancelled", None, requestId=1), Refused("no"), 403, None),
         # A refused response (to a server's request) likewise.

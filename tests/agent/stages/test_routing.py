@@ -241,7 +241,7 @@ def read(
 
 
 def test_a_tool_call_is_read_once_with_its_digest() -> None:
-    flow = read(call("echo", request_id=9, text="hi", n=1))
+    flow = read(call("echo", 9, text="hi", n=1))
     mcp = flow.mcp
     assert mcp is not None
     assert (mcp.kind, mcp.method, mcp.rpc_id, mcp.name) == ("request", "tools/call", 9, "echo")
