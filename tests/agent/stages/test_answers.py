@@ -12,7 +12,7 @@ from agent.jsonrpc import LIMIT_EXCEEDED
 from agent.pins import pin_store
 from agent.stages.answers import BLOCKED_RESULT, McpAnswers
 from extproc.redis_pipe import PipelinedRedis
-from gatez.pipeline import BodyMode, Flow
+from gatez.pipeline import CONTINUE, BodyMode, Flow
 from gatez.policy import CompiledPolicy
 from gatez.tool_pins import PinState, ToolPinStore
 from gatez.v1 import policy_pb2
@@ -278,3 +278,17 @@ async def test_an_answer_for_another_id_passes_unchanged(pins: ToolPinStore) -> 
     flow = mcp_flow(policy_with(policy_pb2.RESULT_SCAN_ACTION_BLOCK), call("echo", 1))
     other = answer(RESULT, 2)
     assert await answered(McpAnswers(pins), flow, [other]) == other
+
+
+@pytest.mark.parametrize("headers", [None, SSE])
+def test_a_tool_result_is_judged_without_a_coroutine(
+    pins: ToolPinStore, headers: dict[str, str] | None
+) -> None:
+    # The hot path: no pin store is asked, so the phase answers at once.
+    flow = mcp_flow(policy_with(policy_pb2.RESULT_SCAN_ACTION_BLOCK), call("echo"))
+    respond(flow, headers=headers or {"content-type": "application/json"})
+    stage = McpAnswers(pins)
+    assert stage.on_response_headers(flow) is CONTINUE
+    flow.response_chunk = event(answer(RESULT)) if headers else answer(RESULT)
+    assert stage.on_response_body(flow) is CONTINUE
+    assert b"-32001" in flow.response_chunk
