@@ -92,6 +92,10 @@ class McpAnswers(Stage):
                 b"event: message\ndata: " + error + b"\n\n" if mcp.events is not None else error
             )
             return CONTINUE
+        if mcp.method == "tools/call":
+            # The hot path: a result is judged without the pin store, so without a coroutine.
+            _judge_call(flow, mcp, rules, chunk)
+            return CONTINUE
         if mcp.events is None:
             return self._judge_json(flow, mcp, rules, chunk)
         return self._judge_events(flow, mcp, rules, chunk)
@@ -107,14 +111,8 @@ class McpAnswers(Stage):
     async def _judge_events(
         self, flow: Flow, mcp: McpCall, rules: AgentRules, chunk: bytes
     ) -> Verdict:
-        assert mcp.events is not None
-        events = mcp.events.feed(chunk)
-        if flow.end_of_stream:
-            tail = mcp.events.flush()
-            if tail:
-                events.append(tail)
         out = bytearray()
-        for event in events:
+        for event in _events(flow, mcp, chunk):
             data = event_data(event)
             judged = None
             if data is not None and b'"result"' in data:
@@ -139,8 +137,6 @@ class McpAnswers(Stage):
         result = message.get("result")
         if not isinstance(result, dict):
             return None
-        if mcp.method == "tools/call":
-            return _judge_result(mcp, rules, message, result)
         if mcp.method == "tools/list":
             kept = await self._visible_tools(flow, mcp, rules, result.get("tools"))
             result["tools"] = kept
@@ -184,6 +180,52 @@ class McpAnswers(Stage):
         return kept
 
 
+def _events(flow: Flow, mcp: McpCall, chunk: bytes) -> list[bytes]:
+    """The whole SSE events this chunk completes (the rest too at the end of the stream)."""
+    assert mcp.events is not None
+    events = mcp.events.feed(chunk)
+    if flow.end_of_stream:
+        tail = mcp.events.flush()
+        if tail:
+            events.append(tail)
+    return events
+
+
+def _judge_call(flow: Flow, mcp: McpCall, rules: AgentRules, chunk: bytes) -> None:
+    """A `tools/call` answer (JSON, or this chunk's SSE events) with its result judged."""
+    if mcp.events is None:
+        judged = _judged_call_message(mcp, rules, chunk)
+        if judged is not None:
+            flow.replace_response_chunk(judged)
+        return
+    out = bytearray()
+    for event in _events(flow, mcp, chunk):
+        data = event_data(event)
+        judged = None
+        if data is not None and b'"result"' in data:
+            judged = _judged_call_message(mcp, rules, data)
+        out += event if judged is None else _with_data(event, judged)
+    # Unchanged when the chunk held whole events only and none was judged otherwise.
+    if out != chunk:
+        flow.replace_response_chunk(bytes(out))
+
+
+def _judged_call_message(mcp: McpCall, rules: AgentRules, data: bytes) -> bytes | None:
+    """The `tools/call` response re-encoded when the gateway changed it; None to pass it on."""
+    if rules.result_scan is ResultScan.OFF:
+        return None
+    try:
+        message = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(message, dict) or message.get("id") != mcp.rpc_id:
+        return None
+    result = message.get("result")
+    if not isinstance(result, dict):
+        return None
+    return _judge_result(mcp, rules, message, result)
+
+
 def _observed(tool: dict[str, Any]) -> ObservedTool:
     """A listed tool as the pin store records it: its digest, its definition, its findings."""
     findings = tuple(
@@ -200,8 +242,6 @@ def _observed(tool: dict[str, Any]) -> ObservedTool:
 def _judge_result(
     mcp: McpCall, rules: AgentRules, message: dict[str, Any], result: dict[str, Any]
 ) -> bytes | None:
-    if rules.result_scan is ResultScan.OFF:
-        return None
     findings = scan_result(result)
     if not findings:
         return None

@@ -33,9 +33,11 @@ from gatez.pipeline import CONTINUE, BodyMode, Flow, McpCall, Stage, Verdict
 
 REQUEST_ID_HEADER: Final = "x-request-id"
 # The client headers an MCP server receives; every other one is removed (cookies, the proxy's
-# forwarding headers, the client's own credential headers were already).
+# forwarding headers, the client's own credential headers were already). x-request-id is the
+# proxy's own (Envoy never keeps a client's, and it is the flow's id).
 FORWARDED_HEADERS: Final = frozenset(
     {
+        REQUEST_ID_HEADER,
         "accept",
         "content-type",
         "user-agent",
