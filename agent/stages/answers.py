@@ -77,14 +77,15 @@ class McpAnswers(Stage):
         rules = mcp.rules
         assert rules is not None
         chunk = flow.response_chunk
-        if mcp.decision == "cut":
+        if mcp.cut:
             # Over the size limit already: the rest of the stream is dropped.
             flow.replace_response_chunk(b"")
             return CONTINUE
         mcp.result_bytes += len(chunk)
         limit = rules.limits.max_result_bytes
         if mcp.result_bytes > limit:
-            mcp.decision, mcp.reason = "cut", f"result over {limit} bytes"
+            mcp.cut = True
+            mcp.decision, mcp.reason = "blocked", f"result over {limit} bytes"
             error = error_body(
                 mcp.rpc_id, LIMIT_EXCEEDED, f"the server's answer is over {limit} bytes"
             )

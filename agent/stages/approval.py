@@ -112,6 +112,9 @@ class NoApprovals(Stage):
         rule = mcp.rule if mcp is not None else None
         if mcp is None or rule is None or rule.action is not ToolAction.REQUIRE_APPROVAL:
             return CONTINUE
+        arguments = ((flow.request_json or {}).get("params") or {}).get("arguments") or {}
+        if _held_because(rule.approve_when, arguments) is None:
+            return CONTINUE
         mcp.decision, mcp.reason = "denied", "approvals unavailable"
         raise Unavailable("tool calls that need approval cannot be held by this gateway")
 

@@ -154,11 +154,11 @@ class McpCall:
     decision: str = ""
     reason: str = ""
     approver: str = ""
-    # Bytes of the upstream's answer passed on, and the response body read so far (JSON
-    # answers are judged whole) or the SSE events being split.
+    # Bytes of the upstream's answer passed on, and the SSE events being split (JSON answers
+    # are judged whole); `cut` once the answer went over the policy's size limit.
     result_bytes: int = 0
-    buffered: bytearray = field(default_factory=bytearray)
     events: SseSplitter | None = None
+    cut: bool = False
     # Concurrency slots taken in Redis (released when the exchange ends), under this scope
     # (the session's digest, or the sessionless caller's hourly one).
     slots_taken: bool = False

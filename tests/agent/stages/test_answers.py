@@ -247,7 +247,7 @@ async def test_an_answer_over_the_size_limit_is_cut_to_an_error(
     assert message["error"]["code"] == LIMIT_EXCEEDED
     assert "x" * 10 not in out.decode()
     assert flow.mcp is not None
-    assert flow.mcp.decision == "cut"
+    assert (flow.mcp.decision, flow.mcp.cut) == ("blocked", True)
 
 
 async def test_an_error_answer_and_other_methods_are_not_read(pins: ToolPinStore) -> None:

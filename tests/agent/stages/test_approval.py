@@ -182,3 +182,9 @@ def test_without_approvals_a_call_that_needs_one_is_refused() -> None:
     assert flow.mcp is not None
     assert (flow.mcp.decision, flow.mcp.reason) == ("denied", "approvals unavailable")
     assert NoApprovals().on_request_body(judged(call("echo"))) is CONTINUE
+
+
+def test_without_approvals_a_call_no_approve_when_pattern_matches_runs() -> None:
+    assert NoApprovals().on_request_body(judged(call("deploy", env="staging"))) is CONTINUE
+    with pytest.raises(Unavailable):
+        NoApprovals().on_request_body(judged(call("deploy", env="prod-eu")))
