@@ -25,9 +25,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import re
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -288,6 +290,9 @@ class Samples:
     proxy_cpu_s: float = 0.0
     server_cpu_s: float = 0.0
     redis_commands: dict[str, int] = field(default_factory=dict)
+    # Round trips to Redis (MONITOR) over `traced_calls` sequential calls.
+    redis_round_trips: dict[str, int] = field(default_factory=dict)
+    traced_calls: int = 0
 
     @property
     def calls(self) -> int:
@@ -309,6 +314,7 @@ class RedisCounter:
     """Commands the stack's Redis ran (`INFO commandstats`), by command."""
 
     def __init__(self, config: StackConfig) -> None:
+        self.config = config
         self._client = redis.Redis(
             unix_socket_path=str(config.redis_socket.resolve()),
             password=read_password(config.redis_password_file),
@@ -324,6 +330,71 @@ class RedisCounter:
 
     def close(self) -> None:
         self._client.close()
+
+
+KEY_PARTS: Final = re.compile(r"[0-9a-f]{16,}|(?<=:)[0-9]+(?=:|$)")
+
+
+class RedisTrace:
+    """The round trips one route's calls make to Redis, from `MONITOR`: each command a client
+    sent (not those its scripts ran), named by command and first key (the tenant and digests
+    masked), so EVALSHAs read as what they touch."""
+
+    STOP: Final = "gatez-bench-trace-stop"
+
+    def __init__(self, config: StackConfig) -> None:
+        self._config = config
+        self.commands: dict[str, int] = {}
+        self._thread: threading.Thread | None = None
+        self._ready = threading.Event()
+
+    def _client(self) -> redis.Redis:
+        return redis.Redis(
+            unix_socket_path=str(self._config.redis_socket.resolve()),
+            password=read_password(self._config.redis_password_file),
+        )
+
+    def _run(self) -> None:
+        client = self._client()
+        with client.monitor() as monitor:  # type: ignore[no-untyped-call]
+            self._ready.set()
+            while True:
+                seen = monitor.next_command()
+                command = str(seen["command"])
+                if self.STOP in command:
+                    break
+                if seen.get("client_type") == "lua" or command.startswith(
+                    ("MONITOR", "INFO", "HELLO", "AUTH")
+                ):
+                    continue
+                name = self._name(command)
+                self.commands[name] = self.commands.get(name, 0) + 1
+        client.close()
+
+    @staticmethod
+    def _name(command: str) -> str:
+        words = command.split()
+        verb = words[0].upper() if words else "?"
+        key_at = 3 if verb in ("EVALSHA", "EVAL") else 1
+        key = words[key_at] if len(words) > key_at else ""
+        return (
+            f"{verb} {KEY_PARTS.sub('*', key.replace('bench-json', 't').replace('bench-sse', 't'))}"
+        )
+
+    def __enter__(self) -> RedisTrace:
+        self._thread = threading.Thread(target=self._run, name="redis-monitor", daemon=True)
+        self._thread.start()
+        self._ready.wait(5)
+        time.sleep(0.1)  # MONITOR registered before the traced calls start
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        time.sleep(0.2)  # the slot releases (after each answer) reach Redis
+        client = self._client()
+        client.echo(self.STOP)
+        client.close()
+        if self._thread is not None:
+            self._thread.join(5)
 
 
 async def _block(
@@ -378,6 +449,14 @@ async def measure(
                 redis_before = counter.snapshot()
                 await _block(session, samples, watched[session.route.name], per_block, 1, 0)
                 _add(samples.redis_commands, redis_before, counter.snapshot())
+        for session in sessions:
+            if session.route.gatez and args.trace_calls:
+                samples = results[session.route.name, 1]
+                with RedisTrace(counter.config) as trace:
+                    for _ in range(args.trace_calls):
+                        await session.call_echo()
+                samples.redis_round_trips = trace.commands
+                samples.traced_calls = args.trace_calls
         if args.concurrency > 1:
             for session in sessions:
                 samples = results.setdefault((session.route.name, args.concurrency), Samples())
@@ -402,6 +481,29 @@ def _cmdline(pid: int) -> str:
         return ""
 
 
+class ProfiledStack(Stack):
+    """The stack with its ext_proc data plane run under cProfile, writing `profile` when it
+    stops (SIGTERM stops it cleanly)."""
+
+    def __init__(self, config: StackConfig, profile: Path) -> None:
+        super().__init__(config)
+        self.profile = profile
+
+    def spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> None:
+        if name == "dataplane":
+            argv = [argv[0], "-m", "cProfile", "-o", str(self.profile), *argv[1:]]
+        super().spawn(name, argv, env)
+
+
+def print_profile(profile: Path, lines: int = 40) -> None:
+    """The profile's functions by own time, then by cumulative time."""
+    import pstats
+
+    stats = pstats.Stats(str(profile))
+    stats.sort_stats("tottime").print_stats(lines)
+    stats.sort_stats("cumulative").print_stats(lines)
+
+
 def run_proxy(
     proxy: str, upstreams: dict[str, tuple[int, int]], work: Path, args: argparse.Namespace
 ) -> dict[tuple[str, str, int], Samples]:
@@ -414,7 +516,8 @@ def run_proxy(
             plain_apisix_route(mode, port) for mode, (port, _) in upstreams.items()
         ]
     results: dict[tuple[str, str, int], Samples] = {}
-    with Stack(config) as stack:
+    profiled = args.profile is not None and proxy == "envoy"
+    with ProfiledStack(config, args.profile) if profiled else Stack(config) as stack:
         keys = provision(stack, {mode: port for mode, (port, _) in upstreams.items()})
         if proxy == "apisix":
             assert stack.apisix is not None
@@ -488,7 +591,18 @@ def report(
     commands = sorted(sequential.redis_commands.items(), key=lambda item: -item[1])
     per_call = ", ".join(f"{name} {count / sequential.calls:.2f}" for name, count in commands)
     total = sum(sequential.redis_commands.values()) / sequential.calls
-    print(f"Redis commands per {gatez_name} call: {total:.2f} ({per_call})")
+    print(f"Redis commands run per {gatez_name} call (scripts' own included): {total:.2f}")
+    print(f"  {per_call}")
+    if sequential.traced_calls:
+        trips = sorted(sequential.redis_round_trips.items(), key=lambda item: -item[1])
+        total = sum(sequential.redis_round_trips.values()) / sequential.traced_calls
+        print(
+            f"Redis round trips per {gatez_name} call (MONITOR, {sequential.traced_calls} calls):"
+        )
+        print(
+            f"  {total:.2f}: "
+            + ", ".join(f"{name} {count / sequential.traced_calls:.2f}" for name, count in trips)
+        )
 
 
 def main() -> None:
@@ -500,6 +614,15 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=200)
     parser.add_argument("--concurrency", type=int, default=8, help="calls in flight (0: none)")
     parser.add_argument("--seconds", type=float, default=10.0, help="of the concurrent run")
+    parser.add_argument(
+        "--trace-calls", type=int, default=100, help="calls traced with Redis MONITOR (0: none)"
+    )
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        help="run the Envoy stack's data plane under cProfile, its stats written here "
+        "(latencies then include the profiler's cost: for where the time goes, not how much)",
+    )
     parser.add_argument("--serve-upstream", choices=("json", "sse"), help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -523,6 +646,8 @@ def main() -> None:
     for proxy, measured in results.items():
         for mode in args.modes:
             report(proxy, mode, measured, args)
+    if args.profile is not None and "envoy" in proxies:
+        print_profile(args.profile)
     print("\ntarget: added p50 <= 1.5 ms per tools/call (sequential, c=1)")
 
 
