@@ -16,7 +16,7 @@ APISIX_RUNTIME ?= $(firstword $(wildcard ../shared/apisix-runtime \
 APISIX_PREFIX ?= $(CURDIR)/.apisix
 APISIX_VERSION := 3.18.0
 
-.PHONY: run test setup system-deps apisix proto flatbuffers lint bench bench-translate clean
+.PHONY: run test setup system-deps apisix proto flatbuffers lint bench bench-translate bench-mcp clean
 
 # PROXY=apisix: a real APISIX 3.18 (installed by `make apisix`) in front instead of Envoy.
 PROXY ?= envoy
@@ -38,6 +38,11 @@ bench: setup apisix
 	$(PY) -m bench.dataplane
 	GATEZ_APISIX_PREFIX=$(APISIX_PREFIX) $(PY) -m bench.apisix_path
 	$(PY) -m bench.translate
+	GATEZ_APISIX_PREFIX=$(APISIX_PREFIX) $(PY) -m bench.mcp
+
+# An MCP tools/call through Gatez (Envoy and APISIX) vs straight to the MCP server, JSON and SSE.
+bench-mcp: setup apisix
+	GATEZ_APISIX_PREFIX=$(APISIX_PREFIX) $(PY) -m bench.mcp --modes json sse
 
 # What schema translation costs (OpenAI client to an Anthropic provider), plain and streamed.
 bench-translate: setup
