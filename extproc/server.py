@@ -22,12 +22,11 @@ import grpc
 
 from agent.approvals import ApprovalGate
 from agent.pins import pin_store
+from agent.stages.admission import ToolCallAdmission
 from agent.stages.answers import McpAnswers
 from agent.stages.approval import ApprovalGateStage, NoApprovals
 from agent.stages.audit import AgentAudit
 from agent.stages.endpoint import McpEndpoint
-from agent.stages.limits import BlastRadius
-from agent.stages.pins import PinnedTools
 from agent.stages.routing import McpMessage, McpRouting
 from agent.stages.session import McpSessions
 from agent.stages.tools import ToolPolicy
@@ -153,11 +152,10 @@ def build_dispatcher(
             McpMessage(),
             # Deny by default: the tool, prompt or resource, and the call's arguments...
             ToolPolicy(),
-            # ... only tools whose definition is pinned (no rug pull, no poison, no collision)...
-            PinnedTools(pins),
-            # ... then the limits, counted only for calls the policy lets through (a held call
-            # holds its slot: it is in flight)...
-            BlastRadius(redis),
+            # ... then, in one Redis round trip, no blocked tool definition (rug pull, poison,
+            # collision) and the limits, counted only for calls the policy lets through (a held
+            # call holds its slot: it is in flight)...
+            ToolCallAdmission(redis),
             # ... and last before the server, the human decision, asked only for calls that
             # passed every other check.
             ApprovalGateStage(*approvals) if approvals is not None else NoApprovals(),

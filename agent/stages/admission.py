@@ -1,12 +1,23 @@
-"""Blast-radius limits on tool calls, shared by every data plane through Redis.
+"""Tool-call admission: blocked tool definitions and blast-radius limits, shared by every data
+plane through Redis, in one round trip.
 
-Per `tools/call`, one script (one round trip, one hash slot: the tenant's tag) counts the call
-against the session's budget (`calls_per_session`; for the sessionless 2026-07-28 revision the
-budget is the caller's on that server per hour) and takes a slot in two in-flight sets, the
-session's and the tenant's, each bounded by the policy. A call over any limit is refused with a
-JSON-RPC error and counts for nothing. Slots are sorted-set members scored by when they lapse,
-so a slot a dying data plane never gave back frees itself after `SLOT_LEASE_S` (longer than any
-call may be held and run); the slot is given back when the exchange ends.
+Per `tools/call`, one script (one round trip, one hash slot: the tenant's tag) first reads the
+tool's pin verdict (`gatez.tool_pins`): a tool whose definition changed since it was pinned ("rug
+pull"), carries hidden instructions, or collides with another server's tool of the same name, is
+refused until an operator approves it (`ListToolPins`, `ApproveToolDefinition`). A tool no
+`tools/list` answer has shown yet may be called (as the policy allows): a model only learns a
+tool's description from a list, and every list passes through the answers stage, which scans,
+pins and hides; so a definition the tenant never saw through the gateway has reached no model
+through it, and clients that call a tool by a name they know keep working (the next list pins
+it).
+
+Then the script counts the call against the session's budget (`calls_per_session`; for the
+sessionless 2026-07-28 revision the budget is the caller's on that server per hour) and takes a
+slot in two in-flight sets, the session's and the tenant's, each bounded by the policy. A call
+over any limit is refused with a JSON-RPC error and counts for nothing. Slots are sorted-set
+members scored by when they lapse, so a slot a dying data plane never gave back frees itself
+after `SLOT_LEASE_S` (longer than any call may be held and run); the slot is given back when the
+exchange ends.
 
 The sizes of arguments and results are checked where the bodies are read (`McpMessage`, and
 the answers stage).
@@ -19,11 +30,12 @@ import time
 from collections.abc import Awaitable
 from typing import Final
 
-from agent.jsonrpc import LimitExceeded
+from agent.jsonrpc import LimitExceeded, Refused
 from agent.stages.routing import digest
 from extproc.redis_pipe import Script, ScriptClient
-from gatez.errors import Unavailable
+from gatez.errors import Unavailable, quoted
 from gatez.pipeline import CONTINUE, Flow, McpCall, Stage, Verdict
+from gatez.tool_pins import PinState, parse_verdict, pins_key, verdict_field
 
 # Longer than the longest approval wait (900 s) plus a long tool call.
 SLOT_LEASE_S: Final = 1800
@@ -31,33 +43,38 @@ SLOT_LEASE_S: Final = 1800
 CALLS_TTL_S: Final = 24 * 3600
 STATELESS_WINDOW_S: Final = 3600
 
-# 0: admitted; 1: calls per session spent; 2: session concurrency; 3: tenant concurrency.
+# KEYS: the server's pins, the session's call count, the session's and the tenant's in-flight
+# sets. ARGV: the tool's verdict field, the three limits, the slot's member, its lease, the call
+# count's expiry. {0}: admitted; {1}: calls per session spent; {2}: session concurrency; {3}:
+# tenant concurrency; {4, line}: the tool's definition is blocked (its verdict line).
 ADMIT: Final = Script(
     """
-local calls = redis.call('INCR', KEYS[1])
-if calls == 1 then redis.call('EXPIRE', KEYS[1], ARGV[6]) end
-if calls > tonumber(ARGV[1]) then
-  redis.call('DECR', KEYS[1])
-  return 1
+local verdict = redis.call('HGET', KEYS[1], ARGV[1])
+if verdict and cjson.decode(verdict)[1] ~= 'pinned' then return {4, verdict} end
+local calls = redis.call('INCR', KEYS[2])
+if calls == 1 then redis.call('EXPIRE', KEYS[2], ARGV[7]) end
+if calls > tonumber(ARGV[2]) then
+  redis.call('DECR', KEYS[2])
+  return {1}
 end
 local now = redis.call('TIME')
 local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
-redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now_ms)
 redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now_ms)
-if redis.call('ZCARD', KEYS[2]) >= tonumber(ARGV[2]) then
-  redis.call('DECR', KEYS[1])
-  return 2
-end
+redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now_ms)
 if redis.call('ZCARD', KEYS[3]) >= tonumber(ARGV[3]) then
-  redis.call('DECR', KEYS[1])
-  return 3
+  redis.call('DECR', KEYS[2])
+  return {2}
 end
-local lapse = now_ms + tonumber(ARGV[5]) * 1000
-redis.call('ZADD', KEYS[2], lapse, ARGV[4])
-redis.call('ZADD', KEYS[3], lapse, ARGV[4])
-redis.call('EXPIRE', KEYS[2], ARGV[5])
-redis.call('EXPIRE', KEYS[3], ARGV[5])
-return 0
+if redis.call('ZCARD', KEYS[4]) >= tonumber(ARGV[4]) then
+  redis.call('DECR', KEYS[2])
+  return {3}
+end
+local lapse = now_ms + tonumber(ARGV[6]) * 1000
+redis.call('ZADD', KEYS[3], lapse, ARGV[5])
+redis.call('ZADD', KEYS[4], lapse, ARGV[5])
+redis.call('EXPIRE', KEYS[3], ARGV[6])
+redis.call('EXPIRE', KEYS[4], ARGV[6])
+return {0}
 """
 )
 RELEASE: Final = Script(
@@ -88,8 +105,19 @@ _REFUSALS: Final = {
 }
 
 
-class BlastRadius(Stage):
-    """Counts tool calls and holds their in-flight slots (see the module doc)."""
+_BLOCKED: Final = {
+    PinState.CHANGED: "its definition changed since it was approved; an operator must approve "
+    "the new one",
+    PinState.POISONED: "its definition carries what looks like hidden instructions; an operator "
+    "must approve it",
+    PinState.COLLISION: "another of this tenant's MCP servers has a tool of the same name",
+    PinState.REFUSED: "its definition cannot be pinned",
+}
+
+
+class ToolCallAdmission(Stage):
+    """Refuses blocked tool definitions, counts tool calls and holds their in-flight slots
+    (see the module doc)."""
 
     def __init__(self, redis: ScriptClient) -> None:
         self._redis = redis
@@ -107,14 +135,16 @@ class BlastRadius(Stage):
         tenant = flow.caller.tenant_id
         session = mcp.limits_scope = _session_scope(flow, mcp)
         try:
-            refused = await self._redis.submit_script(
+            reply = await self._redis.submit_script(
                 ADMIT,
                 [
+                    pins_key(tenant, mcp.server.name),
                     f"{{{tenant}}}:mcp:calls:{session}",
                     f"{{{tenant}}}:mcp:inflight:{session}",
                     f"{{{tenant}}}:mcp:inflight",
                 ],
                 [
+                    verdict_field(mcp.name),
                     limits.calls_per_session,
                     limits.concurrent_per_session,
                     limits.concurrent_per_tenant,
@@ -126,8 +156,13 @@ class BlastRadius(Stage):
         except Exception:
             # Fail closed: an uncounted call is an unbounded one.
             raise Unavailable("tool-call limits unavailable, try again") from None
+        refused = int(reply[0])
+        if refused == 4:
+            verdict = parse_verdict(reply[1])
+            mcp.decision, mcp.reason = "denied", f"tool definition {verdict.state.value}"
+            raise Refused(f"tool {quoted(mcp.name)} is blocked: {_BLOCKED[verdict.state]}")
         if refused:
-            name, field, message = _REFUSALS[int(refused)]
+            name, field, message = _REFUSALS[refused]
             limit = getattr(limits, field)
             mcp.decision = "denied"
             mcp.reason = f"limit {name}"

@@ -1,5 +1,6 @@
-"""BlastRadius against a real Redis: calls per session, concurrent calls per session and per
-tenant, slots given back when the exchange ends, and slots a dead data plane left lapsing."""
+"""ToolCallAdmission's limits against a real Redis: calls per session, concurrent calls per
+session and per tenant, slots given back when the exchange ends, and slots a dead data plane
+left lapsing."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from agent.jsonrpc import LimitExceeded
-from agent.stages.limits import BlastRadius
+from agent.stages.admission import ToolCallAdmission
 from extproc.redis_pipe import PipelinedRedis
 from gatez.errors import Unavailable
 from gatez.pipeline import CONTINUE, Flow, Principal
@@ -38,15 +39,15 @@ POLICY = build_policy(
 
 
 @pytest.fixture
-def limits(pipelined: PipelinedRedis) -> BlastRadius:
-    return BlastRadius(pipelined)
+def limits(pipelined: PipelinedRedis) -> ToolCallAdmission:
+    return ToolCallAdmission(pipelined)
 
 
 def tool_call(session: str = "s-1", caller: Principal = ACME) -> Flow:
     return mcp_flow(POLICY, call("echo"), caller=caller, headers={"mcp-session-id": session})
 
 
-async def done(limits: BlastRadius, flow: Flow, redis: aioredis.Redis) -> None:
+async def done(limits: ToolCallAdmission, flow: Flow, redis: aioredis.Redis) -> None:
     """Ends the exchange and waits for its slot to be given back (that is not awaited)."""
     assert limits.on_done(flow) is None
     for _ in range(100):
@@ -58,7 +59,7 @@ async def done(limits: BlastRadius, flow: Flow, redis: aioredis.Redis) -> None:
 
 
 async def test_calls_per_session_are_counted_and_refused_beyond_the_limit(
-    limits: BlastRadius, redis_client: aioredis.Redis
+    limits: ToolCallAdmission, redis_client: aioredis.Redis
 ) -> None:
     for _ in range(3):
         flow = tool_call()
@@ -79,7 +80,7 @@ async def test_calls_per_session_are_counted_and_refused_beyond_the_limit(
 
 
 async def test_concurrent_calls_per_session_are_bounded_until_one_ends(
-    limits: BlastRadius, redis_client: aioredis.Redis
+    limits: ToolCallAdmission, redis_client: aioredis.Redis
 ) -> None:
     first, second = tool_call(), tool_call()
     await run_stage(limits.on_request_body, first)
@@ -97,7 +98,7 @@ async def test_concurrent_calls_per_session_are_bounded_until_one_ends(
 
 
 async def test_concurrent_calls_per_tenant_are_bounded_across_sessions(
-    limits: BlastRadius, redis_client: aioredis.Redis
+    limits: ToolCallAdmission, redis_client: aioredis.Redis
 ) -> None:
     held = [tool_call("s-1"), tool_call("s-2"), tool_call("s-3", caller=ACME_OTHER)]
     for flow in held:
@@ -110,7 +111,9 @@ async def test_concurrent_calls_per_tenant_are_bounded_across_sessions(
     assert await run_stage(limits.on_request_body, tool_call("s-4")) is CONTINUE
 
 
-async def test_a_slot_is_given_back_once(limits: BlastRadius, redis_client: aioredis.Redis) -> None:
+async def test_a_slot_is_given_back_once(
+    limits: ToolCallAdmission, redis_client: aioredis.Redis
+) -> None:
     flow = tool_call()
     await run_stage(limits.on_request_body, flow)
     assert flow.mcp is not None
@@ -123,7 +126,7 @@ async def test_a_slot_is_given_back_once(limits: BlastRadius, redis_client: aior
 
 
 async def test_lapsed_slots_free_themselves(
-    limits: BlastRadius, redis_client: aioredis.Redis
+    limits: ToolCallAdmission, redis_client: aioredis.Redis
 ) -> None:
     flow = tool_call()
     assert flow.mcp is not None
@@ -143,7 +146,7 @@ async def test_lapsed_slots_free_themselves(
     [rpc("tools/list"), rpc("prompts/get", name="p"), rpc("notifications/cancelled", None)],
 )
 async def test_only_tool_calls_are_limited(
-    limits: BlastRadius, redis_client: aioredis.Redis, body: bytes
+    limits: ToolCallAdmission, redis_client: aioredis.Redis, body: bytes
 ) -> None:
     flow = mcp_flow(POLICY, body, headers={"mcp-session-id": "s-1"})
     assert limits.on_request_body(flow) is CONTINUE
@@ -152,7 +155,7 @@ async def test_only_tool_calls_are_limited(
 
 
 async def test_sessionless_calls_count_per_caller_and_server(
-    limits: BlastRadius, redis_client: aioredis.Redis
+    limits: ToolCallAdmission, redis_client: aioredis.Redis
 ) -> None:
     flows = [mcp_flow(POLICY, call("echo")) for _ in range(3)]
     for flow in flows:
@@ -169,6 +172,6 @@ async def test_sessionless_calls_count_per_caller_and_server(
 async def test_without_redis_calls_are_refused(dead_redis: PipelinedRedis) -> None:
     flow = tool_call()
     with pytest.raises(Unavailable):
-        await run_stage(BlastRadius(dead_redis).on_request_body, flow)
+        await run_stage(ToolCallAdmission(dead_redis).on_request_body, flow)
     assert flow.mcp is not None
     assert not flow.mcp.slots_taken
