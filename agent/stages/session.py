@@ -10,12 +10,19 @@ standard clients start a new session. `DELETE` ends the binding with the session
 
 Keys: `{tenant}:mcp:session:<sha256(id)>` (the tenant's hash tag: one slot per tenant on a Redis
 Cluster; the id itself is never stored), holding "<caller>\\n<server>", with a sliding expiry.
+
+A data plane remembers a session it checked for `CHECKED_FOR_S`: a binding never moves to
+another owner (binding refuses that), so a remembered "yes" can only outlive a `DELETE` made
+through another data plane by that long — and the server itself refuses an ended session. The
+sliding expiry is pushed forward when the memory lapses, so an active session never expires.
 2026-07-28 has no sessions: nothing is bound, and a stray Mcp-Session-Id is dropped (routing).
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
+import time
+from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Final
 
 from agent.jsonrpc import RpcError
@@ -28,6 +35,10 @@ from gatez.pipeline import CONTINUE, Decision, Flow, McpCall, Stage, Verdict
 
 # How long a session lives unused; each use extends it.
 SESSION_TTL_S: Final = 24 * 3600
+# How long a data plane trusts a session check it made (see the module doc), and how many
+# sessions it remembers at most.
+CHECKED_FOR_S: Final = 10.0
+CHECKED_LIMIT: Final = 100_000
 SESSION_ID_LIMIT: Final = 1024
 
 # 1: the caller's own session (expiry extended); 0: unknown, or someone else's.
@@ -69,9 +80,20 @@ def session_key(tenant_id: str, session_digest: str) -> str:
 class McpSessions(Stage):
     """Checks and binds `Mcp-Session-Id` sessions (see the module doc)."""
 
-    def __init__(self, redis: ScriptClient, ttl_s: int = SESSION_TTL_S) -> None:
+    def __init__(
+        self,
+        redis: ScriptClient,
+        ttl_s: int = SESSION_TTL_S,
+        *,
+        checked_for_s: float = CHECKED_FOR_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._redis = redis
         self._ttl_s = ttl_s
+        self._checked_for_s = checked_for_s
+        self._clock = clock
+        # (session key, owner) → when the check lapses.
+        self._checked: dict[tuple[str, str], float] = {}
 
     def on_request_headers(self, flow: Flow) -> Verdict | Awaitable[Verdict]:
         mcp = flow.mcp
@@ -84,17 +106,31 @@ class McpSessions(Stage):
             return CONTINUE
         if len(mcp.session_id) > SESSION_ID_LIMIT or not mcp.session_id.isascii():
             raise SessionNotFound("session not found")
+        key = session_key(flow.caller.tenant_id, mcp.session_digest)
+        owner = _owner(flow, mcp)
+        now = self._clock()
+        if self._checked.get((key, owner), 0.0) > now:
+            return CONTINUE
         # Checked while the proxy sends the body; settled before anything reaches the server.
         defer_script(
             flow,
             self,
             self._redis,
             CHECK,
-            [session_key(flow.caller.tenant_id, mcp.session_digest)],
-            [_owner(flow, mcp), self._ttl_s],
-            _owned,
+            [key],
+            [owner, self._ttl_s],
+            partial(self._owned, (key, owner), now + self._checked_for_s),
             _store_unavailable,
         )
+        return CONTINUE
+
+    def _owned(self, checked: tuple[str, str], until: float, reply: object) -> Decision:
+        if reply != 1:
+            self._checked.pop(checked, None)
+            raise SessionNotFound("session not found")
+        if len(self._checked) >= CHECKED_LIMIT:
+            self._checked.clear()
+        self._checked[checked] = until
         return CONTINUE
 
     def on_response_headers(self, flow: Flow) -> Verdict | Awaitable[Verdict]:
@@ -103,6 +139,8 @@ class McpSessions(Stage):
             return CONTINUE
         status = flow.response_status
         if flow.method == "DELETE" and mcp.session_id and (200 <= status < 300 or status == 404):
+            key = session_key(flow.caller.tenant_id, mcp.session_digest)
+            self._checked.pop((key, _owner(flow, mcp)), None)
             return self._run(END, flow, mcp.session_digest)
         minted = flow.response_headers.get(SESSION_HEADER)
         if minted and minted != mcp.session_id and 200 <= status < 300:
@@ -129,12 +167,6 @@ class McpSessions(Stage):
             # A server that hands out an id already bound to someone else: never pass it on.
             raise Unavailable("the MCP server reused another caller's session id")
         return CONTINUE
-
-
-def _owned(reply: object) -> Decision:
-    if reply != 1:
-        raise SessionNotFound("session not found")
-    return CONTINUE
 
 
 def _store_unavailable() -> Unavailable:

@@ -172,3 +172,35 @@ async def test_without_redis_sessions_cannot_be_checked_or_bound(
     assert caught.value.http_status == 503
     with pytest.raises(Unavailable):
         await bind(sessions)
+
+
+async def test_a_checked_session_is_remembered_for_a_while_and_forgotten_when_deleted(
+    pipelined: PipelinedRedis, redis_client: aioredis.Redis
+) -> None:
+    now = [1000.0]
+    sessions = McpSessions(pipelined, ttl_s=600, checked_for_s=10, clock=lambda: now[0])
+    await bind(sessions)
+    assert await run_stage(sessions.on_request_headers, later()) is CONTINUE
+    key = session_key("acme", digest(SESSION))
+    await redis_client.delete(key)
+
+    # Within the window the check is remembered: no Redis, no refusal.
+    remembered = later()
+    assert sessions.on_request_headers(remembered) is CONTINUE
+    assert remembered.deferred == []
+
+    # Once it lapses, Redis is asked again (and the binding is gone).
+    now[0] += 11
+    with pytest.raises(SessionNotFound):
+        await run_stage(sessions.on_request_headers, later())
+
+    # A DELETE through this data plane forgets it at once.
+    await bind(sessions)
+    assert await run_stage(sessions.on_request_headers, later()) is CONTINUE
+    deleted = later(method="DELETE")
+    assert await run_stage(sessions.on_request_headers, deleted) is CONTINUE
+    respond(deleted, status=200, headers={})
+    assert await run_stage(sessions.on_response_headers, deleted) is CONTINUE
+    assert await redis_client.get(key) is None
+    with pytest.raises(SessionNotFound):
+        await run_stage(sessions.on_request_headers, later())
