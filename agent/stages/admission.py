@@ -28,13 +28,16 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable
-from typing import Final
+from functools import partial
+from typing import Any, Final
 
 from agent.jsonrpc import LimitExceeded, Refused
 from agent.stages.routing import digest
+from extproc.deferred import defer_script
 from extproc.redis_pipe import Script, ScriptClient
+from gatez.agent_policy import AgentLimits
 from gatez.errors import Unavailable, quoted
-from gatez.pipeline import CONTINUE, Flow, McpCall, Stage, Verdict
+from gatez.pipeline import CONTINUE, Decision, Flow, McpCall, Stage, Verdict
 from gatez.tool_pins import PinState, parse_verdict, pins_key, verdict_field
 
 # Longer than the longest approval wait (900 s) plus a long tool call.
@@ -122,52 +125,41 @@ class ToolCallAdmission(Stage):
     def __init__(self, redis: ScriptClient) -> None:
         self._redis = redis
 
-    def on_request_body(self, flow: Flow) -> Verdict | Awaitable[Verdict]:
+    def on_request_body(self, flow: Flow) -> Verdict:
         mcp = flow.mcp
         if mcp is None or mcp.method != "tools/call" or mcp.kind != "request":
             return CONTINUE
-        return self._admit(flow, mcp)
-
-    async def _admit(self, flow: Flow, mcp: McpCall) -> Verdict:
         rules = mcp.rules
         assert rules is not None
         limits = rules.limits
         tenant = flow.caller.tenant_id
         session = mcp.limits_scope = _session_scope(flow, mcp)
-        try:
-            reply = await self._redis.submit_script(
-                ADMIT,
-                [
-                    pins_key(tenant, mcp.server.name),
-                    f"{{{tenant}}}:mcp:calls:{session}",
-                    f"{{{tenant}}}:mcp:inflight:{session}",
-                    f"{{{tenant}}}:mcp:inflight",
-                ],
-                [
-                    verdict_field(mcp.name),
-                    limits.calls_per_session,
-                    limits.concurrent_per_session,
-                    limits.concurrent_per_tenant,
-                    flow.request_id,
-                    SLOT_LEASE_S,
-                    CALLS_TTL_S if not mcp.stateless else STATELESS_WINDOW_S,
-                ],
-            )
-        except Exception:
+        # Deferred, not awaited: the stages after this one judge the call meanwhile (a call the
+        # approval gate would hold waits for this check first), and no task is made for it.
+        defer_script(
+            flow,
+            self,
+            self._redis,
+            ADMIT,
+            [
+                pins_key(tenant, mcp.server.name),
+                f"{{{tenant}}}:mcp:calls:{session}",
+                f"{{{tenant}}}:mcp:inflight:{session}",
+                f"{{{tenant}}}:mcp:inflight",
+            ],
+            [
+                verdict_field(mcp.name),
+                limits.calls_per_session,
+                limits.concurrent_per_session,
+                limits.concurrent_per_tenant,
+                flow.request_id,
+                SLOT_LEASE_S,
+                CALLS_TTL_S if not mcp.stateless else STATELESS_WINDOW_S,
+            ],
+            partial(_admitted, mcp, limits),
             # Fail closed: an uncounted call is an unbounded one.
-            raise Unavailable("tool-call limits unavailable, try again") from None
-        refused = int(reply[0])
-        if refused == 4:
-            verdict = parse_verdict(reply[1])
-            mcp.decision, mcp.reason = "denied", f"tool definition {verdict.state.value}"
-            raise Refused(f"tool {quoted(mcp.name)} is blocked: {_BLOCKED[verdict.state]}")
-        if refused:
-            name, field, message = _REFUSALS[refused]
-            limit = getattr(limits, field)
-            mcp.decision = "denied"
-            mcp.reason = f"limit {name}"
-            raise LimitExceeded(message.format(limit=limit))
-        mcp.slots_taken = True
+            _limits_unavailable,
+        )
         return CONTINUE
 
     def on_done(self, flow: Flow) -> Awaitable[None] | None:
@@ -185,6 +177,24 @@ class ToolCallAdmission(Stage):
         # The slot lapses by itself should this fail; nothing to wait for.
         released.add_done_callback(_ignore)
         return None
+
+
+def _admitted(mcp: McpCall, limits: AgentLimits, reply: Any) -> Decision:
+    refused = int(reply[0])
+    if refused == 4:
+        verdict = parse_verdict(reply[1])
+        mcp.decision, mcp.reason = "denied", f"tool definition {verdict.state.value}"
+        raise Refused(f"tool {quoted(mcp.name)} is blocked: {_BLOCKED[verdict.state]}")
+    if refused:
+        name, field, message = _REFUSALS[refused]
+        mcp.decision, mcp.reason = "denied", f"limit {name}"
+        raise LimitExceeded(message.format(limit=getattr(limits, field)))
+    mcp.slots_taken = True
+    return CONTINUE
+
+
+def _limits_unavailable() -> Unavailable:
+    return Unavailable("tool-call limits unavailable, try again")
 
 
 def _session_scope(flow: Flow, mcp: McpCall) -> str:

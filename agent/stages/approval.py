@@ -15,6 +15,7 @@ with an error ("gateway stopping"), never silently.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import hashlib
 import re
@@ -28,7 +29,17 @@ from agent.jsonrpc import Refused
 from gatez.agent_policy import ToolAction
 from gatez.approvals import Approval, ApprovalState, ApprovalStore
 from gatez.errors import Unavailable, quoted
-from gatez.pipeline import CONTINUE, MAX_HOLD_S, Decision, Flow, Hold, McpCall, Stage, Verdict
+from gatez.pipeline import (
+    CONTINUE,
+    MAX_HOLD_S,
+    Decision,
+    Flow,
+    Hold,
+    McpCall,
+    Respond,
+    Stage,
+    Verdict,
+)
 
 # The hold outlives the approval's own deadline by this much, so the timeout is the store's
 # (TIMED_OUT written), not the pipeline's 504.
@@ -67,6 +78,15 @@ class ApprovalGateStage(Stage):
     async def _hold(self, flow: Flow, mcp: McpCall, because: str) -> Verdict:
         rules = mcp.rules
         assert rules is not None
+        # The checks earlier stages deferred (the tool-call admission) first: a call they
+        # refuse must not reach an operator. Their refusal is the pipeline's to answer.
+        checks = [check for _, check in flow.deferred]
+        if checks:
+            await asyncio.wait(checks)
+            if any(c.cancelled() or c.exception() is not None for c in checks) or any(
+                isinstance(c.result(), Respond) for c in checks
+            ):
+                return CONTINUE
         caller = flow.caller
         params = (flow.request_json or {}).get("params") or {}
         arguments_json = _arguments_json(params.get("arguments"))

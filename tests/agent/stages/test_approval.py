@@ -15,7 +15,7 @@ from agent.stages.approval import ApprovalGateStage, ApprovalRefused, NoApproval
 from agent.stages.tools import ToolPolicy
 from gatez.approvals import Approval, ApprovalState, ApprovalStore
 from gatez.errors import Unavailable
-from gatez.pipeline import CONTINUE, Flow, Hold
+from gatez.pipeline import CONTINUE, Decision, Flow, Hold
 from gatez.v1 import policy_pb2
 from tests.agent.stages.flows import APPROVAL, agent, build_policy, call, mcp_flow, rule
 
@@ -188,3 +188,17 @@ def test_without_approvals_a_call_no_approve_when_pattern_matches_runs() -> None
     assert NoApprovals().on_request_body(judged(call("deploy", env="staging"))) is CONTINUE
     with pytest.raises(Unavailable):
         NoApprovals().on_request_body(judged(call("deploy", env="prod-eu")))
+
+
+async def test_a_call_an_earlier_check_refuses_never_reaches_an_operator(
+    stage: ApprovalGateStage, store: ApprovalStore
+) -> None:
+    flow = judged(call("merge"))
+    refusal: asyncio.Future[Decision] = asyncio.get_running_loop().create_future()
+    flow.defer(ToolPolicy(), refusal)
+    verdict = stage.on_request_body(flow)
+    assert isinstance(verdict, Awaitable)
+    asyncio.get_running_loop().call_later(0.02, refusal.set_exception, Unavailable("limits"))
+
+    assert await verdict is CONTINUE  # the pipeline answers with the deferred refusal
+    assert await store.list("acme") == []
