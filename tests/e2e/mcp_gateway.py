@@ -82,7 +82,7 @@ def agent_policy(
     )
 
 
-def rule(tool: str, action: int = ALLOW, **fields: Any) -> policy_pb2.ToolRule:
+def rule(tool: str, action: policy_pb2.ToolAction = ALLOW, **fields: Any) -> policy_pb2.ToolRule:
     return policy_pb2.ToolRule(tool=tool, action=action, **fields)
 
 
