@@ -151,6 +151,11 @@ def tool_pins(admin: Admin, tenant_id: str, server: str) -> dict[str, control_pb
     return {pin.tool: pin for pin in pins}
 
 
+def audit_row(**fields: object) -> Callable[[logs_pb2.AgentLog], bool]:
+    """Matches an audit row whose fields have these values."""
+    return lambda row: all(getattr(row, name) == value for name, value in fields.items())
+
+
 def wait_for_audit(
     admin: Admin,
     tenant_id: str,
