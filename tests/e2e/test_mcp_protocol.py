@@ -89,13 +89,22 @@ async def test_a_session_replayed_by_another_caller_is_refused(
             reply = await post_jsonrpc(url, echo_call(stolen), bearer=key, headers=headers)
             assert reply.status == 404, who
             assert reply.message["error"]["code"] == -32001, who
-            # Nor may another caller end the session.
-            ended = await post_jsonrpc(url, None, bearer=key, headers=headers, method="DELETE")
-            assert ended.status == 404, who
+            # Nor may another caller listen on the session's GET stream, or end the session.
+            for method in ("GET", "DELETE"):
+                other = await post_jsonrpc(
+                    url, None, bearer=key, headers=headers, method=method, timeout_s=3
+                )
+                assert other.status == 404, (who, method)
         assert not reached_upstream(workbench, stolen)
         # The session is still its owner's.
         result = await client.call_tool("echo", {"text": "still mine"})
         assert result.content[0].text == "still mine"  # type: ignore[union-attr]
+    # The client ended its session on leaving (DELETE): the id is dead for its owner too.
+    assert any(e.method == "DELETE" and e.status == 200 for e in wire.exchanges)
+    gone = await post_jsonrpc(
+        a.url("workbench"), echo_call("late"), bearer=a.api_key, headers=headers
+    )
+    assert gone.status == 404
 
 
 async def test_2026_headers_must_match_the_body(tenants: Tenants, workbench: McpUpstream) -> None:
