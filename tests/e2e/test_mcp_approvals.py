@@ -22,6 +22,7 @@ from tests.e2e.mcp_gateway import (
     McpTenant,
     add_api_key,
     agent_policy,
+    audit_row,
     decide,
     mcp_tenant,
     rule,
@@ -189,6 +190,11 @@ async def test_an_undecided_call_times_out(
         wait_for_approvals, admin, tenant.tenant_id, lambda a: repo in a.arguments_json
     )
     assert listed.state == TIMED_OUT and listed.approver == ""
+    rows = await asyncio.to_thread(
+        wait_for_audit, admin, tenant.tenant_id, [audit_row(decision="approval_timeout")]
+    )
+    row = next(r for r in rows if r.decision == "approval_timeout")
+    assert row.tool == "delete_repo" and listed.id in row.reason
 
 
 async def test_approve_when_holds_only_the_calls_whose_arguments_match(

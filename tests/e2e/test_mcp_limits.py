@@ -14,7 +14,14 @@ from mcp.shared.exceptions import MCPError
 from gatez.stack import Stack
 from gatez.v1 import policy_pb2
 from tests.e2e.conftest import Admin
-from tests.e2e.mcp_gateway import UPSTREAM_TOKEN, McpTenant, mcp_tenant, rule
+from tests.e2e.mcp_gateway import (
+    UPSTREAM_TOKEN,
+    McpTenant,
+    audit_row,
+    mcp_tenant,
+    rule,
+    wait_for_audit,
+)
 from tests.support.mcp_servers import McpUpstream, McpUpstreams, mcp_client
 
 pytestmark = pytest.mark.e2e
@@ -80,7 +87,7 @@ async def wait_until_received(upstream: McpUpstream, tool: str, marker: object) 
     raise TimeoutError(f"the upstream never got {tool}")
 
 
-async def test_calls_per_session(limited: McpTenant) -> None:
+async def test_calls_per_session(admin: Admin, limited: McpTenant) -> None:
     async with mcp_client(limited.url("workbench"), bearer=limited.api_key) as client:
         for n in range(3):
             result = await client.call_tool("echo", {"text": f"call {n}"})
@@ -91,6 +98,8 @@ async def test_calls_per_session(limited: McpTenant) -> None:
     # A new session has its own budget.
     async with mcp_client(limited.url("workbench"), bearer=limited.api_key) as client:
         await client.call_tool("echo", {"text": "fresh"})
+    refusal = audit_row(tool="echo", decision="denied", reason="limit calls_per_session")
+    await asyncio.to_thread(wait_for_audit, admin, limited.tenant_id, [refusal])
 
 
 async def test_concurrent_calls_per_session(limited: McpTenant, workbench: McpUpstream) -> None:
