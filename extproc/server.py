@@ -265,7 +265,15 @@ async def start(settings: Settings) -> DataPlane:
         settings.extproc_server,
     )
     return DataPlane(
-        settings, server, core.holder, core.watcher, core.sink, core.tasks, core.closers, access_log
+        settings,
+        server,
+        core.holder,
+        core.watcher,
+        core.sink,
+        core.tasks,
+        core.closers,
+        access_log,
+        core.approvals,
     )
 
 

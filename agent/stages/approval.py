@@ -159,9 +159,10 @@ def _decided(mcp: McpCall, record: Approval) -> Verdict:
             f"(approval {record.id})"
         )
     mcp.decision, mcp.reason = "error", f"approval {record.id}: {record.reason}"[:500]
-    raise Unavailable(
+    # A JSON-RPC error of the call (HTTP 200), so the client's SDK surfaces the message.
+    raise ApprovalRefused(
         f"the approval of tool {quoted(mcp.name)} was abandoned ({record.reason}); "
-        f"retry the call to wait for approval {record.id} again"
+        "retry the call to be held for approval again"
     )
 
 
