@@ -233,6 +233,8 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
             )
 
         _, version = await self._update(change)
+        # Its tool pins go too: a tenant made again under the id starts with none.
+        await self._tool_pins.forget_tenant(tenant_id)
         return control_pb2.DeleteTenantResponse(policy_version=version)
 
     @public_errors
@@ -594,6 +596,8 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
             _remove_where(snapshot.mcp_server_credentials, lambda c: c.provider == sealed_as)
 
         _, version = await self._update(change)
+        # Its pins go too, freeing the tool names it owned for the tenant's other servers.
+        await self._tool_pins.forget_server(tenant_id, name)
         return control_pb2.DeleteMcpServerResponse(policy_version=version)
 
     @public_errors
@@ -1034,6 +1038,8 @@ def _tool_pin_to_proto(pin: ToolPin) -> control_pb2.ToolPin:
         observed_definition_json=pin.observed_definition,
         changes=pin.changes,
         findings=pin.findings,
+        approver=pin.approver,
+        owner=pin.owner if pin.state is PinState.COLLISION else "",
     )
     if pin.pin_time is not None:
         message.pin_time.FromDatetime(pin.pin_time)

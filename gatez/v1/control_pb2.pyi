@@ -760,7 +760,7 @@ class WatchApprovalsResponse(_message.Message):
     def __init__(self, approval: _Optional[_Union[Approval, _Mapping]] = ...) -> None: ...
 
 class ToolPin(_message.Message):
-    __slots__ = ("tenant_id", "server", "tool", "state", "pinned_digest", "observed_digest", "pinned_definition_json", "observed_definition_json", "changes", "findings", "pin_time", "observe_time")
+    __slots__ = ("tenant_id", "server", "tool", "state", "pinned_digest", "observed_digest", "pinned_definition_json", "observed_definition_json", "changes", "findings", "pin_time", "observe_time", "approver", "owner")
     TENANT_ID_FIELD_NUMBER: _ClassVar[int]
     SERVER_FIELD_NUMBER: _ClassVar[int]
     TOOL_FIELD_NUMBER: _ClassVar[int]
@@ -773,6 +773,8 @@ class ToolPin(_message.Message):
     FINDINGS_FIELD_NUMBER: _ClassVar[int]
     PIN_TIME_FIELD_NUMBER: _ClassVar[int]
     OBSERVE_TIME_FIELD_NUMBER: _ClassVar[int]
+    APPROVER_FIELD_NUMBER: _ClassVar[int]
+    OWNER_FIELD_NUMBER: _ClassVar[int]
     tenant_id: str
     server: str
     tool: str
@@ -785,7 +787,9 @@ class ToolPin(_message.Message):
     findings: _containers.RepeatedScalarFieldContainer[str]
     pin_time: _timestamp_pb2.Timestamp
     observe_time: _timestamp_pb2.Timestamp
-    def __init__(self, tenant_id: _Optional[str] = ..., server: _Optional[str] = ..., tool: _Optional[str] = ..., state: _Optional[_Union[ToolPinState, str]] = ..., pinned_digest: _Optional[str] = ..., observed_digest: _Optional[str] = ..., pinned_definition_json: _Optional[str] = ..., observed_definition_json: _Optional[str] = ..., changes: _Optional[_Iterable[str]] = ..., findings: _Optional[_Iterable[str]] = ..., pin_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., observe_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    approver: str
+    owner: str
+    def __init__(self, tenant_id: _Optional[str] = ..., server: _Optional[str] = ..., tool: _Optional[str] = ..., state: _Optional[_Union[ToolPinState, str]] = ..., pinned_digest: _Optional[str] = ..., observed_digest: _Optional[str] = ..., pinned_definition_json: _Optional[str] = ..., observed_definition_json: _Optional[str] = ..., changes: _Optional[_Iterable[str]] = ..., findings: _Optional[_Iterable[str]] = ..., pin_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., observe_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., approver: _Optional[str] = ..., owner: _Optional[str] = ...) -> None: ...
 
 class ListToolPinsRequest(_message.Message):
     __slots__ = ("tenant_id", "server")

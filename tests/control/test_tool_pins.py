@@ -13,6 +13,8 @@ import redis.asyncio as aioredis
 from gatez.tool_pins import ObservedTool, RedisPyScripts, ToolPinStore
 from gatez.v1 import control_pb2
 from tests.control.support import AUTH, Api, rpc_error
+from tests.control.test_admin import create_tenant
+from tests.control.test_mcp_servers import create_server
 
 
 def tool(
@@ -106,13 +108,14 @@ async def test_a_poisoned_tool_is_approved_and_a_collision_is_not(
     ]
     assert list(listed[0].findings) == ["injection at /description"]
     assert not listed[0].HasField("pin_time")
+    assert (listed[0].owner, listed[1].owner) == ("", "calc")
 
     error = await rpc_error(approve(api, "add", listed[1].observed_digest, server="evil"))
     assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert "belongs to server 'calc'" in (error.details() or "")
 
     approved = await approve(api, "add", poisoned.digest, approver="bob")
-    assert approved.state == control_pb2.TOOL_PIN_STATE_PINNED
+    assert (approved.state, approved.approver) == (control_pb2.TOOL_PIN_STATE_PINNED, "bob")
 
 
 @pytest.mark.parametrize(
@@ -161,3 +164,29 @@ async def test_list_needs_a_tenant(api: Api) -> None:
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
     error = await rpc_error(pins(api, "acme", "Bad Name"))
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_deleting_a_server_or_its_tenant_forgets_their_pins(
+    api: Api, data_plane: ToolPinStore
+) -> None:
+    for tenant in ("acme", "globex"):
+        await create_tenant(api, tenant)
+        await create_server(api, "calc", tenant_id=tenant)
+        await create_server(api, "math", tenant_id=tenant)
+        await data_plane.observe(tenant, "calc", [tool("add")])
+    # "math" lists the same name: calc owns it.
+    verdicts = await data_plane.observe("acme", "math", [tool("add")])
+    assert not verdicts["add"].allowed
+
+    await api.control.DeleteMcpServer(
+        control_pb2.DeleteMcpServerRequest(tenant_id="acme", name="calc"), metadata=AUTH
+    )
+
+    assert await pins(api, "acme", "calc") == []
+    # The name is free: the other server's next list pins it.
+    verdicts = await data_plane.observe("acme", "math", [tool("add")])
+    assert verdicts["add"].allowed
+
+    await api.control.DeleteTenant(control_pb2.DeleteTenantRequest(tenant_id="acme"), metadata=AUTH)
+    assert await pins(api, "acme") == []
+    assert [p.tool for p in await pins(api, "globex")] == ["add"]
