@@ -17,8 +17,10 @@ then `--concurrency` calls in flight for `--seconds`, each path in turn.
 
 It prints p50/p90/p99 per path, the latency Gatez adds, calls/s, the CPU per call of the Gatez
 process (the ext_proc data plane behind Envoy, the runner under APISIX) and of the proxy, and the
-Redis commands per call. APISIX runs when it is installed ($GATEZ_APISIX_PREFIX, as `make apisix`
-does), beside a plain APISIX route (no plugin) to the same server.
+Redis commands per call. Behind Envoy, a plain Envoy (no ext_proc, one thread as the stack's) to
+the same server shows what Envoy itself adds. APISIX runs when it is installed
+($GATEZ_APISIX_PREFIX, as `make apisix` does), beside a plain APISIX route (no plugin) to the same
+server.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from string import Template
 from typing import Any, Final
 
 import aiohttp
@@ -44,7 +47,7 @@ import uvloop
 
 from bench.chat import cpu_seconds, wait_applied
 from gatez.apisix_process import ApisixInstall, descendants
-from gatez.processes import free_port, stop_process, wait_for_port
+from gatez.processes import free_port, require_binary, stop_process, wait_for_port
 from gatez.redis_client import read_password
 from gatez.stack import Stack, StackConfig, default_apisix_prefix
 from gatez.v1 import control_pb2, control_pb2_grpc, policy_pb2
@@ -504,6 +507,28 @@ def print_profile(profile: Path, lines: int = 40) -> None:
     stats.sort_stats("cumulative").print_stats(lines)
 
 
+def start_plain_envoy(work: Path, upstream_port: int) -> tuple[int, subprocess.Popen[bytes]]:
+    """A plain Envoy (no ext_proc, the same one thread as the stack's) straight to the MCP
+    server: what Envoy itself adds, measured beside what Gatez adds."""
+    port = free_port()
+    config = work / f"plain-envoy-{port}.yaml"
+    config.write_text(
+        Template((Path(__file__).parent / "plain-envoy.yaml").read_text()).substitute(
+            LISTEN_PORT=port, ADMIN_PORT=free_port(), UPSTREAM_PORT=upstream_port
+        )
+    )
+    process = subprocess.Popen(
+        [require_binary("envoy"), "-c", str(config), "--log-level", "error",
+         "--concurrency", "1", "--base-id", str(port)],
+    )  # fmt: skip
+    try:
+        wait_for_port(port, timeout_s=30)
+    except BaseException:
+        stop_process(process)
+        raise
+    return port, process
+
+
 def run_proxy(
     proxy: str, upstreams: dict[str, tuple[int, int]], work: Path, args: argparse.Namespace
 ) -> dict[tuple[str, str, int], Samples]:
@@ -516,6 +541,27 @@ def run_proxy(
             plain_apisix_route(mode, port) for mode, (port, _) in upstreams.items()
         ]
     results: dict[tuple[str, str, int], Samples] = {}
+    plain_envoys: dict[str, tuple[int, subprocess.Popen[bytes]]] = {}
+    if proxy == "envoy":
+        for mode, (port, _) in upstreams.items():
+            plain_envoys[mode] = start_plain_envoy(work, port)
+    try:
+        run_stack(proxy, config, upstreams, plain_envoys, results, args)
+    finally:
+        for _, process in plain_envoys.values():
+            stop_process(process)
+    return results
+
+
+def run_stack(
+    proxy: str,
+    config: StackConfig,
+    upstreams: dict[str, tuple[int, int]],
+    plain_envoys: dict[str, tuple[int, subprocess.Popen[bytes]]],
+    results: dict[tuple[str, str, int], Samples],
+    args: argparse.Namespace,
+) -> None:
+    """Measures every mode's routes on one running stack, into `results`."""
     profiled = args.profile is not None and proxy == "envoy"
     with ProfiledStack(config, args.profile) if profiled else Stack(config) as stack:
         keys = provision(stack, {mode: port for mode, (port, _) in upstreams.items()})
@@ -541,6 +587,11 @@ def run_proxy(
                     plain = f"{config.gateway_url}/plain-{mode}{MCP_PATH}"
                     routes.append(Route("apisix", plain, UPSTREAM_TOKEN, False))
                     watched["apisix"] = Watched((), workers, server)
+                else:
+                    plain_port, plain_envoy = plain_envoys[mode]
+                    plain = f"http://127.0.0.1:{plain_port}{MCP_PATH}"
+                    routes.append(Route("envoy", plain, UPSTREAM_TOKEN, False))
+                    watched["envoy"] = Watched((), (plain_envoy.pid,), server)
                 name = f"{proxy}+gatez"
                 url = f"{config.gateway_url}/mcp/bench-{mode}/bench"
                 routes.append(Route(name, url, keys[mode], True))
@@ -549,7 +600,6 @@ def run_proxy(
                 results |= {(mode, route, c): s for (route, c), s in measured.items()}
         finally:
             counter.close()
-    return results
 
 
 def report(
@@ -573,7 +623,7 @@ def report(
         )
     by = {(route, c): s for route, c, s in rows}
     gatez_name = f"{proxy}+gatez"
-    bases = [DIRECT, "apisix"] if proxy == "apisix" else [DIRECT]
+    bases = [DIRECT, proxy]
     for c in sorted({c for _, c, _ in rows}):
         gatez = by[gatez_name, c]
         for base_name in bases:
