@@ -129,15 +129,10 @@ class McpAnswers(Stage):
         self, flow: Flow, mcp: McpCall, rules: AgentRules, data: bytes
     ) -> bytes | None:
         """The message re-encoded when the gateway changed it; None to pass it as it is."""
-        try:
-            message = orjson.loads(data)
-        except orjson.JSONDecodeError:
+        parsed = _our_result(mcp, data)
+        if parsed is None:
             return None
-        if not isinstance(message, dict) or message.get("id") != mcp.rpc_id:
-            return None
-        result = message.get("result")
-        if not isinstance(result, dict):
-            return None
+        message, result = parsed
         if mcp.method == "tools/list":
             kept = await self._visible_tools(flow, mcp, rules, result.get("tools"))
             result["tools"] = kept
@@ -215,6 +210,12 @@ def _judged_call_message(mcp: McpCall, rules: AgentRules, data: bytes) -> bytes 
     """The `tools/call` response re-encoded when the gateway changed it; None to pass it on."""
     if rules.result_scan is ResultScan.OFF:
         return None
+    parsed = _our_result(mcp, data)
+    return None if parsed is None else _judge_result(mcp, rules, *parsed)
+
+
+def _our_result(mcp: McpCall, data: bytes) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """The response to the client's request and its result, when `data` is that response."""
     try:
         message = orjson.loads(data)
     except orjson.JSONDecodeError:
@@ -222,9 +223,7 @@ def _judged_call_message(mcp: McpCall, rules: AgentRules, data: bytes) -> bytes 
     if not isinstance(message, dict) or message.get("id") != mcp.rpc_id:
         return None
     result = message.get("result")
-    if not isinstance(result, dict):
-        return None
-    return _judge_result(mcp, rules, message, result)
+    return (message, result) if isinstance(result, dict) else None
 
 
 def _observed(tool: dict[str, Any]) -> ObservedTool:
