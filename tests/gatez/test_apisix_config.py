@@ -61,8 +61,9 @@ def test_the_plugins_are_the_runner_and_the_gatez_plugin_never_post_resp(tmp_pat
 def test_the_routes_end_with_the_end_marker_and_fail_closed() -> None:
     text = apisix_config.render_routes(rest_upstream_url="http://[::1]:8080")
     assert text.endswith("\n#END\n")
-    llm, rest = yaml.safe_load(text)["routes"]
+    llm, mcp, rest = yaml.safe_load(text)["routes"]
     assert (llm["uris"], rest["uris"]) == (["/v1/*", "/v1beta/*"], ["/*"])
+    assert mcp["uris"] == ["/mcp/*", "/.well-known/oauth-protected-resource/*"]
     assert rest["upstream"]["nodes"] == {"[::1]:8080": 1}
     assert set(rest["plugins"]) == {"ext-plugin-pre-req", "gatez"}
     # Without the runner, no traffic (degradation would pass requests unchecked).
@@ -72,6 +73,10 @@ def test_the_routes_end_with_the_end_marker_and_fail_closed() -> None:
     assert "upstream" not in llm
     assert llm["plugins"] == {"ext-plugin-pre-req": runner, "gatez": {}}
     assert llm["timeout"] == {"connect": 5, "send": 600, "read": 600}
+    # MCP: the server calls go through the plugin too; a GET stream may stay quiet for long.
+    assert "upstream" not in mcp
+    assert mcp["plugins"] == {"ext-plugin-pre-req": runner, "gatez": {}}
+    assert mcp["timeout"] == {"connect": 5, "send": 600, "read": 3600}
 
 
 def test_an_upstream_url_must_name_http_or_https_and_a_host() -> None:
