@@ -23,6 +23,7 @@ Gatez is up.
 {https}  Control (gRPC)   {control}   admin token: $GATEZ_ADMIN_TOKEN ({token_note})
   Demo tenant key  {key_note}
   Demo upstream    {upstream}   an offline OpenAI-compatible echo model
+  Demo MCP server  {gateway}/mcp/demo/workbench   (the official mcp SDK's server, at {mcp})
   Logs             {logs}/
 
 Try it:
@@ -33,6 +34,19 @@ Try it:
   reply = client.chat.completions.create(
       model="gpt-4o-mini", messages=[{{"role": "user", "content": "hello gateway"}}])
   print(reply.choices[0].message.content, reply.usage)
+  PY
+
+  .venv/bin/python - <<'PY'
+  import asyncio, httpx2
+  from mcp.client.client import Client
+  from mcp.client.streamable_http import streamable_http_client
+  async def main():
+      http = httpx2.AsyncClient(headers={{"Authorization": "Bearer {key}"}})
+      url = "{gateway}/mcp/demo/workbench"
+      async with Client(streamable_http_client(url, http_client=http)) as mcp:
+          print([t.name for t in (await mcp.list_tools()).tools])
+          print(await mcp.call_tool("echo", {{"text": "hello agent"}}))
+  asyncio.run(main())
   PY
 
   grpcurl -plaintext -H "authorization: Bearer {token}" {control} list
@@ -61,6 +75,7 @@ def main() -> None:
     demo_key = os.environ.get("GATEZ_DEMO_KEY", DEV_DEMO_KEY)
     upstream_port = int(os.environ.get("GATEZ_DEMO_UPSTREAM_PORT", "18000"))
     upstream_key = "demo-upstream-key"
+    mcp_port = int(os.environ.get("GATEZ_DEMO_MCP_PORT", "18001"))
     # Under APISIX, REST routes go to the APISIX route's upstream: the demo upstream here.
     config.apisix_rest_upstream_url = f"http://127.0.0.1:{upstream_port}"
     stack = Stack(config)
@@ -78,6 +93,11 @@ def main() -> None:
             ],
         )  # fmt: skip
         wait_for_port(upstream_port)
+        stack.spawn(
+            "mcp-server", [sys.executable, "-m", "demo.mcp_server", "--port", str(mcp_port)]
+        )
+        wait_for_port(mcp_port)
+        mcp_url = f"http://127.0.0.1:{mcp_port}/mcp"
 
         async def seed() -> None:
             async with AdminClient(config.control_address, config.admin_token) as admin:
@@ -86,6 +106,7 @@ def main() -> None:
                     demo_key=demo_key,
                     upstream_url=f"http://127.0.0.1:{upstream_port}/v1",
                     upstream_key=upstream_key,
+                    mcp_url=mcp_url,
                 )
 
         asyncio.run(seed())
@@ -99,6 +120,7 @@ def main() -> None:
                 key=demo_key,
                 key_note=f"$GATEZ_DEMO_KEY = {demo_key}",
                 upstream=f"http://127.0.0.1:{upstream_port}/v1",
+                mcp=mcp_url,
                 logs=stack.logs,
                 https=https_lines(stack),
             ),

@@ -10,6 +10,8 @@ DEMO_TENANT = "demo"
 DEMO_PROVIDER = "demo-upstream"
 DEMO_KEY_NAME = "demo"
 DEMO_MODELS = {"gpt-4o-mini": "demo-echo-1", "demo": "demo-echo-1"}
+DEMO_MCP_SERVER = "workbench"
+DEMO_AGENT_POLICY = "demo-agents"
 
 
 class AdminClient:
@@ -31,12 +33,19 @@ class AdminClient:
 
 
 async def seed_demo(
-    client: AdminClient, *, demo_key: str, upstream_url: str, upstream_key: str
+    client: AdminClient,
+    *,
+    demo_key: str,
+    upstream_url: str,
+    upstream_key: str,
+    mcp_url: str | None = None,
 ) -> None:
     """Brings the demo tenant, its key, the demo provider and its model routes to the state
     `make run` prints, whatever an earlier run left: the tenant and routes are created when
     missing, the provider is re-pointed at `upstream_url`, and the key named `demo` is replaced
-    by one with `demo_key` as its secret (so a changed `$GATEZ_DEMO_KEY` takes effect)."""
+    by one with `demo_key` as its secret (so a changed `$GATEZ_DEMO_KEY` takes effect). With
+    `mcp_url`, the demo MCP server is registered at it, with an agent policy: its harmless tools
+    allowed, `delete_repo` held for approval, everything else denied."""
     control, md = client.control, client.metadata
     tenants = await control.ListTenants(control_pb2.ListTenantsRequest(), metadata=md)
     if not any(t.id == DEMO_TENANT for t in tenants.tenants):
@@ -96,3 +105,46 @@ async def seed_demo(
             ),
             metadata=md,
         )
+    if mcp_url is not None:
+        await _seed_mcp(client, mcp_url)
+
+
+async def _seed_mcp(client: AdminClient, mcp_url: str) -> None:
+    control, md = client.control, client.metadata
+    servers = await control.ListMcpServers(
+        control_pb2.ListMcpServersRequest(tenant_id=DEMO_TENANT), metadata=md
+    )
+    if any(s.name == DEMO_MCP_SERVER for s in servers.mcp_servers):
+        await control.DeleteMcpServer(
+            control_pb2.DeleteMcpServerRequest(tenant_id=DEMO_TENANT, name=DEMO_MCP_SERVER),
+            metadata=md,
+        )
+    await control.CreateMcpServer(
+        control_pb2.CreateMcpServerRequest(
+            mcp_server=policy_pb2.McpServer(
+                tenant_id=DEMO_TENANT, name=DEMO_MCP_SERVER, url=mcp_url
+            )
+        ),
+        metadata=md,
+    )
+    allow, hold = policy_pb2.TOOL_ACTION_ALLOW, policy_pb2.TOOL_ACTION_REQUIRE_APPROVAL
+    await control.SetAgentPolicy(
+        control_pb2.SetAgentPolicyRequest(
+            agent_policy=policy_pb2.AgentPolicy(
+                id=DEMO_AGENT_POLICY,
+                tenant_id=DEMO_TENANT,
+                tools=[
+                    *(
+                        policy_pb2.ToolRule(tool=tool, action=allow)
+                        for tool in ("echo", "add", "search", "fetch_url", "read_file")
+                    ),
+                    policy_pb2.ToolRule(tool="delete_repo", action=hold),
+                ],
+                prompts=["greeting"],
+                resources=["workbench://readme"],
+                allowed_path_roots=["/srv/demo"],
+                approval_timeout_s=120,
+            )
+        ),
+        metadata=md,
+    )
