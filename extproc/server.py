@@ -134,8 +134,10 @@ def build_dispatcher(
         # An attempt of a chain call is routed by this pipeline's body phase, run again.
         chains.body_phase = llm.start_request_body
     rest = Pipeline([authenticate, rate_limit, RestRouting(), access_log])
-    # The tenants' tool pins, on the hot-path Redis client.
+    # The tenants' tool pins, on the hot-path Redis client; the tool-call admission, which
+    # remembers pinned verdicts for a moment, is told whenever a list was judged here.
     pins = pin_store(redis)
+    admission = ToolCallAdmission(redis)
     mcp = Pipeline(
         [
             # Before authentication: every answer from here on is JSON-RPC, and a 401 tells
@@ -155,12 +157,12 @@ def build_dispatcher(
             # ... then, in one Redis round trip, no blocked tool definition (rug pull, poison,
             # collision) and the limits, counted only for calls the policy lets through (a held
             # call holds its slot: it is in flight)...
-            ToolCallAdmission(redis),
+            admission,
             # ... and last before the server, the human decision, asked only for calls that
             # passed every other check.
             ApprovalGateStage(*approvals) if approvals is not None else NoApprovals(),
             # Answers: lists filtered (and pinned), results scanned, sizes bounded.
-            McpAnswers(pins),
+            McpAnswers(pins, on_observed=admission.forget_pins),
             # One audit row per agent action, before the request log row.
             AgentAudit(sink, node_id),
             access_log,

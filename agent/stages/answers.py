@@ -20,7 +20,7 @@ server's own requests) passed on as it came.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
 import orjson
@@ -48,8 +48,13 @@ BLOCKED_RESULT: Final = (
 class McpAnswers(Stage):
     """Filters lists, scans results, bounds sizes (see the module doc)."""
 
-    def __init__(self, pins: ToolPinStore) -> None:
+    def __init__(
+        self, pins: ToolPinStore, on_observed: Callable[[str, str], None] | None = None
+    ) -> None:
         self._pins = pins
+        # Told (tenant, server) after a tools/list answer was judged: what the tool-call
+        # admission remembers of its verdicts may be stale now.
+        self._on_observed = on_observed
 
     def on_response_headers(self, flow: Flow) -> Verdict:
         mcp = flow.mcp
@@ -165,6 +170,8 @@ class McpAnswers(Stage):
             return []
         observed = [_observed(tool) for tool in allowed]
         verdicts = await self._pins.observe(flow.caller.tenant_id, server, observed)
+        if self._on_observed is not None:
+            self._on_observed(flow.caller.tenant_id, server)
         kept = [
             tool
             for tool, seen in zip(allowed, observed, strict=True)

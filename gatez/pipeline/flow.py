@@ -163,6 +163,8 @@ class McpCall:
     # (the session's digest, or the sessionless caller's hourly one).
     slots_taken: bool = False
     limits_scope: str = ""
+    # The admission stage's own record of the session the call runs under (opaque here).
+    lease: object = None
 
 
 @dataclass(slots=True)

@@ -175,3 +175,74 @@ async def test_without_redis_calls_are_refused(dead_redis: PipelinedRedis) -> No
         await run_stage(ToolCallAdmission(dead_redis).on_request_body, flow)
     assert flow.mcp is not None
     assert not flow.mcp.slots_taken
+
+
+async def settled_refill(limits: ToolCallAdmission) -> None:
+    """Lets the reply of a call admitted on a credit arrive (it is not awaited)."""
+    for _ in range(100):
+        await asyncio.sleep(0.005)
+        if all(lease.refill is None for lease in limits._leases.values()):
+            return
+    raise AssertionError("the credit's reply never came")
+
+
+async def test_a_credit_admits_the_next_call_without_waiting_and_counts_exactly(
+    pipelined: PipelinedRedis, redis_client: aioredis.Redis
+) -> None:
+    now = [100.0]
+    limits = ToolCallAdmission(pipelined, clock=lambda: now[0])
+    first = tool_call()
+    assert await run_stage(limits.on_request_body, first) is CONTINUE
+    await done(limits, first, redis_client)
+    # The first call was counted with one ahead: the second needs no Redis round trip.
+    second = tool_call()
+    assert limits.on_request_body(second) is CONTINUE
+    assert second.deferred == []
+    assert second.mcp is not None and second.mcp.slots_taken
+    await settled_refill(limits)
+    session = second.mcp.limits_scope
+    assert await redis_client.zcard(f"{{acme}}:mcp:inflight:{session}") == 1
+    await done(limits, second, redis_client)
+    third = tool_call()
+    assert limits.on_request_body(third) is CONTINUE
+    await settled_refill(limits)
+    await done(limits, third, redis_client)
+    # Three calls of three: Redis holds no credit beyond the limit, and the fourth is refused.
+    assert int(await redis_client.get(f"{{acme}}:mcp:calls:{session}") or 0) == 3
+    with pytest.raises(LimitExceeded):
+        await run_stage(limits.on_request_body, tool_call())
+
+
+async def test_a_pin_verdict_is_trusted_for_a_moment_then_asked_again(
+    pipelined: PipelinedRedis, redis_client: aioredis.Redis
+) -> None:
+    now = [100.0]
+    limits = ToolCallAdmission(pipelined, clock=lambda: now[0])
+    first = tool_call("s-9")
+    await run_stage(limits.on_request_body, first)
+    await done(limits, first, redis_client)
+    # Once the verdict lapses (or a list of the server was judged here), Redis is asked.
+    now[0] += 2
+    lapsed = tool_call("s-9")
+    limits.on_request_body(lapsed)
+    assert lapsed.deferred != []
+    await run_stage(lambda flow: CONTINUE, lapsed)
+    await done(limits, lapsed, redis_client)
+    limits.forget_pins("acme", "github")
+    forgotten = tool_call("s-9")
+    limits.on_request_body(forgotten)
+    assert forgotten.deferred != []
+    await run_stage(lambda flow: CONTINUE, forgotten)
+
+
+async def test_calls_running_here_are_refused_without_asking_redis(
+    pipelined: PipelinedRedis, redis_client: aioredis.Redis
+) -> None:
+    limits = ToolCallAdmission(pipelined)
+    running = [tool_call(), tool_call()]
+    for flow in running:
+        await run_stage(limits.on_request_body, flow)
+    over = tool_call()
+    with pytest.raises(LimitExceeded, match="at once in this session"):
+        limits.on_request_body(over)
+    assert over.deferred == []
