@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import pytest
 from mcp.shared.exceptions import MCPError
@@ -140,6 +140,26 @@ async def test_an_sdk_client_speaking_2026(tenants: Tenants) -> None:
     posts = [e for e in wire.exchanges if e.method == "POST"]
     assert posts and all(e.request_headers.get("mcp-method") for e in posts)
     assert wire.session_id is None
+
+
+@pytest.mark.parametrize("revision", ["2025-03-26", "2025-06-18", "2025-11-25"])
+async def test_an_sdk_client_speaking_each_session_revision(
+    tenants: Tenants, revision: Literal["2025-03-26", "2025-06-18", "2025-11-25"]
+) -> None:
+    tenant = tenants.a
+    wire = ClientWire()
+    async with mcp_client(
+        tenant.url("workbench"), bearer=tenant.api_key, protocol=revision, wire=wire
+    ) as client:
+        assert client.protocol_version == revision
+        listed = await client.list_tools()
+        assert sorted(t.name for t in listed.tools) == ["add", "echo"]
+        result = await client.call_tool("echo", {"text": revision})
+        assert result.content[0].text == revision  # type: ignore[union-attr]
+    # A session the gateway bound, used, then ended by the SDK's DELETE.
+    assert wire.session_id
+    deletes = [e.status for e in wire.exchanges if e.method == "DELETE"]
+    assert deletes == [200]
 
 
 MALFORMED: dict[str, tuple[bytes | Any, int]] = {
