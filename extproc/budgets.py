@@ -75,6 +75,14 @@ SWEEP_LIMIT: Final = 64
 # Shared Lua: gives a held reservation's amounts back to the budgets it holds (those still
 # there: a period's hash that expired has nothing to give back to).
 _UNHOLD = """
+-- Negated as a string (see RESERVE on why strings); Redis refuses '-0' as an integer.
+local function negated(amount)
+  if amount == '0' then
+    return '0'
+  end
+  return '-' .. amount
+end
+
 local function unhold(record)
   local f = redis.call('HMGET', record, 'state', 'tokens', 'usd', 'keys')
   if f[1] ~= 'held' then
@@ -82,8 +90,8 @@ local function unhold(record)
   end
   for key in string.gmatch(f[4], '[^\\n]+') do
     if redis.call('EXISTS', key) == 1 then
-      redis.call('HINCRBY', key, 'tokens_held', '-' .. f[2])
-      redis.call('HINCRBY', key, 'usd_held', '-' .. f[3])
+      redis.call('HINCRBY', key, 'tokens_held', negated(f[2]))
+      redis.call('HINCRBY', key, 'usd_held', negated(f[3]))
     end
   end
   return 'held'
