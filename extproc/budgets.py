@@ -43,25 +43,32 @@ tenant id must not contain braces):
   `usd`, `keys` (the budget keys held, newline-separated: the sweep reads them); kept
   `KEEP_S` after it ends, for idempotency.
 
-Redis away: `reserve` fails closed by default (`Admission.UNAVAILABLE`) or open (`fail_open`:
-`Admission.UNCHECKED`, nothing held; the settle still charges the actual usage when Redis is
-back by then). A failed settle or release is reported, not raised: the usage is then lost, and
-the hold lapses after `lease_s`.
+Redis away (no answer within `timeout_s`): `reserve` fails closed by default
+(`Admission.UNAVAILABLE`) or open (`fail_open`: `Admission.UNCHECKED`, let through; the settle
+still charges the actual usage when Redis is back by then). A reply that comes after the
+deadline may have held budget: failing closed, that hold is released as soon as it is known;
+failing open, the call's settle settles it. A failed settle or release is reported, not raised:
+the usage is then lost, and the hold lapses after `lease_s`. A caller that cancels a `reserve`
+should `release` the reservation.
 """
 
 from __future__ import annotations
 
 import asyncio
 import calendar
+import logging
 import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
+from functools import partial
 from typing import Any, Final
 
 from extproc.redis_pipe import Arg, RedisReplyError, Script, ScriptClient
+
+log = logging.getLogger("gatez.budgets")
 
 # A period's hash outlives its period by this much: late settles (charged in the period the
 # call was reserved in) still find it, and read_spend can show yesterday's figures.
@@ -419,6 +426,8 @@ def period_end(period: Period, now: datetime) -> datetime:
 
 def budget_key(tenant_id: str, key_id: str | None, period: Period, now: datetime) -> str:
     """The hash of the tenant's (key_id None) or a key's budget in the period holding `now`."""
+    if key_id is not None and "\n" in key_id:
+        raise ValueError("a key id with a newline cannot be listed in a hold's record")
     owner = "tenant" if key_id is None else f"key:{key_id}"
     return f"{budget_prefix(tenant_id)}{owner}:{period}:{period_label(period, now)}"
 
@@ -500,9 +509,13 @@ class BudgetStore:
             return Reservation(reservation_id, tenant_id, Admission.ADMITTED, cost, budgets)
         keys, args = self.reserve_call(reservation_id, tenant_id, cost, budgets)
         try:
-            reply = await self._run(RESERVE, keys, args)
-        except (OSError, RedisReplyError, TimeoutError):
+            # Refused for want of an answer, the call must not keep a hold taken by a reply
+            # that comes too late; let through unchecked, that hold is what its settle settles.
+            late = None if fail_open else partial(self._release_late, reservation_id, tenant_id)
+            reply = await self._run(RESERVE, keys, args, late)
+        except (OSError, RedisReplyError, TimeoutError) as error:
             admission = Admission.UNCHECKED if fail_open else Admission.UNAVAILABLE
+            log.warning("token budgets unavailable (%s): %r", admission, error)
             return Reservation(reservation_id, tenant_id, admission, cost, budgets)
         return reservation_from_reply(
             reservation_id, tenant_id, cost, budgets, reply, self._clock()
@@ -586,9 +599,32 @@ class BudgetStore:
             for period, values in zip(periods, reply, strict=True)
         )
 
-    async def _run(self, script: Script, keys: Sequence[Arg], args: Sequence[Arg]) -> Any:
-        async with asyncio.timeout(self._timeout_s):
-            return await self._redis.submit_script(script, keys, args)
+    async def _run(
+        self,
+        script: Script,
+        keys: Sequence[Arg],
+        args: Sequence[Arg],
+        late: Callable[[asyncio.Future[Any]], None] | None = None,
+    ) -> Any:
+        """The script's reply within `timeout_s`; past it, TimeoutError, and `late` gets the
+        reply if it comes after all (a script sent is not taken back by giving up on it)."""
+        reply = self._redis.submit_script(script, keys, args)
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                return await asyncio.shield(reply)
+        except TimeoutError:
+            if late is not None:
+                reply.add_done_callback(late)
+            raise
+
+    def _release_late(
+        self, reservation_id: str, tenant_id: str, reply: asyncio.Future[Any]
+    ) -> None:
+        if reply.cancelled() or reply.exception() is not None or int(reply.result()[0]) != 1:
+            return
+        keys: list[Arg] = [holds_key(tenant_id), record_key(tenant_id, reservation_id)]
+        released = self._redis.submit_script(RELEASE, keys, [KEEP_S * 1000, reservation_id])
+        released.add_done_callback(_log_release_failure)
 
 
 def reservation_from_reply(
@@ -626,6 +662,11 @@ def reservation_from_reply(
         budgets,
         soft_crossed=_marks(reply[1:], budgets),
     )
+
+
+def _log_release_failure(reply: asyncio.Future[Any]) -> None:
+    if not reply.cancelled() and (error := reply.exception()) is not None:
+        log.warning("could not release a budget hold that came too late: %r", error)
 
 
 def _limit_args(budget: Budget) -> list[Arg]:

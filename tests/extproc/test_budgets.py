@@ -28,8 +28,9 @@ from extproc.budgets import (
     Unit,
     budget_key,
     holds_key,
+    record_key,
 )
-from extproc.redis_pipe import PipelinedRedis, PipelinedRedisCluster, hot_path_client
+from extproc.redis_pipe import PipelinedRedis, PipelinedRedisCluster, Script, hot_path_client
 from gatez.processes import free_port
 from gatez.redis_client import RedisTarget
 from tests.support.redis import RedisServer
@@ -382,6 +383,31 @@ async def test_fail_closed_is_the_default_of_reserve(dead_redis: PipelinedRedis)
         "r1", "acme", Cost(10, 10), tenant_limits=BudgetLimits(tokens_per_day=100)
     )
     assert reservation.admission is Admission.UNAVAILABLE
+
+
+@pytest.mark.parametrize("fail_open", [False, True])
+async def test_a_reply_past_the_deadline_leaves_no_hold_behind_a_refusal(
+    pipelined: PipelinedRedis, redis_client: aioredis.Redis, fail_open: bool
+) -> None:
+    store = BudgetStore(pipelined, clock=FakeClock(), timeout_s=0.1)
+    limits = BudgetLimits(tokens_per_day=1_000)
+    key = budget_key("acme", None, Period.DAY, START)
+    await pipelined.run_script(Script("return 1"), (), ())  # connected before the pause
+    # Scripts wait while clients are paused: the reserve's reply comes after its deadline.
+    await redis_client.client_pause(400, all=False)
+    reservation = await store.reserve(
+        "r1", "acme", Cost(100, 0), tenant_limits=limits, fail_open=fail_open
+    )
+    assert reservation.admission is (Admission.UNCHECKED if fail_open else Admission.UNAVAILABLE)
+    await asyncio.sleep(0.6)
+    if fail_open:
+        # Let through and held late: its settle settles that hold.
+        assert await figures(redis_client, key) == (0, 100, 0, 0)
+        assert (await store.settle(reservation, Cost(70, 0))).settlement is Settlement.DONE
+        assert await figures(redis_client, key) == (70, 0, 0, 0)
+    else:
+        assert await figures(redis_client, key) == (0, 0, 0, 0)
+        assert await redis_client.hget(record_key("acme", "r1"), "state") == b"released"
 
 
 async def test_unchecked_call_is_charged_when_redis_is_back(
