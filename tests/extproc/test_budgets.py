@@ -214,6 +214,42 @@ async def test_concurrent_reservations_admit_exactly_what_fits_and_spend_never_e
     assert tokens_spent <= 5_000
 
 
+async def test_interleaved_calls_never_take_the_budget_past_its_limit(
+    store: BudgetStore, redis_client: aioredis.Redis
+) -> None:
+    """Calls starting while others settle (a stream of streamed requests): sampled as it runs,
+    spent + held never passes the limit, and at the end spent alone is within it."""
+    limits = BudgetLimits(tokens_per_day=5_000, usd_micros_per_day=50_000)
+    key = budget_key("acme", None, Period.DAY, START)
+    rng = random.Random(7)
+    admitted = 0
+
+    async def call(i: int) -> None:
+        nonlocal admitted
+        await asyncio.sleep(rng.random() * 0.2)
+        reservation = await store.reserve(f"r{i}", "acme", Cost(100, 1_000), tenant_limits=limits)
+        if not reservation.admitted:
+            return
+        admitted += 1
+        await asyncio.sleep(rng.random() * 0.05)  # the stream runs
+        used = rng.randint(0, 100)
+        await store.settle(reservation, Cost(used, used * 10))
+
+    samples = []
+
+    async def sample() -> None:
+        for _ in range(60):
+            samples.append(await figures(redis_client, key))
+            await asyncio.sleep(0.005)
+
+    await asyncio.gather(sample(), *(call(i) for i in range(400)))
+    assert all(s[0] + s[1] <= 5_000 and s[2] + s[3] <= 50_000 for s in samples)
+    tokens_spent, tokens_held, usd_spent, usd_held = await figures(redis_client, key)
+    assert (tokens_held, usd_held) == (0, 0)
+    assert tokens_spent <= 5_000 and usd_spent == tokens_spent * 10
+    assert admitted > 50  # settling gave unused tokens back to later calls
+
+
 async def test_settle_and_release_twice_count_once(
     store: BudgetStore, redis_client: aioredis.Redis
 ) -> None:
