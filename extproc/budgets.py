@@ -11,7 +11,9 @@ it never reached the provider. So a budget overshoots by nothing as long as actu
 within what was reserved; by at most the excess of calls that used more than they reserved.
 
 Idempotency. The reservation id is the request id: a reserve re-run with the same id (a
-failover re-running the request body phase) replays the first answer and holds nothing more; a
+failover re-running the request body phase) while its reservation is held or settled is
+admitted again (`replayed`) and holds nothing more; one re-run after a release or a lapse is a
+new attempt and holds anew; one after a refusal is judged afresh (refusals leave no trace). A
 settle or release that finds the reservation settled or released already changes nothing.
 
 Crash leftovers. A hold is a member of the tenant's `holds` sorted set scored by when it lapses
