@@ -16,7 +16,7 @@ from pathlib import Path
 
 import orjson
 
-from gatez.cache_guard import DEFAULT_THRESHOLD, compare_questions, question_features
+from gatez.cache_guard import DEFAULT_THRESHOLD, compare_questions
 from gatez.embeddings import WordLlamaEmbedder
 
 PAIRS_FILE = Path(__file__).resolve().parent.parent / "tests/gatez/data/cache_pairs.jsonl"
@@ -105,8 +105,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     positives = sum(p.label for p in pairs)
     print(f"{len(pairs)} pairs: {positives} same question, {len(pairs) - positives} near misses")
     print(f"{'threshold':>9} | {'similarity only':^26} | {'similarity + guards':^26}")
-    print(f"{'':>9} | {'prec':>7} {'recall':>7} {'falsehit':>9} | {'prec':>7} {'recall':>7} "
-          f"{'falsehit':>9}")
+    print(
+        f"{'':>9} | {'prec':>7} {'recall':>7} {'falsehit':>9} | {'prec':>7} {'recall':>7} "
+        f"{'falsehit':>9}"
+    )
     for threshold in THRESHOLDS:
         plain = measure(pairs, threshold, guards=False)
         guarded = measure(pairs, threshold, guards=True)

@@ -32,6 +32,11 @@ from dataclasses import dataclass
 DEFAULT_THRESHOLD = 0.85
 
 
+def _words(text: str) -> frozenset[str]:
+    """A word list written as one string, to keep long vocabularies readable."""
+    return frozenset(text.split())
+
+
 class Reason(enum.Enum):
     """Why two questions are, or are not, the same for the cache."""
 
@@ -79,45 +84,44 @@ _TOKEN = re.compile(
       |(?P<number>\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?)
       |(?P<ident>[A-Za-z_][\w]*(?:\.[A-Za-z_]\w*)+(?:\(\))?|[A-Za-z_]\w*\(\)|[A-Za-z]+_\w+
          |[a-z]+[A-Z]\w*)
-      |(?P<word>[^\W\d_]+(?:['’][^\W\d_]+)*)
-      |(?P<symbol>->|→|[$€£¥%°])
+      |(?P<word>[^\W\d_]+(?:['\u2019][^\W\d_]+)*)
+      |(?P<symbol>->|→|°[CFcf](?![^\W\d_])|[$€£¥%°])
       |(?P<end>[.?!;:\n])""",
     re.VERBOSE,
 )
 
 _STOPWORDS: dict[str, frozenset[str]] = {
-    "en": frozenset(
+    "en": _words(
         "the a an is are was were be what how do does did can could should would will i you my "
         "your to of and in for with it this that why which when where who me we our please "
-        "from on at by or if there their about into than".split()
+        "from on at by or if there their about into than"
     ),
-    "fr": frozenset(
+    "fr": _words(
         "le la les est et des une un pour comment quel quelle quels je vous tu que qui dans avec "
-        "du au aux ce cette mon ma mes sur pas ne est-ce c'est qu'est-ce peux puis faire".split()
+        "du au aux ce cette mon ma mes sur pas ne est-ce c'est qu'est-ce peux puis faire"
     ),
-    "de": frozenset(
+    "de": _words(
         "der die das ist und wie ich ein eine einen nicht mit für was auf den dem kann sie es "
-        "zu von im ist mein meine bitte warum welche wo wer kein keine".split()
+        "zu von im ist mein meine bitte warum welche wo wer kein keine"
     ),
-    "es": frozenset(
+    "es": _words(
         "el la los las es y cómo como qué que para una un por con del mi puedo en se lo "
-        "cuál cual dónde por qué porque hay está son".split()
+        "cuál cual dónde por qué porque hay está son"
     ),
-    "it": frozenset(
+    "it": _words(
         "il lo gli è e come che per una un di con del mio posso sono della nel non cosa "
-        "quale perché qual dove ho".split()
+        "quale perché qual dove ho"
     ),
-    "pt": frozenset(
+    "pt": _words(
         "o os é e como que para uma um com do da não meu posso em no na qual onde por "
-        "porque você está são".split()
+        "porque você está são"
     ),
-    "nl": frozenset(
-        "de het een is en hoe ik van niet met voor wat kan je mijn waarom welke waar zijn op "
-        "te".split()
+    "nl": _words(
+        "de het een is en hoe ik van niet met voor wat kan je mijn waarom welke waar zijn op te"
     ),
 }
 
-_NEGATIONS: frozenset[str] = frozenset(
+_NEGATIONS = _words(
     # English; contractions are handled by the "n't" suffix test.
     "not no never without none nobody nothing neither nor cannot nowhere "
     # French
@@ -128,10 +132,10 @@ _NEGATIONS: frozenset[str] = frozenset(
     "nunca sin ningún ninguna ninguno jamás nada não sem nenhum nenhuma non mai senza "
     "nessuno nessuna niente "
     # Dutch
-    "niet geen nooit zonder niets".split()
+    "niet geen nooit zonder niets"
 )
 # "no" is a negation in English, Spanish and Italian alike; French elision "n'" is a prefix.
-_NEGATION_PREFIXES = ("n'", "n’")
+_NEGATION_PREFIXES = ("n'", "n\u2019")
 
 # Scripts told apart by the first letters of their Unicode names.
 _SCRIPTS = (
@@ -150,8 +154,29 @@ _SCRIPTS = (
 _NUMBER_WORDS = {
     w: str(i)
     for i, w in enumerate(
-        "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen "
-        "fifteen sixteen seventeen eighteen nineteen twenty".split()
+        [
+            "zero",
+            "one",
+            "two",
+            "three",
+            "four",
+            "five",
+            "six",
+            "seven",
+            "eight",
+            "nine",
+            "ten",
+            "eleven",
+            "twelve",
+            "thirteen",
+            "fourteen",
+            "fifteen",
+            "sixteen",
+            "seventeen",
+            "eighteen",
+            "nineteen",
+            "twenty",
+        ]
     )
 } | {"thirty": "30", "forty": "40", "fifty": "50", "hundred": "100", "dozen": "12"}
 _MULTIPLIERS = {"thousand": 1_000, "k": 1_000, "million": 1_000_000, "m": 1_000_000}
@@ -219,10 +244,10 @@ _UNITS: dict[str, tuple[str, ...]] = {
     "calorie": ("calorie", "calories", "kcal", "cal"),
 }
 _UNIT_OF = {alias: canonical for canonical, aliases in _UNITS.items() for alias in aliases}
-_UNITS_AFTER_NUMBER_ONLY = frozenset(
+_UNITS_AFTER_NUMBER_ONLY = _words(
     "s sec secs second seconds min mins minute minutes h hr hrs hour hours day days week "
     "weeks month months year years yr yrs w v em rem mi cup cups bit bits byte bytes "
-    "cal pound pounds".split()
+    "cal pound pounds"
 )
 _CURRENCY_SYMBOLS = frozenset("$€£¥")
 
@@ -274,15 +299,13 @@ _OPERATIONS: dict[str, tuple[str, ...]] = {
     "horizontal": ("horizontal", "horizontally"),
 }
 _OPERATION_OF = {
-    alias: canonical
-    for canonical, aliases in _OPERATIONS.items()
-    for alias in aliases
+    alias: canonical for canonical, aliases in _OPERATIONS.items() for alias in aliases
 }
 
-_FROM_WORDS = frozenset("from von desde depuis".split())
-_TO_WORDS = frozenset("to into towards nach vers hacia -> →".split())
+_FROM_WORDS = _words("from von desde depuis")
+_TO_WORDS = _words("to into towards nach vers hacia -> →")
 
-_DETERMINERS = frozenset("a an the my your our their this that these those some".split())
+_DETERMINERS = _words("a an the my your our their this that these those some")
 
 
 def question_features(text: str) -> QuestionFeatures:
@@ -299,7 +322,7 @@ def question_features(text: str) -> QuestionFeatures:
 
     negated = any(
         w in _NEGATIONS
-        or w.endswith(("n't", "n’t"))
+        or w.endswith(("n't", "n\u2019t"))
         or w.startswith(_NEGATION_PREFIXES)
         or (w == "no" and language in {"en", "es", "it", ""})
         for w in words
@@ -362,7 +385,7 @@ def _numbers_and_units(tokens: list[tuple[str, str]]) -> tuple[frozenset[str], f
     numbers: set[str] = set()
     units: set[str] = set()
     pending: float | None = None  # the last number, until we know whether a multiplier follows
-    for index, (kind, raw) in enumerate(tokens):
+    for kind, raw in tokens:
         lower = raw.lower()
         if kind == "number" or (kind == "word" and lower in _NUMBER_WORDS):
             if pending is not None:
@@ -379,30 +402,25 @@ def _numbers_and_units(tokens: list[tuple[str, str]]) -> tuple[frozenset[str], f
                 continue
             if lower in _UNIT_OF:
                 units.add(_UNIT_OF[lower])
-            elif len(lower) > 1 and lower[0] == "°" and lower in _UNIT_OF:
-                units.add(_UNIT_OF[lower])
         if pending is not None:
             numbers.add(_format_number(pending))
             pending = None
-        if kind == "symbol" and raw in _UNIT_OF:
-            units.add(_UNIT_OF[raw])
-            if raw == "°" and index + 1 < len(tokens):
-                following = "°" + tokens[index + 1][1].lower()
-                if following in _UNIT_OF:
-                    units.add(_UNIT_OF[following])
-        elif kind == "word" and lower in _UNIT_OF and lower not in _UNITS_AFTER_NUMBER_ONLY:
+        if (kind == "symbol" and lower in _UNIT_OF) or (
+            kind == "word"
+            and lower in _UNIT_OF
+            and lower not in _UNITS_AFTER_NUMBER_ONLY
             # Unambiguous unit names count anywhere ("in miles" vs "in kilometres"), but short
             # abbreviations must not be ordinary words (e.g. the French "min").
-            if len(lower) > 2 or lower in {"km", "kg", "mb", "gb", "kb", "tb", "ms", "ml"}:
-                units.add(_UNIT_OF[lower])
+            and (len(lower) > 2 or lower in {"km", "kg", "mb", "gb", "kb", "tb", "ms", "ml"})
+        ):
+            units.add(_UNIT_OF[lower])
     if pending is not None:
         numbers.add(_format_number(pending))
-    units.discard("°")
     return frozenset(numbers), frozenset(units)
 
 
 def _strip_possessive(word: str) -> str:
-    for suffix in ("'s", "’s", "s'", "s’"):
+    for suffix in ("'s", "\u2019s", "s'", "s\u2019"):
         if word.endswith(suffix) and len(word) > len(suffix) + 1:
             return word[: -len(suffix)] + ("s" if suffix.startswith("s") else "")
     return word
@@ -420,7 +438,14 @@ def _entities(tokens: list[tuple[str, str]], *, capitalised_names: bool) -> froz
             entities.add(raw[1:-1].strip().lower())
         elif kind == "ident":
             entities.add(raw.lower().removesuffix("()"))
-        elif kind == "word" and capitalised_names and raw[0].isupper() and raw != "I":
+        elif (
+            kind == "word"
+            and capitalised_names
+            and raw[0].isupper()
+            and raw != "I"
+            # Units ("USD", "GB") are the unit guard's to compare.
+            and raw.lower() not in _UNIT_OF
+        ):
             # An all-capitals acronym (AWS, JSON) is a name even at a sentence start; a
             # capitalised first word usually is not.
             acronym = len(raw) > 1 and raw.isupper()
@@ -522,9 +547,6 @@ def compare_questions(
     return mismatch if mismatch is not None else Verdict(True, Reason.HIT)
 
 
-def same_question(
-    a: str, b: str, similarity: float, threshold: float = DEFAULT_THRESHOLD
-) -> bool:
+def same_question(a: str, b: str, similarity: float, threshold: float = DEFAULT_THRESHOLD) -> bool:
     """True when `b` may be served `a`'s cached answer: similar enough and no guard objects."""
     return compare_questions(a, b, similarity, threshold).hit
-
