@@ -125,7 +125,7 @@ _NEGATIONS = _words(
     # English; contractions are handled by the "n't" suffix test.
     "not no never without none nobody nothing neither nor cannot nowhere "
     # French
-    "ne pas jamais sans aucun aucune rien personne n' "
+    "ne pas jamais sans aucun aucune rien n' "
     # German
     "nicht kein keine keinen keinem keiner nie niemals ohne nichts "
     # Spanish / Portuguese / Italian
