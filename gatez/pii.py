@@ -30,10 +30,11 @@ The module imports ``presidio_analyzer`` (and with it spaCy) once, about 0.9 s a
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -184,6 +185,8 @@ class _Pattern:
     score: float
     # Which capture group holds the entity (0: the whole match); bearer tokens skip "Bearer ".
     group: int = 0
+    # A cheap search that must succeed for the pattern to match at all (None: always run).
+    precheck: re.Pattern[str] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,12 +200,36 @@ class _Recognizer:
     invalidate: Callable[[str], bool | None] | None = None
     # IBAN: Presidio tries the match's capture groups from the last to the first.
     group_fallback: bool = False
+    # When set, a match never spans whitespace and always holds this character: the
+    # patterns run only over the whitespace-free words that contain it.
+    anchor: str | None = None
 
 
-def _compile(patterns: Iterable[Any], flags: int) -> tuple[_Pattern, ...]:
+def _compile(
+    patterns: Iterable[Any], flags: int, prechecks: Mapping[str, str] | None = None
+) -> tuple[_Pattern, ...]:
+    pre = prechecks or {}
     return tuple(
-        _Pattern(p.name, re.compile(p.regex, flags & _FLAG_MASK), p.score) for p in patterns
+        _Pattern(
+            p.name,
+            re.compile(p.regex, flags & _FLAG_MASK),
+            p.score,
+            precheck=re.compile(pre[p.name]) if p.name in pre else None,
+        )
+        for p in patterns
     )
+
+
+# Every IPv6-shaped pattern of IpRecognizer needs "::" or a hex digit before a colon that is
+# followed by a hex digit or a colon; IPv4 needs digit-dot-digit.
+_IPV6_SHAPE = r"::|[0-9A-Fa-f]:[0-9A-Fa-f:]"
+_IP_PRECHECKS = {
+    "IPv4_mapped": _IPV6_SHAPE,
+    "IPv4_embedded": _IPV6_SHAPE,
+    "IPv4": r"\d\.\d",
+    "IPv6": _IPV6_SHAPE,
+    "IPv6_unspecified": _IPV6_SHAPE,
+}
 
 
 def _has_digit(text: str) -> bool:
@@ -236,6 +263,7 @@ def _presidio_recognizers() -> dict[str, _Recognizer]:
             tuple(email.context),
             lambda t: "@" in t,
             validate=_email_valid,
+            anchor="@",
         ),
         _Recognizer(
             "CREDIT_CARD",
@@ -254,7 +282,7 @@ def _presidio_recognizers() -> dict[str, _Recognizer]:
         ),
         _Recognizer(
             "IP_ADDRESS",
-            _compile(IpRecognizer.PATTERNS, ip.global_regex_flags or 0),
+            _compile(IpRecognizer.PATTERNS, ip.global_regex_flags or 0, _IP_PRECHECKS),
             tuple(ip.context),
             lambda t: ":" in t or "." in t,
             invalidate=ip.invalidate_result,
@@ -331,9 +359,16 @@ _PHONE_REGIONS: tuple[str, ...] = tuple(_PHONE.supported_regions)
 _PHONE_LENIENCY = phonenumbers.Leniency.VALID
 # A run that could hold a phone number: digits with the separators phonenumbers accepts.
 _PHONE_CANDIDATE = re.compile(r"[+(]?\d(?:[\d\s().\-/]{0,3}\d){5,}")
-# Characters of padding around a candidate: phonenumbers looks at neighbours ("ext. 12",
-# a letter glued to the number) when it decides.
-_PHONE_PAD = 24
+# What may follow a number as its extension ("ext. 12", "x 12", "#12"; phonenumbers'
+# extension markers): the window then takes the next two words too.
+_PHONE_EXTENSION = re.compile(
+    r"\s*[,;]?\s*(?:ext|extn|extension|x|#|~|int|anexo|доб)\S*(?:\s+\S+)?", re.IGNORECASE
+)
+
+# A word that is only an ISO date: phonenumbers finds no number in any of these (checked
+# exhaustively for years 1900-2099, months 00-19, days 00-39, in the eight regions, bare,
+# in parentheses and with a trailing ",", "." or ";"), so their windows are skipped.
+_ISO_DATE_WORD = re.compile(r"\((?:19|20)\d\d-[01]\d-[0-3]\d\)|(?:19|20)\d\d-[01]\d-[0-3]\d[,.;]?")
 
 SUPPORTED_ENTITIES: frozenset[str] = frozenset(_PATTERN_RECOGNIZERS) | {"PHONE_NUMBER"}
 """Every entity type the scanner knows."""
@@ -501,7 +536,9 @@ class PiiScanner:
     def _run(rec: _Recognizer, text: str) -> list[PiiFinding]:
         out: list[PiiFinding] = []
         for pattern in rec.patterns:
-            for match in pattern.regex.finditer(text):
+            if pattern.precheck is not None and pattern.precheck.search(text) is None:
+                continue
+            for match in _matches(pattern.regex, text, rec.anchor):
                 if rec.group_fallback:
                     finding = _iban_fallback(rec, pattern, match, text)
                     if finding is not None:
@@ -542,6 +579,26 @@ class PiiScanner:
         return _apply(text, _resolve_overlaps(self.scan(text, wanted)), actions, salt, hash_chars)
 
 
+_NON_SPACE = re.compile(r"\S+")
+
+
+def _matches(regex: re.Pattern[str], text: str, anchor: str | None) -> Iterator[re.Match[str]]:
+    if anchor is None:
+        yield from regex.finditer(text)
+        return
+    # Only the words holding the anchor. With pos/endpos the regex still sees the real
+    # character before pos for \b and look-behinds; endpos falls on whitespace or the end.
+    pos = text.find(anchor)
+    while pos != -1:
+        lo = pos
+        while lo > 0 and not text[lo - 1].isspace():
+            lo -= 1
+        word = _NON_SPACE.match(text, lo)
+        hi = word.end() if word is not None else pos + 1
+        yield from regex.finditer(text, lo, hi)
+        pos = text.find(anchor, hi)
+
+
 def _iban_fallback(
     rec: _Recognizer, pattern: _Pattern, match: re.Match[str], text: str
 ) -> PiiFinding | None:
@@ -564,28 +621,44 @@ def _iban_fallback(
 
 
 def _phones(text: str) -> list[PiiFinding]:
-    # PhoneRecognizer.analyze on windows around candidate digit runs (merged when close).
+    # PhoneRecognizer.analyze, on windows around the digit runs that could be a number.
     windows: list[list[int]] = []
+    n = len(text)
     for m in _PHONE_CANDIDATE.finditer(text):
-        lo, hi = max(0, m.start() - _PHONE_PAD), min(len(text), m.end() + _PHONE_PAD)
+        lo, hi = m.start(), m.end()
+        # Widen to whitespace so the window never cuts a word: the matcher rejects a number
+        # glued to a letter, and that must still happen here.
+        while lo > 0 and not text[lo - 1].isspace():
+            lo -= 1
+        while hi < n and not text[hi].isspace():
+            hi += 1
+        if _ISO_DATE_WORD.fullmatch(text, lo, hi):
+            continue
+        ext = _PHONE_EXTENSION.match(text, hi)
+        if ext is not None:
+            hi = ext.end()
         if windows and lo <= windows[-1][1]:
-            windows[-1][1] = hi
+            windows[-1][1] = max(hi, windows[-1][1])
         else:
             windows.append([lo, hi])
     out: list[PiiFinding] = []
+    context = tuple(_PHONE.context)
     for lo, hi in windows:
-        # Widen to whitespace so the window never cuts a word (the matcher checks neighbours).
-        while lo > 0 and not text[lo - 1].isspace():
-            lo -= 1
-        while hi < len(text) and not text[hi].isspace():
-            hi += 1
-        chunk = text[lo:hi]
-        for region in _PHONE_REGIONS:
-            for match in phonenumbers.PhoneNumberMatcher(chunk, region, leniency=_PHONE_LENIENCY):
-                start = lo + match.start
-                score = _context_boost(text, start, _PHONE.SCORE, tuple(_PHONE.context))
-                out.append(PiiFinding("PHONE_NUMBER", start, lo + match.end, score))
+        for start, end in _phone_spans(text[lo:hi]):
+            score = _context_boost(text, lo + start, _PHONE.SCORE, context)
+            out.append(PiiFinding("PHONE_NUMBER", lo + start, lo + end, score))
     return out
+
+
+@functools.lru_cache(maxsize=4096)
+def _phone_spans(chunk: str) -> tuple[tuple[int, int], ...]:
+    # Cached: the stream redactor rescans its held text on every delta, and prompts repeat
+    # their numbers. Keyed by the window's text, so the result is the same either way.
+    spans: set[tuple[int, int]] = set()
+    for region in _PHONE_REGIONS:
+        for match in phonenumbers.PhoneNumberMatcher(chunk, region, leniency=_PHONE_LENIENCY):
+            spans.add((match.start, match.end))
+    return tuple(sorted(spans))
 
 
 def _apply(

@@ -74,6 +74,10 @@ CORPUS = [
     "Email ALICE@EXAMPLE.COM or call 415-555-2671.",
     "The hash is 3f786850e387550fdab836ed7e6dc881de23001b.",
     "Route 66 and interstate 95 meet nowhere; zip 94105-1234.",
+    "Write to <mailto:ops@example.io>,(bob@example.com) or x@y@example.com.",
+    "Dates (2024-05-17), 2023-12-31; and 1999-01-01. Order 123456, ticket 004217.",
+    "Fax: +49 30 901820-0 or 0049 30 901820; ref 2024-05-17T10:00.",
+    "Host fe80::1%eth0 and ::ffff:192.0.2.128 and :: and a:b:c.",
 ]
 
 
