@@ -80,6 +80,7 @@ CORPUS = [
     "Dates (2024-05-17), 2023-12-31; and 1999-01-01. Order 123456, ticket 004217.",
     "Fax: +49 30 901820-0 or 0049 30 901820; ref 2024-05-17T10:00.",
     "Host fe80::1%eth0 and ::ffff:192.0.2.128 and :: and a:b:c.",
+    "Built in 1648, rebuilt 1702; extension 01640 rings the desk.",
 ]
 
 
@@ -360,3 +361,13 @@ def test_skipped_iso_date_words_hold_no_phone_number() -> None:
                     word, region, leniency=phonenumbers.Leniency.VALID
                 )
                 assert not list(matcher), (word, region)
+
+
+@pytest.mark.parametrize("min_score", [0.3, 0.5, 0.8])
+def test_threshold_shortcuts_equal_filtering_the_full_scan(min_score: float) -> None:
+    # Over 0.4 the phone matcher runs only near context words: that must drop exactly the
+    # numbers the threshold drops.
+    full = PiiScanner(SUPPORTED_ENTITIES, min_score=0.0)
+    fast = PiiScanner(SUPPORTED_ENTITIES, min_score=min_score)
+    for text in CORPUS:
+        assert fast.scan(text) == [f for f in full.scan(text) if f.score >= min_score], text
