@@ -372,7 +372,7 @@ _PHONE_EXTENSION = re.compile(
     r"\s*[,;]?\s*(?:ext|extn|extension|x|#|~|int|anexo|доб)\S*(?:\s+\S+)?", re.IGNORECASE
 )
 
-_PHONE_CONTEXT = re.compile("|".join(map(re.escape, _PHONE.context)), re.IGNORECASE)
+_PHONE_CONTEXT_WORDS: tuple[str, ...] = tuple(_PHONE.context)
 
 # A word that is only an ISO date: phonenumbers finds no number in any of these (checked
 # exhaustively for years 1900-2099, months 00-19, days 00-39, in the eight regions, bare,
@@ -631,7 +631,13 @@ def _iban_fallback(
     return None
 
 
+def _has_context(text: str, lo: int, hi: int, context: tuple[str, ...]) -> bool:
+    words = _preceding_words(text, lo) + [w.lower() for w in _WORD.findall(text, lo, hi)]
+    return any(c in w for c in context for w in words)
+
+
 def _phones(text: str, *, needs_context: bool) -> list[PiiFinding]:
+    context = _PHONE_CONTEXT_WORDS
     # PhoneRecognizer.analyze, on windows around the digit runs that could be a number.
     windows: list[list[int]] = []
     n = len(text)
@@ -645,9 +651,9 @@ def _phones(text: str, *, needs_context: bool) -> list[PiiFinding]:
             hi += 1
         if _ISO_DATE_WORD.fullmatch(text, lo, hi):
             continue
-        # The context boost reads the _CONTEXT_LOOKBACK characters before a match; the match
-        # starts at lo or later, so no context word there means no number can score enough.
-        if needs_context and not _PHONE_CONTEXT.search(text, max(0, lo - _CONTEXT_LOOKBACK), hi):
+        # A match starts at lo or later; its context words are among the words before lo
+        # that _preceding_words collects, or inside the window. None there: it scores 0.4.
+        if needs_context and not _has_context(text, lo, hi, context):
             continue
         ext = _PHONE_EXTENSION.match(text, hi)
         if ext is not None:
@@ -657,7 +663,6 @@ def _phones(text: str, *, needs_context: bool) -> list[PiiFinding]:
         else:
             windows.append([lo, hi])
     out: list[PiiFinding] = []
-    context = tuple(_PHONE.context)
     for lo, hi in windows:
         for start, end in _phone_spans(text[lo:hi]):
             score = _context_boost(text, lo + start, _PHONE.SCORE, context)
