@@ -766,7 +766,8 @@ class StreamRedactor:
     of the newest text, nor while it belongs to an entity found in the held text. An entity
     longer than the window (a long JWT, say) may be emitted in part before it is complete,
     and is then not guaranteed to be caught. ``context_chars`` of already emitted text are
-    rescanned for the word boundaries and context words before the held text.
+    rescanned for the word boundaries and context words before the held text (by default as
+    far back as context scoring looks, so scores equal a whole-text scan's).
 
     Output is delayed by up to ``window_chars`` characters; ``blocked`` reports blocking
     types as soon as they are seen (what was emitted before cannot be recalled: the caller
@@ -777,7 +778,7 @@ class StreamRedactor:
     actions: Mapping[str, Action]
     window_chars: int = 128
     salt: bytes = b""
-    context_chars: int = 32
+    context_chars: int = _CONTEXT_LOOKBACK
     _held: str = ""
     _emitted_tail: str = ""
     _counts: Counter[str] = field(default_factory=Counter)

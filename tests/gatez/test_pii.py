@@ -291,11 +291,19 @@ def test_redact_json_strings_bounded_depth_and_block() -> None:
 
 STREAM_TEXT = (
     "Thanks! Reach jane.doe@example.com or card 4111 1111 1111 1111, "
-    "IBAN DE89 3704 0044 0532 0130 00, ssn 536-22-8726, key AKIAIOSFODNN7EXAMPLE. Bye"
+    "IBAN DE89 3704 0044 0532 0130 00, ssn 536-22-8726, key AKIAIOSFODNN7EXAMPLE. "
+    "Or call my mobile, it is +1-202-555-0143. Bye"
 )
 STREAM_ACTIONS = {
     e: Action.REPLACE
-    for e in ("EMAIL_ADDRESS", "CREDIT_CARD", "IBAN_CODE", "US_SSN", "AWS_ACCESS_KEY")
+    for e in (
+        "EMAIL_ADDRESS",
+        "CREDIT_CARD",
+        "IBAN_CODE",
+        "US_SSN",
+        "AWS_ACCESS_KEY",
+        "PHONE_NUMBER",
+    )
 }
 
 
