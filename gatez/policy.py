@@ -28,6 +28,7 @@ from gatez.agent_policy import (
     compile_mcp_servers,
 )
 from gatez.errors import InvalidPolicy, quoted
+from gatez.guardrails import NO_GUARDRAILS, Guardrails, compile_guardrails
 from gatez.prices import DEFAULT_PRICES, PriceTable, compile_prices
 from gatez.v1 import policy_pb2
 
@@ -281,6 +282,8 @@ class CompiledPolicy:
     agent_policies: MappingProxyType[str, TenantAgentPolicies] = field(
         default_factory=lambda: MappingProxyType({})
     )
+    # L2: each tenant's PII redaction, token budgets and answer-cache settings.
+    guardrails: Guardrails = NO_GUARDRAILS
 
     def agent_policies_of(self, tenant_id: str) -> TenantAgentPolicies:
         return self.agent_policies.get(tenant_id, NO_AGENT_POLICIES)
@@ -393,6 +396,9 @@ def compile_policy(
         prices=compile_prices(snapshot.model_prices),
         mcp_servers=mcp_servers,
         agent_policies=agent_policies,
+        guardrails=compile_guardrails(
+            snapshot, tenants, {key.id: key.tenant_id for key in snapshot.api_keys}
+        ),
     )
 
 

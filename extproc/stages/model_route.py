@@ -241,6 +241,8 @@ def _translated(
     llm = LlmCall(target=target, stream=request.stream, client_wants_usage=wants_usage)
     llm.client_schema = api.schema
     llm.provider_schema = schema
+    # Kept for the stages that read the request in the model (cache, budgets).
+    llm.request = request
     return llm, encoded
 
 

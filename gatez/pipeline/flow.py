@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from gatez.agent_policy import AgentRules, McpServerTarget, ToolRule
     from gatez.pipeline.observe import FlowTrace
     from gatez.pipeline.stage import Stage
-    from gatez.translate.model import ChatResponse, ErrorInfo, StreamEvent
+    from gatez.translate.model import ChatRequest, ChatResponse, ErrorInfo, StreamEvent
     from gatez.translate.schemas import StreamDecoder, StreamEncoder, WireSchema
 
 
@@ -121,10 +121,24 @@ class LlmCall:
     output_texts: list[str] = field(default_factory=list)
     output_chars: int = 0
     kept_chars: int = 0
+    # The request in the shared model, once a stage needed it (`extproc.stages.llm_request`).
+    request: ChatRequest | None = None
+    # The answer is written from the model even when both sides speak one schema (a stage
+    # rewrites it: output redaction).
+    reencode: bool = False
+    # Answered from the answer cache: "exact" or "semantic" ("" when not).
+    cache_hit: str = ""
+    # The budget reservation this call holds (opaque here: `extproc.stages.budget`'s).
+    reservation: object = None
 
     @property
     def translated(self) -> bool:
         return self.client_schema is not self.provider_schema
+
+    @property
+    def rewrites(self) -> bool:
+        """A successful answer is written from the model, not passed on as the provider's."""
+        return self.reencode or self.client_schema is not self.provider_schema
 
 
 @dataclass(slots=True)
@@ -214,6 +228,8 @@ class Flow:
     llm: LlmCall | None = None
     # On MCP routes: the agent gateway's view of the exchange.
     mcp: McpCall | None = None
+    # Sensitive data PII redaction found, by entity type (request and answer together).
+    pii_counts: dict[str, int] = field(default_factory=dict)
     # Set when upstream response headers arrived (the provider saw the request).
     upstream_reached: bool = False
     response_status: int = 0

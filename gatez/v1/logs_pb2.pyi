@@ -34,7 +34,14 @@ class RequestLog(_message.Message):
     def __init__(self, request_id: _Optional[str] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., tenant_id: _Optional[str] = ..., key_id: _Optional[str] = ..., method: _Optional[str] = ..., path: _Optional[str] = ..., status: _Optional[int] = ..., latency_ms: _Optional[float] = ..., error: _Optional[str] = ..., node_id: _Optional[str] = ...) -> None: ...
 
 class AiLog(_message.Message):
-    __slots__ = ("request_id", "time", "tenant_id", "key_id", "provider", "model_alias", "upstream_model", "input_tokens", "output_tokens", "status", "latency_ms", "ttft_ms", "streamed", "node_id", "usage_estimated", "cost_usd", "cached_input_tokens", "price_known", "attempts")
+    __slots__ = ("request_id", "time", "tenant_id", "key_id", "provider", "model_alias", "upstream_model", "input_tokens", "output_tokens", "status", "latency_ms", "ttft_ms", "streamed", "node_id", "usage_estimated", "cost_usd", "cached_input_tokens", "price_known", "attempts", "cache_hit", "pii_entities")
+    class PiiEntitiesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     TIME_FIELD_NUMBER: _ClassVar[int]
     TENANT_ID_FIELD_NUMBER: _ClassVar[int]
@@ -54,6 +61,8 @@ class AiLog(_message.Message):
     CACHED_INPUT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     PRICE_KNOWN_FIELD_NUMBER: _ClassVar[int]
     ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
+    CACHE_HIT_FIELD_NUMBER: _ClassVar[int]
+    PII_ENTITIES_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     time: _timestamp_pb2.Timestamp
     tenant_id: str
@@ -73,7 +82,9 @@ class AiLog(_message.Message):
     cached_input_tokens: int
     price_known: bool
     attempts: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, request_id: _Optional[str] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., tenant_id: _Optional[str] = ..., key_id: _Optional[str] = ..., provider: _Optional[str] = ..., model_alias: _Optional[str] = ..., upstream_model: _Optional[str] = ..., input_tokens: _Optional[int] = ..., output_tokens: _Optional[int] = ..., status: _Optional[int] = ..., latency_ms: _Optional[float] = ..., ttft_ms: _Optional[float] = ..., streamed: _Optional[bool] = ..., node_id: _Optional[str] = ..., usage_estimated: _Optional[bool] = ..., cost_usd: _Optional[float] = ..., cached_input_tokens: _Optional[int] = ..., price_known: _Optional[bool] = ..., attempts: _Optional[_Iterable[str]] = ...) -> None: ...
+    cache_hit: str
+    pii_entities: _containers.ScalarMap[str, int]
+    def __init__(self, request_id: _Optional[str] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., tenant_id: _Optional[str] = ..., key_id: _Optional[str] = ..., provider: _Optional[str] = ..., model_alias: _Optional[str] = ..., upstream_model: _Optional[str] = ..., input_tokens: _Optional[int] = ..., output_tokens: _Optional[int] = ..., status: _Optional[int] = ..., latency_ms: _Optional[float] = ..., ttft_ms: _Optional[float] = ..., streamed: _Optional[bool] = ..., node_id: _Optional[str] = ..., usage_estimated: _Optional[bool] = ..., cost_usd: _Optional[float] = ..., cached_input_tokens: _Optional[int] = ..., price_known: _Optional[bool] = ..., attempts: _Optional[_Iterable[str]] = ..., cache_hit: _Optional[str] = ..., pii_entities: _Optional[_Mapping[str, int]] = ...) -> None: ...
 
 class AgentLog(_message.Message):
     __slots__ = ("request_id", "time", "tenant_id", "caller", "session_id_digest", "server", "method", "tool", "decision", "reason", "approver", "arguments_digest", "arguments_json", "status", "latency_ms", "result_bytes", "protocol_version", "node_id")

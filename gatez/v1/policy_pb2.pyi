@@ -48,6 +48,21 @@ class ResultScanAction(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     RESULT_SCAN_ACTION_STRIP: _ClassVar[ResultScanAction]
     RESULT_SCAN_ACTION_BLOCK: _ClassVar[ResultScanAction]
     RESULT_SCAN_ACTION_OFF: _ClassVar[ResultScanAction]
+
+class PiiAction(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    PII_ACTION_UNSPECIFIED: _ClassVar[PiiAction]
+    PII_ACTION_OFF: _ClassVar[PiiAction]
+    PII_ACTION_MASK: _ClassVar[PiiAction]
+    PII_ACTION_REPLACE: _ClassVar[PiiAction]
+    PII_ACTION_HASH: _ClassVar[PiiAction]
+    PII_ACTION_BLOCK: _ClassVar[PiiAction]
+
+class EmbeddingSource(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    EMBEDDING_SOURCE_UNSPECIFIED: _ClassVar[EmbeddingSource]
+    EMBEDDING_SOURCE_LOCAL: _ClassVar[EmbeddingSource]
+    EMBEDDING_SOURCE_PROVIDER: _ClassVar[EmbeddingSource]
 PROVIDER_KIND_UNSPECIFIED: ProviderKind
 PROVIDER_KIND_OPENAI: ProviderKind
 PROVIDER_KIND_AZURE_OPENAI: ProviderKind
@@ -72,6 +87,15 @@ RESULT_SCAN_ACTION_FLAG: ResultScanAction
 RESULT_SCAN_ACTION_STRIP: ResultScanAction
 RESULT_SCAN_ACTION_BLOCK: ResultScanAction
 RESULT_SCAN_ACTION_OFF: ResultScanAction
+PII_ACTION_UNSPECIFIED: PiiAction
+PII_ACTION_OFF: PiiAction
+PII_ACTION_MASK: PiiAction
+PII_ACTION_REPLACE: PiiAction
+PII_ACTION_HASH: PiiAction
+PII_ACTION_BLOCK: PiiAction
+EMBEDDING_SOURCE_UNSPECIFIED: EmbeddingSource
+EMBEDDING_SOURCE_LOCAL: EmbeddingSource
+EMBEDDING_SOURCE_PROVIDER: EmbeddingSource
 
 class Tenant(_message.Message):
     __slots__ = ("id", "display_name", "rate_limit", "create_time")
@@ -216,7 +240,7 @@ class ModelPrice(_message.Message):
     def __init__(self, model: _Optional[str] = ..., input_usd_per_mtok: _Optional[float] = ..., output_usd_per_mtok: _Optional[float] = ..., cached_input_usd_per_mtok: _Optional[float] = ..., cache_write_input_usd_per_mtok: _Optional[float] = ...) -> None: ...
 
 class PolicySnapshot(_message.Message):
-    __slots__ = ("version", "create_time", "tenants", "api_keys", "identity_providers", "providers", "provider_credentials", "model_routes", "lineage", "routes", "model_prices", "mcp_servers", "mcp_server_credentials", "agent_policies")
+    __slots__ = ("version", "create_time", "tenants", "api_keys", "identity_providers", "providers", "provider_credentials", "model_routes", "lineage", "routes", "model_prices", "mcp_servers", "mcp_server_credentials", "agent_policies", "pii_policies", "budgets", "cache_policies")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
     TENANTS_FIELD_NUMBER: _ClassVar[int]
@@ -231,6 +255,9 @@ class PolicySnapshot(_message.Message):
     MCP_SERVERS_FIELD_NUMBER: _ClassVar[int]
     MCP_SERVER_CREDENTIALS_FIELD_NUMBER: _ClassVar[int]
     AGENT_POLICIES_FIELD_NUMBER: _ClassVar[int]
+    PII_POLICIES_FIELD_NUMBER: _ClassVar[int]
+    BUDGETS_FIELD_NUMBER: _ClassVar[int]
+    CACHE_POLICIES_FIELD_NUMBER: _ClassVar[int]
     version: int
     create_time: _timestamp_pb2.Timestamp
     tenants: _containers.RepeatedCompositeFieldContainer[Tenant]
@@ -245,7 +272,10 @@ class PolicySnapshot(_message.Message):
     mcp_servers: _containers.RepeatedCompositeFieldContainer[McpServer]
     mcp_server_credentials: _containers.RepeatedCompositeFieldContainer[ProviderCredential]
     agent_policies: _containers.RepeatedCompositeFieldContainer[AgentPolicy]
-    def __init__(self, version: _Optional[int] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., tenants: _Optional[_Iterable[_Union[Tenant, _Mapping]]] = ..., api_keys: _Optional[_Iterable[_Union[ApiKey, _Mapping]]] = ..., identity_providers: _Optional[_Iterable[_Union[IdentityProvider, _Mapping]]] = ..., providers: _Optional[_Iterable[_Union[Provider, _Mapping]]] = ..., provider_credentials: _Optional[_Iterable[_Union[ProviderCredential, _Mapping]]] = ..., model_routes: _Optional[_Iterable[_Union[ModelRoute, _Mapping]]] = ..., lineage: _Optional[str] = ..., routes: _Optional[_Iterable[_Union[Route, _Mapping]]] = ..., model_prices: _Optional[_Iterable[_Union[ModelPrice, _Mapping]]] = ..., mcp_servers: _Optional[_Iterable[_Union[McpServer, _Mapping]]] = ..., mcp_server_credentials: _Optional[_Iterable[_Union[ProviderCredential, _Mapping]]] = ..., agent_policies: _Optional[_Iterable[_Union[AgentPolicy, _Mapping]]] = ...) -> None: ...
+    pii_policies: _containers.RepeatedCompositeFieldContainer[PiiPolicy]
+    budgets: _containers.RepeatedCompositeFieldContainer[Budget]
+    cache_policies: _containers.RepeatedCompositeFieldContainer[CachePolicy]
+    def __init__(self, version: _Optional[int] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., tenants: _Optional[_Iterable[_Union[Tenant, _Mapping]]] = ..., api_keys: _Optional[_Iterable[_Union[ApiKey, _Mapping]]] = ..., identity_providers: _Optional[_Iterable[_Union[IdentityProvider, _Mapping]]] = ..., providers: _Optional[_Iterable[_Union[Provider, _Mapping]]] = ..., provider_credentials: _Optional[_Iterable[_Union[ProviderCredential, _Mapping]]] = ..., model_routes: _Optional[_Iterable[_Union[ModelRoute, _Mapping]]] = ..., lineage: _Optional[str] = ..., routes: _Optional[_Iterable[_Union[Route, _Mapping]]] = ..., model_prices: _Optional[_Iterable[_Union[ModelPrice, _Mapping]]] = ..., mcp_servers: _Optional[_Iterable[_Union[McpServer, _Mapping]]] = ..., mcp_server_credentials: _Optional[_Iterable[_Union[ProviderCredential, _Mapping]]] = ..., agent_policies: _Optional[_Iterable[_Union[AgentPolicy, _Mapping]]] = ..., pii_policies: _Optional[_Iterable[_Union[PiiPolicy, _Mapping]]] = ..., budgets: _Optional[_Iterable[_Union[Budget, _Mapping]]] = ..., cache_policies: _Optional[_Iterable[_Union[CachePolicy, _Mapping]]] = ...) -> None: ...
 
 class McpServer(_message.Message):
     __slots__ = ("tenant_id", "name", "url", "credential_header", "has_credential", "credential_update_time")
@@ -353,3 +383,72 @@ class AgentPolicy(_message.Message):
     approval_timeout_s: int
     audit_raw_arguments: bool
     def __init__(self, id: _Optional[str] = ..., tenant_id: _Optional[str] = ..., api_key_ids: _Optional[_Iterable[str]] = ..., groups: _Optional[_Iterable[str]] = ..., tools: _Optional[_Iterable[_Union[ToolRule, _Mapping]]] = ..., prompts: _Optional[_Iterable[str]] = ..., resources: _Optional[_Iterable[str]] = ..., limits: _Optional[_Union[AgentLimits, _Mapping]] = ..., allowed_hosts: _Optional[_Iterable[str]] = ..., allowed_networks: _Optional[_Iterable[str]] = ..., allowed_path_roots: _Optional[_Iterable[str]] = ..., result_scan: _Optional[_Union[ResultScanAction, str]] = ..., approval_timeout_s: _Optional[int] = ..., audit_raw_arguments: _Optional[bool] = ...) -> None: ...
+
+class PiiPolicy(_message.Message):
+    __slots__ = ("tenant_id", "entities", "default_action", "scan_output", "min_score", "hash_salt")
+    class EntitiesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: PiiAction
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[PiiAction, str]] = ...) -> None: ...
+    TENANT_ID_FIELD_NUMBER: _ClassVar[int]
+    ENTITIES_FIELD_NUMBER: _ClassVar[int]
+    DEFAULT_ACTION_FIELD_NUMBER: _ClassVar[int]
+    SCAN_OUTPUT_FIELD_NUMBER: _ClassVar[int]
+    MIN_SCORE_FIELD_NUMBER: _ClassVar[int]
+    HASH_SALT_FIELD_NUMBER: _ClassVar[int]
+    tenant_id: str
+    entities: _containers.ScalarMap[str, PiiAction]
+    default_action: PiiAction
+    scan_output: bool
+    min_score: float
+    hash_salt: bytes
+    def __init__(self, tenant_id: _Optional[str] = ..., entities: _Optional[_Mapping[str, PiiAction]] = ..., default_action: _Optional[_Union[PiiAction, str]] = ..., scan_output: _Optional[bool] = ..., min_score: _Optional[float] = ..., hash_salt: _Optional[bytes] = ...) -> None: ...
+
+class Budget(_message.Message):
+    __slots__ = ("tenant_id", "api_key_id", "tokens_per_day", "tokens_per_month", "usd_per_day", "usd_per_month", "soft_percent", "fail_open", "default_max_tokens")
+    TENANT_ID_FIELD_NUMBER: _ClassVar[int]
+    API_KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_PER_DAY_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_PER_MONTH_FIELD_NUMBER: _ClassVar[int]
+    USD_PER_DAY_FIELD_NUMBER: _ClassVar[int]
+    USD_PER_MONTH_FIELD_NUMBER: _ClassVar[int]
+    SOFT_PERCENT_FIELD_NUMBER: _ClassVar[int]
+    FAIL_OPEN_FIELD_NUMBER: _ClassVar[int]
+    DEFAULT_MAX_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    tenant_id: str
+    api_key_id: str
+    tokens_per_day: int
+    tokens_per_month: int
+    usd_per_day: float
+    usd_per_month: float
+    soft_percent: int
+    fail_open: bool
+    default_max_tokens: int
+    def __init__(self, tenant_id: _Optional[str] = ..., api_key_id: _Optional[str] = ..., tokens_per_day: _Optional[int] = ..., tokens_per_month: _Optional[int] = ..., usd_per_day: _Optional[float] = ..., usd_per_month: _Optional[float] = ..., soft_percent: _Optional[int] = ..., fail_open: _Optional[bool] = ..., default_max_tokens: _Optional[int] = ...) -> None: ...
+
+class CachePolicy(_message.Message):
+    __slots__ = ("tenant_id", "route_id", "enabled", "ttl_s", "similarity_threshold", "exact_only", "cache_tool_calls", "cache_sampled", "embeddings", "embedding_model")
+    TENANT_ID_FIELD_NUMBER: _ClassVar[int]
+    ROUTE_ID_FIELD_NUMBER: _ClassVar[int]
+    ENABLED_FIELD_NUMBER: _ClassVar[int]
+    TTL_S_FIELD_NUMBER: _ClassVar[int]
+    SIMILARITY_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    EXACT_ONLY_FIELD_NUMBER: _ClassVar[int]
+    CACHE_TOOL_CALLS_FIELD_NUMBER: _ClassVar[int]
+    CACHE_SAMPLED_FIELD_NUMBER: _ClassVar[int]
+    EMBEDDINGS_FIELD_NUMBER: _ClassVar[int]
+    EMBEDDING_MODEL_FIELD_NUMBER: _ClassVar[int]
+    tenant_id: str
+    route_id: str
+    enabled: bool
+    ttl_s: int
+    similarity_threshold: float
+    exact_only: bool
+    cache_tool_calls: bool
+    cache_sampled: bool
+    embeddings: EmbeddingSource
+    embedding_model: str
+    def __init__(self, tenant_id: _Optional[str] = ..., route_id: _Optional[str] = ..., enabled: _Optional[bool] = ..., ttl_s: _Optional[int] = ..., similarity_threshold: _Optional[float] = ..., exact_only: _Optional[bool] = ..., cache_tool_calls: _Optional[bool] = ..., cache_sampled: _Optional[bool] = ..., embeddings: _Optional[_Union[EmbeddingSource, str]] = ..., embedding_model: _Optional[str] = ...) -> None: ...

@@ -16,21 +16,18 @@ import redis.asyncio as aioredis
 from extproc.budgets import (
     PERIOD_GRACE_S,
     Admission,
-    BudgetLimits,
     BudgetMark,
     BudgetStore,
     Cost,
-    Period,
     Reservation,
-    Scope,
     Settlement,
     Spend,
-    Unit,
     budget_key,
     holds_key,
     record_key,
 )
 from extproc.redis_pipe import PipelinedRedis, PipelinedRedisCluster, Script, hot_path_client
+from gatez.budgets import BudgetLimits, Period, Scope, Unit
 from gatez.processes import free_port
 from gatez.redis_client import RedisTarget
 from tests.support.redis import RedisServer
