@@ -45,6 +45,7 @@ class PiiRules:
     """A tenant's PII redaction: what is looked for, and what becomes of each type found."""
 
     actions: Mapping[str, Action]
+    scan_prompts: bool
     scan_output: bool
     salt: bytes
     # Built once per policy for exactly the types in `actions`.
@@ -185,6 +186,7 @@ def _pii_rules(policy: policy_pb2.PiiPolicy, where: str) -> PiiRules:
     )
     return PiiRules(
         actions=MappingProxyType(actions),
+        scan_prompts=not policy.skip_prompts,
         scan_output=policy.scan_output,
         salt=bytes(policy.hash_salt),
         scanner=PiiScanner(frozenset(actions), min_score=min_score),

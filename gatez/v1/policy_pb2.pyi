@@ -385,7 +385,7 @@ class AgentPolicy(_message.Message):
     def __init__(self, id: _Optional[str] = ..., tenant_id: _Optional[str] = ..., api_key_ids: _Optional[_Iterable[str]] = ..., groups: _Optional[_Iterable[str]] = ..., tools: _Optional[_Iterable[_Union[ToolRule, _Mapping]]] = ..., prompts: _Optional[_Iterable[str]] = ..., resources: _Optional[_Iterable[str]] = ..., limits: _Optional[_Union[AgentLimits, _Mapping]] = ..., allowed_hosts: _Optional[_Iterable[str]] = ..., allowed_networks: _Optional[_Iterable[str]] = ..., allowed_path_roots: _Optional[_Iterable[str]] = ..., result_scan: _Optional[_Union[ResultScanAction, str]] = ..., approval_timeout_s: _Optional[int] = ..., audit_raw_arguments: _Optional[bool] = ...) -> None: ...
 
 class PiiPolicy(_message.Message):
-    __slots__ = ("tenant_id", "entities", "default_action", "scan_output", "min_score", "hash_salt")
+    __slots__ = ("tenant_id", "entities", "default_action", "scan_output", "min_score", "hash_salt", "skip_prompts")
     class EntitiesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -399,13 +399,15 @@ class PiiPolicy(_message.Message):
     SCAN_OUTPUT_FIELD_NUMBER: _ClassVar[int]
     MIN_SCORE_FIELD_NUMBER: _ClassVar[int]
     HASH_SALT_FIELD_NUMBER: _ClassVar[int]
+    SKIP_PROMPTS_FIELD_NUMBER: _ClassVar[int]
     tenant_id: str
     entities: _containers.ScalarMap[str, PiiAction]
     default_action: PiiAction
     scan_output: bool
     min_score: float
     hash_salt: bytes
-    def __init__(self, tenant_id: _Optional[str] = ..., entities: _Optional[_Mapping[str, PiiAction]] = ..., default_action: _Optional[_Union[PiiAction, str]] = ..., scan_output: _Optional[bool] = ..., min_score: _Optional[float] = ..., hash_salt: _Optional[bytes] = ...) -> None: ...
+    skip_prompts: bool
+    def __init__(self, tenant_id: _Optional[str] = ..., entities: _Optional[_Mapping[str, PiiAction]] = ..., default_action: _Optional[_Union[PiiAction, str]] = ..., scan_output: _Optional[bool] = ..., min_score: _Optional[float] = ..., hash_salt: _Optional[bytes] = ..., skip_prompts: _Optional[bool] = ...) -> None: ...
 
 class Budget(_message.Message):
     __slots__ = ("tenant_id", "api_key_id", "tokens_per_day", "tokens_per_month", "usd_per_day", "usd_per_month", "soft_percent", "fail_open", "default_max_tokens")
