@@ -844,3 +844,177 @@ class ListAgentAuditResponse(_message.Message):
     AGENT_LOGS_FIELD_NUMBER: _ClassVar[int]
     agent_logs: _containers.RepeatedCompositeFieldContainer[_logs_pb2.AgentLog]
     def __init__(self, agent_logs: _Optional[_Iterable[_Union[_logs_pb2.AgentLog, _Mapping]]] = ...) -> None: ...
+
+class SetPiiPolicyRequest(_message.Message):
+    __slots__ = ("pii_policy",)
+    PII_POLICY_FIELD_NUMBER: _ClassVar[int]
+    pii_policy: _policy_pb2.PiiPolicy
+    def __init__(self, pii_policy: _Optional[_Union[_policy_pb2.PiiPolicy, _Mapping]] = ...) -> None: ...
+
+class SetPiiPolicyResponse(_message.Message):
+    __slots__ = ("pii_policy", "policy_version")
+    PII_POLICY_FIELD_NUMBER: _ClassVar[int]
+    POLICY_VERSION_FIELD_NUMBER: _ClassVar[int]
+    pii_policy: _policy_pb2.PiiPolicy
+    policy_version: int
+    def __init__(self, pii_policy: _Optional[_Union[_policy_pb2.PiiPolicy, _Mapping]] = ..., policy_version: _Optional[int] = ...) -> None: ...
+
+class GetPiiPolicyRequest(_message.Message):
+    __slots__ = ("tenant_id",)
+    TENANT_ID_FIELD_NUMBER: _ClassVar[int]
+    tenant_id: str
+    def __init__(self, tenant_id: _Optional[str] = ...) -> None: ...
+
+class GetPiiPolicyResponse(_message.Message):
+    __slots__ = ("pii_policy",)
+    PII_POLICY_FIELD_NUMBER: _ClassVar[int]
+    pii_policy: _policy_pb2.PiiPolicy
+    def __init__(self, pii_policy: _Optional[_Union[_policy_pb2.PiiPolicy, _Mapping]] = ...) -> None: ...
+
+class DeletePiiPolicyRequest(_message.Message):
+    __slots__ = ("tenant_id",)
+    TENANT_ID_FIELD_NUMBER: _ClassVar[int]
+    tenant_id: str
+    def __init__(self, tenant_id: _Optional[str] = ...) -> None: ...
+
+class DeletePiiPolicyResponse(_message.Message):
+    __slots__ = ("policy_version",)
+    POLICY_VERSION_FIELD_NUMBER: _ClassVar[int]
+    policy_version: int
+    def __init__(self, policy_version: _Optional[int] = ...) -> None: ...
+
+class SetBudgetRequest(_message.Message):
+    __slots__ = ("budget",)
+    BUDGET_FIELD_NUMBER: _ClassVar[int]
+    budget: _policy_pb2.Budget
+    def __init__(self, budget: _Optional[_Union[_policy_pb2.Budget, _Mapping]] = ...) -> None: ...
+
+class SetBudgetResponse(_message.Message):
+    __slots__ = ("budget", "policy_version")
+    BUDGET_FIELD_NUMBER: _ClassVar[int]
+    POLICY_VERSION_FIELD_NUMBER: _ClassVar[int]
+    budget: _policy_pb2.Budget
+    policy_version: int
+    def __init__(self, budget: _Optional[_Union[_policy_pb2.Budget, _Mapping]] = ..., policy_version: _Optional[int] = ...) -> None: ...
+
+class ListBudgetsRequest(_message.Message):
+    __slots__ = ("tenant_id",)
+    TENANT_ID_FIELD_NUMBER: _ClassVar[int]
+    tenant_id: str
+    def __init__(self, tenant_id: _Optional[str] = ...) -> None: ...
+
+class BudgetSpend(_message.Message):
+    __slots__ = ("period", "period_label", "tokens_spent", "tokens_held", "usd_spent", "usd_held", "tokens_limit", "usd_limit", "reset_time")
+    PERIOD_FIELD_NUMBER: _ClassVar[int]
+    PERIOD_LABEL_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_SPENT_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_HELD_FIELD_NUMBER: _ClassVar[int]
+    USD_SPENT_FIELD_NUMBER: _ClassVar[int]
+    USD_HELD_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_LIMIT_FIELD_NUMBER: _ClassVar[int]
+    USD_LIMIT_FIELD_NUMBER: _ClassVar[int]
+    RESET_TIME_FIELD_NUMBER: _ClassVar[int]
+    period: str
+    period_label: str
+    tokens_spent: int
+    tokens_held: int
+    usd_spent: float
+    usd_held: float
+    tokens_limit: int
+    usd_limit: float
+    reset_time: _timestamp_pb2.Timestamp
+    def __init__(self, period: _Optional[str] = ..., period_label: _Optional[str] = ..., tokens_spent: _Optional[int] = ..., tokens_held: _Optional[int] = ..., usd_spent: _Optional[float] = ..., usd_held: _Optional[float] = ..., tokens_limit: _Optional[int] = ..., usd_limit: _Optional[float] = ..., reset_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class BudgetStatus(_message.Message):
+    __slots__ = ("budget", "spend")
+    BUDGET_FIELD_NUMBER: _ClassVar[int]
+    SPEND_FIELD_NUMBER: _ClassVar[int]
+    budget: _policy_pb2.Budget
+    spend: _containers.RepeatedCompositeFieldContainer[BudgetSpend]
+    def __init__(self, budget: _Optional[_Union[_policy_pb2.Budget, _Mapping]] = ..., spend: _Optional[_Iterable[_Union[BudgetSpend, _Mapping]]] = ...) -> None: ...
+
+class ListBudgetsResponse(_message.Message):
+    __slots__ = ("budgets",)
+    BUDGETS_FIELD_NUMBER: _ClassVar[int]
+    budgets: _containers.RepeatedCompositeFieldContainer[BudgetStatus]
+    def __init__(self, budgets: _Optional[_Iterable[_Union[BudgetStatus, _Mapping]]] = ...) -> None: ...
+
+class DeleteBudgetRequest(_message.Message):
+    __slots__ = ("tenant_id", "api_key_id")
+    TENANT_ID_FIELD_NUMBER: _ClassVar[int]
+    API_KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    tenant_id: str
+    api_key_id: str
+    def __init__(self, tenant_id: _Optional[str] = ..., api_key_id: _Optional[str] = ...) -> None: ...
+
+class DeleteBudgetResponse(_message.Message):
+    __slots__ = ("policy_version",)
+    POLICY_VERSION_FIELD_NUMBER: _ClassVar[int]
+    policy_version: int
+    def __init__(self, policy_version: _Optional[int] = ...) -> None: ...
+
+class ResetBudgetSpendRequest(_message.Message):
+    __slots__ = ("tenant_id", "api_key_id", "period")
+    TENANT_ID_FIELD_NUMBER: _ClassVar[int]
+    API_KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    PERIOD_FIELD_NUMBER: _ClassVar[int]
+    tenant_id: str
+    api_key_id: str
+    period: str
+    def __init__(self, tenant_id: _Optional[str] = ..., api_key_id: _Optional[str] = ..., period: _Optional[str] = ...) -> None: ...
+
+class ResetBudgetSpendResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class SetCachePolicyRequest(_message.Message):
+    __slots__ = ("cache_policy",)
+    CACHE_POLICY_FIELD_NUMBER: _ClassVar[int]
+    cache_policy: _policy_pb2.CachePolicy
+    def __init__(self, cache_policy: _Optional[_Union[_policy_pb2.CachePolicy, _Mapping]] = ...) -> None: ...
+
+class SetCachePolicyResponse(_message.Message):
+    __slots__ = ("cache_policy", "policy_version")
+    CACHE_POLICY_FIELD_NUMBER: _ClassVar[int]
+    POLICY_VERSION_FIELD_NUMBER: _ClassVar[int]
+    cache_policy: _policy_pb2.CachePolicy
+    policy_version: int
+    def __init__(self, cache_policy: _Optional[_Union[_policy_pb2.CachePolicy, _Mapping]] = ..., policy_version: _Optional[int] = ...) -> None: ...
+
+class ListCachePoliciesRequest(_message.Message):
+    __slots__ = ("tenant_id",)
+    TENANT_ID_FIELD_NUMBER: _ClassVar[int]
+    tenant_id: str
+    def __init__(self, tenant_id: _Optional[str] = ...) -> None: ...
+
+class ListCachePoliciesResponse(_message.Message):
+    __slots__ = ("cache_policies",)
+    CACHE_POLICIES_FIELD_NUMBER: _ClassVar[int]
+    cache_policies: _containers.RepeatedCompositeFieldContainer[_policy_pb2.CachePolicy]
+    def __init__(self, cache_policies: _Optional[_Iterable[_Union[_policy_pb2.CachePolicy, _Mapping]]] = ...) -> None: ...
+
+class DeleteCachePolicyRequest(_message.Message):
+    __slots__ = ("tenant_id", "route_id")
+    TENANT_ID_FIELD_NUMBER: _ClassVar[int]
+    ROUTE_ID_FIELD_NUMBER: _ClassVar[int]
+    tenant_id: str
+    route_id: str
+    def __init__(self, tenant_id: _Optional[str] = ..., route_id: _Optional[str] = ...) -> None: ...
+
+class DeleteCachePolicyResponse(_message.Message):
+    __slots__ = ("policy_version",)
+    POLICY_VERSION_FIELD_NUMBER: _ClassVar[int]
+    policy_version: int
+    def __init__(self, policy_version: _Optional[int] = ...) -> None: ...
+
+class PurgeCacheRequest(_message.Message):
+    __slots__ = ("tenant_id",)
+    TENANT_ID_FIELD_NUMBER: _ClassVar[int]
+    tenant_id: str
+    def __init__(self, tenant_id: _Optional[str] = ...) -> None: ...
+
+class PurgeCacheResponse(_message.Message):
+    __slots__ = ("entries",)
+    ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    entries: int
+    def __init__(self, entries: _Optional[int] = ...) -> None: ...

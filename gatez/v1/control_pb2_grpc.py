@@ -257,6 +257,61 @@ class ControlServiceStub:
                 request_serializer=gatez_dot_v1_dot_control__pb2.ListAgentAuditRequest.SerializeToString,
                 response_deserializer=gatez_dot_v1_dot_control__pb2.ListAgentAuditResponse.FromString,
                 _registered_method=True)
+        self.SetPiiPolicy = channel.unary_unary(
+                '/gatez.v1.ControlService/SetPiiPolicy',
+                request_serializer=gatez_dot_v1_dot_control__pb2.SetPiiPolicyRequest.SerializeToString,
+                response_deserializer=gatez_dot_v1_dot_control__pb2.SetPiiPolicyResponse.FromString,
+                _registered_method=True)
+        self.GetPiiPolicy = channel.unary_unary(
+                '/gatez.v1.ControlService/GetPiiPolicy',
+                request_serializer=gatez_dot_v1_dot_control__pb2.GetPiiPolicyRequest.SerializeToString,
+                response_deserializer=gatez_dot_v1_dot_control__pb2.GetPiiPolicyResponse.FromString,
+                _registered_method=True)
+        self.DeletePiiPolicy = channel.unary_unary(
+                '/gatez.v1.ControlService/DeletePiiPolicy',
+                request_serializer=gatez_dot_v1_dot_control__pb2.DeletePiiPolicyRequest.SerializeToString,
+                response_deserializer=gatez_dot_v1_dot_control__pb2.DeletePiiPolicyResponse.FromString,
+                _registered_method=True)
+        self.SetBudget = channel.unary_unary(
+                '/gatez.v1.ControlService/SetBudget',
+                request_serializer=gatez_dot_v1_dot_control__pb2.SetBudgetRequest.SerializeToString,
+                response_deserializer=gatez_dot_v1_dot_control__pb2.SetBudgetResponse.FromString,
+                _registered_method=True)
+        self.ListBudgets = channel.unary_unary(
+                '/gatez.v1.ControlService/ListBudgets',
+                request_serializer=gatez_dot_v1_dot_control__pb2.ListBudgetsRequest.SerializeToString,
+                response_deserializer=gatez_dot_v1_dot_control__pb2.ListBudgetsResponse.FromString,
+                _registered_method=True)
+        self.DeleteBudget = channel.unary_unary(
+                '/gatez.v1.ControlService/DeleteBudget',
+                request_serializer=gatez_dot_v1_dot_control__pb2.DeleteBudgetRequest.SerializeToString,
+                response_deserializer=gatez_dot_v1_dot_control__pb2.DeleteBudgetResponse.FromString,
+                _registered_method=True)
+        self.ResetBudgetSpend = channel.unary_unary(
+                '/gatez.v1.ControlService/ResetBudgetSpend',
+                request_serializer=gatez_dot_v1_dot_control__pb2.ResetBudgetSpendRequest.SerializeToString,
+                response_deserializer=gatez_dot_v1_dot_control__pb2.ResetBudgetSpendResponse.FromString,
+                _registered_method=True)
+        self.SetCachePolicy = channel.unary_unary(
+                '/gatez.v1.ControlService/SetCachePolicy',
+                request_serializer=gatez_dot_v1_dot_control__pb2.SetCachePolicyRequest.SerializeToString,
+                response_deserializer=gatez_dot_v1_dot_control__pb2.SetCachePolicyResponse.FromString,
+                _registered_method=True)
+        self.ListCachePolicies = channel.unary_unary(
+                '/gatez.v1.ControlService/ListCachePolicies',
+                request_serializer=gatez_dot_v1_dot_control__pb2.ListCachePoliciesRequest.SerializeToString,
+                response_deserializer=gatez_dot_v1_dot_control__pb2.ListCachePoliciesResponse.FromString,
+                _registered_method=True)
+        self.DeleteCachePolicy = channel.unary_unary(
+                '/gatez.v1.ControlService/DeleteCachePolicy',
+                request_serializer=gatez_dot_v1_dot_control__pb2.DeleteCachePolicyRequest.SerializeToString,
+                response_deserializer=gatez_dot_v1_dot_control__pb2.DeleteCachePolicyResponse.FromString,
+                _registered_method=True)
+        self.PurgeCache = channel.unary_unary(
+                '/gatez.v1.ControlService/PurgeCache',
+                request_serializer=gatez_dot_v1_dot_control__pb2.PurgeCacheRequest.SerializeToString,
+                response_deserializer=gatez_dot_v1_dot_control__pb2.PurgeCacheResponse.FromString,
+                _registered_method=True)
 
 
 class ControlServiceServicer:
@@ -572,6 +627,80 @@ class ControlServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetPiiPolicy(self, request, context):
+        """L2 guardrails. A tenant's PII redaction (one policy per tenant; setting it replaces it).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetPiiPolicy(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeletePiiPolicy(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetBudget(self, request, context):
+        """Token and USD budgets of a tenant or one of its API keys (setting one replaces it).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListBudgets(self, request, context):
+        """A tenant's budgets with what each has spent (and holds for calls in flight) this day and
+        this month.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteBudget(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ResetBudgetSpend(self, request, context):
+        """Forgets what a budget has spent in its current day and/or month (calls in flight keep their
+        holds).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetCachePolicy(self, request, context):
+        """The answer cache of a tenant, or of one of its routes (setting one replaces it).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListCachePolicies(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteCachePolicy(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PurgeCache(self, request, context):
+        """Drops every cached answer of a tenant (similar questions then find no answer either).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ControlServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -794,6 +923,61 @@ def add_ControlServiceServicer_to_server(servicer, server):
                     servicer.ListAgentAudit,
                     request_deserializer=gatez_dot_v1_dot_control__pb2.ListAgentAuditRequest.FromString,
                     response_serializer=gatez_dot_v1_dot_control__pb2.ListAgentAuditResponse.SerializeToString,
+            ),
+            'SetPiiPolicy': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetPiiPolicy,
+                    request_deserializer=gatez_dot_v1_dot_control__pb2.SetPiiPolicyRequest.FromString,
+                    response_serializer=gatez_dot_v1_dot_control__pb2.SetPiiPolicyResponse.SerializeToString,
+            ),
+            'GetPiiPolicy': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetPiiPolicy,
+                    request_deserializer=gatez_dot_v1_dot_control__pb2.GetPiiPolicyRequest.FromString,
+                    response_serializer=gatez_dot_v1_dot_control__pb2.GetPiiPolicyResponse.SerializeToString,
+            ),
+            'DeletePiiPolicy': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeletePiiPolicy,
+                    request_deserializer=gatez_dot_v1_dot_control__pb2.DeletePiiPolicyRequest.FromString,
+                    response_serializer=gatez_dot_v1_dot_control__pb2.DeletePiiPolicyResponse.SerializeToString,
+            ),
+            'SetBudget': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetBudget,
+                    request_deserializer=gatez_dot_v1_dot_control__pb2.SetBudgetRequest.FromString,
+                    response_serializer=gatez_dot_v1_dot_control__pb2.SetBudgetResponse.SerializeToString,
+            ),
+            'ListBudgets': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListBudgets,
+                    request_deserializer=gatez_dot_v1_dot_control__pb2.ListBudgetsRequest.FromString,
+                    response_serializer=gatez_dot_v1_dot_control__pb2.ListBudgetsResponse.SerializeToString,
+            ),
+            'DeleteBudget': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteBudget,
+                    request_deserializer=gatez_dot_v1_dot_control__pb2.DeleteBudgetRequest.FromString,
+                    response_serializer=gatez_dot_v1_dot_control__pb2.DeleteBudgetResponse.SerializeToString,
+            ),
+            'ResetBudgetSpend': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResetBudgetSpend,
+                    request_deserializer=gatez_dot_v1_dot_control__pb2.ResetBudgetSpendRequest.FromString,
+                    response_serializer=gatez_dot_v1_dot_control__pb2.ResetBudgetSpendResponse.SerializeToString,
+            ),
+            'SetCachePolicy': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetCachePolicy,
+                    request_deserializer=gatez_dot_v1_dot_control__pb2.SetCachePolicyRequest.FromString,
+                    response_serializer=gatez_dot_v1_dot_control__pb2.SetCachePolicyResponse.SerializeToString,
+            ),
+            'ListCachePolicies': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListCachePolicies,
+                    request_deserializer=gatez_dot_v1_dot_control__pb2.ListCachePoliciesRequest.FromString,
+                    response_serializer=gatez_dot_v1_dot_control__pb2.ListCachePoliciesResponse.SerializeToString,
+            ),
+            'DeleteCachePolicy': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteCachePolicy,
+                    request_deserializer=gatez_dot_v1_dot_control__pb2.DeleteCachePolicyRequest.FromString,
+                    response_serializer=gatez_dot_v1_dot_control__pb2.DeleteCachePolicyResponse.SerializeToString,
+            ),
+            'PurgeCache': grpc.unary_unary_rpc_method_handler(
+                    servicer.PurgeCache,
+                    request_deserializer=gatez_dot_v1_dot_control__pb2.PurgeCacheRequest.FromString,
+                    response_serializer=gatez_dot_v1_dot_control__pb2.PurgeCacheResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1987,6 +2171,303 @@ class ControlService:
             '/gatez.v1.ControlService/ListAgentAudit',
             gatez_dot_v1_dot_control__pb2.ListAgentAuditRequest.SerializeToString,
             gatez_dot_v1_dot_control__pb2.ListAgentAuditResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetPiiPolicy(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gatez.v1.ControlService/SetPiiPolicy',
+            gatez_dot_v1_dot_control__pb2.SetPiiPolicyRequest.SerializeToString,
+            gatez_dot_v1_dot_control__pb2.SetPiiPolicyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetPiiPolicy(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gatez.v1.ControlService/GetPiiPolicy',
+            gatez_dot_v1_dot_control__pb2.GetPiiPolicyRequest.SerializeToString,
+            gatez_dot_v1_dot_control__pb2.GetPiiPolicyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeletePiiPolicy(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gatez.v1.ControlService/DeletePiiPolicy',
+            gatez_dot_v1_dot_control__pb2.DeletePiiPolicyRequest.SerializeToString,
+            gatez_dot_v1_dot_control__pb2.DeletePiiPolicyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetBudget(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gatez.v1.ControlService/SetBudget',
+            gatez_dot_v1_dot_control__pb2.SetBudgetRequest.SerializeToString,
+            gatez_dot_v1_dot_control__pb2.SetBudgetResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListBudgets(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gatez.v1.ControlService/ListBudgets',
+            gatez_dot_v1_dot_control__pb2.ListBudgetsRequest.SerializeToString,
+            gatez_dot_v1_dot_control__pb2.ListBudgetsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteBudget(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gatez.v1.ControlService/DeleteBudget',
+            gatez_dot_v1_dot_control__pb2.DeleteBudgetRequest.SerializeToString,
+            gatez_dot_v1_dot_control__pb2.DeleteBudgetResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResetBudgetSpend(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gatez.v1.ControlService/ResetBudgetSpend',
+            gatez_dot_v1_dot_control__pb2.ResetBudgetSpendRequest.SerializeToString,
+            gatez_dot_v1_dot_control__pb2.ResetBudgetSpendResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetCachePolicy(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gatez.v1.ControlService/SetCachePolicy',
+            gatez_dot_v1_dot_control__pb2.SetCachePolicyRequest.SerializeToString,
+            gatez_dot_v1_dot_control__pb2.SetCachePolicyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListCachePolicies(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gatez.v1.ControlService/ListCachePolicies',
+            gatez_dot_v1_dot_control__pb2.ListCachePoliciesRequest.SerializeToString,
+            gatez_dot_v1_dot_control__pb2.ListCachePoliciesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteCachePolicy(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gatez.v1.ControlService/DeleteCachePolicy',
+            gatez_dot_v1_dot_control__pb2.DeleteCachePolicyRequest.SerializeToString,
+            gatez_dot_v1_dot_control__pb2.DeleteCachePolicyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PurgeCache(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gatez.v1.ControlService/PurgeCache',
+            gatez_dot_v1_dot_control__pb2.PurgeCacheRequest.SerializeToString,
+            gatez_dot_v1_dot_control__pb2.PurgeCacheResponse.FromString,
             options,
             channel_credentials,
             insecure,
