@@ -53,6 +53,8 @@ class UsageCounts:
     # Rows whose tokens the gateway counted itself, and rows whose model had no price.
     estimated_requests: int
     unpriced_requests: int
+    # Calls answered from the answer cache.
+    cache_hits: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,7 +80,7 @@ class UsageReport:
 # is known, whatever the model's price.
 _USAGE_SUMS: Final = (
     "count(), sum(input_tokens), sum(output_tokens), sum(cached_input_tokens), sum(cost_usd), "
-    "countIf(usage_estimated), countIf(NOT price_known AND cache_hit = '')"
+    "countIf(usage_estimated), countIf(NOT price_known AND cache_hit = ''), countIf(cache_hit != '')"
 )
 # Bounds on time (not on toDate(time)), so the table's (tenant_id, time) order narrows the scan.
 _USAGE_RANGE: Final = (
@@ -88,7 +90,7 @@ _USAGE_RANGE: Final = (
 
 
 def _counts(values: Sequence[Any]) -> UsageCounts:
-    requests, input_tokens, output_tokens, cached, cost, estimated, unpriced = values
+    requests, input_tokens, output_tokens, cached, cost, estimated, unpriced, hits = values
     return UsageCounts(
         int(requests),
         int(input_tokens),
@@ -97,6 +99,7 @@ def _counts(values: Sequence[Any]) -> UsageCounts:
         float(cost),
         int(estimated),
         int(unpriced),
+        int(hits),
     )
 
 

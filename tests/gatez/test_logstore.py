@@ -332,6 +332,7 @@ def test_usage_counts_cache_hits_as_requests_without_tokens_or_cost(store: LogSt
     for counts in (group.counts, report.totals):
         assert (counts.requests, counts.input_tokens, counts.output_tokens) == (3, 1000, 100)
         assert (counts.cached_input_tokens, counts.unpriced_requests) == (400, 0)
+        assert counts.cache_hits == 2
         assert counts.cost_usd == pytest.approx(0.01)
 
 
