@@ -80,7 +80,8 @@ class UsageReport:
 # is known, whatever the model's price.
 _USAGE_SUMS: Final = (
     "count(), sum(input_tokens), sum(output_tokens), sum(cached_input_tokens), sum(cost_usd), "
-    "countIf(usage_estimated), countIf(NOT price_known AND cache_hit = ''), countIf(cache_hit != '')"
+    "countIf(usage_estimated), countIf(NOT price_known AND cache_hit = ''), "
+    "countIf(cache_hit != '')"
 )
 # Bounds on time (not on toDate(time)), so the table's (tenant_id, time) order narrows the scan.
 _USAGE_RANGE: Final = (
