@@ -57,19 +57,28 @@ should `release` the reservation.
 from __future__ import annotations
 
 import asyncio
-import calendar
 import logging
 import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from enum import StrEnum
 from functools import partial
 from typing import Any, Final
 
 from extproc.redis_pipe import Arg, RedisReplyError, Script, ScriptClient
-from gatez.budgets import BudgetLimits, Period, Scope, Unit
+from gatez.budgets import READ_SOURCE, BudgetLimits, Period, Scope, Unit
+from gatez.budgets import Spend as Spend
+from gatez.budgets import budget_key as budget_key
+from gatez.budgets import budget_prefix as budget_prefix
+from gatez.budgets import holds_key as holds_key
+from gatez.budgets import period_end as period_end
+from gatez.budgets import period_label as period_label
+from gatez.budgets import record_key as record_key
+
+# Key names and Spend live in gatez.budgets, shared with the control service (which reads and
+# resets spend); imported `as` themselves, they stay importable from here.
 
 log = logging.getLogger("gatez.budgets")
 
@@ -246,15 +255,7 @@ return {1}
 )
 
 # KEYS: budgets. Replies: per budget {tokens_spent, tokens_held, usd_spent, usd_held}.
-READ: Final = Script("""
-local out = {}
-for i = 1, #KEYS do
-  local v = redis.call('HMGET', KEYS[i], 'tokens_spent', 'tokens_held', 'usd_spent', 'usd_held')
-  out[i] = {tonumber(v[1] or '0'), tonumber(v[2] or '0'), tonumber(v[3] or '0'),
-    tonumber(v[4] or '0')}
-end
-return out
-""")
+READ: Final = Script(READ_SOURCE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -344,58 +345,6 @@ class SettleOutcome:
 
     settlement: Settlement
     soft_crossed: tuple[BudgetMark, ...] = ()
-
-
-@dataclass(frozen=True, slots=True)
-class Spend:
-    """One budget's figures now (USD in micro-dollars)."""
-
-    scope: Scope
-    period: Period
-    period_label: str
-    tokens_spent: int
-    tokens_held: int
-    usd_micros_spent: int
-    usd_micros_held: int
-
-
-def budget_prefix(tenant_id: str) -> str:
-    """Every budget key of a tenant starts so; `{tenant_id}` is its Redis Cluster hash tag."""
-    if "{" in tenant_id or "}" in tenant_id:
-        raise ValueError("a tenant id with braces cannot be a Redis Cluster hash tag")
-    return f"{{{tenant_id}}}:budget:"
-
-
-def holds_key(tenant_id: str) -> str:
-    """The tenant's sorted set of held reservations, scored by lapse time (ms)."""
-    return budget_prefix(tenant_id) + "holds"
-
-
-def record_key(tenant_id: str, reservation_id: str) -> str:
-    """One reservation's record."""
-    return budget_prefix(tenant_id) + "hold:" + reservation_id
-
-
-def period_label(period: Period, now: datetime) -> str:
-    """`2026-12-02` for a day, `2026-12` for a month (UTC)."""
-    return now.strftime("%Y-%m-%d" if period is Period.DAY else "%Y-%m")
-
-
-def period_end(period: Period, now: datetime) -> datetime:
-    """When the period holding `now` ends (the next one starts), UTC."""
-    start = now.replace(hour=0, minute=0, second=0, microsecond=0)
-    if period is Period.DAY:
-        return start + timedelta(days=1)
-    days = calendar.monthrange(now.year, now.month)[1]
-    return start.replace(day=1) + timedelta(days=days)
-
-
-def budget_key(tenant_id: str, key_id: str | None, period: Period, now: datetime) -> str:
-    """The hash of the tenant's (key_id None) or a key's budget in the period holding `now`."""
-    if key_id is not None and "\n" in key_id:
-        raise ValueError("a key id with a newline cannot be listed in a hold's record")
-    owner = "tenant" if key_id is None else f"key:{key_id}"
-    return f"{budget_prefix(tenant_id)}{owner}:{period}:{period_label(period, now)}"
 
 
 Clock = Callable[[], float]
