@@ -3,8 +3,10 @@
 **Who owns what.** Embedded Qdrant (`qdrant-client` local mode) is one process's: it keeps its
 points in memory and in SQLite under `path`, locked for that process. A data plane opens the
 local Qdrant of its state directory (`<state_dir>/qdrant`, `GATEZ_QDRANT_PATH`), and a state
-directory already has one owner: the data plane locks its spool there first, and a runner that
-replaces another (APISIX reloads) waits for that lock before it opens anything. Data planes
+directory already has one owner: the data plane locks its spool there, and a runner that
+replaces another (APISIX reloads) waits for that lock — so the index is started after the spool
+is taken, and a second process on the directory finds Qdrant locked and runs without the
+semantic tier (logged). Data planes
 share semantic entries only through a Qdrant server (`GATEZ_QDRANT_URL`); each one with a local
 Qdrant knows only the questions it wrote itself. The exact tier, in Redis, is always shared,
 and it holds every answer: a point only says which exact entry answers its question.
@@ -16,8 +18,9 @@ collections. A point's id is the UUID of the entry's exact digest; its payload i
 embedding (unit length) joined to a pseudo-random unit vector drawn from the scope digest,
 weighted `SCOPE_WEIGHT`, and compared by dot product (= cosine, all vectors being unit). A
 point of the same scope thus scores `SCOPE_WEIGHT + (1 - SCOPE_WEIGHT) * cos(questions)`, and
-one of another scope about `(1 - SCOPE_WEIGHT) * cos(questions)` ± 0.1: the nearest points of
-a query are those of its own scope, with no payload filter. That matters in local mode, where
+one of another scope `(1 - SCOPE_WEIGHT) * cos(questions)` plus `SCOPE_WEIGHT` times a dot
+product of random unit vectors (standard deviation 1/8): the nearest points of a query are
+those of its own scope, with no payload filter. That matters in local mode, where
 qdrant-client evaluates a filter in Python point by point.
 
 **Lookup**: the question embedded, the few nearest points of the tenant's collection, and the
@@ -25,13 +28,15 @@ first that has the same scope, is not expired, is similar enough (the route's th
 that `gatez.cache_guard.compare_questions` does not object to (negation, numbers, entities…)
 is a match; the caller then reads its exact entry from Redis (gone: a miss).
 
-**Costs, measured** (`python -m bench.answer_cache`, 2-core VM shared with other work, one
-tenant's collection; see the report of the branch for the figures of the day): local mode
-with a payload filter cost ~8 ms per 1,000 points scanned (Python, holding the GIL) and ~90 ms
-at 10,000, hence the layout above; without a filter a query is a NumPy product over the
-collection, ~0.5-1 ms at 1,000 points and 3-10 ms at 10,000 (qdrant-client casts the stored
-float32 vectors to float64 per query). A local upsert costs ~1.1-1.5 ms per point (SQLite).
-Local Qdrant suits a cache of thousands of entries per tenant; beyond, use a server.
+**Costs, measured** (`python -m bench.answer_cache`, 2-core VM shared with other work,
+2026-12): a semantic hit through the stage — exact miss, embedding, nearest points, guards,
+the entry read from Redis, the answer encoded — p50 1.0-1.8 ms with 1,000 points in the
+tenant's collection, 3.3 ms with 10,000 (1.3 ms with 10,000 over ten tenants). The layout not
+taken, one collection with a tenant and scope payload filter, cost 8.7 ms per query at 1,000
+points and 125 ms at 10,000 (qdrant-client's local mode checks a filter in Python, point by
+point, holding the GIL). A local write costs 1.3-1.7 ms per point (embedding and SQLite),
+off the request path. Local Qdrant suits up to some ten thousand entries per tenant; beyond,
+use a server.
 
 **Threads.** Everything CPU-bound or blocking here — loading and running the embedder, every
 call into local Qdrant (SQLite, NumPy) — runs in one worker thread of the index's own, so the
