@@ -259,11 +259,13 @@ class _RemoteQdrant:
 
     async def create(self, collection: str, dim: int) -> None:
         params = qm.VectorParams(size=dim, distance=qm.Distance.DOT)
-        try:
-            await self._client.create_collection(collection, vectors_config=params)
-        except UnexpectedResponse as error:
-            if error.status_code != 409:  # another data plane created it first
-                raise
+        if not await self._client.collection_exists(collection):
+            try:
+                await self._client.create_collection(collection, vectors_config=params)
+            except UnexpectedResponse:
+                # Another data plane may have created it in between.
+                if not await self._client.collection_exists(collection):
+                    raise
         await self._client.create_payload_index(
             collection, "scope", field_schema=qm.PayloadSchemaType.KEYWORD
         )

@@ -87,7 +87,13 @@ class _Record:
 
 
 class AnswerCache(Stage):
-    """Answers from the cache, and fills it (see the module doc)."""
+    """Answers from the cache, and fills it (see the module doc).
+
+    `redis`: the hot-path client (the exact tier; the caller closes it). `semantic`: the
+    semantic index, which the caller `start()`s on the event loop and the stage closes (None:
+    the exact tier only). Routes whose policy asks for provider embeddings use the exact tier
+    only: provider embeddings are not built yet.
+    """
 
     # Whatever goes wrong here, the provider can still answer.
     failure_mode = FailureMode.OPEN
