@@ -128,6 +128,8 @@ class LlmCall:
     reencode: bool = False
     # Answered from the answer cache: "exact" or "semantic" ("" when not).
     cache_hit: str = ""
+    # The answer cache's record of this call (opaque here: `extproc.stages.cache`'s).
+    answer_cache: object = None
     # The budget reservation this call holds (opaque here: `extproc.stages.budget`'s).
     reservation: object = None
 
