@@ -142,8 +142,12 @@ def answer_key_pattern(tenant_id: str) -> str:
     return f"{{{tenant}}}:cache:answer:*"
 
 
-def fingerprint(request: ChatRequest, *, alias: str, settings: CacheSettings) -> Fingerprint:
-    """The cache keys of `request` sent to the model alias `alias` (see the module doc)."""
+def fingerprint(
+    request: ChatRequest, *, alias: str, settings: CacheSettings, variant: str = ""
+) -> Fingerprint:
+    """The cache keys of `request` sent to the model alias `alias` (see the module doc).
+    `variant` separates answers written under different rules of their own (the tenant's output
+    redaction: an answer kept before it was turned on must not be served after)."""
     messages = request.messages
     last_user = next(
         (i for i in range(len(messages) - 1, -1, -1) if messages[i].role is Role.USER), None
@@ -161,6 +165,7 @@ def fingerprint(request: ChatRequest, *, alias: str, settings: CacheSettings) ->
     scope_json = orjson.dumps(
         [
             alias,
+            variant,
             _text(" ".join(request.system)),
             [[t.name, t.description or "", t.parameters] for t in request.tools],
             _tool_choice(request),

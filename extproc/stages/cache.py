@@ -135,7 +135,13 @@ class AnswerCache(Stage):
         if request is None:
             self.bypasses += 1
             return CONTINUE
-        key = fingerprint(request, alias=llm.target.alias, settings=settings)
+        pii = flow.policy.guardrails.pii.get(flow.caller.tenant_id)
+        key = fingerprint(
+            request,
+            alias=llm.target.alias,
+            settings=settings,
+            variant=pii.output_rules if pii is not None else "",
+        )
         directives = _directives(flow.request_headers.get("cache-control", ""))
         record = _Record(
             settings,

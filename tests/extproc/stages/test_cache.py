@@ -645,3 +645,34 @@ async def test_a_redis_that_does_not_answer_costs_the_lookup_timeout_only(hung_p
         assert stage.errors == 1
     finally:
         await hung.close()
+
+
+async def test_answers_kept_before_output_redaction_was_turned_on_are_not_served_after(
+    stage: AnswerCache,
+) -> None:
+    await fill(stage)
+    redacting = compile_policy(
+        policy_pb2.PolicySnapshot(
+            version=2,
+            tenants=[policy_pb2.Tenant(id="acme"), policy_pb2.Tenant(id="globex")],
+            providers=[
+                policy_pb2.Provider(
+                    name="openai",
+                    kind=policy_pb2.PROVIDER_KIND_OPENAI,
+                    base_url="https://api.openai.com/v1",
+                )
+            ],
+            model_routes=[
+                policy_pb2.ModelRoute(alias="fast", provider="openai", upstream_model="gpt-4o-mini")
+            ],
+            cache_policies=[policy_pb2.CachePolicy(tenant_id="acme", enabled=True)],
+            pii_policies=[policy_pb2.PiiPolicy(tenant_id="acme", scan_output=True)],
+        )
+    )
+
+    _, verdict = await ask(stage, policy=redacting)
+
+    # Kept apart: the unredacted answer is not served once answers must be redacted.
+    assert verdict is CONTINUE
+    _, before = await ask(stage)
+    hit(before)
