@@ -132,6 +132,8 @@ class LlmCall:
     answer_cache: object = None
     # The budget reservation this call holds (opaque here: `extproc.stages.budget`'s).
     reservation: object = None
+    # Output PII redaction's state for this answer (opaque here: `extproc.stages.pii`'s).
+    redaction: object = None
 
     @property
     def translated(self) -> bool:
