@@ -48,6 +48,7 @@ from extproc.stages.cache import AnswerCache
 from extproc.stages.client_api import ClientApi
 from extproc.stages.fallback import FallbackOutcome
 from extproc.stages.model_route import ModelRouting
+from extproc.stages.pii import RedactAnswer, RedactPrompt
 from extproc.stages.provider_headers import ProviderHeaders
 from extproc.stages.rate_limit import RateLimit
 from extproc.stages.response import DecodeResponse, EncodeResponse
@@ -120,6 +121,10 @@ def build_dispatcher(
             ClientApi(),
             authenticate,
             rate_limit,
+            # The tenant's PII rules on the client's own body, before routing reads it: the
+            # provider, the translation, the cache key, the budget and a fallback's re-run
+            # only ever see the redacted prompt; a blocked type answers 400 here.
+            RedactPrompt(),
             # Needs the tenant (routes are per tenant); asks for the body on LLM paths only.
             ModelRouting(circuits, chains),
             # Needs the provider model routing chose: only its allowlisted client headers go on.
@@ -127,6 +132,9 @@ def build_dispatcher(
             # Response side: the provider's bytes read into the shared model (streams as
             # events), which the stages after read, whatever the schemas...
             DecodeResponse(),
+            # ... redacted when the tenant's rules scan answers (the events, before anything
+            # reads their text: the cache keeps the redacted answer) ...
+            RedactAnswer(),
             # ... the usage (estimated when it never comes, before the access log writes it) ...
             UsageMeter(tokens),
             # Request body: after routing (the alias is known), before the budget (a hit
