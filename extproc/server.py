@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -43,9 +44,11 @@ from extproc.redis_pipe import ScriptClient, hot_path_client
 from extproc.spool import Spool, SpoolLocked
 from extproc.stages.access_log import AccessLog
 from extproc.stages.authenticate import Authenticate
+from extproc.stages.cache import AnswerCache
 from extproc.stages.client_api import ClientApi
 from extproc.stages.fallback import FallbackOutcome
 from extproc.stages.model_route import ModelRouting
+from extproc.stages.pii import RedactAnswer, RedactPrompt
 from extproc.stages.provider_headers import ProviderHeaders
 from extproc.stages.rate_limit import RateLimit
 from extproc.stages.response import DecodeResponse, EncodeResponse
@@ -58,6 +61,7 @@ from gatez.pipeline import Dispatcher, FlowObserver, NoPolicy, NoRoute, Pipeline
 from gatez.policy import CompiledPolicy, RouteKind
 from gatez.redis_client import RedisTarget, connect
 from gatez.secrets import dataplane_tokens, secret_box
+from gatez.semantic_cache import SemanticIndex
 from gatez.settings import Settings
 from gatez.telemetry import (
     DataPlaneMetrics,
@@ -92,13 +96,15 @@ def build_dispatcher(
     observer: FlowObserver | None = None,
     chains: EnvoyChains | None = None,
     approvals: tuple[ApprovalStore, ApprovalGate] | None = None,
+    semantic: SemanticIndex | None = None,
 ) -> Dispatcher:
     """Every pipeline a data plane runs, one per route kind, with the stages in policy order;
     each position has a reason. Stage instances are shared between pipelines (a tenant has one
     rate-limit lease, whatever route it calls). `chains`: behind Envoy, fallback chains' later
     targets are reached by Envoy's retries (their attempts routed by the LLM pipeline).
     `approvals`: the store and gate that hold tool calls for a human decision (without them, a
-    call a policy marks for approval is refused)."""
+    call a policy marks for approval is refused). `semantic`: the answer cache's semantic tier
+    (None: exact matches only); the answer cache closes it."""
     # Nothing runs for a caller we do not know; the tenant found here scopes all after.
     authenticate = Authenticate(jwks)
     # Before any body is buffered: a limited tenant costs one Redis round trip, no more.
@@ -107,6 +113,7 @@ def build_dispatcher(
     access_log = AccessLog(sink, node_id)
     # Fallback chains' shared circuit state (a Redis round trip only for aliases with a chain).
     circuits = CircuitBreaker(redis)
+    answers = AnswerCache(redis, semantic)
     llm = Pipeline(
         [
             # The client's API, from the path: where its SDK puts the key, and the error format
@@ -114,6 +121,10 @@ def build_dispatcher(
             ClientApi(),
             authenticate,
             rate_limit,
+            # The tenant's PII rules on the client's own body, before routing reads it: the
+            # provider, the translation, the cache key, the budget and a fallback's re-run
+            # only ever see the redacted prompt; a blocked type answers 400 here.
+            RedactPrompt(),
             # Needs the tenant (routes are per tenant); asks for the body on LLM paths only.
             ModelRouting(circuits, chains),
             # Needs the provider model routing chose: only its allowlisted client headers go on.
@@ -121,8 +132,15 @@ def build_dispatcher(
             # Response side: the provider's bytes read into the shared model (streams as
             # events), which the stages after read, whatever the schemas...
             DecodeResponse(),
+            # ... redacted when the tenant's rules scan answers (the events, before anything
+            # reads their text: the cache keeps the redacted answer) ...
+            RedactAnswer(),
             # ... the usage (estimated when it never comes, before the access log writes it) ...
             UsageMeter(tokens),
+            # Request body: after routing (the alias is known), before the budget (a hit
+            # reserves nothing); a hit is answered here. Response: the answer kept once the
+            # exchange is over.
+            answers,
             # ... and the client's bytes written last: the provider's own, or translated.
             EncodeResponse(),
             # A chain's outcome told to its target's circuit, once the status is final.
@@ -333,6 +351,17 @@ async def start_core(
     tokens = TokenCounter()
     tokens.load_in_background()
 
+    # The answer cache's semantic tier: a Qdrant server shared by every data plane, or the
+    # state directory's own embedded Qdrant — this process's alone, which the spool lock taken
+    # above guarantees (gatez.semantic_cache). Loads in the background; skipped until ready.
+    embedder_cache = settings.state_dir / "wordllama"
+    semantic = (
+        SemanticIndex.remote(settings.qdrant_url, embedder_cache=embedder_cache)
+        if settings.qdrant_url
+        else SemanticIndex.local(Path(settings.qdrant_path), embedder_cache=embedder_cache)
+    )
+    semantic.start()
+
     holder = PolicyHolder(settings.state_dir, box)
     holder.load_persisted()
     watcher = PolicyWatcher(holder, control, token, settings.node_id)
@@ -348,6 +377,7 @@ async def start_core(
         observer=telemetry,
         chains=chains,
         approvals=(approval_store, gate),
+        semantic=semantic,
     )
     # Also closed by the transports before they stop serving (see `DataPlane.stop`); again
     # here in case a start-up failed half-way.
@@ -356,6 +386,7 @@ async def start_core(
     closers.append(dispatcher.close)
     registry.register(StageCollector(dispatcher.named_pipelines()))
     registry.register(_data_plane_values(holder, sink, redis))
+    registry.register(_guardrail_values(dispatcher))
     metrics = None
     if settings.metrics_address:
         try:
@@ -443,6 +474,41 @@ async def serve(settings: Settings) -> None:
         await stop.wait()
     finally:
         await plane.stop()
+
+
+def _guardrail_values(dispatcher: Dispatcher) -> ValueCollector:
+    """What the LLM pipeline's guardrail stages count, read at scrape time."""
+    values = ValueCollector()
+    stages = dispatcher.named_pipelines()[RouteKind.LLM.value].stages
+    for stage in stages:
+        if isinstance(stage, AnswerCache):
+            values.counter(
+                "gatez_cache_lookups",
+                "Answer-cache lookups by outcome: hit_exact, hit_semantic, miss, bypass (not "
+                "cacheable, or Cache-Control: no-cache).",
+                partial(_cache_lookups, stage),
+                "outcome",
+            )
+            values.counter(
+                "gatez_cache_writes",
+                "Answers written to the cache, and cache operations that failed.",
+                partial(_cache_writes, stage),
+                "outcome",
+            )
+    return values
+
+
+def _cache_lookups(stage: AnswerCache) -> dict[str, float]:
+    return {
+        "hit_exact": stage.hits_exact,
+        "hit_semantic": stage.hits_semantic,
+        "miss": stage.misses,
+        "bypass": stage.bypasses,
+    }
+
+
+def _cache_writes(stage: AnswerCache) -> dict[str, float]:
+    return {"written": stage.writes, "failed": stage.errors}
 
 
 # What became of log rows, as LogSink counts them: `rows_<outcome>` on the spooling sink, and

@@ -52,6 +52,14 @@ class PiiRules:
     scanner: PiiScanner
 
     @property
+    def output_rules(self) -> str:
+        """What answers are redacted by, as text ("" when they are not): the answer cache keeps
+        answers written under other rules apart."""
+        if not self.scan_output:
+            return ""
+        return ",".join(f"{entity}={action}" for entity, action in sorted(self.actions.items()))
+
+    @property
     def blocks(self) -> bool:
         return Action.BLOCK in self.actions.values()
 
