@@ -25,7 +25,12 @@ from tests.e2e.conftest import Admin, TenantAccess, provision
 from tests.e2e.test_chat import wait_for_ai_logs, wait_for_request_logs
 from tests.fakes.openai_upstream import RecordedRequest, UpstreamServer, message_text
 
-pytestmark = pytest.mark.e2e
+pytestmark = [
+    pytest.mark.e2e,
+    # Both adapters and both ext_proc servers; redaction keeps nothing in Redis, so the Redis
+    # Cluster variant adds nothing here.
+    pytest.mark.parametrize("stack", ["envoy", "envoy-grpcio", "apisix"], indirect=True),
+]
 
 #: One value of each kind, as written in the prompt; a bare phone number scores 0.4, so a
 #: context word ("call me at") lifts it over the default threshold as Presidio's would.
@@ -213,9 +218,10 @@ def test_block_refuses_in_the_clients_format_naming_the_type_only(
     assert "CREDIT_CARD" in error.message
     assert_no_raw_value(error.response.text)
     assert received(upstream, model) == []
-    (row,) = wait_for_request_logs(admin, access.tenant_id, 1)
-    assert row.status == 400
-    assert_no_raw_value(log_text(admin, access.tenant_id))
+    if sdk == "openai":  # one schema is enough for the log rows (each wait costs a flush)
+        (row,) = wait_for_request_logs(admin, access.tenant_id, 1)
+        assert row.status == 400
+        assert_no_raw_value(log_text(admin, access.tenant_id))
 
 
 def _openai_tool_history() -> list[Any]:
@@ -303,8 +309,9 @@ def test_tool_call_arguments_and_results_are_redacted(
     (result,) = [m for m in messages if m["role"] == "tool"]
     result_text = orjson.dumps(result["content"]).decode()
     assert "<PHONE_NUMBER>" in result_text and "<AWS_ACCESS_KEY>" in result_text
-    (row,) = wait_for_ai_logs(admin, access.tenant_id, 1)
-    assert dict(row.pii_entities) == ALL_FOUND
+    if sdk == "openai":
+        (row,) = wait_for_ai_logs(admin, access.tenant_id, 1)
+        assert dict(row.pii_entities) == ALL_FOUND
 
 
 #: Spoken back by the fake one word per chunk: " 212", " 555", " 0134" arrive apart. Longer
@@ -359,7 +366,9 @@ def test_answers_are_redacted_also_when_a_value_spans_chunks(
         assert "<PHONE_NUMBER>" in "".join(released[:-1]), pieces
     for piece in pieces:
         assert not any(number in piece for number in ("212", "555", "0134")), pieces
-    (row,) = wait_for_ai_logs(admin, access.tenant_id, 1)
-    assert dict(row.pii_entities) == {"PHONE_NUMBER": 1, "EMAIL_ADDRESS": 1}
-    for value in ("jane.doe", "555 0134"):
-        assert value not in log_text(admin, access.tenant_id)
+    if mode == "openai-stream":
+        # Found in the answer only (prompts are not scanned); the values never logged.
+        (row,) = wait_for_ai_logs(admin, access.tenant_id, 1)
+        assert dict(row.pii_entities) == {"PHONE_NUMBER": 1, "EMAIL_ADDRESS": 1}
+        for value in ("jane.doe", "555 0134"):
+            assert value not in log_text(admin, access.tenant_id)
