@@ -9,15 +9,15 @@ usage (the provider was not reached, or answered an error) gives its hold back.
 
 The worst case a call holds:
 - Prompt: one token per byte of the body the provider gets. Measured bytes of an OpenAI body per
-  prompt token (o200k_base, cl100k_base, Llama 2's tokenizer; the lowest of the three): English
-  prose 4.0, source code 3.2, JSON 2.5, Chinese and Japanese 2.4-2.6, Hindi and Arabic 2.3-2.5,
-  and 1.0-1.4 for digits, hex, base64, random ASCII, emoji and rare CJK. A bytes/3 rule
-  undercounts JSON tool results and non-Latin text; bytes/2 undercounts the numbers, ids and
-  encoded blobs that agents pass around. One per byte holds for all of them: no token of a
-  byte-level BPE tokenizer (or a SentencePiece one with byte fallback) is shorter than a byte,
-  and a message's JSON framing is longer than the few tokens a chat template adds for it. It
-  costs a `len`; its price is a hold of about four times the prompt of English text while the
-  call runs, given back when it settles.
+  prompt token (`python -m bench.prompt_bound`: o200k_base, cl100k_base and Llama 2's tokenizer,
+  the one needing the most tokens): English prose 4.2, source code 2.0-3.2, JSON 2.5, Chinese
+  and Japanese 2.4-2.6, Hindi and Arabic 2.3-2.5, and 1.0-1.2 for digits, hex, base64, random
+  ASCII, emoji and rare CJK. A bytes/3 rule undercounts code, JSON tool results and non-Latin
+  text; bytes/2 undercounts the numbers, ids and encoded blobs that agents pass around. One
+  per byte holds for all of them: no token of a byte-level BPE tokenizer (or a SentencePiece
+  one with byte fallback) is shorter than a byte, and a message's JSON framing is longer than
+  the few tokens a chat template adds for it. It costs a `len`; its price is a hold of about
+  four times the prompt of English text while the call runs, given back when it settles.
   Two exceptions: an inline image (a `data:image/…;base64,` URL, as OpenAI's APIs carry them)
   counts `IMAGE_TOKENS` instead of the bytes of its encoding (a megabyte screenshot would hold a
   million tokens); a call that defines tools counts `TOOL_PROMPT_TOKENS` more, for the system

@@ -755,12 +755,10 @@ def worst_case_of(policy: CompiledPolicy, gateway: Gateway, max_tokens: int) -> 
     return len(flow.request_body) + max_tokens
 
 
-async def test_concurrent_streams_never_take_a_budget_past_its_limit(
-    gateway: Gateway, redis_client: aioredis.Redis
-) -> None:
+async def test_concurrent_streams_never_take_a_budget_past_its_limit(gateway: Gateway) -> None:
     """100 streamed calls at once, each with a worst case of 200 tokens, against 2,000 tokens a
-    day: exactly 10 go on. Each is charged the 120 tokens it used; a second wave then gets
-    exactly the 800 left, and spent + held never passes the limit."""
+    day: exactly 10 go on, holding all 2,000. Each is charged the 120 tokens it used; a second
+    wave of 100 then gets exactly the 800 left: 4 calls."""
     policy = build_policy(tenant_budget(tokens_per_day=2_000))
     max_tokens = 200 - (worst_case_of(policy, gateway, 10) - 10)
     assert worst_case_of(policy, gateway, max_tokens) == 200
