@@ -44,6 +44,7 @@ from extproc.redis_pipe import ScriptClient, hot_path_client
 from extproc.spool import Spool, SpoolLocked
 from extproc.stages.access_log import AccessLog
 from extproc.stages.authenticate import Authenticate
+from extproc.stages.budget import TokenBudget, budget_values
 from extproc.stages.cache import AnswerCache
 from extproc.stages.client_api import ClientApi
 from extproc.stages.fallback import FallbackOutcome
@@ -141,6 +142,10 @@ def build_dispatcher(
             # reserves nothing); a hit is answered here. Response: the answer kept once the
             # exchange is over.
             answers,
+            # Request body: the worst case reserved against the tenant's and key's budgets
+            # (429 when one is exhausted), after the cache (a hit costs nothing). When the
+            # exchange is over, after the usage meter's estimate: settled to the usage.
+            TokenBudget(redis),
             # ... and the client's bytes written last: the provider's own, or translated.
             EncodeResponse(),
             # A chain's outcome told to its target's circuit, once the status is final.
@@ -386,7 +391,8 @@ async def start_core(
     closers.append(dispatcher.close)
     registry.register(StageCollector(dispatcher.named_pipelines()))
     registry.register(_data_plane_values(holder, sink, redis))
-    registry.register(_guardrail_values(dispatcher))
+    for collector in _guardrail_values(dispatcher):
+        registry.register(collector)
     metrics = None
     if settings.metrics_address:
         try:
@@ -476,11 +482,14 @@ async def serve(settings: Settings) -> None:
         await plane.stop()
 
 
-def _guardrail_values(dispatcher: Dispatcher) -> ValueCollector:
+def _guardrail_values(dispatcher: Dispatcher) -> list[ValueCollector]:
     """What the LLM pipeline's guardrail stages count, read at scrape time."""
     values = ValueCollector()
+    collectors = [values]
     stages = dispatcher.named_pipelines()[RouteKind.LLM.value].stages
     for stage in stages:
+        if isinstance(stage, TokenBudget):
+            collectors.append(budget_values(stage))
         if isinstance(stage, AnswerCache):
             values.counter(
                 "gatez_cache_lookups",
@@ -495,7 +504,7 @@ def _guardrail_values(dispatcher: Dispatcher) -> ValueCollector:
                 partial(_cache_writes, stage),
                 "outcome",
             )
-    return values
+    return collectors
 
 
 def _cache_lookups(stage: AnswerCache) -> dict[str, float]:
