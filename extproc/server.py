@@ -40,6 +40,7 @@ from extproc.grpcio_server import GRPC_OPTIONS, serve_grpcio
 from extproc.jwks import JwksCache
 from extproc.logsink import ClickHouseLogWriter, ControlLogWriter, LogSink, LogWriter
 from extproc.policy_source import PolicyHolder, PolicyWatcher
+from extproc.provider_embeddings import ProviderEmbeddings, upstream_ssl_context
 from extproc.redis_pipe import ScriptClient, hot_path_client
 from extproc.spool import Spool, SpoolLocked
 from extproc.stages.access_log import AccessLog
@@ -98,6 +99,7 @@ def build_dispatcher(
     chains: EnvoyChains | None = None,
     approvals: tuple[ApprovalStore, ApprovalGate] | None = None,
     semantic: SemanticIndex | None = None,
+    provider_embeddings: ProviderEmbeddings | None = None,
 ) -> Dispatcher:
     """Every pipeline a data plane runs, one per route kind, with the stages in policy order;
     each position has a reason. Stage instances are shared between pipelines (a tenant has one
@@ -105,7 +107,8 @@ def build_dispatcher(
     targets are reached by Envoy's retries (their attempts routed by the LLM pipeline).
     `approvals`: the store and gate that hold tool calls for a human decision (without them, a
     call a policy marks for approval is refused). `semantic`: the answer cache's semantic tier
-    (None: exact matches only); the answer cache closes it."""
+    (None: exact matches only); the answer cache closes it. `provider_embeddings`: embeds the
+    questions of routes whose cache policy asks for a provider's embeddings."""
     # Nothing runs for a caller we do not know; the tenant found here scopes all after.
     authenticate = Authenticate(jwks)
     # Before any body is buffered: a limited tenant costs one Redis round trip, no more.
@@ -114,7 +117,7 @@ def build_dispatcher(
     access_log = AccessLog(sink, node_id)
     # Fallback chains' shared circuit state (a Redis round trip only for aliases with a chain).
     circuits = CircuitBreaker(redis)
-    answers = AnswerCache(redis, semantic)
+    answers = AnswerCache(redis, semantic, provider_embeddings=provider_embeddings)
     llm = Pipeline(
         [
             # The client's API, from the path: where its SDK puts the key, and the error format
@@ -342,6 +345,11 @@ async def start_core(
     gate = ApprovalGate(approval_store)
     http = aiohttp.ClientSession()
     closers.append(http.close)
+    # The answer cache's provider embeddings: sent by the data plane over the shared session,
+    # HTTPS checked against the CA bundle Envoy's provider clusters trust.
+    provider_embeddings = ProviderEmbeddings(
+        http, ssl_context=upstream_ssl_context(settings.upstream_ca_bundle)
+    )
     control = grpc.aio.insecure_channel(settings.control_address, options=GRPC_OPTIONS)
     closers.append(control.close)
     writer: LogWriter
@@ -383,6 +391,7 @@ async def start_core(
         chains=chains,
         approvals=(approval_store, gate),
         semantic=semantic,
+        provider_embeddings=provider_embeddings,
     )
     # Also closed by the transports before they stop serving (see `DataPlane.stop`); again
     # here in case a start-up failed half-way.
