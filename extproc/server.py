@@ -40,10 +40,12 @@ from extproc.grpcio_server import GRPC_OPTIONS, serve_grpcio
 from extproc.jwks import JwksCache
 from extproc.logsink import ClickHouseLogWriter, ControlLogWriter, LogSink, LogWriter
 from extproc.policy_source import PolicyHolder, PolicyWatcher
+from extproc.provider_embeddings import ProviderEmbeddings, upstream_ssl_context
 from extproc.redis_pipe import ScriptClient, hot_path_client
 from extproc.spool import Spool, SpoolLocked
 from extproc.stages.access_log import AccessLog
 from extproc.stages.authenticate import Authenticate
+from extproc.stages.budget import TokenBudget, budget_values
 from extproc.stages.cache import AnswerCache
 from extproc.stages.client_api import ClientApi
 from extproc.stages.fallback import FallbackOutcome
@@ -97,6 +99,7 @@ def build_dispatcher(
     chains: EnvoyChains | None = None,
     approvals: tuple[ApprovalStore, ApprovalGate] | None = None,
     semantic: SemanticIndex | None = None,
+    provider_embeddings: ProviderEmbeddings | None = None,
 ) -> Dispatcher:
     """Every pipeline a data plane runs, one per route kind, with the stages in policy order;
     each position has a reason. Stage instances are shared between pipelines (a tenant has one
@@ -104,7 +107,8 @@ def build_dispatcher(
     targets are reached by Envoy's retries (their attempts routed by the LLM pipeline).
     `approvals`: the store and gate that hold tool calls for a human decision (without them, a
     call a policy marks for approval is refused). `semantic`: the answer cache's semantic tier
-    (None: exact matches only); the answer cache closes it."""
+    (None: exact matches only); the answer cache closes it. `provider_embeddings`: embeds the
+    questions of routes whose cache policy asks for a provider's embeddings."""
     # Nothing runs for a caller we do not know; the tenant found here scopes all after.
     authenticate = Authenticate(jwks)
     # Before any body is buffered: a limited tenant costs one Redis round trip, no more.
@@ -113,7 +117,7 @@ def build_dispatcher(
     access_log = AccessLog(sink, node_id)
     # Fallback chains' shared circuit state (a Redis round trip only for aliases with a chain).
     circuits = CircuitBreaker(redis)
-    answers = AnswerCache(redis, semantic)
+    answers = AnswerCache(redis, semantic, provider_embeddings=provider_embeddings)
     llm = Pipeline(
         [
             # The client's API, from the path: where its SDK puts the key, and the error format
@@ -141,6 +145,10 @@ def build_dispatcher(
             # reserves nothing); a hit is answered here. Response: the answer kept once the
             # exchange is over.
             answers,
+            # Request body: the worst case reserved against the tenant's and key's budgets
+            # (429 when one is exhausted), after the cache (a hit costs nothing). When the
+            # exchange is over, after the usage meter's estimate: settled to the usage.
+            TokenBudget(redis),
             # ... and the client's bytes written last: the provider's own, or translated.
             EncodeResponse(),
             # A chain's outcome told to its target's circuit, once the status is final.
@@ -337,6 +345,11 @@ async def start_core(
     gate = ApprovalGate(approval_store)
     http = aiohttp.ClientSession()
     closers.append(http.close)
+    # The answer cache's provider embeddings: sent by the data plane over the shared session,
+    # HTTPS checked against the CA bundle Envoy's provider clusters trust.
+    provider_embeddings = ProviderEmbeddings(
+        http, ssl_context=upstream_ssl_context(settings.upstream_ca_bundle)
+    )
     control = grpc.aio.insecure_channel(settings.control_address, options=GRPC_OPTIONS)
     closers.append(control.close)
     writer: LogWriter
@@ -378,6 +391,7 @@ async def start_core(
         chains=chains,
         approvals=(approval_store, gate),
         semantic=semantic,
+        provider_embeddings=provider_embeddings,
     )
     # Also closed by the transports before they stop serving (see `DataPlane.stop`); again
     # here in case a start-up failed half-way.
@@ -386,7 +400,8 @@ async def start_core(
     closers.append(dispatcher.close)
     registry.register(StageCollector(dispatcher.named_pipelines()))
     registry.register(_data_plane_values(holder, sink, redis))
-    registry.register(_guardrail_values(dispatcher))
+    for collector in _guardrail_values(dispatcher):
+        registry.register(collector)
     metrics = None
     if settings.metrics_address:
         try:
@@ -476,11 +491,14 @@ async def serve(settings: Settings) -> None:
         await plane.stop()
 
 
-def _guardrail_values(dispatcher: Dispatcher) -> ValueCollector:
+def _guardrail_values(dispatcher: Dispatcher) -> list[ValueCollector]:
     """What the LLM pipeline's guardrail stages count, read at scrape time."""
     values = ValueCollector()
+    collectors = [values]
     stages = dispatcher.named_pipelines()[RouteKind.LLM.value].stages
     for stage in stages:
+        if isinstance(stage, TokenBudget):
+            collectors.append(budget_values(stage))
         if isinstance(stage, AnswerCache):
             values.counter(
                 "gatez_cache_lookups",
@@ -495,7 +513,7 @@ def _guardrail_values(dispatcher: Dispatcher) -> ValueCollector:
                 partial(_cache_writes, stage),
                 "outcome",
             )
-    return values
+    return collectors
 
 
 def _cache_lookups(stage: AnswerCache) -> dict[str, float]:

@@ -13,15 +13,19 @@ and it holds every answer: a point only says which exact entry answers its quest
 
 **Layout.** One collection per tenant and embedding model (`collection_name`), so a tenant's
 entries are never scanned for another's question, and a tenant is purged by dropping its
-collections. A point's id is the UUID of the entry's exact digest; its payload is
-`{tenant, scope, question, answer (the exact digest), expires_at}`; its vector is the question's
-embedding (unit length) joined to a pseudo-random unit vector drawn from the scope digest,
-weighted `SCOPE_WEIGHT`, and compared by dot product (= cosine, all vectors being unit). A
-point of the same scope thus scores `SCOPE_WEIGHT + (1 - SCOPE_WEIGHT) * cos(questions)`, and
-one of another scope `(1 - SCOPE_WEIGHT) * cos(questions)` plus `SCOPE_WEIGHT` times a dot
-product of random unit vectors (standard deviation 1/8): the nearest points of a query are
-those of its own scope, with no payload filter. That matters in local mode, where
-qdrant-client evaluates a filter in Python point by point.
+collections. The embedder id names the model: `wordllama256` for the offline one; for a
+provider's embeddings API (a `RemoteEmbedder`: CachePolicy `embeddings: PROVIDER`), the
+provider and model digested, joined to the length of the vectors it returned. Vectors of two
+models, or of one model at two sizes, thus never share a collection, and a collection is sized
+by the first vectors written to it. A point's id is the UUID of the entry's exact digest; its
+payload is `{tenant, scope, question, answer (the exact digest), expires_at}`; its vector is
+the question's embedding (unit length) joined to a pseudo-random unit vector drawn from the
+scope digest, weighted `SCOPE_WEIGHT`, and compared by dot product (= cosine, all vectors
+being unit). A point of the same scope thus scores `SCOPE_WEIGHT + (1 - SCOPE_WEIGHT) *
+cos(questions)`, and one of another scope `(1 - SCOPE_WEIGHT) * cos(questions)` plus
+`SCOPE_WEIGHT` times a dot product of random unit vectors (standard deviation 1/8): the
+nearest points of a query are those of its own scope, with no payload filter. That matters in
+local mode, where qdrant-client evaluates a filter in Python point by point.
 
 **Lookup**: the question embedded, the few nearest points of the tenant's collection, and the
 first that has the same scope, is not expired, is similar enough (the route's threshold) and
@@ -40,9 +44,11 @@ use a server.
 
 **Threads.** Everything CPU-bound or blocking here — loading and running the embedder, every
 call into local Qdrant (SQLite, NumPy) — runs in one worker thread of the index's own, so the
-event loop only awaits it; local Qdrant's SQLite connections are that thread's alone. Until
-the embedder is loaded (`start`), the tier is skipped, never waited for. Writes are queued
-(`add`) and made by a background task; expired points are deleted periodically (`sweep`).
+event loop only awaits it; local Qdrant's SQLite connections are that thread's alone. A remote
+embedder is awaited on the event loop (an HTTP call), outside the bound on lookups waiting for
+the thread. Until the embedder is loaded (`start`), the tier is skipped, never waited for.
+Writes are queued (`add`) and made by a background task, each embedder's batch embedded
+concurrently with the others'; expired points are deleted periodically (`sweep`).
 """
 
 from __future__ import annotations
@@ -99,6 +105,25 @@ class Embedder(Protocol):
     def embed(self, texts: list[str]) -> Embeddings: ...
 
 
+class RemoteEmbedder(Protocol):
+    """An embedder reached over the network (a provider's embeddings API), awaited on the event
+    loop: unit-length rows, one per text, all of one length. Raises `EmbedderUnavailable` when
+    it does not try at all, anything else when it tried and failed."""
+
+    @property
+    def id(self) -> str:
+        """Names the model, so its vectors get collections of their own (letters, digits, '-',
+        '_')."""
+        ...
+
+    async def embed(self, texts: list[str]) -> Embeddings: ...
+
+
+class EmbedderUnavailable(Exception):
+    """A remote embedder declined to try (its provider failed a moment ago, or too many calls
+    are under way): the lookup is skipped and the write dropped, both only counted."""
+
+
 @dataclass(frozen=True, slots=True)
 class SemanticMatch:
     """A cached entry that may answer a question: its exact digest, and how similar its
@@ -114,12 +139,25 @@ class _Entry:
     tenant: str
     fingerprint: Fingerprint
     expires_at: float
+    # None: the index's own (local) embedder.
+    embedder: RemoteEmbedder | None = None
+
+
+COLLECTION_PREFIX: Final = f"gatez-answers-{LAYOUT}-"
+
+
+def _tenant_digest(tenant_id: str) -> str:
+    return hashlib.sha256(tenant_id.encode()).hexdigest()[:32]
 
 
 def collection_name(tenant_id: str, embedder_id: str = WORDLLAMA_ID) -> str:
     """The collection holding a tenant's questions embedded by `embedder_id`."""
-    digest = hashlib.sha256(tenant_id.encode()).hexdigest()[:32]
-    return f"gatez-answers-{LAYOUT}-{embedder_id}-{digest}"
+    return f"{COLLECTION_PREFIX}{embedder_id}-{_tenant_digest(tenant_id)}"
+
+
+def remote_embedder_id(embedder: RemoteEmbedder, dim: int) -> str:
+    """The embedder id of a remote embedder's vectors of length `dim`."""
+    return f"{embedder.id}-{dim}"
 
 
 def scope_vector(scope: str) -> np.ndarray[Any, np.dtype[np.float32]]:
@@ -323,7 +361,6 @@ class SemanticIndex:
         *,
         local: bool,
         embedder_id: str = WORDLLAMA_ID,
-        dim: int = EMBEDDING_DIM,
         clock: Callable[[], float] = time.time,
         queue_size: int = DEFAULT_QUEUE_SIZE,
         sweep_interval_s: float = DEFAULT_SWEEP_INTERVAL_S,
@@ -334,7 +371,6 @@ class SemanticIndex:
         # Local Qdrant is this process's alone: the collections it knows are all there are.
         self._local = local
         self._embedder_id = embedder_id
-        self._dim = dim + SCOPE_DIM
         self._clock = clock
         self._sweep_interval_s = sweep_interval_s
         self._embedder: Embedder | None = None
@@ -349,6 +385,8 @@ class SemanticIndex:
         self.write_errors = 0
         self.lookups_skipped = 0
         self.sweeps = 0
+        # Remote embedders that declined to try (EmbedderUnavailable).
+        self.remote_unavailable = 0
 
     @classmethod
     def local(
@@ -425,28 +463,44 @@ class SemanticIndex:
     # --- lookups ---------------------------------------------------------------------------
 
     async def lookup(
-        self, tenant_id: str, fingerprint: Fingerprint, threshold: float
+        self,
+        tenant_id: str,
+        fingerprint: Fingerprint,
+        threshold: float,
+        *,
+        embedder: RemoteEmbedder | None = None,
     ) -> SemanticMatch | None:
-        """The entry of the tenant that may answer this question in its scope, if any. Not
-        ready, busy, or a question it does not compare: None at once."""
+        """The entry of the tenant that may answer this question in its scope, if any, its
+        question embedded by `embedder` (None: the index's own). Not ready, busy, or a question
+        it does not compare: None at once. A remote embedder's failure is raised."""
         question = fingerprint.question
-        embedder = self._embedder
-        if embedder is None or not question or len(question) > MAX_QUESTION_CHARS:
+        local_embedder = self._embedder
+        if local_embedder is None or not question or len(question) > MAX_QUESTION_CHARS:
             return None
-        collection = collection_name(tenant_id, self._embedder_id)
-        if self._local and collection not in self._collections:
-            return None
+        vector: list[float] | None = None
+        if embedder is None:
+            collection = collection_name(tenant_id, self._embedder_id)
+            if self._local and collection not in self._collections:
+                return None
+        else:
+            # Awaited before taking a place among the lookups bound for the worker thread:
+            # an HTTP call that may take a second must not keep local lookups out.
+            found = await self._remote_query_vector(embedder, tenant_id, fingerprint)
+            if found is None:
+                return None
+            collection, vector = found
         if self._pending_lookups >= MAX_PENDING_LOOKUPS:
             self.lookups_skipped += 1
             return None
         self._pending_lookups += 1
         try:
-            loop = asyncio.get_running_loop()
-            vector = await loop.run_in_executor(
-                self._worker, _query_vector, embedder, question, fingerprint.scope
-            )
             if vector is None:
-                return None
+                loop = asyncio.get_running_loop()
+                vector = await loop.run_in_executor(
+                    self._worker, _query_vector, local_embedder, question, fingerprint.scope
+                )
+                if vector is None:
+                    return None
             points = await self._vectors.search(
                 collection,
                 vector,
@@ -457,6 +511,34 @@ class SemanticIndex:
             )
         finally:
             self._pending_lookups -= 1
+        return self._match(tenant_id, fingerprint, threshold, points)
+
+    async def _remote_query_vector(
+        self, embedder: RemoteEmbedder, tenant_id: str, fingerprint: Fingerprint
+    ) -> tuple[str, list[float]] | None:
+        """The collection to search and the query vector, from a remote embedder's row of the
+        question (an HTTP call, then ~30 µs of NumPy on the event loop); None when there is
+        nothing to search."""
+        try:
+            rows = await embedder.embed([fingerprint.question])
+        except EmbedderUnavailable:
+            self.remote_unavailable += 1
+            return None
+        row = rows[0]
+        # Known only now: a collection is named by the length of the provider's vectors.
+        collection = collection_name(tenant_id, remote_embedder_id(embedder, len(row)))
+        if (self._local and collection not in self._collections) or not row.any():
+            return None
+        return collection, point_vector(row, fingerprint.scope)
+
+    def _match(
+        self,
+        tenant_id: str,
+        fingerprint: Fingerprint,
+        threshold: float,
+        points: list[qm.ScoredPoint],
+    ) -> SemanticMatch | None:
+        question = fingerprint.question
         now = self._clock()
         features = None
         for point in points:
@@ -480,14 +562,22 @@ class SemanticIndex:
 
     # --- writes ----------------------------------------------------------------------------
 
-    def add(self, tenant_id: str, fingerprint: Fingerprint, expires_at: float) -> bool:
-        """Queues the entry's question for indexing; False when it is not (not ready, no
-        question to compare, or the queue is full)."""
+    def add(
+        self,
+        tenant_id: str,
+        fingerprint: Fingerprint,
+        expires_at: float,
+        *,
+        embedder: RemoteEmbedder | None = None,
+    ) -> bool:
+        """Queues the entry's question for indexing, to be embedded by `embedder` (None: the
+        index's own); False when it is not (not ready, no question to compare, or the queue is
+        full)."""
         question = fingerprint.question
         if self._embedder is None or not question or len(question) > MAX_QUESTION_CHARS:
             return False
         try:
-            self._queue.put_nowait(_Entry(tenant_id, fingerprint, expires_at))
+            self._queue.put_nowait(_Entry(tenant_id, fingerprint, expires_at, embedder))
         except asyncio.QueueFull:
             self.writes_dropped += 1
             return False
@@ -504,7 +594,6 @@ class SemanticIndex:
                 batch.append(self._queue.get_nowait())
             try:
                 await self._write(batch)
-                self.points_written += len(batch)
             except Exception:
                 self.write_errors += 1
                 log.exception("writing %d answers to the semantic cache failed", len(batch))
@@ -513,34 +602,67 @@ class SemanticIndex:
                     self._queue.task_done()
 
     async def _write(self, batch: list[_Entry]) -> None:
+        # One call per embedder, made together: a slow provider delays only its own entries
+        # (and the batch behind them).
+        groups: dict[str, list[_Entry]] = {}
+        for entry in batch:
+            groups.setdefault(entry.embedder.id if entry.embedder else "", []).append(entry)
+        embedded = await asyncio.gather(
+            *(self._embed(entries) for entries in groups.values()), return_exceptions=True
+        )
+        by_collection: dict[str, list[qm.PointStruct]] = {}
+        # Each collection's vector size, from the vectors themselves: a provider's are known
+        # from its answer.
+        sizes: dict[str, int] = {}
+        for entries, result in zip(groups.values(), embedded, strict=True):
+            if isinstance(result, EmbedderUnavailable):
+                self.writes_dropped += len(entries)
+                continue
+            if isinstance(result, BaseException):
+                self.write_errors += 1
+                log.warning(
+                    "embedding %d answers for the semantic cache failed: %r", len(entries), result
+                )
+                continue
+            embedder_id, rows = result
+            for entry, row in zip(entries, rows, strict=True):
+                if not row.any():
+                    continue  # no known word: nothing to compare by
+                fingerprint = entry.fingerprint
+                collection = collection_name(entry.tenant, embedder_id)
+                sizes[collection] = len(row) + SCOPE_DIM
+                by_collection.setdefault(collection, []).append(
+                    qm.PointStruct(
+                        id=point_id(fingerprint.exact),
+                        vector=point_vector(row, fingerprint.scope),
+                        payload={
+                            "tenant": entry.tenant,
+                            "scope": fingerprint.scope,
+                            "question": fingerprint.question,
+                            "answer": fingerprint.exact,
+                            "expires_at": entry.expires_at,
+                        },
+                    )
+                )
+        for collection, points in by_collection.items():
+            if collection not in self._collections:
+                await self._vectors.create(collection, sizes[collection])
+                self._collections.add(collection)
+            await self._vectors.upsert(collection, points)
+            self.points_written += len(points)
+
+    async def _embed(self, entries: list[_Entry]) -> tuple[str, Embeddings]:
+        """The entries' questions embedded by their embedder, and the embedder id of the rows."""
+        questions = [entry.fingerprint.question for entry in entries]
+        remote = entries[0].embedder
+        if remote is not None:
+            rows = await remote.embed(questions)
+            return remote_embedder_id(remote, rows.shape[1]), rows
         embedder = self._embedder
         assert embedder is not None
         loop = asyncio.get_running_loop()
-        questions = [entry.fingerprint.question for entry in batch]
         rows = await loop.run_in_executor(self._worker, embedder.embed, questions)
-        by_collection: dict[str, list[qm.PointStruct]] = {}
-        for entry, row in zip(batch, rows, strict=True):
-            if not row.any():
-                continue  # no known word: nothing to compare by
-            fingerprint = entry.fingerprint
-            by_collection.setdefault(collection_name(entry.tenant, self._embedder_id), []).append(
-                qm.PointStruct(
-                    id=point_id(fingerprint.exact),
-                    vector=point_vector(row, fingerprint.scope),
-                    payload={
-                        "tenant": entry.tenant,
-                        "scope": fingerprint.scope,
-                        "question": fingerprint.question,
-                        "answer": fingerprint.exact,
-                        "expires_at": entry.expires_at,
-                    },
-                )
-            )
-        for collection, points in by_collection.items():
-            if collection not in self._collections:
-                await self._vectors.create(collection, self._dim)
-                self._collections.add(collection)
-            await self._vectors.upsert(collection, points)
+        return self._embedder_id, rows
 
     # --- expiry and purge ------------------------------------------------------------------
 
@@ -548,9 +670,9 @@ class SemanticIndex:
         """Deletes the points whose entries expired, in every collection of this index."""
         collections = self._collections if self._local else await self._vectors.collections()
         now = self._clock()
-        prefix = f"gatez-answers-{LAYOUT}-{self._embedder_id}-"
+        # Every embedder's: local and provider embeddings alike.
         for collection in sorted(collections):
-            if collection.startswith(prefix):
+            if collection.startswith(COLLECTION_PREFIX):
                 await self._vectors.delete_expired(collection, now)
         self.sweeps += 1
 
@@ -563,12 +685,14 @@ class SemanticIndex:
                 log.exception("sweeping expired semantic cache entries failed")
 
     async def drop_tenant(self, tenant_id: str) -> None:
-        """Deletes every question of a tenant (its answers in Redis are the caller's)."""
-        collection = collection_name(tenant_id, self._embedder_id)
-        if self._local and collection not in self._collections:
-            return
-        await self._vectors.drop(collection)
-        self._collections.discard(collection)
+        """Deletes every question of a tenant, whatever embedded it (its answers in Redis are
+        the caller's)."""
+        collections = self._collections if self._local else await self._vectors.collections()
+        suffix = "-" + _tenant_digest(tenant_id)
+        for collection in sorted(collections):
+            if collection.startswith(COLLECTION_PREFIX) and collection.endswith(suffix):
+                await self._vectors.drop(collection)
+                self._collections.discard(collection)
 
     async def close(self) -> None:
         """Stops the background tasks (queued writes are dropped) and closes Qdrant."""

@@ -8,6 +8,10 @@ budget (a hit reserves nothing). Settings come from the policy per tenant and ro
   entry in Redis (one round trip), then — unless the route is exact-only — a similar question
   of the same scope in the semantic index (`gatez.semantic_cache`), whose entry is read from
   Redis too. Each tier is bounded by a timeout; a failure or a timeout is a miss, logged. A
+  route whose policy embeds with a provider (`embeddings: PROVIDER`) has its questions embedded
+  by the provider model its `embedding_model` alias routes to (`extproc.provider_embeddings`),
+  under a bound of its own (2.1 s by default, against 50 ms for the local embedder); an alias
+  that routes nowhere, or to a provider without an embeddings API, leaves it the exact tier. A
   hit is answered at once in the client's schema, replayed as its stream kind when it asked
   for a stream, with `x-gatez-cache: hit` and `x-gatez-cache-kind: exact|semantic`. A miss
   or a bypass says so in the response's `x-gatez-cache` header.
@@ -19,7 +23,8 @@ budget (a hit reserves nothing). Settings come from the policy per tenant and ro
   stream events — written when the call reached the provider, got a 2xx, ended normally (no
   stream error, no client disconnect, no gateway answer) and the answer may be kept
   (`CachedAnswer.refusal`). The Redis write is not waited for; once it succeeded the question
-  is queued for the semantic index, which embeds and writes it in the background.
+  is queued for the semantic index, which embeds and writes it in the background — with the
+  provider model the lookup used, for a provider-embedding route.
 - **Cache-Control** (request): `no-cache` skips the lookup, `no-store` the write.
 - A cached answer longer than the request's `max_tokens` (by its reported output tokens) is
   not served to it.
@@ -38,6 +43,7 @@ from functools import partial
 from typing import Any, Final
 
 from extproc.answer_cache import AnswerStore
+from extproc.provider_embeddings import ProviderEmbedder, ProviderEmbeddings
 from extproc.redis_pipe import ScriptClient
 from extproc.stages.llm_request import chat_request
 from gatez.answer_cache import (
@@ -69,6 +75,9 @@ CACHE_HEADER: Final = "x-gatez-cache"
 KIND_HEADER: Final = "x-gatez-cache-kind"
 EXACT_TIMEOUT_S: Final = 0.05
 SEMANTIC_TIMEOUT_S: Final = 0.05
+# A provider's embeddings call (bounded by its own 2 s, `extproc.provider_embeddings`), then
+# the search and the entry's read.
+PROVIDER_SEMANTIC_TIMEOUT_S: Final = 2.1
 MODEL_NAME_LIMIT: Final = 256
 
 
@@ -84,6 +93,10 @@ class _Record:
     store: bool
     max_tokens: int | None = None
     streamed: StreamedAnswer | None = None
+    # The semantic tier applies to this call (looked up, and written once answered) ...
+    semantic: bool = False
+    # ... embedding with this provider model (None: the local embedder).
+    embedder: ProviderEmbedder | None = None
 
 
 class AnswerCache(Stage):
@@ -91,8 +104,8 @@ class AnswerCache(Stage):
 
     `redis`: the hot-path client (the exact tier; the caller closes it). `semantic`: the
     semantic index, which the caller `start()`s on the event loop and the stage closes (None:
-    the exact tier only). Routes whose policy asks for provider embeddings use the exact tier
-    only: provider embeddings are not built yet.
+    the exact tier only). `provider_embeddings`: what embeds the questions of routes whose
+    policy asks for a provider's embeddings (None: such routes use the exact tier only).
     """
 
     # Whatever goes wrong here, the provider can still answer.
@@ -103,14 +116,18 @@ class AnswerCache(Stage):
         redis: ScriptClient,
         semantic: SemanticIndex | None,
         *,
+        provider_embeddings: ProviderEmbeddings | None = None,
         exact_timeout_s: float = EXACT_TIMEOUT_S,
         semantic_timeout_s: float = SEMANTIC_TIMEOUT_S,
+        provider_semantic_timeout_s: float = PROVIDER_SEMANTIC_TIMEOUT_S,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._answers = AnswerStore(redis)
         self._semantic = semantic
+        self._provider_embeddings = provider_embeddings
         self._exact_timeout_s = exact_timeout_s
         self._semantic_timeout_s = semantic_timeout_s
+        self._provider_semantic_timeout_s = provider_semantic_timeout_s
         self._clock = clock
         self._writing: set[asyncio.Future[Any]] = set()
         # Counters for a metrics collector.
@@ -154,8 +171,24 @@ class AnswerCache(Stage):
         if not key.cacheable or "no-cache" in directives:
             record.outcome = "bypass"
             self.bypasses += 1
+            if record.store:
+                self._choose_embedder(flow, record)
             return CONTINUE
+        self._choose_embedder(flow, record)
         return self._lookup(flow, llm, record)
+
+    def _choose_embedder(self, flow: Flow, record: _Record) -> None:
+        """Whether the semantic tier applies to the call, and with which embedder."""
+        settings = record.settings
+        if self._semantic is None or not self._semantic.ready or settings.exact_only:
+            return
+        if settings.embeddings is EmbeddingSource.LOCAL:
+            record.semantic = True
+        elif self._provider_embeddings is not None:
+            record.embedder = self._provider_embeddings.embedder(
+                flow.policy, flow.caller.tenant_id, settings.embedding_model
+            )
+            record.semantic = record.embedder is not None
 
     async def _lookup(self, flow: Flow, llm: LlmCall, record: _Record) -> Verdict:
         tenant_id = flow.caller.tenant_id
@@ -169,7 +202,7 @@ class AnswerCache(Stage):
             self.misses += 1
             return CONTINUE
         kind = "exact"
-        if raw is None and self._semantic_applies(record.settings):
+        if raw is None and record.semantic:
             kind = "semantic"
             raw = await self._semantic_lookup(tenant_id, record)
         answer = self._decode(raw, tenant_id) if raw is not None else None
@@ -178,21 +211,19 @@ class AnswerCache(Stage):
             return CONTINUE
         return self._hit(flow, llm, answer, kind)
 
-    def _semantic_applies(self, settings: CacheSettings) -> bool:
-        # Provider embeddings are not built yet: such routes use the exact tier only.
-        return (
-            self._semantic is not None
-            and self._semantic.ready
-            and not settings.exact_only
-            and settings.embeddings is EmbeddingSource.LOCAL
-        )
-
     async def _semantic_lookup(self, tenant_id: str, record: _Record) -> bytes | None:
         assert self._semantic is not None
+        embedder = record.embedder
+        timeout_s = (
+            self._semantic_timeout_s if embedder is None else self._provider_semantic_timeout_s
+        )
         try:
-            async with asyncio.timeout(self._semantic_timeout_s):
+            async with asyncio.timeout(timeout_s):
                 match = await self._semantic.lookup(
-                    tenant_id, record.fingerprint, record.settings.similarity_threshold
+                    tenant_id,
+                    record.fingerprint,
+                    record.settings.similarity_threshold,
+                    embedder=embedder,
                 )
                 if match is None:
                     return None
@@ -299,23 +330,10 @@ class AnswerCache(Stage):
             self._failed("writing an answer", tenant_id, error)
             return
         self._writing.add(written)
-        written.add_done_callback(
-            partial(
-                self._written,
-                tenant_id,
-                record.fingerprint,
-                expires_at,
-                self._semantic_applies(settings),
-            )
-        )
+        written.add_done_callback(partial(self._written, tenant_id, record, expires_at))
 
     def _written(
-        self,
-        tenant_id: str,
-        key: Fingerprint,
-        expires_at: float,
-        semantic: bool,
-        done: asyncio.Future[Any],
+        self, tenant_id: str, record: _Record, expires_at: float, done: asyncio.Future[Any]
     ) -> None:
         self._writing.discard(done)
         error = None if done.cancelled() else done.exception()
@@ -323,9 +341,9 @@ class AnswerCache(Stage):
             self._failed("writing an answer", tenant_id, error or "cancelled")
             return
         self.writes += 1
-        if semantic and self._semantic is not None:
+        if record.semantic and self._semantic is not None:
             # Only once Redis holds the answer: a point always names an answer that was there.
-            self._semantic.add(tenant_id, key, expires_at)
+            self._semantic.add(tenant_id, record.fingerprint, expires_at, embedder=record.embedder)
 
     def _failed(self, what: str, tenant_id: str, error: object) -> None:
         self.errors += 1

@@ -160,6 +160,9 @@ def _route_next(flow: Flow, api: Endpoint, previous: LlmCall) -> Verdict:
     llm.circuit, llm.probe, llm.counted, llm.plan = target.circuit, probe, counted, rest
     llm.client_body = previous.client_body
     llm.tried, llm.failed = previous.tried, previous.failed
+    # The request's token budget hold is the call's, whichever target serves it: settled (or
+    # released) once, even when the next target's call ends before the budget stage runs.
+    llm.reservation = previous.reservation
     return verdict
 
 

@@ -1,6 +1,7 @@
 """AnswerCache on Flows, after real model routing, with a real redis-server and a real local
-Qdrant: misses filled, hits replayed in the client's schema (plain and streamed), and the cases
-that must never be answered from the cache.
+Qdrant: misses filled, hits replayed in the client's schema (plain and streamed), the cases
+that must never be answered from the cache, and routes whose questions a provider embeds (the
+fake OpenAI upstream).
 
 The provider is an OpenAI one; clients speak OpenAI Chat Completions (the same schema, passed
 through) or Anthropic Messages (translated). Bodies and stream events the gateway writes are
@@ -10,18 +11,22 @@ checked against the official SDKs' types.
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any, cast
 
+import aiohttp
 import anthropic.types
+import numpy as np
 import openai.types.chat
 import orjson
 import pytest
 import redis.asyncio as aioredis
 from pydantic import TypeAdapter
 
+from extproc.provider_embeddings import ProviderEmbeddings
 from extproc.redis_pipe import PipelinedRedis
 from extproc.stages.cache import AnswerCache
 from extproc.stages.llm_request import chat_request
@@ -35,6 +40,13 @@ from gatez.processes import free_port
 from gatez.semantic_cache import SemanticIndex
 from gatez.sse import SseSplitter, event_data
 from gatez.v1 import policy_pb2
+from tests.fakes.openai_upstream import (
+    DEFAULT_EMBEDDING_DIMENSIONS,
+    EMBEDDINGS_PATH,
+    RecordedRequest,
+    UpstreamServer,
+    embedding_vector,
+)
 from tests.support.flows import make_flow, run_stage
 from tests.support.redis import RedisServer
 
@@ -676,3 +688,250 @@ async def test_answers_kept_before_output_redaction_was_turned_on_are_not_served
     assert verdict is CONTINUE
     _, before = await ask(stage)
     hit(before)
+
+
+# --- provider embeddings -------------------------------------------------------------------
+#
+# Routes whose policy embeds with a provider (`embeddings: PROVIDER`), against the fake OpenAI
+# upstream. Its vectors are SHA-256 of the text (8 dimensions), so paraphrases are not similar
+# by them the way they are by wordllama: a paraphrase hits only at a threshold its fake
+# similarity reaches. The tests read that similarity from the fake's own function and set the
+# route's threshold just under it (a hit) or just over it (a miss, where wordllama would hit):
+# which vectors the stage compared is then plain.
+
+PROVIDER_KEY = "sk-provider-0123456789abcdef"
+CLIENT_KEY = "gz-client-key-must-not-leave"
+EMBEDDING_MODEL = "text-embedding-3-small"
+# Similar to QUESTION by the fake's vectors (cosine 0.59; wordllama: 0.99).
+FAKE_PARAPHRASE = "How do you reset a password on the Zendesk portal?"
+
+
+def fake_similarity(a: str, b: str) -> float:
+    """The cosine of the fake provider's vectors of two questions."""
+    first = np.asarray(embedding_vector(a, DEFAULT_EMBEDDING_DIMENSIONS))
+    second = np.asarray(embedding_vector(b, DEFAULT_EMBEDDING_DIMENSIONS))
+    return float(first @ second / np.linalg.norm(first) / np.linalg.norm(second))
+
+
+def provider_policy(
+    openai_url: str, *, embedding_model: str = "embed", version: int = 1, **cache: Any
+) -> CompiledPolicy:
+    """Tenants acme and globex; `fast` (chat) and `embed` (embeddings) on the OpenAI provider at
+    `openai_url`, `claude` on Anthropic; the cache embeds with `embedding_model`'s provider."""
+    cache.setdefault("embeddings", policy_pb2.EMBEDDING_SOURCE_PROVIDER)
+    return compile_policy(
+        policy_pb2.PolicySnapshot(
+            version=version,
+            tenants=[policy_pb2.Tenant(id="acme"), policy_pb2.Tenant(id="globex")],
+            providers=[
+                policy_pb2.Provider(
+                    name="openai", kind=policy_pb2.PROVIDER_KIND_OPENAI, base_url=openai_url
+                ),
+                policy_pb2.Provider(
+                    name="anthropic",
+                    kind=policy_pb2.PROVIDER_KIND_ANTHROPIC,
+                    base_url="https://api.anthropic.com",
+                ),
+            ],
+            provider_credentials=[
+                policy_pb2.ProviderCredential(provider="openai", api_key=PROVIDER_KEY)
+            ],
+            model_routes=[
+                policy_pb2.ModelRoute(
+                    alias="fast", provider="openai", upstream_model="gpt-4o-mini"
+                ),
+                policy_pb2.ModelRoute(
+                    alias="embed", provider="openai", upstream_model=EMBEDDING_MODEL
+                ),
+                policy_pb2.ModelRoute(
+                    alias="claude", provider="anthropic", upstream_model="claude-sonnet-4-5"
+                ),
+            ],
+            cache_policies=[
+                policy_pb2.CachePolicy(
+                    tenant_id=tenant, enabled=True, embedding_model=embedding_model, **cache
+                )
+                for tenant in ("acme", "globex")
+            ],
+        )
+    )
+
+
+@pytest.fixture(scope="module")
+def upstream() -> Iterator[UpstreamServer]:
+    with UpstreamServer(api_key=PROVIDER_KEY) as server:
+        yield server
+
+
+@pytest.fixture
+def fake(upstream: UpstreamServer) -> UpstreamServer:
+    upstream.clear()
+    return upstream
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+@pytest.fixture
+async def provider_stage(
+    pipelined: PipelinedRedis,
+    tmp_path: Path,
+    embedder: WordLlamaEmbedder,
+    http: aiohttp.ClientSession,
+) -> AsyncIterator[AnswerCache]:
+    """Both tiers (a local Qdrant in tmp_path); provider embeddings bounded by 0.3 s (the
+    tier by 1 s), asked again at once after a failure."""
+    index = SemanticIndex.local(tmp_path / "qdrant", load_embedder=lambda: embedder)
+    index.start()
+    assert await index.wait_ready()
+    cache = AnswerCache(
+        pipelined,
+        index,
+        provider_embeddings=ProviderEmbeddings(http, timeout_s=0.3, retry_after_s=0.0),
+        provider_semantic_timeout_s=1.0,
+    )
+    yield cache
+    await cache.close()
+
+
+def embeddings_requests(fake: UpstreamServer) -> list[RecordedRequest]:
+    return [request for request in fake.requests if request.path == EMBEDDINGS_PATH]
+
+
+CLIENT_HEADERS = {"authorization": f"Bearer {CLIENT_KEY}"}
+
+
+async def test_a_provider_embedding_route_answers_a_paraphrase_by_the_providers_vectors(
+    provider_stage: AnswerCache, fake: UpstreamServer, embedder: WordLlamaEmbedder
+) -> None:
+    similarity = fake_similarity(QUESTION, FAKE_PARAPHRASE)
+    assert 0.5 < similarity < 0.7 < embedder.similarity(QUESTION, FAKE_PARAPHRASE)
+    policy = provider_policy(fake.base_url, similarity_threshold=similarity - 0.02)
+    await fill(provider_stage, policy=policy, headers=CLIENT_HEADERS)
+
+    flow, verdict = await ask(
+        provider_stage, FAKE_PARAPHRASE, client="anthropic", policy=policy, headers=CLIENT_HEADERS
+    )
+
+    message = anthropic.types.Message.model_validate_json(hit(verdict, "semantic").body)
+    assert message.content[0].text == ANSWER_TEXT  # type: ignore[union-attr]
+    assert flow.llm is not None and flow.llm.cache_hit == "semantic"
+    # Embedded by the provider: the first lookup's question (no collection yet), the write's,
+    # then the paraphrase's — the upstream model, the provider's credential.
+    requests = embeddings_requests(fake)
+    assert [request.json for request in requests] == [
+        {"model": EMBEDDING_MODEL, "input": [QUESTION]},
+        {"model": EMBEDDING_MODEL, "input": [QUESTION]},
+        {"model": EMBEDDING_MODEL, "input": [FAKE_PARAPHRASE]},
+    ]
+    assert {request.header("authorization") for request in requests} == {f"Bearer {PROVIDER_KEY}"}
+    # The client's key never reached the provider, in any header of any request.
+    assert not any(CLIENT_KEY in value for r in fake.requests for value in r.headers.values())
+    assert (provider_stage.hits_semantic, provider_stage.errors) == (1, 0)
+
+
+async def test_a_paraphrase_the_providers_vectors_do_not_bring_close_enough_is_a_miss(
+    provider_stage: AnswerCache, fake: UpstreamServer, embedder: WordLlamaEmbedder
+) -> None:
+    """Just over the fake similarity: wordllama's (0.99) would have made it a hit."""
+    threshold = fake_similarity(QUESTION, FAKE_PARAPHRASE) + 0.02
+    assert embedder.similarity(QUESTION, FAKE_PARAPHRASE) > threshold
+    policy = provider_policy(fake.base_url, similarity_threshold=threshold)
+    await fill(provider_stage, policy=policy)
+
+    _, verdict = await ask(provider_stage, FAKE_PARAPHRASE, policy=policy)
+
+    assert verdict is CONTINUE
+    assert len(embeddings_requests(fake)) == 3
+    assert (provider_stage.hits_semantic, provider_stage.errors) == (0, 0)
+
+
+@pytest.mark.parametrize(
+    ("alias", "said"),
+    [("no-such-alias", "none of its model routes has"), ("claude", "has no embeddings API")],
+    ids=["unknown-alias", "anthropic-provider"],
+)
+async def test_an_alias_that_cannot_embed_leaves_the_route_its_exact_tier(
+    provider_stage: AnswerCache,
+    fake: UpstreamServer,
+    caplog: pytest.LogCaptureFixture,
+    alias: str,
+    said: str,
+) -> None:
+    policy = provider_policy(fake.base_url, embedding_model=alias, similarity_threshold=0.01)
+    with caplog.at_level(logging.WARNING, logger="gatez.cache"):
+        await fill(provider_stage, policy=policy)
+        _, similar = await ask(provider_stage, FAKE_PARAPHRASE, policy=policy)
+        _, same = await ask(provider_stage, policy=policy)
+
+    assert similar is CONTINUE
+    hit(same)
+    assert embeddings_requests(fake) == []
+    # Said once for the policy, not per request; not an error of the cache.
+    assert [said in record.getMessage() for record in caplog.records] == [True]
+    assert provider_stage.errors == 0
+
+
+async def test_a_provider_error_is_a_miss_and_the_answer_is_still_indexed(
+    provider_stage: AnswerCache, fake: UpstreamServer
+) -> None:
+    policy = provider_policy(
+        fake.base_url, similarity_threshold=fake_similarity(QUESTION, FAKE_PARAPHRASE) - 0.02
+    )
+    fake.queue_error(500, path=EMBEDDINGS_PATH)
+
+    # The lookup's embedding fails: a miss, filled by the provider as any other.
+    await fill(provider_stage, policy=policy)
+    assert provider_stage.errors == 1
+    # The write's embedding went through (no rest in these tests): the paraphrase hits.
+    _, verdict = await ask(provider_stage, FAKE_PARAPHRASE, policy=policy)
+    hit(verdict, "semantic")
+    assert len(embeddings_requests(fake)) == 3
+
+
+async def test_a_provider_that_does_not_answer_costs_its_timeout_and_is_a_miss(
+    provider_stage: AnswerCache, fake: UpstreamServer, hung_port: int
+) -> None:
+    policy = provider_policy(f"http://127.0.0.1:{hung_port}/v1")
+    loop = asyncio.get_running_loop()
+
+    began = loop.time()
+    _, verdict = await ask(provider_stage, policy=policy)
+
+    assert verdict is CONTINUE
+    # The embeddings call's own bound (0.3 s), under the stage's for the tier (1 s).
+    assert 0.25 <= loop.time() - began < 0.9
+    assert (provider_stage.misses, provider_stage.errors) == (1, 1)
+
+
+async def test_local_and_provider_embeddings_of_a_tenant_never_answer_each_other(
+    provider_stage: AnswerCache, fake: UpstreamServer, embedder: WordLlamaEmbedder
+) -> None:
+    local = build_policy()
+    # A threshold at which the provider's vectors of FAKE_PARAPHRASE find QUESTION (as above).
+    provider = provider_policy(
+        fake.base_url, similarity_threshold=fake_similarity(QUESTION, FAKE_PARAPHRASE) - 0.02
+    )
+
+    # A question indexed by wordllama is not found by the provider's vectors ...
+    await fill(provider_stage, policy=local)
+    _, by_provider = await ask(provider_stage, FAKE_PARAPHRASE, policy=provider)
+    assert by_provider is CONTINUE
+    _, by_wordllama = await ask(provider_stage, FAKE_PARAPHRASE, policy=local)
+    hit(by_wordllama, "semantic")
+    # ... nor one indexed by the provider by wordllama's. Its exact entry is shared (the same
+    # scope), its point is the provider's alone.
+    other = "What are the opening hours of the Berlin office?"
+    reworded = "What are the opening times of the Berlin office?"
+    assert embedder.similarity(other, reworded) > 0.85
+    flow, verdict = await ask(provider_stage, other, policy=provider)
+    assert verdict is CONTINUE
+    await respond(provider_stage, flow, completion("Nine to five."))
+    _, same_words = await ask(provider_stage, other, policy=local)
+    hit(same_words, "exact")
+    _, by_wordllama = await ask(provider_stage, reworded, policy=local)
+    assert by_wordllama is CONTINUE
+    assert (provider_stage.hits_semantic, provider_stage.errors) == (1, 0)
