@@ -5,16 +5,21 @@ budget and its tenant's each hold; and many parallel streams against a small bud
 overshoot it (each call holds its worst case before it is sent).
 
 The fake provider's usage is exact (`count_prompt_tokens` / `count_completion_tokens`): a
-prompt of four words is 5 tokens and its echo, "Echo:" and the four words, 5 more.
+prompt of thirty words is 31 tokens, and its echo cut at max_tokens is 10 more, so every call
+uses exactly its true worst case. The gateway holds more than that (its prompt bound is a token
+per body byte); a refusal says how much the call would have held ("may use up to N tokens"),
+which the tests read to check each refusal was due.
 """
 
 from __future__ import annotations
 
 import asyncio
+import re
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any, Final
 
 import anthropic
@@ -29,13 +34,14 @@ from tests.fakes.openai_upstream import UpstreamServer
 
 pytestmark = pytest.mark.e2e
 
-PROMPT: Final = "count these four words"
+PROMPT: Final = " ".join(["go"] * 30)
 MESSAGES: Final[list[Any]] = [{"role": "user", "content": PROMPT}]
-#: The fake's usage of one call: 4 words + 1, and "Echo:" + 4 words.
-CALL_TOKENS: Final = 10
-#: Every call caps its output so that its worst case is small (and about its actual use).
-MAX_TOKENS: Final = 5
+#: Every call caps its output; the fake's echo is longer, so the cap is what it uses.
+MAX_TOKENS: Final = 10
+#: The fake's usage of one call: 30 words + 1, and MAX_TOKENS words of its echo.
+CALL_TOKENS: Final = 31 + MAX_TOKENS
 DAY: Final = 86_400
+HELD: Final = re.compile(r"may use up to (\d+) tokens")
 
 
 def set_budget(admin: Admin, tenant_id: str, api_key_id: str = "", **limits: Any) -> None:
@@ -117,9 +123,9 @@ def spend_until_refused(
     raise AssertionError(f"20 calls and no refusal: {used}")
 
 
-def assert_refused_by_budget(error: Any, *names: str) -> None:
+def assert_refused_by_budget(error: Any, *names: str) -> int:
     """A 429 with Retry-After (at most a day: the day's budget resets at midnight UTC) whose
-    message names the budget."""
+    message names the budget; returns what the call would have held."""
     assert error.status_code == 429
     retry_after = int(error.response.headers["retry-after"])
     assert 1 <= retry_after <= DAY
@@ -127,6 +133,26 @@ def assert_refused_by_budget(error: Any, *names: str) -> None:
     assert "budget" in message, error.message
     for name in names:
         assert name.lower() in message, error.message
+    held = HELD.search(error.message)
+    assert held is not None, error.message
+    worst_case = int(held.group(1))
+    # At least the call's true worst case: its prompt's tokens and its output cap.
+    assert worst_case >= CALL_TOKENS
+    return worst_case
+
+
+def assert_refusal_was_due(spent: int, worst_case: int, limit: int) -> None:
+    """Refused only when the call's hold no longer fit beside what was spent, and not while
+    the previous call (then held the same way, settled before the next) still fit."""
+    assert spent + worst_case > limit >= spent - CALL_TOKENS + worst_case, (
+        spent,
+        worst_case,
+        limit,
+    )
+
+
+#: Room for a few calls: each holds its byte-bounded worst case (about 170 tokens) and uses 41.
+SEQUENTIAL_LIMIT: Final = 400
 
 
 @pytest.mark.parametrize("sdk", ["openai", "anthropic"])
@@ -135,25 +161,24 @@ def test_calls_pass_until_the_days_budget_is_spent_then_429_until_reset(
 ) -> None:
     model = f"budget-{uuid.uuid4().hex[:8]}"
     access = provision(admin, models={"gpt-test": model})
-    limit = 6 * CALL_TOKENS
-    set_budget(admin, access.tenant_id, tokens_per_day=limit)
+    set_budget(admin, access.tenant_id, tokens_per_day=SEQUENTIAL_LIMIT)
     call = (openai_call if sdk == "openai" else anthropic_call)(stack, access)
 
     used, refusal = spend_until_refused(call, REFUSALS[sdk], admin, access.tenant_id)
 
-    assert_refused_by_budget(refusal, "day")
-    # Each call holds its worst case (its prompt's estimate + max_tokens): at least 3 fit.
-    assert len(used) >= 3 and all(u == CALL_TOKENS for u in used), used
+    worst_case = assert_refused_by_budget(refusal, "tenant", "daily", "token")
+    assert len(used) >= 2 and all(u == CALL_TOKENS for u in used), used
     provider_calls = [r for r in upstream.requests if r.json and r.json.get("model") == model]
     assert len(provider_calls) == len(used), "the refused call reached the provider"
     spend = settled_spend(admin, access.tenant_id)
-    assert spend.tokens_spent == sum(used) <= limit
-    assert spend.tokens_limit == limit and spend.period_label == time.strftime(
-        "%Y-%m-%d", time.gmtime()
-    )
+    # What is spent is what the provider reported, call by call.
+    assert spend.tokens_spent == sum(used) <= SEQUENTIAL_LIMIT
+    assert_refusal_was_due(spend.tokens_spent, worst_case, SEQUENTIAL_LIMIT)
+    assert spend.tokens_limit == SEQUENTIAL_LIMIT
+    assert spend.period_label == time.strftime("%Y-%m-%d", time.gmtime())
     rows = wait_for_ai_logs(admin, access.tenant_id, len(used))
     assert sum(r.input_tokens + r.output_tokens for r in rows) == spend.tokens_spent
-    # Still refused once every hold is settled: what is spent leaves no room for a call.
+    # Still refused with every hold settled: what is spent leaves no room for the call.
     with pytest.raises(REFUSALS[sdk]):
         call()
 
@@ -173,26 +198,26 @@ def test_a_keys_budget_and_its_tenants_each_hold(stack: Stack, admin: Admin) -> 
     )
     admin.wait_applied(second_key.policy_version)
     second = TenantAccess(first.tenant_id, second_key.secret, second_key.api_key.id)
-    key_limit, tenant_limit = 3 * CALL_TOKENS, 8 * CALL_TOKENS
+    key_limit, tenant_limit = 300, 700
     set_budget(admin, first.tenant_id, first.api_key_id, tokens_per_day=key_limit)
     set_budget(admin, first.tenant_id, tokens_per_day=tenant_limit)
 
     by_first, refusal = spend_until_refused(
         openai_call(stack, first), openai.RateLimitError, admin, first.tenant_id
     )
-    assert_refused_by_budget(refusal, "key")
-    assert sum(by_first) <= key_limit
+    worst_case = assert_refused_by_budget(refusal, "API key")
+    first_spend = settled_spend(admin, first.tenant_id, first.api_key_id)
+    assert first_spend.tokens_spent == sum(by_first)
+    assert_refusal_was_due(first_spend.tokens_spent, worst_case, key_limit)
     # The other key still has the tenant's budget to spend, and then the tenant's refuses it.
     by_second, refusal = spend_until_refused(
         openai_call(stack, second), openai.RateLimitError, admin, first.tenant_id
     )
     assert by_second, "the first key's budget refused the second key"
-    assert_refused_by_budget(refusal, "tenant")
-
+    worst_case = assert_refused_by_budget(refusal, "tenant")
     tenant_spend = settled_spend(admin, first.tenant_id)
-    first_spend = settled_spend(admin, first.tenant_id, first.api_key_id)
-    assert tenant_spend.tokens_spent == sum(by_first) + sum(by_second) <= tenant_limit
-    assert first_spend.tokens_spent == sum(by_first) <= key_limit
+    assert tenant_spend.tokens_spent == sum(by_first) + sum(by_second)
+    assert_refusal_was_due(tenant_spend.tokens_spent, worst_case, tenant_limit)
     budgets = admin.control.ListBudgets(
         control_pb2.ListBudgetsRequest(tenant_id=first.tenant_id), metadata=admin.metadata
     ).budgets
@@ -206,15 +231,17 @@ def test_a_keys_budget_and_its_tenants_each_hold(stack: Stack, admin: Admin) -> 
     assert openai_call(stack, second)() == CALL_TOKENS
     with pytest.raises(openai.RateLimitError) as caught:
         openai_call(stack, first)()
-    assert_refused_by_budget(caught.value, "key")
+    assert_refused_by_budget(caught.value, "API key")
 
 
 # -- many parallel streams against a small budget ----------------------------------------------
 
 PARALLEL: Final = 30
-#: Room for four calls' actual use; each holds its worst case (>= its actual) while it runs.
-CONCURRENT_LIMIT: Final = 4 * CALL_TOKENS
-#: Long enough that every stream is still running when the last one asks to start.
+#: Room for a few worst cases (about 170 tokens each), and far less than all calls would use
+#: (30 x 41) if the budget were only checked, not held, before each call.
+CONCURRENT_LIMIT: Final = 700
+#: Long enough that every call is decided while the admitted streams still run (a stream is
+#: about a dozen events).
 CHUNK_DELAY_S: Final = 0.1
 SLOW_PROVIDER: Final = "slow-openai-budgets"
 
@@ -244,7 +271,7 @@ def slow_provider(admin: Admin, slow_upstream: UpstreamServer) -> str:
 
 class SpendWatch:
     """Reads the budget's day spend in a thread while the streams run, and keeps the highest
-    spent + held seen and whether anything was held."""
+    spent + held and the highest held seen."""
 
     def __init__(self, admin: Admin, tenant_id: str) -> None:
         self.admin, self.tenant_id = admin, tenant_id
@@ -269,8 +296,18 @@ class SpendWatch:
             time.sleep(0.01)
 
 
-async def one_stream(client: openai.AsyncOpenAI) -> int | None:
-    """One streamed call with max_tokens: its usage, or None when the budget refused it."""
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """One streamed call: its usage (None: refused), when it was decided (refusal or first
+    chunk) and when it ended, in monotonic seconds; and the refusal's worst case."""
+
+    usage: int | None
+    decided: float
+    ended: float
+    worst_case: int = 0
+
+
+async def one_stream(client: openai.AsyncOpenAI) -> Outcome:
     try:
         stream = await client.chat.completions.create(
             model="slow",
@@ -280,12 +317,13 @@ async def one_stream(client: openai.AsyncOpenAI) -> int | None:
             stream_options={"include_usage": True},
         )
     except openai.RateLimitError as error:
-        assert_refused_by_budget(error, "day")
-        return None
+        now = time.monotonic()
+        return Outcome(None, now, now, assert_refused_by_budget(error, "tenant", "daily"))
+    decided = time.monotonic()
     chunks = [chunk async for chunk in stream]
     usage = chunks[-1].usage
     assert usage is not None
-    return usage.total_tokens
+    return Outcome(usage.total_tokens, decided, time.monotonic())
 
 
 @pytest.mark.parametrize("stack", ["envoy", "apisix", "envoy-cluster"], indirect=True)
@@ -303,15 +341,19 @@ async def test_parallel_streams_never_overshoot_a_small_budget(
         outcomes = await asyncio.gather(*(one_stream(client) for _ in range(PARALLEL)))
     await client.close()
 
-    admitted = [usage for usage in outcomes if usage is not None]
-    assert admitted, "the budget refused every call"
-    assert all(usage == CALL_TOKENS for usage in admitted)
-    # Every admitted call held at least its max_tokens, and all were in flight together.
-    assert len(admitted) <= CONCURRENT_LIMIT // MAX_TOKENS
+    admitted = [o for o in outcomes if o.usage is not None]
+    refused = [o for o in outcomes if o.usage is None]
+    assert admitted and refused, outcomes
+    assert all(o.usage == CALL_TOKENS for o in admitted)
+    # The proof's precondition: every call was decided while all admitted calls still ran
+    # (held their worst case, none settled yet).
+    assert max(o.decided for o in outcomes) < min(o.ended for o in admitted), outcomes
+    (worst_case,) = {o.worst_case for o in refused}
+    # So exactly as many were admitted as worst cases fit in the limit, no more.
+    assert len(admitted) == CONCURRENT_LIMIT // worst_case
     spend = settled_spend(admin, access.tenant_id)
-    assert spend.tokens_spent == sum(admitted) <= CONCURRENT_LIMIT
-    # Never more spent and held at once than the limit, and the holds were visible.
-    assert watch.held_seen > 0
-    assert watch.highest <= CONCURRENT_LIMIT
+    assert spend.tokens_spent == sum(o.usage or 0 for o in admitted) <= CONCURRENT_LIMIT
+    # Never more spent and held at once than the limit; the holds were visible meanwhile.
+    assert worst_case <= watch.held_seen <= watch.highest <= CONCURRENT_LIMIT
     provider_calls = [r for r in slow_upstream.requests if r.json and r.json.get("model") == model]
     assert len(provider_calls) == len(admitted), "a refused call reached the provider"
