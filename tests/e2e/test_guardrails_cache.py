@@ -4,13 +4,20 @@ stack's real Redis (exact matches) and the data plane's local Qdrant (similar qu
 A hit is answered by the gateway with `x-gatez-cache: hit` (read with the SDKs' raw-response
 access) in the client's own format, replayed as a stream when one was asked for, and the fake
 provider is not called: each test counts the requests it received for the tenant's own
-upstream model. Entries are written when the filling call ends, after its answer went out, so a
-test waits for the fill's AI-log row (written after the cache entry) before asking again.
+upstream model.
+
+Entries are written after the filling call's answer went out (the write is not waited for),
+so a test first waits until the entry is there. It asks with the tenant's second API key, the
+probe, whose own token budget admits no call: a hit answers it (a hit holds no budget), a miss
+is refused before the provider and writes nothing — so probing changes neither the cache nor
+what the provider saw.
 """
 
 from __future__ import annotations
 
+import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -19,7 +26,7 @@ import openai
 import pytest
 
 from gatez.stack import Stack
-from gatez.v1 import control_pb2, logs_pb2, policy_pb2
+from gatez.v1 import control_pb2, policy_pb2
 from tests.e2e.conftest import Admin, TenantAccess, provision
 from tests.e2e.test_chat import wait_for_ai_logs
 from tests.fakes.openai_upstream import RecordedRequest, UpstreamServer
@@ -27,7 +34,9 @@ from tests.fakes.openai_upstream import RecordedRequest, UpstreamServer
 pytestmark = pytest.mark.e2e
 
 CACHE_HEADER: Final = "x-gatez-cache"
+KIND_HEADER: Final = "x-gatez-cache-kind"
 QUESTION: Final = "What is the capital of France?"
+#: Cosine 0.92 with QUESTION under the local embeddings (the default threshold is 0.85).
 PARAPHRASE: Final = "What's the capital city of France?"
 #: Close in words, not in meaning: another country, and a negation (cosine 0.88 with QUESTION).
 NEAR_MISSES: Final = ("What is the capital of Germany?", "Which city is not the capital of France?")
@@ -35,32 +44,55 @@ NEAR_MISSES: Final = ("What is the capital of Germany?", "Which city is not the 
 
 @dataclass(frozen=True, slots=True)
 class Answered:
-    """What the client got: the text, the SDK's stop reason and the cache header (None: absent)."""
+    """What the client got: the text, the SDK's stop reason, and the cache headers."""
 
     text: str
     stop: str
     cache: str | None
+    kind: str | None = None
 
     @property
     def hit(self) -> bool:
         return self.cache == "hit"
 
 
-def cache_tenant(
-    admin: Admin, *, model: str | None = None, **policy: Any
-) -> tuple[TenantAccess, str]:
+@dataclass(frozen=True, slots=True)
+class CacheTenant:
+    """A tenant with a cache policy: its key, its probe key, and its own upstream model."""
+
+    access: TenantAccess
+    probe: TenantAccess
+    model: str
+
+
+def cache_tenant(admin: Admin, *, model: str | None = None, **policy: Any) -> CacheTenant:
     """A fresh tenant whose alias `gpt-test` reaches `model` (by default one of its own), with
-    a tenant-wide cache policy (`policy`: CachePolicy fields) applied on the data plane."""
+    a tenant-wide cache policy (`policy`: CachePolicy fields) and a probe key (the module doc),
+    applied on the data plane."""
     model = model or f"cache-{uuid.uuid4().hex[:8]}"
     access = provision(admin, models={"gpt-test": model})
-    response = admin.control.SetCachePolicy(
+    md = admin.metadata
+    admin.control.SetCachePolicy(
         control_pb2.SetCachePolicyRequest(
             cache_policy=policy_pb2.CachePolicy(tenant_id=access.tenant_id, enabled=True, **policy)
         ),
-        metadata=admin.metadata,
+        metadata=md,
     )
-    admin.wait_applied(response.policy_version)
-    return access, model
+    probe_key = admin.control.CreateApiKey(
+        control_pb2.CreateApiKeyRequest(tenant_id=access.tenant_id, name="cache-probe"),
+        metadata=md,
+    )
+    budget = admin.control.SetBudget(
+        control_pb2.SetBudgetRequest(
+            budget=policy_pb2.Budget(
+                tenant_id=access.tenant_id, api_key_id=probe_key.api_key.id, tokens_per_day=1
+            )
+        ),
+        metadata=md,
+    )
+    admin.wait_applied(budget.policy_version)
+    probe = TenantAccess(access.tenant_id, probe_key.secret, probe_key.api_key.id)
+    return CacheTenant(access, probe, model)
 
 
 def received(upstream: UpstreamServer, model: str) -> list[RecordedRequest]:
@@ -86,10 +118,12 @@ def ask_openai(
         raw = client.chat.completions.with_raw_response.create(
             model="gpt-test", messages=messages, extra_headers=headers, **extra
         )
-        completion = raw.parse()
-        choice = completion.choices[0]
+        choice = raw.parse().choices[0]
         return Answered(
-            choice.message.content or "", choice.finish_reason, raw.headers.get(CACHE_HEADER)
+            choice.message.content or "",
+            choice.finish_reason,
+            raw.headers.get(CACHE_HEADER),
+            raw.headers.get(KIND_HEADER),
         )
     raw_stream = client.chat.completions.with_raw_response.create(
         model="gpt-test", messages=messages, stream=True, extra_headers=headers, **extra
@@ -97,7 +131,9 @@ def ask_openai(
     chunks = [c for c in raw_stream.parse() if c.choices]
     text = "".join(c.choices[0].delta.content or "" for c in chunks)
     (stop,) = [c.choices[0].finish_reason for c in chunks if c.choices[0].finish_reason]
-    return Answered(text, stop, raw_stream.headers.get(CACHE_HEADER))
+    return Answered(
+        text, stop, raw_stream.headers.get(CACHE_HEADER), raw_stream.headers.get(KIND_HEADER)
+    )
 
 
 def ask_anthropic(stack: Stack, access: TenantAccess, question: str, *, stream: bool) -> Answered:
@@ -111,13 +147,20 @@ def ask_anthropic(stack: Stack, access: TenantAccess, question: str, *, stream: 
         )
         message = raw.parse()
         text = "".join(block.text for block in message.content if block.type == "text")
-        return Answered(text, str(message.stop_reason), raw.headers.get(CACHE_HEADER))
+        return Answered(
+            text,
+            str(message.stop_reason),
+            raw.headers.get(CACHE_HEADER),
+            raw.headers.get(KIND_HEADER),
+        )
     with client.messages.stream(model="gpt-test", max_tokens=256, messages=messages) as events:
         text = "".join(events.text_stream)
         final = events.get_final_message()
-        header = events.response.headers.get(CACHE_HEADER)
+        headers = events.response.headers
     assert text == "".join(block.text for block in final.content if block.type == "text")
-    return Answered(text, str(final.stop_reason), header)
+    return Answered(
+        text, str(final.stop_reason), headers.get(CACHE_HEADER), headers.get(KIND_HEADER)
+    )
 
 
 def ask(stack: Stack, access: TenantAccess, sdk: str, question: str, *, stream: bool) -> Answered:
@@ -126,92 +169,141 @@ def ask(stack: Stack, access: TenantAccess, sdk: str, question: str, *, stream: 
     return ask_anthropic(stack, access, question, stream=stream)
 
 
+def probe(asking: Callable[[], Answered]) -> Answered | None:
+    """A probe key's ask: the hit, or None when its budget refused it (a miss)."""
+    try:
+        answered = asking()
+    except (openai.RateLimitError, anthropic.RateLimitError):
+        return None
+    assert answered.hit, f"a probe passed its budget without a hit: {answered}"
+    return answered
+
+
+def wait_cached(asking: Callable[[], Answered], timeout_s: float = 5.0) -> Answered:
+    """The probe's hit, once the entry it asks for is written."""
+    deadline = time.monotonic() + timeout_s
+    while (answered := probe(asking)) is None:
+        assert time.monotonic() < deadline, "the entry was not written"
+        time.sleep(0.02)
+    return answered
+
+
+def assert_not_cached(
+    stack: Stack, tenant: CacheTenant, asking: Callable[[], Answered | None]
+) -> None:
+    """What `asking` probes was not written: a later entry of the tenant (the sentinel, one
+    more request to the provider) is, by now."""
+    sentinel = f"Sentinel question {uuid.uuid4().hex[:6]}"
+    ask_openai(stack, tenant.access, sentinel)
+    wait_cached(lambda: ask_openai(stack, tenant.probe, sentinel))
+    assert asking() is None
+
+
 NORMAL_STOP: Final = {"openai": "stop", "anthropic": "end_turn"}
 
 
 @pytest.mark.parametrize("fill", ["plain-fill", "stream-fill"])
 @pytest.mark.parametrize("sdk", ["openai", "anthropic"])
-def test_a_repeated_question_is_answered_from_the_cache_plain_and_streamed(
+def test_a_repeated_question_is_answered_from_the_cache_plain_streamed_and_in_either_schema(
     stack: Stack, admin: Admin, upstream: UpstreamServer, sdk: str, fill: str
 ) -> None:
-    access, model = cache_tenant(admin)
+    tenant = cache_tenant(admin)
     question = f"Which river runs through {uuid.uuid4().hex[:6]}?"
+    other = "anthropic" if sdk == "openai" else "openai"
 
-    first = ask(stack, access, sdk, question, stream=fill == "stream-fill")
-    assert not first.hit and first.text == f"Echo: {question}"
-    (fill_row,) = wait_for_ai_logs(admin, access.tenant_id, 1)
-    plain = ask(stack, access, sdk, question, stream=False)
-    streamed = ask(stack, access, sdk, question, stream=True)
+    first = ask(stack, tenant.access, sdk, question, stream=fill == "stream-fill")
+    assert (first.cache, first.text) == ("miss", f"Echo: {question}")
+    wait_cached(lambda: ask(stack, tenant.probe, sdk, question, stream=False))
+    plain = ask(stack, tenant.access, sdk, question, stream=False)
+    streamed = ask(stack, tenant.access, sdk, question, stream=True)
+    # One entry answers every client API.
+    across = ask(stack, tenant.access, other, question, stream=fill == "plain-fill")
 
-    for again in (plain, streamed):
-        assert again.hit, again
-        assert (again.text, again.stop) == (first.text, NORMAL_STOP[sdk])
-    assert len(received(upstream, model)) == 1
-    rows = wait_for_ai_logs(admin, access.tenant_id, 3)
-    hits = [r for r in rows if r.request_id != fill_row.request_id]
-    assert fill_row.cache_hit == "" and fill_row.output_tokens > 0
-    assert [(r.cache_hit, r.input_tokens, r.output_tokens) for r in hits] == [("exact", 0, 0)] * 2
-    assert sorted(r.streamed for r in hits) == [False, True]
+    for again, schema in ((plain, sdk), (streamed, sdk), (across, other)):
+        assert (again.cache, again.kind) == ("hit", "exact"), again
+        assert (again.text, again.stop) == (first.text, NORMAL_STOP[schema]), again
+    assert len(received(upstream, tenant.model)) == 1
+    if sdk == "openai":  # the log rows once per fill kind (each wait costs a log flush)
+        rows = [
+            r
+            for r in wait_for_ai_logs(admin, tenant.access.tenant_id, 5)
+            if r.key_id == tenant.access.api_key_id
+        ]
+        assert [(r.cache_hit, r.input_tokens, r.output_tokens) for r in rows[:3]] == [
+            ("exact", 0, 0)
+        ] * 3
+        (filled,) = rows[3:]
+        assert filled.cache_hit == "" and filled.output_tokens > 0
+        assert filled.streamed is (fill == "stream-fill")
+        assert sorted(r.streamed for r in rows[:3]) == sorted([False, True, fill == "plain-fill"])
 
 
 def test_a_paraphrase_is_a_semantic_hit_and_near_misses_are_not(
     stack: Stack, admin: Admin, upstream: UpstreamServer
 ) -> None:
-    access, model = cache_tenant(admin)  # the default threshold (0.85), local embeddings
+    tenant = cache_tenant(admin)  # the default threshold (0.85), local embeddings
 
-    first = ask_openai(stack, access, QUESTION)
-    wait_for_ai_logs(admin, access.tenant_id, 1)
-    paraphrased = ask_openai(stack, access, PARAPHRASE)
-    assert paraphrased.hit and paraphrased.text == first.text == f"Echo: {QUESTION}"
+    first = ask_openai(stack, tenant.access, QUESTION)
+    paraphrased = wait_cached(lambda: ask_openai(stack, tenant.probe, PARAPHRASE))
+    assert (paraphrased.kind, paraphrased.text) == ("semantic", first.text)
+    assert first.text == f"Echo: {QUESTION}"
     for near_miss in NEAR_MISSES:
-        answered = ask_openai(stack, access, near_miss)
-        assert not answered.hit and answered.text == f"Echo: {near_miss}", near_miss
-    assert len(received(upstream, model)) == 1 + len(NEAR_MISSES)
-    rows = wait_for_ai_logs(admin, access.tenant_id, 2 + len(NEAR_MISSES))
-    assert sorted(r.cache_hit for r in rows) == ["", "", "", "semantic"]
+        answered = ask_openai(stack, tenant.access, near_miss)
+        assert (answered.cache, answered.text) == ("miss", f"Echo: {near_miss}"), near_miss
+    assert len(received(upstream, tenant.model)) == 1 + len(NEAR_MISSES)
+    hit_row, *_ = [
+        r
+        for r in wait_for_ai_logs(admin, tenant.access.tenant_id, 2 + len(NEAR_MISSES))
+        if r.key_id == tenant.probe.api_key_id
+    ]
+    assert (hit_row.cache_hit, hit_row.input_tokens, hit_row.output_tokens) == ("semantic", 0, 0)
 
     purged = admin.control.PurgeCache(
-        control_pb2.PurgeCacheRequest(tenant_id=access.tenant_id), metadata=admin.metadata
+        control_pb2.PurgeCacheRequest(tenant_id=tenant.access.tenant_id), metadata=admin.metadata
     )
     assert purged.entries >= 1
     # Neither the question nor anything similar is answered from the cache any more.
-    assert not ask_openai(stack, access, PARAPHRASE).hit
-    assert len(received(upstream, model)) == 2 + len(NEAR_MISSES)
+    assert probe(lambda: ask_openai(stack, tenant.probe, QUESTION)) is None
+    assert probe(lambda: ask_openai(stack, tenant.probe, PARAPHRASE)) is None
 
 
 def test_cache_control_no_cache_skips_the_lookup_and_no_store_the_write(
     stack: Stack, admin: Admin, upstream: UpstreamServer
 ) -> None:
-    access, model = cache_tenant(admin)
+    tenant = cache_tenant(admin)
     question = f"Explain caching to {uuid.uuid4().hex[:6]}"
-    ask_openai(stack, access, question)
-    wait_for_ai_logs(admin, access.tenant_id, 1)
+    ask_openai(stack, tenant.access, question)
+    wait_cached(lambda: ask_openai(stack, tenant.probe, question))
 
-    bypassed = ask_openai(stack, access, question, headers={"Cache-Control": "no-cache"})
-    assert not bypassed.hit and len(received(upstream, model)) == 2
-    assert ask_openai(stack, access, question).hit
+    bypassed = ask_openai(stack, tenant.access, question, headers={"Cache-Control": "no-cache"})
+    assert bypassed.cache == "bypass" and len(received(upstream, tenant.model)) == 2
+    assert ask_openai(stack, tenant.access, question).hit
 
     unstored = f"Do not keep this {uuid.uuid4().hex[:6]}"
-    assert not ask_openai(stack, access, unstored, headers={"Cache-Control": "no-store"}).hit
-    wait_for_ai_logs(admin, access.tenant_id, 4)
-    assert not ask_openai(stack, access, unstored).hit
-    assert len(received(upstream, model)) == 4
+    answered = ask_openai(stack, tenant.access, unstored, headers={"Cache-Control": "no-store"})
+    assert answered.cache == "miss"
+    assert_not_cached(
+        stack, tenant, lambda: probe(lambda: ask_openai(stack, tenant.probe, unstored))
+    )
 
 
 def test_another_tenant_never_gets_a_tenants_cached_answer(
     stack: Stack, admin: Admin, upstream: UpstreamServer
 ) -> None:
-    # The same alias to the same upstream model, the same question: only the tenant differs.
-    first, model = cache_tenant(admin)
-    second, _ = cache_tenant(admin, model=model)
-    question = f"What is the secret plan of {first.tenant_id}?"
-    ask_openai(stack, first, question)
-    wait_for_ai_logs(admin, first.tenant_id, 1)
+    # The same alias to the same upstream model, the same questions: only the tenant differs.
+    owner = cache_tenant(admin)
+    exact_asker = cache_tenant(admin, model=owner.model)
+    similar_asker = cache_tenant(admin, model=owner.model)
+    ask_openai(stack, owner.access, QUESTION)
+    wait_cached(lambda: ask_openai(stack, owner.probe, QUESTION))
+    wait_cached(lambda: ask_openai(stack, owner.probe, PARAPHRASE))
 
-    assert not ask_openai(stack, second, question).hit
-    assert not ask_openai(stack, second, question.lower().replace("?", "")).hit
-    assert len(received(upstream, model)) == 3
-    assert ask_openai(stack, first, question).hit
+    # Each other tenant's first question: nothing of its own is cached yet.
+    assert ask_openai(stack, exact_asker.access, QUESTION).cache == "miss"
+    assert ask_openai(stack, similar_asker.access, PARAPHRASE) == Answered(
+        f"Echo: {PARAPHRASE}", "stop", "miss"
+    )
+    assert len(received(upstream, owner.model)) == 3
 
 
 TOOL_TURN: Final[list[Any]] = [
@@ -249,16 +341,16 @@ UNCACHEABLE: Final[dict[str, dict[str, Any]]] = {
 def test_tool_call_turns_and_sampled_requests_are_not_cached(
     stack: Stack, admin: Admin, upstream: UpstreamServer, case: str
 ) -> None:
-    access, model = cache_tenant(admin)
+    tenant = cache_tenant(admin)
     request = UNCACHEABLE[case]
 
-    first = ask_openai(stack, access, **request)
-    wait_for_ai_logs(admin, access.tenant_id, 1)
-    second = ask_openai(stack, access, **request)
+    first = ask_openai(stack, tenant.access, **request)
 
-    assert not first.hit and not second.hit
-    assert first.text == second.text
-    assert len(received(upstream, model)) == 2
-    rows = wait_for_ai_logs(admin, access.tenant_id, 2)
-    assert [r.cache_hit for r in rows] == ["", ""]
-    assert all(isinstance(r, logs_pb2.AiLog) and r.output_tokens > 0 for r in rows)
+    assert first.cache == "bypass"
+    assert_not_cached(
+        stack, tenant, lambda: probe(lambda: ask_openai(stack, tenant.probe, **request))
+    )
+    second = ask_openai(stack, tenant.access, **request)
+    assert second.cache == "bypass" and second.text == first.text
+    # The first, the sentinel and the second.
+    assert len(received(upstream, tenant.model)) == 3
