@@ -176,8 +176,9 @@ def test_calls_pass_until_the_days_budget_is_spent_then_429_until_reset(
     assert_refusal_was_due(spend.tokens_spent, worst_case, SEQUENTIAL_LIMIT)
     assert spend.tokens_limit == SEQUENTIAL_LIMIT
     assert spend.period_label == time.strftime("%Y-%m-%d", time.gmtime())
-    rows = wait_for_ai_logs(admin, access.tenant_id, len(used))
-    assert sum(r.input_tokens + r.output_tokens for r in rows) == spend.tokens_spent
+    if sdk == "openai":  # the log rows once (a wait costs a log flush)
+        rows = wait_for_ai_logs(admin, access.tenant_id, len(used))
+        assert sum(r.input_tokens + r.output_tokens for r in rows) == spend.tokens_spent
     # Still refused with every hold settled: what is spent leaves no room for the call.
     with pytest.raises(REFUSALS[sdk]):
         call()

@@ -29,6 +29,7 @@ from gatez.stack import Stack
 from gatez.v1 import control_pb2, policy_pb2
 from tests.e2e.conftest import Admin, TenantAccess, provision
 from tests.e2e.test_chat import wait_for_ai_logs
+from tests.e2e.test_guardrails_pii import SPOKEN, SPOKEN_REDACTED
 from tests.fakes.openai_upstream import RecordedRequest, UpstreamServer
 
 pytestmark = pytest.mark.e2e
@@ -223,7 +224,7 @@ def test_a_repeated_question_is_answered_from_the_cache_plain_streamed_and_in_ei
         assert (again.cache, again.kind) == ("hit", "exact"), again
         assert (again.text, again.stop) == (first.text, NORMAL_STOP[schema]), again
     assert len(received(upstream, tenant.model)) == 1
-    if sdk == "openai":  # the log rows once per fill kind (each wait costs a log flush)
+    if (sdk, fill) == ("openai", "plain-fill"):  # the log rows once (a wait costs a flush)
         rows = [
             r
             for r in wait_for_ai_logs(admin, tenant.access.tenant_id, 5)
@@ -233,9 +234,8 @@ def test_a_repeated_question_is_answered_from_the_cache_plain_streamed_and_in_ei
             ("exact", 0, 0)
         ] * 3
         (filled,) = rows[3:]
-        assert filled.cache_hit == "" and filled.output_tokens > 0
-        assert filled.streamed is (fill == "stream-fill")
-        assert sorted(r.streamed for r in rows[:3]) == sorted([False, True, fill == "plain-fill"])
+        assert (filled.cache_hit, filled.streamed) == ("", False) and filled.output_tokens > 0
+        assert sorted(r.streamed for r in rows[:3]) == [False, True, True]
 
 
 def test_a_paraphrase_is_a_semantic_hit_and_near_misses_are_not(
@@ -354,3 +354,33 @@ def test_tool_call_turns_and_sampled_requests_are_not_cached(
     assert second.cache == "bypass" and second.text == first.text
     # The first, the sentinel and the second.
     assert len(received(upstream, tenant.model)) == 3
+
+
+def test_a_hit_replays_the_redacted_answer_never_the_providers_raw_one(
+    stack: Stack, admin: Admin, upstream: UpstreamServer
+) -> None:
+    # Answers are scanned (prompts pass as they are), so the provider's echo carries the raw
+    # values back; the cache must not hand them out on a hit, plain or replayed as a stream.
+    tenant = cache_tenant(admin)
+    policy = admin.control.SetPiiPolicy(
+        control_pb2.SetPiiPolicyRequest(
+            pii_policy=policy_pb2.PiiPolicy(
+                tenant_id=tenant.access.tenant_id, skip_prompts=True, scan_output=True
+            )
+        ),
+        metadata=admin.metadata,
+    )
+    admin.wait_applied(policy.policy_version)
+
+    first = ask_openai(stack, tenant.access, SPOKEN)
+    wait_cached(lambda: ask_openai(stack, tenant.probe, SPOKEN))
+    hits = [
+        ask_openai(stack, tenant.access, SPOKEN, stream=True),
+        ask_anthropic(stack, tenant.access, SPOKEN, stream=False),
+    ]
+
+    assert first.text == SPOKEN_REDACTED
+    for hit in hits:
+        assert hit.hit and hit.text == SPOKEN_REDACTED, hit
+    (seen,) = received(upstream, tenant.model)
+    assert SPOKEN in seen.body.decode()

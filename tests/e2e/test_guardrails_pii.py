@@ -131,11 +131,12 @@ def test_the_provider_gets_type_tags_never_the_values(
     assert message_text(seen.json["messages"][-1]) == REDACTED
     # The fake echoes what it got: the client sees the redacted prompt come back.
     assert answer == f"Echo: {REDACTED}"
-    (row,) = wait_for_ai_logs(admin, access.tenant_id, 1)
-    assert dict(row.pii_entities) == ALL_FOUND
-    assert row.status == 200
-    wait_for_request_logs(admin, access.tenant_id, 1)
-    assert_no_raw_value(log_text(admin, access.tenant_id))
+    if sdk == "openai":  # the log rows once (each wait costs a log flush)
+        (row,) = wait_for_ai_logs(admin, access.tenant_id, 1)
+        assert dict(row.pii_entities) == ALL_FOUND
+        assert row.status == 200
+        wait_for_request_logs(admin, access.tenant_id, 1)
+        assert_no_raw_value(log_text(admin, access.tenant_id))
 
 
 @pytest.mark.parametrize(
@@ -218,7 +219,7 @@ def test_block_refuses_in_the_clients_format_naming_the_type_only(
     assert "CREDIT_CARD" in error.message
     assert_no_raw_value(error.response.text)
     assert received(upstream, model) == []
-    if sdk == "openai":  # one schema is enough for the log rows (each wait costs a flush)
+    if sdk == "openai":
         (row,) = wait_for_request_logs(admin, access.tenant_id, 1)
         assert row.status == 400
         assert_no_raw_value(log_text(admin, access.tenant_id))
