@@ -238,9 +238,9 @@ def test_a_keys_budget_and_its_tenants_each_hold(stack: Stack, admin: Admin) -> 
 # -- many parallel streams against a small budget ----------------------------------------------
 
 PARALLEL: Final = 30
-#: Room for a few worst cases (about 170 tokens each), and far less than all calls would use
-#: (30 x 41) if the budget were only checked, not held, before each call.
-CONCURRENT_LIMIT: Final = 700
+#: Room for a few worst cases (about 240 tokens each, a streamed body being longer), and less
+#: than all calls would use (30 x 41) if the budget were only checked, not held, before each.
+CONCURRENT_LIMIT: Final = 1000
 #: Long enough that every call is decided while the admitted streams still run (a stream is
 #: about a dozen events).
 CHUNK_DELAY_S: Final = 0.1
