@@ -358,3 +358,34 @@ async def test_parallel_streams_never_overshoot_a_small_budget(
     assert worst_case <= watch.held_seen <= watch.highest <= CONCURRENT_LIMIT
     provider_calls = [r for r in slow_upstream.requests if r.json and r.json.get("model") == model]
     assert len(provider_calls) == len(admitted), "a refused call reached the provider"
+
+
+@pytest.mark.parametrize("stack", ["envoy", "apisix"], indirect=True)
+def test_a_stream_the_client_leaves_is_settled_from_what_was_streamed(
+    stack: Stack, admin: Admin, slow_provider: str
+) -> None:
+    access = provision(
+        admin, models={"slow": f"budget-left-{uuid.uuid4().hex[:8]}"}, provider=slow_provider
+    )
+    set_budget(admin, access.tenant_id, tokens_per_day=CONCURRENT_LIMIT)
+    client = openai.OpenAI(
+        base_url=f"{stack.config.gateway_url}/v1", api_key=access.api_key, max_retries=0
+    )
+
+    stream = client.chat.completions.create(
+        model="slow", messages=MESSAGES, max_tokens=MAX_TOKENS, stream=True
+    )
+    received_words = 0
+    for chunk in stream:
+        if chunk.choices and chunk.choices[0].delta.content:
+            received_words += 1
+        if received_words == 2:
+            break
+    held = day_spend(admin, access.tenant_id).tokens_held
+    stream.close()
+
+    # The hold is given back and what the gateway counted (the prompt, the words streamed
+    # before the client left) is charged: no more than the call held.
+    spend = settled_spend(admin, access.tenant_id)
+    assert held >= CALL_TOKENS
+    assert 31 + 2 <= spend.tokens_spent <= held
