@@ -18,6 +18,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from control.auth import CredentialInterceptor, Role
+from control.guardrail_state import GuardrailState
 from control.service import ControlServicer, DataPlaneRegistry, DataPlaneServicer
 from control.store import PolicyStore
 from gatez.approvals import ApprovalStore
@@ -115,6 +116,7 @@ async def start(settings: Settings) -> ControlServer:
                 data_planes,
                 box,
                 tool_pins=ToolPinStore(RedisPyScripts(redis)),
+                guardrail_state=GuardrailState(redis),
                 approvals=ApprovalStore(redis),
             ),
             server,

@@ -3,9 +3,9 @@
 Every change goes through `PolicyStore.update`, which validates the whole resulting policy, so the
 checks here are only those that give a clearer message or a more precise status code (a missing
 field, an unknown or repeated id). Secrets leave this module only inside snapshots sent to data
-planes: admin reads drop key digests, and provider and MCP server credentials are write-only and
-sealed before they are saved. A message that quotes what a client sent quotes it with
-`quoted()`, bounded.
+planes: admin reads drop key digests and PII hash salts, and provider and MCP server credentials
+are write-only and sealed before they are saved. A message that quotes what a client sent quotes
+it with `quoted()`, bounded.
 """
 
 from __future__ import annotations
@@ -28,11 +28,13 @@ from google.protobuf.internal.containers import RepeatedCompositeFieldContainer
 from google.protobuf.message import Message
 from redis.exceptions import RedisError
 
+from control.guardrail_state import GuardrailState, Owner
 from control.store import Change, Clock, PolicyStore, utc_now
 from gatez import keys
 from gatez.agent_policy import MCP_SERVER_NAME, mcp_credential_name
 from gatez.approvals import Approval, ApprovalState, ApprovalStore, parse_event
 from gatez.approvals import channel as approvals_channel
+from gatez.budgets import Period, Spend, period_end
 from gatez.errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -42,6 +44,7 @@ from gatez.errors import (
     NotFound,
     quoted,
 )
+from gatez.guardrails import USD_MICROS
 from gatez.logrows import (
     AgentLogRow,
     AiLogRow,
@@ -54,7 +57,7 @@ from gatez.logrows import (
     request_log_to_proto,
 )
 from gatez.logstore import LogStore, UsageCounts
-from gatez.policy import NAME_PATTERN, PROVIDER_KINDS, TENANT_ID_PATTERN
+from gatez.policy import DEFAULT_LLM_PREFIXES, NAME_PATTERN, PROVIDER_KINDS, TENANT_ID_PATTERN
 from gatez.prices import DEFAULT_PRICES, model_name, parse_price, price_to_proto
 from gatez.secrets import SecretBox, all_credentials, seal_clear_credentials
 from gatez.tool_pins import MAX_TOOL_NAME, PinState, ToolPin, ToolPinStore
@@ -73,6 +76,14 @@ LINEAGE_PATTERN: Final = re.compile(r"[0-9a-f]{32}")
 DEFAULT_USAGE_DAYS: Final = 30
 MAX_USAGE_DAYS: Final = 366
 _DATE: Final = re.compile(r"\d{4}-\d{2}-\d{2}")
+# The salt of a PII policy's HASH action (gatez.guardrails asks for at least 16 bytes).
+PII_SALT_BYTES: Final = 32
+# ResetBudgetSpend's `period`: which of the owner's periods it resets.
+RESET_PERIODS: Final = {
+    "": (Period.DAY, Period.MONTH),
+    "day": (Period.DAY,),
+    "month": (Period.MONTH,),
+}
 
 log = logging.getLogger("gatez.control")
 
@@ -83,7 +94,9 @@ ServicerT = TypeVar("ServicerT")
 RequestT = TypeVar("RequestT")
 ResponseT = TypeVar("ResponseT")
 MessageT = TypeVar("MessageT", bound=Message)
-OwnedT = TypeVar("OwnedT", policy_pb2.IdentityProvider, policy_pb2.ModelRoute)
+OwnedT = TypeVar(
+    "OwnedT", policy_pb2.IdentityProvider, policy_pb2.ModelRoute, policy_pb2.CachePolicy
+)
 Handler = Callable[[ServicerT, RequestT, Context], Awaitable[ResponseT]]
 IdGenerator = Callable[[str], str]
 
@@ -134,12 +147,14 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
         secret_box: SecretBox,
         *,
         tool_pins: ToolPinStore,
+        guardrail_state: GuardrailState,
         clock: Clock = utc_now,
         new_id: IdGenerator = random_id,
         approvals: ApprovalStore | None = None,
     ) -> None:
         self._store = store
         self._tool_pins = tool_pins
+        self._guardrail_state = guardrail_state
         self._logs = logs
         self._data_planes = data_planes
         self._box = secret_box
@@ -223,6 +238,9 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
                 snapshot.model_routes,
                 snapshot.mcp_servers,
                 snapshot.agent_policies,
+                snapshot.pii_policies,
+                snapshot.budgets,
+                snapshot.cache_policies,
             )
             for items in owned:
                 _remove_where(items, lambda item: item.tenant_id == tenant_id)
@@ -233,8 +251,10 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
             )
 
         _, version = await self._update(change)
-        # Its tool pins go too: a tenant made again under the id starts with none.
+        # Its tool pins, cached answers and budget figures go too: a tenant made again under
+        # the id starts with none (and no one is served the old tenant's answers).
         await self._tool_pins.forget_tenant(tenant_id)
+        await self._guardrail_state.forget_tenant(tenant_id)
         return control_pb2.DeleteTenantResponse(policy_version=version)
 
     @public_errors
@@ -316,6 +336,8 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
                     if not kept and not policy.groups:
                         emptied.add(policy.id)
             _remove_where(snapshot.agent_policies, lambda p: p.id in emptied)
+            # Its budgets too (their figures expire with their periods: key ids are not reused).
+            _remove_where(snapshot.budgets, lambda b: b.api_key_id == key_id)
 
         _, version = await self._update(change)
         return control_pb2.RevokeApiKeyResponse(policy_version=version)
@@ -668,6 +690,213 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
             lambda snapshot: _remove_one(snapshot.agent_policies, "agent policy", policy_id)
         )
         return control_pb2.DeleteAgentPolicyResponse(policy_version=version)
+
+    # Guardrails: PII redaction, token budgets and the answer cache. Their settings are checked
+    # when the policy compiles (gatez.guardrails), which every change goes through.
+
+    @public_errors
+    async def SetPiiPolicy(
+        self, request: control_pb2.SetPiiPolicyRequest, context: Context
+    ) -> control_pb2.SetPiiPolicyResponse:
+        _require_message(request, "pii_policy")
+        policy = policy_pb2.PiiPolicy()
+        policy.CopyFrom(request.pii_policy)
+        tenant_id = _require(policy.tenant_id, "pii_policy.tenant_id")
+        # Used only when the tenant has no salt yet; drawn out here as the change may run again.
+        fresh_salt = secrets.token_bytes(PII_SALT_BYTES)
+
+        def change(snapshot: policy_pb2.PolicySnapshot) -> None:
+            _tenant(snapshot, tenant_id)
+            existing = _find(snapshot.pii_policies, lambda p: p.tenant_id == tenant_id)
+            # The salt stays the tenant's for good (what the caller sent there means nothing):
+            # a new one would give the same value another HASH token than before.
+            kept = existing.hash_salt if existing is not None else b""
+            policy.hash_salt = kept or fresh_salt
+            if existing is None:
+                snapshot.pii_policies.append(policy)
+            else:
+                existing.CopyFrom(policy)
+
+        _, version = await self._update(change)
+        return control_pb2.SetPiiPolicyResponse(
+            pii_policy=_public_pii_policy(policy), policy_version=version
+        )
+
+    @public_errors
+    async def GetPiiPolicy(
+        self, request: control_pb2.GetPiiPolicyRequest, context: Context
+    ) -> control_pb2.GetPiiPolicyResponse:
+        tenant_id = _require(request.tenant_id, "tenant_id")
+        snapshot = self._store.current
+        _tenant(snapshot, tenant_id)
+        policy = _find(snapshot.pii_policies, lambda p: p.tenant_id == tenant_id)
+        if policy is None:
+            raise NotFound(f"tenant {quoted(tenant_id)} has no PII policy")
+        return control_pb2.GetPiiPolicyResponse(pii_policy=_public_pii_policy(policy))
+
+    @public_errors
+    async def DeletePiiPolicy(
+        self, request: control_pb2.DeletePiiPolicyRequest, context: Context
+    ) -> control_pb2.DeletePiiPolicyResponse:
+        tenant_id = _require(request.tenant_id, "tenant_id")
+
+        def change(snapshot: policy_pb2.PolicySnapshot) -> None:
+            _tenant(snapshot, tenant_id)
+            if not _remove_where(snapshot.pii_policies, lambda p: p.tenant_id == tenant_id):
+                raise NotFound(f"tenant {quoted(tenant_id)} has no PII policy")
+
+        _, version = await self._update(change)
+        return control_pb2.DeletePiiPolicyResponse(policy_version=version)
+
+    @public_errors
+    async def SetBudget(
+        self, request: control_pb2.SetBudgetRequest, context: Context
+    ) -> control_pb2.SetBudgetResponse:
+        _require_message(request, "budget")
+        budget = policy_pb2.Budget()
+        budget.CopyFrom(request.budget)
+        tenant_id = _require(budget.tenant_id, "budget.tenant_id")
+        key_id = budget.api_key_id
+
+        def change(snapshot: policy_pb2.PolicySnapshot) -> None:
+            _budget_owner(snapshot, tenant_id, key_id)
+            existing = _find_budget(snapshot, tenant_id, key_id)
+            if existing is None:
+                snapshot.budgets.append(budget)
+            else:
+                existing.CopyFrom(budget)
+
+        _, version = await self._update(change)
+        return control_pb2.SetBudgetResponse(budget=budget, policy_version=version)
+
+    @public_errors
+    async def ListBudgets(
+        self, request: control_pb2.ListBudgetsRequest, context: Context
+    ) -> control_pb2.ListBudgetsResponse:
+        tenant_id = _require(request.tenant_id, "tenant_id")
+        snapshot = self._store.current
+        _tenant(snapshot, tenant_id)
+        # The tenant's own (no key id) sorts first.
+        budgets = sorted(
+            (b for b in snapshot.budgets if b.tenant_id == tenant_id), key=lambda b: b.api_key_id
+        )
+        now = self._clock().astimezone(dt.UTC)
+        owners = [Owner(tenant_id, b.api_key_id or None) for b in budgets]
+        spent = await self._guardrail_state.read_spend(owners, now)
+        return control_pb2.ListBudgetsResponse(
+            budgets=[
+                control_pb2.BudgetStatus(budget=b, spend=_budget_spend(b, spent[owner], now))
+                for b, owner in zip(budgets, owners, strict=True)
+            ]
+        )
+
+    @public_errors
+    async def DeleteBudget(
+        self, request: control_pb2.DeleteBudgetRequest, context: Context
+    ) -> control_pb2.DeleteBudgetResponse:
+        tenant_id = _require(request.tenant_id, "tenant_id")
+        key_id = request.api_key_id
+
+        # What it spent stays in Redis until its periods expire: set again within them, the
+        # budget goes on from there.
+        def change(snapshot: policy_pb2.PolicySnapshot) -> None:
+            _tenant(snapshot, tenant_id)
+            if not _remove_where(
+                snapshot.budgets, lambda b: b.tenant_id == tenant_id and b.api_key_id == key_id
+            ):
+                raise NotFound(f"{_budget_name(tenant_id, key_id)} not found")
+
+        _, version = await self._update(change)
+        return control_pb2.DeleteBudgetResponse(policy_version=version)
+
+    @public_errors
+    async def ResetBudgetSpend(
+        self, request: control_pb2.ResetBudgetSpendRequest, context: Context
+    ) -> control_pb2.ResetBudgetSpendResponse:
+        tenant_id = _require(request.tenant_id, "tenant_id")
+        key_id = request.api_key_id
+        periods = RESET_PERIODS.get(request.period)
+        if periods is None:
+            raise InvalidRequest(
+                f'period {quoted(request.period)} is not valid: use "day" or "month", or '
+                "leave it empty for both"
+            )
+        # Not only for a budget set now: one deleted and set again goes on from its figures.
+        _budget_owner(self._store.current, tenant_id, key_id)
+        now = self._clock().astimezone(dt.UTC)
+        await self._guardrail_state.reset_spend(Owner(tenant_id, key_id or None), periods, now)
+        log.info(
+            "spend of the %s reset for %s",
+            " and ".join(str(p) for p in periods),
+            _budget_name(tenant_id, key_id),
+        )
+        return control_pb2.ResetBudgetSpendResponse()
+
+    @public_errors
+    async def SetCachePolicy(
+        self, request: control_pb2.SetCachePolicyRequest, context: Context
+    ) -> control_pb2.SetCachePolicyResponse:
+        _require_message(request, "cache_policy")
+        policy = policy_pb2.CachePolicy()
+        policy.CopyFrom(request.cache_policy)
+        tenant_id = _require(policy.tenant_id, "cache_policy.tenant_id")
+        route_id = _valid_id(policy.route_id, "cache_policy.route_id")
+
+        def change(snapshot: policy_pb2.PolicySnapshot) -> None:
+            _tenant(snapshot, tenant_id)
+            if route_id:
+                _llm_route(snapshot, route_id)
+            existing = _find(
+                snapshot.cache_policies,
+                lambda p: p.tenant_id == tenant_id and p.route_id == route_id,
+            )
+            if existing is None:
+                snapshot.cache_policies.append(policy)
+            else:
+                existing.CopyFrom(policy)
+
+        _, version = await self._update(change)
+        return control_pb2.SetCachePolicyResponse(cache_policy=policy, policy_version=version)
+
+    @public_errors
+    async def ListCachePolicies(
+        self, request: control_pb2.ListCachePoliciesRequest, context: Context
+    ) -> control_pb2.ListCachePoliciesResponse:
+        snapshot = self._store.current
+        policies = sorted(
+            _of_tenant(snapshot, snapshot.cache_policies, request.tenant_id),
+            key=lambda p: (p.tenant_id, p.route_id),
+        )
+        return control_pb2.ListCachePoliciesResponse(cache_policies=policies)
+
+    @public_errors
+    async def DeleteCachePolicy(
+        self, request: control_pb2.DeleteCachePolicyRequest, context: Context
+    ) -> control_pb2.DeleteCachePolicyResponse:
+        tenant_id = _require(request.tenant_id, "tenant_id")
+        route_id = request.route_id
+
+        def change(snapshot: policy_pb2.PolicySnapshot) -> None:
+            _tenant(snapshot, tenant_id)
+            if not _remove_where(
+                snapshot.cache_policies,
+                lambda p: p.tenant_id == tenant_id and p.route_id == route_id,
+            ):
+                where = f"route {quoted(route_id)}" if route_id else "every route (tenant-wide)"
+                raise NotFound(f"tenant {quoted(tenant_id)} has no cache policy for {where}")
+
+        _, version = await self._update(change)
+        return control_pb2.DeleteCachePolicyResponse(policy_version=version)
+
+    @public_errors
+    async def PurgeCache(
+        self, request: control_pb2.PurgeCacheRequest, context: Context
+    ) -> control_pb2.PurgeCacheResponse:
+        tenant_id = _require(request.tenant_id, "tenant_id")
+        _tenant(self._store.current, tenant_id)
+        entries = await self._guardrail_state.purge_answers(tenant_id)
+        log.info("answer cache of tenant %s purged: %d entries", tenant_id, entries)
+        return control_pb2.PurgeCacheResponse(entries=entries)
 
     # Status, usage and audit
 
@@ -1461,6 +1690,87 @@ def _public_api_key(key: policy_pb2.ApiKey) -> policy_pb2.ApiKey:
     public.CopyFrom(key)
     public.ClearField("secret_sha256")
     return public
+
+
+def _public_pii_policy(policy: policy_pb2.PiiPolicy) -> policy_pb2.PiiPolicy:
+    public = policy_pb2.PiiPolicy()
+    public.CopyFrom(policy)
+    public.ClearField("hash_salt")
+    return public
+
+
+def _budget_name(tenant_id: str, key_id: str) -> str:
+    if key_id:
+        return f"budget of API key {quoted(key_id)} of tenant {quoted(tenant_id)}"
+    return f"budget of tenant {quoted(tenant_id)}"
+
+
+def _budget_owner(snapshot: policy_pb2.PolicySnapshot, tenant_id: str, key_id: str) -> None:
+    """NOT_FOUND unless the tenant exists and, when `key_id` is set, holds that API key."""
+    _tenant(snapshot, tenant_id)
+    if (
+        key_id
+        and _find(snapshot.api_keys, lambda k: k.id == key_id and k.tenant_id == tenant_id) is None
+    ):
+        # The same answer for another tenant's key: which tenant holds it is not told.
+        raise NotFound(f"API key {quoted(key_id)} of tenant {quoted(tenant_id)} not found")
+
+
+def _find_budget(
+    snapshot: policy_pb2.PolicySnapshot, tenant_id: str, key_id: str
+) -> policy_pb2.Budget | None:
+    return _find(snapshot.budgets, lambda b: b.tenant_id == tenant_id and b.api_key_id == key_id)
+
+
+def _llm_route(snapshot: policy_pb2.PolicySnapshot, route_id: str) -> None:
+    """NOT_FOUND unless `route_id` is a policy route or a built-in LLM route;
+    INVALID_ARGUMENT for a route of another kind (the answer cache serves LLM calls only)."""
+    if route_id in DEFAULT_LLM_PREFIXES.values():
+        return
+    route = _find(snapshot.routes, lambda r: r.id == route_id)
+    if route is None:
+        built_in = ", ".join(sorted(DEFAULT_LLM_PREFIXES.values()))
+        raise NotFound(
+            f"route {quoted(route_id)} not found: name a policy route or a built-in LLM route "
+            f"({built_in})"
+        )
+    if route.kind != policy_pb2.ROUTE_KIND_LLM:
+        raise InvalidRequest(
+            f"route {quoted(route_id)} is not an LLM route: the answer cache serves LLM calls only"
+        )
+
+
+def _budget_spend(
+    budget: policy_pb2.Budget, figures: tuple[Spend, ...], now: dt.datetime
+) -> list[control_pb2.BudgetSpend]:
+    """The periods the budget limits (only those are counted), with their figures in dollars."""
+    shown = []
+    for spend in figures:
+        token_field, usd_field = _LIMIT_FIELDS[spend.period]
+        if not (budget.HasField(token_field) or budget.HasField(usd_field)):
+            continue
+        entry = control_pb2.BudgetSpend(
+            period=str(spend.period),
+            period_label=spend.period_label,
+            # Clamped: a figure below 0 would only come from hand-edited Redis.
+            tokens_spent=max(spend.tokens_spent, 0),
+            tokens_held=max(spend.tokens_held, 0),
+            usd_spent=max(spend.usd_micros_spent, 0) / USD_MICROS,
+            usd_held=max(spend.usd_micros_held, 0) / USD_MICROS,
+        )
+        if budget.HasField(token_field):
+            entry.tokens_limit = getattr(budget, token_field)
+        if budget.HasField(usd_field):
+            entry.usd_limit = getattr(budget, usd_field)
+        entry.reset_time.FromDatetime(period_end(spend.period, now))
+        shown.append(entry)
+    return shown
+
+
+_LIMIT_FIELDS: Final = {
+    Period.DAY: ("tokens_per_day", "usd_per_day"),
+    Period.MONTH: ("tokens_per_month", "usd_per_month"),
+}
 
 
 def _log_limit(requested: int) -> int:

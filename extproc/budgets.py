@@ -29,10 +29,12 @@ Data planes' clocks disagreeing by a few seconds moves a call across a period bo
 a test passes a fake clock to cross periods. A call is charged in the periods it was reserved
 in, even when it settles after midnight.
 
-Soft thresholds: when a budget's spent amount reaches `soft_fraction` of its limit, the reserve
-or settle whose script saw it first reports it (a flag in the period's hash, so once per budget,
-unit and period): the caller logs or counts it once. Only spent counts, not held: a worst case
-held and then mostly unused is not money spent.
+Soft thresholds: when a budget's spent amount reaches its soft fraction of its limit, the
+reserve or settle whose script saw it first reports it (a flag in the period's hash, so once per
+budget, unit and period): the caller logs or counts it once. Only spent counts, not held: a
+worst case held and then mostly unused is not money spent. The fraction is per owner (a tenant's
+policy may say 80 % and one of its keys' 95 %): `reserve` takes each owner's, the store's
+`soft_fraction` stands in for an owner that says nothing, and a settle uses the reserve's.
 
 Key layout (all in the tenant's hash slot: `{tenant_id}` is a Redis Cluster hash tag, so a
 tenant id must not contain braces):
@@ -57,19 +59,28 @@ should `release` the reservation.
 from __future__ import annotations
 
 import asyncio
-import calendar
 import logging
 import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from enum import StrEnum
 from functools import partial
 from typing import Any, Final
 
 from extproc.redis_pipe import Arg, RedisReplyError, Script, ScriptClient
-from gatez.budgets import BudgetLimits, Period, Scope, Unit
+from gatez.budgets import READ_SOURCE, BudgetLimits, Period, Scope, Unit
+from gatez.budgets import Spend as Spend
+from gatez.budgets import budget_key as budget_key
+from gatez.budgets import budget_prefix as budget_prefix
+from gatez.budgets import holds_key as holds_key
+from gatez.budgets import period_end as period_end
+from gatez.budgets import period_label as period_label
+from gatez.budgets import record_key as record_key
+
+# Key names and Spend live in gatez.budgets, shared with the control service (which reads and
+# resets spend); imported `as` themselves, they stay importable from here.
 
 log = logging.getLogger("gatez.budgets")
 
@@ -108,24 +119,24 @@ local function unhold(record)
 end
 """
 
-# Reports each budget whose spent amount reached `soft` of its limit for the first time in its
-# period, as '<budget index>:tokens' or ':usd' appended to `out`. ARGV from `first`: per budget
-# its token limit, USD limit (-1: none) and expiry.
+# Reports each budget whose spent amount reached its soft fraction of its limit for the first
+# time in its period, as '<budget index>:tokens' or ':usd' appended to `out`. ARGV from `first`:
+# per budget its token limit, USD limit (-1: none), expiry and soft fraction (0: none).
 _SOFT = """
-local function soft_check(soft, first, out)
-  if soft <= 0 then
-    return
-  end
+local function soft_check(first, out)
   for i = 1, #KEYS - 2 do
     local key = KEYS[i + 2]
-    local base = first + (i - 1) * 3
-    local limits = {tonumber(ARGV[base]), tonumber(ARGV[base + 1])}
-    local spent = redis.call('HMGET', key, 'tokens_spent', 'usd_spent')
-    local units = {'tokens', 'usd'}
-    for u = 1, 2 do
-      if limits[u] > 0 and tonumber(spent[u] or '0') >= limits[u] * soft then
-        if redis.call('HSETNX', key, units[u] .. '_soft', 1) == 1 then
-          out[#out + 1] = i .. ':' .. units[u]
+    local base = first + (i - 1) * 4
+    local soft = tonumber(ARGV[base + 3])
+    if soft > 0 then
+      local limits = {tonumber(ARGV[base]), tonumber(ARGV[base + 1])}
+      local spent = redis.call('HMGET', key, 'tokens_spent', 'usd_spent')
+      local units = {'tokens', 'usd'}
+      for u = 1, 2 do
+        if limits[u] > 0 and tonumber(spent[u] or '0') >= limits[u] * soft then
+          if redis.call('HSETNX', key, units[u] .. '_soft', 1) == 1 then
+            out[#out + 1] = i .. ':' .. units[u]
+          end
         end
       end
     end
@@ -135,8 +146,8 @@ end
 
 # KEYS: the holds set, the reservation's record, then the budgets. ARGV: now (ms), the record's
 # key prefix, the reservation id, its lapse time (ms), how long an ended record is kept (ms),
-# tokens, USD (micro), the soft fraction, the sweep limit, then per budget: token limit, USD
-# limit (-1: none), expiry (ms).
+# tokens, USD (micro), the sweep limit, then per budget: token limit, USD limit (-1: none),
+# expiry (ms), soft fraction.
 # Replies: {1, soft...}: held; {0, budget index, unit}: refused, nothing changed; {2, state}:
 # this reservation is held or settled already (a re-run), nothing changed.
 RESERVE: Final = Script(
@@ -144,7 +155,7 @@ RESERVE: Final = Script(
     + _SOFT
     + """
 local now = tonumber(ARGV[1])
-local lapsed = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[9]))
+local lapsed = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[8]))
 for _, id in ipairs(lapsed) do
   local record = ARGV[2] .. id
   if unhold(record) == 'held' then
@@ -160,7 +171,7 @@ local tokens = tonumber(ARGV[6])
 local usd = tonumber(ARGV[7])
 local out = {1}
 for i = 1, #KEYS - 2 do
-  local base = 10 + (i - 1) * 3
+  local base = 9 + (i - 1) * 4
   local v = redis.call('HMGET', KEYS[i + 2], 'tokens_spent', 'tokens_held', 'usd_spent', 'usd_held')
   local token_limit = tonumber(ARGV[base])
   local usd_limit = tonumber(ARGV[base + 1])
@@ -175,12 +186,12 @@ local keys = {}
 local last_expiry = 0
 for i = 1, #KEYS - 2 do
   local key = KEYS[i + 2]
-  local expiry = tonumber(ARGV[10 + (i - 1) * 3 + 2])
+  local expiry = tonumber(ARGV[9 + (i - 1) * 4 + 2])
   -- Amounts go to Redis as the strings they came as: Lua would print a number past 1e14
   -- in exponent notation, which HINCRBY refuses.
   redis.call('HINCRBY', key, 'tokens_held', ARGV[6])
   redis.call('HINCRBY', key, 'usd_held', ARGV[7])
-  redis.call('PEXPIREAT', key, ARGV[10 + (i - 1) * 3 + 2])
+  redis.call('PEXPIREAT', key, ARGV[9 + (i - 1) * 4 + 2])
   keys[#keys + 1] = key
   if expiry > last_expiry then
     last_expiry = expiry
@@ -197,14 +208,14 @@ local holds_expiry = math.max(last_expiry, lapse)
 if redis.call('PEXPIRETIME', KEYS[1]) < holds_expiry then
   redis.call('PEXPIREAT', KEYS[1], string.format('%.0f', holds_expiry))
 end
-soft_check(tonumber(ARGV[8]), 10, out)
+soft_check(9, out)
 return out
 """
 )
 
 # KEYS: the holds set, the record, the budgets. ARGV: how long the ended record is kept (ms), the
-# reservation id, tokens, USD (micro), the soft fraction, then per budget: token limit, USD
-# limit, expiry (ms).
+# reservation id, tokens, USD (micro), then per budget: token limit, USD limit, expiry (ms),
+# soft fraction.
 # Replies: {1, soft...}: settled; {2, state}: settled or released already, nothing changed.
 SETTLE: Final = Script(
     _UNHOLD
@@ -219,12 +230,12 @@ for i = 1, #KEYS - 2 do
   local key = KEYS[i + 2]
   redis.call('HINCRBY', key, 'tokens_spent', ARGV[3])
   redis.call('HINCRBY', key, 'usd_spent', ARGV[4])
-  redis.call('PEXPIREAT', key, ARGV[6 + (i - 1) * 3 + 2])
+  redis.call('PEXPIREAT', key, ARGV[5 + (i - 1) * 4 + 2])
 end
 redis.call('HSET', KEYS[2], 'state', 'settled')
 redis.call('PEXPIRE', KEYS[2], tonumber(ARGV[1]))
 local out = {1}
-soft_check(tonumber(ARGV[5]), 6, out)
+soft_check(5, out)
 return out
 """
 )
@@ -246,15 +257,7 @@ return {1}
 )
 
 # KEYS: budgets. Replies: per budget {tokens_spent, tokens_held, usd_spent, usd_held}.
-READ: Final = Script("""
-local out = {}
-for i = 1, #KEYS do
-  local v = redis.call('HMGET', KEYS[i], 'tokens_spent', 'tokens_held', 'usd_spent', 'usd_held')
-  out[i] = {tonumber(v[1] or '0'), tonumber(v[2] or '0'), tonumber(v[3] or '0'),
-    tonumber(v[4] or '0')}
-end
-return out
-""")
+READ: Final = Script(READ_SOURCE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -281,6 +284,8 @@ class Budget:
     usd_limit: int | None
     resets_at: datetime
     expires_at_ms: int
+    # Of a limit, the spent part reported as a soft threshold (0: none).
+    soft_fraction: float
 
     @property
     def name(self) -> str:
@@ -346,58 +351,6 @@ class SettleOutcome:
     soft_crossed: tuple[BudgetMark, ...] = ()
 
 
-@dataclass(frozen=True, slots=True)
-class Spend:
-    """One budget's figures now (USD in micro-dollars)."""
-
-    scope: Scope
-    period: Period
-    period_label: str
-    tokens_spent: int
-    tokens_held: int
-    usd_micros_spent: int
-    usd_micros_held: int
-
-
-def budget_prefix(tenant_id: str) -> str:
-    """Every budget key of a tenant starts so; `{tenant_id}` is its Redis Cluster hash tag."""
-    if "{" in tenant_id or "}" in tenant_id:
-        raise ValueError("a tenant id with braces cannot be a Redis Cluster hash tag")
-    return f"{{{tenant_id}}}:budget:"
-
-
-def holds_key(tenant_id: str) -> str:
-    """The tenant's sorted set of held reservations, scored by lapse time (ms)."""
-    return budget_prefix(tenant_id) + "holds"
-
-
-def record_key(tenant_id: str, reservation_id: str) -> str:
-    """One reservation's record."""
-    return budget_prefix(tenant_id) + "hold:" + reservation_id
-
-
-def period_label(period: Period, now: datetime) -> str:
-    """`2026-12-02` for a day, `2026-12` for a month (UTC)."""
-    return now.strftime("%Y-%m-%d" if period is Period.DAY else "%Y-%m")
-
-
-def period_end(period: Period, now: datetime) -> datetime:
-    """When the period holding `now` ends (the next one starts), UTC."""
-    start = now.replace(hour=0, minute=0, second=0, microsecond=0)
-    if period is Period.DAY:
-        return start + timedelta(days=1)
-    days = calendar.monthrange(now.year, now.month)[1]
-    return start.replace(day=1) + timedelta(days=days)
-
-
-def budget_key(tenant_id: str, key_id: str | None, period: Period, now: datetime) -> str:
-    """The hash of the tenant's (key_id None) or a key's budget in the period holding `now`."""
-    if key_id is not None and "\n" in key_id:
-        raise ValueError("a key id with a newline cannot be listed in a hold's record")
-    owner = "tenant" if key_id is None else f"key:{key_id}"
-    return f"{budget_prefix(tenant_id)}{owner}:{period}:{period_label(period, now)}"
-
-
 Clock = Callable[[], float]
 
 
@@ -418,7 +371,7 @@ class BudgetStore:
         self._clock = clock
         # How long a hold counts without a settle or release (a crashed data plane's holds).
         self._lease_ms = round(lease_s * 1000)
-        # 0 or less: no soft threshold reported.
+        # For an owner whose policy gives none; 0 or less: no soft threshold reported.
         self._soft_fraction = soft_fraction
         # A deadline of our own: a Redis that stopped answering must not hold requests.
         self._timeout_s = timeout_s
@@ -429,16 +382,20 @@ class BudgetStore:
         tenant_limits: BudgetLimits | None,
         key_id: str | None = None,
         key_limits: BudgetLimits | None = None,
+        *,
+        tenant_soft_fraction: float | None = None,
+        key_soft_fraction: float | None = None,
     ) -> tuple[Budget, ...]:
-        """The budgets a call counts against now: each (owner, period) with any limit."""
+        """The budgets a call counts against now: each (owner, period) with any limit. The
+        soft fractions are the owners' (None: the store's)."""
         now = datetime.fromtimestamp(self._clock(), UTC)
-        owners: list[tuple[Scope, str | None, BudgetLimits]] = []
+        owners: list[tuple[Scope, str | None, BudgetLimits, float | None]] = []
         if tenant_limits is not None:
-            owners.append((Scope.TENANT, None, tenant_limits))
+            owners.append((Scope.TENANT, None, tenant_limits, tenant_soft_fraction))
         if key_id is not None and key_limits is not None:
-            owners.append((Scope.KEY, key_id, key_limits))
+            owners.append((Scope.KEY, key_id, key_limits, key_soft_fraction))
         budgets = []
-        for scope, owner_key, limits in owners:
+        for scope, owner_key, limits, soft_fraction in owners:
             for period in (Period.DAY, Period.MONTH):
                 token_limit, usd_limit = limits.for_period(period)
                 if token_limit is None and usd_limit is None:
@@ -453,6 +410,9 @@ class BudgetStore:
                         usd_limit=usd_limit,
                         resets_at=end,
                         expires_at_ms=round((end.timestamp() + PERIOD_GRACE_S) * 1000),
+                        soft_fraction=self._soft_fraction
+                        if soft_fraction is None
+                        else soft_fraction,
                     )
                 )
         return tuple(budgets)
@@ -467,10 +427,20 @@ class BudgetStore:
         key_id: str | None = None,
         key_limits: BudgetLimits | None = None,
         fail_open: bool = False,
+        tenant_soft_fraction: float | None = None,
+        key_soft_fraction: float | None = None,
     ) -> Reservation:
         """Holds `cost` (the call's worst case) against every budget that applies, or none.
-        `reservation_id` is the request id: a re-run replays the first answer."""
-        budgets = self.budgets(tenant_id, tenant_limits, key_id, key_limits)
+        `reservation_id` is the request id: a re-run replays the first answer. The soft
+        fractions are the owners' (None: the store's)."""
+        budgets = self.budgets(
+            tenant_id,
+            tenant_limits,
+            key_id,
+            key_limits,
+            tenant_soft_fraction=tenant_soft_fraction,
+            key_soft_fraction=key_soft_fraction,
+        )
         if not budgets:
             return Reservation(reservation_id, tenant_id, Admission.ADMITTED, cost, budgets)
         keys, args = self.reserve_call(reservation_id, tenant_id, cost, budgets)
@@ -503,7 +473,6 @@ class BudgetStore:
             KEEP_S * 1000,
             cost.tokens,
             cost.usd_micros,
-            repr(self._soft_fraction),
             SWEEP_LIMIT,
         ]
         for budget in budgets:
@@ -525,7 +494,6 @@ class BudgetStore:
             reservation.reservation_id,
             actual.tokens,
             actual.usd_micros,
-            repr(self._soft_fraction),
         ]
         for budget in reservation.budgets:
             keys.append(budget.key)
@@ -640,6 +608,7 @@ def _limit_args(budget: Budget) -> list[Arg]:
         -1 if budget.token_limit is None else budget.token_limit,
         -1 if budget.usd_limit is None else budget.usd_limit,
         budget.expires_at_ms,
+        repr(budget.soft_fraction),
     ]
 
 

@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -39,13 +40,17 @@ from extproc.grpcio_server import GRPC_OPTIONS, serve_grpcio
 from extproc.jwks import JwksCache
 from extproc.logsink import ClickHouseLogWriter, ControlLogWriter, LogSink, LogWriter
 from extproc.policy_source import PolicyHolder, PolicyWatcher
+from extproc.provider_embeddings import ProviderEmbeddings, upstream_ssl_context
 from extproc.redis_pipe import ScriptClient, hot_path_client
 from extproc.spool import Spool, SpoolLocked
 from extproc.stages.access_log import AccessLog
 from extproc.stages.authenticate import Authenticate
+from extproc.stages.budget import TokenBudget, budget_values
+from extproc.stages.cache import AnswerCache
 from extproc.stages.client_api import ClientApi
 from extproc.stages.fallback import FallbackOutcome
 from extproc.stages.model_route import ModelRouting
+from extproc.stages.pii import RedactAnswer, RedactPrompt
 from extproc.stages.provider_headers import ProviderHeaders
 from extproc.stages.rate_limit import RateLimit
 from extproc.stages.response import DecodeResponse, EncodeResponse
@@ -58,6 +63,7 @@ from gatez.pipeline import Dispatcher, FlowObserver, NoPolicy, NoRoute, Pipeline
 from gatez.policy import CompiledPolicy, RouteKind
 from gatez.redis_client import RedisTarget, connect
 from gatez.secrets import dataplane_tokens, secret_box
+from gatez.semantic_cache import SemanticIndex
 from gatez.settings import Settings
 from gatez.telemetry import (
     DataPlaneMetrics,
@@ -92,13 +98,17 @@ def build_dispatcher(
     observer: FlowObserver | None = None,
     chains: EnvoyChains | None = None,
     approvals: tuple[ApprovalStore, ApprovalGate] | None = None,
+    semantic: SemanticIndex | None = None,
+    provider_embeddings: ProviderEmbeddings | None = None,
 ) -> Dispatcher:
     """Every pipeline a data plane runs, one per route kind, with the stages in policy order;
     each position has a reason. Stage instances are shared between pipelines (a tenant has one
     rate-limit lease, whatever route it calls). `chains`: behind Envoy, fallback chains' later
     targets are reached by Envoy's retries (their attempts routed by the LLM pipeline).
     `approvals`: the store and gate that hold tool calls for a human decision (without them, a
-    call a policy marks for approval is refused)."""
+    call a policy marks for approval is refused). `semantic`: the answer cache's semantic tier
+    (None: exact matches only); the answer cache closes it. `provider_embeddings`: embeds the
+    questions of routes whose cache policy asks for a provider's embeddings."""
     # Nothing runs for a caller we do not know; the tenant found here scopes all after.
     authenticate = Authenticate(jwks)
     # Before any body is buffered: a limited tenant costs one Redis round trip, no more.
@@ -107,6 +117,7 @@ def build_dispatcher(
     access_log = AccessLog(sink, node_id)
     # Fallback chains' shared circuit state (a Redis round trip only for aliases with a chain).
     circuits = CircuitBreaker(redis)
+    answers = AnswerCache(redis, semantic, provider_embeddings=provider_embeddings)
     llm = Pipeline(
         [
             # The client's API, from the path: where its SDK puts the key, and the error format
@@ -114,6 +125,10 @@ def build_dispatcher(
             ClientApi(),
             authenticate,
             rate_limit,
+            # The tenant's PII rules on the client's own body, before routing reads it: the
+            # provider, the translation, the cache key, the budget and a fallback's re-run
+            # only ever see the redacted prompt; a blocked type answers 400 here.
+            RedactPrompt(),
             # Needs the tenant (routes are per tenant); asks for the body on LLM paths only.
             ModelRouting(circuits, chains),
             # Needs the provider model routing chose: only its allowlisted client headers go on.
@@ -121,8 +136,19 @@ def build_dispatcher(
             # Response side: the provider's bytes read into the shared model (streams as
             # events), which the stages after read, whatever the schemas...
             DecodeResponse(),
+            # ... redacted when the tenant's rules scan answers (the events, before anything
+            # reads their text: the cache keeps the redacted answer) ...
+            RedactAnswer(),
             # ... the usage (estimated when it never comes, before the access log writes it) ...
             UsageMeter(tokens),
+            # Request body: after routing (the alias is known), before the budget (a hit
+            # reserves nothing); a hit is answered here. Response: the answer kept once the
+            # exchange is over.
+            answers,
+            # Request body: the worst case reserved against the tenant's and key's budgets
+            # (429 when one is exhausted), after the cache (a hit costs nothing). When the
+            # exchange is over, after the usage meter's estimate: settled to the usage.
+            TokenBudget(redis),
             # ... and the client's bytes written last: the provider's own, or translated.
             EncodeResponse(),
             # A chain's outcome told to its target's circuit, once the status is final.
@@ -319,6 +345,11 @@ async def start_core(
     gate = ApprovalGate(approval_store)
     http = aiohttp.ClientSession()
     closers.append(http.close)
+    # The answer cache's provider embeddings: sent by the data plane over the shared session,
+    # HTTPS checked against the CA bundle Envoy's provider clusters trust.
+    provider_embeddings = ProviderEmbeddings(
+        http, ssl_context=upstream_ssl_context(settings.upstream_ca_bundle)
+    )
     control = grpc.aio.insecure_channel(settings.control_address, options=GRPC_OPTIONS)
     closers.append(control.close)
     writer: LogWriter
@@ -332,6 +363,17 @@ async def start_core(
     sink.start()
     tokens = TokenCounter()
     tokens.load_in_background()
+
+    # The answer cache's semantic tier: a Qdrant server shared by every data plane, or the
+    # state directory's own embedded Qdrant — this process's alone, which the spool lock taken
+    # above guarantees (gatez.semantic_cache). Loads in the background; skipped until ready.
+    embedder_cache = settings.state_dir / "wordllama"
+    semantic = (
+        SemanticIndex.remote(settings.qdrant_url, embedder_cache=embedder_cache)
+        if settings.qdrant_url
+        else SemanticIndex.local(Path(settings.qdrant_path), embedder_cache=embedder_cache)
+    )
+    semantic.start()
 
     holder = PolicyHolder(settings.state_dir, box)
     holder.load_persisted()
@@ -348,6 +390,8 @@ async def start_core(
         observer=telemetry,
         chains=chains,
         approvals=(approval_store, gate),
+        semantic=semantic,
+        provider_embeddings=provider_embeddings,
     )
     # Also closed by the transports before they stop serving (see `DataPlane.stop`); again
     # here in case a start-up failed half-way.
@@ -356,6 +400,8 @@ async def start_core(
     closers.append(dispatcher.close)
     registry.register(StageCollector(dispatcher.named_pipelines()))
     registry.register(_data_plane_values(holder, sink, redis))
+    for collector in _guardrail_values(dispatcher):
+        registry.register(collector)
     metrics = None
     if settings.metrics_address:
         try:
@@ -443,6 +489,44 @@ async def serve(settings: Settings) -> None:
         await stop.wait()
     finally:
         await plane.stop()
+
+
+def _guardrail_values(dispatcher: Dispatcher) -> list[ValueCollector]:
+    """What the LLM pipeline's guardrail stages count, read at scrape time."""
+    values = ValueCollector()
+    collectors = [values]
+    stages = dispatcher.named_pipelines()[RouteKind.LLM.value].stages
+    for stage in stages:
+        if isinstance(stage, TokenBudget):
+            collectors.append(budget_values(stage))
+        if isinstance(stage, AnswerCache):
+            values.counter(
+                "gatez_cache_lookups",
+                "Answer-cache lookups by outcome: hit_exact, hit_semantic, miss, bypass (not "
+                "cacheable, or Cache-Control: no-cache).",
+                partial(_cache_lookups, stage),
+                "outcome",
+            )
+            values.counter(
+                "gatez_cache_writes",
+                "Answers written to the cache, and cache operations that failed.",
+                partial(_cache_writes, stage),
+                "outcome",
+            )
+    return collectors
+
+
+def _cache_lookups(stage: AnswerCache) -> dict[str, float]:
+    return {
+        "hit_exact": stage.hits_exact,
+        "hit_semantic": stage.hits_semantic,
+        "miss": stage.misses,
+        "bypass": stage.bypasses,
+    }
+
+
+def _cache_writes(stage: AnswerCache) -> dict[str, float]:
+    return {"written": stage.writes, "failed": stage.errors}
 
 
 # What became of log rows, as LogSink counts them: `rows_<outcome>` on the spooling sink, and

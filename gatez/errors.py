@@ -17,11 +17,24 @@ class GatewayError(Exception):
     # OpenAI's error `type`; `code` is the finer reason (defaults to the type).
     kind: str = "internal_error"
     code: str | None = None
+    # Whether a client's SDK should retry, said in `x-should-retry` (the OpenAI and Anthropic
+    # SDKs obey it before their own rules); None: their own rules. The Anthropic SDK otherwise
+    # retries a 429 after its Retry-After, however long that is.
+    should_retry: bool | None = None
 
     def __init__(self, message: str, *, retry_after_s: int | None = None) -> None:
         super().__init__(message)
         self.public_message = message
         self.retry_after_s = retry_after_s
+
+    def headers(self) -> tuple[tuple[str, str], ...]:
+        """The headers that go with this error in any format: Retry-After, x-should-retry."""
+        headers: tuple[tuple[str, str], ...] = ()
+        if self.retry_after_s is not None:
+            headers += (("retry-after", str(self.retry_after_s)),)
+        if self.should_retry is not None:
+            headers += (("x-should-retry", "true" if self.should_retry else "false"),)
+        return headers
 
     def json_body(self) -> bytes:
         """An OpenAI-style error body, which every OpenAI-compatible SDK surfaces cleanly."""

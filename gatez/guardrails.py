@@ -52,6 +52,14 @@ class PiiRules:
     scanner: PiiScanner
 
     @property
+    def output_rules(self) -> str:
+        """What answers are redacted by, as text ("" when they are not): the answer cache keeps
+        answers written under other rules apart."""
+        if not self.scan_output:
+            return ""
+        return ",".join(f"{entity}={action}" for entity, action in sorted(self.actions.items()))
+
+    @property
     def blocks(self) -> bool:
         return Action.BLOCK in self.actions.values()
 
@@ -174,10 +182,12 @@ def _pii_rules(policy: policy_pb2.PiiPolicy, where: str) -> PiiRules:
             f"{', '.join(sorted(SUPPORTED_ENTITIES))})",
         )
         _check(action in policy_pb2.PiiAction.values(), f"{where}: {entity}: action unknown")
-        if action == policy_pb2.PII_ACTION_OFF:
+        # UNSPECIFIED takes the default, which may be OFF.
+        chosen = action or default
+        if chosen == policy_pb2.PII_ACTION_OFF:
             actions.pop(entity, None)
         else:
-            actions[entity] = _PII_ACTIONS[action or default]
+            actions[entity] = _PII_ACTIONS[chosen]
     min_score = policy.min_score if policy.HasField("min_score") else DEFAULT_PII_MIN_SCORE
     _check(0.0 <= min_score <= 1.0, f"{where}: min_score must be from 0 to 1")
     _check(

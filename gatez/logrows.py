@@ -12,7 +12,7 @@ stage can forget it; their raw arguments to `ARGUMENTS_LIMIT` bytes.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import astuple, dataclass, fields
 from typing import Final, TypeAlias, overload
 
@@ -61,6 +61,12 @@ class AiLogRow:
     # A fallback chain's targets tried or skipped before the one that answered, in order:
     # "provider/model=skipped" or "provider/model=<status or failure>" (see logs.proto).
     attempts: tuple[str, ...] = ()
+    # "exact" or "semantic" when the gateway answered from its answer cache (no provider was
+    # called: tokens and cost 0); "" otherwise.
+    cache_hit: str = ""
+    # Sensitive data PII redaction found, as (entity type, count) pairs sorted by type; never
+    # the values. Built with `pii_entity_counts`, which bounds it.
+    pii_entities: tuple[tuple[str, int], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +114,11 @@ TEXT_LIMIT: Final = 256
 REASON_LIMIT: Final = 1024
 # UTF-8 bytes of an agent row's raw arguments (logs.proto: "clipped to 16 KiB").
 ARGUMENTS_LIMIT: Final = 16 * 1024
+# An AI row's PII counts: entity types (our scanner knows about twenty, each a short name), the
+# characters of a type's name, and the largest count (UInt32 in protobuf and ClickHouse).
+PII_ENTITY_TYPES_LIMIT: Final = 64
+PII_ENTITY_NAME_LIMIT: Final = 64
+_COUNT_MAX: Final = 2**32 - 1
 
 
 def clip(text: str, limit: int = TEXT_LIMIT) -> str:
@@ -124,6 +135,21 @@ def clip_utf8(text: str, limit: int) -> str:
         return text[:limit]
     # A character cut in two leaves a partial sequence at the end, which "ignore" drops.
     return text.encode()[:limit].decode(errors="ignore")
+
+
+def pii_entity_counts(counts: Mapping[str, int]) -> tuple[tuple[str, int], ...]:
+    """`counts` (entity type -> how many) as an AI row holds them: sorted by type, names cut
+    to `PII_ENTITY_NAME_LIMIT`, at most `PII_ENTITY_TYPES_LIMIT` types, zero counts left out
+    and counts capped at UInt32's largest, so no count makes a row unstorable."""
+    if not counts:
+        return ()
+    merged: dict[str, int] = {}
+    for name, count in counts.items():
+        if count > 0:
+            key = clip(name, PII_ENTITY_NAME_LIMIT)
+            # Two long names cut to the same prefix count together.
+            merged[key] = min(merged.get(key, 0) + count, _COUNT_MAX)
+    return tuple(sorted(merged.items())[:PII_ENTITY_TYPES_LIMIT])
 
 
 def _fits_utf8(text: str, limit: int) -> bool:
@@ -218,6 +244,8 @@ def clip_row(row: LogRow) -> LogRow:
         cost_usd=row.cost_usd,
         price_known=row.price_known,
         attempts=tuple(clip(target) for target in row.attempts),
+        cache_hit=clip(row.cache_hit),
+        pii_entities=pii_entity_counts(dict(row.pii_entities)),
     )
 
 
@@ -231,6 +259,11 @@ def _text_size(text: str) -> int:
 # more each for fields numbered 16 and up (two-byte tags).
 _REQUEST_FIXED: Final = 4 + 14 + 6 + 9
 _AI_FIXED: Final = 4 + 14 + 3 * 6 + 2 * 9 + 2 * 2 + (7 + 10 + 3)
+# An AI row's fields numbered 19 and up have two-byte tags: one byte more than `_text_size`
+# counts. A pii_entities map entry is a message: tag (2), length (up to 3), its key (a string
+# field, `_text_size`) and its count (tag 1, uint32 5).
+_WIDE_TAG: Final = 1
+_PII_ENTRY: Final = 2 + 3 + 6
 # status (uint32), latency_ms (double), result_bytes (uint64, field 16: 2 + 10), and the
 # two-byte tags of protocol_version (17) and node_id (18).
 _AGENT_FIXED: Final = 4 + 14 + 6 + 9 + 12 + 2
@@ -279,6 +312,10 @@ def encoded_size(row: LogRow) -> int:
         + _text_size(row.model_alias)
         + _text_size(row.upstream_model)
         + _text_size(row.node_id)
+        + sum(_WIDE_TAG + _text_size(target) for target in row.attempts)
+        + _WIDE_TAG
+        + _text_size(row.cache_hit)
+        + sum(_PII_ENTRY + _text_size(name) for name, _ in row.pii_entities)
     )
 
 
@@ -310,7 +347,9 @@ SCHEMA: Final = (
         status UInt16, latency_ms Float64, ttft_ms Float64, streamed Bool,
         node_id LowCardinality(String), usage_estimated Bool DEFAULT false,
         cached_input_tokens UInt32 DEFAULT 0, cost_usd Float64 DEFAULT 0,
-        price_known Bool DEFAULT false, attempts Array(String) DEFAULT []
+        price_known Bool DEFAULT false, attempts Array(String) DEFAULT [],
+        cache_hit LowCardinality(String) DEFAULT '',
+        pii_entities Map(LowCardinality(String), UInt32) DEFAULT map()
     ) ENGINE = MergeTree ORDER BY (tenant_id, time)
     SETTINGS non_replicated_deduplication_window = {DEDUPLICATION_WINDOW}""",
     # status is UInt32 as in AgentLog: a JSON-RPC exchange's status is the gateway's to choose,
@@ -337,6 +376,11 @@ MIGRATIONS: Final = (
     f"ALTER TABLE {AI_LOG_TABLE} ADD COLUMN IF NOT EXISTS cost_usd Float64 DEFAULT 0",
     f"ALTER TABLE {AI_LOG_TABLE} ADD COLUMN IF NOT EXISTS price_known Bool DEFAULT false",
     f"ALTER TABLE {AI_LOG_TABLE} ADD COLUMN IF NOT EXISTS attempts Array(String) DEFAULT []",
+    # Rows written before the answer cache and PII redaction read as no hit, nothing found.
+    f"ALTER TABLE {AI_LOG_TABLE} ADD COLUMN IF NOT EXISTS cache_hit LowCardinality(String) "
+    "DEFAULT ''",
+    f"ALTER TABLE {AI_LOG_TABLE} ADD COLUMN IF NOT EXISTS "
+    "pii_entities Map(LowCardinality(String), UInt32) DEFAULT map()",
     *(
         f"ALTER TABLE {table} MODIFY SETTING "
         f"non_replicated_deduplication_window = {DEDUPLICATION_WINDOW}"
@@ -345,8 +389,17 @@ MIGRATIONS: Final = (
 )
 
 
+_PII_ENTITIES_COLUMN: Final = AI_LOG_COLUMNS.index("pii_entities")
+
+
 def as_tuple(row: LogRow) -> tuple[object, ...]:
-    return astuple(row)
+    """The row's values in its table's column order, as the ClickHouse client inserts them."""
+    values = astuple(row)
+    if isinstance(row, AiLogRow):
+        # A Map column takes a dict.
+        at = _PII_ENTITIES_COLUMN
+        return (*values[:at], dict(row.pii_entities), *values[at + 1 :])
+    return values
 
 
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
@@ -414,6 +467,8 @@ def ai_log_to_proto(row: AiLogRow) -> logs_pb2.AiLog:
         cached_input_tokens=row.cached_input_tokens,
         price_known=row.price_known,
         attempts=row.attempts,
+        cache_hit=row.cache_hit,
+        pii_entities=dict(row.pii_entities),
     )
 
 
@@ -438,6 +493,9 @@ def ai_log_from_proto(message: logs_pb2.AiLog) -> AiLogRow:
         cost_usd=message.cost_usd,
         price_known=message.price_known,
         attempts=tuple(message.attempts),
+        cache_hit=message.cache_hit,
+        # A protobuf map keeps no order: the row's is by type.
+        pii_entities=tuple(sorted(message.pii_entities.items())),
     )
 
 

@@ -8,7 +8,6 @@ them would fail forever, so the caller sets them aside instead.
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import logging
 import threading
@@ -54,6 +53,8 @@ class UsageCounts:
     # Rows whose tokens the gateway counted itself, and rows whose model had no price.
     estimated_requests: int
     unpriced_requests: int
+    # Calls answered from the answer cache.
+    cache_hits: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,9 +76,12 @@ class UsageReport:
     truncated: bool
 
 
+# Answers from the answer cache count as requests, with no tokens and no cost; their cost of 0
+# is known, whatever the model's price.
 _USAGE_SUMS: Final = (
     "count(), sum(input_tokens), sum(output_tokens), sum(cached_input_tokens), sum(cost_usd), "
-    "countIf(usage_estimated), countIf(NOT price_known)"
+    "countIf(usage_estimated), countIf(NOT price_known AND cache_hit = ''), "
+    "countIf(cache_hit != '')"
 )
 # Bounds on time (not on toDate(time)), so the table's (tenant_id, time) order narrows the scan.
 _USAGE_RANGE: Final = (
@@ -87,7 +91,7 @@ _USAGE_RANGE: Final = (
 
 
 def _counts(values: Sequence[Any]) -> UsageCounts:
-    requests, input_tokens, output_tokens, cached, cost, estimated, unpriced = values
+    requests, input_tokens, output_tokens, cached, cost, estimated, unpriced, hits = values
     return UsageCounts(
         int(requests),
         int(input_tokens),
@@ -96,6 +100,7 @@ def _counts(values: Sequence[Any]) -> UsageCounts:
         float(cost),
         int(estimated),
         int(unpriced),
+        int(hits),
     )
 
 
@@ -157,8 +162,7 @@ class LogStore:
 
     def recent_ai_logs(self, tenant_id: str, limit: int) -> list[AiLogRow]:
         rows = self._recent(AI_LOG_TABLE, AI_LOG_COLUMNS, tenant_id, limit)
-        # Arrays come back as lists; the row holds tuples (frozen, as written).
-        return [_frozen(AiLogRow(*r)) for r in rows]
+        return [_ai_row(r) for r in rows]
 
     def recent_agent_logs(
         self,
@@ -246,5 +250,9 @@ class LogStore:
             self._client.close()
 
 
-def _frozen(row: AiLogRow) -> AiLogRow:
-    return dataclasses.replace(row, attempts=tuple(row.attempts))
+def _ai_row(values: Sequence[Any]) -> AiLogRow:
+    # Arrays come back as lists and maps as dicts; the row holds tuples, as written.
+    columns = dict(zip(AI_LOG_COLUMNS, values, strict=True))
+    columns["attempts"] = tuple(columns["attempts"])
+    columns["pii_entities"] = tuple(sorted(columns["pii_entities"].items()))
+    return AiLogRow(**columns)

@@ -54,6 +54,9 @@ class Settings:
     envoy_cds_dir: Path | None = None
     # The CA certificates the chain clusters check providers' certificates against (Envoy's).
     upstream_ca_bundle: str = CA_BUNDLE
+    # A Qdrant server for the semantic cache, shared by data planes ("": each data plane's own
+    # local Qdrant at `qdrant_path`; see gatez.semantic_cache).
+    qdrant_url: str = ""
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
@@ -82,6 +85,7 @@ class Settings:
             trace_stage_min_us=float(env.get("GATEZ_TRACE_STAGE_MIN_US", "100")),
             envoy_cds_dir=_optional_path(env.get("GATEZ_ENVOY_CDS_DIR")),
             upstream_ca_bundle=env.get("GATEZ_UPSTREAM_CA_BUNDLE", CA_BUNDLE),
+            qdrant_url=env.get("GATEZ_QDRANT_URL", ""),
         )
 
     @property

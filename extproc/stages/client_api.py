@@ -65,11 +65,8 @@ class Endpoint:
 
     def error_response(self, error: GatewayError) -> Respond:
         """The gateway's own error, in this API's error format."""
-        headers: tuple[tuple[str, str], ...] = (("content-type", JSON),)
-        if error.retry_after_s is not None:
-            headers += (("retry-after", str(error.retry_after_s)),)
         info = error_info(error)
-        headers += error_headers(self.schema, info)
+        headers = (("content-type", JSON), *error.headers(), *error_headers(self.schema, info))
         body = self.schema.encode_error(info)
         return Respond(error.http_status, body, headers, error.reason, error)
 

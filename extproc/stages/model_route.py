@@ -102,8 +102,10 @@ class ModelRouting(Stage):
             # The call failed before its first byte reached the client, and the adapter runs
             # this phase again (`fallback.fail_over`): the chain's next target.
             return _route_next(flow, api, previous)
-        body = _parse_object(flow.request_body)
-        flow.request_json = body
+        # Already parsed when a stage before it read the body (PII redaction), else here.
+        body = flow.request_json
+        if body is None:
+            body = flow.request_json = _parse_object(flow.request_body)
         model = _model(api, body)
         target = flow.policy.resolve_model(flow.caller.tenant_id, model)
         if target is None:
@@ -158,6 +160,9 @@ def _route_next(flow: Flow, api: Endpoint, previous: LlmCall) -> Verdict:
     llm.circuit, llm.probe, llm.counted, llm.plan = target.circuit, probe, counted, rest
     llm.client_body = previous.client_body
     llm.tried, llm.failed = previous.tried, previous.failed
+    # The request's token budget hold is the call's, whichever target serves it: settled (or
+    # released) once, even when the next target's call ends before the budget stage runs.
+    llm.reservation = previous.reservation
     return verdict
 
 

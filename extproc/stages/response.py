@@ -9,7 +9,9 @@ guardrails and the cache later):
   how the proxy delivers the body (streamed, buffered, or not at all).
 - `EncodeResponse` writes what the client gets: the provider's own bytes when both speak one
   schema (nothing re-encoded, so nothing lost), else the events, answer or error encoded in the
-  client's schema, with the content type changed to match.
+  client's schema, with the content type changed to match. A stage that rewrites the answer
+  (output PII redaction: `LlmCall.reencode`) has a successful answer encoded from the model even
+  when the schemas are one; an error answer of such a call still passes as the provider sent it.
 
 Between them, stages only ever see the model, whatever the two schemas are.
 """
@@ -72,7 +74,8 @@ class DecodeResponse(Stage):
                 return CONTINUE
             assert llm.provider_schema is not None and llm.client_schema is not None
             llm.decoder = llm.provider_schema.stream_decoder(model=llm.target.upstream_model)
-            if llm.translated:
+            if llm.rewrites:
+                # The encoder leaves out the usage the gateway asked for, as `_strip_usage` does.
                 llm.encoder = llm.client_schema.stream_encoder(include_usage=llm.client_wants_usage)
                 flow.set_upstream_header(CONTENT_TYPE, llm.client_schema.stream_content_type)
                 flow.remove_header(CONTENT_LENGTH)
@@ -84,7 +87,7 @@ class DecodeResponse(Stage):
             return CONTINUE
         flow.response_body_mode = BodyMode.BUFFERED
         flow.first_byte_ns = time.monotonic_ns()
-        if llm.translated:
+        if llm.rewrites:
             flow.remove_header(CONTENT_LENGTH)
             flow.set_upstream_header(CONTENT_TYPE, JSON)
         return CONTINUE
@@ -105,7 +108,8 @@ class DecodeResponse(Stage):
                 if flow.end_of_stream:
                     events.extend(decoder.finish())
             except TranslationError:
-                if llm.translated:
+                if llm.rewrites:
+                    # Translated, or rewritten (redacted): the provider's bytes must not pass.
                     raise
                 # The client gets the provider's bytes as they are, which its SDK may well
                 # read: the gateway stops reading them, and estimates the usage.
@@ -122,7 +126,7 @@ class DecodeResponse(Stage):
             try:
                 llm.response = schema.decode_response(chunk, model=llm.target.upstream_model)
             except TranslationError:
-                if llm.translated:
+                if llm.rewrites:
                     raise
                 llm.undecoded = True
         else:
@@ -137,17 +141,19 @@ class EncodeResponse(Stage):
 
     def on_response_body(self, flow: Flow) -> Verdict:
         llm = flow.llm
-        if llm is None or not llm.translated:
-            if llm is not None and llm.events is not None and not llm.passthrough:
-                _strip_usage(flow, llm)
+        if llm is None or llm.passthrough:
+            return CONTINUE
+        if llm.events is not None:
+            # Only set when the provider's own stream passes (no encoder writes it).
+            _strip_usage(flow, llm)
             return CONTINUE
         client = llm.client_schema
         assert client is not None
         if llm.encoder is not None:
             flow.replace_response_chunk(llm.encoder.encode(llm.chunk_events))
-        elif llm.response is not None:
+        elif llm.response is not None and llm.rewrites:
             flow.replace_response_chunk(client.encode_response(llm.response))
-        elif llm.provider_error is not None:
+        elif llm.provider_error is not None and llm.translated:
             flow.replace_response_chunk(client.encode_error(llm.provider_error))
         return CONTINUE
 

@@ -128,8 +128,12 @@ class LlmCall:
     reencode: bool = False
     # Answered from the answer cache: "exact" or "semantic" ("" when not).
     cache_hit: str = ""
+    # The answer cache's record of this call (opaque here: `extproc.stages.cache`'s).
+    answer_cache: object = None
     # The budget reservation this call holds (opaque here: `extproc.stages.budget`'s).
     reservation: object = None
+    # Output PII redaction's state for this answer (opaque here: `extproc.stages.pii`'s).
+    redaction: object = None
 
     @property
     def translated(self) -> bool:

@@ -31,9 +31,7 @@ class Respond:
 
     @classmethod
     def from_error(cls, error: GatewayError) -> Respond:
-        headers: tuple[tuple[str, str], ...] = (("content-type", "application/json"),)
-        if error.retry_after_s is not None:
-            headers += (("retry-after", str(error.retry_after_s)),)
+        headers = (("content-type", "application/json"), *error.headers())
         return cls(error.http_status, error.json_body(), headers, error.reason, error)
 
 

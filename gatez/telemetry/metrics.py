@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 from wsgiref.simple_server import WSGIServer
@@ -237,6 +237,23 @@ class ValueCollector(Collector):
             family = CounterMetricFamily(name, documentation, labels=[label])
             for value, count in read().items():
                 family.add_metric([value], count)
+            return family
+
+        self._readers.append(metric)
+
+    def labelled_counter(
+        self,
+        name: str,
+        documentation: str,
+        read: Callable[[], Mapping[tuple[str, ...], float]],
+        labels: Sequence[str],
+    ) -> None:
+        """A counter with several labels, read as {(label values, in `labels` order): count}."""
+
+        def metric() -> Metric | None:
+            family = CounterMetricFamily(name, documentation, labels=list(labels))
+            for values, count in read().items():
+                family.add_metric(list(values), count)
             return family
 
         self._readers.append(metric)

@@ -526,7 +526,7 @@ class GetUsageRequest(_message.Message):
     def __init__(self, tenant_id: _Optional[str] = ..., start_date: _Optional[str] = ..., end_date: _Optional[str] = ...) -> None: ...
 
 class UsageRow(_message.Message):
-    __slots__ = ("day", "provider", "upstream_model", "model_alias", "requests", "input_tokens", "output_tokens", "cached_input_tokens", "cost_usd", "estimated_requests", "unpriced_requests")
+    __slots__ = ("day", "provider", "upstream_model", "model_alias", "requests", "input_tokens", "output_tokens", "cached_input_tokens", "cost_usd", "estimated_requests", "unpriced_requests", "cache_hits")
     DAY_FIELD_NUMBER: _ClassVar[int]
     PROVIDER_FIELD_NUMBER: _ClassVar[int]
     UPSTREAM_MODEL_FIELD_NUMBER: _ClassVar[int]
@@ -538,6 +538,7 @@ class UsageRow(_message.Message):
     COST_USD_FIELD_NUMBER: _ClassVar[int]
     ESTIMATED_REQUESTS_FIELD_NUMBER: _ClassVar[int]
     UNPRICED_REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    CACHE_HITS_FIELD_NUMBER: _ClassVar[int]
     day: str
     provider: str
     upstream_model: str
@@ -549,10 +550,11 @@ class UsageRow(_message.Message):
     cost_usd: float
     estimated_requests: int
     unpriced_requests: int
-    def __init__(self, day: _Optional[str] = ..., provider: _Optional[str] = ..., upstream_model: _Optional[str] = ..., model_alias: _Optional[str] = ..., requests: _Optional[int] = ..., input_tokens: _Optional[int] = ..., output_tokens: _Optional[int] = ..., cached_input_tokens: _Optional[int] = ..., cost_usd: _Optional[float] = ..., estimated_requests: _Optional[int] = ..., unpriced_requests: _Optional[int] = ...) -> None: ...
+    cache_hits: int
+    def __init__(self, day: _Optional[str] = ..., provider: _Optional[str] = ..., upstream_model: _Optional[str] = ..., model_alias: _Optional[str] = ..., requests: _Optional[int] = ..., input_tokens: _Optional[int] = ..., output_tokens: _Optional[int] = ..., cached_input_tokens: _Optional[int] = ..., cost_usd: _Optional[float] = ..., estimated_requests: _Optional[int] = ..., unpriced_requests: _Optional[int] = ..., cache_hits: _Optional[int] = ...) -> None: ...
 
 class UsageTotals(_message.Message):
-    __slots__ = ("requests", "input_tokens", "output_tokens", "cached_input_tokens", "cost_usd", "estimated_requests", "unpriced_requests")
+    __slots__ = ("requests", "input_tokens", "output_tokens", "cached_input_tokens", "cost_usd", "estimated_requests", "unpriced_requests", "cache_hits")
     REQUESTS_FIELD_NUMBER: _ClassVar[int]
     INPUT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_TOKENS_FIELD_NUMBER: _ClassVar[int]
@@ -560,6 +562,7 @@ class UsageTotals(_message.Message):
     COST_USD_FIELD_NUMBER: _ClassVar[int]
     ESTIMATED_REQUESTS_FIELD_NUMBER: _ClassVar[int]
     UNPRICED_REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    CACHE_HITS_FIELD_NUMBER: _ClassVar[int]
     requests: int
     input_tokens: int
     output_tokens: int
@@ -567,7 +570,8 @@ class UsageTotals(_message.Message):
     cost_usd: float
     estimated_requests: int
     unpriced_requests: int
-    def __init__(self, requests: _Optional[int] = ..., input_tokens: _Optional[int] = ..., output_tokens: _Optional[int] = ..., cached_input_tokens: _Optional[int] = ..., cost_usd: _Optional[float] = ..., estimated_requests: _Optional[int] = ..., unpriced_requests: _Optional[int] = ...) -> None: ...
+    cache_hits: int
+    def __init__(self, requests: _Optional[int] = ..., input_tokens: _Optional[int] = ..., output_tokens: _Optional[int] = ..., cached_input_tokens: _Optional[int] = ..., cost_usd: _Optional[float] = ..., estimated_requests: _Optional[int] = ..., unpriced_requests: _Optional[int] = ..., cache_hits: _Optional[int] = ...) -> None: ...
 
 class GetUsageResponse(_message.Message):
     __slots__ = ("rows", "totals", "start_date", "end_date", "truncated")

@@ -113,3 +113,26 @@ async def test_what_the_control_service_cannot_take_is_refused_not_retried(
         await writer.write(Batch(requests=huge))
     with pytest.raises(RowsRefused):
         await writer.write(Batch(requests=[dataclasses.replace(request_row(1), status=70_000)]))
+
+
+async def test_list_ai_logs_returns_cache_hits_and_pii_counts(
+    channel: grpc.aio.Channel, api: Api
+) -> None:
+    hit = dataclasses.replace(
+        ai_row(1),
+        input_tokens=0,
+        output_tokens=0,
+        cache_hit="semantic",
+        pii_entities=(("EMAIL_ADDRESS", 2), ("PHONE_NUMBER", 1)),
+    )
+    await ControlLogWriter(channel, DATAPLANE_TOKEN).write(Batch(ai=[ai_row(0), hit]))
+
+    stored = await api.control.ListAiLogs(
+        control_pb2.ListAiLogsRequest(tenant_id="acme", limit=10),
+        metadata=(("authorization", f"Bearer {ADMIN_TOKEN}"),),
+    )
+    [listed_hit, listed_call] = stored.ai_logs
+    assert (listed_hit.request_id, listed_hit.cache_hit) == ("req-0001", "semantic")
+    assert dict(listed_hit.pii_entities) == {"EMAIL_ADDRESS": 2, "PHONE_NUMBER": 1}
+    assert (listed_hit.input_tokens, listed_hit.output_tokens) == (0, 0)
+    assert (listed_call.cache_hit, dict(listed_call.pii_entities)) == ("", {})

@@ -116,6 +116,9 @@ def test_one_trace_holds_envoys_spans_and_the_data_planes(
         (s.name, s.attributes["gatez.phase"]) for s in children if "gatez.phase" in s.attributes
     )
     assert stage_calls == [
+        ("answer_cache", "request_body"),
+        ("answer_cache", "response_body"),
+        ("answer_cache", "response_headers"),
         ("authenticate", "request_headers"),
         ("client_api", "request_headers"),
         ("decode_response", "response_body"),
@@ -126,6 +129,10 @@ def test_one_trace_holds_envoys_spans_and_the_data_planes(
         ("provider_headers", "request_body"),
         ("rate_limit", "request_headers"),
         ("rate_limit check", "request_headers"),
+        ("redact_answer", "request_body"),
+        ("redact_answer", "response_body"),
+        ("redact_prompt", "request_body"),
+        ("token_budget", "request_body"),
         ("usage_meter", "response_body"),
     ]
     for child in children:

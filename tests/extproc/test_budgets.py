@@ -390,6 +390,36 @@ async def test_soft_threshold_of_a_lowered_limit_is_reported_by_the_reserve(
     assert [(m.period, m.unit) for m in lowered.soft_crossed] == [(Period.DAY, Unit.TOKENS)]
 
 
+async def test_soft_fractions_are_each_owners_own_and_the_settle_keeps_the_reserves(
+    store: BudgetStore,
+) -> None:
+    """The tenant says 50 %, its key 90 %, of one 1,000-token day: each crosses at its own."""
+    limits = BudgetLimits(tokens_per_day=1_000)
+
+    async def call(request_id: str, used: int) -> list[Scope]:
+        reservation = await store.reserve(
+            request_id,
+            "acme",
+            Cost(100, 0),
+            tenant_limits=limits,
+            key_id="k1",
+            key_limits=limits,
+            tenant_soft_fraction=0.5,
+            key_soft_fraction=0.9,
+        )
+        assert reservation.soft_crossed == ()
+        settled = await store.settle(reservation, Cost(used, 0))
+        return [mark.scope for mark in settled.soft_crossed]
+
+    assert await call("r1", 499) == []
+    assert await call("r2", 1) == [Scope.TENANT]  # 500 spent: the tenant's 50 %
+    assert await call("r3", 399) == []  # 899: below the key's 90 %
+    assert await call("r4", 1) == [Scope.KEY]
+    # No fraction from the owner: the store's (0.8, already passed), 0: none at all.
+    none = store.budgets("acme", limits, "k1", limits, key_soft_fraction=0.0)
+    assert [b.soft_fraction for b in none] == [0.8, 0.0]
+
+
 @pytest.mark.parametrize(
     ("fail_open", "admission"), [(False, Admission.UNAVAILABLE), (True, Admission.UNCHECKED)]
 )

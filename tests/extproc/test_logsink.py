@@ -62,6 +62,8 @@ def ai_row(n: int, tenant: str = "acme") -> AiLogRow:
         streamed=n % 2 == 0,
         node_id="node-a",
         usage_estimated=n % 3 == 0,
+        cache_hit="exact" if n % 4 == 1 else "",
+        pii_entities=(("EMAIL_ADDRESS", n + 1), ("PHONE_NUMBER", 1)) if n % 2 == 0 else (),
     )
 
 
@@ -440,6 +442,27 @@ async def test_close_with_the_store_away_spools_and_the_next_sink_replays(
     assert ids(writer.requests) == numbered(6)
     assert ids(writer.ai) == numbered(5)
     assert second.rows_replayed == 10
+
+
+async def test_ai_rows_keep_cache_hits_and_pii_counts_through_the_spool(tmp_path: Path) -> None:
+    writer = RecordingWriter()
+    writer.broken = True
+    first = LogSink(writer, spool=Spool(tmp_path / "spool", max_bytes=1 << 20), interval_s=60)
+    rows = [ai_row(n) for n in range(4)]
+    for row in rows:
+        first.add_ai(row)
+    await asyncio.wait_for(first.close(timeout_s=0.5), 5)
+    assert first.rows_spooled == 4
+
+    writer.broken = False
+    second = LogSink(writer, spool=Spool(tmp_path / "spool", max_bytes=1 << 20), interval_s=60)
+    await second.flush()
+    await second.close()
+    assert writer.ai == rows
+    assert [(r.cache_hit, r.pii_entities) for r in writer.ai[:2]] == [
+        ("", (("EMAIL_ADDRESS", 1), ("PHONE_NUMBER", 1))),
+        ("exact", ()),
+    ]
 
 
 async def test_close_cancels_a_hanging_write_and_spools_its_rows(tmp_path: Path) -> None:

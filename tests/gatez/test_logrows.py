@@ -12,6 +12,8 @@ import pytest
 from gatez.logrows import (
     ARGUMENTS_LIMIT,
     PATH_LIMIT,
+    PII_ENTITY_NAME_LIMIT,
+    PII_ENTITY_TYPES_LIMIT,
     REASON_LIMIT,
     TEXT_LIMIT,
     AgentLogRow,
@@ -19,6 +21,7 @@ from gatez.logrows import (
     RequestLogRow,
     agent_log_from_proto,
     agent_log_to_proto,
+    ai_log_from_proto,
     ai_log_to_proto,
     batch_from_proto,
     batch_to_proto,
@@ -26,6 +29,7 @@ from gatez.logrows import (
     clip_row,
     clip_utf8,
     encoded_size,
+    pii_entity_counts,
     request_log_to_proto,
 )
 from gatez.v1 import control_pb2, logs_pb2
@@ -68,6 +72,9 @@ def ai_row(text: str = "", *, tokens: int = 19) -> AiLogRow:
         cached_input_tokens=tokens,
         cost_usd=1234.5678901,
         price_known=True,
+        attempts=("openai/gpt-4o=429" + text, "azure/gpt-4o=skipped"),
+        cache_hit="semantic" + text,
+        pii_entities=(("EMAIL_ADDRESS" + text, tokens), ("PHONE_NUMBER", 2)),
     )
 
 
@@ -133,6 +140,8 @@ def test_a_clipped_row_is_small_whatever_went_in() -> None:
     requests = clip_row(request_row(huge, path=huge))
     ai = clip_row(ai_row(huge))
     assert len(requests.path) == PATH_LIMIT and len(requests.request_id) == TEXT_LIMIT
+    assert len(ai.cache_hit) == TEXT_LIMIT
+    assert ai.pii_entities == (("EMAIL_ADDRESS" + huge[:51], 19), ("PHONE_NUMBER", 2))
     # Every text field bounded: at most 2 KiB + 6 x 256 characters of 4 bytes.
     assert encoded_size(requests) < 16 * 1024 and encoded_size(ai) < 16 * 1024
     assert clip_row(request_row()) == request_row() and clip_row(ai_row()) == ai_row()
@@ -198,3 +207,51 @@ def test_rows_survive_a_batch_trip_through_protobuf() -> None:
     agents = [agent_row(), dataclasses.replace(agent_row("x"), decision="denied", approver="")]
     wire = batch_to_proto(requests, ai, agents).SerializeToString()
     assert batch_from_proto(logs_pb2.LogBatch.FromString(wire)) == (requests, ai, agents)
+
+
+def test_an_ai_row_survives_a_trip_through_protobuf() -> None:
+    row = ai_row("é𝄞")
+    wire = ai_log_to_proto(row).SerializeToString()
+    assert ai_log_from_proto(logs_pb2.AiLog.FromString(wire)) == row
+    # A provider's call: no hit, nothing found.
+    plain = dataclasses.replace(row, cache_hit="", pii_entities=(), attempts=())
+    wire = ai_log_to_proto(plain).SerializeToString()
+    assert ai_log_from_proto(logs_pb2.AiLog.FromString(wire)) == plain
+
+
+def test_pii_counts_read_from_protobuf_are_sorted_by_entity_type() -> None:
+    # A protobuf map has no order; a row's pairs do, so equal rows compare equal.
+    message = logs_pb2.AiLog(pii_entities={"US_SSN": 1, "CREDIT_CARD": 3, "IBAN_CODE": 2})
+    assert ai_log_from_proto(message).pii_entities == (
+        ("CREDIT_CARD", 3),
+        ("IBAN_CODE", 2),
+        ("US_SSN", 1),
+    )
+
+
+@pytest.mark.parametrize(
+    ("counts", "expected"),
+    [
+        ({}, ()),
+        ({"PHONE_NUMBER": 1, "EMAIL_ADDRESS": 2}, (("EMAIL_ADDRESS", 2), ("PHONE_NUMBER", 1))),
+        # Nothing found of a type: no entry.
+        ({"EMAIL_ADDRESS": 0, "URL": 3}, (("URL", 3),)),
+        # A count past UInt32 would make the row unstorable: capped.
+        ({"EMAIL_ADDRESS": 2**40}, (("EMAIL_ADDRESS", 2**32 - 1),)),
+        # Names past the bound are cut; two cut to the same name count together.
+        (
+            {"X" * 100: 2, "X" * 90: 3},
+            (("X" * PII_ENTITY_NAME_LIMIT, 5),),
+        ),
+    ],
+)
+def test_pii_entity_counts_are_bounded_and_sorted(
+    counts: dict[str, int], expected: tuple[tuple[str, int], ...]
+) -> None:
+    assert pii_entity_counts(counts) == expected
+
+
+def test_pii_entity_counts_keep_at_most_the_bound_of_types() -> None:
+    counts = {f"TYPE_{n:03d}": n + 1 for n in range(PII_ENTITY_TYPES_LIMIT + 10)}
+    kept = pii_entity_counts(counts)
+    assert kept == tuple(sorted(counts.items()))[:PII_ENTITY_TYPES_LIMIT]

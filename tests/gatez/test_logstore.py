@@ -178,7 +178,8 @@ def test_rows_the_table_cannot_hold_are_refused(store: LogStore, tokens: int) ->
     assert store.recent_ai_logs("acme", 10) == [ai_row(2)]
 
 
-# The AI log as earlier versions created it: first without usage_estimated, then without costs.
+# The AI log as earlier versions created it: first without usage_estimated, then without costs,
+# then without cache hits and PII counts.
 _FIRST_AI_COLUMNS = """time DateTime64(3, 'UTC'), request_id String,
         tenant_id LowCardinality(String), key_id String, provider LowCardinality(String),
         model_alias LowCardinality(String),
@@ -190,6 +191,13 @@ OLDER_AI_TABLES = {
     "without costs": (
         _FIRST_AI_COLUMNS + ", usage_estimated Bool DEFAULT false",
         AI_LOG_COLUMNS[:15],
+    ),
+    "without cache hits and pii counts": (
+        _FIRST_AI_COLUMNS
+        + """, usage_estimated Bool DEFAULT false, cached_input_tokens UInt32 DEFAULT 0,
+        cost_usd Float64 DEFAULT 0, price_known Bool DEFAULT false,
+        attempts Array(String) DEFAULT []""",
+        AI_LOG_COLUMNS[:19],
     ),
 }
 
@@ -210,15 +218,47 @@ def test_tables_of_an_older_version_are_brought_up_to_date(tmp_path: Path, versi
     store = open_store(directory)
     try:
         new = dataclasses.replace(
-            ai_row(2), usage_estimated=True, cached_input_tokens=7, cost_usd=0.5, price_known=True
+            ai_row(2),
+            usage_estimated=True,
+            cached_input_tokens=7,
+            cost_usd=0.5,
+            price_known=True,
+            attempts=("openai/gpt-4o=503",),
+            cache_hit="exact",
+            pii_entities=(("EMAIL_ADDRESS", 1),),
         )
         store.insert_ai_logs([new])
         store.insert_ai_logs([new])
-        # The old row reads back unpriced: cost 0, its price unknown.
+        # The old row reads back unpriced (cost 0, its price unknown), no hit, nothing found.
         assert store.recent_ai_logs("acme", 10) == [new, old]
         assert (old.cost_usd, old.price_known) == (0.0, False)
+        assert (old.cache_hit, old.pii_entities) == ("", ())
+        report = store.usage("acme", T0.date(), T0.date())
+        assert (report.totals.requests, report.totals.unpriced_requests) == (2, 1)
     finally:
         store.close()
+    # Opening it again finds the columns there: the migration is a no-op.
+    again = open_store(directory)
+    try:
+        assert again.recent_ai_logs("acme", 10) == [new, old]
+    finally:
+        again.close()
+
+
+def test_cache_hits_and_pii_counts_round_trip(store: LogStore) -> None:
+    hit = dataclasses.replace(
+        ai_row(1),
+        input_tokens=0,
+        output_tokens=0,
+        cache_hit="semantic",
+        pii_entities=(("EMAIL_ADDRESS", 2), ("US_SSN", 2**32 - 1)),
+    )
+    exact = dataclasses.replace(ai_row(2), cache_hit="exact")
+    found = dataclasses.replace(ai_row(3), pii_entities=(("PHONE_NUMBER", 1),))
+    store.insert_ai_logs([hit, exact, found, ai_row(4)])
+    assert store.recent_ai_logs("acme", 10) == [ai_row(4), found, exact, hit]
+    [back] = store.recent_ai_logs("acme", 1)
+    assert isinstance(back.pii_entities, tuple) and back.cache_hit == ""
 
 
 def test_costs_round_trip(store: LogStore) -> None:
@@ -275,6 +315,25 @@ def test_usage_sums_by_day_and_model_for_one_tenant(store: LogStore) -> None:
     assert store.usage("globex", dt.date(2025, 3, 10), dt.date(2025, 3, 10)).totals.cost_usd == 5.0
     empty = store.usage("initech", dt.date(2025, 3, 10), dt.date(2025, 3, 11))
     assert (empty.groups, empty.totals.requests, empty.totals.cost_usd) == ((), 0, 0.0)
+
+
+def test_usage_counts_cache_hits_as_requests_without_tokens_or_cost(store: LogStore) -> None:
+    answered = dict(input_tokens=0, output_tokens=0, cached_input_tokens=0, cost_usd=0.0)
+    store.insert_ai_logs(
+        [
+            usage_row("acme", 10, 0, "gpt-4o"),
+            usage_row("acme", 10, 1, "gpt-4o", cache_hit="exact", **answered),
+            # Its model has no price: a cached answer is not an unpriced call all the same.
+            usage_row("acme", 10, 2, "gpt-4o", cache_hit="semantic", price_known=False, **answered),
+        ]
+    )
+    report = store.usage("acme", dt.date(2025, 3, 10), dt.date(2025, 3, 10))
+    [group] = report.groups
+    for counts in (group.counts, report.totals):
+        assert (counts.requests, counts.input_tokens, counts.output_tokens) == (3, 1000, 100)
+        assert (counts.cached_input_tokens, counts.unpriced_requests) == (400, 0)
+        assert counts.cache_hits == 2
+        assert counts.cost_usd == pytest.approx(0.01)
 
 
 # --- the agent log -------------------------------------------------------------------------

@@ -44,3 +44,11 @@ def test_secrets_stay_out_of_repr() -> None:
     )
     text = repr(settings)
     assert "secret-value" not in text and "a2V5" not in text
+
+
+def test_the_semantic_cache_uses_local_qdrant_unless_a_server_is_named(tmp_path: Path) -> None:
+    local = Settings.from_env({"GATEZ_STATE_DIR": str(tmp_path)})
+    assert local.qdrant_url == ""
+    assert local.qdrant_path == str(tmp_path / "qdrant")
+    shared = Settings.from_env({"GATEZ_QDRANT_URL": "http://qdrant.internal:6333"})
+    assert shared.qdrant_url == "http://qdrant.internal:6333"

@@ -251,3 +251,99 @@ async def test_a_call_without_usage_costs_nothing_but_keeps_its_price_known() ->
     flow, _ = priced_flow(upstream_model="gpt-4o")
     _, [call] = await log_rows(flow)
     assert (call.cost_usd, call.price_known) == (0.0, True)
+
+
+# --- answers from the answer cache, PII findings ------------------------------------------
+
+
+def cached_flow(*, stream: bool, hit: str) -> Flow:
+    """An LLM exchange the answer cache answered after 3 ms (a Respond): the provider never saw
+    it, and the adapter marked no first byte."""
+    flow = llm_flow(stream=stream, usage=None, reached=False)
+    assert flow.llm is not None
+    flow.llm.cache_hit = hit
+    flow.error = "cache_hit"
+    flow.finished_ns = flow.started_ns + 3 * MS
+    return flow
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize("hit", ["exact", "semantic"])
+async def test_an_answer_from_the_cache_writes_an_ai_row_without_tokens(
+    stream: bool, hit: str
+) -> None:
+    flow = cached_flow(stream=stream, hit=hit)
+    [request], [call] = await log_rows(flow)
+    assert (request.status, request.error) == (200, "cache_hit")
+    assert call == AiLogRow(
+        time=request.time,
+        request_id=flow.request_id,
+        tenant_id="acme",
+        key_id="key-1",
+        # The target the request was routed to, which was not called.
+        provider="openai",
+        model_alias="fast",
+        upstream_model="gpt-4o-mini",
+        input_tokens=0,
+        output_tokens=0,
+        status=200,
+        latency_ms=3.0,
+        # The whole answer left at once.
+        ttft_ms=3.0,
+        streamed=stream,
+        node_id="node-a",
+        cost_usd=0.0,
+        price_known=True,
+        cache_hit=hit,
+    )
+
+
+async def test_a_cached_answer_costs_nothing_whatever_usage_a_stage_estimated() -> None:
+    flow, llm = priced_flow(upstream_model="acme-internal-llm")
+    flow.upstream_reached = False
+    llm.cache_hit = "exact"
+    # A stage ahead of the log counted the replayed answer: still no provider tokens.
+    llm.usage = TokenUsage(input_tokens=500, output_tokens=80, estimated=True)
+    _, [call] = await log_rows(flow)
+    assert (call.input_tokens, call.output_tokens, call.usage_estimated) == (0, 0, False)
+    # No price for the model, yet the cost of a cached answer is known: 0.
+    assert (call.cost_usd, call.price_known, call.cache_hit) == (0.0, True, "exact")
+
+
+@pytest.mark.parametrize("cached", [False, True])
+async def test_every_ai_row_carries_the_pii_counts(cached: bool) -> None:
+    if cached:
+        flow = cached_flow(stream=False, hit="exact")
+    else:
+        flow = llm_flow(stream=True, usage=TokenUsage(input_tokens=19, output_tokens=10))
+    flow.pii_counts = {"PHONE_NUMBER": 1, "EMAIL_ADDRESS": 3, "IBAN_CODE": 0}
+    _, [call] = await log_rows(flow)
+    assert call.pii_entities == (("EMAIL_ADDRESS", 3), ("PHONE_NUMBER", 1))
+
+
+async def test_a_call_without_findings_has_no_pii_counts() -> None:
+    _, [call] = await log_rows(llm_flow(stream=False, usage=TokenUsage(19, 10)))
+    assert call.pii_entities == ()
+
+
+async def test_a_request_blocked_for_pii_logs_the_reason_and_none_of_the_prompt() -> None:
+    secret, email = "4111 1111 1111 1111", "jane.doe@example.com"
+    body = f'{{"model": "fast", "messages": [{{"role": "user", "content": "{email} {secret}"}}]}}'
+    flow = make_flow(POLICY, path=f"/v1/chat/completions?user={email}", body=body.encode())
+    flow.principal = PRINCIPAL
+    assert TARGET is not None
+    flow.llm = LlmCall(target=TARGET, stream=False, client_wants_usage=False)
+    flow.pii_counts = {"CREDIT_CARD": 1, "EMAIL_ADDRESS": 1}
+    flow.response_status = 400
+    flow.error = "pii_blocked"
+    flow.finished_ns = flow.started_ns + 2 * MS
+    [request], ai = await log_rows(flow)
+    # The provider never saw it and the cache did not answer it: no AI row.
+    assert ai == []
+    assert (request.status, request.error, request.path) == (
+        400,
+        "pii_blocked",
+        "/v1/chat/completions",
+    )
+    for text in (email, secret, "jane.doe", "4111"):
+        assert text not in repr(request)
