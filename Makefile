@@ -16,7 +16,7 @@ APISIX_RUNTIME ?= $(firstword $(wildcard ../shared/apisix-runtime \
 APISIX_PREFIX ?= $(CURDIR)/.apisix
 APISIX_VERSION := 3.18.0
 
-.PHONY: run test setup system-deps apisix proto flatbuffers lint bench bench-translate bench-mcp clean
+.PHONY: run test setup system-deps apisix proto flatbuffers lint bench bench-translate bench-mcp bench-guardrails clean
 
 # PROXY=apisix: a real APISIX 3.18 (installed by `make apisix`) in front instead of Envoy.
 PROXY ?= envoy
@@ -39,10 +39,16 @@ bench: setup apisix
 	GATEZ_APISIX_PREFIX=$(APISIX_PREFIX) $(PY) -m bench.apisix_path
 	$(PY) -m bench.translate
 	GATEZ_APISIX_PREFIX=$(APISIX_PREFIX) $(PY) -m bench.mcp
+	$(PY) -m bench.guardrails
 
 # An MCP tools/call through Gatez (Envoy and APISIX) vs straight to the MCP server, JSON and SSE.
 bench-mcp: setup apisix
 	GATEZ_APISIX_PREFIX=$(APISIX_PREFIX) $(PY) -m bench.mcp --modes json sse
+
+# What the guardrails cost (PII redaction, streamed output redaction, budgets, the answer cache),
+# against plain Envoy and Gatez's plain chat path in the same run.
+bench-guardrails: setup
+	$(PY) -m bench.guardrails
 
 # What schema translation costs (OpenAI client to an Anthropic provider), plain and streamed.
 bench-translate: setup
