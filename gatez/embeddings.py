@@ -67,7 +67,14 @@ class WordLlamaEmbedder:
         """
         if not texts:
             return np.zeros((0, EMBEDDING_DIM), dtype=np.float32)
-        raw = np.asarray(self.model.embed(texts, norm=False), dtype=np.float32)
+        # Lower-cased first: the model's vocabulary is case-sensitive, and a question typed in
+        # lower case ("what's the capital of france") would be a stranger to its capitalised
+        # twin. On the labelled pairs (`python -m bench.cache_guard`) it lifts recall at the
+        # default threshold from 0.69 to 0.81 at the same 0.7 % false-hit rate; the guards
+        # still read the original text (names, units).
+        raw = np.asarray(
+            self.model.embed([text.lower() for text in texts], norm=False), dtype=np.float32
+        )
         norms = np.linalg.norm(raw, axis=1, keepdims=True)
         # wordllama's own norm=True divides by zero on empty input; keep zero rows at zero.
         np.divide(raw, norms, out=raw, where=norms > 0)

@@ -85,7 +85,8 @@ _QUESTION_SCALE: Final = float(np.sqrt(1 - SCOPE_WEIGHT))
 _SCOPE_SCALE: Final = float(np.sqrt(SCOPE_WEIGHT))
 # Changes with the point layout, so a new layout never reads old points.
 LAYOUT: Final = "v1"
-WORDLLAMA_ID: Final = f"wordllama{EMBEDDING_DIM}"
+# "-lc": questions are embedded lower-cased (vectors of the earlier form live elsewhere).
+WORDLLAMA_ID: Final = f"wordllama{EMBEDDING_DIM}-lc"
 # Nearest points read per lookup; they are checked in order.
 CANDIDATES: Final = 4
 # Questions longer than this are left to the exact tier: embedding them costs milliseconds,
