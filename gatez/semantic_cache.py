@@ -63,16 +63,18 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any, Final, Protocol, TypeVar
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, Final, Protocol, TypeVar
 
 import numpy as np
-from qdrant_client import AsyncQdrantClient, QdrantClient
-from qdrant_client import models as qm
-from qdrant_client.http.exceptions import UnexpectedResponse
 
 from gatez.answer_cache import Fingerprint
 from gatez.cache_guard import compare_questions, question_features
 from gatez.embeddings import EMBEDDING_DIM, Embeddings, WordLlamaEmbedder
+
+if TYPE_CHECKING:
+    from qdrant_client import AsyncQdrantClient, QdrantClient
+    from qdrant_client import models as qm
 
 log = logging.getLogger("gatez.cache")
 
@@ -214,10 +216,28 @@ class _Vectors(Protocol):
     async def close(self) -> None: ...
 
 
+def _qdrant() -> ModuleType:
+    """qdrant-client, imported on first use: it costs ~0.45 s to import, which a data plane
+    (an APISIX runner restarting) would otherwise pay before serving its first request; the
+    local index first uses it in its worker thread, a server client when it is built."""
+    import qdrant_client
+    import qdrant_client.http.exceptions
+
+    return qdrant_client
+
+
+def _models() -> ModuleType:
+    """`qdrant_client.models` (see `_qdrant`)."""
+    models: ModuleType = _qdrant().models
+    return models
+
+
 def _expired(now: float) -> qm.FilterSelector:
-    return qm.FilterSelector(
-        filter=qm.Filter(must=[qm.FieldCondition(key="expires_at", range=qm.Range(lt=now))])
+    m = _models()
+    selector: qm.FilterSelector = m.FilterSelector(
+        filter=m.Filter(must=[m.FieldCondition(key="expires_at", range=m.Range(lt=now))])
     )
+    return selector
 
 
 class _LocalQdrant:
@@ -242,12 +262,13 @@ class _LocalQdrant:
         if self._client is None:
             # Opened in the worker thread: SQLite connections belong to the thread that made
             # them. Fails when another process holds the directory.
-            self._client = await self._call(QdrantClient, path=str(self._path))
+            self._client = await self._call(_qdrant().QdrantClient, path=str(self._path))
         response = await self._call(self.client.get_collections)
         return {c.name for c in response.collections}
 
     async def create(self, collection: str, dim: int) -> None:
-        params = qm.VectorParams(size=dim, distance=qm.Distance.DOT)
+        m = _models()
+        params = m.VectorParams(size=dim, distance=m.Distance.DOT)
         await self._call(self.client.create_collection, collection, vectors_config=params)
 
     async def search(
@@ -290,26 +311,29 @@ class _RemoteQdrant:
     scope filter and the expiry sweep cheap there."""
 
     def __init__(self, url: str, api_key: str | None, timeout_s: int) -> None:
-        self._client = AsyncQdrantClient(url=url, api_key=api_key, timeout=timeout_s)
+        self._client: AsyncQdrantClient = _qdrant().AsyncQdrantClient(
+            url=url, api_key=api_key, timeout=timeout_s
+        )
 
     async def collections(self) -> set[str]:
         response = await self._client.get_collections()
         return {c.name for c in response.collections}
 
     async def create(self, collection: str, dim: int) -> None:
-        params = qm.VectorParams(size=dim, distance=qm.Distance.DOT)
+        m = _models()
+        params = m.VectorParams(size=dim, distance=m.Distance.DOT)
         if not await self._client.collection_exists(collection):
             try:
                 await self._client.create_collection(collection, vectors_config=params)
-            except UnexpectedResponse:
+            except _qdrant().http.exceptions.UnexpectedResponse:
                 # Another data plane may have created it in between.
                 if not await self._client.collection_exists(collection):
                     raise
         await self._client.create_payload_index(
-            collection, "scope", field_schema=qm.PayloadSchemaType.KEYWORD
+            collection, "scope", field_schema=_models().PayloadSchemaType.KEYWORD
         )
         await self._client.create_payload_index(
-            collection, "expires_at", field_schema=qm.PayloadSchemaType.FLOAT
+            collection, "expires_at", field_schema=_models().PayloadSchemaType.FLOAT
         )
 
     async def search(
@@ -321,7 +345,8 @@ class _RemoteQdrant:
         score_threshold: float,
         scope: str,
     ) -> list[qm.ScoredPoint]:
-        scoped = qm.Filter(must=[qm.FieldCondition(key="scope", match=qm.MatchValue(value=scope))])
+        m = _models()
+        scoped = m.Filter(must=[m.FieldCondition(key="scope", match=m.MatchValue(value=scope))])
         try:
             response = await self._client.query_points(
                 collection,
@@ -331,7 +356,7 @@ class _RemoteQdrant:
                 score_threshold=score_threshold,
                 with_payload=True,
             )
-        except UnexpectedResponse as error:
+        except _qdrant().http.exceptions.UnexpectedResponse as error:
             if error.status_code == 404:
                 return []  # no entry of this tenant yet
             raise
@@ -633,7 +658,7 @@ class SemanticIndex:
                 collection = collection_name(entry.tenant, embedder_id)
                 sizes[collection] = len(row) + SCOPE_DIM
                 by_collection.setdefault(collection, []).append(
-                    qm.PointStruct(
+                    _models().PointStruct(
                         id=point_id(fingerprint.exact),
                         vector=point_vector(row, fingerprint.scope),
                         payload={
