@@ -818,13 +818,16 @@ class StreamRedactor:
         findings = _resolve_overlaps(self.scanner.scan(text, wanted)) if wanted else []
         offset = len(ctx)
         cut += offset
-        # Never cut through an entity: hold back from its start (cuts only move left).
+        # Never cut through an entity: hold back from its start (cuts only move left). An
+        # entity that began in text already emitted (one longer than the window) holds the cut
+        # at the offset: nothing is released until the cut passes its end.
         moved = True
         while moved:
             moved = False
             for f in findings:
-                if f.start < cut < f.end:
-                    cut, moved = max(f.start, offset), True
+                start = max(f.start, offset)
+                if start < cut < f.end:
+                    cut, moved = start, True
         if cut <= offset:
             return ""
         emit = [
