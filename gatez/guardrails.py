@@ -4,6 +4,11 @@ budgets (and its API keys'), and its answer-cache settings per route.
 Compiled from the snapshot's `pii_policies`, `budgets` and `cache_policies` with the rest of
 the policy (`gatez.policy.compile_policy`); a fault refuses the whole snapshot. The stages that
 enforce them live in `extproc/stages/` (pii, cache, budget).
+
+PERSON and LOCATION are accepted only in a process whose NER model is set
+(`gatez.pii.configure_ner` from GATEZ_PII_NER_MODEL, at start): the control service and every
+data plane read the same setting, so a policy the control service accepts compiles in the data
+planes too.
 """
 
 from __future__ import annotations
@@ -17,12 +22,18 @@ from typing import Final
 
 from gatez.budgets import BudgetLimits
 from gatez.errors import InvalidPolicy, quoted
-from gatez.pii import DEFAULT_ENTITIES, SUPPORTED_ENTITIES, Action, PiiScanner
+from gatez.pii import (
+    DEFAULT_ENTITIES,
+    NER_ENTITIES,
+    NER_SETTING,
+    Action,
+    PiiScanner,
+    ner_available,
+    supported_entities,
+)
 from gatez.v1 import policy_pb2
 
 DEFAULT_PII_MIN_SCORE: Final = 0.5
-# Entity types that need a spaCy NER model (not shipped; see the README).
-MODEL_ENTITIES: Final = frozenset({"PERSON", "LOCATION"})
 DEFAULT_SOFT_PERCENT: Final = 80
 DEFAULT_MAX_OUTPUT_TOKENS: Final = 4096
 DEFAULT_CACHE_TTL_S: Final = 3600
@@ -171,15 +182,18 @@ def _pii_rules(policy: policy_pb2.PiiPolicy, where: str) -> PiiRules:
     actions: dict[str, Action] = {}
     if default != policy_pb2.PII_ACTION_OFF:
         actions = dict.fromkeys(DEFAULT_ENTITIES, _PII_ACTIONS[default])
+    known = supported_entities()
     for entity, action in sorted(policy.entities.items()):
+        # NER types are never in the default set: a policy names them (they cost far more).
         _check(
-            entity not in MODEL_ENTITIES,
-            f"{where}: {entity} needs a spaCy NER model, which this gateway does not load",
+            entity not in NER_ENTITIES or ner_available(),
+            f"{where}: {entity} needs a spaCy NER model, which this gateway does not load: "
+            f"set {NER_SETTING} (an installed spaCy package or a saved pipeline's directory) "
+            "for the control service and every data plane",
         )
         _check(
-            entity in SUPPORTED_ENTITIES,
-            f"{where}: unknown entity type {quoted(entity)} (known: "
-            f"{', '.join(sorted(SUPPORTED_ENTITIES))})",
+            entity in known,
+            f"{where}: unknown entity type {quoted(entity)} (known: {', '.join(sorted(known))})",
         )
         _check(action in policy_pb2.PiiAction.values(), f"{where}: {entity}: action unknown")
         # UNSPECIFIED takes the default, which may be OFF.

@@ -28,7 +28,31 @@ Differences from Presidio, on purpose:
   exhaustively), and caches its answer per word. The conformance tests check it finds the
   same numbers. (phonenumbers accepts some bare 4- and 5-digit German numbers, "1640",
   "01640"; none of three digits or fewer, checked exhaustively.)
-- NER entities (PERSON, LOCATION…) need a spaCy model and are not offered here.
+
+NER (PERSON, LOCATION) is opt-in, per process: ``GATEZ_PII_NER_MODEL`` names an installed spaCy
+package (``en_core_web_sm``) or the directory of a saved pipeline, and :func:`configure_ner`
+loads it once at start (never downloading: the models Presidio defaults to are not installable
+here) for every tenant's scanners. Only then are the two types offered, and a policy still
+has to name them (they are never in :data:`DEFAULT_ENTITIES`). Presidio's semantics: the
+whole pipeline runs on the text, as Presidio's ``SpacyNlpEngine`` runs it; every ``doc.ents``
+span whose label Presidio's default NER configuration maps to the type counts (PERSON, PER →
+PERSON; GPE, LOC, FAC, LOCATION → LOCATION), scored 0.85 (``NerModelConfiguration``'s default:
+spaCy gives no score) with no context boost (``SpacyRecognizer`` has no context words).
+Findings merge with the pattern findings through the same de-duplication and overlap rules (an
+e-mail a model calls a person stays an e-mail: 1.0 beats 0.85). Texts over 100,000 characters go
+through the pipeline in pieces cut at line breaks (spaCy refuses a text over a million).
+``tests/gatez/test_pii_ner.py`` checks the findings against Presidio's own engine on the same
+pipeline.
+
+NER is opt-in because of its cost, which the data plane pays on the event loop. Measured
+(``python -m bench.pii_ner``): a tiny pipeline (the blank English tokenizer and an entity
+ruler, the tests' model) adds about 0.2 ms per KB — a lower bound, spaCy's tokenizer and
+per-call overhead; spaCy's small CPU NER architecture (tok2vec and ner, the shape of
+``en_core_web_sm``'s; untrained weights, same cost) adds about 8.5 ms per KB, and Presidio's
+engine with ``en_core_web_sm`` is several ms per KB too (it also runs the tagger, parser and
+lemmatizer; a pipeline saved with only what its NER needs costs less). A streamed answer is
+rescanned every step (window and context, ~280 characters): about 3 ms of CPU per 32-character
+step with the small statistical architecture, against 0.05 ms without NER.
 
 The module imports ``presidio_analyzer`` (and with it spaCy) once, about 0.9 s at import.
 """
@@ -38,13 +62,17 @@ from __future__ import annotations
 import functools
 import hashlib
 import re
+import threading
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Final
 
 import phonenumbers
+import spacy
 import tldextract
 from presidio_analyzer.predefined_recognizers import (
     CreditCardRecognizer,
@@ -55,18 +83,25 @@ from presidio_analyzer.predefined_recognizers import (
     UrlRecognizer,
     UsSsnRecognizer,
 )
+from spacy.language import Language
 
 __all__ = [
     "DEFAULT_ENTITIES",
+    "NER_ENTITIES",
+    "NER_SETTING",
     "SUPPORTED_ENTITIES",
     "Action",
     "JsonRedaction",
+    "NerModelError",
     "PiiDepthError",
     "PiiFinding",
     "PiiScanner",
     "RedactionResult",
     "StreamRedactor",
+    "configure_ner",
+    "ner_available",
     "redact_json_strings",
+    "supported_entities",
 ]
 
 # Presidio's score bounds (EntityRecognizer.MIN_SCORE / MAX_SCORE) and its context
@@ -387,11 +422,162 @@ _PHONE_CONTEXT_WORDS: tuple[str, ...] = tuple(_PHONE.context)
 _ISO_DATE_WORD = re.compile(r"\((?:19|20)\d\d-[01]\d-[0-3]\d\)|(?:19|20)\d\d-[01]\d-[0-3]\d[,.;]?")
 
 SUPPORTED_ENTITIES: frozenset[str] = frozenset(_PATTERN_RECOGNIZERS) | {"PHONE_NUMBER"}
-"""Every entity type the scanner knows."""
+"""Every entity type the pattern recognizers find, with no model (see also
+:data:`NER_ENTITIES`)."""
 
 DEFAULT_ENTITIES: frozenset[str] = SUPPORTED_ENTITIES - {"URL"}
 """The default set: all but URL, which Presidio also finds in file names (``main.py``: .py is
 Paraguay's TLD) and in every e-mail domain — opt in when wanted."""
+
+NER_ENTITIES: frozenset[str] = frozenset({"PERSON", "LOCATION"})
+"""The types a spaCy NER model finds, offered only once :func:`configure_ner` has one; never
+in :data:`DEFAULT_ENTITIES` (a scanner or policy names them)."""
+
+NER_SETTING: Final = "GATEZ_PII_NER_MODEL"
+"""The setting naming the NER model (``Settings.pii_ner_model``)."""
+
+# Presidio's spaCy NER configuration (presidio_analyzer/conf/default.yaml,
+# model_to_presidio_entity_mapping) for the types offered here; its other labels (ORG, DATE,
+# NORP…) are left out. spaCy gives entities no score: NerModelConfiguration.default_score.
+_NER_LABELS: Final[Mapping[str, str]] = MappingProxyType(
+    {
+        "PER": "PERSON",
+        "PERSON": "PERSON",
+        "LOC": "LOCATION",
+        "GPE": "LOCATION",
+        "FAC": "LOCATION",
+        "LOCATION": "LOCATION",
+    }
+)
+_NER_SCORE: Final = 0.85
+# Long texts go through the pipeline in pieces: spaCy refuses texts over nlp.max_length, and
+# its statistical NER needs memory in proportion to the text.
+_NER_PIECE_CHARS: Final = 100_000
+
+
+class NerModelError(ValueError):
+    """The NER model the setting names cannot be found or loaded (the process must not start;
+    a ValueError, as a bad value of any other setting is)."""
+
+
+class _NerPipeline:
+    """One spaCy pipeline, loaded at most once per process and shared by every scanner."""
+
+    __slots__ = ("_lock", "_nlp", "name")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._nlp: Language | None = None
+        self._lock = threading.Lock()
+
+    def check(self) -> None:
+        """Raise NerModelError unless the name is an installed spaCy package or a saved
+        pipeline's directory (without loading it)."""
+        path = Path(self.name)
+        if spacy.util.is_package(self.name) or (path / "config.cfg").is_file():
+            return
+        raise NerModelError(
+            f"{NER_SETTING}={self.name!r} is neither an installed spaCy package nor the directory "
+            "of a saved spaCy pipeline (no config.cfg there); nothing is downloaded"
+        )
+
+    def load(self) -> Language:
+        """The pipeline, loaded on first use (about a second for a statistical model)."""
+        nlp = self._nlp
+        if nlp is not None:
+            return nlp
+        with self._lock:
+            if self._nlp is None:
+                self.check()
+                try:
+                    loaded = spacy.load(self.name)
+                except Exception as error:  # spaCy raises OSError, ValueError, registry errors…
+                    raise NerModelError(
+                        f"{NER_SETTING}={self.name!r} did not load: {error}"
+                    ) from error
+                labels = {label for names in loaded.pipe_labels.values() for label in names}
+                if not labels & _NER_LABELS.keys():
+                    raise NerModelError(
+                        f"{NER_SETTING}={self.name!r} has no component labelling persons or "
+                        f"locations (its labels: {', '.join(sorted(labels)) or 'none'}; "
+                        f"wanted one of {', '.join(sorted(_NER_LABELS))})"
+                    )
+                self._nlp = loaded
+            return self._nlp
+
+    def findings(self, text: str, wanted: frozenset[str]) -> list[PiiFinding]:
+        """The entities of ``wanted`` types the pipeline finds, as Presidio's SpacyRecognizer
+        reports them: every ``doc.ents`` span whose label maps to the type, scored 0.85."""
+        nlp = self.load()
+        out: list[PiiFinding] = []
+        for offset, piece in _pieces(text, min(nlp.max_length, _NER_PIECE_CHARS)):
+            for ent in nlp(piece).ents:
+                entity_type = _NER_LABELS.get(ent.label_)
+                if entity_type is not None and entity_type in wanted:
+                    out.append(
+                        PiiFinding(
+                            entity_type, offset + ent.start_char, offset + ent.end_char, _NER_SCORE
+                        )
+                    )
+        return out
+
+
+def _pieces(text: str, limit: int) -> Iterator[tuple[int, str]]:
+    # Cut at the last line break before the limit, else the last whitespace (names rarely
+    # span either), else at the limit.
+    start = 0
+    while len(text) - start > limit:
+        end = start + limit
+        cut = text.rfind("\n", start + 1, end)
+        if cut == -1:
+            cut = max(text.rfind(" ", start + 1, end), text.rfind("\t", start + 1, end))
+        if cut == -1:
+            cut = end
+        yield start, text[start:cut]
+        start = cut
+    yield start, text[start:]
+
+
+@dataclass(slots=True)
+class _NerRegistry:
+    # The process's NER model: set once at start from the settings, read when a scanner is
+    # built (policy compile), so the control service and the data planes agree on a policy.
+    pipeline: _NerPipeline | None = None
+
+
+_NER = _NerRegistry()
+
+
+def configure_ner(model: str, *, load: bool = True) -> None:
+    """Set this process's NER model from ``GATEZ_PII_NER_MODEL`` (``Settings.pii_ner_model``).
+
+    ``model`` is an installed spaCy package name (``en_core_web_sm``) or the directory of a
+    pipeline saved with ``nlp.to_disk``; ``""`` turns NER off. It is never downloaded. With
+    ``load`` the pipeline is loaded now (a data plane, at start: the first request must not pay
+    for it); without, only found (the control service, which validates policies but does not
+    scan: the pipeline then loads on first use). Raises :class:`NerModelError` naming the
+    setting when the model is not there or does not load; the previous model then stays.
+    Call it before the first policy is compiled: scanners take the model when they are built.
+    """
+    if not model:
+        _NER.pipeline = None
+        return
+    pipeline = _NerPipeline(model)
+    if load:
+        pipeline.load()
+    else:
+        pipeline.check()
+    _NER.pipeline = pipeline
+
+
+def ner_available() -> bool:
+    """Whether PERSON and LOCATION can be scanned for (:func:`configure_ner` set a model)."""
+    return _NER.pipeline is not None
+
+
+def supported_entities() -> frozenset[str]:
+    """The entity types a scanner can be built for in this process."""
+    return SUPPORTED_ENTITIES | NER_ENTITIES if ner_available() else SUPPORTED_ENTITIES
 
 
 class PiiDepthError(ValueError):
@@ -504,22 +690,32 @@ class _Span:
 
 
 class PiiScanner:
-    """Finds PII and secrets in text with Presidio's pattern recognizers, compiled once.
+    """Finds PII and secrets in text with Presidio's pattern recognizers, compiled once, and
+    persons and locations with the process's spaCy NER model when it has one.
 
     ``entities`` limits the types scanned (default :data:`DEFAULT_ENTITIES`); findings
     scoring below ``min_score`` are dropped (Presidio's default threshold is 0; 0.5 leaves
     out its "weak" patterns, e.g. a bare 9-digit number as SSN at 0.05, and a phone number
-    with no context word such as "phone" or "call" before it, at 0.4).
+    with no context word such as "phone" or "call" before it, at 0.4). A scanner for any of
+    :data:`NER_ENTITIES` takes the model :func:`configure_ner` set, and is refused without one.
     """
 
-    __slots__ = ("_entities", "_min_score", "_recognizers")
+    __slots__ = ("_entities", "_min_score", "_ner", "_recognizers")
 
     def __init__(self, entities: frozenset[str] | None = None, min_score: float = 0.5) -> None:
         """Build a scanner for ``entities`` (all of :data:`DEFAULT_ENTITIES` by default)."""
         chosen = DEFAULT_ENTITIES if entities is None else entities
-        unknown = chosen - SUPPORTED_ENTITIES
+        unknown = chosen - SUPPORTED_ENTITIES - NER_ENTITIES
         if unknown:
             raise ValueError(f"unknown PII entity types: {sorted(unknown)}")
+        self._ner: _NerPipeline | None = None
+        if chosen & NER_ENTITIES:
+            self._ner = _NER.pipeline
+            if self._ner is None:
+                raise ValueError(
+                    f"{', '.join(sorted(chosen & NER_ENTITIES))}: a spaCy NER model is needed, "
+                    f"and {NER_SETTING} names none"
+                )
         self._entities = frozenset(chosen)
         self._min_score = min_score
         self._recognizers = tuple(
@@ -546,6 +742,10 @@ class PiiScanner:
             # A phone number scores 0.4, or 0.75 after a context word: over a threshold
             # above 0.4 only numbers near a context word can be reported.
             raw.extend(_phones(text, needs_context=self._min_score > _PHONE.SCORE))
+        ner_wanted = wanted & NER_ENTITIES
+        # Every NER finding scores 0.85: over a higher threshold none could be kept.
+        if self._ner is not None and ner_wanted and self._min_score <= _NER_SCORE:
+            raw.extend(self._ner.findings(text, ner_wanted))
         found = _remove_duplicates([f for f in raw if f.score >= self._min_score])
         found.sort(key=lambda f: (f.start, f.end, f.entity_type))
         return found
@@ -774,6 +974,14 @@ class StreamRedactor:
     rescanned for the word boundaries and context words before the held text (by default as
     far back as context scoring looks, so scores equal a whole-text scan's).
 
+    With NER types the same rule holds: a name is released only once ``window_chars`` of
+    newer text follow its first character, so a name no longer than the window is whole in
+    the text scanned, with ``context_chars`` before it and the rest of the window after; a
+    name cut by the end of the held text ("Ada Love") may be found or not, but it lies within
+    the window and nothing of it is released on that step. A statistical model's answer
+    depends on context, so one further away than that may change what it finds there (a rule
+    based pipeline's does not: the tests check its stream output equals the whole text's).
+
     Output is delayed by up to ``window_chars`` characters; ``blocked`` reports blocking
     types as soon as they are seen (what was emitted before cannot be recalled: the caller
     ends the stream).
@@ -818,13 +1026,16 @@ class StreamRedactor:
         findings = _resolve_overlaps(self.scanner.scan(text, wanted)) if wanted else []
         offset = len(ctx)
         cut += offset
-        # Never cut through an entity: hold back from its start (cuts only move left).
+        # Never cut through an entity: hold back from its start (cuts only move left). An
+        # entity that began in text already emitted (one longer than the window) holds the cut
+        # at the offset: nothing is released until the cut passes its end.
         moved = True
         while moved:
             moved = False
             for f in findings:
-                if f.start < cut < f.end:
-                    cut, moved = max(f.start, offset), True
+                start = max(f.start, offset)
+                if start < cut < f.end:
+                    cut, moved = start, True
         if cut <= offset:
             return ""
         emit = [

@@ -57,6 +57,11 @@ class Settings:
     # A Qdrant server for the semantic cache, shared by data planes ("": each data plane's own
     # local Qdrant at `qdrant_path`; see gatez.semantic_cache).
     qdrant_url: str = ""
+    # A spaCy pipeline for PERSON and LOCATION in PII policies: an installed package name
+    # (`en_core_web_sm`) or a saved pipeline's directory; "" (the default): no NER, and policies
+    # naming those types are refused. Never downloaded. The control service and every data
+    # plane must agree on it (see gatez.pii.configure_ner).
+    pii_ner_model: str = ""
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
@@ -86,6 +91,7 @@ class Settings:
             envoy_cds_dir=_optional_path(env.get("GATEZ_ENVOY_CDS_DIR")),
             upstream_ca_bundle=env.get("GATEZ_UPSTREAM_CA_BUNDLE", CA_BUNDLE),
             qdrant_url=env.get("GATEZ_QDRANT_URL", ""),
+            pii_ner_model=env.get("GATEZ_PII_NER_MODEL", "").strip(),
         )
 
     @property

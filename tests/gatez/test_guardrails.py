@@ -4,6 +4,7 @@ refusal, naming its fault."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,9 +20,10 @@ from gatez.guardrails import (
     Guardrails,
     compile_guardrails,
 )
-from gatez.pii import DEFAULT_ENTITIES, Action
+from gatez.pii import DEFAULT_ENTITIES, NER_ENTITIES, Action, ner_available
 from gatez.policy import compile_policy
 from gatez.v1 import policy_pb2
+from tests.support.ner import ner_configured, save_tiny_ner_pipeline
 
 TENANTS = {"acme", "globex"}
 KEY_TENANTS = {"key-a1": "acme", "key-a2": "acme", "key-g1": "globex"}
@@ -153,6 +155,44 @@ def test_default_off_looks_only_for_the_listed_types() -> None:
 )
 def test_faulty_pii_policies_are_refused(policy: policy_pb2.PiiPolicy, message: str) -> None:
     assert refused(pii_policies=[policy]).startswith(message)
+
+
+@pytest.fixture(scope="module")
+def ner_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return save_tiny_ner_pipeline(tmp_path_factory.mktemp("ner"))
+
+
+def test_person_and_location_compile_in_a_process_with_an_ner_model(ner_model: Path) -> None:
+    named = {"PERSON": policy_pb2.PII_ACTION_MASK, "LOCATION": policy_pb2.PII_ACTION_BLOCK}
+    with ner_configured(ner_model):
+        rules = compiled(pii_policies=[pii(entities=named)]).pii["acme"]
+        out = rules.scanner.redact("Ada Lovelace, a@example.com, Paris", rules.actions)
+    assert dict(rules.actions) == dict.fromkeys(DEFAULT_ENTITIES, Action.REPLACE) | {
+        "PERSON": Action.MASK,
+        "LOCATION": Action.BLOCK,
+    }
+    assert rules.scanner.entities == DEFAULT_ENTITIES | NER_ENTITIES
+    assert out.text == f"{'*' * 12}, <EMAIL_ADDRESS>, <LOCATION>"
+    assert out.blocked == frozenset({"LOCATION"})
+
+
+def test_a_default_action_never_adds_the_ner_types(ner_model: Path) -> None:
+    with ner_configured(ner_model):
+        rules = compiled(pii_policies=[pii(default_action=policy_pb2.PII_ACTION_MASK)]).pii["acme"]
+        message = refused(pii_policies=[pii(entities={"NAME": policy_pb2.PII_ACTION_MASK})])
+    assert not NER_ENTITIES & rules.actions.keys()
+    assert "LOCATION" in message and "PERSON" in message  # listed among the known types
+
+
+@pytest.mark.parametrize("entity", sorted(NER_ENTITIES))
+def test_without_an_ner_model_the_ner_types_are_refused_naming_the_setting(entity: str) -> None:
+    assert not ner_available()
+    message = refused(pii_policies=[pii(entities={entity: policy_pb2.PII_ACTION_MASK})])
+    assert message == (
+        f"PII policy of tenant 'acme': {entity} needs a spaCy NER model, which this gateway does "
+        "not load: set GATEZ_PII_NER_MODEL (an installed spaCy package or a saved pipeline's "
+        "directory) for the control service and every data plane"
+    )
 
 
 def test_one_pii_policy_per_tenant() -> None:
