@@ -81,6 +81,12 @@ async def start(settings: Settings) -> ControlServer:
     """Connects to Redis and ClickHouse, and serves the control service on
     `settings.control_address` (port 0 picks a free port; see `ControlServer.port`)."""
     box = secret_box(settings, create=True)
+    if settings.pii_ner_model:
+        # Policies naming PERSON or LOCATION compile only where an NER model is configured;
+        # checked here, loaded on first use (this service never scans).
+        from gatez.pii import configure_ner
+
+        configure_ner(settings.pii_ner_model, load=False)
     interceptor = CredentialInterceptor(
         {CONTROL_SERVICE: Role.ADMIN, DATA_PLANE_SERVICE: Role.DATA_PLANE},
         admin_tokens=[settings.admin_token],

@@ -323,6 +323,12 @@ async def start_core(
     # what to set, rather than serving with a policy it could never update.
     token = dataplane_tokens(settings, create=False)[0]
     box = secret_box(settings, create=False)
+    if settings.pii_ner_model:
+        # Before the saved policy compiles: its PERSON and LOCATION rules need the model,
+        # loaded once here (a second or so) rather than by the first request.
+        from gatez.pii import configure_ner
+
+        await asyncio.to_thread(configure_ner, settings.pii_ner_model)
     # Before any client exists: nothing to close while waiting, nothing started twice.
     spool, quarantine = await _take_spools(settings, takeover_wait_s)
     closers: list[Any] = []

@@ -18,20 +18,17 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from types import MappingProxyType
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from gatez.budgets import BudgetLimits
 from gatez.errors import InvalidPolicy, quoted
-from gatez.pii import (
-    DEFAULT_ENTITIES,
-    NER_ENTITIES,
-    NER_SETTING,
-    Action,
-    PiiScanner,
-    ner_available,
-    supported_entities,
-)
 from gatez.v1 import policy_pb2
+
+if TYPE_CHECKING:
+    # Imported when a policy has PII rules (`_pii_rules`): Presidio costs ~0.9 s to import,
+    # which a process whose tenants redact nothing (a restarted APISIX runner, the control
+    # service) should not pay before it serves.
+    from gatez.pii import Action, PiiScanner
 
 DEFAULT_PII_MIN_SCORE: Final = 0.5
 DEFAULT_SOFT_PERCENT: Final = 80
@@ -43,11 +40,12 @@ DEFAULT_SIMILARITY: Final = 0.85
 USD_MICROS: Final = 1_000_000
 MAX_USD: Final = 1e12
 
+# The policy's actions by gatez.pii's Action value.
 _PII_ACTIONS: Final = {
-    policy_pb2.PII_ACTION_MASK: Action.MASK,
-    policy_pb2.PII_ACTION_REPLACE: Action.REPLACE,
-    policy_pb2.PII_ACTION_HASH: Action.HASH,
-    policy_pb2.PII_ACTION_BLOCK: Action.BLOCK,
+    policy_pb2.PII_ACTION_MASK: "mask",
+    policy_pb2.PII_ACTION_REPLACE: "replace",
+    policy_pb2.PII_ACTION_HASH: "hash",
+    policy_pb2.PII_ACTION_BLOCK: "block",
 }
 
 
@@ -72,7 +70,7 @@ class PiiRules:
 
     @property
     def blocks(self) -> bool:
-        return Action.BLOCK in self.actions.values()
+        return "block" in self.actions.values()
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,11 +175,21 @@ def compile_guardrails(
 
 
 def _pii_rules(policy: policy_pb2.PiiPolicy, where: str) -> PiiRules:
+    from gatez.pii import (
+        DEFAULT_ENTITIES,
+        NER_ENTITIES,
+        NER_SETTING,
+        Action,
+        PiiScanner,
+        ner_available,
+        supported_entities,
+    )
+
     default = policy.default_action or policy_pb2.PII_ACTION_REPLACE
     _check(default in policy_pb2.PiiAction.values(), f"{where}: default_action unknown")
     actions: dict[str, Action] = {}
     if default != policy_pb2.PII_ACTION_OFF:
-        actions = dict.fromkeys(DEFAULT_ENTITIES, _PII_ACTIONS[default])
+        actions = dict.fromkeys(DEFAULT_ENTITIES, Action(_PII_ACTIONS[default]))
     known = supported_entities()
     for entity, action in sorted(policy.entities.items()):
         # NER types are never in the default set: a policy names them (they cost far more).
@@ -201,7 +209,7 @@ def _pii_rules(policy: policy_pb2.PiiPolicy, where: str) -> PiiRules:
         if chosen == policy_pb2.PII_ACTION_OFF:
             actions.pop(entity, None)
         else:
-            actions[entity] = _PII_ACTIONS[chosen]
+            actions[entity] = Action(_PII_ACTIONS[chosen])
     min_score = policy.min_score if policy.HasField("min_score") else DEFAULT_PII_MIN_SCORE
     _check(0.0 <= min_score <= 1.0, f"{where}: min_score must be from 0 to 1")
     _check(

@@ -38,14 +38,13 @@ from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import orjson
 
 from extproc.stages.client_api import Endpoint, Operation
 from gatez.errors import InvalidRequest
 from gatez.guardrails import PiiRules
-from gatez.pii import Action, PiiScanner, StreamRedactor
 from gatez.pipeline import CONTINUE, Flow, Stage, Verdict
 from gatez.translate.model import (
     ChatResponse,
@@ -64,6 +63,11 @@ from gatez.translate.schemas import (
     OLLAMA_GENERATE,
     OPENAI_CHAT,
 )
+
+if TYPE_CHECKING:
+    # gatez.pii (Presidio) is imported by the policy compile when a tenant has PII rules, and
+    # only then reached from here (see gatez.guardrails).
+    from gatez.pii import Action, PiiScanner, StreamRedactor
 
 # The shortest text any recognizer reports: "::", the unspecified IPv6 address.
 MIN_ENTITY_CHARS: Final = 2
@@ -330,6 +334,8 @@ class _AnswerRedaction:
                 redactor = self.texts.get(event.index)
                 if redactor is None:
                     redaction = self.redaction
+                    from gatez.pii import StreamRedactor
+
                     redactor = self.texts[event.index] = StreamRedactor(
                         redaction.scanner,
                         redaction.actions,
@@ -390,6 +396,8 @@ class _AnswerRedaction:
 def _output_actions(rules: PiiRules) -> Mapping[str, Action]:
     """The tenant's actions for answers: BLOCK replaces (an answer cannot be refused once it
     streams, and a whole one is as good redacted)."""
+    from gatez.pii import Action
+
     if not rules.blocks:
         return rules.actions
     return {
