@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any, cast
@@ -24,11 +25,12 @@ import openai.types.chat
 import orjson
 import pytest
 import redis.asyncio as aioredis
+import uvloop
 from pydantic import TypeAdapter
 
 from extproc.provider_embeddings import ProviderEmbeddings
 from extproc.redis_pipe import PipelinedRedis
-from extproc.stages.cache import AnswerCache
+from extproc.stages.cache import AnswerCache, _reply_within
 from extproc.stages.llm_request import chat_request
 from extproc.stages.model_route import ModelRouting
 from extproc.stages.response import DecodeResponse, EncodeResponse
@@ -935,3 +937,26 @@ async def test_local_and_provider_embeddings_of_a_tenant_never_answer_each_other
     _, by_wordllama = await ask(provider_stage, reworded, policy=local)
     assert by_wordllama is CONTINUE
     assert (provider_stage.hits_semantic, provider_stage.errors) == (1, 0)
+
+
+def test_a_reply_that_came_while_the_data_plane_was_held_up_is_taken() -> None:
+    # On uvloop, as the data plane runs: there `asyncio.timeout` fires before the reply's
+    # callback when both are due in one loop turn, and a hit would count as a miss.
+    async def held_up() -> Any:
+        reply: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        waiting = asyncio.ensure_future(_reply_within(reply, 0.01))
+        await asyncio.sleep(0)  # the wait begins, its bound set
+        time.sleep(0.05)  # noqa: ASYNC251 — the process starved past the bound...
+        reply.set_result(b"answer")  # ... while the reply arrived
+        return await waiting
+
+    assert uvloop.run(held_up()) == b"answer"
+
+
+async def test_a_reply_that_never_comes_is_a_timeout_at_the_bound() -> None:
+    reply: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+    started = time.monotonic()
+    with pytest.raises(TimeoutError):
+        await _reply_within(reply, 0.02)
+    assert 0.015 < time.monotonic() - started < 0.5
+    reply.set_exception(ConnectionError("gone"))  # read by the stage's callback: no warning
